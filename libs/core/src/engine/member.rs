@@ -1,0 +1,98 @@
+//! The member actor: the single writer of one member's state while its partition is owned
+//! here. Activated on the member's first command with the state read from the store,
+//! passivated by its shard when idle.
+
+use std::sync::Arc;
+
+use actix::{Actor, Context, Handler, Message, MessageResult};
+use loyalty_domain::{
+    apply, Applied, EventContext, EventId, FranchiseId, MemberCommand, MemberId, MemberState,
+    Program, Rejection, StoreId, Timestamp,
+};
+
+pub struct MemberActor {
+    member_id: MemberId,
+    state: Option<MemberState>,
+}
+
+impl MemberActor {
+    pub fn new(member_id: MemberId, state: Option<MemberState>) -> MemberActor {
+        MemberActor { member_id, state }
+    }
+}
+
+impl Actor for MemberActor {
+    type Context = Context<Self>;
+}
+
+/// Apply one command to the member. The effect is in memory only until the shard has written
+/// the batch to the store; if that fails the shard stops this actor, dropping the state.
+pub struct Apply {
+    pub franchise_id: FranchiseId,
+    pub event_id: EventId,
+    pub store_id: StoreId,
+    pub at: Timestamp,
+    pub program: Arc<Program>,
+    pub command: MemberCommand,
+}
+
+pub struct ApplyReply {
+    pub result: Result<Applied, Rejection>,
+    /// The member's state after the command (`None`: not enrolled).
+    pub state: Option<MemberState>,
+}
+
+impl Message for Apply {
+    type Result = ApplyReply;
+}
+
+impl Handler<Apply> for MemberActor {
+    type Result = MessageResult<Apply>;
+
+    fn handle(&mut self, msg: Apply, _ctx: &mut Context<Self>) -> Self::Result {
+        let ctx = EventContext {
+            event_id: &msg.event_id,
+            store_id: &msg.store_id,
+            at: msg.at,
+            program: &msg.program,
+        };
+        // A member id maps to one franchise; a command naming another is for no known member.
+        if self
+            .state
+            .as_ref()
+            .is_some_and(|s| s.franchise_id != msg.franchise_id)
+        {
+            return MessageResult(ApplyReply {
+                result: Err(Rejection::UnknownMember),
+                state: None,
+            });
+        }
+        let result = apply(
+            &mut self.state,
+            &self.member_id,
+            &msg.franchise_id,
+            &msg.command,
+            &ctx,
+        );
+        MessageResult(ApplyReply {
+            result,
+            state: self.state.clone(),
+        })
+    }
+}
+
+/// Stop the actor (idle, partition revoked, or its in-memory state is no longer trusted).
+pub struct Passivate;
+
+impl Message for Passivate {
+    type Result = ();
+}
+
+impl Handler<Passivate> for MemberActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Passivate, ctx: &mut Context<Self>) {
+        use actix::ActorContext;
+        ctx.stop();
+    }
+}

@@ -1,0 +1,247 @@
+//! The engine: consumes POS commands from the event log as a member of one consumer group,
+//! hosts one [`shard::Shard`] per partition it owns and one actor per active member, and makes
+//! effects durable before it commits offsets.
+//!
+//! Ownership follows the log's group protocol: on `Assigned` a shard is created (its actors are
+//! activated lazily, rehydrated from the store); on `Revoked` the engine has no batch in flight
+//! (batches are processed to durability before the next poll), commits, stops the shard's
+//! actors, and only then acknowledges, so the next owner starts from a committed, durable point.
+
+pub mod member;
+pub mod shard;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::join_all;
+use tokio::sync::watch;
+
+use crate::metrics::metrics;
+use crate::ports::{ConsumerEvent, EventLog, HotCache, LogConsumer, Partition, Record, StateStore};
+use crate::programs::ProgramCache;
+use crate::replies::ReplySink;
+use crate::{Error, Result};
+use shard::{BatchOutcome, Shard, ShardDeps};
+
+/// Settings of an engine node.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Topic of POS commands.
+    pub topic: String,
+    /// Where undecodable or invalid records go, with the reason in a header.
+    pub dead_letter_topic: String,
+    /// The consumer group of engine nodes.
+    pub group: String,
+    /// Most records taken in one poll.
+    pub max_batch: usize,
+    /// A member actor idle for this long is stopped.
+    pub passivate_after: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            topic: "pos-commands".into(),
+            dead_letter_topic: "pos-commands-dlq".into(),
+            group: "loyalty-engine".into(),
+            max_batch: 2048,
+            passivate_after: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Everything an engine node runs with.
+pub struct Engine {
+    pub log: Arc<dyn EventLog>,
+    pub store: Arc<dyn StateStore>,
+    pub cache: Arc<dyn HotCache>,
+    pub programs: Arc<ProgramCache>,
+    pub replies: Arc<dyn ReplySink>,
+    pub config: EngineConfig,
+    /// Turned on once the engine has joined its consumer group (served by `/readyz`).
+    pub ready: Arc<std::sync::atomic::AtomicBool>,
+}
+
+const RETRY_MIN: Duration = Duration::from_millis(20);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+impl Engine {
+    /// Runs until `shutdown` turns true. Must run inside an actix system (member actors are
+    /// actix actors on the current arbiter).
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+        let consumer = self
+            .log
+            .subscribe(&self.config.group, &self.config.topic)
+            .await?;
+        let mut shards: BTreeMap<Partition, Shard> = BTreeMap::new();
+        let mut last_sweep = Instant::now();
+        let sweep_every = (self.config.passivate_after / 4).max(Duration::from_millis(50));
+        tracing::info!(topic = %self.config.topic, group = %self.config.group, "engine started");
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let event = tokio::select! {
+                biased;
+                _ = shutdown.changed() => continue,
+                ev = consumer.next(self.config.max_batch) => ev,
+            };
+            match event {
+                Ok(ConsumerEvent::Assigned(ps)) => {
+                    tracing::info!(partitions = ?ps, "partitions assigned");
+                    self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+                    for p in ps {
+                        shards.entry(p).or_insert_with(|| Shard::new(p));
+                    }
+                }
+                Ok(ConsumerEvent::Revoked { partitions, done }) => {
+                    tracing::info!(partitions = ?partitions, "partitions revoked");
+                    for p in &partitions {
+                        if let Some(mut s) = shards.remove(p) {
+                            s.stop_all();
+                        }
+                    }
+                    let _ = done.send(());
+                }
+                Ok(ConsumerEvent::Records(records)) => {
+                    if !records.is_empty() {
+                        self.handle_records(consumer.as_ref(), &mut shards, records, &mut shutdown)
+                            .await;
+                    }
+                }
+                Err(Error::ShuttingDown) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "poll failed");
+                    tokio::time::sleep(RETRY_MIN).await;
+                }
+            }
+            if last_sweep.elapsed() >= sweep_every {
+                last_sweep = Instant::now();
+                let mut stopped = 0;
+                for s in shards.values_mut() {
+                    stopped += s.passivate_idle(self.config.passivate_after);
+                }
+                if stopped > 0 {
+                    tracing::debug!(stopped, "idle member actors passivated");
+                }
+            }
+        }
+        self.ready.store(false, std::sync::atomic::Ordering::Relaxed);
+        for s in shards.values_mut() {
+            s.stop_all();
+        }
+        if let Err(e) = consumer.close().await {
+            tracing::warn!(error = %e, "leaving the consumer group");
+        }
+        tracing::info!("engine stopped");
+        Ok(())
+    }
+
+    /// Processes one poll's records, partition by partition concurrently, each until durable,
+    /// then commits each partition's offset.
+    async fn handle_records(
+        &self,
+        consumer: &dyn LogConsumer,
+        shards: &mut BTreeMap<Partition, Shard>,
+        records: Vec<Record>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) {
+        let mut by_partition: HashMap<Partition, Vec<Record>> = HashMap::new();
+        for r in records {
+            by_partition.entry(r.partition).or_default().push(r);
+        }
+        let deps = ShardDeps {
+            store: &self.store,
+            programs: &self.programs,
+        };
+        let work = shards
+            .iter_mut()
+            .filter_map(|(p, shard)| by_partition.remove(p).map(|recs| (shard, recs)))
+            .map(|(shard, recs)| {
+                let deps = &deps;
+                let shutdown = shutdown.clone();
+                async move {
+                    let outcome = process_until_durable(shard, deps, &recs, shutdown).await;
+                    (shard.partition, recs, outcome)
+                }
+            });
+        let results = join_all(work).await;
+        for (partition, recs, outcome) in results {
+            let Some(outcome) = outcome else { continue };
+            self.publish(outcome).await;
+            if let Some(last) = recs.last() {
+                if let Err(e) = consumer.commit(partition, last.offset + 1).await {
+                    // Redelivery is harmless: the events are recorded as processed.
+                    tracing::warn!(partition, error = %e, "offset commit failed");
+                }
+            }
+        }
+        if !by_partition.is_empty() {
+            tracing::warn!(partitions = ?by_partition.keys().collect::<Vec<_>>(), "records for partitions not owned");
+        }
+    }
+
+    /// After a batch is durable: dead letters, the hot cache, the waiting gateways.
+    async fn publish(&self, outcome: BatchOutcome) {
+        for dl in outcome.dead_letters {
+            metrics().dead_letters.with_label_values(&[dl.reason]).inc();
+            tracing::warn!(partition = dl.record.partition, offset = dl.record.offset, reason = dl.reason, "dead letter");
+            let mut headers = dl.record.headers.clone();
+            headers.push(("dlq-reason".into(), Bytes::from_static(dl.reason.as_bytes())));
+            headers.push(("dlq-detail".into(), Bytes::from(dl.detail)));
+            headers.push((
+                "dlq-source".into(),
+                Bytes::from(format!(
+                    "{}/{}/{}",
+                    self.config.topic, dl.record.partition, dl.record.offset
+                )),
+            ));
+            loop {
+                match self
+                    .log
+                    .append(&self.config.dead_letter_topic, &dl.record.key, dl.record.payload.clone(), headers.clone())
+                    .await
+                {
+                    Ok(_) => break,
+                    Err(Error::ShuttingDown) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "dead-letter append failed; retrying");
+                        tokio::time::sleep(RETRY_MIN).await;
+                    }
+                }
+            }
+        }
+        if !outcome.statuses.is_empty() {
+            if let Err(e) = self.cache.put_statuses(outcome.statuses).await {
+                // The cache is only a cache: readers fall back to the store.
+                tracing::warn!(error = %e, "hot cache update failed");
+            }
+        }
+        self.replies.publish(outcome.replies);
+    }
+}
+
+/// Retries a batch until it is durable (or the engine shuts down: `None`).
+async fn process_until_durable(
+    shard: &mut Shard,
+    deps: &ShardDeps<'_>,
+    records: &[Record],
+    shutdown: watch::Receiver<bool>,
+) -> Option<BatchOutcome> {
+    let mut delay = RETRY_MIN;
+    loop {
+        match shard.process(deps, records).await {
+            Ok(outcome) => return Some(outcome),
+            Err(e) => {
+                tracing::warn!(partition = shard.partition, error = %e, "batch not made durable; retrying from the store");
+                if *shutdown.borrow() {
+                    return None;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}

@@ -1,0 +1,430 @@
+//! A shard: the member actors of one partition owned by this engine node, and the batch
+//! pipeline that turns records of that partition into durable effects.
+//!
+//! For each batch of records the shard decides, per event, whether it is new, a replay or an
+//! idempotency conflict (from the store's records and the batch's own), has the member's actor
+//! apply new ones, writes every effect of the batch in one conditional store commit, and only
+//! then updates the hot cache, answers waiting gateways and lets the engine commit the offset.
+//! If the commit fails, the actors touched by the batch hold effects the store does not have:
+//! they are stopped, and the batch is processed again from the store's truth.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::{Actor, Addr};
+use loyalty_domain::{
+    classify, Delivery, EventId, FranchiseId, MemberCommand, MemberId, MemberState, MemberStatus,
+    Outcome, ProcessedEvent, Program, Rejection,
+};
+
+use crate::command::{CommandEnvelope, PosCommand};
+use crate::engine::member::{Apply, MemberActor, Passivate};
+use crate::metrics::metrics;
+use crate::ports::{
+    CachedStatus, EffectBatch, MemberWrite, Partition, ProcessedWrite, Record, StateStore,
+};
+use crate::programs::ProgramCache;
+use crate::replies::{EventReply, ReplyResult};
+use crate::{Error, Result};
+
+struct MemberSlot {
+    addr: Addr<MemberActor>,
+    /// The version the store holds for this member (what the next write must expect).
+    durable_version: u64,
+    last_used: Instant,
+}
+
+/// A record that could not be turned into a command, bound for the dead-letter topic.
+#[derive(Clone, Debug)]
+pub struct DeadLetter {
+    pub record: Record,
+    /// Short machine-readable reason (`undecodable`, `unknown-program`...).
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+/// What processing a batch produced, once durable.
+pub struct BatchOutcome {
+    pub replies: Vec<EventReply>,
+    pub dead_letters: Vec<DeadLetter>,
+    pub statuses: Vec<(MemberId, CachedStatus)>,
+}
+
+/// The member actors of one partition.
+pub struct Shard {
+    pub partition: Partition,
+    members: HashMap<MemberId, MemberSlot>,
+}
+
+/// Things a shard needs from its engine.
+pub struct ShardDeps<'a> {
+    pub store: &'a Arc<dyn StateStore>,
+    pub programs: &'a ProgramCache,
+}
+
+impl Shard {
+    pub fn new(partition: Partition) -> Shard {
+        Shard {
+            partition,
+            members: HashMap::new(),
+        }
+    }
+
+    /// Number of active member actors.
+    pub fn active(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Stops every actor (the partition is revoked or the engine stops).
+    pub fn stop_all(&mut self) {
+        for (_, slot) in self.members.drain() {
+            slot.addr.do_send(Passivate);
+            metrics().actors_active.dec();
+            metrics().actors_passivated.inc();
+        }
+    }
+
+    /// Stops the actors idle for longer than `idle`, so memory stays bounded.
+    pub fn passivate_idle(&mut self, idle: Duration) -> usize {
+        let now = Instant::now();
+        let before = self.members.len();
+        self.members.retain(|_, slot| {
+            let keep = now.duration_since(slot.last_used) < idle;
+            if !keep {
+                slot.addr.do_send(Passivate);
+                metrics().actors_active.dec();
+                metrics().actors_passivated.inc();
+            }
+            keep
+        });
+        before - self.members.len()
+    }
+
+    fn forget(&mut self, members: &[MemberId]) {
+        for m in members {
+            if let Some(slot) = self.members.remove(m) {
+                slot.addr.do_send(Passivate);
+                metrics().actors_active.dec();
+            }
+        }
+    }
+
+    /// The actor of `member`, activated (rehydrated from the store) if needed.
+    async fn actor(&mut self, deps: &ShardDeps<'_>, member: &MemberId) -> Result<&mut MemberSlot> {
+        if !self.members.contains_key(member) {
+            let state = deps.store.member(member).await?;
+            let durable_version = state.as_ref().map_or(0, |s| s.version);
+            let addr = MemberActor::new(member.clone(), state).start();
+            metrics().actors_active.inc();
+            metrics().actors_activated.inc();
+            self.members.insert(
+                member.clone(),
+                MemberSlot {
+                    addr,
+                    durable_version,
+                    last_used: Instant::now(),
+                },
+            );
+        }
+        match self.members.get_mut(member) {
+            Some(slot) => {
+                slot.last_used = Instant::now();
+                Ok(slot)
+            }
+            None => Err(Error::Invalid("member slot vanished".into())),
+        }
+    }
+
+    /// Processes `records` (this partition's, in offset order) until their effects are
+    /// durable. On `Err`, nothing of the batch is durable and the actors it touched are stopped;
+    /// the caller retries the same records.
+    pub async fn process(&mut self, deps: &ShardDeps<'_>, records: &[Record]) -> Result<BatchOutcome> {
+        let mut touched: Vec<MemberId> = Vec::new();
+        let result = self.process_inner(deps, records, &mut touched).await;
+        if result.is_err() {
+            self.forget(&touched);
+        }
+        result
+    }
+
+    async fn process_inner(
+        &mut self,
+        deps: &ShardDeps<'_>,
+        records: &[Record],
+        touched: &mut Vec<MemberId>,
+    ) -> Result<BatchOutcome> {
+        metrics().engine_batch_records.observe(records.len() as f64);
+        let mut dead_letters = Vec::new();
+        let mut commands: Vec<(CommandEnvelope, Arc<Program>)> = Vec::with_capacity(records.len());
+        for r in records {
+            let env = match CommandEnvelope::decode(&r.payload) {
+                Ok(env) => env,
+                Err(e) => {
+                    dead_letters.push(DeadLetter {
+                        record: r.clone(),
+                        reason: "undecodable",
+                        detail: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            match deps.programs.get(&env.franchise_id, env.program_version).await? {
+                Some(p) => commands.push((env, p)),
+                None => dead_letters.push(DeadLetter {
+                    record: r.clone(),
+                    reason: "unknown-program",
+                    detail: format!(
+                        "franchise {} has no program version {}",
+                        env.franchise_id, env.program_version
+                    ),
+                }),
+            }
+        }
+
+        // Idempotency records the batch needs: its own events and the purchases it refunds.
+        let mut wanted: HashMap<FranchiseId, Vec<EventId>> = HashMap::new();
+        for (env, _) in &commands {
+            let ids = wanted.entry(env.franchise_id.clone()).or_default();
+            ids.push(env.event_id.clone());
+            if let PosCommand::Refund {
+                purchase_event_id, ..
+            } = &env.command
+            {
+                ids.push(purchase_event_id.clone());
+            }
+        }
+        let mut known: HashMap<(FranchiseId, EventId), ProcessedEvent> = HashMap::new();
+        for (f, ids) in wanted {
+            let found = deps.store.processed(&f, &ids).await?;
+            for (id, rec) in ids.into_iter().zip(found) {
+                if let Some(rec) = rec {
+                    known.insert((f.clone(), id), rec);
+                }
+            }
+        }
+
+        let mut writes: Vec<ProcessedWrite> = Vec::new();
+        let mut write_index: HashMap<(FranchiseId, EventId), usize> = HashMap::new();
+        let mut ledger = Vec::new();
+        let mut states: HashMap<MemberId, (MemberState, Arc<Program>)> = HashMap::new();
+        let mut pending_replies: Vec<(EventReply, Option<MemberId>)> = Vec::new();
+
+        for (env, program) in commands {
+            let fp = env.fingerprint();
+            let key = (env.franchise_id.clone(), env.event_id.clone());
+            match classify(known.get(&key), fp) {
+                Delivery::Replay(rec) => {
+                    metrics().events_replayed.inc();
+                    pending_replies.push((
+                        EventReply {
+                            franchise_id: env.franchise_id.clone(),
+                            event_id: env.event_id.clone(),
+                            fingerprint: fp,
+                            result: ReplyResult::Replayed(rec.outcome.clone()),
+                            status: None,
+                        },
+                        rec.member_id.clone(),
+                    ));
+                    continue;
+                }
+                Delivery::Conflict(_) => {
+                    metrics().idempotency_conflicts.inc();
+                    pending_replies.push((
+                        EventReply {
+                            franchise_id: env.franchise_id.clone(),
+                            event_id: env.event_id.clone(),
+                            fingerprint: fp,
+                            result: ReplyResult::Conflict,
+                            status: None,
+                        },
+                        None,
+                    ));
+                    continue;
+                }
+                Delivery::New => {}
+            }
+
+            let member_id = env.command.member_id().cloned();
+            let outcome = match (&env.command, &member_id) {
+                (PosCommand::Purchase { amount_cents, .. }, None) => Outcome::AnonymousSale {
+                    amount_cents: *amount_cents,
+                },
+                // Only sales and refunds can lack a member: anonymous refunds are not supported.
+                (_, None) => Outcome::Rejected(Rejection::UnknownMember),
+                (cmd, Some(m)) => {
+                    let command = match cmd {
+                        PosCommand::Enrol { profile, .. } => MemberCommand::Enrol {
+                            profile: profile.clone(),
+                        },
+                        PosCommand::Purchase {
+                            amount_cents,
+                            currency,
+                            ..
+                        } => MemberCommand::Purchase {
+                            amount: *amount_cents,
+                            currency: currency.clone(),
+                        },
+                        PosCommand::Refund {
+                            purchase_event_id,
+                            amount_cents,
+                            ..
+                        } => {
+                            let purchase = known
+                                .get(&(env.franchise_id.clone(), purchase_event_id.clone()))
+                                .filter(|r| r.member_id.as_ref() == Some(m))
+                                .and_then(|r| match &r.outcome {
+                                    Outcome::Purchase(p) => Some(p.clone()),
+                                    _ => None,
+                                });
+                            MemberCommand::Refund {
+                                purchase_event_id: purchase_event_id.clone(),
+                                amount: *amount_cents,
+                                purchase,
+                            }
+                        }
+                        PosCommand::Redemption { reward_id, .. } => MemberCommand::Redemption {
+                            reward_id: reward_id.clone(),
+                        },
+                    };
+                    if !touched.contains(m) {
+                        touched.push(m.clone());
+                    }
+                    let slot = self.actor(deps, m).await?;
+                    let reply = slot
+                        .addr
+                        .send(Apply {
+                            franchise_id: env.franchise_id.clone(),
+                            event_id: env.event_id.clone(),
+                            store_id: env.store_id.clone(),
+                            at: env.at(),
+                            program: Arc::clone(&program),
+                            command,
+                        })
+                        .await
+                        .map_err(|e| Error::Unavailable(format!("member actor: {e}")))?;
+                    match reply.result {
+                        Ok(applied) => {
+                            if applied.changed {
+                                if let Some(s) = reply.state {
+                                    states.insert(m.clone(), (s, Arc::clone(&program)));
+                                }
+                            }
+                            ledger.extend(applied.entries.into_iter().map(|e| (m.clone(), e)));
+                            applied.outcome
+                        }
+                        Err(rejection) => Outcome::Rejected(rejection),
+                    }
+                }
+            };
+
+            match &outcome {
+                Outcome::Rejected(r) => metrics().events_rejected.with_label_values(&[r.code()]).inc(),
+                _ => metrics()
+                    .events_applied
+                    .with_label_values(&[env.command.kind()])
+                    .inc(),
+            }
+
+            // A refund updates the purchase it refunds, so later refunds see what is left.
+            if let Outcome::Refund {
+                purchase_event_id,
+                purchase,
+                ..
+            } = &outcome
+            {
+                let pkey = (env.franchise_id.clone(), purchase_event_id.clone());
+                if let Some(mut rec) = known.get(&pkey).cloned() {
+                    rec.outcome = Outcome::Purchase(purchase.clone());
+                    known.insert(pkey.clone(), rec.clone());
+                    match write_index.get(&pkey) {
+                        Some(&i) => writes[i].record = rec,
+                        None => {
+                            write_index.insert(pkey, writes.len());
+                            writes.push(ProcessedWrite {
+                                record: rec,
+                                insert: false,
+                            });
+                        }
+                    }
+                }
+            }
+
+            let record = ProcessedEvent {
+                franchise_id: env.franchise_id.clone(),
+                event_id: env.event_id.clone(),
+                fingerprint: fp,
+                member_id: member_id.clone(),
+                store_id: env.store_id.clone(),
+                at: env.at(),
+                outcome: outcome.clone(),
+            };
+            known.insert(key.clone(), record.clone());
+            write_index.insert(key, writes.len());
+            writes.push(ProcessedWrite {
+                record,
+                insert: true,
+            });
+            pending_replies.push((
+                EventReply {
+                    franchise_id: env.franchise_id.clone(),
+                    event_id: env.event_id.clone(),
+                    fingerprint: fp,
+                    result: ReplyResult::Applied(outcome),
+                    status: None,
+                },
+                member_id,
+            ));
+        }
+
+        let mut members = Vec::with_capacity(states.len());
+        for (m, (state, _)) in &states {
+            let expected_version = self.members.get(m).map_or(0, |s| s.durable_version);
+            members.push(MemberWrite {
+                state: state.clone(),
+                expected_version,
+            });
+        }
+        let batch = EffectBatch {
+            members,
+            ledger,
+            processed: writes,
+        };
+        deps.store.commit(batch).await?;
+
+        // Durable: the actors' memory and the store agree again.
+        let mut statuses = Vec::with_capacity(states.len());
+        let mut rendered: HashMap<MemberId, CachedStatus> = HashMap::new();
+        for (m, (state, program)) in states {
+            if let Some(slot) = self.members.get_mut(&m) {
+                slot.durable_version = state.version;
+            }
+            let status = render_status(&state, &program);
+            rendered.insert(m.clone(), status.clone());
+            statuses.push((m, status));
+        }
+        let replies = pending_replies
+            .into_iter()
+            .map(|(mut reply, member)| {
+                reply.status = member.and_then(|m| rendered.get(&m).cloned());
+                reply
+            })
+            .collect();
+        Ok(BatchOutcome {
+            replies,
+            dead_letters,
+            statuses,
+        })
+    }
+}
+
+/// The bytes served at the till for a member.
+pub fn render_status(state: &MemberState, program: &Program) -> CachedStatus {
+    let status = MemberStatus::of(state, program);
+    CachedStatus {
+        franchise_id: state.franchise_id.clone(),
+        version: state.version,
+        // Serializing a plain struct cannot fail.
+        json: bytes::Bytes::from(serde_json::to_vec(&status).unwrap_or_default()),
+    }
+}

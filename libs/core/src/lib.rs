@@ -1,0 +1,16 @@
+//! The core of the platform around the pure domain: the ports (traits every adapter
+//! implements), the wire format of POS commands, the member actors and their shards (the
+//! engine), request-reply, and metrics. No adapter lives here.
+
+pub mod command;
+pub mod engine;
+pub mod error;
+pub mod identity;
+pub mod metrics;
+pub mod model;
+pub mod ports;
+pub mod programs;
+pub mod provisioning;
+pub mod replies;
+
+pub use error::{Error, Result};

@@ -1,0 +1,182 @@
+//! The ports: what the engine and the gateway need from the outside world. Each has an
+//! embedded adapter (`loyalty-embedded`) and a real one (Kafka, ScyllaDB, Redis).
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use loyalty_domain::{
+    EventId, FranchiseId, LedgerEntry, MemberId, MemberState, ProcessedEvent, Program, StoreId,
+};
+use tokio::sync::oneshot;
+
+use crate::model::{Franchise, Principal, Store};
+use crate::Result;
+
+pub type Partition = u32;
+pub type Offset = u64;
+
+/// One record of a topic partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub partition: Partition,
+    pub offset: Offset,
+    pub key: Bytes,
+    pub payload: Bytes,
+    pub headers: Vec<(String, Bytes)>,
+}
+
+/// Where an appended record landed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    pub partition: Partition,
+    pub offset: Offset,
+}
+
+/// Chooses the partition of a key. Every adapter uses this one function, so a key lands on the
+/// same partition whatever the log behind it (FNV-1a, 64 bits).
+pub fn partition_for(key: &[u8], partitions: u32) -> Partition {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % partitions.max(1) as u64) as Partition
+}
+
+/// A partitioned, durable, append-only log of records with consumer groups (Kafka's model).
+#[async_trait]
+pub trait EventLog: Send + Sync + 'static {
+    /// Creates `topic` with `partitions` partitions if it does not exist; returns the topic's
+    /// actual partition count.
+    async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<u32>;
+
+    /// Appends a record to the partition of `key` and returns once it is durable.
+    async fn append(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: Bytes,
+        headers: Vec<(String, Bytes)>,
+    ) -> Result<Appended>;
+
+    /// The offset the next record of the partition will get.
+    async fn end_offset(&self, topic: &str, partition: Partition) -> Result<Offset>;
+
+    /// Joins the consumer group `group` on `topic`. Partitions are handed to the consumer
+    /// through [`ConsumerEvent::Assigned`]; reading starts at the group's committed offset.
+    async fn subscribe(&self, group: &str, topic: &str) -> Result<Box<dyn LogConsumer>>;
+}
+
+/// What a consumer sees, in order.
+#[derive(Debug)]
+pub enum ConsumerEvent {
+    /// These partitions are now this consumer's; records follow from their committed offsets.
+    Assigned(Vec<Partition>),
+    /// These partitions are being taken away. The consumer must finish in-flight work, make it
+    /// durable, commit, stop what it runs for them, and only then send on `done`: the log waits
+    /// for it before handing the partitions to another consumer.
+    Revoked {
+        partitions: Vec<Partition>,
+        done: oneshot::Sender<()>,
+    },
+    /// Records, each partition's in offset order. Empty when the poll timed out.
+    Records(Vec<Record>),
+}
+
+/// A member of a consumer group. `next` is called by one task; `commit` from any.
+#[async_trait]
+pub trait LogConsumer: Send + Sync {
+    /// Waits (up to an adapter-defined poll interval) for the next event.
+    async fn next(&self, max_records: usize) -> Result<ConsumerEvent>;
+
+    /// Records that everything before `next_offset` of `partition` is processed and durable.
+    async fn commit(&self, partition: Partition, next_offset: Offset) -> Result<()>;
+
+    /// The group's committed offset of `partition`, if any.
+    async fn committed(&self, partition: Partition) -> Result<Option<Offset>>;
+
+    /// Leaves the group (revoking everything first).
+    async fn close(&self) -> Result<()>;
+}
+
+/// A member's state to write, fenced by the version the writer read.
+#[derive(Clone, Debug)]
+pub struct MemberWrite {
+    pub state: MemberState,
+    /// The stored version this write replaces; 0 when the member must not exist yet.
+    pub expected_version: u64,
+}
+
+/// An idempotency record to write.
+#[derive(Clone, Debug)]
+pub struct ProcessedWrite {
+    pub record: ProcessedEvent,
+    /// `true`: the record must not exist yet (a new event). `false`: replace it (a purchase
+    /// record updated by a refund).
+    pub insert: bool,
+}
+
+/// Effects of a batch of events, written atomically.
+#[derive(Clone, Debug, Default)]
+pub struct EffectBatch {
+    pub members: Vec<MemberWrite>,
+    pub ledger: Vec<(MemberId, LedgerEntry)>,
+    pub processed: Vec<ProcessedWrite>,
+}
+
+impl EffectBatch {
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty() && self.ledger.is_empty() && self.processed.is_empty()
+    }
+}
+
+/// The durable state of the platform.
+#[async_trait]
+pub trait StateStore: Send + Sync + 'static {
+    async fn put_franchise(&self, franchise: &Franchise) -> Result<()>;
+    async fn franchise(&self, id: &FranchiseId) -> Result<Option<Franchise>>;
+    async fn franchises(&self) -> Result<Vec<Franchise>>;
+    /// Programs are immutable once written: a version is written once.
+    async fn put_program(&self, franchise: &FranchiseId, version: u32, program: &Program)
+        -> Result<()>;
+    async fn program(&self, franchise: &FranchiseId, version: u32) -> Result<Option<Program>>;
+    async fn put_store(&self, store: &Store) -> Result<()>;
+    async fn store(&self, id: &StoreId) -> Result<Option<Store>>;
+    /// API keys are stored by their hash only.
+    async fn put_api_key(&self, key_hash: &str, principal: &Principal) -> Result<()>;
+    async fn api_key(&self, key_hash: &str) -> Result<Option<Principal>>;
+
+    async fn member(&self, id: &MemberId) -> Result<Option<MemberState>>;
+    /// Idempotency records of `event_ids`, in the same order.
+    async fn processed(
+        &self,
+        franchise: &FranchiseId,
+        event_ids: &[EventId],
+    ) -> Result<Vec<Option<ProcessedEvent>>>;
+    /// Ledger entries of a member, newest first, with `seq < before` when given.
+    async fn ledger(
+        &self,
+        member: &MemberId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<LedgerEntry>>;
+    /// Writes all effects or none. Fails with [`crate::Error::Conflict`] if a member's stored
+    /// version differs from the expected one or a record to insert already exists.
+    async fn commit(&self, batch: EffectBatch) -> Result<()>;
+}
+
+/// A member status as served at the till: rendered once by the engine, served as bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CachedStatus {
+    pub franchise_id: FranchiseId,
+    pub version: u64,
+    /// The JSON of [`loyalty_domain::MemberStatus`].
+    pub json: Bytes,
+}
+
+/// The hot cache of member statuses, read on every checkout. A cache: losing it loses nothing.
+#[async_trait]
+pub trait HotCache: Send + Sync + 'static {
+    async fn status(&self, member: &MemberId) -> Result<Option<CachedStatus>>;
+    /// Stores each status unless the cache holds a newer version of it.
+    async fn put_statuses(&self, statuses: Vec<(MemberId, CachedStatus)>) -> Result<()>;
+}

@@ -1,0 +1,42 @@
+//! Programs by (franchise, version). Versions are immutable, so they are cached forever.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use loyalty_domain::{FranchiseId, Program};
+
+use crate::ports::StateStore;
+use crate::Result;
+
+pub struct ProgramCache {
+    store: Arc<dyn StateStore>,
+    programs: DashMap<(FranchiseId, u32), Arc<Program>>,
+}
+
+impl ProgramCache {
+    pub fn new(store: Arc<dyn StateStore>) -> ProgramCache {
+        ProgramCache {
+            store,
+            programs: DashMap::new(),
+        }
+    }
+
+    /// The program `version` of `franchise`, `None` if it was never written.
+    pub async fn get(&self, franchise: &FranchiseId, version: u32) -> Result<Option<Arc<Program>>> {
+        let key = (franchise.clone(), version);
+        if let Some(p) = self.programs.get(&key) {
+            return Ok(Some(Arc::clone(&p)));
+        }
+        let Some(p) = self.store.program(franchise, version).await? else {
+            return Ok(None);
+        };
+        let p = Arc::new(p);
+        self.programs.insert(key, Arc::clone(&p));
+        Ok(Some(p))
+    }
+
+    /// Records a program just written, so that the next read needs no store round trip.
+    pub fn insert(&self, franchise: &FranchiseId, version: u32, program: Arc<Program>) {
+        self.programs.insert((franchise.clone(), version), program);
+    }
+}

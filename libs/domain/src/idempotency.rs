@@ -1,0 +1,145 @@
+//! Idempotency of POS events: every event carries a client-chosen id; the first outcome for an
+//! id is recorded with a fingerprint of the event's content, and any later delivery of the same
+//! id is either a replay (same content: the recorded outcome, nothing changes) or a conflict
+//! (different content: refused, nothing changes).
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{Cents, EventId, FranchiseId, MemberId, Points, RewardId, StoreId, Timestamp};
+
+/// A digest of an event's content, excluding everything the system adds (arrival time,
+/// program version), so that a resend of the same request has the same fingerprint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Fingerprint(pub [u8; 16]);
+
+impl Fingerprint {
+    /// Hashes the given fields; each is length-prefixed so that field boundaries matter.
+    pub fn of(fields: &[&[u8]]) -> Fingerprint {
+        let mut h = Sha256::new();
+        for f in fields {
+            h.update((f.len() as u64).to_le_bytes());
+            h.update(f);
+        }
+        let digest = h.finalize();
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&digest[..16]);
+        Fingerprint(out)
+    }
+}
+
+/// What a purchase did, kept so that refunds can reverse it proportionally.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurchaseRecord {
+    pub amount_cents: Cents,
+    pub points_earned: Points,
+    pub day: crate::Day,
+    /// Cumulative refunded amount; never above `amount_cents`.
+    pub refunded_cents: u64,
+    /// Cumulative points owed back by refunds (taken back or, when already spent, forgiven);
+    /// `floor(points_earned × refunded_cents / amount_cents)`.
+    pub reversed_points: Points,
+}
+
+/// Why a well-formed event was refused. A rejection changes no balance; it is recorded so
+/// that a replay of the event gets the same answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "code", rename_all = "kebab-case")]
+pub enum Rejection {
+    #[error("the reward needs {needed} points and the member has {available} and no voucher for it")]
+    InsufficientPoints { needed: Points, available: Points },
+    #[error("no such member in this franchise")]
+    UnknownMember,
+    #[error("the reward {reward_id} is not in the program's catalogue")]
+    UnknownReward { reward_id: RewardId },
+    #[error("no applied purchase {purchase_event_id} of this member")]
+    UnknownPurchase { purchase_event_id: EventId },
+    #[error("the refund exceeds what is left of the purchase ({remaining_cents} cents)")]
+    RefundExceedsPurchase { remaining_cents: u64 },
+    #[error("the program's currency is {expected}")]
+    CurrencyMismatch { expected: String },
+}
+
+impl Rejection {
+    /// A stable, URL-friendly code for problem types and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::InsufficientPoints { .. } => "insufficient-points",
+            Rejection::UnknownMember => "unknown-member",
+            Rejection::UnknownReward { .. } => "unknown-reward",
+            Rejection::UnknownPurchase { .. } => "unknown-purchase",
+            Rejection::RefundExceedsPurchase { .. } => "refund-exceeds-purchase",
+            Rejection::CurrencyMismatch { .. } => "currency-mismatch",
+        }
+    }
+}
+
+/// The recorded result of an event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Outcome {
+    Enrolled {
+        created: bool,
+    },
+    Purchase(PurchaseRecord),
+    AnonymousSale {
+        amount_cents: Cents,
+    },
+    Refund {
+        purchase_event_id: EventId,
+        amount_cents: Cents,
+        points_reversed: Points,
+        /// Points the refund should have taken back but that were already spent or expired:
+        /// forgiven, since no balance goes below zero.
+        points_forgiven: Points,
+        /// The purchase as it stands after this refund.
+        purchase: PurchaseRecord,
+    },
+    Redemption {
+        reward_id: RewardId,
+        used_voucher: bool,
+        points_spent: Points,
+    },
+    Rejected(Rejection),
+}
+
+impl Outcome {
+    pub fn rejection(&self) -> Option<&Rejection> {
+        match self {
+            Outcome::Rejected(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+/// The idempotency record of one event, keyed by franchise and event id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessedEvent {
+    pub franchise_id: FranchiseId,
+    pub event_id: EventId,
+    pub fingerprint: Fingerprint,
+    pub member_id: Option<MemberId>,
+    pub store_id: StoreId,
+    pub at: Timestamp,
+    pub outcome: Outcome,
+}
+
+/// What to do with an incoming event given what was recorded for its id.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Delivery<'a> {
+    /// Never seen: apply it.
+    New,
+    /// Seen with the same content: answer with the recorded outcome, change nothing.
+    Replay(&'a ProcessedEvent),
+    /// Seen with different content: refuse, change nothing.
+    Conflict(&'a ProcessedEvent),
+}
+
+/// Classifies a delivery of an event with fingerprint `fp`.
+pub fn classify(recorded: Option<&ProcessedEvent>, fp: Fingerprint) -> Delivery<'_> {
+    match recorded {
+        None => Delivery::New,
+        Some(r) if r.fingerprint == fp => Delivery::Replay(r),
+        Some(r) => Delivery::Conflict(r),
+    }
+}

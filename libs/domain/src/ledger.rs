@@ -1,0 +1,48 @@
+//! The points ledger: every change of a balance is an entry that names the event causing it.
+//! A member's balance is, at all times, the sum of its entries.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{EventId, Points, StoreId, Timestamp};
+
+/// Why a balance moved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LedgerKind {
+    /// Points earned by a purchase or a bonus.
+    Earn,
+    /// Points (or a voucher, with zero points) spent on a reward.
+    Redeem,
+    /// Points that reached the program's expiry age.
+    Expire,
+    /// A manual correction.
+    Adjust,
+    /// Points taken back by a refund.
+    Reverse,
+}
+
+/// One movement of a member's points.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    /// Position in the member's ledger, from 1, without gaps.
+    pub seq: u64,
+    /// The POS event that caused this entry.
+    pub event_id: EventId,
+    pub kind: LedgerKind,
+    /// Signed change of the balance.
+    pub points: i64,
+    /// The balance right after this entry.
+    pub balance_after: Points,
+    pub store_id: StoreId,
+    pub at: Timestamp,
+    /// A short machine-readable reason (`purchase`, `signup_bonus`, `reward:free-coffee`,
+    /// `voucher:free-coffee`, `refund:<event>`...). Never personal data.
+    pub detail: String,
+}
+
+/// Points earned on one day, kept so that the oldest points are spent (and expire) first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PointLot {
+    pub day: crate::Day,
+    pub points: Points,
+}

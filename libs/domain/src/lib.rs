@@ -1,0 +1,24 @@
+//! The loyalty domain, pure: program rules, the points ledger, tiers, stamp cards, rewards and
+//! idempotency. No async, no IO, no framework types; every other crate depends on this one.
+//!
+//! Money is integer minor units ([`Cents`]), points are integers ([`Points`]); there are no
+//! floats anywhere in the rules.
+
+mod error;
+mod idempotency;
+mod ids;
+mod ledger;
+mod member;
+mod program;
+mod status;
+
+pub use error::DomainError;
+pub use idempotency::{classify, Delivery, Fingerprint, Outcome, ProcessedEvent, PurchaseRecord, Rejection};
+pub use ids::{Cents, Currency, Day, EventId, FranchiseId, MemberId, Phone, Points, RewardId, StoreId, Timestamp};
+pub use ledger::{LedgerEntry, LedgerKind, PointLot};
+pub use member::{apply, Applied, DayActivity, EventContext, MemberCommand, MemberState, Profile};
+pub use program::{
+    Program, ProgramSpec, Reward, RewardSpec, StampCard, StampCardSpec, Tier, TierMetric, TierQualification,
+    TierQualificationSpec, TierSpec,
+};
+pub use status::{MemberStatus, NextTier, Voucher};

@@ -1,0 +1,493 @@
+//! A member's state and the rules that move it: enrolment, purchases (points, window, tier,
+//! stamps), refunds, redemptions and expiry.
+//!
+//! [`apply`] is the single entry point. It either applies a command completely, returning the
+//! ledger entries it wrote and its outcome, or refuses it and leaves the state untouched.
+//! Time only moves forward for a member: the member's clock is the latest event time seen, so
+//! a late-arriving POS event cannot expire points or shrink a window retroactively.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Cents, Currency, Day, EventId, FranchiseId, LedgerEntry, LedgerKind, MemberId, Outcome, Phone,
+    PointLot, Points, Program, PurchaseRecord, Rejection, RewardId, StoreId, TierMetric, Timestamp,
+};
+
+/// Personal data given at enrolment. Kept with the member, never logged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Profile {
+    pub phone: Phone,
+    pub name: Option<String>,
+    /// `YYYY-MM-DD`.
+    pub birthday: Option<String>,
+}
+
+/// Activity of one day, summed for tier qualification over the program's window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DayActivity {
+    pub day: Day,
+    pub spend_cents: u64,
+    pub points: Points,
+    pub visits: u32,
+}
+
+/// Everything the platform knows about one member, rebuilt from the store when the member's
+/// actor is activated.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberState {
+    pub member_id: MemberId,
+    pub franchise_id: FranchiseId,
+    /// Number of state changes applied; the store refuses a write whose expected version is
+    /// not the stored one, which fences a stale writer.
+    pub version: u64,
+    pub enrolled_at: Timestamp,
+    pub enrolled_store: StoreId,
+    pub profile: Profile,
+    /// Current balance: the sum of the ledger, and of `lots`.
+    pub points: Points,
+    /// Unspent points by the day they were earned, oldest first.
+    pub lots: Vec<PointLot>,
+    pub points_earned: Points,
+    pub points_redeemed: Points,
+    pub points_expired: Points,
+    pub points_reversed: Points,
+    pub tier: String,
+    pub stamps: u32,
+    pub vouchers: BTreeMap<RewardId, u32>,
+    pub visits: u64,
+    /// Net spend (purchases minus refunds), all time.
+    pub spend_cents: u64,
+    /// Daily activity inside the tier window, oldest first.
+    pub window: Vec<DayActivity>,
+    /// Latest event time applied.
+    pub clock: Timestamp,
+    pub last_visit: Option<Timestamp>,
+    /// The `seq` of the last ledger entry.
+    pub last_seq: u64,
+}
+
+/// A command aimed at one member.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberCommand {
+    Enrol {
+        profile: Profile,
+    },
+    Purchase {
+        amount: Cents,
+        currency: Currency,
+    },
+    Refund {
+        purchase_event_id: EventId,
+        amount: Cents,
+        /// The purchase being refunded as currently recorded, if it is this member's.
+        purchase: Option<PurchaseRecord>,
+    },
+    Redemption {
+        reward_id: RewardId,
+    },
+}
+
+/// Where and when an event happened, and the program version it is judged by.
+#[derive(Clone, Copy, Debug)]
+pub struct EventContext<'a> {
+    pub event_id: &'a EventId,
+    pub store_id: &'a StoreId,
+    pub at: Timestamp,
+    pub program: &'a Program,
+}
+
+/// The effect of an applied command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    pub entries: Vec<LedgerEntry>,
+    pub outcome: Outcome,
+    /// Whether the member state changed (an enrolment of an existing member does not).
+    pub changed: bool,
+}
+
+/// Applies `cmd` to the member `member_id`, whose current state is `state` (`None` if not
+/// enrolled). On `Err`, `state` is unchanged.
+pub fn apply(
+    state: &mut Option<MemberState>,
+    member_id: &MemberId,
+    franchise_id: &FranchiseId,
+    cmd: &MemberCommand,
+    ctx: &EventContext<'_>,
+) -> Result<Applied, Rejection> {
+    match (state.as_mut(), cmd) {
+        (None, MemberCommand::Enrol { profile }) => {
+            let (s, applied) =
+                MemberState::enrol(member_id.clone(), franchise_id.clone(), profile.clone(), ctx);
+            *state = Some(s);
+            Ok(applied)
+        }
+        (Some(_), MemberCommand::Enrol { .. }) => Ok(Applied {
+            entries: Vec::new(),
+            outcome: Outcome::Enrolled { created: false },
+            changed: false,
+        }),
+        (None, _) => Err(Rejection::UnknownMember),
+        (Some(s), cmd) => {
+            // Apply on a copy so a refusal found half-way leaves no trace.
+            let mut next = s.clone();
+            let applied = next.apply_to_member(cmd, ctx)?;
+            *s = next;
+            Ok(applied)
+        }
+    }
+}
+
+impl MemberState {
+    fn enrol(
+        member_id: MemberId,
+        franchise_id: FranchiseId,
+        profile: Profile,
+        ctx: &EventContext<'_>,
+    ) -> (MemberState, Applied) {
+        let mut s = MemberState {
+            member_id,
+            franchise_id,
+            version: 0,
+            enrolled_at: ctx.at,
+            enrolled_store: ctx.store_id.clone(),
+            profile,
+            points: 0,
+            lots: Vec::new(),
+            points_earned: 0,
+            points_redeemed: 0,
+            points_expired: 0,
+            points_reversed: 0,
+            tier: ctx.program.tiers[0].name.clone(),
+            stamps: 0,
+            vouchers: BTreeMap::new(),
+            visits: 0,
+            spend_cents: 0,
+            window: Vec::new(),
+            clock: ctx.at,
+            last_visit: None,
+            last_seq: 0,
+        };
+        let mut entries = Vec::new();
+        let bonus = ctx.program.signup_bonus;
+        if bonus > 0 {
+            s.earn(ctx, bonus, "signup_bonus", &mut entries);
+        }
+        s.version = 1;
+        let applied = Applied {
+            entries,
+            outcome: Outcome::Enrolled { created: true },
+            changed: true,
+        };
+        (s, applied)
+    }
+
+    fn apply_to_member(
+        &mut self,
+        cmd: &MemberCommand,
+        ctx: &EventContext<'_>,
+    ) -> Result<Applied, Rejection> {
+        let mut entries = Vec::new();
+        self.advance_clock(ctx, &mut entries);
+        let outcome = match cmd {
+            MemberCommand::Enrol { .. } => Outcome::Enrolled { created: false },
+            MemberCommand::Purchase { amount, currency } => {
+                if currency != &ctx.program.currency {
+                    return Err(Rejection::CurrencyMismatch {
+                        expected: ctx.program.currency.to_string(),
+                    });
+                }
+                self.purchase(ctx, *amount, &mut entries)
+            }
+            MemberCommand::Refund {
+                purchase_event_id,
+                amount,
+                purchase,
+            } => {
+                let Some(purchase) = purchase else {
+                    return Err(Rejection::UnknownPurchase {
+                        purchase_event_id: purchase_event_id.clone(),
+                    });
+                };
+                self.refund(ctx, purchase_event_id, purchase, *amount, &mut entries)?
+            }
+            MemberCommand::Redemption { reward_id } => {
+                self.redeem(ctx, reward_id, &mut entries)?
+            }
+        };
+        self.version += 1;
+        Ok(Applied {
+            entries,
+            outcome,
+            changed: true,
+        })
+    }
+
+    /// Moves the member's clock to the event's time (never backwards), expiring points that
+    /// reached the program's expiry age, dropping activity that left the tier window and
+    /// re-evaluating the tier on what is left, so that the command is judged at the tier the
+    /// member has at its time (a purchase after the window slid earns at the lower tier, not
+    /// at the one qualified for more than a window ago).
+    fn advance_clock(&mut self, ctx: &EventContext<'_>, entries: &mut Vec<LedgerEntry>) {
+        self.clock = self.clock.max(ctx.at);
+        let today = self.clock.day();
+        if let Some(days) = ctx.program.points_expiry_days {
+            let mut expired: Points = 0;
+            while let Some(lot) = self.lots.first() {
+                if lot.day.0.saturating_add(days) <= today.0 {
+                    expired += lot.points;
+                    self.lots.remove(0);
+                } else {
+                    break;
+                }
+            }
+            if expired > 0 {
+                self.points -= expired;
+                self.points_expired += expired;
+                self.push_entry(ctx, LedgerKind::Expire, -(expired as i64), "expired", entries);
+            }
+        }
+        let window = ctx.program.tier_qualification.window_days;
+        let oldest = today.0.saturating_sub(window.saturating_sub(1));
+        self.window.retain(|d| d.day.0 >= oldest);
+        self.reevaluate_tier(ctx.program);
+    }
+
+    fn purchase(
+        &mut self,
+        ctx: &EventContext<'_>,
+        amount: Cents,
+        entries: &mut Vec<LedgerEntry>,
+    ) -> Outcome {
+        let program = ctx.program;
+        // The tier at the purchase's time, before it counts (re-evaluated by `advance_clock`).
+        let tier_before = program
+            .tiers
+            .iter()
+            .position(|t| t.name == self.tier)
+            .unwrap_or_else(|| program.tier_for(self.window_metric(program)));
+        let earned = program.points_for(amount.get(), tier_before);
+        if earned > 0 {
+            self.earn(ctx, earned, "purchase", entries);
+        }
+        let positive = amount.get() > 0;
+        self.spend_cents = self.spend_cents.saturating_add(amount.get());
+        if positive {
+            self.visits += 1;
+            self.last_visit = Some(self.clock);
+        }
+        let day = self.clock.day();
+        self.activity(day).spend_cents += amount.get();
+        self.activity(day).points += earned;
+        if positive {
+            self.activity(day).visits += 1;
+        }
+        self.reevaluate_tier(program);
+        if positive {
+            if let Some(card) = &program.stamp_card {
+                self.stamps += 1;
+                if self.stamps >= card.size {
+                    self.stamps = 0;
+                    *self.vouchers.entry(card.reward_id.clone()).or_default() += 1;
+                }
+            }
+        }
+        Outcome::Purchase(PurchaseRecord {
+            amount_cents: amount,
+            points_earned: earned,
+            day,
+            refunded_cents: 0,
+            reversed_points: 0,
+        })
+    }
+
+    fn refund(
+        &mut self,
+        ctx: &EventContext<'_>,
+        purchase_event_id: &EventId,
+        purchase: &PurchaseRecord,
+        amount: Cents,
+        entries: &mut Vec<LedgerEntry>,
+    ) -> Result<Outcome, Rejection> {
+        let total = purchase.amount_cents.get();
+        let remaining = total.saturating_sub(purchase.refunded_cents);
+        if amount.get() > remaining {
+            return Err(Rejection::RefundExceedsPurchase {
+                remaining_cents: remaining,
+            });
+        }
+        let refunded = purchase.refunded_cents + amount.get();
+        let owed_total = if total == 0 {
+            0
+        } else {
+            (purchase.points_earned as u128 * refunded as u128 / total as u128) as u64
+        };
+        let owed = owed_total.saturating_sub(purchase.reversed_points);
+        let taken = owed.min(self.points);
+        let forgiven = owed - taken;
+        if taken > 0 {
+            self.take_newest(taken);
+            self.points -= taken;
+            self.points_reversed += taken;
+            self.push_entry(
+                ctx,
+                LedgerKind::Reverse,
+                -(taken as i64),
+                &format!("refund:{purchase_event_id}"),
+                entries,
+            );
+        }
+        self.spend_cents = self.spend_cents.saturating_sub(amount.get());
+        if let Some(a) = self.window.iter_mut().find(|d| d.day == purchase.day) {
+            a.spend_cents = a.spend_cents.saturating_sub(amount.get());
+            a.points = a.points.saturating_sub(owed);
+        }
+        self.reevaluate_tier(ctx.program);
+        Ok(Outcome::Refund {
+            purchase_event_id: purchase_event_id.clone(),
+            amount_cents: amount,
+            points_reversed: taken,
+            points_forgiven: forgiven,
+            purchase: PurchaseRecord {
+                refunded_cents: refunded,
+                reversed_points: owed_total,
+                ..purchase.clone()
+            },
+        })
+    }
+
+    fn redeem(
+        &mut self,
+        ctx: &EventContext<'_>,
+        reward_id: &RewardId,
+        entries: &mut Vec<LedgerEntry>,
+    ) -> Result<Outcome, Rejection> {
+        let Some(reward) = ctx.program.reward(reward_id) else {
+            return Err(Rejection::UnknownReward {
+                reward_id: reward_id.clone(),
+            });
+        };
+        if let Some(n) = self.vouchers.get_mut(reward_id).filter(|n| **n > 0) {
+            *n -= 1;
+            if *n == 0 {
+                self.vouchers.remove(reward_id);
+            }
+            self.push_entry(ctx, LedgerKind::Redeem, 0, &format!("voucher:{reward_id}"), entries);
+            return Ok(Outcome::Redemption {
+                reward_id: reward_id.clone(),
+                used_voucher: true,
+                points_spent: 0,
+            });
+        }
+        let cost = reward.cost_points;
+        if self.points < cost {
+            return Err(Rejection::InsufficientPoints {
+                needed: cost,
+                available: self.points,
+            });
+        }
+        self.take_oldest(cost);
+        self.points -= cost;
+        self.points_redeemed += cost;
+        self.push_entry(ctx, LedgerKind::Redeem, -(cost as i64), &format!("reward:{reward_id}"), entries);
+        Ok(Outcome::Redemption {
+            reward_id: reward_id.clone(),
+            used_voucher: false,
+            points_spent: cost,
+        })
+    }
+
+    fn earn(&mut self, ctx: &EventContext<'_>, points: Points, detail: &str, entries: &mut Vec<LedgerEntry>) {
+        let day = self.clock.max(ctx.at).day();
+        match self.lots.last_mut() {
+            Some(lot) if lot.day == day => lot.points += points,
+            _ => self.lots.push(PointLot { day, points }),
+        }
+        self.points += points;
+        self.points_earned += points;
+        self.push_entry(ctx, LedgerKind::Earn, points as i64, detail, entries);
+    }
+
+    fn push_entry(
+        &mut self,
+        ctx: &EventContext<'_>,
+        kind: LedgerKind,
+        points: i64,
+        detail: &str,
+        entries: &mut Vec<LedgerEntry>,
+    ) {
+        self.last_seq += 1;
+        entries.push(LedgerEntry {
+            seq: self.last_seq,
+            event_id: ctx.event_id.clone(),
+            kind,
+            points,
+            balance_after: self.points,
+            store_id: ctx.store_id.clone(),
+            at: self.clock.max(ctx.at),
+            detail: detail.to_owned(),
+        });
+    }
+
+    /// Spends from the oldest lots, so that what is spent is what would expire first.
+    fn take_oldest(&mut self, mut n: Points) {
+        while n > 0 {
+            let Some(lot) = self.lots.first_mut() else { break };
+            let t = lot.points.min(n);
+            lot.points -= t;
+            n -= t;
+            if lot.points == 0 {
+                self.lots.remove(0);
+            }
+        }
+    }
+
+    /// Takes back from the newest lots: refunded points are usually the most recent ones.
+    fn take_newest(&mut self, mut n: Points) {
+        while n > 0 {
+            let Some(lot) = self.lots.last_mut() else { break };
+            let t = lot.points.min(n);
+            lot.points -= t;
+            n -= t;
+            if lot.points == 0 {
+                self.lots.pop();
+            }
+        }
+    }
+
+    fn activity(&mut self, day: Day) -> &mut DayActivity {
+        let idx = match self.window.iter().rposition(|d| d.day == day) {
+            Some(i) => i,
+            None => {
+                let pos = self.window.partition_point(|d| d.day < day);
+                self.window.insert(pos, DayActivity { day, spend_cents: 0, points: 0, visits: 0 });
+                pos
+            }
+        };
+        &mut self.window[idx]
+    }
+
+    /// The tier metric summed over the window ending on the member's clock day.
+    pub fn window_metric(&self, program: &Program) -> u64 {
+        let today = self.clock.day().0;
+        let oldest = today.saturating_sub(program.tier_qualification.window_days.saturating_sub(1));
+        self.window
+            .iter()
+            .filter(|d| d.day.0 >= oldest)
+            .map(|d| match program.tier_qualification.metric {
+                TierMetric::SpendCents => d.spend_cents,
+                TierMetric::PointsEarned => d.points,
+                TierMetric::Visits => d.visits as u64,
+            })
+            .sum()
+    }
+
+    /// Tier is the highest whose threshold the window metric meets: a member moves up as soon
+    /// as they qualify and down when activity leaves the window (or is refunded), evaluated at
+    /// each event.
+    fn reevaluate_tier(&mut self, program: &Program) {
+        let idx = program.tier_for(self.window_metric(program));
+        self.tier = program.tiers[idx].name.clone();
+    }
+}

@@ -1,0 +1,305 @@
+//! A franchise's loyalty program: earn rules, stamp card, tiers, reward catalogue, expiry.
+//!
+//! A [`Program`] only exists validated: it is deserialized through [`ProgramSpec`], whose
+//! numbers are signed so that a negative value gets an error naming its field rather than a
+//! generic type error.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Currency, DomainError, Points, RewardId};
+
+/// The program as a client writes it. Converted to [`Program`] by validation.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgramSpec {
+    pub currency: String,
+    pub points_per_unit: i64,
+    #[serde(default)]
+    pub signup_bonus: i64,
+    pub stamp_card: Option<StampCardSpec>,
+    pub tier_qualification: TierQualificationSpec,
+    pub tiers: Vec<TierSpec>,
+    #[serde(default)]
+    pub rewards: Vec<RewardSpec>,
+    #[serde(default)]
+    pub points_expiry_days: Option<i64>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StampCardSpec {
+    pub size: i64,
+    pub reward_id: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierQualificationSpec {
+    pub metric: TierMetric,
+    pub window_days: i64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierSpec {
+    pub name: String,
+    pub threshold: i64,
+    pub multiplier_pct: i64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewardSpec {
+    pub id: String,
+    pub name: String,
+    pub cost_points: i64,
+}
+
+/// What tier qualification counts over its window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TierMetric {
+    SpendCents,
+    PointsEarned,
+    Visits,
+}
+
+/// A validated program. Its invariants: tiers are non-empty, start at threshold 0 and have
+/// strictly increasing thresholds and distinct names; reward ids are distinct and the stamp
+/// card's reward exists; every number is within bounds that keep arithmetic in 64 bits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "ProgramSpec")]
+pub struct Program {
+    pub currency: Currency,
+    pub points_per_unit: u64,
+    pub signup_bonus: Points,
+    pub stamp_card: Option<StampCard>,
+    pub tier_qualification: TierQualification,
+    pub tiers: Vec<Tier>,
+    pub rewards: Vec<Reward>,
+    pub points_expiry_days: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StampCard {
+    pub size: u32,
+    pub reward_id: RewardId,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TierQualification {
+    pub metric: TierMetric,
+    pub window_days: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Tier {
+    pub name: String,
+    pub threshold: u64,
+    pub multiplier_pct: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Reward {
+    pub id: RewardId,
+    pub name: String,
+    pub cost_points: Points,
+}
+
+const MAX_POINTS_PER_UNIT: i64 = 10_000;
+const MAX_MULTIPLIER_PCT: i64 = 10_000;
+const MAX_POINTS: i64 = 1_000_000_000;
+const MAX_DAYS: i64 = 3_650;
+const MAX_CARD: i64 = 1_000;
+const MAX_TIERS: usize = 32;
+const MAX_REWARDS: usize = 256;
+const MAX_NAME: usize = 100;
+
+fn bounded(field: &str, v: i64, min: i64, max: i64) -> Result<u64, DomainError> {
+    if v < min || v > max {
+        Err(DomainError::invalid_program(format!(
+            "{field} must be between {min} and {max}, got {v}"
+        )))
+    } else {
+        Ok(v as u64)
+    }
+}
+
+fn name(field: &str, s: &str) -> Result<String, DomainError> {
+    let t = s.trim();
+    if t.is_empty() || t.chars().count() > MAX_NAME {
+        Err(DomainError::invalid_program(format!(
+            "{field} must be 1 to {MAX_NAME} characters"
+        )))
+    } else {
+        Ok(t.to_owned())
+    }
+}
+
+impl TryFrom<ProgramSpec> for Program {
+    type Error = DomainError;
+
+    fn try_from(s: ProgramSpec) -> Result<Self, DomainError> {
+        let currency = Currency::parse(&s.currency)
+            .map_err(|_| DomainError::invalid_program("currency must be an ISO 4217 code"))?;
+        let points_per_unit = bounded("points_per_unit", s.points_per_unit, 0, MAX_POINTS_PER_UNIT)?;
+        let signup_bonus = bounded("signup_bonus", s.signup_bonus, 0, MAX_POINTS)?;
+
+        if s.rewards.len() > MAX_REWARDS {
+            return Err(DomainError::invalid_program(format!(
+                "at most {MAX_REWARDS} rewards"
+            )));
+        }
+        let mut rewards: Vec<Reward> = Vec::with_capacity(s.rewards.len());
+        for (i, r) in s.rewards.iter().enumerate() {
+            let id = RewardId::parse(&r.id).map_err(|_| {
+                DomainError::invalid_program(format!(
+                    "rewards[{i}].id must be 1 to 64 characters of [A-Za-z0-9_.:-]"
+                ))
+            })?;
+            if rewards.iter().any(|x| x.id == id) {
+                return Err(DomainError::invalid_program(format!(
+                    "reward id {id} appears twice"
+                )));
+            }
+            rewards.push(Reward {
+                id,
+                name: name(&format!("rewards[{i}].name"), &r.name)?,
+                cost_points: bounded(&format!("rewards[{i}].cost_points"), r.cost_points, 1, MAX_POINTS)?,
+            });
+        }
+
+        let stamp_card = match s.stamp_card {
+            None => None,
+            Some(c) => {
+                let size = bounded("stamp_card.size", c.size, 1, MAX_CARD)? as u32;
+                let reward_id = RewardId::parse(&c.reward_id).ok().filter(|id| rewards.iter().any(|r| &r.id == id));
+                let Some(reward_id) = reward_id else {
+                    return Err(DomainError::invalid_program(format!(
+                        "stamp_card.reward_id {:?} is not a reward of the catalogue",
+                        c.reward_id
+                    )));
+                };
+                Some(StampCard { size, reward_id })
+            }
+        };
+
+        let tier_qualification = TierQualification {
+            metric: s.tier_qualification.metric,
+            window_days: bounded("tier_qualification.window_days", s.tier_qualification.window_days, 1, MAX_DAYS)? as u32,
+        };
+
+        if s.tiers.is_empty() || s.tiers.len() > MAX_TIERS {
+            return Err(DomainError::invalid_program(format!(
+                "tiers must have 1 to {MAX_TIERS} entries"
+            )));
+        }
+        let mut tiers: Vec<Tier> = Vec::with_capacity(s.tiers.len());
+        for (i, t) in s.tiers.iter().enumerate() {
+            let tier = Tier {
+                name: name(&format!("tiers[{i}].name"), &t.name)?,
+                threshold: bounded(&format!("tiers[{i}].threshold"), t.threshold, 0, i64::MAX / 4)?,
+                multiplier_pct: bounded(&format!("tiers[{i}].multiplier_pct"), t.multiplier_pct, 0, MAX_MULTIPLIER_PCT)?,
+            };
+            if let Some(prev) = tiers.last() {
+                if tier.threshold <= prev.threshold {
+                    return Err(DomainError::invalid_program(format!(
+                        "tiers must be sorted by strictly increasing threshold: tiers[{i}] ({}) is not above tiers[{}] ({})",
+                        tier.threshold,
+                        i - 1,
+                        prev.threshold
+                    )));
+                }
+            } else if tier.threshold != 0 {
+                return Err(DomainError::invalid_program(
+                    "the first tier must have threshold 0 (every member starts in it)",
+                ));
+            }
+            if tiers.iter().any(|x| x.name == tier.name) {
+                return Err(DomainError::invalid_program(format!(
+                    "tier name {:?} appears twice",
+                    tier.name
+                )));
+            }
+            tiers.push(tier);
+        }
+
+        let points_expiry_days = match s.points_expiry_days {
+            None => None,
+            Some(d) => Some(bounded("points_expiry_days", d, 1, MAX_DAYS)? as u32),
+        };
+
+        Ok(Program {
+            currency,
+            points_per_unit,
+            signup_bonus,
+            stamp_card,
+            tier_qualification,
+            tiers,
+            rewards,
+            points_expiry_days,
+        })
+    }
+}
+
+impl Program {
+    pub fn reward(&self, id: &RewardId) -> Option<&Reward> {
+        self.rewards.iter().find(|r| &r.id == id)
+    }
+
+    /// The index of the highest tier whose threshold `metric` meets.
+    pub fn tier_for(&self, metric: u64) -> usize {
+        self.tiers
+            .iter()
+            .rposition(|t| metric >= t.threshold)
+            .unwrap_or(0)
+    }
+
+    /// The index of the tier called `name`, or the first tier if the program no longer has it.
+    pub fn tier_index(&self, name: &str) -> usize {
+        self.tiers.iter().position(|t| t.name == name).unwrap_or(0)
+    }
+
+    /// Points earned by a purchase of `amount_cents` at the tier `tier`:
+    /// `floor(amount × points_per_unit × multiplier_pct / 10000)`.
+    pub fn points_for(&self, amount_cents: u64, tier: usize) -> Points {
+        let pct = self.tiers.get(tier).map_or(100, |t| t.multiplier_pct);
+        let p = amount_cents as u128 * self.points_per_unit as u128 * pct as u128 / 10_000;
+        u64::try_from(p).unwrap_or(u64::MAX)
+    }
+
+    /// A demonstration program in the shape the documentation uses.
+    pub fn demo() -> Program {
+        Program {
+            currency: Currency::parse("EUR").expect("static currency"),
+            points_per_unit: 1,
+            signup_bonus: 50,
+            stamp_card: Some(StampCard {
+                size: 10,
+                reward_id: RewardId::parse("free-coffee").expect("static id"),
+            }),
+            tier_qualification: TierQualification {
+                metric: TierMetric::SpendCents,
+                window_days: 365,
+            },
+            tiers: vec![
+                Tier { name: "Bronze".into(), threshold: 0, multiplier_pct: 100 },
+                Tier { name: "Silver".into(), threshold: 25_000, multiplier_pct: 150 },
+                Tier { name: "Gold".into(), threshold: 100_000, multiplier_pct: 200 },
+            ],
+            rewards: vec![
+                Reward {
+                    id: RewardId::parse("free-coffee").expect("static id"),
+                    name: "Free coffee".into(),
+                    cost_points: 100,
+                },
+                Reward {
+                    id: RewardId::parse("free-pastry").expect("static id"),
+                    name: "Free pastry".into(),
+                    cost_points: 150,
+                },
+            ],
+            points_expiry_days: Some(365),
+        }
+    }
+}

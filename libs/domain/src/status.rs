@@ -1,0 +1,78 @@
+//! The member status shown at the till: balance, tier and progress, stamps, rewards.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{FranchiseId, MemberId, MemberState, Points, Program, RewardId};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NextTier {
+    pub name: String,
+    /// How much of the tier metric is still missing (cents, points or visits).
+    pub remaining: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Voucher {
+    pub reward_id: RewardId,
+    pub count: u32,
+}
+
+/// What a POS shows for a member. Contains no personal data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub member_id: MemberId,
+    pub franchise_id: FranchiseId,
+    pub points: Points,
+    pub tier: String,
+    pub next_tier: Option<NextTier>,
+    pub stamps: u32,
+    pub stamp_card_size: Option<u32>,
+    /// Rewards redeemable right now: a voucher is held, or the points cover the cost.
+    pub rewards_available: Vec<RewardId>,
+    pub vouchers: Vec<Voucher>,
+    pub visits: u64,
+    pub spend_cents: u64,
+    pub points_earned: Points,
+    /// Increases with every change; a cache never replaces a newer status by an older one.
+    pub version: u64,
+}
+
+impl MemberStatus {
+    pub fn of(state: &MemberState, program: &Program) -> MemberStatus {
+        let metric = state.window_metric(program);
+        let idx = program
+            .tiers
+            .iter()
+            .position(|t| t.name == state.tier)
+            .unwrap_or_else(|| program.tier_for(metric));
+        let next_tier = program.tiers.get(idx + 1).map(|t| NextTier {
+            name: t.name.clone(),
+            remaining: t.threshold.saturating_sub(metric),
+        });
+        let rewards_available = program
+            .rewards
+            .iter()
+            .filter(|r| state.points >= r.cost_points || state.vouchers.get(&r.id).is_some_and(|n| *n > 0))
+            .map(|r| r.id.clone())
+            .collect();
+        MemberStatus {
+            member_id: state.member_id.clone(),
+            franchise_id: state.franchise_id.clone(),
+            points: state.points,
+            tier: program.tiers[idx].name.clone(),
+            next_tier,
+            stamps: state.stamps,
+            stamp_card_size: program.stamp_card.as_ref().map(|c| c.size),
+            rewards_available,
+            vouchers: state
+                .vouchers
+                .iter()
+                .map(|(reward_id, count)| Voucher { reward_id: reward_id.clone(), count: *count })
+                .collect(),
+            visits: state.visits,
+            spend_cents: state.spend_cents,
+            points_earned: state.points_earned,
+            version: state.version,
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Embedded adapters of the loyalty ports, for `dev` mode and tests: a durable partitioned
+//! event log with consumer groups ([`log`]), a durable store on redb ([`store`]) and an
+//! in-process hot cache ([`cache`]). They keep the semantics of the real adapters (partitions,
+//! offsets, at-least-once redelivery, conditional writes, durability across `kill -9`), so the
+//! engine cannot tell them apart.
+
+pub mod cache;
+pub mod log;
+pub mod store;
+
+pub use cache::EmbeddedCache;
+pub use store::EmbeddedStore;

@@ -1,0 +1,307 @@
+//! Topics, partition files and the group-commit writer.
+//!
+//! Each partition is one append-only file. Only the writer thread writes to it; readers use
+//! positional reads of the same file handle. A record becomes visible (its position is published
+//! in the index, `end_offset` counts it, consumers are woken) only after the `fdatasync` that
+//! made it durable: a reader never sees a record a crash could take back.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc};
+
+use bytes::Bytes;
+use loyalty_core::ports::{Appended, Offset, Partition, Record};
+use loyalty_core::{Error, Result};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{oneshot, watch};
+
+use super::frame;
+use super::io_error;
+
+/// One topic: its partitions and the signal that wakes its consumers.
+pub(crate) struct Topic {
+    pub name: String,
+    pub dir: PathBuf,
+    pub partitions: Vec<Arc<PartitionLog>>,
+    /// Bumped after every durable batch that touched the topic; consumers wait on it.
+    pub changes: Arc<watch::Sender<u64>>,
+}
+
+impl Topic {
+    /// The partition `partition`, or `Error::Invalid` if the topic has no such partition.
+    pub fn partition(&self, partition: Partition) -> Result<&Arc<PartitionLog>> {
+        self.partitions.get(partition as usize).ok_or_else(|| {
+            Error::Invalid(format!(
+                "topic {} has {} partitions, no partition {partition}",
+                self.name,
+                self.partitions.len()
+            ))
+        })
+    }
+}
+
+/// The durable, published part of a partition.
+struct Index {
+    /// File position of each record, by offset.
+    positions: Vec<u64>,
+    /// End of the last durable record: where the next frame is written.
+    end: u64,
+}
+
+/// One partition file and its in-memory index.
+pub(crate) struct PartitionLog {
+    pub id: Partition,
+    topic: String,
+    path: PathBuf,
+    file: File,
+    index: RwLock<Index>,
+    changes: Arc<watch::Sender<u64>>,
+    /// Set when a failed `fdatasync` left the file in an unknown state: the partition refuses
+    /// appends until the log is reopened (and the file rescanned).
+    failed: Mutex<Option<String>>,
+}
+
+/// The file name of a partition inside its topic directory.
+pub(crate) fn partition_file(dir: &Path, partition: Partition) -> PathBuf {
+    dir.join(format!("p{partition:05}.log"))
+}
+
+impl PartitionLog {
+    /// Opens an existing partition file, scans it and cuts a torn tail.
+    pub fn open(
+        topic: &str,
+        dir: &Path,
+        id: Partition,
+        max_body: usize,
+        changes: Arc<watch::Sender<u64>>,
+    ) -> Result<PartitionLog> {
+        let path = partition_file(dir, id);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Error::Corrupt(format!(
+                    "topic {topic}: partition file {} is missing",
+                    path.display()
+                )),
+                _ => io_error(&format!("opening {}", path.display()), e),
+            })?;
+        let file_len = file
+            .metadata()
+            .map_err(|e| io_error(&format!("stat {}", path.display()), e))?
+            .len();
+        let scan = frame::scan(&file, file_len, max_body)
+            .map_err(|e| io_error(&format!("scanning {}", path.display()), e))?;
+        if let Some(why) = &scan.cut {
+            tracing::warn!(
+                topic,
+                partition = id,
+                kept_records = scan.positions.len(),
+                cut_bytes = file_len - scan.valid_len,
+                "cutting the torn tail of a partition file: {why}"
+            );
+            file.set_len(scan.valid_len)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| io_error(&format!("truncating {}", path.display()), e))?;
+        }
+        Ok(PartitionLog {
+            id,
+            topic: topic.to_string(),
+            path,
+            file,
+            index: RwLock::new(Index {
+                positions: scan.positions,
+                end: scan.valid_len,
+            }),
+            changes,
+            failed: Mutex::new(None),
+        })
+    }
+
+    /// The offset the next record will get.
+    pub fn end_offset(&self) -> Offset {
+        self.index.read().positions.len() as Offset
+    }
+
+    /// Reads up to `max` records from `from` (fewer if they would exceed `max_bytes`, but at
+    /// least one if there is one). Returns the records and the bytes they took on disk.
+    pub fn read(&self, from: Offset, max: usize, max_bytes: usize) -> Result<(Vec<Record>, usize)> {
+        let (start, stop, count) = {
+            let ix = self.index.read();
+            let len = ix.positions.len();
+            let Ok(from_idx) = usize::try_from(from) else {
+                return Ok((Vec::new(), 0));
+            };
+            if from_idx >= len || max == 0 {
+                return Ok((Vec::new(), 0));
+            }
+            let end_of = |i: usize| ix.positions.get(i).copied().unwrap_or(ix.end);
+            let start = ix.positions[from_idx];
+            let mut to = len.min(from_idx.saturating_add(max));
+            if end_of(to) - start > max_bytes as u64 {
+                // Largest `to` in (from_idx, to] whose bytes fit, but at least one record.
+                let (mut lo, mut hi) = (from_idx + 1, to);
+                while lo < hi {
+                    let mid = (lo + hi).div_ceil(2);
+                    if end_of(mid) - start <= max_bytes as u64 {
+                        lo = mid;
+                    } else {
+                        hi = mid - 1;
+                    }
+                }
+                to = lo;
+            }
+            (start, end_of(to), to - from_idx)
+        };
+        let size = usize::try_from(stop - start)
+            .map_err(|_| Error::Corrupt(format!("{}: read too large", self.path.display())))?;
+        let mut buf = vec![0u8; size];
+        self.file
+            .read_exact_at(&mut buf, start)
+            .map_err(|e| io_error(&format!("reading {}", self.path.display()), e))?;
+        let records = frame::decode_frames(Bytes::from(buf), self.id, from, count).map_err(
+            |e| match e {
+                Error::Corrupt(why) => Error::Corrupt(format!("topic {}: {why}", self.topic)),
+                other => other,
+            },
+        )?;
+        Ok((records, size))
+    }
+}
+
+/// One append waiting for the writer.
+pub(crate) struct AppendRequest {
+    pub partition: Arc<PartitionLog>,
+    /// The encoded frame (header included).
+    pub frame: Vec<u8>,
+    pub ack: oneshot::Sender<Result<Appended>>,
+}
+
+/// Limits of one group commit.
+#[derive(Clone, Copy)]
+pub(crate) struct BatchLimits {
+    pub max_records: usize,
+    pub max_bytes: usize,
+}
+
+/// The writer thread: takes every append waiting in the queue (up to the batch limits), writes
+/// each partition's share with one positional write, makes each touched file durable with one
+/// `fdatasync`, publishes the new records and only then acknowledges every appender. Appends
+/// that arrive while a batch is being synced wait in the queue and form the next batch, so the
+/// cost of a sync is shared by every concurrent appender (group commit).
+pub(crate) fn run_writer(queue: mpsc::Receiver<AppendRequest>, limits: BatchLimits) {
+    let mut batch: Vec<AppendRequest> = Vec::new();
+    while let Ok(first) = queue.recv() {
+        let mut bytes = first.frame.len();
+        batch.push(first);
+        while batch.len() < limits.max_records && bytes < limits.max_bytes {
+            match queue.try_recv() {
+                Ok(next) => {
+                    bytes += next.frame.len();
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        commit_batch(&mut batch);
+    }
+    tracing::debug!("embedded log writer stopped");
+}
+
+/// The appends of one batch that go to one partition, in arrival order.
+struct Share {
+    partition: Arc<PartitionLog>,
+    requests: Vec<AppendRequest>,
+}
+
+fn commit_batch(batch: &mut Vec<AppendRequest>) {
+    let mut shares: Vec<Share> = Vec::new();
+    let mut by_partition: HashMap<*const PartitionLog, usize> = HashMap::new();
+    for request in batch.drain(..) {
+        let key = Arc::as_ptr(&request.partition);
+        let slot = *by_partition.entry(key).or_insert_with(|| {
+            shares.push(Share {
+                partition: request.partition.clone(),
+                requests: Vec::new(),
+            });
+            shares.len() - 1
+        });
+        shares[slot].requests.push(request);
+    }
+
+    // Write every share, then sync every written file, then publish and acknowledge.
+    let mut written = Vec::with_capacity(shares.len());
+    for share in shares {
+        let part = &share.partition;
+        if let Some(why) = part.failed.lock().clone() {
+            fail(share.requests, &why);
+            continue;
+        }
+        let (base, start) = {
+            let ix = part.index.read();
+            (ix.positions.len() as Offset, ix.end)
+        };
+        let total: usize = share.requests.iter().map(|r| r.frame.len()).sum();
+        let mut buf = Vec::with_capacity(total);
+        let mut positions = Vec::with_capacity(share.requests.len());
+        for request in &share.requests {
+            positions.push(start + buf.len() as u64);
+            buf.extend_from_slice(&request.frame);
+        }
+        match part.file.write_all_at(&buf, start) {
+            Ok(()) => written.push((share, base, positions, start + buf.len() as u64)),
+            Err(e) => {
+                let why = format!("writing {}: {e}", part.path.display());
+                tracing::error!(topic = part.topic, partition = part.id, "{why}");
+                roll_back(part, start);
+                fail(share.requests, &why);
+            }
+        }
+    }
+    for (share, base, positions, end) in written {
+        let part = &share.partition;
+        if let Err(e) = part.file.sync_data() {
+            // After a failed fsync the kernel may have dropped the dirty pages: the file's
+            // content is unknown. Cut what this batch wrote and fence the partition.
+            let why = format!("syncing {}: {e}", part.path.display());
+            tracing::error!(topic = part.topic, partition = part.id, "{why}");
+            roll_back(part, positions.first().copied().unwrap_or(end));
+            *part.failed.lock() = Some(why.clone());
+            fail(share.requests, &why);
+            continue;
+        }
+        {
+            let mut ix = part.index.write();
+            ix.positions.extend_from_slice(&positions);
+            ix.end = end;
+        }
+        part.changes.send_modify(|v| *v = v.wrapping_add(1));
+        for (i, request) in share.requests.into_iter().enumerate() {
+            // The appender may have given up waiting; the record is durable all the same.
+            let _ = request.ack.send(Ok(Appended {
+                partition: part.id,
+                offset: base + i as Offset,
+            }));
+        }
+    }
+}
+
+/// Cuts the file back to `len` after a failed write; fences the partition if even that fails.
+fn roll_back(part: &PartitionLog, len: u64) {
+    if let Err(e) = part.file.set_len(len) {
+        let why = format!("truncating {} after a failed write: {e}", part.path.display());
+        tracing::error!(topic = part.topic, partition = part.id, "{why}");
+        *part.failed.lock() = Some(why);
+    }
+}
+
+fn fail(requests: Vec<AppendRequest>, why: &str) {
+    for request in requests {
+        let _ = request
+            .ack
+            .send(Err(Error::Unavailable(why.to_string())));
+    }
+}

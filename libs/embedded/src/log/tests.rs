@@ -1,0 +1,515 @@
+//! Tests of the embedded event log. Each works in its own temporary directory.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use loyalty_core::ports::{
+    partition_for, ConsumerEvent, EventLog, LogConsumer, Partition, Record,
+};
+use loyalty_core::Error;
+use tokio::sync::oneshot;
+
+use super::{partition_file, EmbeddedLog, LogConfig};
+
+/// Generous bound on any single wait, so a bug fails the test instead of hanging it.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+fn config() -> LogConfig {
+    LogConfig {
+        poll_interval: Duration::from_millis(30),
+        ..LogConfig::default()
+    }
+}
+
+fn open(dir: &std::path::Path) -> Arc<EmbeddedLog> {
+    EmbeddedLog::open_with(dir, config()).unwrap()
+}
+
+/// A key that lands on `partition` of a topic with `partitions` partitions.
+fn key_for(partition: Partition, partitions: u32, salt: usize) -> Vec<u8> {
+    (0..)
+        .map(|i| format!("key-{salt}-{i}").into_bytes())
+        .find(|k| partition_for(k, partitions) == partition)
+        .unwrap()
+}
+
+/// Polls until the next group event, failing on records that arrive first only if
+/// `records_allowed` is false.
+async fn next_event(c: &dyn LogConsumer) -> ConsumerEvent {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            match c.next(100).await.unwrap() {
+                ConsumerEvent::Records(r) if r.is_empty() => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("no consumer event in time")
+}
+
+async fn expect_assigned(c: &dyn LogConsumer) -> Vec<Partition> {
+    match next_event(c).await {
+        ConsumerEvent::Assigned(p) => p,
+        other => panic!("expected Assigned, got {other:?}"),
+    }
+}
+
+async fn expect_revoked(c: &dyn LogConsumer) -> (Vec<Partition>, oneshot::Sender<()>) {
+    match next_event(c).await {
+        ConsumerEvent::Revoked { partitions, done } => (partitions, done),
+        other => panic!("expected Revoked, got {other:?}"),
+    }
+}
+
+/// Reads records until `n` arrived (fails on group events or a timeout).
+async fn take_records(c: &dyn LogConsumer, n: usize) -> Vec<Record> {
+    let mut out = Vec::new();
+    tokio::time::timeout(PATIENCE, async {
+        while out.len() < n {
+            match c.next(n - out.len()).await.unwrap() {
+                ConsumerEvent::Records(r) => out.extend(r),
+                other => panic!("expected records, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("records did not arrive in time");
+    out
+}
+
+fn by_partition(records: &[Record]) -> BTreeMap<Partition, Vec<u64>> {
+    let mut map: BTreeMap<Partition, Vec<u64>> = BTreeMap::new();
+    for r in records {
+        map.entry(r.partition).or_default().push(r.offset);
+    }
+    map
+}
+
+#[tokio::test]
+async fn log_appends_land_in_key_partitions_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    assert_eq!(log.ensure_topic("orders", 4).await.unwrap(), 4);
+    // An existing topic keeps its partition count.
+    assert_eq!(log.ensure_topic("orders", 8).await.unwrap(), 4);
+
+    let mut expected: Vec<Record> = Vec::new();
+    for i in 0..200u32 {
+        let key = format!("member-{}", i % 13).into_bytes();
+        let payload = Bytes::from(format!("payload-{i}").repeat((i % 5) as usize));
+        let headers = if i % 7 == 0 {
+            Vec::new()
+        } else {
+            vec![
+                ("event-id".to_string(), Bytes::from(format!("ev-{i}"))),
+                ("bin".to_string(), Bytes::from(vec![0u8, 255, i as u8])),
+            ]
+        };
+        let at = log
+            .append("orders", &key, payload.clone(), headers.clone())
+            .await
+            .unwrap();
+        assert_eq!(at.partition, partition_for(&key, 4));
+        expected.push(Record {
+            partition: at.partition,
+            offset: at.offset,
+            key: Bytes::from(key),
+            payload,
+            headers,
+        });
+    }
+    // Offsets are per partition, from 0, contiguous, in append order.
+    let mut touched = 0;
+    for (p, offsets) in by_partition(&expected) {
+        assert_eq!(offsets, (0..offsets.len() as u64).collect::<Vec<_>>());
+        assert_eq!(log.end_offset("orders", p).await.unwrap(), offsets.len() as u64);
+        touched += 1;
+    }
+    assert!(touched > 1, "13 keys should spread over several partitions");
+
+    drop(log);
+    let log = open(dir.path());
+    assert_eq!(log.partitions("orders"), Some(4));
+    let mut reread = Vec::new();
+    for p in 0..4 {
+        reread.extend(log.read("orders", p, 0, 1000).unwrap());
+    }
+    let mut expected_sorted = expected.clone();
+    expected_sorted.sort_by_key(|r| (r.partition, r.offset));
+    assert_eq!(reread, expected_sorted);
+    // Reading from the middle and past the end.
+    let p = expected[0].partition;
+    let tail = log.read("orders", p, 1, 2).unwrap();
+    assert_eq!(tail.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![1, 2]);
+    assert!(log.read("orders", p, 10_000, 5).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn log_rejects_bad_names_partitions_and_topics() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    for bad in ["", "a/b", "..", ".", "sp ace", "é", &"x".repeat(201)] {
+        assert!(
+            matches!(log.ensure_topic(bad, 1).await, Err(Error::Invalid(_))),
+            "{bad:?} accepted"
+        );
+    }
+    assert!(matches!(log.ensure_topic("t", 0).await, Err(Error::Invalid(_))));
+    log.ensure_topic("t", 2).await.unwrap();
+    assert!(matches!(log.end_offset("t", 2).await, Err(Error::Invalid(_))));
+    assert!(matches!(
+        log.append("nope", b"k", Bytes::new(), vec![]).await,
+        Err(Error::Invalid(_))
+    ));
+    assert!(matches!(log.subscribe("g", "nope").await, Err(Error::Invalid(_))));
+    assert!(matches!(log.subscribe("g/x", "t").await, Err(Error::Invalid(_))));
+    let huge = Bytes::from(vec![0u8; config().max_record_bytes + 1]);
+    assert!(matches!(
+        log.append("t", b"k", huge, vec![]).await,
+        Err(Error::Invalid(_))
+    ));
+}
+
+#[tokio::test]
+async fn log_torn_tail_is_cut_on_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    log.ensure_topic("t", 1).await.unwrap();
+    for i in 0..10u8 {
+        log.append("t", b"k", Bytes::from(vec![i; 100]), vec![("h".into(), Bytes::from(vec![i]))])
+            .await
+            .unwrap();
+    }
+    drop(log);
+    let path = partition_file(&dir.path().join("t"), 0);
+
+    // 1. Garbage after the last frame (a crash while writing a frame): all 10 survive.
+    let clean_len = std::fs::metadata(&path).unwrap().len();
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        // A plausible length, a wrong checksum, a short body.
+        f.write_all(&40u32.to_le_bytes()).unwrap();
+        f.write_all(&[0xde, 0xad, 0xbe, 0xef, 1, 2, 3]).unwrap();
+    }
+    let log = open(dir.path());
+    assert_eq!(log.end_offset("t", 0).await.unwrap(), 10);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), clean_len, "tail not cut");
+    let at = log.append("t", b"k", Bytes::from_static(b"eleven"), vec![]).await.unwrap();
+    assert_eq!(at.offset, 10);
+    drop(log);
+
+    // 2. The last frame cut in the middle: it goes, the 10 before it stay.
+    let len = std::fs::metadata(&path).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len - 3)
+        .unwrap();
+    let log = open(dir.path());
+    assert_eq!(log.end_offset("t", 0).await.unwrap(), 10);
+    let records = log.read("t", 0, 0, 100).unwrap();
+    assert_eq!(records.len(), 10);
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r.offset, i as u64);
+        assert_eq!(r.payload, Bytes::from(vec![i as u8; 100]));
+        assert_eq!(r.headers, vec![("h".to_string(), Bytes::from(vec![i as u8]))]);
+    }
+    let at = log.append("t", b"k", Bytes::from_static(b"again"), vec![]).await.unwrap();
+    assert_eq!(at.offset, 10);
+    drop(log);
+
+    // 3. A flipped byte inside an earlier frame: the scan stops there.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let frame_len = bytes.len() / 11; // roughly inside the 6th frame
+    bytes[frame_len * 5 + 20] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let log = open(dir.path());
+    let end = log.end_offset("t", 0).await.unwrap();
+    assert!((4..=6).contains(&end), "end {end}");
+    let records = log.read("t", 0, 0, 100).unwrap();
+    assert_eq!(records.len() as u64, end);
+    let at = log.append("t", b"k", Bytes::from_static(b"after"), vec![]).await.unwrap();
+    assert_eq!(at.offset, end);
+}
+
+#[tokio::test]
+async fn log_consumer_redelivers_from_committed_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    log.ensure_topic("t", 2).await.unwrap();
+    let keys = [key_for(0, 2, 0), key_for(1, 2, 0)];
+    for i in 0..20usize {
+        log.append("t", &keys[i % 2], Bytes::from(format!("r{i}")), vec![])
+            .await
+            .unwrap();
+    }
+
+    let c = log.subscribe("g", "t").await.unwrap();
+    assert_eq!(expect_assigned(c.as_ref()).await, vec![0, 1]);
+    assert_eq!(c.committed(0).await.unwrap(), None);
+    let got = take_records(c.as_ref(), 20).await;
+    let per = by_partition(&got);
+    assert_eq!(per[&0], (0..10).collect::<Vec<_>>());
+    assert_eq!(per[&1], (0..10).collect::<Vec<_>>());
+    c.commit(0, 3).await.unwrap();
+    c.commit(1, 7).await.unwrap();
+    // Going backwards is a no-op, not a rewind.
+    c.commit(1, 2).await.unwrap();
+    assert_eq!(c.committed(1).await.unwrap(), Some(7));
+    // Past the end is refused.
+    assert!(matches!(c.commit(0, 11).await, Err(Error::Invalid(_))));
+    drop(c);
+
+    let c = log.subscribe("g", "t").await.unwrap();
+    assert_eq!(expect_assigned(c.as_ref()).await, vec![0, 1]);
+    let got = take_records(c.as_ref(), 7 + 3).await;
+    let per = by_partition(&got);
+    assert_eq!(per[&0], (3..10).collect::<Vec<_>>());
+    assert_eq!(per[&1], (7..10).collect::<Vec<_>>());
+    // Nothing more: the poll times out empty.
+    match c.next(10).await.unwrap() {
+        ConsumerEvent::Records(r) => assert!(r.is_empty()),
+        other => panic!("unexpected {other:?}"),
+    }
+    // A new append wakes the waiting consumer.
+    let (next, at) = tokio::join!(c.next(10), async {
+        log.append("t", &keys[0], Bytes::from_static(b"late"), vec![]).await.unwrap()
+    });
+    match next.unwrap() {
+        ConsumerEvent::Records(r) => {
+            // The append may land after the poll timed out on a slow machine.
+            if let Some(r) = r.first() {
+                assert_eq!((r.partition, r.offset), (at.partition, at.offset));
+            }
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    drop(c);
+
+    // Offsets are durable: another process (a reopened log) sees them.
+    drop(log);
+    let log = open(dir.path());
+    let c = log.subscribe("g", "t").await.unwrap();
+    expect_assigned(c.as_ref()).await;
+    assert_eq!(c.committed(0).await.unwrap(), Some(3));
+    assert_eq!(c.committed(1).await.unwrap(), Some(7));
+    let got = take_records(c.as_ref(), 7 + 1 + 3).await;
+    assert_eq!(by_partition(&got)[&0], (3..11).collect::<Vec<_>>());
+    // Another group starts from 0.
+    let other = log.subscribe("other", "t").await.unwrap();
+    expect_assigned(other.as_ref()).await;
+    assert_eq!(take_records(other.as_ref(), 21).await.len(), 21);
+}
+
+#[tokio::test]
+async fn log_consumer_is_fair_between_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    log.ensure_topic("t", 2).await.unwrap();
+    for p in 0..2 {
+        let key = key_for(p, 2, 1);
+        for _ in 0..100 {
+            log.append("t", &key, Bytes::from_static(b"x"), vec![]).await.unwrap();
+        }
+    }
+    let c = log.subscribe("g", "t").await.unwrap();
+    expect_assigned(c.as_ref()).await;
+    for _ in 0..5 {
+        let got = take_records(c.as_ref(), 10).await;
+        let per = by_partition(&got);
+        assert_eq!(per.get(&0).map(Vec::len), Some(5), "{per:?}");
+        assert_eq!(per.get(&1).map(Vec::len), Some(5), "{per:?}");
+    }
+}
+
+#[tokio::test]
+async fn log_rebalance_waits_for_revocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    log.ensure_topic("t", 4).await.unwrap();
+    let c1 = log.subscribe("g", "t").await.unwrap();
+    assert_eq!(expect_assigned(c1.as_ref()).await, vec![0, 1, 2, 3]);
+
+    let c2 = log.subscribe("g", "t").await.unwrap();
+    // c1 holds everything: it is asked to give it all back. c2 held nothing: no Revoked.
+    let (revoked, done) = expect_revoked(c1.as_ref()).await;
+    assert_eq!(revoked, vec![0, 1, 2, 3]);
+    // While c1 has not sent `done`, c2 gets nothing and c1 still owns (and may commit).
+    for _ in 0..3 {
+        match c2.next(10).await.unwrap() {
+            ConsumerEvent::Records(r) => assert!(r.is_empty()),
+            other => panic!("c2 got {other:?} before c1 released its partitions"),
+        }
+    }
+    c1.commit(2, 0).await.unwrap();
+
+    let released = Arc::new(AtomicBool::new(false));
+    let c2_task = {
+        let released = released.clone();
+        tokio::spawn(async move {
+            let assigned = expect_assigned(c2.as_ref()).await;
+            (assigned, released.load(Ordering::SeqCst), c2)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await; // let c2 wait (not a synchronisation)
+    released.store(true, Ordering::SeqCst);
+    done.send(()).unwrap();
+    let (assigned2, was_released, c2) = c2_task.await.unwrap();
+    assert!(was_released, "c2 was assigned before c1 sent done");
+    // Round robin in join order: c1 gets the even partitions, c2 the odd ones.
+    assert_eq!(assigned2, vec![1, 3]);
+    assert_eq!(expect_assigned(c1.as_ref()).await, vec![0, 2]);
+    // c1 no longer owns partition 1.
+    assert!(matches!(c1.commit(1, 0).await, Err(Error::Conflict(_))));
+
+    // c2 closes: c1 revokes what it holds, then gets everything.
+    c2.close().await.unwrap();
+    let (revoked, done) = expect_revoked(c1.as_ref()).await;
+    assert_eq!(revoked, vec![0, 2]);
+    done.send(()).unwrap();
+    assert_eq!(expect_assigned(c1.as_ref()).await, vec![0, 1, 2, 3]);
+    assert!(matches!(c2.next(1).await, Err(Error::ShuttingDown)));
+    drop(c2);
+
+    // A third joins and is dropped (not closed) while holding partitions.
+    let c3 = log.subscribe("g", "t").await.unwrap();
+    let (_, done) = expect_revoked(c1.as_ref()).await;
+    done.send(()).unwrap();
+    assert_eq!(expect_assigned(c1.as_ref()).await, vec![0, 2]);
+    assert_eq!(expect_assigned(c3.as_ref()).await, vec![1, 3]);
+    drop(c3);
+    let (_, done) = expect_revoked(c1.as_ref()).await;
+    done.send(()).unwrap();
+    assert_eq!(expect_assigned(c1.as_ref()).await, vec![0, 1, 2, 3]);
+}
+
+#[tokio::test]
+async fn log_dropped_member_pending_done_counts_as_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    log.ensure_topic("t", 2).await.unwrap();
+    let c1 = log.subscribe("g", "t").await.unwrap();
+    assert_eq!(expect_assigned(c1.as_ref()).await, vec![0, 1]);
+    let c2 = log.subscribe("g", "t").await.unwrap();
+    let (_, done) = expect_revoked(c1.as_ref()).await;
+    // c1 dies mid-revocation, its `done` still alive somewhere: c2 must not wait forever.
+    drop(c1);
+    assert_eq!(expect_assigned(c2.as_ref()).await, vec![0, 1]);
+    drop(done);
+
+    // A member that never even saw its Revoked (undelivered) and is dropped: same.
+    let c3 = log.subscribe("g", "t").await.unwrap();
+    drop(c3);
+    let (revoked, done) = expect_revoked(c2.as_ref()).await;
+    assert_eq!(revoked, vec![0, 1]);
+    done.send(()).unwrap();
+    assert_eq!(expect_assigned(c2.as_ref()).await, vec![0, 1]);
+}
+
+#[tokio::test]
+async fn log_commit_on_unowned_partition_conflicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    log.ensure_topic("t", 2).await.unwrap();
+    let key1 = key_for(1, 2, 2);
+    log.append("t", &key1, Bytes::from_static(b"x"), vec![]).await.unwrap();
+
+    let c1 = log.subscribe("g", "t").await.unwrap();
+    // Before any assignment is delivered, the group already assigned: c1 owns both.
+    assert_eq!(expect_assigned(c1.as_ref()).await, vec![0, 1]);
+    let c2 = log.subscribe("g", "t").await.unwrap();
+    let (_, done) = expect_revoked(c1.as_ref()).await;
+    done.send(()).unwrap();
+    // Between `done` and the new assignment, c1 owns nothing.
+    assert_eq!(expect_assigned(c1.as_ref()).await, vec![0]);
+    assert_eq!(expect_assigned(c2.as_ref()).await, vec![1]);
+    assert!(matches!(c1.commit(1, 1).await, Err(Error::Conflict(m)) if m == "partition not owned"));
+    assert!(matches!(c1.commit(9, 0).await, Err(Error::Invalid(_))));
+    c2.commit(1, 1).await.unwrap();
+    assert_eq!(c1.committed(1).await.unwrap(), Some(1));
+    c2.close().await.unwrap();
+    assert!(matches!(c2.commit(1, 1).await, Err(Error::Conflict(_))));
+}
+
+/// Appends `tasks × per_task` records concurrently; returns (partition, offset, payload) of each
+/// and the time taken.
+async fn concurrent_appends(
+    log: &Arc<EmbeddedLog>,
+    tasks: usize,
+    per_task: usize,
+) -> (Vec<(Partition, u64, Bytes)>, Duration) {
+    let started = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|t| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut out = Vec::with_capacity(per_task);
+                for i in 0..per_task {
+                    let key = format!("member-{t}-{}", i % 10);
+                    let payload = Bytes::from(format!("{t}:{i}"));
+                    let at = log
+                        .append("t", key.as_bytes(), payload.clone(), vec![])
+                        .await
+                        .unwrap();
+                    out.push((at.partition, at.offset, payload));
+                }
+                out
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.unwrap());
+    }
+    (all, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_concurrent_appends_are_all_acknowledged_and_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    log.ensure_topic("t", 4).await.unwrap();
+    let (acked, took) = concurrent_appends(&log, 16, 500).await;
+    assert_eq!(acked.len(), 8000);
+    eprintln!(
+        "16 x 500 durable appends in {took:?}: {:.0} appends/s",
+        8000.0 / took.as_secs_f64()
+    );
+    let unique: HashSet<(Partition, u64)> = acked.iter().map(|(p, o, _)| (*p, *o)).collect();
+    assert_eq!(unique.len(), acked.len(), "an offset was handed out twice");
+    for p in 0..4 {
+        let end = log.end_offset("t", p).await.unwrap();
+        let mine: Vec<_> = acked.iter().filter(|(q, _, _)| *q == p).collect();
+        assert_eq!(mine.len() as u64, end, "offsets of partition {p} are not contiguous");
+        let records = log.read("t", p, 0, usize::MAX).unwrap();
+        assert_eq!(records.len() as u64, end);
+        for (_, offset, payload) in mine {
+            assert_eq!(&records[*offset as usize].payload, payload);
+        }
+    }
+}
+
+/// Throughput with many appenders (run with `--ignored --nocapture`; prints, asserts nothing
+/// about timing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn log_append_throughput() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    log.ensure_topic("t", 8).await.unwrap();
+    for tasks in [1usize, 16, 64, 256] {
+        let per_task = 40_000 / tasks;
+        let (acked, took) = concurrent_appends(&log, tasks, per_task).await;
+        eprintln!(
+            "{tasks} appenders: {} durable appends in {took:?}: {:.0} appends/s",
+            acked.len(),
+            acked.len() as f64 / took.as_secs_f64()
+        );
+    }
+}

@@ -1,0 +1,320 @@
+//! The embedded durable store, on [redb](https://docs.rs/redb).
+//!
+//! Why redb: a pure-Rust, single-file, ACID B-tree with copy-on-write pages and
+//! checksummed commits. A transaction committed with `Durability::Immediate` survives a
+//! `kill -9` or a power cut, there is no C toolchain or server to install, and it reads fast
+//! enough to serve the checkout path directly on a cache miss. (fjall would also do; SQLite
+//! would add a C dependency and SQL for what are key-value access paths.)
+//!
+//! Writes go through one writer thread that practises **group commit**: it takes every
+//! [`EffectBatch`] waiting, checks each batch's conditions inside one write transaction
+//! (member versions, idempotency records that must not exist), writes the batches that pass,
+//! commits once (one fsync for all of them) and then answers each caller. A batch that fails its
+//! conditions is left out whole: all of a batch or none of it is written.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::thread;
+
+use async_trait::async_trait;
+use loyalty_core::model::{Franchise, Principal, Store};
+use loyalty_core::ports::{EffectBatch, StateStore};
+use loyalty_core::{Error, Result};
+use loyalty_domain::{
+    EventId, FranchiseId, LedgerEntry, MemberId, MemberState, ProcessedEvent, Program, StoreId,
+};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+const FRANCHISES: TableDefinition<&str, &[u8]> = TableDefinition::new("franchises");
+const PROGRAMS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("programs");
+const STORES: TableDefinition<&str, &[u8]> = TableDefinition::new("stores");
+const API_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_keys");
+const MEMBERS: TableDefinition<&str, &[u8]> = TableDefinition::new("members");
+const LEDGER: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("ledger");
+const PROCESSED: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("processed");
+
+/// Batches the writer thread puts in one transaction at most.
+const MAX_GROUP: usize = 256;
+
+type CommitRequest = (EffectBatch, oneshot::Sender<Result<()>>);
+
+/// The embedded [`StateStore`]: one redb file.
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    writer: mpsc::Sender<CommitRequest>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Error {
+    Error::Unavailable(format!("embedded store: {e}"))
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| Error::Corrupt(format!("encoding: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store in `dir/state.redb`.
+    pub fn open(dir: &Path) -> Result<Arc<EmbeddedStore>> {
+        std::fs::create_dir_all(dir).map_err(unavailable)?;
+        let db = Database::create(dir.join("state.redb")).map_err(unavailable)?;
+        // Create every table once so that readers never meet a missing table.
+        let tx = db.begin_write().map_err(unavailable)?;
+        {
+            tx.open_table(FRANCHISES).map_err(unavailable)?;
+            tx.open_table(PROGRAMS).map_err(unavailable)?;
+            tx.open_table(STORES).map_err(unavailable)?;
+            tx.open_table(API_KEYS).map_err(unavailable)?;
+            tx.open_table(MEMBERS).map_err(unavailable)?;
+            tx.open_table(LEDGER).map_err(unavailable)?;
+            tx.open_table(PROCESSED).map_err(unavailable)?;
+        }
+        tx.commit().map_err(unavailable)?;
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::channel::<CommitRequest>(4096);
+        let wdb = Arc::clone(&db);
+        thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer_loop(&wdb, rx))
+            .map_err(unavailable)?;
+        Ok(Arc::new(EmbeddedStore { db, writer: tx }))
+    }
+
+    fn get<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<Option<T>> {
+        let tx = self.db.begin_read().map_err(unavailable)?;
+        let t = tx.open_table(table).map_err(unavailable)?;
+        match t.get(key).map_err(unavailable)? {
+            Some(v) => Ok(Some(decode("record", v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_simple(&self, table: TableDefinition<&str, &[u8]>, key: &str, value: Vec<u8>) -> Result<()> {
+        let tx = self.db.begin_write().map_err(unavailable)?;
+        {
+            let mut t = tx.open_table(table).map_err(unavailable)?;
+            t.insert(key, value.as_slice()).map_err(unavailable)?;
+        }
+        tx.commit().map_err(unavailable)
+    }
+
+    /// Number of enrolled members (for operators and tests).
+    pub fn member_count(&self) -> Result<u64> {
+        use redb::ReadableTableMetadata;
+        let tx = self.db.begin_read().map_err(unavailable)?;
+        let t = tx.open_table(MEMBERS).map_err(unavailable)?;
+        t.len().map_err(unavailable)
+    }
+}
+
+/// Applies queued batches in groups, one durable commit per group.
+fn writer_loop(db: &Database, mut rx: mpsc::Receiver<CommitRequest>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(r) => group.push(r),
+                Err(_) => break,
+            }
+        }
+        let timer = loyalty_core::metrics::metrics().store_commit_seconds.start_timer();
+        match commit_group(db, &group) {
+            Ok(results) => {
+                timer.observe_duration();
+                for ((_, reply), result) in group.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for (_, reply) in group {
+                    let _ = reply.send(Err(Error::Unavailable(msg.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// Writes every batch whose conditions hold; returns each batch's result. `Err` of the whole
+/// function means nothing was committed.
+fn commit_group(db: &Database, group: &[CommitRequest]) -> Result<Vec<Result<()>>> {
+    let tx = db.begin_write().map_err(unavailable)?;
+    let mut results = Vec::with_capacity(group.len());
+    {
+        let mut members = tx.open_table(MEMBERS).map_err(unavailable)?;
+        let mut ledger = tx.open_table(LEDGER).map_err(unavailable)?;
+        let mut processed = tx.open_table(PROCESSED).map_err(unavailable)?;
+        for (batch, _) in group {
+            // Conditions first, so that a failing batch writes nothing.
+            let mut failed = None;
+            for w in &batch.members {
+                let stored = match members.get(w.state.member_id.as_str()).map_err(unavailable)? {
+                    Some(v) => decode::<MemberState>("member", v.value())?.version,
+                    None => 0,
+                };
+                if stored != w.expected_version {
+                    failed = Some(format!(
+                        "member {} is at version {stored}, expected {}",
+                        w.state.member_id, w.expected_version
+                    ));
+                    break;
+                }
+            }
+            if failed.is_none() {
+                for p in batch.processed.iter().filter(|p| p.insert) {
+                    let key = (p.record.franchise_id.as_str(), p.record.event_id.as_str());
+                    if processed.get(key).map_err(unavailable)?.is_some() {
+                        failed = Some(format!("event {} is already recorded", p.record.event_id));
+                        break;
+                    }
+                }
+            }
+            if let Some(reason) = failed {
+                loyalty_core::metrics::metrics().store_conflicts.inc();
+                results.push(Err(Error::Conflict(reason)));
+                continue;
+            }
+            for w in &batch.members {
+                let v = encode(&w.state)?;
+                members
+                    .insert(w.state.member_id.as_str(), v.as_slice())
+                    .map_err(unavailable)?;
+            }
+            for (m, e) in &batch.ledger {
+                let v = encode(e)?;
+                ledger.insert((m.as_str(), e.seq), v.as_slice()).map_err(unavailable)?;
+            }
+            for p in &batch.processed {
+                let v = encode(&p.record)?;
+                let key = (p.record.franchise_id.as_str(), p.record.event_id.as_str());
+                processed.insert(key, v.as_slice()).map_err(unavailable)?;
+            }
+            results.push(Ok(()));
+        }
+    }
+    tx.commit().map_err(unavailable)?;
+    Ok(results)
+}
+
+#[async_trait]
+impl StateStore for EmbeddedStore {
+    async fn put_franchise(&self, franchise: &Franchise) -> Result<()> {
+        self.put_simple(FRANCHISES, franchise.id.as_str(), encode(franchise)?)
+    }
+
+    async fn franchise(&self, id: &FranchiseId) -> Result<Option<Franchise>> {
+        self.get(FRANCHISES, id.as_str())
+    }
+
+    async fn franchises(&self) -> Result<Vec<Franchise>> {
+        let tx = self.db.begin_read().map_err(unavailable)?;
+        let t = tx.open_table(FRANCHISES).map_err(unavailable)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(unavailable)? {
+            let (_, v) = row.map_err(unavailable)?;
+            out.push(decode("franchise", v.value())?);
+        }
+        Ok(out)
+    }
+
+    async fn put_program(&self, franchise: &FranchiseId, version: u32, program: &Program) -> Result<()> {
+        let v = encode(program)?;
+        let tx = self.db.begin_write().map_err(unavailable)?;
+        {
+            let mut t = tx.open_table(PROGRAMS).map_err(unavailable)?;
+            let key = (franchise.as_str(), version);
+            if t.get(key).map_err(unavailable)?.is_some() {
+                return Err(Error::Conflict(format!(
+                    "program version {version} of {franchise} already exists"
+                )));
+            }
+            t.insert(key, v.as_slice()).map_err(unavailable)?;
+        }
+        tx.commit().map_err(unavailable)
+    }
+
+    async fn program(&self, franchise: &FranchiseId, version: u32) -> Result<Option<Program>> {
+        let tx = self.db.begin_read().map_err(unavailable)?;
+        let t = tx.open_table(PROGRAMS).map_err(unavailable)?;
+        match t.get((franchise.as_str(), version)).map_err(unavailable)? {
+            Some(v) => Ok(Some(decode("program", v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn put_store(&self, store: &Store) -> Result<()> {
+        self.put_simple(STORES, store.id.as_str(), encode(store)?)
+    }
+
+    async fn store(&self, id: &StoreId) -> Result<Option<Store>> {
+        self.get(STORES, id.as_str())
+    }
+
+    async fn put_api_key(&self, key_hash: &str, principal: &Principal) -> Result<()> {
+        self.put_simple(API_KEYS, key_hash, encode(principal)?)
+    }
+
+    async fn api_key(&self, key_hash: &str) -> Result<Option<Principal>> {
+        self.get(API_KEYS, key_hash)
+    }
+
+    async fn member(&self, id: &MemberId) -> Result<Option<MemberState>> {
+        self.get(MEMBERS, id.as_str())
+    }
+
+    async fn processed(
+        &self,
+        franchise: &FranchiseId,
+        event_ids: &[EventId],
+    ) -> Result<Vec<Option<ProcessedEvent>>> {
+        let tx = self.db.begin_read().map_err(unavailable)?;
+        let t = tx.open_table(PROCESSED).map_err(unavailable)?;
+        let mut out = Vec::with_capacity(event_ids.len());
+        for id in event_ids {
+            out.push(match t.get((franchise.as_str(), id.as_str())).map_err(unavailable)? {
+                Some(v) => Some(decode("processed event", v.value())?),
+                None => None,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn ledger(&self, member: &MemberId, before: Option<u64>, limit: usize) -> Result<Vec<LedgerEntry>> {
+        let tx = self.db.begin_read().map_err(unavailable)?;
+        let t = tx.open_table(LEDGER).map_err(unavailable)?;
+        let end = before.unwrap_or(u64::MAX);
+        let mut out = Vec::new();
+        for row in t
+            .range((member.as_str(), 0)..(member.as_str(), end))
+            .map_err(unavailable)?
+            .rev()
+            .take(limit)
+        {
+            let (_, v) = row.map_err(unavailable)?;
+            out.push(decode("ledger entry", v.value())?);
+        }
+        Ok(out)
+    }
+
+    async fn commit(&self, batch: EffectBatch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send((batch, tx))
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        rx.await.map_err(|_| Error::ShuttingDown)?
+    }
+}

@@ -1,0 +1,73 @@
+//! The HTTP gateway (actix-web): API v1 for POS, HQ and the platform admin, built for the
+//! checkout path. Handlers validate, authenticate and resolve; effects travel the event log to
+//! the member's single writer (see `loyalty_core::engine`).
+
+pub mod problem;
+pub mod routes;
+pub mod state;
+
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::web;
+
+pub use problem::ApiError;
+pub use state::{Gateway, GatewayConfig};
+
+/// Registers every route, with body, query and path errors mapped to problems.
+pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
+    use routes::{admin, events, members, ops};
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(max_body_bytes)
+            .error_handler(problem::json_error),
+    )
+    .app_data(web::QueryConfig::default().error_handler(problem::query_error))
+    .app_data(web::PathConfig::default().error_handler(problem::path_error))
+    .route("/healthz", web::get().to(ops::healthz))
+    .route("/readyz", web::get().to(ops::readyz))
+    .route("/metrics", web::get().to(ops::metrics))
+    .route("/openapi.json", web::get().to(ops::openapi))
+    .service(
+        web::scope("/v1")
+            .route("/franchises", web::post().to(admin::create_franchise))
+            .route("/franchises/{fid}/program", web::put().to(admin::replace_program))
+            .route("/franchises/{fid}/program", web::get().to(admin::get_program))
+            .route("/franchises/{fid}/stores", web::post().to(admin::create_store))
+            .route("/members", web::post().to(members::enrol))
+            .route("/members/lookup", web::get().to(members::lookup))
+            .route("/members/{member_id}", web::get().to(members::status))
+            .route("/members/{member_id}/ledger", web::get().to(members::ledger))
+            .route("/purchases", web::post().to(events::purchase))
+            .route("/refunds", web::post().to(events::refund))
+            .route("/redemptions", web::post().to(events::redemption)),
+    )
+    .default_service(web::to(not_found));
+}
+
+async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::NotFound("no such route".into()))
+}
+
+/// Counts requests by route pattern and status and times them (`loyalty_http_*`).
+pub async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let start = Instant::now();
+    let res = next.call(req).await?;
+    let route = res
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let m = loyalty_core::metrics::metrics();
+    m.http_request_seconds
+        .with_label_values(&[&route])
+        .observe(start.elapsed().as_secs_f64());
+    m.http_requests
+        .with_label_values(&[&route, res.status().as_str()])
+        .inc();
+    Ok(res)
+}

@@ -1,0 +1,183 @@
+//! Every error the API answers, and its one mapping to an RFC 9457 problem
+//! (`application/problem+json` with `type`, `title`, `status`, `detail` and a stable `code`).
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
+use loyalty_domain::{DomainError, Rejection};
+use serde_json::json;
+
+/// Errors of the gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("a valid `Authorization: Bearer <key>` header is required")]
+    Unauthorized,
+    #[error("this key may not do that: {0}")]
+    Forbidden(&'static str),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("the request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("the request body must be `application/json`")]
+    UnsupportedMediaType,
+    #[error("the event id {0} was already used for a different request")]
+    IdempotencyConflict(String),
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    #[error("refunds of anonymous sales are not supported: they earned no points")]
+    AnonymousRefund,
+    #[error("a backing service is unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The stable, URL-friendly code of the problem.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not-found",
+            ApiError::MalformedJson(_) => "malformed-json",
+            ApiError::Invalid(_) => "invalid-request",
+            ApiError::PayloadTooLarge { .. } => "payload-too-large",
+            ApiError::UnsupportedMediaType => "unsupported-media-type",
+            ApiError::IdempotencyConflict(_) => "idempotency-conflict",
+            ApiError::Rejected(r) => r.code(),
+            ApiError::AnonymousRefund => "anonymous-refund",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized => "Missing or invalid API key",
+            ApiError::Forbidden(_) => "Not allowed for this key",
+            ApiError::NotFound(_) => "Not found",
+            ApiError::MalformedJson(_) => "Malformed JSON",
+            ApiError::Invalid(_) => "Invalid request",
+            ApiError::PayloadTooLarge { .. } => "Payload too large",
+            ApiError::UnsupportedMediaType => "Unsupported media type",
+            ApiError::IdempotencyConflict(_) => "Idempotency key reused",
+            ApiError::Rejected(Rejection::InsufficientPoints { .. }) => "Insufficient points",
+            ApiError::Rejected(Rejection::UnknownMember) => "Unknown member",
+            ApiError::Rejected(Rejection::UnknownReward { .. }) => "Unknown reward",
+            ApiError::Rejected(Rejection::UnknownPurchase { .. }) => "Unknown purchase",
+            ApiError::Rejected(Rejection::RefundExceedsPurchase { .. }) => "Refund exceeds purchase",
+            ApiError::Rejected(Rejection::CurrencyMismatch { .. }) => "Wrong currency",
+            ApiError::AnonymousRefund => "Anonymous refund",
+            ApiError::Unavailable(_) => "Service unavailable",
+            ApiError::Internal(_) => "Internal error",
+        }
+    }
+
+    /// A member that does not exist or belongs to another franchise: the same answer, so a
+    /// key never learns anything about another franchise.
+    pub fn unknown_member() -> ApiError {
+        ApiError::Rejected(Rejection::UnknownMember)
+    }
+}
+
+impl From<DomainError> for ApiError {
+    fn from(e: DomainError) -> Self {
+        ApiError::Invalid(e.to_string())
+    }
+}
+
+impl From<loyalty_core::Error> for ApiError {
+    fn from(e: loyalty_core::Error) -> Self {
+        match e {
+            loyalty_core::Error::Unavailable(m) => ApiError::Unavailable(m),
+            loyalty_core::Error::ShuttingDown => ApiError::Unavailable("shutting down".into()),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::Invalid(_) | ApiError::AnonymousRefund => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::IdempotencyConflict(_) => StatusCode::CONFLICT,
+            ApiError::Rejected(r) => match r {
+                Rejection::InsufficientPoints { .. } | Rejection::RefundExceedsPurchase { .. } => {
+                    StatusCode::CONFLICT
+                }
+                Rejection::UnknownMember | Rejection::UnknownPurchase { .. } => StatusCode::NOT_FOUND,
+                Rejection::UnknownReward { .. } | Rejection::CurrencyMismatch { .. } => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
+            },
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        let detail = match self {
+            // Internal details go to the log, not to the client.
+            ApiError::Internal(m) => {
+                tracing::error!(error = %m, "internal error");
+                "the server failed to handle the request; it has been logged".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let mut body = json!({
+            "type": format!("urn:loyalty:problem:{}", self.code()),
+            "title": self.title(),
+            "status": status.as_u16(),
+            "detail": detail,
+            "code": self.code(),
+        });
+        if let ApiError::Rejected(r) = self {
+            if let (Some(obj), Ok(serde_json::Value::Object(extra))) =
+                (body.as_object_mut(), serde_json::to_value(r))
+            {
+                for (k, v) in extra {
+                    obj.entry(k).or_insert(v);
+                }
+            }
+        }
+        let mut resp = HttpResponse::build(status);
+        resp.content_type("application/problem+json");
+        if matches!(self, ApiError::Unauthorized) {
+            resp.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        resp.body(body.to_string())
+    }
+}
+
+/// Maps body extraction failures (size, content type, syntax, field values) to problems.
+pub fn json_error(err: actix_web::error::JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
+    use actix_web::error::JsonPayloadError as J;
+    let e = match err {
+        J::OverflowKnownLength { limit, .. } | J::Overflow { limit } => ApiError::PayloadTooLarge { limit },
+        J::ContentType => ApiError::UnsupportedMediaType,
+        J::Deserialize(e) if e.is_data() => ApiError::Invalid(e.to_string()),
+        J::Deserialize(e) => ApiError::MalformedJson(e.to_string()),
+        other => ApiError::MalformedJson(other.to_string()),
+    };
+    e.into()
+}
+
+/// Maps query string failures to problems.
+pub fn query_error(err: actix_web::error::QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
+    ApiError::Invalid(format!("query string: {err}")).into()
+}
+
+/// Maps path failures to problems.
+pub fn path_error(err: actix_web::error::PathError, _req: &HttpRequest) -> actix_web::Error {
+    ApiError::Invalid(format!("path: {err}")).into()
+}

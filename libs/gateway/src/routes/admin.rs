@@ -1,0 +1,132 @@
+//! Franchises, their program and their stores: set up by the platform admin and by HQ.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use loyalty_core::model::Role;
+use loyalty_core::provisioning;
+use loyalty_domain::{FranchiseId, Program};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::problem::ApiError;
+use crate::state::Gateway;
+
+const MAX_NAME: usize = 100;
+
+fn valid_name(field: &str, name: &str) -> Result<String, ApiError> {
+    let t = name.trim();
+    if t.is_empty() || t.chars().count() > MAX_NAME || t.chars().any(char::is_control) {
+        Err(ApiError::Invalid(format!(
+            "{field} must be 1 to {MAX_NAME} printable characters"
+        )))
+    } else {
+        Ok(t.to_owned())
+    }
+}
+
+/// A program is validated on its own, so that its errors name the program's field.
+fn parse_program(v: serde_json::Value) -> Result<Program, ApiError> {
+    serde_json::from_value::<Program>(v).map_err(|e| ApiError::Invalid(format!("program: {e}")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateFranchise {
+    pub name: String,
+    pub program: serde_json::Value,
+}
+
+/// `POST /v1/franchises` (admin).
+pub async fn create_franchise(
+    req: HttpRequest,
+    gw: web::Data<Gateway>,
+    body: web::Json<CreateFranchise>,
+) -> Result<HttpResponse, ApiError> {
+    gw.authorize(&req, &[Role::Admin]).await?;
+    let body = body.into_inner();
+    let name = valid_name("name", &body.name)?;
+    let program = parse_program(body.program)?;
+    let (f, key) = provisioning::create_franchise(gw.store.as_ref(), &name, &program).await?;
+    tracing::info!(franchise = %f.id, "franchise created");
+    Ok(HttpResponse::Created().json(json!({
+        "id": f.id,
+        "name": f.name,
+        "program_version": f.program_version,
+        "hq_api_key": key,
+    })))
+}
+
+/// The franchise named in the path, if it is the caller's; any other is 404.
+async fn own_franchise(
+    gw: &Gateway,
+    req: &HttpRequest,
+    fid: &str,
+) -> Result<std::sync::Arc<loyalty_core::model::Franchise>, ApiError> {
+    let p = gw.authorize(req, &[Role::Hq]).await?;
+    let not_found = || ApiError::NotFound("no such franchise".into());
+    let fid = FranchiseId::parse(fid).map_err(|_| not_found())?;
+    if p.franchise_id.as_ref() != Some(&fid) {
+        return Err(not_found());
+    }
+    gw.franchise(&fid).await?.ok_or_else(not_found)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplaceProgram {
+    pub program: serde_json::Value,
+}
+
+/// `PUT /v1/franchises/{fid}/program` (hq): a new program version for events accepted from now.
+pub async fn replace_program(
+    req: HttpRequest,
+    gw: web::Data<Gateway>,
+    path: web::Path<String>,
+    body: web::Json<ReplaceProgram>,
+) -> Result<HttpResponse, ApiError> {
+    let f = own_franchise(&gw, &req, &path).await?;
+    let program = parse_program(body.into_inner().program)?;
+    // Read the franchise fresh: the version must follow the stored one.
+    let current = gw
+        .store
+        .franchise(&f.id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no such franchise".into()))?;
+    let updated = provisioning::replace_program(gw.store.as_ref(), &current, &program).await?;
+    gw.programs
+        .insert(&updated.id, updated.program_version, std::sync::Arc::new(program.clone()));
+    let version = updated.program_version;
+    gw.franchise_changed(updated);
+    tracing::info!(franchise = %f.id, version, "program replaced");
+    Ok(HttpResponse::Ok().json(json!({ "id": f.id, "program_version": version, "program": program })))
+}
+
+/// `GET /v1/franchises/{fid}/program` (hq).
+pub async fn get_program(
+    req: HttpRequest,
+    gw: web::Data<Gateway>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let f = own_franchise(&gw, &req, &path).await?;
+    let program = gw.program(&f).await?;
+    Ok(HttpResponse::Ok().json(json!({ "id": f.id, "program_version": f.program_version, "program": *program })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateStore {
+    pub name: String,
+}
+
+/// `POST /v1/franchises/{fid}/stores` (hq).
+pub async fn create_store(
+    req: HttpRequest,
+    gw: web::Data<Gateway>,
+    path: web::Path<String>,
+    body: web::Json<CreateStore>,
+) -> Result<HttpResponse, ApiError> {
+    let f = own_franchise(&gw, &req, &path).await?;
+    let name = valid_name("name", &body.name)?;
+    let (s, key) = provisioning::create_store(gw.store.as_ref(), &f.id, &name).await?;
+    tracing::info!(franchise = %f.id, store = %s.id, "store created");
+    Ok(HttpResponse::Created().json(json!({ "id": s.id, "name": s.name, "api_key": key })))
+}

@@ -1,0 +1,323 @@
+//! POS events: purchases (and anonymous sales), refunds and redemptions.
+//!
+//! Each is validated and resolved here, stamped with the franchise's current program version,
+//! and appended to the log keyed by the member, so the member's single writer applies it. The
+//! answer is 202 once the log has it durably; with a deadline (`wait_ms`, or always for
+//! redemptions) the handler awaits the engine's reply and answers 200 with the effect and the new
+//! status, or still 202 if the deadline passes (the event is applied exactly once regardless).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use loyalty_core::command::{CommandEnvelope, PosCommand};
+use loyalty_core::metrics::metrics;
+use loyalty_core::model::{Franchise, Role};
+use loyalty_core::provisioning::now;
+use loyalty_core::replies::{EventReply, ReplyResult};
+use loyalty_domain::{Cents, Currency, EventId, MemberId, Outcome, Rejection, RewardId, Timestamp};
+use serde::Deserialize;
+
+use super::{json_str, MemberRef, WaitQuery};
+use crate::problem::ApiError;
+use crate::state::Gateway;
+
+/// How far in the future a POS clock may be.
+const MAX_CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurchaseBody {
+    pub event_id: EventId,
+    pub member_id: Option<String>,
+    pub phone: Option<String>,
+    pub qr: Option<String>,
+    pub amount_cents: Cents,
+    pub currency: Currency,
+    pub occurred_at: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefundBody {
+    pub event_id: EventId,
+    pub purchase_event_id: EventId,
+    pub amount_cents: Cents,
+    pub occurred_at: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedemptionBody {
+    pub event_id: EventId,
+    pub member_id: MemberId,
+    pub reward_id: RewardId,
+    pub occurred_at: Option<String>,
+}
+
+fn occurred_at(s: &Option<String>) -> Result<Option<Timestamp>, ApiError> {
+    let Some(s) = s else { return Ok(None) };
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| ApiError::Invalid("occurred_at must be an RFC 3339 time such as 2026-11-25T10:00:00Z".into()))?;
+    let ms = (t.unix_timestamp_nanos() / 1_000_000) as i64;
+    if ms < 0 {
+        return Err(ApiError::Invalid("occurred_at is before 1970".into()));
+    }
+    if ms > now().0 + MAX_CLOCK_SKEW_MS {
+        return Err(ApiError::Invalid("occurred_at is in the future".into()));
+    }
+    Ok(Some(Timestamp(ms)))
+}
+
+pub async fn purchase(
+    req: HttpRequest,
+    gw: web::Data<Gateway>,
+    q: web::Query<WaitQuery>,
+    body: web::Json<PurchaseBody>,
+) -> Result<HttpResponse, ApiError> {
+    let p = gw.authorize(&req, &[Role::Store]).await?;
+    let deadline = q.deadline(None)?;
+    let franchise = gw.franchise_of(&p).await?;
+    let body = body.into_inner();
+    let program = gw.program(&franchise).await?;
+    if body.currency != program.currency {
+        return Err(Rejection::CurrencyMismatch {
+            expected: program.currency.to_string(),
+        }
+        .into());
+    }
+    let member_ref = MemberRef {
+        member_id: body.member_id,
+        phone: body.phone,
+        qr: body.qr,
+    };
+    let member = member_ref.resolve(&gw, &franchise).await?.map(|(m, _)| m);
+    let env = envelope(
+        &franchise,
+        &p,
+        body.event_id,
+        occurred_at(&body.occurred_at)?,
+        PosCommand::Purchase {
+            member_id: member,
+            amount_cents: body.amount_cents,
+            currency: body.currency,
+        },
+    )?;
+    submit(&gw, &franchise, env, deadline).await
+}
+
+pub async fn refund(
+    req: HttpRequest,
+    gw: web::Data<Gateway>,
+    q: web::Query<WaitQuery>,
+    body: web::Json<RefundBody>,
+) -> Result<HttpResponse, ApiError> {
+    let p = gw.authorize(&req, &[Role::Store]).await?;
+    let deadline = q.deadline(None)?;
+    let franchise = gw.franchise_of(&p).await?;
+    let body = body.into_inner();
+    let purchase = gw
+        .store
+        .processed(&franchise.id, std::slice::from_ref(&body.purchase_event_id))
+        .await?
+        .into_iter()
+        .next()
+        .flatten();
+    let unknown = || Rejection::UnknownPurchase {
+        purchase_event_id: body.purchase_event_id.clone(),
+    };
+    let member = match purchase {
+        Some(rec) => match rec.outcome {
+            Outcome::Purchase(_) => rec.member_id,
+            Outcome::AnonymousSale { .. } => return Err(ApiError::AnonymousRefund),
+            _ => return Err(unknown().into()),
+        },
+        None => return Err(unknown().into()),
+    };
+    let env = envelope(
+        &franchise,
+        &p,
+        body.event_id,
+        occurred_at(&body.occurred_at)?,
+        PosCommand::Refund {
+            member_id: member,
+            purchase_event_id: body.purchase_event_id,
+            amount_cents: body.amount_cents,
+        },
+    )?;
+    submit(&gw, &franchise, env, deadline).await
+}
+
+pub async fn redemption(
+    req: HttpRequest,
+    gw: web::Data<Gateway>,
+    q: web::Query<WaitQuery>,
+    body: web::Json<RedemptionBody>,
+) -> Result<HttpResponse, ApiError> {
+    let p = gw.authorize(&req, &[Role::Store]).await?;
+    let deadline = q.deadline(Some(gw.config.default_wait))?;
+    let franchise = gw.franchise_of(&p).await?;
+    let body = body.into_inner();
+    let program = gw.program(&franchise).await?;
+    if program.reward(&body.reward_id).is_none() {
+        return Err(Rejection::UnknownReward {
+            reward_id: body.reward_id,
+        }
+        .into());
+    }
+    let member_ref = MemberRef {
+        member_id: Some(body.member_id.to_string()),
+        ..Default::default()
+    };
+    member_ref.resolve(&gw, &franchise).await?;
+    let env = envelope(
+        &franchise,
+        &p,
+        body.event_id,
+        occurred_at(&body.occurred_at)?,
+        PosCommand::Redemption {
+            member_id: body.member_id,
+            reward_id: body.reward_id,
+        },
+    )?;
+    submit(&gw, &franchise, env, deadline).await
+}
+
+/// The envelope of a command from the store key `p`.
+pub fn envelope(
+    franchise: &Franchise,
+    p: &loyalty_core::model::Principal,
+    event_id: EventId,
+    occurred_at: Option<Timestamp>,
+    command: PosCommand,
+) -> Result<CommandEnvelope, ApiError> {
+    let store_id = p
+        .store_id
+        .clone()
+        .ok_or(ApiError::Forbidden("only a store key can send POS events"))?;
+    Ok(CommandEnvelope {
+        franchise_id: franchise.id.clone(),
+        store_id,
+        event_id,
+        program_version: franchise.program_version,
+        occurred_at,
+        received_at: now(),
+        command,
+    })
+}
+
+/// What became of a submitted command.
+pub enum Submitted {
+    /// Durable in the log; the deadline (if any) passed before the engine answered.
+    Accepted,
+    /// The engine's answer.
+    Replied(Arc<EventReply>),
+    /// Already applied before this request: its recorded outcome.
+    AlreadyApplied(Outcome, Option<MemberId>),
+}
+
+/// Appends `env` (unless its id is already recorded) and waits up to `deadline` for the reply.
+pub async fn submit_command(
+    gw: &Gateway,
+    env: &CommandEnvelope,
+    deadline: Option<Duration>,
+) -> Result<Submitted, ApiError> {
+    let fp = env.fingerprint();
+    // Replays of applied events are answered from the record, without touching the log.
+    if let Some(rec) = gw
+        .store
+        .processed(&env.franchise_id, std::slice::from_ref(&env.event_id))
+        .await?
+        .into_iter()
+        .next()
+        .flatten()
+    {
+        if rec.fingerprint != fp {
+            metrics().idempotency_conflicts.inc();
+            return Err(ApiError::IdempotencyConflict(env.event_id.to_string()));
+        }
+        metrics().events_replayed.inc();
+        return Ok(Submitted::AlreadyApplied(rec.outcome, rec.member_id));
+    }
+    // Register before appending, or the reply could come first.
+    let waiter = deadline.map(|_| gw.replies.register(&env.franchise_id, &env.event_id, fp));
+    let timer = metrics().log_append_seconds.start_timer();
+    gw.log
+        .append(&gw.config.topic, &env.key(), env.encode(), Vec::new())
+        .await?;
+    timer.observe_duration();
+    let (Some(waiter), Some(deadline)) = (waiter, deadline) else {
+        return Ok(Submitted::Accepted);
+    };
+    match waiter.wait(deadline).await {
+        Some(reply) => Ok(Submitted::Replied(reply)),
+        None => {
+            metrics().reply_timeouts.inc();
+            Ok(Submitted::Accepted)
+        }
+    }
+}
+
+async fn submit(
+    gw: &Gateway,
+    franchise: &Franchise,
+    env: CommandEnvelope,
+    deadline: Option<Duration>,
+) -> Result<HttpResponse, ApiError> {
+    let event_id = env.event_id.clone();
+    let member = env.command.member_id().cloned();
+    match submit_command(gw, &env, deadline).await? {
+        Submitted::Accepted => Ok(accepted(&event_id)),
+        Submitted::AlreadyApplied(outcome, member) => {
+            applied(gw, franchise, &event_id, outcome, true, member.as_ref(), None).await
+        }
+        Submitted::Replied(reply) => match &reply.result {
+            ReplyResult::Conflict => Err(ApiError::IdempotencyConflict(event_id.to_string())),
+            ReplyResult::Applied(o) => {
+                applied(gw, franchise, &event_id, o.clone(), false, member.as_ref(), reply.status.as_ref()).await
+            }
+            ReplyResult::Replayed(o) => {
+                applied(gw, franchise, &event_id, o.clone(), true, member.as_ref(), reply.status.as_ref()).await
+            }
+        },
+    }
+}
+
+/// 202: durable in the log, not applied yet.
+pub fn accepted(event_id: &EventId) -> HttpResponse {
+    HttpResponse::Accepted()
+        .content_type("application/json")
+        .body(format!(
+            r#"{{"event_id":{},"status":"accepted"}}"#,
+            json_str(event_id.as_str())
+        ))
+}
+
+/// 200 with the effect and the member's new status; a rejection becomes its problem.
+async fn applied(
+    gw: &Gateway,
+    franchise: &Franchise,
+    event_id: &EventId,
+    outcome: Outcome,
+    replayed: bool,
+    member: Option<&MemberId>,
+    status: Option<&loyalty_core::ports::CachedStatus>,
+) -> Result<HttpResponse, ApiError> {
+    if let Outcome::Rejected(r) = outcome {
+        return Err(r.into());
+    }
+    let status = match (status, member) {
+        (Some(s), _) => Some(s.clone()),
+        (None, Some(m)) => gw.member_status(franchise, m).await?,
+        (None, None) => None,
+    };
+    let member_json = status
+        .as_ref()
+        .map(|s| String::from_utf8_lossy(&s.json).into_owned())
+        .unwrap_or_else(|| "null".into());
+    let outcome_json = serde_json::to_string(&outcome).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(HttpResponse::Ok().content_type("application/json").body(format!(
+        r#"{{"event_id":{},"status":"applied","replayed":{replayed},"outcome":{outcome_json},"member":{member_json}}}"#,
+        json_str(event_id.as_str())
+    )))
+}

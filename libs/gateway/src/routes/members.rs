@@ -1,0 +1,188 @@
+//! Members: enrolment at the till, lookup by phone or QR, the status shown at checkout (the
+//! hot path), and the ledger for headquarters.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use loyalty_core::command::PosCommand;
+use loyalty_core::identity::{member_id, qr_token};
+use loyalty_core::model::Role;
+use loyalty_core::replies::ReplyResult;
+use loyalty_domain::{EventId, MemberId, Outcome, Phone, Profile};
+use serde::Deserialize;
+
+use super::events::{envelope, submit_command, Submitted};
+use super::{json_str, MemberRef, WaitQuery};
+use crate::problem::ApiError;
+use crate::state::Gateway;
+
+const MAX_NAME: usize = 100;
+const MAX_LEDGER_PAGE: usize = 500;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrolBody {
+    pub phone: String,
+    pub name: Option<String>,
+    /// `YYYY-MM-DD`.
+    pub birthday: Option<String>,
+}
+
+fn validate_profile(body: EnrolBody) -> Result<Profile, ApiError> {
+    let phone = Phone::parse(&body.phone)?;
+    let name = match body.name.map(|n| n.trim().to_owned()) {
+        Some(n) if n.is_empty() => None,
+        Some(n) if n.chars().count() > MAX_NAME || n.chars().any(char::is_control) => {
+            return Err(ApiError::Invalid(format!(
+                "name must be at most {MAX_NAME} printable characters"
+            )))
+        }
+        other => other,
+    };
+    if let Some(b) = &body.birthday {
+        let fmt = time::macros::format_description!("[year]-[month]-[day]");
+        time::Date::parse(b, &fmt)
+            .map_err(|_| ApiError::Invalid("birthday must be a date such as 1990-04-17".into()))?;
+    }
+    Ok(Profile {
+        phone,
+        name,
+        birthday: body.birthday,
+    })
+}
+
+fn enrolment_body(member: &MemberId, qr: &str, created: bool, status: &[u8]) -> String {
+    format!(
+        r#"{{"member_id":{},"qr_token":{},"created":{created},"status":{}}}"#,
+        json_str(member.as_str()),
+        json_str(qr),
+        String::from_utf8_lossy(status)
+    )
+}
+
+/// `POST /v1/members`: 201 for a new member, 200 with the existing one for a known phone.
+pub async fn enrol(
+    req: HttpRequest,
+    gw: web::Data<Gateway>,
+    q: web::Query<WaitQuery>,
+    body: web::Json<EnrolBody>,
+) -> Result<HttpResponse, ApiError> {
+    let p = gw.authorize(&req, &[Role::Store]).await?;
+    let deadline = q.deadline(Some(gw.config.default_wait))?;
+    let franchise = gw.franchise_of(&p).await?;
+    let profile = validate_profile(body.into_inner())?;
+    let member = member_id(&franchise.secret, &profile.phone);
+    let qr = qr_token(&franchise.secret, &member);
+    if let Some(s) = gw.member_status(&franchise, &member).await? {
+        return Ok(HttpResponse::Ok()
+            .content_type("application/json")
+            .body(enrolment_body(&member, &qr, false, &s.json)));
+    }
+    // One enrolment event per member: a second enrolment of the same phone is its replay.
+    let event_id = EventId::parse(&format!("enrol.{member}"))?;
+    let env = envelope(
+        &franchise,
+        &p,
+        event_id,
+        None,
+        PosCommand::Enrol {
+            member_id: member.clone(),
+            profile,
+        },
+    )?;
+    let created = match submit_command(&gw, &env, deadline).await? {
+        Submitted::Accepted => {
+            return Ok(HttpResponse::Accepted().content_type("application/json").body(format!(
+                r#"{{"member_id":{},"qr_token":{},"created":null,"status":null,"state":"accepted"}}"#,
+                json_str(member.as_str()),
+                json_str(&qr)
+            )))
+        }
+        Submitted::AlreadyApplied(..) => false,
+        Submitted::Replied(r) => match &r.result {
+            ReplyResult::Applied(Outcome::Enrolled { created }) => *created,
+            ReplyResult::Applied(Outcome::Rejected(rej)) => return Err(rej.clone().into()),
+            _ => false,
+        },
+    };
+    let status = gw
+        .member_status(&franchise, &member)
+        .await?
+        .ok_or_else(|| ApiError::Internal("enrolled member has no state".into()))?;
+    let body = enrolment_body(&member, &qr, created, &status.json);
+    Ok(if created {
+        HttpResponse::Created()
+    } else {
+        HttpResponse::Ok()
+    }
+    .content_type("application/json")
+    .body(body))
+}
+
+/// `GET /v1/members/lookup?phone=…|qr=…`
+pub async fn lookup(
+    req: HttpRequest,
+    gw: web::Data<Gateway>,
+    q: web::Query<MemberRef>,
+) -> Result<HttpResponse, ApiError> {
+    let p = gw.authorize(&req, &[Role::Store, Role::Hq]).await?;
+    let franchise = gw.franchise_of(&p).await?;
+    if q.member_id.is_some() || (q.phone.is_none() && q.qr.is_none()) {
+        return Err(ApiError::Invalid("look a member up by phone or qr".into()));
+    }
+    let (_, status) = q
+        .resolve(&gw, &franchise)
+        .await?
+        .ok_or_else(ApiError::unknown_member)?;
+    Ok(HttpResponse::Ok().content_type("application/json").body(status.json))
+}
+
+/// `GET /v1/members/{member_id}`: the checkout hot path, served from the hot cache.
+pub async fn status(
+    req: HttpRequest,
+    gw: web::Data<Gateway>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let p = gw.authorize(&req, &[Role::Store, Role::Hq]).await?;
+    let franchise = gw.franchise_of(&p).await?;
+    let member = MemberId::parse(&path).map_err(|_| ApiError::unknown_member())?;
+    let status = gw
+        .member_status(&franchise, &member)
+        .await?
+        .ok_or_else(ApiError::unknown_member)?;
+    Ok(HttpResponse::Ok().content_type("application/json").body(status.json))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LedgerQuery {
+    pub before: Option<u64>,
+    pub limit: Option<usize>,
+}
+
+/// `GET /v1/members/{member_id}/ledger`: entries newest first, paged by `before` (a seq).
+pub async fn ledger(
+    req: HttpRequest,
+    gw: web::Data<Gateway>,
+    path: web::Path<String>,
+    q: web::Query<LedgerQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let p = gw.authorize(&req, &[Role::Hq]).await?;
+    let franchise = gw.franchise_of(&p).await?;
+    let member = MemberId::parse(&path).map_err(|_| ApiError::unknown_member())?;
+    gw.member_status(&franchise, &member)
+        .await?
+        .ok_or_else(ApiError::unknown_member)?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_LEDGER_PAGE {
+        return Err(ApiError::Invalid(format!("limit must be 1 to {MAX_LEDGER_PAGE}")));
+    }
+    let entries = gw.store.ledger(&member, q.before, limit).await?;
+    let next_before = if entries.len() == limit {
+        entries.last().map(|e| e.seq)
+    } else {
+        None
+    };
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "member_id": member,
+        "entries": entries,
+        "next_before": next_before,
+    })))
+}

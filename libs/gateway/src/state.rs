@@ -1,0 +1,203 @@
+//! What every handler shares: the ports, the program cache, the reply waiters, and the
+//! authentication and tenancy checks.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::HttpRequest;
+use dashmap::DashMap;
+use loyalty_core::engine::shard::render_status;
+use loyalty_core::identity::hash_api_key;
+use loyalty_core::metrics::metrics;
+use loyalty_core::model::{Franchise, Principal, Role};
+use loyalty_core::ports::{CachedStatus, EventLog, HotCache, StateStore};
+use loyalty_core::programs::ProgramCache;
+use loyalty_core::replies::ReplyWaiters;
+use loyalty_domain::{FranchiseId, MemberId, Program};
+
+use crate::problem::ApiError;
+
+/// How long a franchise record (current program version) is reused before re-reading it, so
+/// that a program change made through another gateway applies within this delay.
+const FRANCHISE_TTL: Duration = Duration::from_secs(1);
+
+/// Settings of a gateway.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// The platform operator's key.
+    pub admin_key: String,
+    /// Topic of POS commands.
+    pub topic: String,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Deadline for enrolments and redemptions when the request does not set `wait_ms`.
+    pub default_wait: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            admin_key: "dev-admin-key".into(),
+            topic: "pos-commands".into(),
+            max_body_bytes: 16 * 1024,
+            default_wait: Duration::from_millis(2000),
+        }
+    }
+}
+
+/// The shared state of the gateway's handlers.
+pub struct Gateway {
+    pub store: Arc<dyn StateStore>,
+    pub cache: Arc<dyn HotCache>,
+    pub log: Arc<dyn EventLog>,
+    pub programs: Arc<ProgramCache>,
+    pub replies: Arc<ReplyWaiters>,
+    pub config: GatewayConfig,
+    /// Set once the engine consumes (dev mode) or the log is reachable.
+    pub ready: Arc<AtomicBool>,
+    principals: DashMap<String, Principal>,
+    franchises: DashMap<FranchiseId, (Arc<Franchise>, Instant)>,
+}
+
+impl Gateway {
+    pub fn new(
+        store: Arc<dyn StateStore>,
+        cache: Arc<dyn HotCache>,
+        log: Arc<dyn EventLog>,
+        programs: Arc<ProgramCache>,
+        replies: Arc<ReplyWaiters>,
+        config: GatewayConfig,
+        ready: Arc<AtomicBool>,
+    ) -> Gateway {
+        Gateway {
+            store,
+            cache,
+            log,
+            programs,
+            replies,
+            config,
+            ready,
+            principals: DashMap::new(),
+            franchises: DashMap::new(),
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// The caller's principal if its role is one of `roles`: 401 without a valid key, 403 for
+    /// another role.
+    pub async fn authorize(&self, req: &HttpRequest, roles: &[Role]) -> Result<Principal, ApiError> {
+        let key = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|k| !k.is_empty() && k.len() <= 200)
+            .ok_or(ApiError::Unauthorized)?;
+        let principal = if constant_time_eq(key.as_bytes(), self.config.admin_key.as_bytes()) {
+            Principal {
+                role: Role::Admin,
+                franchise_id: None,
+                store_id: None,
+            }
+        } else {
+            let hash = hash_api_key(key);
+            match self.principals.get(&hash) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = self.store.api_key(&hash).await?.ok_or(ApiError::Unauthorized)?;
+                    self.principals.insert(hash, p.clone());
+                    p
+                }
+            }
+        };
+        if roles.contains(&principal.role) {
+            Ok(principal)
+        } else {
+            Err(ApiError::Forbidden(match principal.role {
+                Role::Admin => "the admin key manages franchises only",
+                Role::Hq => "an HQ key cannot act at a till",
+                Role::Store => "a store key cannot do this",
+            }))
+        }
+    }
+
+    /// The franchise of a principal (HQ or store keys).
+    pub async fn franchise_of(&self, p: &Principal) -> Result<Arc<Franchise>, ApiError> {
+        let id = p
+            .franchise_id
+            .as_ref()
+            .ok_or(ApiError::Forbidden("this key belongs to no franchise"))?;
+        self.franchise(id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound("franchise not found".into()))
+    }
+
+    /// A franchise, from a short-lived cache.
+    pub async fn franchise(&self, id: &FranchiseId) -> Result<Option<Arc<Franchise>>, ApiError> {
+        if let Some(e) = self.franchises.get(id) {
+            if e.1.elapsed() < FRANCHISE_TTL {
+                return Ok(Some(Arc::clone(&e.0)));
+            }
+        }
+        let Some(f) = self.store.franchise(id).await? else {
+            return Ok(None);
+        };
+        let f = Arc::new(f);
+        self.franchises.insert(id.clone(), (Arc::clone(&f), Instant::now()));
+        Ok(Some(f))
+    }
+
+    /// Records a franchise just changed through this gateway.
+    pub fn franchise_changed(&self, f: Franchise) {
+        self.franchises.insert(f.id.clone(), (Arc::new(f), Instant::now()));
+    }
+
+    /// The franchise's current program.
+    pub async fn program(&self, f: &Franchise) -> Result<Arc<Program>, ApiError> {
+        self.programs
+            .get(&f.id, f.program_version)
+            .await?
+            .ok_or_else(|| ApiError::Internal(format!("franchise {} has no program v{}", f.id, f.program_version)))
+    }
+
+    /// The status of `member` as served at the till, if the member exists in `franchise`:
+    /// from the hot cache, else rebuilt from the store (and put back in the cache).
+    pub async fn member_status(
+        &self,
+        franchise: &Franchise,
+        member: &MemberId,
+    ) -> Result<Option<CachedStatus>, ApiError> {
+        match self.cache.status(member).await {
+            Ok(Some(s)) => {
+                metrics().cache_lookups.with_label_values(&["hit"]).inc();
+                return Ok((s.franchise_id == franchise.id).then_some(s));
+            }
+            Ok(None) => metrics().cache_lookups.with_label_values(&["miss"]).inc(),
+            Err(e) => {
+                metrics().cache_lookups.with_label_values(&["error"]).inc();
+                tracing::warn!(error = %e, "hot cache read failed; reading the store");
+            }
+        }
+        let Some(state) = self.store.member(member).await? else {
+            return Ok(None);
+        };
+        if state.franchise_id != franchise.id {
+            return Ok(None);
+        }
+        let program = self.program(franchise).await?;
+        let status = render_status(&state, &program);
+        if let Err(e) = self.cache.put_statuses(vec![(member.clone(), status.clone())]).await {
+            tracing::warn!(error = %e, "hot cache fill failed");
+        }
+        Ok(Some(status))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,154 @@
+//! Configuration of `loyalty dev`: one typed struct, read from an optional TOML file, then
+//! overridden by `LOYALTY_*` environment variables, then by command-line flags, and validated
+//! at startup with a message that names the setting. The defaults run dev mode.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+/// Settings of the all-in-one `dev` process.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DevConfig {
+    /// Where the HTTP API listens (`LOYALTY_LISTEN`). Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Where the log and the store keep their files (`LOYALTY_DATA_DIR`).
+    pub data_dir: PathBuf,
+    /// The platform admin's API key (`LOYALTY_ADMIN_KEY`).
+    pub admin_key: String,
+    /// Partitions of the POS command topic, fixed when the topic is created
+    /// (`LOYALTY_PARTITIONS`).
+    pub partitions: u32,
+    /// HTTP worker threads; 0 means one per core (`LOYALTY_HTTP_WORKERS`).
+    pub http_workers: usize,
+    /// Seconds an idle member actor stays in memory (`LOYALTY_PASSIVATE_AFTER_SECS`).
+    pub passivate_after_secs: u64,
+    /// Member statuses kept in the in-process hot cache (`LOYALTY_CACHE_CAPACITY`).
+    pub cache_capacity: usize,
+    /// Largest request body in bytes (`LOYALTY_MAX_BODY_BYTES`).
+    pub max_body_bytes: usize,
+    /// Create a demo franchise with three stores on first start (`LOYALTY_DEMO`).
+    pub demo: bool,
+}
+
+impl Default for DevConfig {
+    fn default() -> Self {
+        DevConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            admin_key: "dev-admin-key".into(),
+            partitions: 8,
+            http_workers: 0,
+            passivate_after_secs: 300,
+            cache_capacity: 1_000_000,
+            max_body_bytes: 16 * 1024,
+            demo: true,
+        }
+    }
+}
+
+fn env_parse<T: std::str::FromStr>(name: &str, into: &mut T) -> anyhow::Result<()>
+where
+    T::Err: std::fmt::Display,
+{
+    if let Ok(v) = std::env::var(name) {
+        *into = v
+            .parse()
+            .map_err(|e| anyhow::anyhow!("environment variable {name}={v:?} is invalid: {e}"))?;
+    }
+    Ok(())
+}
+
+impl DevConfig {
+    /// Reads `file` (if given), then the environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<DevConfig> {
+        let mut c = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the configuration file {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("in the configuration file {}", path.display()))?
+            }
+            None => DevConfig::default(),
+        };
+        env_parse("LOYALTY_LISTEN", &mut c.listen)?;
+        env_parse("LOYALTY_DATA_DIR", &mut c.data_dir)?;
+        if let Ok(k) = std::env::var("LOYALTY_ADMIN_KEY") {
+            c.admin_key = k;
+        }
+        env_parse("LOYALTY_PARTITIONS", &mut c.partitions)?;
+        env_parse("LOYALTY_HTTP_WORKERS", &mut c.http_workers)?;
+        env_parse("LOYALTY_PASSIVATE_AFTER_SECS", &mut c.passivate_after_secs)?;
+        env_parse("LOYALTY_CACHE_CAPACITY", &mut c.cache_capacity)?;
+        env_parse("LOYALTY_MAX_BODY_BYTES", &mut c.max_body_bytes)?;
+        env_parse("LOYALTY_DEMO", &mut c.demo)?;
+        Ok(c)
+    }
+
+    /// Refuses settings the platform cannot run with, naming the setting.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.admin_key.trim().len() < 8 {
+            bail!("admin_key (LOYALTY_ADMIN_KEY) must be at least 8 characters");
+        }
+        if !(1..=1024).contains(&self.partitions) {
+            bail!("partitions (LOYALTY_PARTITIONS) must be between 1 and 1024");
+        }
+        if self.http_workers > 256 {
+            bail!("http_workers (LOYALTY_HTTP_WORKERS) must be at most 256");
+        }
+        if self.passivate_after_secs == 0 {
+            bail!("passivate_after_secs (LOYALTY_PASSIVATE_AFTER_SECS) must be at least 1");
+        }
+        if self.cache_capacity == 0 {
+            bail!("cache_capacity (LOYALTY_CACHE_CAPACITY) must be at least 1");
+        }
+        if !(1024..=1024 * 1024).contains(&self.max_body_bytes) {
+            bail!("max_body_bytes (LOYALTY_MAX_BODY_BYTES) must be between 1024 and 1048576");
+        }
+        Ok(())
+    }
+
+    pub fn passivate_after(&self) -> Duration {
+        Duration::from_secs(self.passivate_after_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_dev_mode() {
+        let c = DevConfig::default();
+        c.validate().unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn invalid_settings_are_named() {
+        let c = DevConfig {
+            partitions: 0,
+            ..DevConfig::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("LOYALTY_PARTITIONS"));
+        let c = DevConfig {
+            admin_key: "short".into(),
+            ..DevConfig::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("LOYALTY_ADMIN_KEY"));
+    }
+
+    #[test]
+    fn files_reject_unknown_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "partitons = 3\n").unwrap();
+        let e = DevConfig::load(Some(&p)).unwrap_err();
+        assert!(format!("{e:#}").contains("partitons"), "{e:#}");
+        std::fs::write(&p, "partitions = 3\n").unwrap();
+        assert_eq!(DevConfig::load(Some(&p)).unwrap().partitions, 3);
+    }
+}
