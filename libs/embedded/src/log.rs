@@ -146,9 +146,8 @@ impl EmbeddedLog {
             }
             let meta_path = path.join(META_FILE);
             let meta = match std::fs::read(&meta_path) {
-                Ok(bytes) => serde_json::from_slice::<TopicMeta>(&bytes).map_err(|e| {
-                    Error::Corrupt(format!("{}: {e}", meta_path.display()))
-                })?,
+                Ok(bytes) => serde_json::from_slice::<TopicMeta>(&bytes)
+                    .map_err(|e| Error::Corrupt(format!("{}: {e}", meta_path.display())))?,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     // A creation interrupted before its metadata was durable: the topic never
                     // existed (no append could have reached it). `ensure_topic` redoes it.

@@ -151,11 +151,8 @@ pub(crate) fn decode_frames(
     let mut pos = 0usize;
     for i in 0..count {
         let offset = first_offset + i as u64;
-        let corrupt = |why: &str| {
-            Error::Corrupt(format!(
-                "partition {partition} offset {offset}: {why}"
-            ))
-        };
+        let corrupt =
+            |why: &str| Error::Corrupt(format!("partition {partition} offset {offset}: {why}"));
         let (len, crc) = buf
             .get(pos..pos + HEADER_LEN)
             .and_then(parse_header)

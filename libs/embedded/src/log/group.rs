@@ -106,7 +106,9 @@ pub(crate) struct Group {
 
 /// Where the offsets of `group` on `topic` live.
 pub(crate) fn offsets_path(topic_dir: &std::path::Path, group: &str) -> PathBuf {
-    topic_dir.join("groups").join(format!("{group}.offsets.json"))
+    topic_dir
+        .join("groups")
+        .join(format!("{group}.offsets.json"))
 }
 
 impl Group {
@@ -119,9 +121,8 @@ impl Group {
     ) -> Result<Group> {
         let path = offsets_path(&topic.dir, name);
         let file: OffsetsFile = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                Error::Corrupt(format!("offsets file {}: {e}", path.display()))
-            })?,
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Corrupt(format!("offsets file {}: {e}", path.display())))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => OffsetsFile::default(),
             Err(e) => return Err(io_error(&format!("reading {}", path.display()), e)),
         };
@@ -168,7 +169,12 @@ impl Group {
             st.members.push(member.clone());
             member
         };
-        tracing::debug!(group = self.name, topic = self.topic.name, member = member.id, "member joined");
+        tracing::debug!(
+            group = self.name,
+            topic = self.topic.name,
+            member = member.id,
+            "member joined"
+        );
         self.rebalance();
         EmbeddedConsumer {
             group: self.clone(),
@@ -197,7 +203,12 @@ impl Group {
         }
         member.gone.send_replace(true);
         member.wake.notify_one();
-        tracing::debug!(group = self.name, topic = self.topic.name, member = member.id, "member left");
+        tracing::debug!(
+            group = self.name,
+            topic = self.topic.name,
+            member = member.id,
+            "member left"
+        );
         self.rebalance();
     }
 
@@ -418,7 +429,11 @@ impl EmbeddedConsumer {
                     break;
                 }
                 let (p, pos) = &mut positions[(start + i) % n];
-                let want = if round == 0 { share.min(remaining) } else { remaining };
+                let want = if round == 0 {
+                    share.min(remaining)
+                } else {
+                    remaining
+                };
                 let (records, bytes) = self.group.topic.partition(*p)?.read(*pos, want, budget)?;
                 budget = budget.saturating_sub(bytes);
                 *pos += records.len() as Offset;

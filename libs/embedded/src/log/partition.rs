@@ -162,12 +162,11 @@ impl PartitionLog {
         self.file
             .read_exact_at(&mut buf, start)
             .map_err(|e| io_error(&format!("reading {}", self.path.display()), e))?;
-        let records = frame::decode_frames(Bytes::from(buf), self.id, from, count).map_err(
-            |e| match e {
+        let records =
+            frame::decode_frames(Bytes::from(buf), self.id, from, count).map_err(|e| match e {
                 Error::Corrupt(why) => Error::Corrupt(format!("topic {}: {why}", self.topic)),
                 other => other,
-            },
-        )?;
+            })?;
         Ok((records, size))
     }
 }
@@ -292,7 +291,10 @@ fn commit_batch(batch: &mut Vec<AppendRequest>) {
 /// Cuts the file back to `len` after a failed write; fences the partition if even that fails.
 fn roll_back(part: &PartitionLog, len: u64) {
     if let Err(e) = part.file.set_len(len) {
-        let why = format!("truncating {} after a failed write: {e}", part.path.display());
+        let why = format!(
+            "truncating {} after a failed write: {e}",
+            part.path.display()
+        );
         tracing::error!(topic = part.topic, partition = part.id, "{why}");
         *part.failed.lock() = Some(why);
     }
@@ -300,8 +302,6 @@ fn roll_back(part: &PartitionLog, len: u64) {
 
 fn fail(requests: Vec<AppendRequest>, why: &str) {
     for request in requests {
-        let _ = request
-            .ack
-            .send(Err(Error::Unavailable(why.to_string())));
+        let _ = request.ack.send(Err(Error::Unavailable(why.to_string())));
     }
 }
