@@ -454,6 +454,10 @@ impl EmbeddedConsumer {
 
 #[async_trait]
 impl LogConsumer for EmbeddedConsumer {
+    /// Returns the oldest undelivered group event if there is one; otherwise up to
+    /// `max_records` records of the assigned partitions (shared fairly between them), waiting
+    /// up to [`super::LogConfig::poll_interval`] for an append or a group event before
+    /// returning an empty `Records`. Fails with `ShuttingDown` once the member has left.
     async fn next(&self, max_records: usize) -> Result<ConsumerEvent> {
         let deadline = tokio::time::Instant::now() + self.group.poll_interval;
         let max = max_records.max(1);
@@ -477,6 +481,11 @@ impl LogConsumer for EmbeddedConsumer {
         }
     }
 
+    /// Durably records `next_offset` for `partition` (the offsets file is rewritten atomically;
+    /// concurrent commits of the group share one write). Fails with `Conflict("partition not
+    /// owned")` unless this member owns the partition (it still does while its `Revoked` is
+    /// pending, until it sends `done`), with `Invalid` past the end of the partition; a lower
+    /// offset than the committed one is a no-op.
     async fn commit(&self, partition: Partition, next_offset: Offset) -> Result<()> {
         let end = self.group.topic.partition(partition)?.end_offset();
         if next_offset > end {
@@ -504,11 +513,15 @@ impl LogConsumer for EmbeddedConsumer {
             .map_err(|e| Error::Unavailable(format!("offset commit task failed: {e}")))?
     }
 
+    /// The group's durable committed offset of `partition`.
     async fn committed(&self, partition: Partition) -> Result<Option<Offset>> {
         self.group.topic.partition(partition)?;
         Ok(self.group.durable_committed(partition))
     }
 
+    /// Leaves the group at once: the member's partitions are released (its later commits are
+    /// fenced) and the other members rebalance. The caller finishes and commits its work
+    /// before closing; no `Revoked` is delivered to a member that closes itself.
     async fn close(&self) -> Result<()> {
         self.group.leave(&self.member);
         Ok(())

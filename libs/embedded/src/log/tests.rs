@@ -419,7 +419,8 @@ async fn log_rebalance_waits_for_revocation() {
             (assigned, released.load(Ordering::SeqCst), c2)
         })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await; // let c2 wait (not a synchronisation)
+    // Let c2's task start waiting (the test runtime has one thread).
+    tokio::task::yield_now().await;
     released.store(true, Ordering::SeqCst);
     done.send(()).unwrap();
     let (assigned2, was_released, c2) = c2_task.await.unwrap();
