@@ -66,7 +66,9 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut DevConfig)) -> TestApp {
         ..DevConfig::default()
     };
     tweak(&mut config);
-    let app = Application::build(config).await.expect("application starts");
+    let app = Application::build(config)
+        .await
+        .expect("application starts");
     let address = format!("http://127.0.0.1:{}", app.port());
     let store = app.store.clone();
     let cache = app.cache.clone();
@@ -89,10 +91,17 @@ impl TestApp {
 
     /// Waits until `/readyz` answers 200 (the engine consumes).
     pub async fn wait_ready(&self) {
-        wait_ready(&self.client, &self.address).await.expect("platform ready");
+        wait_ready(&self.client, &self.address)
+            .await
+            .expect("platform ready");
     }
 
-    pub async fn post(&self, path: &str, key: &str, body: impl std::borrow::Borrow<Value>) -> Response {
+    pub async fn post(
+        &self,
+        path: &str,
+        key: &str,
+        body: impl std::borrow::Borrow<Value>,
+    ) -> Response {
         self.client
             .post(self.url(path))
             .bearer_auth(key)
@@ -102,7 +111,12 @@ impl TestApp {
             .expect("request sent")
     }
 
-    pub async fn put(&self, path: &str, key: &str, body: impl std::borrow::Borrow<Value>) -> Response {
+    pub async fn put(
+        &self,
+        path: &str,
+        key: &str,
+        body: impl std::borrow::Borrow<Value>,
+    ) -> Response {
         self.client
             .put(self.url(path))
             .bearer_auth(key)
@@ -128,14 +142,22 @@ impl TestApp {
 
     pub async fn franchise_with(&self, name: &str, program: Value) -> TestFranchise {
         let r = self
-            .post("/v1/franchises", ADMIN_KEY, &json!({"name": name, "program": program}))
+            .post(
+                "/v1/franchises",
+                ADMIN_KEY,
+                &json!({"name": name, "program": program}),
+            )
             .await;
         assert_eq!(r.status(), StatusCode::CREATED);
         let f: Value = r.json().await.expect("json");
         let id = f["id"].as_str().expect("id").to_owned();
         let hq_key = f["hq_api_key"].as_str().expect("key").to_owned();
         let r = self
-            .post(&format!("/v1/franchises/{id}/stores"), &hq_key, &json!({"name": "Store 1"}))
+            .post(
+                &format!("/v1/franchises/{id}/stores"),
+                &hq_key,
+                &json!({"name": "Store 1"}),
+            )
             .await;
         assert_eq!(r.status(), StatusCode::CREATED);
         let s: Value = r.json().await.expect("json");
@@ -149,13 +171,21 @@ impl TestApp {
 
     /// Enrols `phone` at the franchise's store; returns the enrolment answer.
     pub async fn enrol(&self, f: &TestFranchise, phone: &str) -> Value {
-        let r = self.post("/v1/members", &f.store_key, &json!({"phone": phone})).await;
+        let r = self
+            .post("/v1/members", &f.store_key, &json!({"phone": phone}))
+            .await;
         assert!(r.status().is_success(), "enrolment answered {}", r.status());
         r.json().await.expect("json")
     }
 
     /// A purchase for `member_id`, waiting for its effect.
-    pub async fn purchase(&self, f: &TestFranchise, event_id: &str, member_id: &str, cents: i64) -> Response {
+    pub async fn purchase(
+        &self,
+        f: &TestFranchise,
+        event_id: &str,
+        member_id: &str,
+        cents: i64,
+    ) -> Response {
         self.post(
             "/v1/purchases?wait_ms=5000",
             &f.store_key,
@@ -166,7 +196,9 @@ impl TestApp {
 
     /// The member's status as the till sees it.
     pub async fn status(&self, f: &TestFranchise, member_id: &str) -> Value {
-        let r = self.get(&format!("/v1/members/{member_id}"), &f.store_key).await;
+        let r = self
+            .get(&format!("/v1/members/{member_id}"), &f.store_key)
+            .await;
         assert_eq!(r.status(), StatusCode::OK);
         r.json().await.expect("json")
     }
@@ -174,7 +206,10 @@ impl TestApp {
     /// The member's ledger (HQ view), newest first.
     pub async fn ledger(&self, f: &TestFranchise, member_id: &str) -> Vec<Value> {
         let r = self
-            .get(&format!("/v1/members/{member_id}/ledger?limit=500"), &f.hq_key)
+            .get(
+                &format!("/v1/members/{member_id}/ledger?limit=500"),
+                &f.hq_key,
+            )
             .await;
         assert_eq!(r.status(), StatusCode::OK);
         let v: Value = r.json().await.expect("json");

@@ -10,7 +10,13 @@ async fn enrol_then_purchase_shows_points_tier_and_stamps() {
     let app = spawn_app().await;
     let f = app.franchise("Café A").await;
 
-    let r = app.post("/v1/members", &f.store_key, &json!({"phone": "+33612345678", "name": "Alice"})).await;
+    let r = app
+        .post(
+            "/v1/members",
+            &f.store_key,
+            &json!({"phone": "+33612345678", "name": "Alice"}),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let e: Value = r.json().await.unwrap();
     let m = e["member_id"].as_str().unwrap().to_owned();
@@ -19,7 +25,13 @@ async fn enrol_then_purchase_shows_points_tier_and_stamps() {
     assert_eq!(e["status"]["points"], 50, "signup bonus");
 
     // The same phone again: the existing member, 200.
-    let r = app.post("/v1/members", &f.store_key, &json!({"phone": "+33612345678"})).await;
+    let r = app
+        .post(
+            "/v1/members",
+            &f.store_key,
+            &json!({"phone": "+33612345678"}),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     let again: Value = r.json().await.unwrap();
     assert_eq!(again["member_id"], m.as_str());
@@ -47,10 +59,18 @@ async fn enrol_then_purchase_shows_points_tier_and_stamps() {
     let p: Value = r.json().await.unwrap();
     assert_eq!(p["outcome"]["points_earned"], 300);
     assert_eq!(p["member"]["tier"], "Silver");
-    assert_eq!(p["member"]["rewards_available"], json!(["free-coffee", "free-pastry"]));
+    assert_eq!(
+        p["member"]["rewards_available"],
+        json!(["free-coffee", "free-pastry"])
+    );
 
-    for (q, v) in [("phone=%2B33612345678", "phone"), (&*format!("qr={qr}"), "qr")] {
-        let r = app.get(&format!("/v1/members/lookup?{q}"), &f.store_key).await;
+    for (q, v) in [
+        ("phone=%2B33612345678", "phone"),
+        (&*format!("qr={qr}"), "qr"),
+    ] {
+        let r = app
+            .get(&format!("/v1/members/lookup?{q}"), &f.store_key)
+            .await;
         assert_eq!(r.status(), StatusCode::OK, "lookup by {v}");
         let s: Value = r.json().await.unwrap();
         assert_eq!(s["member_id"], m.as_str());
@@ -65,17 +85,37 @@ async fn enrol_then_purchase_shows_points_tier_and_stamps() {
 async fn a_replayed_event_is_applied_once() {
     let app = spawn_app().await;
     let f = app.franchise("Café A").await;
-    let m = app.enrol(&f, "+33600000001").await["member_id"].as_str().unwrap().to_owned();
+    let m = app.enrol(&f, "+33600000001").await["member_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
-    let first: Value = app.purchase(&f, "dup-1", &m, 1000).await.json().await.unwrap();
+    let first: Value = app
+        .purchase(&f, "dup-1", &m, 1000)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(first["replayed"], false);
     // Resent with and without waiting, concurrently: one effect.
     let resends = (0..6).map(|i| {
-        let path = if i % 2 == 0 { "/v1/purchases?wait_ms=5000" } else { "/v1/purchases" };
-        app.post(path, &f.store_key, json!({"event_id": "dup-1", "member_id": m, "amount_cents": 1000, "currency": "EUR"}))
+        let path = if i % 2 == 0 {
+            "/v1/purchases?wait_ms=5000"
+        } else {
+            "/v1/purchases"
+        };
+        app.post(
+            path,
+            &f.store_key,
+            json!({"event_id": "dup-1", "member_id": m, "amount_cents": 1000, "currency": "EUR"}),
+        )
     });
     for r in join_all(resends).await {
-        assert!(r.status() == StatusCode::OK || r.status() == StatusCode::ACCEPTED, "{}", r.status());
+        assert!(
+            r.status() == StatusCode::OK || r.status() == StatusCode::ACCEPTED,
+            "{}",
+            r.status()
+        );
         if r.status() == StatusCode::OK {
             let v: Value = r.json().await.unwrap();
             assert_eq!(v["replayed"], true);
@@ -86,11 +126,18 @@ async fn a_replayed_event_is_applied_once() {
     assert_eq!(s["points"], 60);
     assert_eq!(s["visits"], 1);
     let ledger = app.ledger(&f, &m).await;
-    assert_eq!(ledger.iter().filter(|e| e["event_id"] == "dup-1").count(), 1);
+    assert_eq!(
+        ledger.iter().filter(|e| e["event_id"] == "dup-1").count(),
+        1
+    );
 
     // Same id, different body: refused, nothing changes.
     let r = app
-        .post("/v1/purchases?wait_ms=5000", &f.store_key, &json!({"event_id": "dup-1", "member_id": m, "amount_cents": 999, "currency": "EUR"}))
+        .post(
+            "/v1/purchases?wait_ms=5000",
+            &f.store_key,
+            &json!({"event_id": "dup-1", "member_id": m, "amount_cents": 999, "currency": "EUR"}),
+        )
         .await;
     assert_problem(r, StatusCode::CONFLICT, "idempotency-conflict").await;
     assert_eq!(app.status(&f, &m).await, s);
@@ -100,7 +147,10 @@ async fn a_replayed_event_is_applied_once() {
 async fn concurrent_purchases_for_one_member_are_all_counted() {
     let app = spawn_app().await;
     let f = app.franchise("Café A").await;
-    let m = app.enrol(&f, "+33600000002").await["member_id"].as_str().unwrap().to_owned();
+    let m = app.enrol(&f, "+33600000002").await["member_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let n = 60;
     let sends = (0..n).map(|i| {
         let path = if i % 3 == 0 { "/v1/purchases?wait_ms=5000" } else { "/v1/purchases" };
@@ -110,7 +160,12 @@ async fn concurrent_purchases_for_one_member_are_all_counted() {
         assert!(r.status().is_success(), "{}", r.status());
     }
     // Waiting on the last one orders us after all of them (same member, same partition).
-    let last: Value = app.purchase(&f, "c-last", &m, 100).await.json().await.unwrap();
+    let last: Value = app
+        .purchase(&f, "c-last", &m, 100)
+        .await
+        .json()
+        .await
+        .unwrap();
     let expected_spend: i64 = (0..n).map(|i| 100 + i).sum::<i64>() + 100;
     let expected_points: i64 = 50 + (0..n).map(|i| (100 + i) / 100).sum::<i64>() + 1;
     assert_eq!(last["member"]["spend_cents"], expected_spend);
@@ -123,7 +178,10 @@ async fn concurrent_purchases_for_one_member_are_all_counted() {
     let ledger = app.ledger(&f, &m).await;
     let sum: i64 = ledger.iter().map(|e| e["points"].as_i64().unwrap()).sum();
     assert_eq!(sum, expected_points);
-    let mut ids: Vec<&str> = ledger.iter().map(|e| e["event_id"].as_str().unwrap()).collect();
+    let mut ids: Vec<&str> = ledger
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
     ids.sort();
     let before = ids.len();
     ids.dedup();
@@ -134,10 +192,17 @@ async fn concurrent_purchases_for_one_member_are_all_counted() {
 async fn redemption_with_too_few_points_is_409_and_changes_nothing() {
     let app = spawn_app().await;
     let f = app.franchise("Café A").await;
-    let m = app.enrol(&f, "+33600000003").await["member_id"].as_str().unwrap().to_owned();
+    let m = app.enrol(&f, "+33600000003").await["member_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let before = app.status(&f, &m).await;
     let r = app
-        .post("/v1/redemptions", &f.store_key, &json!({"event_id": "r-1", "member_id": m, "reward_id": "free-coffee"}))
+        .post(
+            "/v1/redemptions",
+            &f.store_key,
+            &json!({"event_id": "r-1", "member_id": m, "reward_id": "free-coffee"}),
+        )
         .await;
     let p = assert_problem(r, StatusCode::CONFLICT, "insufficient-points").await;
     assert_eq!(p["needed"], 100);
@@ -148,7 +213,11 @@ async fn redemption_with_too_few_points_is_409_and_changes_nothing() {
     // With enough points it applies and spends them; a voucher goes before points.
     app.purchase(&f, "big", &m, 10000).await;
     let r = app
-        .post("/v1/redemptions", &f.store_key, &json!({"event_id": "r-2", "member_id": m, "reward_id": "free-coffee"}))
+        .post(
+            "/v1/redemptions",
+            &f.store_key,
+            &json!({"event_id": "r-2", "member_id": m, "reward_id": "free-coffee"}),
+        )
         .await;
     assert_eq!(r.status(), StatusCode::OK);
     let v: Value = r.json().await.unwrap();
@@ -161,7 +230,11 @@ async fn redemption_with_too_few_points_is_409_and_changes_nothing() {
     let s = app.status(&f, &m).await;
     assert_eq!(s["vouchers"][0]["reward_id"], "free-coffee", "{s}");
     let r = app
-        .post("/v1/redemptions", &f.store_key, &json!({"event_id": "r-3", "member_id": m, "reward_id": "free-coffee"}))
+        .post(
+            "/v1/redemptions",
+            &f.store_key,
+            &json!({"event_id": "r-3", "member_id": m, "reward_id": "free-coffee"}),
+        )
         .await;
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["outcome"]["used_voucher"], true);
@@ -172,10 +245,17 @@ async fn redemption_with_too_few_points_is_409_and_changes_nothing() {
 async fn refunds_reverse_points_and_are_bounded() {
     let app = spawn_app().await;
     let f = app.franchise("Café A").await;
-    let m = app.enrol(&f, "+33600000004").await["member_id"].as_str().unwrap().to_owned();
+    let m = app.enrol(&f, "+33600000004").await["member_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     app.purchase(&f, "buy", &m, 5000).await;
     let r = app
-        .post("/v1/refunds?wait_ms=5000", &f.store_key, &json!({"event_id": "rf-1", "purchase_event_id": "buy", "amount_cents": 2500}))
+        .post(
+            "/v1/refunds?wait_ms=5000",
+            &f.store_key,
+            &json!({"event_id": "rf-1", "purchase_event_id": "buy", "amount_cents": 2500}),
+        )
         .await;
     assert_eq!(r.status(), StatusCode::OK);
     let v: Value = r.json().await.unwrap();
@@ -183,11 +263,19 @@ async fn refunds_reverse_points_and_are_bounded() {
     assert_eq!(v["member"]["points"], 75);
     assert_eq!(v["member"]["spend_cents"], 2500);
     let r = app
-        .post("/v1/refunds?wait_ms=5000", &f.store_key, &json!({"event_id": "rf-2", "purchase_event_id": "buy", "amount_cents": 2501}))
+        .post(
+            "/v1/refunds?wait_ms=5000",
+            &f.store_key,
+            &json!({"event_id": "rf-2", "purchase_event_id": "buy", "amount_cents": 2501}),
+        )
         .await;
     assert_problem(r, StatusCode::CONFLICT, "refund-exceeds-purchase").await;
     let r = app
-        .post("/v1/refunds?wait_ms=5000", &f.store_key, &json!({"event_id": "rf-3", "purchase_event_id": "nope", "amount_cents": 1}))
+        .post(
+            "/v1/refunds?wait_ms=5000",
+            &f.store_key,
+            &json!({"event_id": "rf-3", "purchase_event_id": "nope", "amount_cents": 1}),
+        )
         .await;
     assert_problem(r, StatusCode::NOT_FOUND, "unknown-purchase").await;
     assert_eq!(app.status(&f, &m).await["points"], 75);
@@ -198,14 +286,22 @@ async fn anonymous_sales_are_accepted_and_kept() {
     let app = spawn_app().await;
     let f = app.franchise("Café A").await;
     let r = app
-        .post("/v1/purchases?wait_ms=5000", &f.store_key, &json!({"event_id": "anon-1", "amount_cents": 700, "currency": "EUR"}))
+        .post(
+            "/v1/purchases?wait_ms=5000",
+            &f.store_key,
+            &json!({"event_id": "anon-1", "amount_cents": 700, "currency": "EUR"}),
+        )
         .await;
     assert_eq!(r.status(), StatusCode::OK);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["outcome"]["type"], "anonymous_sale");
     assert_eq!(v["member"], Value::Null);
     let r = app
-        .post("/v1/refunds", &f.store_key, &json!({"event_id": "anon-rf", "purchase_event_id": "anon-1", "amount_cents": 100}))
+        .post(
+            "/v1/refunds",
+            &f.store_key,
+            &json!({"event_id": "anon-rf", "purchase_event_id": "anon-1", "amount_cents": 100}),
+        )
         .await;
     assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "anonymous-refund").await;
 }
@@ -214,36 +310,78 @@ async fn anonymous_sales_are_accepted_and_kept() {
 async fn a_program_change_applies_to_later_events_only() {
     let app = spawn_app().await;
     let f = app.franchise("Café A").await;
-    let m = app.enrol(&f, "+33600000005").await["member_id"].as_str().unwrap().to_owned();
-    let v: Value = app.purchase(&f, "before", &m, 1000).await.json().await.unwrap();
+    let m = app.enrol(&f, "+33600000005").await["member_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let v: Value = app
+        .purchase(&f, "before", &m, 1000)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["outcome"]["points_earned"], 10);
 
     let mut program = demo_program();
     program["points_per_unit"] = json!(5);
-    let r = app.put(&format!("/v1/franchises/{}/program", f.id), &f.hq_key, &json!({"program": program})).await;
+    let r = app
+        .put(
+            &format!("/v1/franchises/{}/program", f.id),
+            &f.hq_key,
+            &json!({"program": program}),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["program_version"], 2);
 
-    let v: Value = app.purchase(&f, "after", &m, 1000).await.json().await.unwrap();
+    let v: Value = app
+        .purchase(&f, "after", &m, 1000)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["outcome"]["points_earned"], 50);
     // The earlier event keeps what it earned (a replay shows the original outcome).
-    let v: Value = app.purchase(&f, "before", &m, 1000).await.json().await.unwrap();
+    let v: Value = app
+        .purchase(&f, "before", &m, 1000)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["replayed"], true);
     assert_eq!(v["outcome"]["points_earned"], 10);
 
     let mut bad = demo_program();
     bad["tiers"] = json!([{"name": "Gold", "threshold": 0, "multiplier_pct": 200}, {"name": "Bronze", "threshold": 0, "multiplier_pct": 100}]);
-    let r = app.put(&format!("/v1/franchises/{}/program", f.id), &f.hq_key, &json!({"program": bad})).await;
+    let r = app
+        .put(
+            &format!("/v1/franchises/{}/program", f.id),
+            &f.hq_key,
+            &json!({"program": bad}),
+        )
+        .await;
     let p = assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid-request").await;
     assert!(p["detail"].as_str().unwrap().contains("tiers"), "{p}");
     let mut bad = demo_program();
     bad["stamp_card"]["reward_id"] = json!("no-such-reward");
-    let r = app.post("/v1/franchises", ADMIN_KEY, &json!({"name": "X", "program": bad})).await;
+    let r = app
+        .post(
+            "/v1/franchises",
+            ADMIN_KEY,
+            &json!({"name": "X", "program": bad}),
+        )
+        .await;
     assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid-request").await;
     let mut bad = demo_program();
     bad["signup_bonus"] = json!(-5);
-    let r = app.post("/v1/franchises", ADMIN_KEY, &json!({"name": "X", "program": bad})).await;
+    let r = app
+        .post(
+            "/v1/franchises",
+            ADMIN_KEY,
+            &json!({"name": "X", "program": bad}),
+        )
+        .await;
     assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid-request").await;
 }
 
@@ -262,27 +400,71 @@ async fn keys_act_only_within_their_franchise_and_role() {
     for key in [&a.store_key, &a.hq_key] {
         let r = app.get(&format!("/v1/members/{mb_id}"), key).await;
         assert_problem(r, StatusCode::NOT_FOUND, "unknown-member").await;
-        let r = app.get(&format!("/v1/members/lookup?qr={mb_qr}"), key).await;
+        let r = app
+            .get(&format!("/v1/members/lookup?qr={mb_qr}"), key)
+            .await;
         assert_problem(r, StatusCode::NOT_FOUND, "unknown-member").await;
-        let r = app.get("/v1/members/lookup?phone=%2B33600000006", key).await;
+        let r = app
+            .get("/v1/members/lookup?phone=%2B33600000006", key)
+            .await;
         assert_problem(r, StatusCode::NOT_FOUND, "unknown-member").await;
     }
-    let r = app.get(&format!("/v1/members/{mb_id}/ledger"), &a.hq_key).await;
+    let r = app
+        .get(&format!("/v1/members/{mb_id}/ledger"), &a.hq_key)
+        .await;
     assert_problem(r, StatusCode::NOT_FOUND, "unknown-member").await;
     // Writes aimed at B with A's keys: 404, nothing changes.
-    let r = app.post("/v1/purchases", &a.store_key, &json!({"event_id": "x1", "member_id": mb_id, "amount_cents": 100, "currency": "EUR"})).await;
+    let r = app
+        .post(
+            "/v1/purchases",
+            &a.store_key,
+            &json!({"event_id": "x1", "member_id": mb_id, "amount_cents": 100, "currency": "EUR"}),
+        )
+        .await;
     assert_problem(r, StatusCode::NOT_FOUND, "unknown-member").await;
-    let r = app.post("/v1/purchases", &a.store_key, &json!({"event_id": "x1b", "qr": mb_qr, "amount_cents": 100, "currency": "EUR"})).await;
+    let r = app
+        .post(
+            "/v1/purchases",
+            &a.store_key,
+            &json!({"event_id": "x1b", "qr": mb_qr, "amount_cents": 100, "currency": "EUR"}),
+        )
+        .await;
     assert_problem(r, StatusCode::NOT_FOUND, "unknown-member").await;
-    let r = app.post("/v1/redemptions", &a.store_key, &json!({"event_id": "x2", "member_id": mb_id, "reward_id": "free-coffee"})).await;
+    let r = app
+        .post(
+            "/v1/redemptions",
+            &a.store_key,
+            &json!({"event_id": "x2", "member_id": mb_id, "reward_id": "free-coffee"}),
+        )
+        .await;
     assert_problem(r, StatusCode::NOT_FOUND, "unknown-member").await;
-    let r = app.post("/v1/refunds", &a.store_key, &json!({"event_id": "x3", "purchase_event_id": "b-buy", "amount_cents": 100})).await;
+    let r = app
+        .post(
+            "/v1/refunds",
+            &a.store_key,
+            &json!({"event_id": "x3", "purchase_event_id": "b-buy", "amount_cents": 100}),
+        )
+        .await;
     assert_problem(r, StatusCode::NOT_FOUND, "unknown-purchase").await;
-    let r = app.put(&format!("/v1/franchises/{}/program", b.id), &a.hq_key, &json!({"program": demo_program()})).await;
+    let r = app
+        .put(
+            &format!("/v1/franchises/{}/program", b.id),
+            &a.hq_key,
+            &json!({"program": demo_program()}),
+        )
+        .await;
     assert_problem(r, StatusCode::NOT_FOUND, "not-found").await;
-    let r = app.get(&format!("/v1/franchises/{}/program", b.id), &a.hq_key).await;
+    let r = app
+        .get(&format!("/v1/franchises/{}/program", b.id), &a.hq_key)
+        .await;
     assert_problem(r, StatusCode::NOT_FOUND, "not-found").await;
-    let r = app.post(&format!("/v1/franchises/{}/stores", b.id), &a.hq_key, &json!({"name": "Intruder"})).await;
+    let r = app
+        .post(
+            &format!("/v1/franchises/{}/stores", b.id),
+            &a.hq_key,
+            &json!({"name": "Intruder"}),
+        )
+        .await;
     assert_problem(r, StatusCode::NOT_FOUND, "not-found").await;
     // The same phone enrolled at A is a different member of A.
     let ma = app.enrol(&a, "+33600000006").await;
@@ -291,27 +473,108 @@ async fn keys_act_only_within_their_franchise_and_role() {
     assert_eq!(app.status(&b, &mb_id).await, b_before);
 
     // Roles.
-    let r = app.post("/v1/franchises", &a.store_key, &json!({"name": "X", "program": demo_program()})).await;
+    let r = app
+        .post(
+            "/v1/franchises",
+            &a.store_key,
+            &json!({"name": "X", "program": demo_program()}),
+        )
+        .await;
     assert_problem(r, StatusCode::FORBIDDEN, "forbidden").await;
-    let r = app.post("/v1/franchises", &a.hq_key, &json!({"name": "X", "program": demo_program()})).await;
+    let r = app
+        .post(
+            "/v1/franchises",
+            &a.hq_key,
+            &json!({"name": "X", "program": demo_program()}),
+        )
+        .await;
     assert_problem(r, StatusCode::FORBIDDEN, "forbidden").await;
-    let r = app.post("/v1/purchases", &a.hq_key, &json!({"event_id": "x4", "amount_cents": 100, "currency": "EUR"})).await;
+    let r = app
+        .post(
+            "/v1/purchases",
+            &a.hq_key,
+            &json!({"event_id": "x4", "amount_cents": 100, "currency": "EUR"}),
+        )
+        .await;
     assert_problem(r, StatusCode::FORBIDDEN, "forbidden").await;
-    let r = app.get(&format!("/v1/members/{mb_id}/ledger"), &b.store_key).await;
+    let r = app
+        .get(&format!("/v1/members/{mb_id}/ledger"), &b.store_key)
+        .await;
     assert_problem(r, StatusCode::FORBIDDEN, "forbidden").await;
     let r = app.get(&format!("/v1/members/{mb_id}"), ADMIN_KEY).await;
     assert_problem(r, StatusCode::FORBIDDEN, "forbidden").await;
-    let r = app.get(&format!("/v1/members/{mb_id}"), "lk_store_notakey").await;
+    let r = app
+        .get(&format!("/v1/members/{mb_id}"), "lk_store_notakey")
+        .await;
     assert_problem(r, StatusCode::UNAUTHORIZED, "unauthorized").await;
-    let r = app.client.get(app.url(&format!("/v1/members/{mb_id}"))).send().await.unwrap();
+    let r = app
+        .client
+        .get(app.url(&format!("/v1/members/{mb_id}")))
+        .send()
+        .await
+        .unwrap();
     assert_problem(r, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    // The key is checked before the body is read: no key, bad body → 401.
+    let r = app
+        .client
+        .post(app.url("/v1/purchases"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, StatusCode::UNAUTHORIZED, "unauthorized").await;
+}
+
+#[tokio::test]
+async fn two_tills_enrolling_one_phone_at_once_get_one_member() {
+    let app = spawn_app().await;
+    let f = app.franchise("Café A").await;
+    let r = app
+        .post(
+            &format!("/v1/franchises/{}/stores", f.id),
+            &f.hq_key,
+            &json!({"name": "Store 2"}),
+        )
+        .await;
+    let store2: Value = r.json().await.unwrap();
+    let key2 = store2["api_key"].as_str().unwrap().to_owned();
+    let enrolments = (0..8).map(|i| {
+        let key: &str = if i % 2 == 0 { &f.store_key } else { &key2 };
+        app.post("/v1/members", key, json!({"phone": "+33600000042"}))
+    });
+    let mut ids = Vec::new();
+    let mut created = 0;
+    for r in join_all(enrolments).await {
+        assert!(
+            r.status() == StatusCode::CREATED || r.status() == StatusCode::OK,
+            "{}",
+            r.status()
+        );
+        let v: Value = r.json().await.unwrap();
+        if v["created"] == true {
+            created += 1;
+        }
+        ids.push(v["member_id"].as_str().unwrap().to_owned());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "one member");
+    assert_eq!(created, 1, "created once");
+    assert_eq!(
+        app.status(&f, &ids[0]).await["points"],
+        50,
+        "one signup bonus"
+    );
 }
 
 #[tokio::test]
 async fn bad_input_gets_a_problem_and_changes_nothing() {
     let app = spawn_app().await;
     let f = app.franchise("Café A").await;
-    let m = app.enrol(&f, "+33600000007").await["member_id"].as_str().unwrap().to_owned();
+    let m = app.enrol(&f, "+33600000007").await["member_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let before = app.status(&f, &m).await;
     let purchase = |body: Value| app.post("/v1/purchases?wait_ms=1000", &f.store_key, body);
 
@@ -325,27 +588,43 @@ async fn bad_input_gets_a_problem_and_changes_nothing() {
         .await
         .unwrap();
     assert_problem(r, StatusCode::BAD_REQUEST, "malformed-json").await;
-    let r = purchase(json!({"event_id": "n1", "member_id": m, "amount_cents": -5, "currency": "EUR"})).await;
+    let r =
+        purchase(json!({"event_id": "n1", "member_id": m, "amount_cents": -5, "currency": "EUR"}))
+            .await;
     let p = assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid-request").await;
     assert!(p["detail"].as_str().unwrap().contains("negative"), "{p}");
-    let r = purchase(json!({"event_id": "n2", "member_id": m, "amount_cents": 1.5, "currency": "EUR"})).await;
+    let r =
+        purchase(json!({"event_id": "n2", "member_id": m, "amount_cents": 1.5, "currency": "EUR"}))
+            .await;
     assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid-request").await;
-    let r = purchase(json!({"event_id": "n3", "member_id": m, "amount_cents": 100, "currency": "USD"})).await;
+    let r =
+        purchase(json!({"event_id": "n3", "member_id": m, "amount_cents": 100, "currency": "USD"}))
+            .await;
     assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "currency-mismatch").await;
-    let r = purchase(json!({"event_id": "bad id!", "member_id": m, "amount_cents": 100, "currency": "EUR"})).await;
+    let r = purchase(
+        json!({"event_id": "bad id!", "member_id": m, "amount_cents": 100, "currency": "EUR"}),
+    )
+    .await;
     assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid-request").await;
     let r = purchase(json!({"event_id": "n4", "member_id": m, "amount_cents": 100, "currency": "EUR", "extra": 1})).await;
     assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid-request").await;
     let r = purchase(json!({"event_id": "n5", "member_id": "mnosuchmember", "amount_cents": 100, "currency": "EUR"})).await;
     assert_problem(r, StatusCode::NOT_FOUND, "unknown-member").await;
-    let r = purchase(json!({"event_id": "n6", "phone": "+33699999999", "amount_cents": 100, "currency": "EUR"})).await;
+    let r = purchase(
+        json!({"event_id": "n6", "phone": "+33699999999", "amount_cents": 100, "currency": "EUR"}),
+    )
+    .await;
     assert_problem(r, StatusCode::NOT_FOUND, "unknown-member").await;
     let r = purchase(json!({"event_id": "n7", "member_id": m, "phone": "+33600000007", "amount_cents": 100, "currency": "EUR"})).await;
     assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid-request").await;
     let r = purchase(json!({"event_id": "n8", "member_id": m, "amount_cents": 100, "currency": "EUR", "occurred_at": "yesterday"})).await;
     assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid-request").await;
     let r = app
-        .post("/v1/purchases?wait_ms=6000", &f.store_key, &json!({"event_id": "n9", "member_id": m, "amount_cents": 100, "currency": "EUR"}))
+        .post(
+            "/v1/purchases?wait_ms=6000",
+            &f.store_key,
+            &json!({"event_id": "n9", "member_id": m, "amount_cents": 100, "currency": "EUR"}),
+        )
         .await;
     assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid-request").await;
     let r = purchase(json!({"event_id": "n10", "member_id": m, "amount_cents": 100, "currency": "EUR", "pad": "x".repeat(20_000)})).await;
@@ -359,23 +638,50 @@ async fn bad_input_gets_a_problem_and_changes_nothing() {
         .send()
         .await
         .unwrap();
-    assert_problem(r, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type").await;
+    assert_problem(
+        r,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported-media-type",
+    )
+    .await;
     let r = app
-        .post("/v1/redemptions", &f.store_key, &json!({"event_id": "n11", "member_id": m, "reward_id": "golden-unicorn"}))
+        .post(
+            "/v1/redemptions",
+            &f.store_key,
+            &json!({"event_id": "n11", "member_id": m, "reward_id": "golden-unicorn"}),
+        )
         .await;
     assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "unknown-reward").await;
-    for phone in ["0612345678", "+33 6 12 34 56 78", "+0612345678", "", "+1234"] {
-        let r = app.post("/v1/members", &f.store_key, &json!({"phone": phone})).await;
+    for phone in [
+        "0612345678",
+        "+33 6 12 34 56 78",
+        "+0612345678",
+        "",
+        "+1234",
+    ] {
+        let r = app
+            .post("/v1/members", &f.store_key, &json!({"phone": phone}))
+            .await;
         assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid-request").await;
     }
-    let r = app.post("/v1/members", &f.store_key, &json!({"phone": "+33600000099", "birthday": "31/12/1990"})).await;
+    let r = app
+        .post(
+            "/v1/members",
+            &f.store_key,
+            &json!({"phone": "+33600000099", "birthday": "31/12/1990"}),
+        )
+        .await;
     assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid-request").await;
     let r = app.get("/v1/members/lookup", &f.store_key).await;
     assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid-request").await;
     let r = app.get("/v1/no/such/route", &f.store_key).await;
     assert_problem(r, StatusCode::NOT_FOUND, "not-found").await;
 
-    assert_eq!(app.status(&f, &m).await, before, "bad input changed the member");
+    assert_eq!(
+        app.status(&f, &m).await,
+        before,
+        "bad input changed the member"
+    );
     assert_eq!(app.ledger(&f, &m).await.len(), 1);
 }
 
@@ -386,12 +692,28 @@ async fn operations_endpoints_answer() {
     assert_eq!(r.status(), StatusCode::OK);
     let r = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let r = app.client.get(app.url("/openapi.json")).send().await.unwrap();
+    let r = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap();
     let doc: Value = r.json().await.unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
     let f = app.franchise("Café A").await;
     app.enrol(&f, "+33600000008").await;
-    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(text.contains("loyalty_events_applied_total{kind=\"enrol\"}"), "{text}");
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("loyalty_events_applied_total{kind=\"enrol\"}"),
+        "{text}"
+    );
     assert!(text.contains("loyalty_http_requests_total"));
 }

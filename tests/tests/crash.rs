@@ -22,8 +22,19 @@ struct Sent {
     cents: i64,
 }
 
-async fn post(client: &reqwest::Client, url: &str, key: &str, body: &Value) -> Option<(u16, Value)> {
-    let r = client.post(url).bearer_auth(key).json(body).send().await.ok()?;
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    body: &Value,
+) -> Option<(u16, Value)> {
+    let r = client
+        .post(url)
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .ok()?;
     let status = r.status().as_u16();
     let v = r.json().await.unwrap_or(Value::Null);
     Some((status, v))
@@ -31,7 +42,10 @@ async fn post(client: &reqwest::Client, url: &str, key: &str, body: &Value) -> O
 
 async fn ledger_ids(client: &reqwest::Client, dev: &DevProcess, member: &str) -> Vec<String> {
     let r = client
-        .get(format!("{}/v1/members/{member}/ledger?limit=500", dev.address))
+        .get(format!(
+            "{}/v1/members/{member}/ledger?limit=500",
+            dev.address
+        ))
         .bearer_auth(dev.key("HQ_KEY"))
         .send()
         .await
@@ -60,15 +74,22 @@ async fn status(client: &reqwest::Client, dev: &DevProcess, member: &str) -> Val
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_purchases_survive_kill_9_exactly_once() {
     let data = tempfile::tempdir().expect("temp dir");
-    let mut dev = DevProcess::start(data.path()).await.expect("loyalty dev starts");
+    let mut dev = DevProcess::start(data.path())
+        .await
+        .expect("loyalty dev starts");
     let client = reqwest::Client::new();
     let store_key = dev.key("STORE1_KEY");
 
     let mut members = Vec::new();
     for i in 0..MEMBERS {
-        let (code, v) = post(&client, &format!("{}/v1/members", dev.address), &store_key, &json!({"phone": format!("+3361000{i:04}")}))
-            .await
-            .expect("enrolment answered");
+        let (code, v) = post(
+            &client,
+            &format!("{}/v1/members", dev.address),
+            &store_key,
+            &json!({"phone": format!("+3361000{i:04}")}),
+        )
+        .await
+        .expect("enrolment answered");
         assert_eq!(code, 201, "{v}");
         members.push(v["member_id"].as_str().expect("member id").to_owned());
     }
@@ -79,7 +100,11 @@ async fn acknowledged_purchases_survive_kill_9_exactly_once() {
     let dead = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
     for c in 0..CLIENTS {
-        let (client, url, key) = (client.clone(), format!("{}/v1/purchases", dev.address), store_key.clone());
+        let (client, url, key) = (
+            client.clone(),
+            format!("{}/v1/purchases", dev.address),
+            store_key.clone(),
+        );
         let (members, acks, dead) = (Arc::clone(&members), Arc::clone(&acks), Arc::clone(&dead));
         clients.push(tokio::spawn(async move {
             let mut acked = Vec::new();
@@ -123,10 +148,16 @@ async fn acknowledged_purchases_survive_kill_9_exactly_once() {
         acked.extend(a);
         unanswered.extend(u);
     }
-    println!("killed after {} acknowledged purchases ({} unanswered)", acked.len(), unanswered.len());
+    println!(
+        "killed after {} acknowledged purchases ({} unanswered)",
+        acked.len(),
+        unanswered.len()
+    );
     assert!(acked.len() >= KILL_AFTER_ACKS);
 
-    let dev = DevProcess::start(data.path()).await.expect("loyalty dev restarts");
+    let dev = DevProcess::start(data.path())
+        .await
+        .expect("loyalty dev restarts");
 
     // Every acknowledged purchase is applied after the restart, without being re-sent: wait
     // (bounded) until the engine has caught up with the log.
@@ -142,21 +173,39 @@ async fn acknowledged_purchases_survive_kill_9_exactly_once() {
         if missing == 0 {
             break ledgers;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{missing} acknowledged purchases never applied");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{missing} acknowledged purchases never applied"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     for (m, ids) in &ledgers {
         let unique: HashSet<&String> = ids.iter().collect();
-        assert_eq!(unique.len(), ids.len(), "member {m} has an event twice in its ledger");
+        assert_eq!(
+            unique.len(),
+            ids.len(),
+            "member {m} has an event twice in its ledger"
+        );
     }
 
     // Each member's spend is its acknowledged purchases plus some of the unanswered ones.
-    let by_member = |list: &[Sent], m: usize| list.iter().filter(|s| s.member == m).map(|s| s.cents).sum::<i64>();
+    let by_member = |list: &[Sent], m: usize| {
+        list.iter()
+            .filter(|s| s.member == m)
+            .map(|s| s.cents)
+            .sum::<i64>()
+    };
     for (i, m) in members.iter().enumerate() {
         let s = status(&client, &dev, m).await;
         let spend = s["spend_cents"].as_i64().expect("spend");
-        let (lo, hi) = (by_member(&acked, i), by_member(&acked, i) + by_member(&unanswered, i));
-        assert!(lo <= spend && spend <= hi, "member {i}: spend {spend} not in [{lo}, {hi}]");
+        let (lo, hi) = (
+            by_member(&acked, i),
+            by_member(&acked, i) + by_member(&unanswered, i),
+        );
+        assert!(
+            lo <= spend && spend <= hi,
+            "member {i}: spend {spend} not in [{lo}, {hi}]"
+        );
     }
 
     // Re-send everything (answered or not), waiting: every purchase is then applied once.
@@ -181,12 +230,20 @@ async fn acknowledged_purchases_survive_kill_9_exactly_once() {
         if round == 1 {
             assert_eq!(replayed, all.len(), "second re-send must only replay");
         } else {
-            assert!(replayed >= acked.len(), "every acknowledged purchase was already applied");
+            assert!(
+                replayed >= acked.len(),
+                "every acknowledged purchase was already applied"
+            );
         }
         for (i, m) in members.iter().enumerate() {
             let s = status(&client, &dev, m).await;
             let count = all.iter().filter(|x| x.member == i).count() as i64;
-            let points: i64 = 50 + all.iter().filter(|x| x.member == i).map(|x| x.cents / 100).sum::<i64>();
+            let points: i64 = 50
+                + all
+                    .iter()
+                    .filter(|x| x.member == i)
+                    .map(|x| x.cents / 100)
+                    .sum::<i64>();
             assert_eq!(s["spend_cents"], by_member(&all, i), "member {i} spend");
             assert_eq!(s["visits"], count, "member {i} visits");
             assert_eq!(s["points"], points, "member {i} points");

@@ -71,6 +71,10 @@ pub struct CommandEnvelope {
     /// When it happened according to the POS, if it said.
     pub occurred_at: Option<Timestamp>,
     pub received_at: Timestamp,
+    /// Identifies one request of a client (not part of the fingerprint): when several requests
+    /// carry the same event, the reply tells which one was applied first.
+    #[serde(default)]
+    pub request_id: Option<String>,
     pub command: PosCommand,
 }
 
@@ -91,15 +95,24 @@ impl CommandEnvelope {
     /// The fingerprint of what the client sent: everything but what the platform added
     /// (arrival time, program version), so that a resend matches the original.
     pub fn fingerprint(&self) -> Fingerprint {
-        let occurred = self.occurred_at.map(|t| t.0.to_le_bytes()).unwrap_or_default();
+        let occurred = self
+            .occurred_at
+            .map(|t| t.0.to_le_bytes())
+            .unwrap_or_default();
         let body = match &self.command {
             // Enrolment details may be corrected on a resend; its identity is the member.
             PosCommand::Enrol { member_id, .. } => member_id.as_str().as_bytes().to_vec(),
             other => serde_json::to_vec(other).unwrap_or_default(),
         };
+        // An enrolment is the same whichever store of the franchise sends it: two tills
+        // enrolling one phone at once meet as a replay, not a conflict.
+        let store: &[u8] = match &self.command {
+            PosCommand::Enrol { .. } => b"",
+            _ => self.store_id.as_str().as_bytes(),
+        };
         Fingerprint::of(&[
             self.franchise_id.as_str().as_bytes(),
-            self.store_id.as_str().as_bytes(),
+            store,
             self.event_id.as_str().as_bytes(),
             self.command.kind().as_bytes(),
             &occurred,

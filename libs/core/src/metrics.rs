@@ -30,8 +30,7 @@ pub struct Metrics {
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -66,30 +65,103 @@ impl Metrics {
         let r = Registry::new();
         let lat = LATENCY_BUCKETS.to_vec();
         Metrics {
-            events_applied: counter_vec(&r, "loyalty_events_applied_total", "POS events applied, by kind.", &["kind"]),
-            events_replayed: counter(&r, "loyalty_events_replayed_total", "Deliveries of already applied events (no effect)."),
-            events_rejected: counter_vec(&r, "loyalty_events_rejected_total", "Events refused by the rules, by reason.", &["reason"]),
-            idempotency_conflicts: counter(&r, "loyalty_idempotency_conflicts_total", "Event ids reused with different content."),
-            dead_letters: counter_vec(&r, "loyalty_dead_letters_total", "Records sent to the dead-letter topic, by reason.", &["reason"]),
-            store_commit_seconds: histogram(&r, "loyalty_store_commit_seconds", "Durable write of a batch of effects.", lat.clone()),
-            store_conflicts: counter(&r, "loyalty_store_conflicts_total", "Batches refused by the store's conditional write."),
-            engine_batch_records: histogram(&r, "loyalty_engine_batch_records", "Records per engine batch.", vec![1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0]),
+            events_applied: counter_vec(
+                &r,
+                "loyalty_events_applied_total",
+                "POS events applied, by kind.",
+                &["kind"],
+            ),
+            events_replayed: counter(
+                &r,
+                "loyalty_events_replayed_total",
+                "Deliveries of already applied events (no effect).",
+            ),
+            events_rejected: counter_vec(
+                &r,
+                "loyalty_events_rejected_total",
+                "Events refused by the rules, by reason.",
+                &["reason"],
+            ),
+            idempotency_conflicts: counter(
+                &r,
+                "loyalty_idempotency_conflicts_total",
+                "Event ids reused with different content.",
+            ),
+            dead_letters: counter_vec(
+                &r,
+                "loyalty_dead_letters_total",
+                "Records sent to the dead-letter topic, by reason.",
+                &["reason"],
+            ),
+            store_commit_seconds: histogram(
+                &r,
+                "loyalty_store_commit_seconds",
+                "Durable write of a batch of effects.",
+                lat.clone(),
+            ),
+            store_conflicts: counter(
+                &r,
+                "loyalty_store_conflicts_total",
+                "Batches refused by the store's conditional write.",
+            ),
+            engine_batch_records: histogram(
+                &r,
+                "loyalty_engine_batch_records",
+                "Records per engine batch.",
+                vec![1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0],
+            ),
             actors_active: {
-                let g = IntGauge::new("loyalty_member_actors_active", "Member actors in memory.").unwrap_or_else(|e| panic!("{e}"));
+                let g = IntGauge::new("loyalty_member_actors_active", "Member actors in memory.")
+                    .unwrap_or_else(|e| panic!("{e}"));
                 register(&r, Box::new(g.clone()));
                 g
             },
-            actors_activated: counter(&r, "loyalty_member_actors_activated_total", "Member actors activated (rehydrated from the store)."),
-            actors_passivated: counter(&r, "loyalty_member_actors_passivated_total", "Member actors stopped after idling."),
-            log_append_seconds: histogram(&r, "loyalty_log_append_seconds", "Durable append of a command to the event log.", lat.clone()),
-            http_requests: counter_vec(&r, "loyalty_http_requests_total", "HTTP requests, by route and status.", &["route", "status"]),
+            actors_activated: counter(
+                &r,
+                "loyalty_member_actors_activated_total",
+                "Member actors activated (rehydrated from the store).",
+            ),
+            actors_passivated: counter(
+                &r,
+                "loyalty_member_actors_passivated_total",
+                "Member actors stopped after idling.",
+            ),
+            log_append_seconds: histogram(
+                &r,
+                "loyalty_log_append_seconds",
+                "Durable append of a command to the event log.",
+                lat.clone(),
+            ),
+            http_requests: counter_vec(
+                &r,
+                "loyalty_http_requests_total",
+                "HTTP requests, by route and status.",
+                &["route", "status"],
+            ),
             http_request_seconds: {
-                let h = HistogramVec::new(HistogramOpts::new("loyalty_http_request_duration_seconds", "HTTP request latency by route.").buckets(lat), &["route"]).unwrap_or_else(|e| panic!("{e}"));
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "loyalty_http_request_duration_seconds",
+                        "HTTP request latency by route.",
+                    )
+                    .buckets(lat),
+                    &["route"],
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
                 register(&r, Box::new(h.clone()));
                 h
             },
-            cache_lookups: counter_vec(&r, "loyalty_cache_lookups_total", "Hot cache lookups, by result (hit, miss, error).", &["result"]),
-            reply_timeouts: counter(&r, "loyalty_reply_timeouts_total", "Requests answered 202 because the reply deadline passed."),
+            cache_lookups: counter_vec(
+                &r,
+                "loyalty_cache_lookups_total",
+                "Hot cache lookups, by result (hit, miss, error).",
+                &["result"],
+            ),
+            reply_timeouts: counter(
+                &r,
+                "loyalty_reply_timeouts_total",
+                "Requests answered 202 because the reply deadline passed.",
+            ),
             registry: r,
         }
     }

@@ -136,8 +136,12 @@ pub trait StateStore: Send + Sync + 'static {
     async fn franchise(&self, id: &FranchiseId) -> Result<Option<Franchise>>;
     async fn franchises(&self) -> Result<Vec<Franchise>>;
     /// Programs are immutable once written: a version is written once.
-    async fn put_program(&self, franchise: &FranchiseId, version: u32, program: &Program)
-        -> Result<()>;
+    async fn put_program(
+        &self,
+        franchise: &FranchiseId,
+        version: u32,
+        program: &Program,
+    ) -> Result<()>;
     async fn program(&self, franchise: &FranchiseId, version: u32) -> Result<Option<Program>>;
     async fn put_store(&self, store: &Store) -> Result<()>;
     async fn store(&self, id: &StoreId) -> Result<Option<Store>>;

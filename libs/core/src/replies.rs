@@ -33,6 +33,8 @@ pub struct EventReply {
     /// The fingerprint of the delivery this reply is about.
     pub fingerprint: Fingerprint,
     pub result: ReplyResult,
+    /// The request id of the delivery this reply is about.
+    pub request_id: Option<String>,
     /// The member's status once the effects are durable, for the receipt.
     pub status: Option<CachedStatus>,
 }
@@ -44,10 +46,13 @@ pub trait ReplySink: Send + Sync + 'static {
 
 type Key = (FranchiseId, EventId);
 
+/// One registered wait: the delivery it is about and where to send the reply.
+type Pending = (Fingerprint, oneshot::Sender<Arc<EventReply>>);
+
 /// Waiters for event replies, keyed by franchise and event id.
 #[derive(Default)]
 pub struct ReplyWaiters {
-    waiting: DashMap<Key, Vec<(Fingerprint, oneshot::Sender<Arc<EventReply>>)>>,
+    waiting: DashMap<Key, Vec<Pending>>,
 }
 
 impl ReplyWaiters {
@@ -120,7 +125,10 @@ pub struct Waiter {
 impl Waiter {
     /// Waits for the reply until `deadline`; `None` if it did not come in time.
     pub async fn wait(mut self, deadline: std::time::Duration) -> Option<Arc<EventReply>> {
-        tokio::time::timeout(deadline, &mut self.rx).await.ok()?.ok()
+        tokio::time::timeout(deadline, &mut self.rx)
+            .await
+            .ok()?
+            .ok()
     }
 }
 

@@ -46,7 +46,9 @@ pub struct PurchaseRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[serde(tag = "code", rename_all = "kebab-case")]
 pub enum Rejection {
-    #[error("the reward needs {needed} points and the member has {available} and no voucher for it")]
+    #[error(
+        "the reward needs {needed} points and the member has {available} and no voucher for it"
+    )]
     InsufficientPoints { needed: Points, available: Points },
     #[error("no such member in this franchise")]
     UnknownMember,

@@ -226,7 +226,10 @@ impl Timestamp {
 
     /// The UTC day this moment falls on, counted from the epoch.
     pub fn day(self) -> Day {
-        Day(self.0.div_euclid(Self::MS_PER_DAY).clamp(0, u32::MAX as i64) as u32)
+        Day(self
+            .0
+            .div_euclid(Self::MS_PER_DAY)
+            .clamp(0, u32::MAX as i64) as u32)
     }
 }
 
@@ -244,10 +247,20 @@ mod tests {
     #[test]
     fn phones_must_be_e164() {
         assert!(Phone::parse("+33612345678").is_ok());
-        for bad in ["33612345678", "+0612345678", "+33 612345678", "+1234567", "", "+"] {
+        for bad in [
+            "33612345678",
+            "+0612345678",
+            "+33 612345678",
+            "+1234567",
+            "",
+            "+",
+        ] {
             assert!(Phone::parse(bad).is_err(), "{bad} accepted");
         }
-        assert_eq!(format!("{:?}", Phone::parse("+33612345678").unwrap()), "Phone(***)");
+        assert_eq!(
+            format!("{:?}", Phone::parse("+33612345678").unwrap()),
+            "Phone(***)"
+        );
     }
 
     #[test]

@@ -13,12 +13,17 @@ mod program;
 mod status;
 
 pub use error::DomainError;
-pub use idempotency::{classify, Delivery, Fingerprint, Outcome, ProcessedEvent, PurchaseRecord, Rejection};
-pub use ids::{Cents, Currency, Day, EventId, FranchiseId, MemberId, Phone, Points, RewardId, StoreId, Timestamp};
+pub use idempotency::{
+    classify, Delivery, Fingerprint, Outcome, ProcessedEvent, PurchaseRecord, Rejection,
+};
+pub use ids::{
+    Cents, Currency, Day, EventId, FranchiseId, MemberId, Phone, Points, RewardId, StoreId,
+    Timestamp,
+};
 pub use ledger::{LedgerEntry, LedgerKind, PointLot};
 pub use member::{apply, Applied, DayActivity, EventContext, MemberCommand, MemberState, Profile};
 pub use program::{
-    Program, ProgramSpec, Reward, RewardSpec, StampCard, StampCardSpec, Tier, TierMetric, TierQualification,
-    TierQualificationSpec, TierSpec,
+    Program, ProgramSpec, Reward, RewardSpec, StampCard, StampCardSpec, Tier, TierMetric,
+    TierQualification, TierQualificationSpec, TierSpec,
 };
 pub use status::{MemberStatus, NextTier, Voucher};

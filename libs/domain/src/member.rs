@@ -118,8 +118,12 @@ pub fn apply(
 ) -> Result<Applied, Rejection> {
     match (state.as_mut(), cmd) {
         (None, MemberCommand::Enrol { profile }) => {
-            let (s, applied) =
-                MemberState::enrol(member_id.clone(), franchise_id.clone(), profile.clone(), ctx);
+            let (s, applied) = MemberState::enrol(
+                member_id.clone(),
+                franchise_id.clone(),
+                profile.clone(),
+                ctx,
+            );
             *state = Some(s);
             Ok(applied)
         }
@@ -212,9 +216,7 @@ impl MemberState {
                 };
                 self.refund(ctx, purchase_event_id, purchase, *amount, &mut entries)?
             }
-            MemberCommand::Redemption { reward_id } => {
-                self.redeem(ctx, reward_id, &mut entries)?
-            }
+            MemberCommand::Redemption { reward_id } => self.redeem(ctx, reward_id, &mut entries)?,
         };
         self.version += 1;
         Ok(Applied {
@@ -245,7 +247,13 @@ impl MemberState {
             if expired > 0 {
                 self.points -= expired;
                 self.points_expired += expired;
-                self.push_entry(ctx, LedgerKind::Expire, -(expired as i64), "expired", entries);
+                self.push_entry(
+                    ctx,
+                    LedgerKind::Expire,
+                    -(expired as i64),
+                    "expired",
+                    entries,
+                );
             }
         }
         let window = ctx.program.tier_qualification.window_days;
@@ -373,7 +381,13 @@ impl MemberState {
             if *n == 0 {
                 self.vouchers.remove(reward_id);
             }
-            self.push_entry(ctx, LedgerKind::Redeem, 0, &format!("voucher:{reward_id}"), entries);
+            self.push_entry(
+                ctx,
+                LedgerKind::Redeem,
+                0,
+                &format!("voucher:{reward_id}"),
+                entries,
+            );
             return Ok(Outcome::Redemption {
                 reward_id: reward_id.clone(),
                 used_voucher: true,
@@ -390,7 +404,13 @@ impl MemberState {
         self.take_oldest(cost);
         self.points -= cost;
         self.points_redeemed += cost;
-        self.push_entry(ctx, LedgerKind::Redeem, -(cost as i64), &format!("reward:{reward_id}"), entries);
+        self.push_entry(
+            ctx,
+            LedgerKind::Redeem,
+            -(cost as i64),
+            &format!("reward:{reward_id}"),
+            entries,
+        );
         Ok(Outcome::Redemption {
             reward_id: reward_id.clone(),
             used_voucher: false,
@@ -398,7 +418,13 @@ impl MemberState {
         })
     }
 
-    fn earn(&mut self, ctx: &EventContext<'_>, points: Points, detail: &str, entries: &mut Vec<LedgerEntry>) {
+    fn earn(
+        &mut self,
+        ctx: &EventContext<'_>,
+        points: Points,
+        detail: &str,
+        entries: &mut Vec<LedgerEntry>,
+    ) {
         let day = self.clock.max(ctx.at).day();
         match self.lots.last_mut() {
             Some(lot) if lot.day == day => lot.points += points,
@@ -433,7 +459,9 @@ impl MemberState {
     /// Spends from the oldest lots, so that what is spent is what would expire first.
     fn take_oldest(&mut self, mut n: Points) {
         while n > 0 {
-            let Some(lot) = self.lots.first_mut() else { break };
+            let Some(lot) = self.lots.first_mut() else {
+                break;
+            };
             let t = lot.points.min(n);
             lot.points -= t;
             n -= t;
@@ -446,7 +474,9 @@ impl MemberState {
     /// Takes back from the newest lots: refunded points are usually the most recent ones.
     fn take_newest(&mut self, mut n: Points) {
         while n > 0 {
-            let Some(lot) = self.lots.last_mut() else { break };
+            let Some(lot) = self.lots.last_mut() else {
+                break;
+            };
             let t = lot.points.min(n);
             lot.points -= t;
             n -= t;
@@ -461,7 +491,15 @@ impl MemberState {
             Some(i) => i,
             None => {
                 let pos = self.window.partition_point(|d| d.day < day);
-                self.window.insert(pos, DayActivity { day, spend_cents: 0, points: 0, visits: 0 });
+                self.window.insert(
+                    pos,
+                    DayActivity {
+                        day,
+                        spend_cents: 0,
+                        points: 0,
+                        visits: 0,
+                    },
+                );
                 pos
             }
         };

@@ -142,7 +142,8 @@ impl TryFrom<ProgramSpec> for Program {
     fn try_from(s: ProgramSpec) -> Result<Self, DomainError> {
         let currency = Currency::parse(&s.currency)
             .map_err(|_| DomainError::invalid_program("currency must be an ISO 4217 code"))?;
-        let points_per_unit = bounded("points_per_unit", s.points_per_unit, 0, MAX_POINTS_PER_UNIT)?;
+        let points_per_unit =
+            bounded("points_per_unit", s.points_per_unit, 0, MAX_POINTS_PER_UNIT)?;
         let signup_bonus = bounded("signup_bonus", s.signup_bonus, 0, MAX_POINTS)?;
 
         if s.rewards.len() > MAX_REWARDS {
@@ -165,7 +166,12 @@ impl TryFrom<ProgramSpec> for Program {
             rewards.push(Reward {
                 id,
                 name: name(&format!("rewards[{i}].name"), &r.name)?,
-                cost_points: bounded(&format!("rewards[{i}].cost_points"), r.cost_points, 1, MAX_POINTS)?,
+                cost_points: bounded(
+                    &format!("rewards[{i}].cost_points"),
+                    r.cost_points,
+                    1,
+                    MAX_POINTS,
+                )?,
             });
         }
 
@@ -173,7 +179,9 @@ impl TryFrom<ProgramSpec> for Program {
             None => None,
             Some(c) => {
                 let size = bounded("stamp_card.size", c.size, 1, MAX_CARD)? as u32;
-                let reward_id = RewardId::parse(&c.reward_id).ok().filter(|id| rewards.iter().any(|r| &r.id == id));
+                let reward_id = RewardId::parse(&c.reward_id)
+                    .ok()
+                    .filter(|id| rewards.iter().any(|r| &r.id == id));
                 let Some(reward_id) = reward_id else {
                     return Err(DomainError::invalid_program(format!(
                         "stamp_card.reward_id {:?} is not a reward of the catalogue",
@@ -186,7 +194,12 @@ impl TryFrom<ProgramSpec> for Program {
 
         let tier_qualification = TierQualification {
             metric: s.tier_qualification.metric,
-            window_days: bounded("tier_qualification.window_days", s.tier_qualification.window_days, 1, MAX_DAYS)? as u32,
+            window_days: bounded(
+                "tier_qualification.window_days",
+                s.tier_qualification.window_days,
+                1,
+                MAX_DAYS,
+            )? as u32,
         };
 
         if s.tiers.is_empty() || s.tiers.len() > MAX_TIERS {
@@ -198,8 +211,18 @@ impl TryFrom<ProgramSpec> for Program {
         for (i, t) in s.tiers.iter().enumerate() {
             let tier = Tier {
                 name: name(&format!("tiers[{i}].name"), &t.name)?,
-                threshold: bounded(&format!("tiers[{i}].threshold"), t.threshold, 0, i64::MAX / 4)?,
-                multiplier_pct: bounded(&format!("tiers[{i}].multiplier_pct"), t.multiplier_pct, 0, MAX_MULTIPLIER_PCT)?,
+                threshold: bounded(
+                    &format!("tiers[{i}].threshold"),
+                    t.threshold,
+                    0,
+                    i64::MAX / 4,
+                )?,
+                multiplier_pct: bounded(
+                    &format!("tiers[{i}].multiplier_pct"),
+                    t.multiplier_pct,
+                    0,
+                    MAX_MULTIPLIER_PCT,
+                )?,
             };
             if let Some(prev) = tiers.last() {
                 if tier.threshold <= prev.threshold {
@@ -283,9 +306,21 @@ impl Program {
                 window_days: 365,
             },
             tiers: vec![
-                Tier { name: "Bronze".into(), threshold: 0, multiplier_pct: 100 },
-                Tier { name: "Silver".into(), threshold: 25_000, multiplier_pct: 150 },
-                Tier { name: "Gold".into(), threshold: 100_000, multiplier_pct: 200 },
+                Tier {
+                    name: "Bronze".into(),
+                    threshold: 0,
+                    multiplier_pct: 100,
+                },
+                Tier {
+                    name: "Silver".into(),
+                    threshold: 25_000,
+                    multiplier_pct: 150,
+                },
+                Tier {
+                    name: "Gold".into(),
+                    threshold: 100_000,
+                    multiplier_pct: 200,
+                },
             ],
             rewards: vec![
                 Reward {

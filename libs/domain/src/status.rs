@@ -52,7 +52,9 @@ impl MemberStatus {
         let rewards_available = program
             .rewards
             .iter()
-            .filter(|r| state.points >= r.cost_points || state.vouchers.get(&r.id).is_some_and(|n| *n > 0))
+            .filter(|r| {
+                state.points >= r.cost_points || state.vouchers.get(&r.id).is_some_and(|n| *n > 0)
+            })
             .map(|r| r.id.clone())
             .collect();
         MemberStatus {
@@ -67,7 +69,10 @@ impl MemberStatus {
             vouchers: state
                 .vouchers
                 .iter()
-                .map(|(reward_id, count)| Voucher { reward_id: reward_id.clone(), count: *count })
+                .map(|(reward_id, count)| Voucher {
+                    reward_id: reward_id.clone(),
+                    count: *count,
+                })
                 .collect(),
             visits: state.visits,
             spend_cents: state.spend_cents,

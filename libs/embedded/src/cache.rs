@@ -1,7 +1,7 @@
 //! The embedded hot cache: member statuses in process memory, bounded, with the same
 //! ordering rule as the Redis adapter (an older version never replaces a newer one).
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 
 use async_trait::async_trait;
 use loyalty_core::ports::{CachedStatus, HotCache};
@@ -30,9 +30,7 @@ impl EmbeddedCache {
     }
 
     fn stripe(&self, m: &MemberId) -> &Mutex<()> {
-        let mut h = self.hasher.build_hasher();
-        m.hash(&mut h);
-        &self.stripes[(h.finish() as usize) % STRIPES]
+        &self.stripes[(self.hasher.hash_one(m) as usize) % STRIPES]
     }
 
     /// Drops every entry (what `FLUSHALL` does to Redis).
@@ -58,7 +56,11 @@ impl HotCache for EmbeddedCache {
     async fn put_statuses(&self, statuses: Vec<(MemberId, CachedStatus)>) -> Result<()> {
         for (m, s) in statuses {
             let _guard = self.stripe(&m).lock();
-            if self.entries.get(&m).is_some_and(|old| old.version > s.version) {
+            if self
+                .entries
+                .get(&m)
+                .is_some_and(|old| old.version > s.version)
+            {
                 continue;
             }
             self.entries.insert(m, s);

@@ -163,7 +163,7 @@ impl EmbeddedLog {
                     meta.partitions
                 )));
             }
-            let topic = load_topic(&name, &path, meta.partitions, &config)?;
+            let topic = load_topic(&name, &path, meta.partitions)?;
             topics.insert(name, Arc::new(topic));
         }
 
@@ -249,12 +249,10 @@ impl Drop for EmbeddedLog {
 }
 
 /// Opens the partitions of an existing topic.
-fn load_topic(name: &str, dir: &Path, partitions: u32, config: &LogConfig) -> Result<Topic> {
+fn load_topic(name: &str, dir: &Path, partitions: u32) -> Result<Topic> {
     let changes = Arc::new(watch::channel(0u64).0);
     let parts = (0..partitions)
-        .map(|p| {
-            PartitionLog::open(name, dir, p, config.max_record_bytes, changes.clone()).map(Arc::new)
-        })
+        .map(|p| PartitionLog::open(name, dir, p, changes.clone()).map(Arc::new))
         .collect::<Result<Vec<_>>>()?;
     Ok(Topic {
         name: name.to_string(),
@@ -266,7 +264,7 @@ fn load_topic(name: &str, dir: &Path, partitions: u32, config: &LogConfig) -> Re
 
 /// Creates a topic on disk (blocking): partition files first, then the metadata that makes the
 /// topic exist, so metadata on disk always names files that exist.
-fn create_topic(root: &Path, name: &str, partitions: u32, config: &LogConfig) -> Result<Topic> {
+fn create_topic(root: &Path, name: &str, partitions: u32) -> Result<Topic> {
     let dir = root.join(name);
     std::fs::create_dir_all(dir.join("groups"))
         .map_err(|e| io_error(&format!("creating {}", dir.display()), e))?;
@@ -288,7 +286,7 @@ fn create_topic(root: &Path, name: &str, partitions: u32, config: &LogConfig) ->
     let meta = serde_json::to_vec(&TopicMeta { partitions })
         .map_err(|e| Error::Corrupt(format!("encoding topic metadata: {e}")))?;
     write_atomically(&dir.join(META_FILE), &meta)?;
-    load_topic(name, &dir, partitions, config)
+    load_topic(name, &dir, partitions)
 }
 
 /// Replaces `path` with `bytes` atomically and durably: temporary file, fsync, rename, fsync of
@@ -356,14 +354,14 @@ impl EventLog for EmbeddedLog {
                 "a topic needs 1 to {MAX_PARTITIONS} partitions, not {partitions}"
             )));
         }
-        let (root, name, config) = (self.dir.clone(), topic.to_string(), self.config.clone());
+        let (root, name) = (self.dir.clone(), topic.to_string());
         let (topics, create_lock) = (self.topics.clone(), self.create_lock.clone());
         blocking(move || {
             let _creating = create_lock.lock();
             if let Some(existing) = topics.read().get(&name) {
                 return Ok(existing.partitions.len() as u32);
             }
-            let created = create_topic(&root, &name, partitions, &config)?;
+            let created = create_topic(&root, &name, partitions)?;
             tracing::info!(topic = name, partitions, "created topic");
             topics.write().insert(name, Arc::new(created));
             Ok(partitions)

@@ -36,6 +36,9 @@ const MEMBERS: TableDefinition<&str, &[u8]> = TableDefinition::new("members");
 const LEDGER: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("ledger");
 const PROCESSED: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("processed");
 
+/// Page cache of the store unless configured otherwise.
+pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 /// Batches the writer thread puts in one transaction at most.
 const MAX_GROUP: usize = 256;
 
@@ -60,10 +63,19 @@ fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the store in `dir/state.redb`.
+    /// Opens (or creates) the store in `dir/state.redb` with a 64 MiB page cache.
     pub fn open(dir: &Path) -> Result<Arc<EmbeddedStore>> {
+        Self::open_with(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens the store with a page cache of `cache_bytes` (memory stays bounded however many
+    /// members there are; the OS page cache serves the rest).
+    pub fn open_with(dir: &Path, cache_bytes: usize) -> Result<Arc<EmbeddedStore>> {
         std::fs::create_dir_all(dir).map_err(unavailable)?;
-        let db = Database::create(dir.join("state.redb")).map_err(unavailable)?;
+        let db = redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(dir.join("state.redb"))
+            .map_err(unavailable)?;
         // Create every table once so that readers never meet a missing table.
         let tx = db.begin_write().map_err(unavailable)?;
         {
@@ -99,7 +111,12 @@ impl EmbeddedStore {
         }
     }
 
-    fn put_simple(&self, table: TableDefinition<&str, &[u8]>, key: &str, value: Vec<u8>) -> Result<()> {
+    fn put_simple(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        value: Vec<u8>,
+    ) -> Result<()> {
         let tx = self.db.begin_write().map_err(unavailable)?;
         {
             let mut t = tx.open_table(table).map_err(unavailable)?;
@@ -127,7 +144,9 @@ fn writer_loop(db: &Database, mut rx: mpsc::Receiver<CommitRequest>) {
                 Err(_) => break,
             }
         }
-        let timer = loyalty_core::metrics::metrics().store_commit_seconds.start_timer();
+        let timer = loyalty_core::metrics::metrics()
+            .store_commit_seconds
+            .start_timer();
         match commit_group(db, &group) {
             Ok(results) => {
                 timer.observe_duration();
@@ -158,7 +177,10 @@ fn commit_group(db: &Database, group: &[CommitRequest]) -> Result<Vec<Result<()>
             // Conditions first, so that a failing batch writes nothing.
             let mut failed = None;
             for w in &batch.members {
-                let stored = match members.get(w.state.member_id.as_str()).map_err(unavailable)? {
+                let stored = match members
+                    .get(w.state.member_id.as_str())
+                    .map_err(unavailable)?
+                {
                     Some(v) => decode::<MemberState>("member", v.value())?.version,
                     None => 0,
                 };
@@ -192,7 +214,9 @@ fn commit_group(db: &Database, group: &[CommitRequest]) -> Result<Vec<Result<()>
             }
             for (m, e) in &batch.ledger {
                 let v = encode(e)?;
-                ledger.insert((m.as_str(), e.seq), v.as_slice()).map_err(unavailable)?;
+                ledger
+                    .insert((m.as_str(), e.seq), v.as_slice())
+                    .map_err(unavailable)?;
             }
             for p in &batch.processed {
                 let v = encode(&p.record)?;
@@ -227,7 +251,12 @@ impl StateStore for EmbeddedStore {
         Ok(out)
     }
 
-    async fn put_program(&self, franchise: &FranchiseId, version: u32, program: &Program) -> Result<()> {
+    async fn put_program(
+        &self,
+        franchise: &FranchiseId,
+        version: u32,
+        program: &Program,
+    ) -> Result<()> {
         let v = encode(program)?;
         let tx = self.db.begin_write().map_err(unavailable)?;
         {
@@ -281,15 +310,25 @@ impl StateStore for EmbeddedStore {
         let t = tx.open_table(PROCESSED).map_err(unavailable)?;
         let mut out = Vec::with_capacity(event_ids.len());
         for id in event_ids {
-            out.push(match t.get((franchise.as_str(), id.as_str())).map_err(unavailable)? {
-                Some(v) => Some(decode("processed event", v.value())?),
-                None => None,
-            });
+            out.push(
+                match t
+                    .get((franchise.as_str(), id.as_str()))
+                    .map_err(unavailable)?
+                {
+                    Some(v) => Some(decode("processed event", v.value())?),
+                    None => None,
+                },
+            );
         }
         Ok(out)
     }
 
-    async fn ledger(&self, member: &MemberId, before: Option<u64>, limit: usize) -> Result<Vec<LedgerEntry>> {
+    async fn ledger(
+        &self,
+        member: &MemberId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<LedgerEntry>> {
         let tx = self.db.begin_read().map_err(unavailable)?;
         let t = tx.open_table(LEDGER).map_err(unavailable)?;
         let end = before.unwrap_or(u64::MAX);

@@ -8,10 +8,11 @@ pub mod state;
 
 use std::time::Instant;
 
-use actix_web::body::MessageBody;
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::middleware::Next;
+use actix_web::middleware::{from_fn, Next};
 use actix_web::web;
+use actix_web::HttpMessage;
 
 pub use problem::ApiError;
 pub use state::{Gateway, GatewayConfig};
@@ -32,14 +33,27 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
     .route("/openapi.json", web::get().to(ops::openapi))
     .service(
         web::scope("/v1")
+            .wrap(from_fn(authenticate))
             .route("/franchises", web::post().to(admin::create_franchise))
-            .route("/franchises/{fid}/program", web::put().to(admin::replace_program))
-            .route("/franchises/{fid}/program", web::get().to(admin::get_program))
-            .route("/franchises/{fid}/stores", web::post().to(admin::create_store))
+            .route(
+                "/franchises/{fid}/program",
+                web::put().to(admin::replace_program),
+            )
+            .route(
+                "/franchises/{fid}/program",
+                web::get().to(admin::get_program),
+            )
+            .route(
+                "/franchises/{fid}/stores",
+                web::post().to(admin::create_store),
+            )
             .route("/members", web::post().to(members::enrol))
             .route("/members/lookup", web::get().to(members::lookup))
             .route("/members/{member_id}", web::get().to(members::status))
-            .route("/members/{member_id}/ledger", web::get().to(members::ledger))
+            .route(
+                "/members/{member_id}/ledger",
+                web::get().to(members::ledger),
+            )
             .route("/purchases", web::post().to(events::purchase))
             .route("/refunds", web::post().to(events::refund))
             .route("/redemptions", web::post().to(events::redemption)),
@@ -49,6 +63,26 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
 
 async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
     Err(ApiError::NotFound("no such route".into()))
+}
+
+/// Authenticates every `/v1` request before its body is read, and hands the principal to the
+/// handlers through the request's extensions.
+async fn authenticate(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let principal = match req.app_data::<web::Data<Gateway>>().cloned() {
+        Some(gw) => gw.authenticate(req.request()).await,
+        None => Err(ApiError::Internal("gateway state missing".into())),
+    };
+    match principal {
+        Ok(p) => {
+            req.extensions_mut().insert(p);
+            Ok(next.call(req).await?.map_into_left_body())
+        }
+        // Answered here, so the outer middleware still counts the request.
+        Err(e) => Ok(req.error_response(e).map_into_right_body()),
+    }
 }
 
 /// Counts requests by route pattern and status and times them (`loyalty_http_*`).

@@ -68,7 +68,9 @@ impl ApiError {
             ApiError::Rejected(Rejection::UnknownMember) => "Unknown member",
             ApiError::Rejected(Rejection::UnknownReward { .. }) => "Unknown reward",
             ApiError::Rejected(Rejection::UnknownPurchase { .. }) => "Unknown purchase",
-            ApiError::Rejected(Rejection::RefundExceedsPurchase { .. }) => "Refund exceeds purchase",
+            ApiError::Rejected(Rejection::RefundExceedsPurchase { .. }) => {
+                "Refund exceeds purchase"
+            }
             ApiError::Rejected(Rejection::CurrencyMismatch { .. }) => "Wrong currency",
             ApiError::AnonymousRefund => "Anonymous refund",
             ApiError::Unavailable(_) => "Service unavailable",
@@ -114,7 +116,9 @@ impl ResponseError for ApiError {
                 Rejection::InsufficientPoints { .. } | Rejection::RefundExceedsPurchase { .. } => {
                     StatusCode::CONFLICT
                 }
-                Rejection::UnknownMember | Rejection::UnknownPurchase { .. } => StatusCode::NOT_FOUND,
+                Rejection::UnknownMember | Rejection::UnknownPurchase { .. } => {
+                    StatusCode::NOT_FOUND
+                }
                 Rejection::UnknownReward { .. } | Rejection::CurrencyMismatch { .. } => {
                     StatusCode::UNPROCESSABLE_ENTITY
                 }
@@ -163,7 +167,9 @@ impl ResponseError for ApiError {
 pub fn json_error(err: actix_web::error::JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
     use actix_web::error::JsonPayloadError as J;
     let e = match err {
-        J::OverflowKnownLength { limit, .. } | J::Overflow { limit } => ApiError::PayloadTooLarge { limit },
+        J::OverflowKnownLength { limit, .. } | J::Overflow { limit } => {
+            ApiError::PayloadTooLarge { limit }
+        }
         J::ContentType => ApiError::UnsupportedMediaType,
         J::Deserialize(e) if e.is_data() => ApiError::Invalid(e.to_string()),
         J::Deserialize(e) => ApiError::MalformedJson(e.to_string()),
@@ -173,7 +179,10 @@ pub fn json_error(err: actix_web::error::JsonPayloadError, _req: &HttpRequest) -
 }
 
 /// Maps query string failures to problems.
-pub fn query_error(err: actix_web::error::QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
+pub fn query_error(
+    err: actix_web::error::QueryPayloadError,
+    _req: &HttpRequest,
+) -> actix_web::Error {
     ApiError::Invalid(format!("query string: {err}")).into()
 }
 

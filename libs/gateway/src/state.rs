@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::HttpRequest;
+use actix_web::{HttpMessage, HttpRequest};
 use dashmap::DashMap;
 use loyalty_core::engine::shard::render_status;
 use loyalty_core::identity::hash_api_key;
@@ -87,9 +87,12 @@ impl Gateway {
         self.ready.load(Ordering::Relaxed)
     }
 
-    /// The caller's principal if its role is one of `roles`: 401 without a valid key, 403 for
-    /// another role.
-    pub async fn authorize(&self, req: &HttpRequest, roles: &[Role]) -> Result<Principal, ApiError> {
+    /// The holder of the request's API key: 401 without a valid key. Run by the `/v1`
+    /// middleware before any body is read, so a request without a valid key learns nothing.
+    pub async fn authenticate(&self, req: &HttpRequest) -> Result<Principal, ApiError> {
+        if let Some(p) = req.extensions().get::<Principal>() {
+            return Ok(p.clone());
+        }
         let key = req
             .headers()
             .get(actix_web::http::header::AUTHORIZATION)
@@ -98,30 +101,42 @@ impl Gateway {
             .map(str::trim)
             .filter(|k| !k.is_empty() && k.len() <= 200)
             .ok_or(ApiError::Unauthorized)?;
-        let principal = if constant_time_eq(key.as_bytes(), self.config.admin_key.as_bytes()) {
-            Principal {
+        if constant_time_eq(key.as_bytes(), self.config.admin_key.as_bytes()) {
+            return Ok(Principal {
                 role: Role::Admin,
                 franchise_id: None,
                 store_id: None,
-            }
-        } else {
-            let hash = hash_api_key(key);
-            match self.principals.get(&hash) {
-                Some(p) => p.clone(),
-                None => {
-                    let p = self.store.api_key(&hash).await?.ok_or(ApiError::Unauthorized)?;
-                    self.principals.insert(hash, p.clone());
-                    p
-                }
-            }
-        };
+            });
+        }
+        let hash = hash_api_key(key);
+        if let Some(p) = self.principals.get(&hash) {
+            return Ok(p.clone());
+        }
+        let p = self
+            .store
+            .api_key(&hash)
+            .await?
+            .ok_or(ApiError::Unauthorized)?;
+        self.principals.insert(hash, p.clone());
+        Ok(p)
+    }
+
+    /// The caller's principal if its role is one of `roles`: 401 without a valid key, 403 for
+    /// another role.
+    pub async fn authorize(
+        &self,
+        req: &HttpRequest,
+        roles: &[Role],
+    ) -> Result<Principal, ApiError> {
+        let principal = self.authenticate(req).await?;
         if roles.contains(&principal.role) {
             Ok(principal)
         } else {
-            Err(ApiError::Forbidden(match principal.role {
-                Role::Admin => "the admin key manages franchises only",
-                Role::Hq => "an HQ key cannot act at a till",
-                Role::Store => "a store key cannot do this",
+            Err(ApiError::Forbidden(match roles.first() {
+                Some(Role::Admin) => "only the platform admin key may do this",
+                Some(Role::Hq) if roles.len() == 1 => "only a franchise HQ key may do this",
+                Some(Role::Store) if roles.len() == 1 => "only a store key may do this",
+                _ => "only a store or HQ key may do this",
             }))
         }
     }
@@ -148,13 +163,15 @@ impl Gateway {
             return Ok(None);
         };
         let f = Arc::new(f);
-        self.franchises.insert(id.clone(), (Arc::clone(&f), Instant::now()));
+        self.franchises
+            .insert(id.clone(), (Arc::clone(&f), Instant::now()));
         Ok(Some(f))
     }
 
     /// Records a franchise just changed through this gateway.
     pub fn franchise_changed(&self, f: Franchise) {
-        self.franchises.insert(f.id.clone(), (Arc::new(f), Instant::now()));
+        self.franchises
+            .insert(f.id.clone(), (Arc::new(f), Instant::now()));
     }
 
     /// The franchise's current program.
@@ -162,7 +179,12 @@ impl Gateway {
         self.programs
             .get(&f.id, f.program_version)
             .await?
-            .ok_or_else(|| ApiError::Internal(format!("franchise {} has no program v{}", f.id, f.program_version)))
+            .ok_or_else(|| {
+                ApiError::Internal(format!(
+                    "franchise {} has no program v{}",
+                    f.id, f.program_version
+                ))
+            })
     }
 
     /// The status of `member` as served at the till, if the member exists in `franchise`:
@@ -191,7 +213,11 @@ impl Gateway {
         }
         let program = self.program(franchise).await?;
         let status = render_status(&state, &program);
-        if let Err(e) = self.cache.put_statuses(vec![(member.clone(), status.clone())]).await {
+        if let Err(e) = self
+            .cache
+            .put_statuses(vec![(member.clone(), status.clone())])
+            .await
+        {
             tracing::warn!(error = %e, "hot cache fill failed");
         }
         Ok(Some(status))

@@ -67,8 +67,9 @@ impl DevConfig {
     pub fn load(file: Option<&Path>) -> anyhow::Result<DevConfig> {
         let mut c = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading the configuration file {}", path.display()))?;
+                let text = std::fs::read_to_string(path).with_context(|| {
+                    format!("reading the configuration file {}", path.display())
+                })?;
                 toml::from_str(&text)
                     .with_context(|| format!("in the configuration file {}", path.display()))?
             }
@@ -133,12 +134,20 @@ mod tests {
             partitions: 0,
             ..DevConfig::default()
         };
-        assert!(c.validate().unwrap_err().to_string().contains("LOYALTY_PARTITIONS"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("LOYALTY_PARTITIONS"));
         let c = DevConfig {
             admin_key: "short".into(),
             ..DevConfig::default()
         };
-        assert!(c.validate().unwrap_err().to_string().contains("LOYALTY_ADMIN_KEY"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("LOYALTY_ADMIN_KEY"));
     }
 
     #[test]

@@ -25,17 +25,23 @@ pub async fn ensure_demo(store: &dyn StateStore, data_dir: &Path) -> anyhow::Res
     let mut env = String::new();
     let _ = writeln!(env, "FRANCHISE_ID={}", f.id);
     let _ = writeln!(env, "HQ_KEY={hq_key}");
-    for (i, name) in ["Demo Coffee Bastille", "Demo Coffee Opéra", "Demo Coffee Gare du Nord"]
-        .iter()
-        .enumerate()
+    for (i, name) in [
+        "Demo Coffee Bastille",
+        "Demo Coffee Opéra",
+        "Demo Coffee Gare du Nord",
+    ]
+    .iter()
+    .enumerate()
     {
         let (s, key) = create_store(store, &f.id, name).await?;
         let _ = writeln!(env, "STORE{}_ID={}", i + 1, s.id);
         let _ = writeln!(env, "STORE{}_KEY={key}", i + 1);
     }
-    std::fs::write(&keys_path, &env)
-        .with_context(|| format!("writing {}", keys_path.display()))?;
-    println!("demo franchise \"Demo Coffee\" created with three stores; keys (also in {}):", keys_path.display());
+    std::fs::write(&keys_path, &env).with_context(|| format!("writing {}", keys_path.display()))?;
+    println!(
+        "demo franchise \"Demo Coffee\" created with three stores; keys (also in {}):",
+        keys_path.display()
+    );
     for line in env.lines() {
         println!("  {line}");
     }

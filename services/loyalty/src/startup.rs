@@ -39,8 +39,9 @@ impl Application {
     /// Opens the data directory, starts the engine and binds the HTTP listener.
     pub async fn build(config: DevConfig) -> anyhow::Result<Application> {
         config.validate()?;
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!("creating the data directory {}", config.data_dir.display())
+        })?;
         let log = EmbeddedLog::open(config.data_dir.join("log"))
             .with_context(|| format!("opening the event log in {}", config.data_dir.display()))?;
         let store = EmbeddedStore::open(&config.data_dir.join("store"))
@@ -61,7 +62,8 @@ impl Application {
                 "the command topic exists with another partition count; keeping it"
             );
         }
-        log.ensure_topic(&engine_config.dead_letter_topic, 1).await?;
+        log.ensure_topic(&engine_config.dead_letter_topic, 1)
+            .await?;
 
         if config.demo {
             demo::ensure_demo(store.as_ref(), &config.data_dir).await?;

@@ -11,7 +11,9 @@ pub fn init() {
 /// Like [`init`], with another default level (tests use `warn`).
 pub fn init_with_default(level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let result = if std::env::var("LOYALTY_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().try_init()
     } else {

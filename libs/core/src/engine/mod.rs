@@ -128,7 +128,8 @@ impl Engine {
                 }
             }
         }
-        self.ready.store(false, std::sync::atomic::Ordering::Relaxed);
+        self.ready
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         for s in shards.values_mut() {
             s.stop_all();
         }
@@ -187,9 +188,17 @@ impl Engine {
     async fn publish(&self, outcome: BatchOutcome) {
         for dl in outcome.dead_letters {
             metrics().dead_letters.with_label_values(&[dl.reason]).inc();
-            tracing::warn!(partition = dl.record.partition, offset = dl.record.offset, reason = dl.reason, "dead letter");
+            tracing::warn!(
+                partition = dl.record.partition,
+                offset = dl.record.offset,
+                reason = dl.reason,
+                "dead letter"
+            );
             let mut headers = dl.record.headers.clone();
-            headers.push(("dlq-reason".into(), Bytes::from_static(dl.reason.as_bytes())));
+            headers.push((
+                "dlq-reason".into(),
+                Bytes::from_static(dl.reason.as_bytes()),
+            ));
             headers.push(("dlq-detail".into(), Bytes::from(dl.detail)));
             headers.push((
                 "dlq-source".into(),
@@ -201,7 +210,12 @@ impl Engine {
             loop {
                 match self
                     .log
-                    .append(&self.config.dead_letter_topic, &dl.record.key, dl.record.payload.clone(), headers.clone())
+                    .append(
+                        &self.config.dead_letter_topic,
+                        &dl.record.key,
+                        dl.record.payload.clone(),
+                        headers.clone(),
+                    )
                     .await
                 {
                     Ok(_) => break,

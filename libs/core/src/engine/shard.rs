@@ -139,7 +139,11 @@ impl Shard {
     /// Processes `records` (this partition's, in offset order) until their effects are
     /// durable. On `Err`, nothing of the batch is durable and the actors it touched are stopped;
     /// the caller retries the same records.
-    pub async fn process(&mut self, deps: &ShardDeps<'_>, records: &[Record]) -> Result<BatchOutcome> {
+    pub async fn process(
+        &mut self,
+        deps: &ShardDeps<'_>,
+        records: &[Record],
+    ) -> Result<BatchOutcome> {
         let mut touched: Vec<MemberId> = Vec::new();
         let result = self.process_inner(deps, records, &mut touched).await;
         if result.is_err() {
@@ -169,7 +173,11 @@ impl Shard {
                     continue;
                 }
             };
-            match deps.programs.get(&env.franchise_id, env.program_version).await? {
+            match deps
+                .programs
+                .get(&env.franchise_id, env.program_version)
+                .await?
+            {
                 Some(p) => commands.push((env, p)),
                 None => dead_letters.push(DeadLetter {
                     record: r.clone(),
@@ -221,6 +229,7 @@ impl Shard {
                             franchise_id: env.franchise_id.clone(),
                             event_id: env.event_id.clone(),
                             fingerprint: fp,
+                            request_id: env.request_id.clone(),
                             result: ReplyResult::Replayed(rec.outcome.clone()),
                             status: None,
                         },
@@ -235,6 +244,7 @@ impl Shard {
                             franchise_id: env.franchise_id.clone(),
                             event_id: env.event_id.clone(),
                             fingerprint: fp,
+                            request_id: env.request_id.clone(),
                             result: ReplyResult::Conflict,
                             status: None,
                         },
@@ -319,7 +329,10 @@ impl Shard {
             };
 
             match &outcome {
-                Outcome::Rejected(r) => metrics().events_rejected.with_label_values(&[r.code()]).inc(),
+                Outcome::Rejected(r) => metrics()
+                    .events_rejected
+                    .with_label_values(&[r.code()])
+                    .inc(),
                 _ => metrics()
                     .events_applied
                     .with_label_values(&[env.command.kind()])
@@ -370,6 +383,7 @@ impl Shard {
                     franchise_id: env.franchise_id.clone(),
                     event_id: env.event_id.clone(),
                     fingerprint: fp,
+                    request_id: env.request_id.clone(),
                     result: ReplyResult::Applied(outcome),
                     status: None,
                 },

@@ -74,7 +74,6 @@ impl PartitionLog {
         topic: &str,
         dir: &Path,
         id: Partition,
-        max_body: usize,
         changes: Arc<watch::Sender<u64>>,
     ) -> Result<PartitionLog> {
         let path = partition_file(dir, id);
@@ -93,7 +92,9 @@ impl PartitionLog {
             .metadata()
             .map_err(|e| io_error(&format!("stat {}", path.display()), e))?
             .len();
-        let scan = frame::scan(&file, file_len, max_body)
+        let scan = // Any length the file can hold is accepted: a record written under a larger
+        // `max_record_bytes` must survive a reopen with a smaller one.
+        frame::scan(&file, file_len, u32::MAX as usize)
             .map_err(|e| io_error(&format!("scanning {}", path.display()), e))?;
         if let Some(why) = &scan.cut {
             tracing::warn!(

@@ -92,12 +92,16 @@ pub async fn replace_program(
         .await?
         .ok_or_else(|| ApiError::NotFound("no such franchise".into()))?;
     let updated = provisioning::replace_program(gw.store.as_ref(), &current, &program).await?;
-    gw.programs
-        .insert(&updated.id, updated.program_version, std::sync::Arc::new(program.clone()));
+    gw.programs.insert(
+        &updated.id,
+        updated.program_version,
+        std::sync::Arc::new(program.clone()),
+    );
     let version = updated.program_version;
     gw.franchise_changed(updated);
     tracing::info!(franchise = %f.id, version, "program replaced");
-    Ok(HttpResponse::Ok().json(json!({ "id": f.id, "program_version": version, "program": program })))
+    Ok(HttpResponse::Ok()
+        .json(json!({ "id": f.id, "program_version": version, "program": program })))
 }
 
 /// `GET /v1/franchises/{fid}/program` (hq).
@@ -108,7 +112,8 @@ pub async fn get_program(
 ) -> Result<HttpResponse, ApiError> {
     let f = own_franchise(&gw, &req, &path).await?;
     let program = gw.program(&f).await?;
-    Ok(HttpResponse::Ok().json(json!({ "id": f.id, "program_version": f.program_version, "program": *program })))
+    Ok(HttpResponse::Ok()
+        .json(json!({ "id": f.id, "program_version": f.program_version, "program": *program })))
 }
 
 #[derive(Debug, Deserialize)]

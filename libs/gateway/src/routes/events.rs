@@ -58,7 +58,11 @@ pub struct RedemptionBody {
 fn occurred_at(s: &Option<String>) -> Result<Option<Timestamp>, ApiError> {
     let Some(s) = s else { return Ok(None) };
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .map_err(|_| ApiError::Invalid("occurred_at must be an RFC 3339 time such as 2026-11-25T10:00:00Z".into()))?;
+        .map_err(|_| {
+            ApiError::Invalid(
+                "occurred_at must be an RFC 3339 time such as 2026-11-25T10:00:00Z".into(),
+            )
+        })?;
     let ms = (t.unix_timestamp_nanos() / 1_000_000) as i64;
     if ms < 0 {
         return Err(ApiError::Invalid("occurred_at is before 1970".into()));
@@ -202,6 +206,7 @@ pub fn envelope(
         program_version: franchise.program_version,
         occurred_at,
         received_at: now(),
+        request_id: Some(uuid::Uuid::new_v4().simple().to_string()),
         command,
     })
 }
@@ -250,6 +255,15 @@ pub async fn submit_command(
         return Ok(Submitted::Accepted);
     };
     match waiter.wait(deadline).await {
+        // Another request carried the same event and was applied first: for this request
+        // it is a replay.
+        Some(reply) if reply.request_id != env.request_id => match &reply.result {
+            ReplyResult::Applied(o) | ReplyResult::Replayed(o) => Ok(Submitted::AlreadyApplied(
+                o.clone(),
+                env.command.member_id().cloned(),
+            )),
+            ReplyResult::Conflict => Ok(Submitted::Replied(reply)),
+        },
         Some(reply) => Ok(Submitted::Replied(reply)),
         None => {
             metrics().reply_timeouts.inc();
@@ -269,15 +283,42 @@ async fn submit(
     match submit_command(gw, &env, deadline).await? {
         Submitted::Accepted => Ok(accepted(&event_id)),
         Submitted::AlreadyApplied(outcome, member) => {
-            applied(gw, franchise, &event_id, outcome, true, member.as_ref(), None).await
+            applied(
+                gw,
+                franchise,
+                &event_id,
+                outcome,
+                true,
+                member.as_ref(),
+                None,
+            )
+            .await
         }
         Submitted::Replied(reply) => match &reply.result {
             ReplyResult::Conflict => Err(ApiError::IdempotencyConflict(event_id.to_string())),
             ReplyResult::Applied(o) => {
-                applied(gw, franchise, &event_id, o.clone(), false, member.as_ref(), reply.status.as_ref()).await
+                applied(
+                    gw,
+                    franchise,
+                    &event_id,
+                    o.clone(),
+                    false,
+                    member.as_ref(),
+                    reply.status.as_ref(),
+                )
+                .await
             }
             ReplyResult::Replayed(o) => {
-                applied(gw, franchise, &event_id, o.clone(), true, member.as_ref(), reply.status.as_ref()).await
+                applied(
+                    gw,
+                    franchise,
+                    &event_id,
+                    o.clone(),
+                    true,
+                    member.as_ref(),
+                    reply.status.as_ref(),
+                )
+                .await
             }
         },
     }
@@ -315,7 +356,8 @@ async fn applied(
         .as_ref()
         .map(|s| String::from_utf8_lossy(&s.json).into_owned())
         .unwrap_or_else(|| "null".into());
-    let outcome_json = serde_json::to_string(&outcome).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let outcome_json =
+        serde_json::to_string(&outcome).map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(HttpResponse::Ok().content_type("application/json").body(format!(
         r#"{{"event_id":{},"status":"applied","replayed":{replayed},"outcome":{outcome_json},"member":{member_json}}}"#,
         json_str(event_id.as_str())

@@ -132,7 +132,9 @@ pub async fn lookup(
         .resolve(&gw, &franchise)
         .await?
         .ok_or_else(ApiError::unknown_member)?;
-    Ok(HttpResponse::Ok().content_type("application/json").body(status.json))
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(status.json))
 }
 
 /// `GET /v1/members/{member_id}`: the checkout hot path, served from the hot cache.
@@ -148,7 +150,9 @@ pub async fn status(
         .member_status(&franchise, &member)
         .await?
         .ok_or_else(ApiError::unknown_member)?;
-    Ok(HttpResponse::Ok().content_type("application/json").body(status.json))
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(status.json))
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,7 +176,9 @@ pub async fn ledger(
         .ok_or_else(ApiError::unknown_member)?;
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_LEDGER_PAGE {
-        return Err(ApiError::Invalid(format!("limit must be 1 to {MAX_LEDGER_PAGE}")));
+        return Err(ApiError::Invalid(format!(
+            "limit must be 1 to {MAX_LEDGER_PAGE}"
+        )));
     }
     let entries = gw.store.ledger(&member, q.before, limit).await?;
     let next_before = if entries.len() == limit {
