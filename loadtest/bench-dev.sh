@@ -52,8 +52,14 @@ export LOYALTY_IDS_FILE=$WORK/ids.txt
 
 echo; echo "### GET /v1/members/{id}"
 wrk -t2 -c$CONNS -d${DURATION}s --latency -s loadtest/wrk/status.lua $URL | grep -E "Requests/sec|Latency|50%|90%|99%|Non-2xx|Socket"
+applied() { curl -sf $URL/metrics | awk '/^loyalty_events_applied_total\{kind="purchase"\}/ {print $2}'; }
 echo; echo "### POST /v1/purchases (202: durable in the log)"
+a0=$(applied); a0=${a0:-0}; t0=$(date +%s.%N)
 LOYALTY_RUN=a wrk -t2 -c$CONNS -d${DURATION}s --latency -s loadtest/wrk/purchase.lua $URL | grep -E "Requests/sec|Latency|50%|90%|99%|Non-2xx|Socket"
+# End to end: from the first request until the engine has applied (durably) every purchase.
+prev=-1; while :; do cur=$(applied); [ "$cur" = "$prev" ] && break; prev=$cur; sleep 0.5; done
+t1=$(date +%s.%N)
+python3 -c "n=$prev-$a0; d=$t1-$t0-0.5; print(f'applied end to end: {n:.0f} purchases in {d:.1f} s = {n/d:.0f} purchases/s (durable in the store)')"
 echo; echo "### POST /v1/purchases?wait_ms=5000 (200: applied, durable in the store)"
 LOYALTY_RUN=b LOYALTY_WAIT_MS=5000 wrk -t2 -c$CONNS -d${DURATION}s --latency -s loadtest/wrk/purchase.lua $URL | grep -E "Requests/sec|Latency|50%|90%|99%|Non-2xx|Socket"
 curl -sf $URL/metrics | grep -E '^loyalty_(events_applied_total|member_actors_active|events_replayed_total)' || true

@@ -1,0 +1,1 @@
+//! redis-server for tests (to be written).

@@ -1,0 +1,1 @@
+//! The tansu broker for tests (to be written).
