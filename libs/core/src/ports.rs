@@ -150,6 +150,13 @@ pub trait StateStore: Send + Sync + 'static {
     async fn api_key(&self, key_hash: &str) -> Result<Option<Principal>>;
 
     async fn member(&self, id: &MemberId) -> Result<Option<MemberState>>;
+    /// Members in id order, after `after` (exclusive), at most `limit`: a full scan in pages,
+    /// for rebuilding the hot cache.
+    async fn members_after(
+        &self,
+        after: Option<&MemberId>,
+        limit: usize,
+    ) -> Result<Vec<MemberState>>;
     /// Idempotency records of `event_ids`, in the same order.
     async fn processed(
         &self,

@@ -301,6 +301,30 @@ impl StateStore for EmbeddedStore {
         self.get(MEMBERS, id.as_str())
     }
 
+    async fn members_after(
+        &self,
+        after: Option<&MemberId>,
+        limit: usize,
+    ) -> Result<Vec<MemberState>> {
+        use std::ops::Bound;
+        let tx = self.db.begin_read().map_err(unavailable)?;
+        let t = tx.open_table(MEMBERS).map_err(unavailable)?;
+        let start = match after {
+            Some(m) => Bound::Excluded(m.as_str()),
+            None => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for row in t
+            .range::<&str>((start, Bound::Unbounded))
+            .map_err(unavailable)?
+            .take(limit)
+        {
+            let (_, v) = row.map_err(unavailable)?;
+            out.push(decode("member", v.value())?);
+        }
+        Ok(out)
+    }
+
     async fn processed(
         &self,
         franchise: &FranchiseId,
