@@ -2,6 +2,8 @@
 //! real `loyalty` binary with [`DevProcess`]) on a free loopback port with its own data
 //! directory, and offers the API calls scenarios are written with.
 
+pub mod cluster;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -37,6 +39,7 @@ pub struct TestApp {
     pub data_dir: tempfile::TempDir,
     pub store: std::sync::Arc<loyalty_embedded::EmbeddedStore>,
     pub cache: std::sync::Arc<loyalty_embedded::EmbeddedCache>,
+    pub log: std::sync::Arc<loyalty_embedded::log::EmbeddedLog>,
 }
 
 /// A franchise set up through the API, with its HQ key and one store key.
@@ -70,8 +73,11 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut DevConfig)) -> TestApp {
         .await
         .expect("application starts");
     let address = format!("http://127.0.0.1:{}", app.port());
-    let store = app.store.clone();
-    let cache = app.cache.clone();
+    let embedded = app
+        .embedded
+        .clone()
+        .expect("dev mode runs the embedded adapters");
+    let (store, cache, log) = (embedded.store, embedded.cache, embedded.log);
     tokio::spawn(app.run_until_stopped());
     let t = TestApp {
         address,
@@ -79,6 +85,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut DevConfig)) -> TestApp {
         data_dir,
         store,
         cache,
+        log,
     };
     t.wait_ready().await;
     t
@@ -102,13 +109,8 @@ impl TestApp {
         key: &str,
         body: impl std::borrow::Borrow<Value>,
     ) -> Response {
-        self.client
-            .post(self.url(path))
-            .bearer_auth(key)
-            .json(body.borrow())
-            .send()
+        self.send_json(reqwest::Method::POST, path, key, body.borrow())
             .await
-            .expect("request sent")
     }
 
     pub async fn put(
@@ -117,10 +119,21 @@ impl TestApp {
         key: &str,
         body: impl std::borrow::Borrow<Value>,
     ) -> Response {
+        self.send_json(reqwest::Method::PUT, path, key, body.borrow())
+            .await
+    }
+
+    async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: &str,
+        body: &Value,
+    ) -> Response {
         self.client
-            .put(self.url(path))
+            .request(method, self.url(path))
             .bearer_auth(key)
-            .json(body.borrow())
+            .json(body)
             .send()
             .await
             .expect("request sent")

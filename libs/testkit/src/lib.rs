@@ -5,4 +5,5 @@
 
 pub mod ports;
 pub mod redis;
+pub mod store_contract;
 pub mod tansu;

@@ -29,10 +29,27 @@ pub struct Application {
     server: Server,
     engine: Option<JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
-    /// The ports, for tests that look under the hood.
+    /// The ports the platform runs on.
+    pub ports: Ports,
+    /// The embedded adapters behind the ports, when they are the embedded ones (tests look
+    /// under the hood through them).
+    pub embedded: Option<Embedded>,
+}
+
+/// The adapters of one process.
+#[derive(Clone)]
+pub struct Ports {
+    pub log: Arc<dyn EventLog>,
+    pub store: Arc<dyn StateStore>,
+    pub cache: Arc<dyn HotCache>,
+}
+
+/// The embedded adapters, by their concrete types.
+#[derive(Clone)]
+pub struct Embedded {
+    pub log: Arc<EmbeddedLog>,
     pub store: Arc<EmbeddedStore>,
     pub cache: Arc<EmbeddedCache>,
-    pub log: Arc<EmbeddedLog>,
 }
 
 impl Application {
@@ -47,7 +64,22 @@ impl Application {
         let store = EmbeddedStore::open(&config.data_dir.join("store"))
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
         let cache = Arc::new(EmbeddedCache::new(config.cache_capacity));
+        let ports = Ports {
+            log: log.clone(),
+            store: store.clone(),
+            cache: cache.clone(),
+        };
+        Self::build_with(config, ports, Some(Embedded { log, store, cache })).await
+    }
 
+    /// Starts the engine and binds the HTTP listener on the given adapters.
+    pub async fn build_with(
+        config: DevConfig,
+        ports: Ports,
+        embedded: Option<Embedded>,
+    ) -> anyhow::Result<Application> {
+        config.validate()?;
+        let Ports { log, store, cache } = ports.clone();
         let engine_config = EngineConfig {
             passivate_after: config.passivate_after(),
             ..EngineConfig::default()
@@ -66,12 +98,15 @@ impl Application {
             .await?;
 
         if config.demo {
+            std::fs::create_dir_all(&config.data_dir).with_context(|| {
+                format!("creating the data directory {}", config.data_dir.display())
+            })?;
             demo::ensure_demo(store.as_ref(), &config.data_dir).await?;
         }
 
-        let store_port: Arc<dyn StateStore> = store.clone();
-        let cache_port: Arc<dyn HotCache> = cache.clone();
-        let log_port: Arc<dyn EventLog> = log.clone();
+        let store_port = store;
+        let cache_port = cache;
+        let log_port = log;
         let programs = Arc::new(ProgramCache::new(Arc::clone(&store_port)));
         let replies = ReplyWaiters::new();
         let ready = Arc::new(AtomicBool::new(false));
@@ -130,9 +165,8 @@ impl Application {
             server,
             engine: Some(engine),
             shutdown,
-            store,
-            cache,
-            log,
+            ports,
+            embedded,
         })
     }
 

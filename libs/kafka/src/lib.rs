@@ -1,0 +1,464 @@
+//! The Kafka adapter of the event log port ([`EventLog`] / [`LogConsumer`]), on `rdkafka`
+//! (librdkafka, built from source by its own configure/make: no cmake needed).
+//!
+//! It keeps the semantics of the embedded log (`loyalty-embedded`), so the engine cannot tell
+//! them apart:
+//! - **Partitioning**: every record is produced to an explicit partition chosen by
+//!   [`partition_for`] (FNV-1a of the key), never by librdkafka's partitioner, so the embedded
+//!   log and Kafka put a key on the same partition.
+//! - **Durable on return**: [`KafkaLog::append`] returns once the broker acknowledged the
+//!   record with `acks=all` from an idempotent producer (`enable.idempotence=true`): a retried
+//!   send is never written twice, and records of a partition keep their order.
+//! - **Consumer groups**: [`KafkaConsumer`] (see its docs): eager rebalancing, a revocation that
+//!   waits for the engine's `done`, manual commits only, commits fenced by ownership.
+//!
+//! # Known traps, and the setting that handles each
+//! - *The offset store records an offset before processing.* With the defaults
+//!   (`enable.auto.commit=true`, `enable.auto.offset.store=true`) librdkafka stores the offset
+//!   of a message as soon as `poll` returns it and commits it in the background: a crash after
+//!   the commit and before the effect is durable loses the record. This adapter sets
+//!   `enable.auto.commit=false` and `enable.auto.offset.store=false` and only commits what the
+//!   engine passes to [`LogConsumer::commit`], after its effects are durable.
+//! - *A revocation handler that only signals.* If the rebalance callback returned right after
+//!   telling the engine, librdkafka would unassign at once and the new owner could start from an
+//!   offset the old owner had not committed yet (double processing, or a commit by a node that
+//!   no longer owns the partition). Here the callback blocks the poll thread until the engine
+//!   sends `done` (or [`KafkaConfig::revoke_timeout`] passes), as quickwit's Kafka source does;
+//!   the broker does not complete the rebalance before this member rejoins, so the other members
+//!   get the partitions only after `done`.
+//! - *`max.poll.interval.ms` exceeded.* A consumer that does not call `poll` within
+//!   `max.poll.interval.ms` is silently removed from the group (its partitions move, its commits
+//!   fail). Here a dedicated thread polls all the time, whatever the engine's pace: records go
+//!   to a bounded buffer, and when it is full the thread pauses the assigned partitions (and
+//!   keeps polling) instead of blocking; the only long wait inside `poll` is the revocation
+//!   wait, bounded by `revoke_timeout`, which must be below `max_poll_interval` (checked by
+//!   [`KafkaConfig::validate`]).
+//! - *Needless rebalances on rolling restarts.* Set [`KafkaConfig::group_instance_id`] (static
+//!   membership, `group.instance.id`, unique per node and stable across restarts): a node that
+//!   restarts within `session_timeout` gets its partitions back without a rebalance. The flip
+//!   side: a statically-identified consumer that closes does not leave the group, its
+//!   partitions move only after `session_timeout`.
+//! - *Cooperative rebalancing.* The engine's contract is "revoke all, then assign"; the adapter
+//!   pins `partition.assignment.strategy=range,roundrobin` (eager). `cooperative-sticky` in
+//!   [`KafkaConfig::extra`] is refused.
+//!
+//! # Against tansu 0.6.0
+//! The tests in `tests/kafka_log.rs` run against a real tansu broker (the only Kafka-compatible
+//! broker these machines can run). See the report at the top of that file for what was checked
+//! to work there.
+
+mod consumer;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use loyalty_core::ports::{partition_for, Appended, EventLog, LogConsumer, Offset, Partition};
+use loyalty_core::{Error, Result};
+use parking_lot::RwLock;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+pub use consumer::KafkaConsumer;
+
+/// How to reach Kafka and how the clients behave.
+#[derive(Clone, Debug)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`: `host:port[,host:port...]`.
+    pub brokers: String,
+    /// `client.id` of every client this log creates (seen in broker logs and metrics).
+    pub client_id: String,
+    /// `group.instance.id` (static membership) for consumers; unique per engine node and stable
+    /// across its restarts. `None`: dynamic membership.
+    pub group_instance_id: Option<String>,
+    /// `session.timeout.ms`: how long the group waits for a silent member (crashed node)
+    /// before moving its partitions.
+    pub session_timeout: Duration,
+    /// `max.poll.interval.ms`: the longest gap between two polls before the member is evicted;
+    /// also the broker's rebalance timeout (how long it waits for members to rejoin).
+    pub max_poll_interval: Duration,
+    /// How long a revocation waits for the engine's `done` before letting the partitions go
+    /// anyway. Must be below `max_poll_interval`.
+    pub revoke_timeout: Duration,
+    /// How long [`LogConsumer::next`] waits before returning an empty `Records`.
+    pub poll_interval: Duration,
+    /// The most fetched records buffered between the poll thread and `next`; past it the
+    /// assigned partitions are paused.
+    pub buffer_records: usize,
+    /// Timeout of admin, metadata, watermark and committed-offset requests.
+    pub request_timeout: Duration,
+    /// `message.timeout.ms`: how long a record may take to be acknowledged before `append`
+    /// fails with `Unavailable` (it may still have been written: the caller retries with the
+    /// same idempotency key).
+    pub delivery_timeout: Duration,
+    /// Replication factor of topics created by `ensure_topic` (3 in production, 1 for a single
+    /// broker).
+    pub replication_factor: i32,
+    /// Any other librdkafka property, applied to every client after the adapter's own (so they
+    /// can override e.g. `heartbeat.interval.ms` or `linger.ms`; the settings the adapter's
+    /// guarantees rest on are re-applied after them).
+    pub extra: Vec<(String, String)>,
+}
+
+impl KafkaConfig {
+    /// Defaults for `brokers`: client id `loyalty`, dynamic membership, 10 s session, 5 min
+    /// poll interval, 60 s revocation wait.
+    pub fn new(brokers: impl Into<String>) -> KafkaConfig {
+        KafkaConfig {
+            brokers: brokers.into(),
+            client_id: "loyalty".into(),
+            group_instance_id: None,
+            session_timeout: Duration::from_secs(10),
+            max_poll_interval: Duration::from_secs(300),
+            revoke_timeout: Duration::from_secs(60),
+            poll_interval: Duration::from_millis(100),
+            buffer_records: 2048,
+            request_timeout: Duration::from_secs(10),
+            delivery_timeout: Duration::from_secs(30),
+            replication_factor: 1,
+            extra: Vec::new(),
+        }
+    }
+
+    /// Checks the settings that the guarantees rest on.
+    pub fn validate(&self) -> Result<()> {
+        if self.brokers.trim().is_empty() {
+            return Err(Error::Invalid("kafka: no brokers given".into()));
+        }
+        if self.revoke_timeout >= self.max_poll_interval {
+            return Err(Error::Invalid(format!(
+                "kafka: revoke_timeout ({:?}) must be below max_poll_interval ({:?}), or a slow \
+                 revocation gets the consumer evicted",
+                self.revoke_timeout, self.max_poll_interval
+            )));
+        }
+        if self.replication_factor < 1 {
+            return Err(Error::Invalid(
+                "kafka: replication_factor must be >= 1".into(),
+            ));
+        }
+        for (k, v) in &self.extra {
+            if k == "partition.assignment.strategy" && v.contains("cooperative") {
+                return Err(Error::Invalid(
+                    "kafka: cooperative rebalancing is not supported (the engine expects eager \
+                     revoke-all-then-assign)"
+                        .into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The common client configuration, with `extra` applied.
+    fn client(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("client.id", &self.client_id)
+            .set("socket.keepalive.enable", "true");
+        for (k, v) in &self.extra {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// The producer configuration: idempotent, `acks=all`.
+    pub fn producer_config(&self) -> ClientConfig {
+        let mut c = self.client();
+        c.set(
+            "message.timeout.ms",
+            millis(self.delivery_timeout).to_string(),
+        )
+        // The guarantees: set last so `extra` cannot weaken them.
+        .set("enable.idempotence", "true")
+        .set("acks", "all");
+        c
+    }
+
+    /// The consumer configuration of group `group`: manual commits only, eager rebalancing,
+    /// reading from the earliest offset when the group has no committed one.
+    pub fn consumer_config(&self, group: &str) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set(
+            "session.timeout.ms",
+            millis(self.session_timeout).to_string(),
+        )
+        .set(
+            "max.poll.interval.ms",
+            millis(self.max_poll_interval).to_string(),
+        )
+        .set("auto.offset.reset", "earliest");
+        // `extra` after the defaults above, before the guarantees below.
+        let base = self.client();
+        for (k, v) in base.config_map() {
+            c.set(k, v);
+        }
+        c.set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set("partition.assignment.strategy", "range,roundrobin");
+        if let Some(id) = &self.group_instance_id {
+            c.set("group.instance.id", id);
+        }
+        c
+    }
+}
+
+fn millis(d: Duration) -> u128 {
+    d.as_millis().max(1)
+}
+
+/// Maps a client error onto the port's error: the broker is unavailable, retry later.
+pub(crate) fn unavailable(context: &str, e: KafkaError) -> Error {
+    Error::Unavailable(format!("kafka: {context}: {e}"))
+}
+
+/// Runs blocking librdkafka calls off the async executor.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Unavailable(format!("kafka: blocking task failed: {e}")))?
+}
+
+/// The Kafka event log: one idempotent producer shared by every append, an admin client for
+/// topic creation, and one consumer (with its own poll thread) per [`EventLog::subscribe`].
+pub struct KafkaLog {
+    config: KafkaConfig,
+    producer: FutureProducer,
+    producer_config: ClientConfig,
+    admin: AdminClient<DefaultClientContext>,
+    /// Partition counts of the topics seen so far (the count of a topic is taken as fixed:
+    /// adding partitions to a live topic would move keys between partitions).
+    partitions: Arc<RwLock<HashMap<String, u32>>>,
+}
+
+impl std::fmt::Debug for KafkaLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaLog")
+            .field("brokers", &self.config.brokers)
+            .field("client_id", &self.config.client_id)
+            .finish()
+    }
+}
+
+impl KafkaLog {
+    /// Creates the clients (no connection is made until the first request).
+    pub fn new(config: KafkaConfig) -> Result<Arc<KafkaLog>> {
+        config.validate()?;
+        let producer_config = config.producer_config();
+        let producer: FutureProducer = producer_config
+            .create()
+            .map_err(|e| unavailable("creating the producer", e))?;
+        let admin: AdminClient<DefaultClientContext> = config
+            .client()
+            .create()
+            .map_err(|e| unavailable("creating the admin client", e))?;
+        Ok(Arc::new(KafkaLog {
+            config,
+            producer,
+            producer_config,
+            admin,
+            partitions: Arc::new(RwLock::new(HashMap::new())),
+        }))
+    }
+
+    /// The configuration of this log.
+    pub fn config(&self) -> &KafkaConfig {
+        &self.config
+    }
+
+    /// A property of the producer's configuration as librdkafka resolved it (e.g.
+    /// `enable.idempotence`, `acks`: librdkafka reports `acks=all` as `-1`).
+    pub fn producer_setting(&self, key: &str) -> Result<String> {
+        self.producer_config
+            .create_native_config()
+            .and_then(|native| native.get(key))
+            .map_err(|e| Error::Invalid(format!("kafka: producer setting {key}: {e}")))
+    }
+
+    /// The partition count of `topic` from the broker's metadata, cached.
+    async fn partition_count(&self, topic: &str) -> Result<u32> {
+        if let Some(n) = self.partitions.read().get(topic) {
+            return Ok(*n);
+        }
+        let n = self.fetch_partition_count(topic).await?;
+        self.partitions.write().insert(topic.to_string(), n);
+        Ok(n)
+    }
+
+    /// Asks the broker for the partition count of `topic` (`Invalid` if it does not exist).
+    async fn fetch_partition_count(&self, topic: &str) -> Result<u32> {
+        let producer = self.producer.clone();
+        let (name, timeout) = (topic.to_string(), self.config.request_timeout);
+        blocking(move || metadata_partitions(producer.client(), &name, timeout)).await
+    }
+}
+
+/// The partition count of `topic` from a metadata request.
+pub(crate) fn metadata_partitions<C: rdkafka::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<u32> {
+    let md = client
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| unavailable(&format!("metadata of {topic}"), e))?;
+    let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
+        return Err(Error::Invalid(format!("unknown topic {topic:?}")));
+    };
+    if let Some(err) = t.error() {
+        let code = RDKafkaErrorCode::from(err);
+        return Err(match code {
+            RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic => {
+                Error::Invalid(format!("unknown topic {topic:?}"))
+            }
+            _ => Error::Unavailable(format!("kafka: metadata of {topic}: {code}")),
+        });
+    }
+    match t.partitions().len() {
+        0 => Err(Error::Invalid(format!("unknown topic {topic:?}"))),
+        n => Ok(n as u32),
+    }
+}
+
+/// Kafka's partition id from ours.
+pub(crate) fn kafka_partition(p: Partition) -> Result<i32> {
+    i32::try_from(p).map_err(|_| Error::Invalid(format!("partition {p} out of range")))
+}
+
+#[async_trait]
+impl EventLog for KafkaLog {
+    /// Creates the topic through the admin API (an existing topic is fine, its partition count
+    /// is kept), then reads the partition count back from the metadata, waiting for a new topic
+    /// to show up there.
+    async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<u32> {
+        if topic.is_empty() || topic.len() > 249 {
+            return Err(Error::Invalid(format!("invalid topic name {topic:?}")));
+        }
+        if partitions == 0 {
+            return Err(Error::Invalid("a topic needs at least 1 partition".into()));
+        }
+        let count = i32::try_from(partitions)
+            .map_err(|_| Error::Invalid(format!("{partitions} partitions is too many")))?;
+        let new = NewTopic::new(
+            topic,
+            count,
+            TopicReplication::Fixed(self.config.replication_factor),
+        );
+        let opts = AdminOptions::new()
+            .request_timeout(Some(self.config.request_timeout))
+            .operation_timeout(Some(self.config.request_timeout));
+        let results = self
+            .admin
+            .create_topics([&new], &opts)
+            .await
+            .map_err(|e| unavailable(&format!("creating topic {topic}"), e))?;
+        for result in results {
+            match result {
+                Ok(_) => tracing::info!(topic, partitions, "created topic"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, code)) => {
+                    return Err(Error::Unavailable(format!(
+                        "kafka: creating topic {topic}: {code}"
+                    )))
+                }
+            }
+        }
+        // Metadata may lag behind the creation for a moment.
+        let deadline = tokio::time::Instant::now() + self.config.request_timeout;
+        loop {
+            match self.fetch_partition_count(topic).await {
+                Ok(n) => {
+                    self.partitions.write().insert(topic.to_string(), n);
+                    return Ok(n);
+                }
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// Produces to the partition [`partition_for`] gives (explicitly, never librdkafka's
+    /// partitioner) and returns once the broker acknowledged it (`acks=all`).
+    async fn append(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: Bytes,
+        headers: Vec<(String, Bytes)>,
+    ) -> Result<Appended> {
+        let partitions = self.partition_count(topic).await?;
+        let partition = partition_for(key, partitions);
+        let mut owned = OwnedHeaders::new_with_capacity(headers.len());
+        for (k, v) in &headers {
+            owned = owned.insert(Header {
+                key: k.as_str(),
+                value: Some(v.as_ref()),
+            });
+        }
+        let record = FutureRecord::to(topic)
+            .partition(kafka_partition(partition)?)
+            .key(key)
+            .payload(payload.as_ref())
+            .headers(owned);
+        // The queue timeout covers a full local queue; delivery is bounded by message.timeout.ms.
+        match self
+            .producer
+            .send(record, self.config.delivery_timeout)
+            .await
+        {
+            Ok(delivery) => Ok(Appended {
+                partition: delivery.partition as Partition,
+                offset: u64::try_from(delivery.offset).map_err(|_| {
+                    Error::Unavailable(format!(
+                        "kafka: delivery to {topic} without an offset ({})",
+                        delivery.offset
+                    ))
+                })?,
+            }),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
+                Err(Error::Invalid(format!("record too large for {topic}")))
+            }
+            Err((e, _)) => Err(unavailable(&format!("producing to {topic}"), e)),
+        }
+    }
+
+    /// The high watermark of the partition (the offset of the next record).
+    async fn end_offset(&self, topic: &str, partition: Partition) -> Result<Offset> {
+        let partitions = self.partition_count(topic).await?;
+        if partition >= partitions {
+            return Err(Error::Invalid(format!(
+                "topic {topic} has no partition {partition}"
+            )));
+        }
+        let p = kafka_partition(partition)?;
+        let producer = self.producer.clone();
+        let (name, timeout) = (topic.to_string(), self.config.request_timeout);
+        blocking(move || {
+            let (_, high) = producer
+                .client()
+                .fetch_watermarks(&name, p, timeout)
+                .map_err(|e| unavailable(&format!("watermarks of {name}/{p}"), e))?;
+            Ok(u64::try_from(high).unwrap_or(0))
+        })
+        .await
+    }
+
+    /// Starts a consumer of `group` on `topic` (a new group member with its own poll thread).
+    async fn subscribe(&self, group: &str, topic: &str) -> Result<Box<dyn LogConsumer>> {
+        if group.is_empty() {
+            return Err(Error::Invalid("empty group name".into()));
+        }
+        let partitions = self.partition_count(topic).await?;
+        let consumer = KafkaConsumer::start(&self.config, group, topic, partitions)?;
+        Ok(Box::new(consumer))
+    }
+}

@@ -1,0 +1,513 @@
+//! Tests of the Kafka event log against a real broker: tansu 0.6.0 (the Kafka-compatible broker
+//! these machines can run), started per test by `loyalty_testkit::tansu` on a free loopback
+//! port. They mirror the embedded log's tests (`libs/embedded/src/log/tests.rs`). Without the
+//! binary each test prints `SKIPPED: ...` and returns; install it with
+//! `scripts/install-tansu.sh`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use loyalty_core::ports::{partition_for, ConsumerEvent, EventLog, LogConsumer, Partition, Record};
+use loyalty_core::Error;
+use loyalty_kafka::{KafkaConfig, KafkaLog};
+use loyalty_testkit::tansu::{TansuBroker, INSTALL_HINT};
+use tokio::sync::oneshot;
+
+/// Generous bound on any single wait (group joins take seconds), so a bug fails the test
+/// instead of hanging it.
+const PATIENCE: Duration = Duration::from_secs(45);
+
+/// Starts a broker, or returns from the test saying it was skipped.
+macro_rules! broker {
+    () => {
+        match TansuBroker::available() {
+            Err(_) => {
+                println!("SKIPPED: {INSTALL_HINT}");
+                return;
+            }
+            Ok(()) => TansuBroker::start().await.expect("starting tansu"),
+        }
+    };
+}
+
+fn config(broker: &TansuBroker) -> KafkaConfig {
+    let mut c = KafkaConfig::new(broker.brokers());
+    c.client_id = "loyalty-test".into();
+    c.session_timeout = Duration::from_secs(6);
+    c.max_poll_interval = Duration::from_secs(30);
+    c.revoke_timeout = Duration::from_secs(25);
+    c.poll_interval = Duration::from_millis(100);
+    c.extra = vec![
+        ("heartbeat.interval.ms".into(), "500".into()),
+        ("fetch.wait.max.ms".into(), "100".into()),
+    ];
+    c
+}
+
+fn open(broker: &TansuBroker) -> Arc<KafkaLog> {
+    KafkaLog::new(config(broker)).unwrap()
+}
+
+/// A key that lands on `partition` of a topic with `partitions` partitions.
+fn key_for(partition: Partition, partitions: u32, salt: usize) -> Vec<u8> {
+    (0..)
+        .map(|i| format!("key-{salt}-{i}").into_bytes())
+        .find(|k| partition_for(k, partitions) == partition)
+        .unwrap()
+}
+
+async fn next_event(c: &dyn LogConsumer) -> ConsumerEvent {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            match c.next(100).await.unwrap() {
+                ConsumerEvent::Records(r) if r.is_empty() => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("no consumer event in time")
+}
+
+async fn expect_assigned(c: &dyn LogConsumer) -> Vec<Partition> {
+    match next_event(c).await {
+        ConsumerEvent::Assigned(p) => p,
+        other => panic!("expected Assigned, got {other:?}"),
+    }
+}
+
+async fn expect_revoked(c: &dyn LogConsumer) -> (Vec<Partition>, oneshot::Sender<()>) {
+    match next_event(c).await {
+        ConsumerEvent::Revoked { partitions, done } => (partitions, done),
+        other => panic!("expected Revoked, got {other:?}"),
+    }
+}
+
+/// Waits for an assignment that is not empty (a member may first be handed nothing while
+/// others join).
+async fn expect_assigned_some(c: &dyn LogConsumer) -> Vec<Partition> {
+    loop {
+        match next_event(c).await {
+            ConsumerEvent::Assigned(p) if !p.is_empty() => return p,
+            ConsumerEvent::Assigned(_) => {}
+            ConsumerEvent::Revoked { done, .. } => {
+                let _ = done.send(());
+            }
+            ConsumerEvent::Records(r) => panic!("unexpected records {r:?}"),
+        }
+    }
+}
+
+/// Reads records until `n` arrived (fails on group events or a timeout).
+async fn take_records(c: &dyn LogConsumer, n: usize) -> Vec<Record> {
+    let mut out = Vec::new();
+    tokio::time::timeout(PATIENCE, async {
+        while out.len() < n {
+            match c.next(n - out.len()).await.unwrap() {
+                ConsumerEvent::Records(r) => out.extend(r),
+                other => panic!("expected records, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("only {} of {n} records arrived in time", out.len()));
+    out
+}
+
+/// Asserts that nothing more arrives for a while.
+async fn expect_quiet(c: &dyn LogConsumer, for_: Duration) {
+    let until = tokio::time::Instant::now() + for_;
+    while tokio::time::Instant::now() < until {
+        match c.next(100).await.unwrap() {
+            ConsumerEvent::Records(r) if r.is_empty() => {}
+            other => panic!("expected nothing, got {other:?}"),
+        }
+    }
+}
+
+fn by_partition(records: &[Record]) -> BTreeMap<Partition, Vec<u64>> {
+    let mut map: BTreeMap<Partition, Vec<u64>> = BTreeMap::new();
+    for r in records {
+        map.entry(r.partition).or_default().push(r.offset);
+    }
+    map
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_ensure_topic_is_idempotent() {
+    let broker = broker!();
+    let log = open(&broker);
+    assert_eq!(log.ensure_topic("orders", 4).await.unwrap(), 4);
+    // An existing topic keeps its partition count.
+    assert_eq!(log.ensure_topic("orders", 8).await.unwrap(), 4);
+    assert_eq!(log.ensure_topic("dead-letters", 1).await.unwrap(), 1);
+    // Another client sees the same.
+    let other = open(&broker);
+    assert_eq!(other.ensure_topic("orders", 2).await.unwrap(), 4);
+    assert!(matches!(
+        log.ensure_topic("orders", 0).await,
+        Err(Error::Invalid(_))
+    ));
+    assert!(matches!(
+        log.append("missing", b"k", Bytes::new(), vec![]).await,
+        Err(Error::Invalid(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_producer_is_idempotent_with_acks_all() {
+    let broker = broker!();
+    let log = open(&broker);
+    assert_eq!(log.producer_setting("enable.idempotence").unwrap(), "true");
+    let acks = log.producer_setting("acks").unwrap();
+    assert!(acks == "-1" || acks == "all", "acks={acks}");
+    // `extra` cannot weaken them.
+    let mut weak = config(&broker);
+    weak.extra
+        .push(("enable.idempotence".into(), "false".into()));
+    weak.extra.push(("acks".into(), "1".into()));
+    let log = KafkaLog::new(weak).unwrap();
+    assert_eq!(log.producer_setting("enable.idempotence").unwrap(), "true");
+    // And the idempotent producer works against the broker.
+    log.ensure_topic("t", 1).await.unwrap();
+    for i in 0..20u64 {
+        let at = log
+            .append("t", b"k", Bytes::from(format!("r{i}")), vec![])
+            .await
+            .unwrap();
+        assert_eq!(at.offset, i);
+    }
+    assert_eq!(log.end_offset("t", 0).await.unwrap(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_appends_land_in_key_partitions_with_headers() {
+    let broker = broker!();
+    let log = open(&broker);
+    assert_eq!(log.ensure_topic("orders", 4).await.unwrap(), 4);
+    let mut expected: BTreeMap<(Partition, u64), Record> = BTreeMap::new();
+    for i in 0..120u32 {
+        let key = format!("member-{}", i % 13).into_bytes();
+        let payload = Bytes::from(format!("payload-{i}").repeat((i % 5) as usize));
+        let headers = if i % 7 == 0 {
+            Vec::new()
+        } else {
+            vec![
+                ("event-id".to_string(), Bytes::from(format!("ev-{i}"))),
+                ("bin".to_string(), Bytes::from(vec![0u8, 255, i as u8])),
+            ]
+        };
+        let at = log
+            .append("orders", &key, payload.clone(), headers.clone())
+            .await
+            .unwrap();
+        assert_eq!(at.partition, partition_for(&key, 4));
+        expected.insert(
+            (at.partition, at.offset),
+            Record {
+                partition: at.partition,
+                offset: at.offset,
+                key: Bytes::from(key),
+                payload,
+                headers,
+            },
+        );
+    }
+    let mut touched = 0;
+    let records: Vec<Record> = expected.values().cloned().collect();
+    for (p, offsets) in by_partition(&records) {
+        // Offsets are per partition, from 0, contiguous, in append order.
+        assert_eq!(offsets, (0..offsets.len() as u64).collect::<Vec<_>>());
+        assert_eq!(
+            log.end_offset("orders", p).await.unwrap(),
+            offsets.len() as u64
+        );
+        touched += 1;
+    }
+    assert!(touched > 1, "13 keys should spread over several partitions");
+    assert!(matches!(
+        log.end_offset("orders", 4).await,
+        Err(Error::Invalid(_))
+    ));
+
+    let c = log.subscribe("readers", "orders").await.unwrap();
+    assert_eq!(expect_assigned(c.as_ref()).await, vec![0, 1, 2, 3]);
+    let got = take_records(c.as_ref(), expected.len()).await;
+    let mut last: BTreeMap<Partition, u64> = BTreeMap::new();
+    for r in &got {
+        if let Some(prev) = last.insert(r.partition, r.offset) {
+            assert!(r.offset > prev, "partition {} out of order", r.partition);
+        }
+        assert_eq!(Some(r), expected.get(&(r.partition, r.offset)));
+    }
+    assert_eq!(got.len(), expected.len());
+    c.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_consumer_redelivers_from_committed_offset() {
+    let broker = broker!();
+    let log = open(&broker);
+    log.ensure_topic("t", 2).await.unwrap();
+    let keys = [key_for(0, 2, 0), key_for(1, 2, 0)];
+    for i in 0..20usize {
+        log.append("t", &keys[i % 2], Bytes::from(format!("r{i}")), vec![])
+            .await
+            .unwrap();
+    }
+
+    let c = log.subscribe("g", "t").await.unwrap();
+    assert_eq!(expect_assigned(c.as_ref()).await, vec![0, 1]);
+    assert_eq!(c.committed(0).await.unwrap(), None);
+    let got = take_records(c.as_ref(), 20).await;
+    let per = by_partition(&got);
+    assert_eq!(per[&0], (0..10).collect::<Vec<_>>());
+    assert_eq!(per[&1], (0..10).collect::<Vec<_>>());
+    c.commit(0, 3).await.unwrap();
+    c.commit(1, 7).await.unwrap();
+    // Going backwards is a no-op, not a rewind.
+    c.commit(1, 2).await.unwrap();
+    assert_eq!(c.committed(0).await.unwrap(), Some(3));
+    assert_eq!(c.committed(1).await.unwrap(), Some(7));
+    c.close().await.unwrap();
+
+    // A new member of the group starts at the committed offsets: what was not committed is
+    // delivered again, nothing before it is.
+    let c = log.subscribe("g", "t").await.unwrap();
+    assert_eq!(expect_assigned(c.as_ref()).await, vec![0, 1]);
+    let got = take_records(c.as_ref(), 7 + 3).await;
+    let per = by_partition(&got);
+    assert_eq!(per[&0], (3..10).collect::<Vec<_>>());
+    assert_eq!(per[&1], (7..10).collect::<Vec<_>>());
+    expect_quiet(c.as_ref(), Duration::from_millis(500)).await;
+    c.close().await.unwrap();
+
+    // Another group starts from the beginning.
+    let other = log.subscribe("other", "t").await.unwrap();
+    expect_assigned(other.as_ref()).await;
+    assert_eq!(take_records(other.as_ref(), 20).await.len(), 20);
+    other.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_rebalance_waits_for_revocation() {
+    let broker = broker!();
+    let log = open(&broker);
+    log.ensure_topic("t", 6).await.unwrap();
+    let c1: Arc<dyn LogConsumer> = Arc::from(log.subscribe("g", "t").await.unwrap());
+    assert_eq!(expect_assigned(c1.as_ref()).await, vec![0, 1, 2, 3, 4, 5]);
+
+    let c2: Arc<dyn LogConsumer> = Arc::from(log.subscribe("g", "t").await.unwrap());
+    let released = Arc::new(AtomicBool::new(false));
+    let c2_task = {
+        let (released, c2) = (released.clone(), c2.clone());
+        tokio::spawn(async move {
+            let assigned = expect_assigned_some(c2.as_ref()).await;
+            (assigned, released.load(Ordering::SeqCst))
+        })
+    };
+    // c1 holds everything: it is asked to give it all back.
+    let (revoked, done) = expect_revoked(c1.as_ref()).await;
+    assert_eq!(revoked, vec![0, 1, 2, 3, 4, 5]);
+    // While c1 has not sent `done`, c2 gets nothing and c1 still owns (and may commit).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !c2_task.is_finished(),
+        "c2 was assigned before c1 sent done"
+    );
+    c1.commit(2, 0).await.unwrap();
+    released.store(true, Ordering::SeqCst);
+    done.send(()).unwrap();
+    let (assigned2, was_released) = tokio::time::timeout(PATIENCE, c2_task)
+        .await
+        .expect("c2 not assigned in time")
+        .unwrap();
+    assert!(was_released, "c2 was assigned before c1 sent done");
+    let assigned1 = expect_assigned(c1.as_ref()).await;
+    assert_eq!(assigned1.len(), 3, "c1 got {assigned1:?}");
+    assert_eq!(assigned2.len(), 3, "c2 got {assigned2:?}");
+    let all: BTreeSet<Partition> = assigned1.iter().chain(&assigned2).copied().collect();
+    assert_eq!(all, (0..6).collect());
+    // c1 no longer owns c2's partitions.
+    assert!(matches!(
+        c1.commit(assigned2[0], 0).await,
+        Err(Error::Conflict(m)) if m == "partition not owned"
+    ));
+    c1.commit(assigned1[0], 0).await.unwrap();
+
+    // c2 closes: c1 revokes what it holds, then gets everything.
+    c2.close().await.unwrap();
+    let (revoked, done) = expect_revoked(c1.as_ref()).await;
+    assert_eq!(revoked, assigned1);
+    done.send(()).unwrap();
+    assert_eq!(expect_assigned(c1.as_ref()).await, vec![0, 1, 2, 3, 4, 5]);
+    assert!(matches!(c2.next(1).await, Err(Error::ShuttingDown)));
+    assert!(matches!(
+        c2.commit(assigned2[0], 0).await,
+        Err(Error::Conflict(_))
+    ));
+    c1.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_dropped_member_hands_everything_to_the_survivor() {
+    let broker = broker!();
+    let log = open(&broker);
+    log.ensure_topic("t", 6).await.unwrap();
+    // 60 records, 10 per partition.
+    for p in 0..6 {
+        let key = key_for(p, 6, 3);
+        for i in 0..10 {
+            log.append("t", &key, Bytes::from(format!("{p}:{i}")), vec![])
+                .await
+                .unwrap();
+        }
+    }
+    let c1 = log.subscribe("g", "t").await.unwrap();
+    assert_eq!(expect_assigned(c1.as_ref()).await, vec![0, 1, 2, 3, 4, 5]);
+    // c1 processes everything and commits half of each partition.
+    let got = take_records(c1.as_ref(), 60).await;
+    assert_eq!(got.len(), 60);
+    for p in 0..6 {
+        c1.commit(p, 5).await.unwrap();
+    }
+
+    let c2 = log.subscribe("g", "t").await.unwrap();
+    let (_, done) = expect_revoked(c1.as_ref()).await;
+    done.send(()).unwrap();
+    let a1 = expect_assigned(c1.as_ref()).await;
+    let a2 = expect_assigned_some(c2.as_ref()).await;
+    assert_eq!(a1.len() + a2.len(), 6, "{a1:?} {a2:?}");
+    // c2 reads its partitions from the committed offsets: offsets 5..10 of each.
+    let got2 = take_records(c2.as_ref(), 5 * a2.len()).await;
+    for (p, offsets) in by_partition(&got2) {
+        assert!(a2.contains(&p));
+        assert_eq!(offsets, (5..10).collect::<Vec<_>>());
+    }
+    // c1 reads again what it had not committed of its partitions.
+    let got1 = take_records(c1.as_ref(), 5 * a1.len()).await;
+    for (p, offsets) in by_partition(&got1) {
+        assert!(a1.contains(&p));
+        assert_eq!(offsets, (5..10).collect::<Vec<_>>());
+    }
+    for &p in &a2 {
+        c2.commit(p, 10).await.unwrap();
+    }
+
+    // c2 goes away without close(): the survivor gets everything, and reads only what c2 did
+    // not commit (nothing of c2's partitions) and what it did not commit itself.
+    drop(c2);
+    let (revoked, done) = expect_revoked(c1.as_ref()).await;
+    assert_eq!(revoked, a1);
+    done.send(()).unwrap();
+    assert_eq!(expect_assigned(c1.as_ref()).await, vec![0, 1, 2, 3, 4, 5]);
+    let again = take_records(c1.as_ref(), 5 * a1.len()).await;
+    for (p, offsets) in by_partition(&again) {
+        assert!(
+            a1.contains(&p),
+            "partition {p} of c2 read again past its commit"
+        );
+        assert_eq!(offsets, (5..10).collect::<Vec<_>>());
+    }
+    expect_quiet(c1.as_ref(), Duration::from_millis(500)).await;
+    c1.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_commit_on_unowned_partition_conflicts() {
+    let broker = broker!();
+    let log = open(&broker);
+    log.ensure_topic("t", 2).await.unwrap();
+    let c1 = log.subscribe("g", "t").await.unwrap();
+    // Nothing assigned yet: nothing owned.
+    assert!(matches!(
+        c1.commit(0, 0).await,
+        Err(Error::Conflict(m)) if m == "partition not owned"
+    ));
+    assert_eq!(expect_assigned(c1.as_ref()).await, vec![0, 1]);
+    c1.commit(0, 0).await.unwrap();
+    assert!(matches!(c1.commit(9, 0).await, Err(Error::Invalid(_))));
+    c1.close().await.unwrap();
+    // After close, nothing is owned any more.
+    assert!(matches!(c1.commit(0, 0).await, Err(Error::Conflict(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_slow_consumer_pauses_instead_of_losing_or_leaving() {
+    let broker = broker!();
+    let mut cfg = config(&broker);
+    // A tiny buffer: the poll thread has to pause and resume the partitions many times.
+    cfg.buffer_records = 4;
+    let log = KafkaLog::new(cfg).unwrap();
+    log.ensure_topic("t", 2).await.unwrap();
+    let keys = [key_for(0, 2, 5), key_for(1, 2, 5)];
+    for i in 0..200usize {
+        log.append("t", &keys[i % 2], Bytes::from(format!("r{i}")), vec![])
+            .await
+            .unwrap();
+    }
+    let c = log.subscribe("g", "t").await.unwrap();
+    assert_eq!(expect_assigned(c.as_ref()).await, vec![0, 1]);
+    let mut got = Vec::new();
+    tokio::time::timeout(PATIENCE, async {
+        while got.len() < 200 {
+            if let ConsumerEvent::Records(r) = c.next(3).await.unwrap() {
+                got.extend(r);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("records did not arrive in time");
+    let per = by_partition(&got);
+    assert_eq!(per[&0], (0..100).collect::<Vec<_>>());
+    assert_eq!(per[&1], (0..100).collect::<Vec<_>>());
+    c.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_records_survive_a_broker_kill9() {
+    let mut broker = broker!();
+    let log = open(&broker);
+    log.ensure_topic("t", 3).await.unwrap();
+    let mut acked = Vec::new();
+    for i in 0..30u32 {
+        let key = format!("member-{i}");
+        acked.push(
+            log.append("t", key.as_bytes(), Bytes::from(format!("r{i}")), vec![])
+                .await
+                .unwrap(),
+        );
+    }
+    let c = log.subscribe("g", "t").await.unwrap();
+    expect_assigned(c.as_ref()).await;
+    take_records(c.as_ref(), 30).await;
+    for p in 0..3 {
+        let end = log.end_offset("t", p).await.unwrap();
+        c.commit(p, end.min(2)).await.unwrap();
+    }
+    c.close().await.unwrap();
+    drop(log);
+
+    broker.kill9();
+    broker.restart().await.unwrap();
+    let log = open(&broker);
+    assert_eq!(log.ensure_topic("t", 3).await.unwrap(), 3);
+    let mut total = 0;
+    for p in 0..3 {
+        let n = acked.iter().filter(|a| a.partition == p).count() as u64;
+        assert_eq!(log.end_offset("t", p).await.unwrap(), n);
+        total += n.saturating_sub(2);
+    }
+    // Committed offsets survive too: the group resumes after them.
+    let c = log.subscribe("g", "t").await.unwrap();
+    expect_assigned(c.as_ref()).await;
+    let got = take_records(c.as_ref(), total as usize).await;
+    for (_, offsets) in by_partition(&got) {
+        assert_eq!(offsets[0], 2);
+    }
+    c.close().await.unwrap();
+}

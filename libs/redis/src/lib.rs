@@ -1,0 +1,44 @@
+//! The Redis adapter of the hot cache ([`loyalty_core::ports::HotCache`]): member statuses
+//! served at the till, written by the engine after the durable write, read by every gateway.
+//!
+//! Redis is only a cache here: losing it loses nothing, and [`rebuild`] writes every member's
+//! status back from the durable store (after a `FLUSHALL`, a failover to an empty replica, or
+//! to warm a new instance). The same function fills any [`HotCache`], the embedded one too.
+//!
+//! # Key layout
+//!
+//! One string key per member: `{prefix}status:{member_id}` (prefix `loyalty:` by default,
+//! [`RedisCacheOptions::prefix`]). Its value is a small ASCII header followed by the JSON served
+//! at the till:
+//!
+//! ```text
+//! v1 00000000000000000042 franchise-id\n{"member_id":...}
+//! ^^ ^^^^^^^^^^^^^^^^^^^^ ^^^^^^^^^^^^  ^^^^^^^^^^^^^^^^^
+//! |  version: 20 digits,  the member's  the JSON of MemberStatus, byte for byte
+//! |  zero-padded u64      franchise id
+//! format tag
+//! ```
+//!
+//! One value (not a hash) so that a read is one `GET` that can never see the version of one
+//! write with the JSON of another, and a TTL covers the whole entry. The version is zero-padded
+//! so that the Lua script compares versions as strings: exact for every `u64`, where Lua numbers
+//! (doubles) would not be above 2^53. Franchise ids are `[A-Za-z0-9_.:-]`, so neither the
+//! space nor the newline can occur inside one.
+//!
+//! # Ordering
+//!
+//! Every write goes through one Lua script (run with `EVALSHA`) that stores the new value
+//! unless the stored one carries a newer version: an older status never replaces a newer one,
+//! whatever the order in which writers, retries or a rebuild arrive. Equal versions are
+//! replaced (same rule as the embedded cache), so a rebuild can re-render a status. Values are
+//! always set whole; nothing is ever incremented in Redis, so a retried write cannot double
+//! count.
+
+mod cache;
+mod rebuild;
+
+pub use cache::{RedisCache, RedisCacheOptions};
+pub use rebuild::{rebuild, DEFAULT_REBUILD_PAGE};
+
+#[doc(no_inline)]
+pub use loyalty_core::ports::HotCache;

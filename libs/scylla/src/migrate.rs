@@ -1,0 +1,202 @@
+//! Versioned CQL migrations.
+//!
+//! Each migration is a file `migrations/NNNN_name.cql` embedded in the binary, a list of
+//! statements ending with `;` (lines starting with `--` are comments) in which `{keyspace}`
+//! stands for the configured keyspace. [`migrate`] creates the keyspace if it is absent, then
+//! applies, in version order, every migration that `schema_migrations` does not record, and
+//! records it. Statements are written to be re-runnable (`IF NOT EXISTS`), so a migration
+//! interrupted half-way is simply applied again, and two processes migrating at once do no harm.
+//! A recorded migration whose text changed since is refused: migrations are append-only.
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use loyalty_core::{Error, Result};
+use scylla::client::session::Session;
+use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
+
+use crate::ScyllaConfig;
+
+/// One schema migration.
+#[derive(Clone, Copy, Debug)]
+pub struct Migration {
+    pub version: u32,
+    pub name: &'static str,
+    pub cql: &'static str,
+}
+
+/// Every migration, in version order.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "init",
+    cql: include_str!("../migrations/0001_init.cql"),
+}];
+
+impl Migration {
+    /// The statements of the migration for `keyspace`.
+    pub fn statements(&self, keyspace: &str) -> Vec<String> {
+        let text: String = self
+            .cql
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("--"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        text.split(';')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| s.replace("{keyspace}", keyspace))
+            .collect()
+    }
+
+    /// FNV-1a of the migration's text, to notice an edited migration.
+    pub fn checksum(&self) -> String {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self.cql.bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        format!("{h:016x}")
+    }
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Unavailable(format!("scylla migrate: {what}: {e}"))
+}
+
+/// Whether the server refused the statement as invalid or unknown (not as unreachable).
+fn is_invalid(e: &ExecutionError) -> bool {
+    matches!(
+        e,
+        ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+            DbError::Invalid | DbError::SyntaxError | DbError::ConfigError,
+            _
+        ))
+    )
+}
+
+async fn run(session: &Session, what: &str, cql: &str) -> Result<()> {
+    session
+        .query_unpaged(cql, ())
+        .await
+        .map(|_| ())
+        .map_err(|e| unavailable(what, e))
+}
+
+/// Creates the keyspace (if absent) and applies the pending migrations; returns the versions
+/// applied by this call (empty when the schema was up to date).
+///
+/// The keyspace is created with tablets disabled where the server knows the option (ScyllaDB 6
+/// and later), because this store relies on lightweight transactions, which tablet keyspaces do
+/// not support on every ScyllaDB version; Cassandra and older ScyllaDB refuse the option, and the
+/// keyspace is then created without it.
+pub async fn migrate(session: &Session, config: &ScyllaConfig) -> Result<Vec<u32>> {
+    config.validate()?;
+    let ks = &config.keyspace;
+    let create = format!(
+        "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {} AND durable_writes = true",
+        config.replication.cql()
+    );
+    let no_tablets = format!("{create} AND tablets = {{'enabled': false}}");
+    if let Err(e) = session.query_unpaged(no_tablets.as_str(), ()).await {
+        if !is_invalid(&e) {
+            return Err(unavailable("creating the keyspace", e));
+        }
+        run(session, "creating the keyspace", &create).await?;
+    }
+    run(
+        session,
+        "creating schema_migrations",
+        &format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.schema_migrations (version int PRIMARY KEY, \
+             name text, checksum text, applied_at_ms bigint)"
+        ),
+    )
+    .await?;
+
+    let rows = session
+        .query_unpaged(
+            format!("SELECT version, checksum FROM {ks}.schema_migrations"),
+            (),
+        )
+        .await
+        .map_err(|e| unavailable("reading schema_migrations", e))?
+        .into_rows_result()
+        .map_err(|e| unavailable("reading schema_migrations", e))?;
+    let mut applied: HashMap<i32, Option<String>> = HashMap::new();
+    for row in rows
+        .rows::<(i32, Option<String>)>()
+        .map_err(|e| unavailable("reading schema_migrations", e))?
+    {
+        let (version, checksum) = row.map_err(|e| unavailable("reading schema_migrations", e))?;
+        applied.insert(version, checksum);
+    }
+
+    let mut done = Vec::new();
+    for m in MIGRATIONS {
+        let version = i32::try_from(m.version)
+            .map_err(|_| Error::Invalid(format!("migration version {} too large", m.version)))?;
+        if let Some(recorded) = applied.get(&version) {
+            if recorded.as_deref() != Some(m.checksum().as_str()) {
+                return Err(Error::Invalid(format!(
+                    "scylla migrate: migration {:04}_{} was changed after it was applied \
+                     (recorded checksum {recorded:?}, now {}); add a new migration instead",
+                    m.version,
+                    m.name,
+                    m.checksum()
+                )));
+            }
+            continue;
+        }
+        tracing::info!(keyspace = %ks, version = m.version, name = m.name, "applying migration");
+        for stmt in m.statements(ks) {
+            run(
+                session,
+                &format!("migration {:04}_{}", m.version, m.name),
+                &stmt,
+            )
+            .await?;
+        }
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        session
+            .query_unpaged(
+                format!(
+                    "INSERT INTO {ks}.schema_migrations (version, name, checksum, applied_at_ms) \
+                     VALUES (?, ?, ?, ?)"
+                ),
+                (version, m.name, m.checksum(), now_ms),
+            )
+            .await
+            .map_err(|e| unavailable("recording a migration", e))?;
+        done.push(m.version);
+    }
+    session
+        .await_schema_agreement()
+        .await
+        .map_err(|e| unavailable("waiting for schema agreement", e))?;
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_split_into_qualified_statements() {
+        let stmts = MIGRATIONS[0].statements("ks1");
+        assert_eq!(stmts.len(), 6, "{stmts:#?}");
+        for s in &stmts {
+            assert!(s.starts_with("CREATE TABLE IF NOT EXISTS ks1."), "{s}");
+            assert!(!s.contains("{keyspace}") && !s.contains("--"), "{s}");
+        }
+    }
+
+    #[test]
+    fn versions_are_increasing() {
+        for w in MIGRATIONS.windows(2) {
+            assert!(w[0].version < w[1].version);
+        }
+        assert_eq!(MIGRATIONS[0].checksum(), MIGRATIONS[0].checksum());
+    }
+}

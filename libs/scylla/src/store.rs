@@ -1,0 +1,890 @@
+//! The ScyllaDB [`StateStore`].
+//!
+//! # Schema (`migrations/0001_init.cql`)
+//!
+//! | table | partition key | clustering | holds |
+//! | --- | --- | --- | --- |
+//! | `franchises` | `id` | | franchise JSON |
+//! | `programs` | `franchise_id` | `version DESC` | program JSON, written once (`IF NOT EXISTS`) |
+//! | `stores` | `id` | | store JSON |
+//! | `api_keys` | `key_hash` | | principal JSON |
+//! | `member_events` | `pk` (member id) | `kind, seq DESC, event_id` | static `version` + `state`; ledger rows (`kind = 1`, by `seq`); idempotency records (`kind = 2`, by `franchise/event`) |
+//! | `processed_by_event` | `(franchise_id, event_id)` | | `pk` of the `member_events` partition holding the record |
+//!
+//! # Atomicity and fencing
+//!
+//! Cassandra and ScyllaDB make a batch atomic and conditional only inside one partition. So
+//! everything one [`EffectBatch`] changes for one member lives in that member's partition, and
+//! [`ScyllaStore::commit`] writes each member's share with ONE logged, conditional batch (a
+//! lightweight transaction, Paxos at LOCAL_SERIAL):
+//!
+//! - `UPDATE … SET version, state … IF version = <expected>` (`IF version = null` when the
+//!   member must not exist yet): the fence. A zombie owner, or any writer that read an older
+//!   version, loses, and the whole batch of the partition is refused;
+//! - `INSERT` of the member's ledger entries (unconditional: the fence covers them);
+//! - `INSERT … IF NOT EXISTS` of each new idempotency record, `UPDATE` of a replaced one
+//!   (a purchase updated by a refund is always the refunding member's own record).
+//!
+//! Either all of these statements are applied or none is; `[applied] = false` is reported as
+//! [`Error::Conflict`]. Records of events without a member (anonymous sales) go, one
+//! conditional batch each, to partitions `~anon/<franchise>/<bucket>` (1024 buckets by a hash
+//! of the event id), which never hold a member state.
+//!
+//! A batch that touches several members is therefore atomic **per member**, not as a whole: on
+//! a `Conflict` (or `Unavailable`) some members' shares may be written and others not. That is
+//! what the engine needs: after a failed commit it drops its actors and processes the batch
+//! again from the store, where the written members' events are found recorded (replays) and
+//! the others are applied on the stored state. The port's documentation says so.
+//!
+//! # Finding a record by event id
+//!
+//! [`StateStore::processed`] is asked by (franchise, event id), without the member. The
+//! second access path, `processed_by_event`, is written **before** the member partition: the
+//! commit first claims `(franchise, event id) → pk` with `INSERT … IF NOT EXISTS` for every new
+//! record, and only then runs the partition batches. So every committed record is reachable
+//! from its claim, whatever crashes in between; a claim whose partition holds no record (its
+//! batch failed or the writer died) means "not recorded", since `processed` always reads the
+//! record itself from the member partition, the only source of truth. A retry of the same event
+//! maps to the same partition (the member is part of the event's content; anonymous buckets
+//! hash the event id), finds its own claim and proceeds. A claim held by another partition is an
+//! event id reused for another member: if that partition has the record, the new one is a
+//! `Conflict`; if not, the other write is in flight (`Unavailable`: retry) until the claim is
+//! older than [`CLAIM_LEASE_MS`], when it is taken over with a compare-and-set. (Limit: a
+//! writer stalled longer than the lease between its claim and its batch could still commit
+//! the same event id for a second member; both are then recorded and the index names one.)
+//!
+//! # Reads
+//!
+//! Reads and plain writes run at the configured consistency (LOCAL_QUORUM), which sees every
+//! committed conditional write. Statements are prepared once, so the driver routes each
+//! request to a replica of its partition (token-aware routing is the driver's default for
+//! prepared statements, and shard-aware on ScyllaDB). The ledger and the member scan are read
+//! with driver paging. [`StateStore::members_after`] walks the partitions in token order
+//! (`token(pk) > token(after)`), which is the adapter's scan order the port allows; partitions
+//! without a member state (anonymous buckets, unknown-member rejections) are skipped.
+//!
+//! # Sizes
+//!
+//! A member's partition grows with its history (one ledger row and one record per event, a few
+//! hundred bytes each): tens of thousands of events per member stay well within ScyllaDB's
+//! comfortable partition sizes. One member's share of a batch is one CQL batch; ScyllaDB refuses
+//! batches above `batch_size_fail_threshold_in_kb` (1 MiB by default), far above an engine
+//! batch's share for one member.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use futures::future::{join_all, try_join_all};
+use futures::TryStreamExt;
+use loyalty_core::metrics::metrics;
+use loyalty_core::model::{Franchise, Principal, Store};
+use loyalty_core::ports::{EffectBatch, StateStore};
+use loyalty_core::{Error, Result};
+use loyalty_domain::{
+    EventId, FranchiseId, LedgerEntry, MemberId, MemberState, ProcessedEvent, Program, StoreId,
+};
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::response::query_result::QueryResult;
+use scylla::serialize::row::SerializeRow;
+use scylla::statement::batch::{Batch, BatchStatement, BatchType};
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::{CqlValue, Row};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::ScyllaConfig;
+
+/// Age after which a claim of an event id whose partition holds no record is taken to be left
+/// by a failed writer and may be taken over by another partition.
+pub const CLAIM_LEASE_MS: i64 = 60_000;
+
+/// `kind` of ledger rows in `member_events`.
+const KIND_LEDGER: i8 = 1;
+/// `kind` of idempotency records in `member_events`.
+const KIND_PROCESSED: i8 = 2;
+/// Partitions of the records of anonymous events, per franchise.
+const ANON_BUCKETS: u64 = 1024;
+/// Rows per page of paged reads.
+const PAGE_SIZE: i32 = 1000;
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Unavailable(format!("scylla: {what}: {e}"))
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| Error::Corrupt(format!("encoding: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
+}
+
+fn to_i64(what: &str, v: u64) -> Result<i64> {
+    i64::try_from(v).map_err(|_| Error::Invalid(format!("{what} {v} does not fit a CQL bigint")))
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// FNV-1a, 64 bits: a stable hash (the standard library's is not stable across releases).
+fn fnv(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// The `member_events` partition of an idempotency record: its member's, or an anonymous
+/// bucket chosen by the event id alone (so that every retry of the event lands on it). `~` and
+/// `/` never occur in ids, so a bucket never collides with a member id.
+fn record_pk(franchise: &FranchiseId, event: &EventId, member: Option<&MemberId>) -> String {
+    match member {
+        Some(m) => m.as_str().to_owned(),
+        None => format!(
+            "~anon/{franchise}/{}",
+            fnv(event.as_str().as_bytes()) % ANON_BUCKETS
+        ),
+    }
+}
+
+/// The clustering `event_id` of a record: franchise and event, since two franchises may use
+/// the same event id (and a member partition could, through a bad request, receive both).
+fn record_key(franchise: &FranchiseId, event: &EventId) -> String {
+    format!("{franchise}/{event}")
+}
+
+/// Builds a session with the configured contact points, consistency and request timeout.
+/// Use it to run [`crate::migrate`] before [`ScyllaStore::from_session`].
+pub async fn session(config: &ScyllaConfig) -> Result<Session> {
+    config.validate()?;
+    let profile = ExecutionProfile::builder()
+        .consistency(config.consistency)
+        .serial_consistency(Some(config.serial_consistency))
+        .request_timeout(Some(config.request_timeout))
+        .build();
+    SessionBuilder::new()
+        .known_nodes(&config.nodes)
+        .default_execution_profile_handle(profile.into_handle())
+        .build()
+        .await
+        .map_err(|e| unavailable(&format!("connecting to {:?}", config.nodes), e))
+}
+
+/// Every statement of the store, prepared once per session.
+struct Statements {
+    put_franchise: PreparedStatement,
+    get_franchise: PreparedStatement,
+    all_franchises: PreparedStatement,
+    put_program: PreparedStatement,
+    get_program: PreparedStatement,
+    put_store: PreparedStatement,
+    get_store: PreparedStatement,
+    put_api_key: PreparedStatement,
+    get_api_key: PreparedStatement,
+    get_member: PreparedStatement,
+    scan_members: PreparedStatement,
+    scan_members_after: PreparedStatement,
+    ledger_page: PreparedStatement,
+    get_record: PreparedStatement,
+    get_claim: PreparedStatement,
+    claim: PreparedStatement,
+    take_over: PreparedStatement,
+    member_create: PreparedStatement,
+    member_update: PreparedStatement,
+    ledger_insert: PreparedStatement,
+    record_insert: PreparedStatement,
+    record_replace: PreparedStatement,
+}
+
+impl Statements {
+    async fn prepare(session: &Session, ks: &str) -> Result<Statements> {
+        let prep = |cql: String| async move {
+            let mut p = session.prepare(cql.as_str()).await.map_err(|e| {
+                unavailable(
+                    &format!("preparing `{cql}` (is the schema migrated? `loyalty migrate`)"),
+                    e,
+                )
+            })?;
+            p.set_page_size(PAGE_SIZE);
+            Ok::<_, Error>(p)
+        };
+        let me = format!("{ks}.member_events");
+        Ok(Statements {
+            put_franchise: prep(format!(
+                "INSERT INTO {ks}.franchises (id, body) VALUES (?, ?)"
+            ))
+            .await?,
+            get_franchise: prep(format!("SELECT body FROM {ks}.franchises WHERE id = ?")).await?,
+            all_franchises: prep(format!("SELECT body FROM {ks}.franchises")).await?,
+            put_program: prep(format!(
+                "INSERT INTO {ks}.programs (franchise_id, version, body) VALUES (?, ?, ?) \
+                 IF NOT EXISTS"
+            ))
+            .await?,
+            get_program: prep(format!(
+                "SELECT body FROM {ks}.programs WHERE franchise_id = ? AND version = ?"
+            ))
+            .await?,
+            put_store: prep(format!("INSERT INTO {ks}.stores (id, body) VALUES (?, ?)")).await?,
+            get_store: prep(format!("SELECT body FROM {ks}.stores WHERE id = ?")).await?,
+            put_api_key: prep(format!(
+                "INSERT INTO {ks}.api_keys (key_hash, body) VALUES (?, ?)"
+            ))
+            .await?,
+            get_api_key: prep(format!("SELECT body FROM {ks}.api_keys WHERE key_hash = ?")).await?,
+            get_member: prep(format!("SELECT state FROM {me} WHERE pk = ? LIMIT 1")).await?,
+            scan_members: prep(format!("SELECT DISTINCT pk, state FROM {me}")).await?,
+            scan_members_after: prep(format!(
+                "SELECT DISTINCT pk, state FROM {me} WHERE token(pk) > token(?)"
+            ))
+            .await?,
+            ledger_page: prep(format!(
+                "SELECT body FROM {me} WHERE pk = ? AND kind = {KIND_LEDGER} AND seq < ? LIMIT ?"
+            ))
+            .await?,
+            get_record: prep(format!(
+                "SELECT body FROM {me} WHERE pk = ? AND kind = {KIND_PROCESSED} AND seq = 0 \
+                 AND event_id = ?"
+            ))
+            .await?,
+            get_claim: prep(format!(
+                "SELECT pk FROM {ks}.processed_by_event WHERE franchise_id = ? AND event_id = ?"
+            ))
+            .await?,
+            claim: prep(format!(
+                "INSERT INTO {ks}.processed_by_event (franchise_id, event_id, pk, claimed_at_ms) \
+                 VALUES (?, ?, ?, ?) IF NOT EXISTS"
+            ))
+            .await?,
+            take_over: prep(format!(
+                "UPDATE {ks}.processed_by_event SET pk = ?, claimed_at_ms = ? \
+                 WHERE franchise_id = ? AND event_id = ? IF pk = ? AND claimed_at_ms = ?"
+            ))
+            .await?,
+            member_create: prep(format!(
+                "UPDATE {me} SET version = ?, state = ? WHERE pk = ? IF version = null"
+            ))
+            .await?,
+            member_update: prep(format!(
+                "UPDATE {me} SET version = ?, state = ? WHERE pk = ? IF version = ?"
+            ))
+            .await?,
+            ledger_insert: prep(format!(
+                "INSERT INTO {me} (pk, kind, seq, event_id, body) \
+                 VALUES (?, {KIND_LEDGER}, ?, '', ?)"
+            ))
+            .await?,
+            record_insert: prep(format!(
+                "INSERT INTO {me} (pk, kind, seq, event_id, body) \
+                 VALUES (?, {KIND_PROCESSED}, 0, ?, ?) IF NOT EXISTS"
+            ))
+            .await?,
+            record_replace: prep(format!(
+                "UPDATE {me} SET body = ? WHERE pk = ? AND kind = {KIND_PROCESSED} AND seq = 0 \
+                 AND event_id = ?"
+            ))
+            .await?,
+        })
+    }
+}
+
+/// What one commit writes into one `member_events` partition.
+#[derive(Default)]
+struct PartitionWrite {
+    /// (new version, state JSON, expected version).
+    member: Option<(i64, Vec<u8>, u64)>,
+    /// (seq, entry JSON).
+    ledger: Vec<(i64, Vec<u8>)>,
+    /// Record key → (must not exist yet, record JSON).
+    records: BTreeMap<String, (bool, Vec<u8>)>,
+}
+
+/// The outcome of a conditional statement: `[applied]` and the row the server sent with it
+/// (the current values when not applied).
+struct Lwt {
+    applied: bool,
+    columns: Vec<(String, Option<CqlValue>)>,
+}
+
+impl Lwt {
+    fn of(result: QueryResult) -> Result<Lwt> {
+        let rows = result
+            .into_rows_result()
+            .map_err(|e| unavailable("reading a conditional write's result", e))?;
+        let names: Vec<String> = rows
+            .column_specs()
+            .iter()
+            .map(|c| c.name().to_owned())
+            .collect();
+        let row = rows
+            .maybe_first_row::<Row>()
+            .map_err(|e| unavailable("reading a conditional write's result", e))?
+            .ok_or_else(|| {
+                Error::Unavailable("scylla: a conditional write returned no row".into())
+            })?;
+        let columns: Vec<(String, Option<CqlValue>)> = names.into_iter().zip(row.columns).collect();
+        let applied = columns
+            .first()
+            .and_then(|(_, v)| v.as_ref())
+            .and_then(CqlValue::as_boolean)
+            .ok_or_else(|| {
+                Error::Unavailable("scylla: a conditional write returned no [applied]".into())
+            })?;
+        Ok(Lwt { applied, columns })
+    }
+
+    fn column(&self, name: &str) -> Option<&CqlValue> {
+        self.columns
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.as_ref())
+    }
+}
+
+/// The ScyllaDB [`StateStore`]. See the module documentation for the schema and semantics.
+pub struct ScyllaStore {
+    session: Session,
+    st: Statements,
+}
+
+impl ScyllaStore {
+    /// Connects to the cluster and prepares every statement. The schema must have been
+    /// migrated ([`crate::migrate`]); an unmigrated keyspace fails here, naming the statement.
+    pub async fn connect(config: &ScyllaConfig) -> Result<ScyllaStore> {
+        let s = session(config).await?;
+        ScyllaStore::from_session(s, config).await
+    }
+
+    /// Builds the store on an existing session (for instance the one [`crate::migrate`] ran
+    /// on).
+    pub async fn from_session(session: Session, config: &ScyllaConfig) -> Result<ScyllaStore> {
+        config.validate()?;
+        let st = Statements::prepare(&session, &config.keyspace).await?;
+        Ok(ScyllaStore { session, st })
+    }
+
+    /// The driver session (for operators' tools and tests).
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// The `body` blob of the first row of a single-partition read.
+    async fn get_body(
+        &self,
+        what: &str,
+        stmt: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> Result<Option<Vec<u8>>> {
+        let rows = self
+            .session
+            .execute_unpaged(stmt, values)
+            .await
+            .map_err(|e| unavailable(what, e))?
+            .into_rows_result()
+            .map_err(|e| unavailable(what, e))?;
+        Ok(rows
+            .maybe_first_row::<(Option<Vec<u8>>,)>()
+            .map_err(|e| unavailable(what, e))?
+            .and_then(|(b,)| b))
+    }
+
+    async fn get_json<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        stmt: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> Result<Option<T>> {
+        match self.get_body(what, stmt, values).await? {
+            Some(b) => Ok(Some(decode(what, &b)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn put(
+        &self,
+        what: &str,
+        stmt: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> Result<()> {
+        self.session
+            .execute_unpaged(stmt, values)
+            .await
+            .map(|_| ())
+            .map_err(|e| unavailable(what, e))
+    }
+
+    /// The record of `event` of `franchise` in partition `pk`, if that partition holds it.
+    async fn record_in(
+        &self,
+        pk: &str,
+        franchise: &FranchiseId,
+        event: &EventId,
+    ) -> Result<Option<ProcessedEvent>> {
+        let key = record_key(franchise, event);
+        let rec: Option<ProcessedEvent> = self
+            .get_json("processed event", &self.st.get_record, (pk, key.as_str()))
+            .await?;
+        match rec {
+            Some(r) if &r.franchise_id == franchise && &r.event_id == event => Ok(Some(r)),
+            Some(r) => Err(Error::Corrupt(format!(
+                "record {key} of partition {pk} names {}/{}",
+                r.franchise_id, r.event_id
+            ))),
+            None => Ok(None),
+        }
+    }
+
+    async fn processed_one(
+        &self,
+        franchise: &FranchiseId,
+        event: &EventId,
+    ) -> Result<Option<ProcessedEvent>> {
+        let what = "processed event index";
+        let rows = self
+            .session
+            .execute_unpaged(&self.st.get_claim, (franchise.as_str(), event.as_str()))
+            .await
+            .map_err(|e| unavailable(what, e))?
+            .into_rows_result()
+            .map_err(|e| unavailable(what, e))?;
+        let holder = rows
+            .maybe_first_row::<(Option<String>,)>()
+            .map_err(|e| unavailable(what, e))?
+            .and_then(|(pk,)| pk);
+        match holder {
+            Some(pk) => self.record_in(&pk, franchise, event).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Claims `(franchise, event) → pk` in the index before the record is written.
+    async fn claim(&self, franchise: &FranchiseId, event: &EventId, pk: &str) -> Result<()> {
+        let what = "claiming an event id";
+        let now = now_ms();
+        let result = self
+            .session
+            .execute_unpaged(
+                &self.st.claim,
+                (franchise.as_str(), event.as_str(), pk, now),
+            )
+            .await
+            .map_err(|e| unavailable(what, e))?;
+        let lwt = Lwt::of(result)?;
+        if lwt.applied {
+            return Ok(());
+        }
+        let holder = lwt
+            .column("pk")
+            .and_then(CqlValue::as_text)
+            .cloned()
+            .unwrap_or_default();
+        if holder == pk {
+            // Ours: a retry after a failed or unanswered commit.
+            return Ok(());
+        }
+        if self.record_in(&holder, franchise, event).await?.is_some() {
+            return Err(Error::Conflict(format!(
+                "event {event} of {franchise} is already recorded"
+            )));
+        }
+        let claimed_at = lwt
+            .column("claimed_at_ms")
+            .and_then(CqlValue::as_bigint)
+            .unwrap_or(0);
+        if now.saturating_sub(claimed_at) < CLAIM_LEASE_MS {
+            return Err(Error::Unavailable(format!(
+                "scylla: event {event} of {franchise} is being written for another member; retry"
+            )));
+        }
+        let result = self
+            .session
+            .execute_unpaged(
+                &self.st.take_over,
+                (
+                    pk,
+                    now,
+                    franchise.as_str(),
+                    event.as_str(),
+                    holder.as_str(),
+                    claimed_at,
+                ),
+            )
+            .await
+            .map_err(|e| unavailable(what, e))?;
+        if Lwt::of(result)?.applied {
+            tracing::warn!(%franchise, %event, stale = %holder, "took over a stale event-id claim");
+            Ok(())
+        } else {
+            Err(Error::Unavailable(format!(
+                "scylla: the claim of event {event} of {franchise} changed while taking it over; retry"
+            )))
+        }
+    }
+
+    /// Writes one partition's share of a commit with one (conditional) batch.
+    async fn write_partition(&self, pk: &str, w: PartitionWrite) -> Result<()> {
+        let mut batch = Batch::new(BatchType::Logged);
+        let mut values: Vec<Vec<CqlValue>> = Vec::new();
+        let mut conditional = false;
+        let pk_value = || CqlValue::Text(pk.to_owned());
+        if let Some((version, state, expected)) = w.member {
+            conditional = true;
+            if expected == 0 {
+                batch.append_statement(BatchStatement::PreparedStatement(
+                    self.st.member_create.clone(),
+                ));
+                values.push(vec![
+                    CqlValue::BigInt(version),
+                    CqlValue::Blob(state),
+                    pk_value(),
+                ]);
+            } else {
+                batch.append_statement(BatchStatement::PreparedStatement(
+                    self.st.member_update.clone(),
+                ));
+                values.push(vec![
+                    CqlValue::BigInt(version),
+                    CqlValue::Blob(state),
+                    pk_value(),
+                    CqlValue::BigInt(to_i64("expected version", expected)?),
+                ]);
+            }
+        }
+        for (seq, body) in w.ledger {
+            batch.append_statement(BatchStatement::PreparedStatement(
+                self.st.ledger_insert.clone(),
+            ));
+            values.push(vec![
+                pk_value(),
+                CqlValue::BigInt(seq),
+                CqlValue::Blob(body),
+            ]);
+        }
+        for (key, (insert, body)) in w.records {
+            if insert {
+                conditional = true;
+                batch.append_statement(BatchStatement::PreparedStatement(
+                    self.st.record_insert.clone(),
+                ));
+                values.push(vec![pk_value(), CqlValue::Text(key), CqlValue::Blob(body)]);
+            } else {
+                batch.append_statement(BatchStatement::PreparedStatement(
+                    self.st.record_replace.clone(),
+                ));
+                values.push(vec![CqlValue::Blob(body), pk_value(), CqlValue::Text(key)]);
+            }
+        }
+        if values.is_empty() {
+            return Ok(());
+        }
+        let result = self
+            .session
+            .batch(&batch, values)
+            .await
+            .map_err(|e| unavailable(&format!("writing partition {pk}"), e))?;
+        if conditional && !Lwt::of(result)?.applied {
+            return Err(Error::Conflict(format!(
+                "partition {pk}: the member's version changed or an event is already recorded"
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl StateStore for ScyllaStore {
+    async fn put_franchise(&self, franchise: &Franchise) -> Result<()> {
+        self.put(
+            "writing a franchise",
+            &self.st.put_franchise,
+            (franchise.id.as_str(), encode(franchise)?),
+        )
+        .await
+    }
+
+    async fn franchise(&self, id: &FranchiseId) -> Result<Option<Franchise>> {
+        self.get_json("franchise", &self.st.get_franchise, (id.as_str(),))
+            .await
+    }
+
+    async fn franchises(&self) -> Result<Vec<Franchise>> {
+        let what = "listing franchises";
+        let mut rows = self
+            .session
+            .execute_iter(self.st.all_franchises.clone(), ())
+            .await
+            .map_err(|e| unavailable(what, e))?
+            .rows_stream::<(Option<Vec<u8>>,)>()
+            .map_err(|e| unavailable(what, e))?;
+        let mut out = Vec::new();
+        while let Some((body,)) = rows.try_next().await.map_err(|e| unavailable(what, e))? {
+            if let Some(b) = body {
+                out.push(decode("franchise", &b)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn put_program(
+        &self,
+        franchise: &FranchiseId,
+        version: u32,
+        program: &Program,
+    ) -> Result<()> {
+        let v = i32::try_from(version)
+            .map_err(|_| Error::Invalid(format!("program version {version} is too large")))?;
+        let result = self
+            .session
+            .execute_unpaged(
+                &self.st.put_program,
+                (franchise.as_str(), v, encode(program)?),
+            )
+            .await
+            .map_err(|e| unavailable("writing a program", e))?;
+        if Lwt::of(result)?.applied {
+            Ok(())
+        } else {
+            Err(Error::Conflict(format!(
+                "program version {version} of {franchise} already exists"
+            )))
+        }
+    }
+
+    async fn program(&self, franchise: &FranchiseId, version: u32) -> Result<Option<Program>> {
+        let Ok(v) = i32::try_from(version) else {
+            return Ok(None);
+        };
+        self.get_json("program", &self.st.get_program, (franchise.as_str(), v))
+            .await
+    }
+
+    async fn put_store(&self, store: &Store) -> Result<()> {
+        self.put(
+            "writing a store",
+            &self.st.put_store,
+            (store.id.as_str(), encode(store)?),
+        )
+        .await
+    }
+
+    async fn store(&self, id: &StoreId) -> Result<Option<Store>> {
+        self.get_json("store", &self.st.get_store, (id.as_str(),))
+            .await
+    }
+
+    async fn put_api_key(&self, key_hash: &str, principal: &Principal) -> Result<()> {
+        self.put(
+            "writing an api key",
+            &self.st.put_api_key,
+            (key_hash, encode(principal)?),
+        )
+        .await
+    }
+
+    async fn api_key(&self, key_hash: &str) -> Result<Option<Principal>> {
+        self.get_json("api key", &self.st.get_api_key, (key_hash,))
+            .await
+    }
+
+    async fn member(&self, id: &MemberId) -> Result<Option<MemberState>> {
+        self.get_json("member", &self.st.get_member, (id.as_str(),))
+            .await
+    }
+
+    async fn members_after(
+        &self,
+        after: Option<&MemberId>,
+        limit: usize,
+    ) -> Result<Vec<MemberState>> {
+        let what = "scanning members";
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let pager = match after {
+            Some(m) => {
+                self.session
+                    .execute_iter(self.st.scan_members_after.clone(), (m.as_str(),))
+                    .await
+            }
+            None => {
+                self.session
+                    .execute_iter(self.st.scan_members.clone(), ())
+                    .await
+            }
+        }
+        .map_err(|e| unavailable(what, e))?;
+        let mut rows = pager
+            .rows_stream::<(String, Option<Vec<u8>>)>()
+            .map_err(|e| unavailable(what, e))?;
+        let mut out = Vec::new();
+        // Partitions without a state are skipped; the pager fetches further pages as needed
+        // and stops when this stream is dropped.
+        while out.len() < limit {
+            match rows.try_next().await.map_err(|e| unavailable(what, e))? {
+                Some((_, Some(state))) => out.push(decode("member", &state)?),
+                Some((_, None)) => {}
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn processed(
+        &self,
+        franchise: &FranchiseId,
+        event_ids: &[EventId],
+    ) -> Result<Vec<Option<ProcessedEvent>>> {
+        try_join_all(event_ids.iter().map(|id| self.processed_one(franchise, id))).await
+    }
+
+    async fn ledger(
+        &self,
+        member: &MemberId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<LedgerEntry>> {
+        let what = "reading a ledger";
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let before = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
+        let cql_limit = i32::try_from(limit).unwrap_or(i32::MAX);
+        let mut rows = self
+            .session
+            .execute_iter(
+                self.st.ledger_page.clone(),
+                (member.as_str(), before, cql_limit),
+            )
+            .await
+            .map_err(|e| unavailable(what, e))?
+            .rows_stream::<(Option<Vec<u8>>,)>()
+            .map_err(|e| unavailable(what, e))?;
+        let mut out = Vec::new();
+        while out.len() < limit {
+            match rows.try_next().await.map_err(|e| unavailable(what, e))? {
+                Some((Some(body),)) => out.push(decode("ledger entry", &body)?),
+                Some((None,)) => {}
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn commit(&self, batch: EffectBatch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let timer = metrics().store_commit_seconds.start_timer();
+        let mut parts: BTreeMap<String, PartitionWrite> = BTreeMap::new();
+        for w in &batch.members {
+            let part = parts
+                .entry(w.state.member_id.as_str().to_owned())
+                .or_default();
+            if part.member.is_some() {
+                return Err(Error::Invalid(format!(
+                    "member {} is written twice in one batch",
+                    w.state.member_id
+                )));
+            }
+            part.member = Some((
+                to_i64("member version", w.state.version)?,
+                encode(&w.state)?,
+                w.expected_version,
+            ));
+        }
+        for (m, e) in &batch.ledger {
+            parts
+                .entry(m.as_str().to_owned())
+                .or_default()
+                .ledger
+                .push((to_i64("ledger seq", e.seq)?, encode(e)?));
+        }
+        let mut claims = Vec::new();
+        for p in &batch.processed {
+            let r = &p.record;
+            let pk = record_pk(&r.franchise_id, &r.event_id, r.member_id.as_ref());
+            if p.insert {
+                claims.push((r.franchise_id.clone(), r.event_id.clone(), pk.clone()));
+            }
+            let slot = parts
+                .entry(pk)
+                .or_default()
+                .records
+                .entry(record_key(&r.franchise_id, &r.event_id))
+                .or_insert((false, Vec::new()));
+            // The last write of a record wins; it must not exist if any write said so.
+            *slot = (slot.0 || p.insert, encode(r)?);
+        }
+
+        // 1. The index first, so that every record written below is reachable by event id.
+        let claimed = try_join_all(claims.iter().map(|(f, e, pk)| self.claim(f, e, pk))).await;
+        if let Err(e) = claimed {
+            if matches!(e, Error::Conflict(_)) {
+                metrics().store_conflicts.inc();
+            }
+            return Err(e);
+        }
+
+        // 2. Each partition's share in one conditional batch, all partitions at once.
+        let results = join_all(
+            parts
+                .into_iter()
+                .map(|(pk, w)| async move { self.write_partition(&pk, w).await }),
+        )
+        .await;
+        let mut first_error = None;
+        for r in results {
+            match r {
+                Ok(()) => {}
+                Err(e @ Error::Conflict(_)) => {
+                    metrics().store_conflicts.inc();
+                    // A conflict tells the caller to re-read the store: report it first.
+                    if !matches!(first_error, Some(Error::Conflict(_))) {
+                        first_error = Some(e);
+                    }
+                }
+                Err(e) => {
+                    if first_error.is_none() {
+                        first_error = Some(e);
+                    }
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => {
+                timer.observe_duration();
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_land_in_their_members_partition_or_a_stable_bucket() {
+        let f = FranchiseId::parse("f-1").unwrap();
+        let e = EventId::parse("e-1").unwrap();
+        let m = MemberId::parse("m-1").unwrap();
+        assert_eq!(record_pk(&f, &e, Some(&m)), "m-1");
+        let anon = record_pk(&f, &e, None);
+        assert!(anon.starts_with("~anon/f-1/"), "{anon}");
+        assert_eq!(anon, record_pk(&f, &e, None));
+        assert!(
+            MemberId::parse(&anon).is_err(),
+            "a bucket must not be a member id"
+        );
+        assert_eq!(record_key(&f, &e), "f-1/e-1");
+    }
+}

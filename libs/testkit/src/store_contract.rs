@@ -1,0 +1,682 @@
+//! The contract of the [`StateStore`] port: one suite that every adapter runs (the embedded
+//! redb store always, ScyllaDB when a node is available), so that the engine cannot tell them
+//! apart.
+//!
+//! [`run_all`] expects an empty store and runs every check in turn; each check is also public,
+//! uses its own franchise and members, and returns an error naming what did not hold. Domain
+//! values are built with the real rules ([`loyalty_domain::apply`] on [`Program::demo`]), so
+//! the states, ledger entries and records written are the ones the engine writes.
+//!
+//! What it pins down:
+//! - configuration round trips (franchises, programs, stores, API keys), programs write-once;
+//! - a commit's member state, ledger entries and idempotency records are all readable after it;
+//! - version fencing: a stale `expected_version` (or 0 for an existing member) is a
+//!   [`Error::Conflict`] and nothing of that member's batch is written, ledger rows and records
+//!   included;
+//! - inserting a record that exists is a `Conflict` and writes nothing; `insert: false`
+//!   replaces a record; records of anonymous events work the same way;
+//! - the ledger reads newest first, pages with `before`, honours `limit`;
+//! - `members_after` pages through every member exactly once and skips records that have no
+//!   member state.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, ensure, Context};
+use loyalty_core::model::{Franchise, Principal, Role, Store};
+use loyalty_core::ports::{EffectBatch, MemberWrite, ProcessedWrite, StateStore};
+use loyalty_core::Error;
+use loyalty_domain::{
+    apply, Cents, EventContext, EventId, Fingerprint, FranchiseId, LedgerEntry, MemberCommand,
+    MemberId, MemberState, Outcome, Phone, ProcessedEvent, Profile, Program, Rejection, StoreId,
+    Timestamp,
+};
+
+type R = anyhow::Result<()>;
+
+const T0: i64 = 1_700_000_000_000;
+
+/// Runs every check of the contract against `store`, which must be empty.
+pub async fn run_all(store: Arc<dyn StateStore>) -> R {
+    let s = store.as_ref();
+    config_round_trips(s).await.context("config_round_trips")?;
+    programs_are_write_once(s)
+        .await
+        .context("programs_are_write_once")?;
+    commit_is_readable(s).await.context("commit_is_readable")?;
+    versions_fence_writes(s)
+        .await
+        .context("versions_fence_writes")?;
+    existing_records_refuse_inserts(s)
+        .await
+        .context("existing_records_refuse_inserts")?;
+    records_can_be_replaced(s)
+        .await
+        .context("records_can_be_replaced")?;
+    anonymous_records(s).await.context("anonymous_records")?;
+    ledger_pages_newest_first(s)
+        .await
+        .context("ledger_pages_newest_first")?;
+    members_scan_once(s).await.context("members_scan_once")?;
+    Ok(())
+}
+
+/// Builds domain values for one franchise with the demo program, as the engine would.
+struct Scenario {
+    franchise: FranchiseId,
+    store: StoreId,
+    program: Program,
+    events: u64,
+}
+
+/// One applied command: the member's new state, its ledger entries and its record.
+struct Effect {
+    state: Option<MemberState>,
+    entries: Vec<LedgerEntry>,
+    record: ProcessedEvent,
+}
+
+impl Effect {
+    /// The batch the engine would commit for this effect, fenced by `expected_version`.
+    fn batch(&self, expected_version: u64) -> EffectBatch {
+        let member_id = self.record.member_id.clone();
+        EffectBatch {
+            members: self
+                .state
+                .iter()
+                .map(|s| MemberWrite {
+                    state: s.clone(),
+                    expected_version,
+                })
+                .collect(),
+            ledger: match member_id {
+                Some(m) => self
+                    .entries
+                    .iter()
+                    .map(|e| (m.clone(), e.clone()))
+                    .collect(),
+                None => Vec::new(),
+            },
+            processed: vec![ProcessedWrite {
+                record: self.record.clone(),
+                insert: true,
+            }],
+        }
+    }
+}
+
+fn id<T>(r: Result<T, loyalty_domain::DomainError>) -> anyhow::Result<T> {
+    r.map_err(|e| anyhow!("{e}"))
+}
+
+fn is_conflict(r: &loyalty_core::Result<()>) -> bool {
+    matches!(r, Err(Error::Conflict(_)))
+}
+
+impl Scenario {
+    fn new(name: &str) -> anyhow::Result<Scenario> {
+        Ok(Scenario {
+            franchise: id(FranchiseId::parse(&format!("contract-{name}")))?,
+            store: id(StoreId::parse(&format!("store-{name}")))?,
+            program: Program::demo(),
+            events: 0,
+        })
+    }
+
+    fn member(&self, n: u32) -> anyhow::Result<MemberId> {
+        id(MemberId::parse(&format!("{}-m{n}", self.franchise)))
+    }
+
+    fn next_event(&mut self) -> anyhow::Result<(EventId, Timestamp)> {
+        self.events += 1;
+        let e = id(EventId::parse(&format!(
+            "{}-e{}",
+            self.franchise, self.events
+        )))?;
+        Ok((e, Timestamp(T0 + self.events as i64 * 60_000)))
+    }
+
+    fn record(
+        &self,
+        event: &EventId,
+        at: Timestamp,
+        member: Option<&MemberId>,
+        outcome: Outcome,
+    ) -> ProcessedEvent {
+        ProcessedEvent {
+            franchise_id: self.franchise.clone(),
+            event_id: event.clone(),
+            fingerprint: Fingerprint::of(&[event.as_str().as_bytes()]),
+            member_id: member.cloned(),
+            store_id: self.store.clone(),
+            at,
+            outcome,
+        }
+    }
+
+    /// Applies `cmd` to `state` (a copy: the caller's is untouched).
+    fn apply(
+        &mut self,
+        state: Option<&MemberState>,
+        member: &MemberId,
+        cmd: MemberCommand,
+    ) -> anyhow::Result<Effect> {
+        let (event, at) = self.next_event()?;
+        let mut next = state.cloned();
+        let ctx = EventContext {
+            event_id: &event,
+            store_id: &self.store,
+            at,
+            program: &self.program,
+        };
+        let (entries, outcome, changed) =
+            match apply(&mut next, member, &self.franchise, &cmd, &ctx) {
+                Ok(a) => (a.entries, a.outcome, a.changed),
+                Err(r) => (Vec::new(), Outcome::Rejected(r), false),
+            };
+        Ok(Effect {
+            state: if changed { next } else { None },
+            entries,
+            record: self.record(&event, at, Some(member), outcome),
+        })
+    }
+
+    fn enrol(&mut self, member: &MemberId) -> anyhow::Result<Effect> {
+        let phone = id(Phone::parse(&format!(
+            "+336{:08}",
+            self.events % 100_000_000
+        )))?;
+        self.apply(
+            None,
+            member,
+            MemberCommand::Enrol {
+                profile: Profile {
+                    phone,
+                    name: None,
+                    birthday: None,
+                },
+            },
+        )
+    }
+
+    fn purchase(
+        &mut self,
+        state: &MemberState,
+        member: &MemberId,
+        cents: i64,
+    ) -> anyhow::Result<Effect> {
+        self.apply(
+            Some(state),
+            member,
+            MemberCommand::Purchase {
+                amount: id(Cents::new(cents))?,
+                currency: self.program.currency.clone(),
+            },
+        )
+    }
+
+    /// Enrols `member` and commits it; returns its stored state.
+    async fn enrolled(
+        &mut self,
+        store: &dyn StateStore,
+        member: &MemberId,
+    ) -> anyhow::Result<MemberState> {
+        let e = self.enrol(member)?;
+        store.commit(e.batch(0)).await?;
+        e.state
+            .ok_or_else(|| anyhow!("enrolment of {member} did not create a state"))
+    }
+
+    /// Applies and commits a purchase; returns the new stored state.
+    async fn bought(
+        &mut self,
+        store: &dyn StateStore,
+        state: &MemberState,
+        cents: i64,
+    ) -> anyhow::Result<MemberState> {
+        let e = self.purchase(state, &state.member_id, cents)?;
+        store.commit(e.batch(state.version)).await?;
+        e.state
+            .ok_or_else(|| anyhow!("purchase of {} changed no state", state.member_id))
+    }
+}
+
+/// Franchises, stores and API keys read back as written; unknown keys read as `None`.
+pub async fn config_round_trips(store: &dyn StateStore) -> R {
+    let sc = Scenario::new("config")?;
+    let franchise = Franchise {
+        id: sc.franchise.clone(),
+        name: "Café du Moulin".into(),
+        secret: "00ff".repeat(8),
+        program_version: 1,
+        created_at: Timestamp(T0),
+    };
+    store.put_franchise(&franchise).await?;
+    ensure!(store.franchise(&sc.franchise).await?.as_ref() == Some(&franchise));
+    let listed = store.franchises().await?;
+    ensure!(
+        listed.iter().filter(|f| f.id == sc.franchise).count() == 1,
+        "franchises() lists the franchise once: {listed:?}"
+    );
+    let renamed = Franchise {
+        name: "Le Moulin".into(),
+        program_version: 2,
+        ..franchise
+    };
+    store.put_franchise(&renamed).await?;
+    ensure!(store.franchise(&sc.franchise).await?.as_ref() == Some(&renamed));
+    ensure!(store
+        .franchise(&id(FranchiseId::parse("contract-none"))?)
+        .await?
+        .is_none());
+
+    let shop = Store {
+        id: sc.store.clone(),
+        franchise_id: sc.franchise.clone(),
+        name: "Gare".into(),
+        created_at: Timestamp(T0),
+    };
+    store.put_store(&shop).await?;
+    ensure!(store.store(&sc.store).await?.as_ref() == Some(&shop));
+    ensure!(store
+        .store(&id(StoreId::parse("store-none"))?)
+        .await?
+        .is_none());
+
+    let principal = Principal {
+        role: Role::Store,
+        franchise_id: Some(sc.franchise.clone()),
+        store_id: Some(sc.store.clone()),
+    };
+    store.put_api_key("hash-contract-1", &principal).await?;
+    ensure!(store.api_key("hash-contract-1").await?.as_ref() == Some(&principal));
+    ensure!(store.api_key("hash-contract-none").await?.is_none());
+    Ok(())
+}
+
+/// A program version is written once: a second write of it is a `Conflict` and changes nothing.
+pub async fn programs_are_write_once(store: &dyn StateStore) -> R {
+    let sc = Scenario::new("programs")?;
+    let demo = Program::demo();
+    store.put_program(&sc.franchise, 1, &demo).await?;
+    ensure!(store.program(&sc.franchise, 1).await?.as_ref() == Some(&demo));
+    let mut other = Program::demo();
+    other.signup_bonus = 999;
+    let again = store.put_program(&sc.franchise, 1, &other).await;
+    ensure!(is_conflict(&again), "second write of version 1: {again:?}");
+    ensure!(
+        store.program(&sc.franchise, 1).await?.as_ref() == Some(&demo),
+        "version 1 changed by a refused write"
+    );
+    store.put_program(&sc.franchise, 2, &other).await?;
+    ensure!(store.program(&sc.franchise, 2).await?.as_ref() == Some(&other));
+    ensure!(store.program(&sc.franchise, 3).await?.is_none());
+    Ok(())
+}
+
+/// After a commit, the member state, its ledger entries and its records are all readable.
+pub async fn commit_is_readable(store: &dyn StateStore) -> R {
+    let mut sc = Scenario::new("commit")?;
+    let m = sc.member(1)?;
+    ensure!(store.member(&m).await?.is_none());
+    let enrol = sc.enrol(&m)?;
+    let state = enrol.state.clone().ok_or_else(|| anyhow!("no state"))?;
+    ensure!(
+        !enrol.entries.is_empty(),
+        "the demo program has a signup bonus"
+    );
+    store.commit(enrol.batch(0)).await?;
+    ensure!(store.member(&m).await?.as_ref() == Some(&state));
+    ensure!(store.ledger(&m, None, 100).await? == enrol.entries);
+
+    let buy = sc.purchase(&state, &m, 1234)?;
+    store.commit(buy.batch(state.version)).await?;
+    let after = buy.state.clone().ok_or_else(|| anyhow!("no state"))?;
+    ensure!(store.member(&m).await?.as_ref() == Some(&after));
+    let mut all: Vec<LedgerEntry> = enrol.entries.iter().chain(&buy.entries).cloned().collect();
+    all.reverse();
+    ensure!(
+        store.ledger(&m, None, 100).await? == all,
+        "ledger newest first"
+    );
+
+    let unknown = id(EventId::parse("contract-commit-unknown"))?;
+    let found = store
+        .processed(
+            &sc.franchise,
+            &[
+                buy.record.event_id.clone(),
+                unknown,
+                enrol.record.event_id.clone(),
+            ],
+        )
+        .await?;
+    ensure!(
+        found == vec![Some(buy.record.clone()), None, Some(enrol.record.clone())],
+        "processed() answers in the order asked: {found:?}"
+    );
+    let other = id(FranchiseId::parse("contract-other"))?;
+    ensure!(
+        store
+            .processed(&other, &[buy.record.event_id.clone()])
+            .await?
+            == vec![None],
+        "records are per franchise"
+    );
+    ensure!(store.commit(EffectBatch::default()).await.is_ok());
+    Ok(())
+}
+
+/// A stale or wrong `expected_version` is a `Conflict` and writes nothing of the batch.
+pub async fn versions_fence_writes(store: &dyn StateStore) -> R {
+    let mut sc = Scenario::new("fence")?;
+    let m = sc.member(1)?;
+    let v1 = sc.enrolled(store, &m).await?;
+    let v2 = sc.bought(store, &v1, 1000).await?;
+    let ledger_before = store.ledger(&m, None, 100).await?;
+
+    // A zombie writer that still believes the member is at v1: same seq numbers as v2's.
+    let stale = sc.purchase(&v1, &m, 5000)?;
+    let r = store.commit(stale.batch(v1.version)).await;
+    ensure!(is_conflict(&r), "stale expected_version: {r:?}");
+    // Enrolling an existing member again (expected 0), its signup bonus at seq 1 again.
+    let twice = sc.enrol(&m)?;
+    let r = store.commit(twice.batch(0)).await;
+    ensure!(
+        is_conflict(&r),
+        "expected_version 0 of an existing member: {r:?}"
+    );
+    // A version from the future.
+    let future = sc.purchase(&v2, &m, 700)?;
+    let r = store.commit(future.batch(v2.version + 5)).await;
+    ensure!(
+        is_conflict(&r),
+        "expected_version ahead of the store: {r:?}"
+    );
+
+    ensure!(
+        store.member(&m).await?.as_ref() == Some(&v2),
+        "member changed by a refused batch"
+    );
+    ensure!(
+        store.ledger(&m, None, 100).await? == ledger_before,
+        "ledger changed by a refused batch"
+    );
+    let refused = [
+        stale.record.event_id.clone(),
+        twice.record.event_id.clone(),
+        future.record.event_id.clone(),
+    ];
+    ensure!(
+        store.processed(&sc.franchise, &refused).await? == vec![None, None, None],
+        "records written by a refused batch"
+    );
+
+    // The right version still goes through, and the refused events can then be applied.
+    let retry = sc.purchase(&v2, &m, 700)?;
+    store.commit(retry.batch(v2.version)).await?;
+    ensure!(store.member(&m).await?.as_ref() == retry.state.as_ref());
+    Ok(())
+}
+
+/// Inserting a record that already exists is a `Conflict`, and the member's batch is refused
+/// whole.
+pub async fn existing_records_refuse_inserts(store: &dyn StateStore) -> R {
+    let mut sc = Scenario::new("dup")?;
+    let m = sc.member(1)?;
+    let v1 = sc.enrolled(store, &m).await?;
+    let first = sc.purchase(&v1, &m, 1000)?;
+    store.commit(first.batch(v1.version)).await?;
+    let v2 = first.state.clone().ok_or_else(|| anyhow!("no state"))?;
+    let ledger_before = store.ledger(&m, None, 100).await?;
+
+    // A new purchase, correctly fenced, whose batch also re-inserts the first purchase's record.
+    let second = sc.purchase(&v2, &m, 2000)?;
+    let mut batch = second.batch(v2.version);
+    let mut replayed = first.record.clone();
+    replayed.store_id = id(StoreId::parse("store-elsewhere"))?;
+    batch.processed.push(ProcessedWrite {
+        record: replayed,
+        insert: true,
+    });
+    let r = store.commit(batch).await;
+    ensure!(is_conflict(&r), "re-inserting a record: {r:?}");
+    ensure!(store.member(&m).await?.as_ref() == Some(&v2));
+    ensure!(store.ledger(&m, None, 100).await? == ledger_before);
+    let found = store
+        .processed(
+            &sc.franchise,
+            &[
+                first.record.event_id.clone(),
+                second.record.event_id.clone(),
+            ],
+        )
+        .await?;
+    ensure!(
+        found == vec![Some(first.record.clone()), None],
+        "a refused batch changed records: {found:?}"
+    );
+
+    // The same event applied again (a redelivery processed without its record) is refused too.
+    let again = sc.purchase(&v2, &m, 2000)?;
+    let mut batch = again.batch(v2.version);
+    batch.processed = vec![ProcessedWrite {
+        record: first.record.clone(),
+        insert: true,
+    }];
+    let r = store.commit(batch).await;
+    ensure!(is_conflict(&r), "re-applying a recorded event: {r:?}");
+    ensure!(store.member(&m).await?.as_ref() == Some(&v2));
+
+    // Without the duplicate, the second purchase goes through.
+    store.commit(second.batch(v2.version)).await?;
+    ensure!(store.member(&m).await?.as_ref() == second.state.as_ref());
+    Ok(())
+}
+
+/// `insert: false` replaces a record (a purchase updated by a refund).
+pub async fn records_can_be_replaced(store: &dyn StateStore) -> R {
+    let mut sc = Scenario::new("replace")?;
+    let m = sc.member(1)?;
+    let v1 = sc.enrolled(store, &m).await?;
+    let buy = sc.purchase(&v1, &m, 1000)?;
+    store.commit(buy.batch(v1.version)).await?;
+    let mut updated = buy.record.clone();
+    match &mut updated.outcome {
+        Outcome::Purchase(p) => {
+            p.refunded_cents = 400;
+            p.reversed_points = 4;
+        }
+        other => bail!("a purchase recorded {other:?}"),
+    }
+    store
+        .commit(EffectBatch {
+            processed: vec![ProcessedWrite {
+                record: updated.clone(),
+                insert: false,
+            }],
+            ..EffectBatch::default()
+        })
+        .await?;
+    ensure!(
+        store
+            .processed(&sc.franchise, &[buy.record.event_id.clone()])
+            .await?
+            == vec![Some(updated)]
+    );
+    Ok(())
+}
+
+/// Records of events without a member (anonymous sales) and of unknown members are kept and
+/// refused twice like any other.
+pub async fn anonymous_records(store: &dyn StateStore) -> R {
+    let mut sc = Scenario::new("anon")?;
+    let (event, at) = sc.next_event()?;
+    let sale = sc.record(
+        &event,
+        at,
+        None,
+        Outcome::AnonymousSale {
+            amount_cents: id(Cents::new(1500))?,
+        },
+    );
+    let batch = EffectBatch {
+        processed: vec![ProcessedWrite {
+            record: sale.clone(),
+            insert: true,
+        }],
+        ..EffectBatch::default()
+    };
+    store.commit(batch.clone()).await?;
+    ensure!(store.processed(&sc.franchise, &[event.clone()]).await? == vec![Some(sale)]);
+    let r = store.commit(batch).await;
+    ensure!(is_conflict(&r), "anonymous record inserted twice: {r:?}");
+
+    // A purchase for a member who never enrolled: rejected, recorded, no state.
+    let ghost = sc.member(404)?;
+    let rejected = sc.apply(
+        None,
+        &ghost,
+        MemberCommand::Purchase {
+            amount: id(Cents::new(100))?,
+            currency: sc.program.currency.clone(),
+        },
+    )?;
+    ensure!(rejected.state.is_none());
+    ensure!(rejected.record.outcome == Outcome::Rejected(Rejection::UnknownMember));
+    store.commit(rejected.batch(0)).await?;
+    ensure!(store.member(&ghost).await?.is_none());
+    ensure!(
+        store
+            .processed(&sc.franchise, &[rejected.record.event_id.clone()])
+            .await?
+            == vec![Some(rejected.record.clone())]
+    );
+    Ok(())
+}
+
+/// The ledger reads newest first, pages with `before`, and honours `limit`.
+pub async fn ledger_pages_newest_first(store: &dyn StateStore) -> R {
+    let mut sc = Scenario::new("ledger")?;
+    let m = sc.member(1)?;
+    let mut state = sc.enrolled(store, &m).await?;
+    for i in 0..24 {
+        state = sc.bought(store, &state, 100 + i).await?;
+    }
+    let last = state.last_seq;
+    ensure!(last >= 25, "expected at least 25 entries, got {last}");
+
+    let page = store.ledger(&m, None, 10).await?;
+    let seqs: Vec<u64> = page.iter().map(|e| e.seq).collect();
+    ensure!(
+        seqs == (last - 9..=last).rev().collect::<Vec<_>>(),
+        "first page: {seqs:?}"
+    );
+    let next = store.ledger(&m, Some(last - 9), 10).await?;
+    let seqs: Vec<u64> = next.iter().map(|e| e.seq).collect();
+    ensure!(
+        seqs == (last - 19..=last - 10).rev().collect::<Vec<_>>(),
+        "second page: {seqs:?}"
+    );
+    ensure!(store.ledger(&m, Some(1), 10).await?.is_empty());
+    ensure!(store.ledger(&m, None, 0).await?.is_empty());
+    ensure!(store.ledger(&sc.member(2)?, None, 10).await?.is_empty());
+
+    // A full walk in pages of 7 sees every entry once, in descending order, summing to the
+    // balance.
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store.ledger(&m, before, 7).await?;
+        let Some(oldest) = page.last() else { break };
+        before = Some(oldest.seq);
+        seen.extend(page);
+    }
+    let seqs: Vec<u64> = seen.iter().map(|e| e.seq).collect();
+    ensure!(
+        seqs == (1..=last).rev().collect::<Vec<_>>(),
+        "full walk: {seqs:?}"
+    );
+    let sum: i64 = seen.iter().map(|e| e.points).sum();
+    ensure!(
+        u64::try_from(sum).ok() == Some(state.points),
+        "ledger sums to {sum}, balance is {}",
+        state.points
+    );
+    Ok(())
+}
+
+/// `members_after` pages through every member exactly once (in the adapter's scan order),
+/// skipping records without a member state.
+pub async fn members_scan_once(store: &dyn StateStore) -> R {
+    let mut sc = Scenario::new("scan")?;
+    let mut mine = HashSet::new();
+    for n in 0..23 {
+        let m = sc.member(n)?;
+        sc.enrolled(store, &m).await?;
+        mine.insert(m);
+    }
+    // State-less partitions in between: an anonymous sale and an unknown member's rejection.
+    let (event, at) = sc.next_event()?;
+    let sale = sc.record(
+        &event,
+        at,
+        None,
+        Outcome::AnonymousSale {
+            amount_cents: id(Cents::new(10))?,
+        },
+    );
+    store
+        .commit(EffectBatch {
+            processed: vec![ProcessedWrite {
+                record: sale,
+                insert: true,
+            }],
+            ..EffectBatch::default()
+        })
+        .await?;
+    let ghost = sc.member(999)?;
+    let rejected = sc.apply(
+        None,
+        &ghost,
+        MemberCommand::Purchase {
+            amount: id(Cents::new(100))?,
+            currency: sc.program.currency.clone(),
+        },
+    )?;
+    store.commit(rejected.batch(0)).await?;
+
+    for page in [1usize, 5, 23, 1000] {
+        let mut seen: Vec<MemberId> = Vec::new();
+        let mut after: Option<MemberId> = None;
+        for _ in 0..100_000 {
+            let members = store.members_after(after.as_ref(), page).await?;
+            ensure!(
+                members.len() <= page,
+                "page of {page} has {}",
+                members.len()
+            );
+            let Some(last) = members.last() else { break };
+            after = Some(last.member_id.clone());
+            let short = members.len() < page;
+            seen.extend(members.into_iter().map(|s| s.member_id));
+            if short {
+                break;
+            }
+        }
+        let unique: HashSet<&MemberId> = seen.iter().collect();
+        ensure!(
+            unique.len() == seen.len(),
+            "pages of {page}: a member was returned twice"
+        );
+        for m in &mine {
+            ensure!(unique.contains(m), "pages of {page}: {m} never returned");
+        }
+        ensure!(
+            !unique.contains(&ghost),
+            "pages of {page}: a member without state was returned"
+        );
+    }
+    ensure!(store.members_after(None, 0).await?.is_empty());
+    Ok(())
+}

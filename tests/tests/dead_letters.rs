@@ -1,0 +1,71 @@
+//! A record the engine cannot use goes to the dead-letter topic with its reason, and the
+//! partition it sat on keeps flowing.
+
+use bytes::Bytes;
+use loyalty_core::ports::{partition_for, EventLog};
+use loyalty_tests::spawn_app;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+#[tokio::test]
+async fn a_poison_record_is_dead_lettered_and_its_partition_keeps_flowing() {
+    let app = spawn_app().await;
+    let f = app.franchise("Café A").await;
+    let m = app.enrol(&f, "+33600000010").await["member_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Garbage on the member's own partition, ahead of the member's next purchase.
+    let poison = app
+        .log
+        .append(
+            "pos-commands",
+            m.as_bytes(),
+            Bytes::from_static(b"\x00not a command"),
+            vec![("origin".into(), Bytes::from_static(b"test"))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(poison.partition, partition_for(m.as_bytes(), 4));
+
+    let r = app.purchase(&f, "after-poison", &m, 500).await;
+    assert_eq!(r.status(), StatusCode::OK, "the partition is blocked");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["member"]["points"], 55);
+
+    let dlq = app.log.read("pos-commands-dlq", 0, 0, 10).unwrap();
+    assert_eq!(dlq.len(), 1, "one dead letter");
+    let header = |name: &str| {
+        dlq[0]
+            .headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    };
+    assert_eq!(header("dlq-reason").as_deref(), Some("undecodable"));
+    assert_eq!(
+        header("origin").as_deref(),
+        Some("test"),
+        "original headers are kept"
+    );
+    assert_eq!(
+        header("dlq-source").as_deref(),
+        Some(format!("pos-commands/{}/{}", poison.partition, poison.offset).as_str())
+    );
+    assert_eq!(dlq[0].payload.as_ref(), b"\x00not a command");
+
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("loyalty_dead_letters_total{reason=\"undecodable\"} 1"),
+        "{metrics}"
+    );
+}

@@ -1,0 +1,375 @@
+//! Member actors sharded across engine nodes of one consumer group, sharing the log, the store
+//! and the cache: nodes are killed, stopped and added while purchases stream in, and every
+//! member still ends with exactly the effects of its events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::join_all;
+use loyalty_core::command::{CommandEnvelope, PosCommand};
+use loyalty_core::engine::EngineConfig;
+use loyalty_core::identity::member_id;
+use loyalty_core::model::Franchise;
+use loyalty_core::ports::{EventLog, HotCache, StateStore};
+use loyalty_core::provisioning::{create_franchise, create_store, now};
+use loyalty_domain::{Cents, Currency, EventId, MemberId, Phone, Profile, Program, StoreId};
+use loyalty_embedded::log::EmbeddedLog;
+use loyalty_embedded::{EmbeddedCache, EmbeddedStore};
+use loyalty_tests::cluster::EngineNode;
+
+const PARTITIONS: u32 = 12;
+
+struct World {
+    _dir: tempfile::TempDir,
+    log: Arc<EmbeddedLog>,
+    store: Arc<EmbeddedStore>,
+    cache: Arc<EmbeddedCache>,
+    franchise: Franchise,
+    store_id: StoreId,
+}
+
+impl World {
+    async fn new() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EmbeddedLog::open(dir.path().join("log")).unwrap();
+        log.ensure_topic("pos-commands", PARTITIONS).await.unwrap();
+        log.ensure_topic("pos-commands-dlq", 1).await.unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("store")).unwrap();
+        let cache = Arc::new(EmbeddedCache::new(100_000));
+        let (franchise, _) = create_franchise(store.as_ref(), "Sharded", &Program::demo())
+            .await
+            .unwrap();
+        let (s, _) = create_store(store.as_ref(), &franchise.id, "Store")
+            .await
+            .unwrap();
+        World {
+            _dir: dir,
+            log,
+            store,
+            cache,
+            franchise,
+            store_id: s.id,
+        }
+    }
+
+    fn node(&self, name: &str) -> EngineNode {
+        EngineNode::start(
+            name,
+            self.log.clone() as Arc<dyn EventLog>,
+            self.store.clone() as Arc<dyn StateStore>,
+            self.cache.clone() as Arc<dyn HotCache>,
+            EngineConfig {
+                max_batch: 256,
+                ..EngineConfig::default()
+            },
+        )
+    }
+
+    fn member(&self, i: usize) -> MemberId {
+        member_id(&self.franchise.secret, &self.phone(i))
+    }
+
+    fn phone(&self, i: usize) -> Phone {
+        Phone::parse(&format!("+3362{i:07}")).unwrap()
+    }
+
+    fn envelope(&self, event_id: String, command: PosCommand) -> CommandEnvelope {
+        CommandEnvelope {
+            franchise_id: self.franchise.id.clone(),
+            store_id: self.store_id.clone(),
+            event_id: EventId::parse(&event_id).unwrap(),
+            program_version: 1,
+            occurred_at: None,
+            received_at: now(),
+            request_id: None,
+            command,
+        }
+    }
+
+    async fn send(&self, env: CommandEnvelope) {
+        self.log
+            .append("pos-commands", &env.key(), env.encode(), Vec::new())
+            .await
+            .unwrap();
+    }
+
+    async fn enrol(&self, members: usize) {
+        for chunk in (0..members).collect::<Vec<_>>().chunks(100) {
+            join_all(chunk.iter().map(|&i| {
+                self.send(self.envelope(
+                    format!("enrol.{}", self.member(i)),
+                    PosCommand::Enrol {
+                        member_id: self.member(i),
+                        profile: Profile {
+                            phone: self.phone(i),
+                            name: None,
+                            birthday: None,
+                        },
+                    },
+                ))
+            }))
+            .await;
+        }
+    }
+
+    /// Sends purchase `n` of member `i` (amount derived from both); returns the cents.
+    async fn purchase(&self, i: usize, n: usize) -> i64 {
+        let cents = 100 + ((i * 37 + n * 11) % 900) as i64;
+        self.send(self.envelope(
+            format!("p-{i}-{n}"),
+            PosCommand::Purchase {
+                member_id: Some(self.member(i)),
+                amount_cents: Cents::new(cents).unwrap(),
+                currency: Currency::parse("EUR").unwrap(),
+            },
+        ))
+        .await;
+        cents
+    }
+
+    /// Waits (bounded) until every member has `visits[i]` visits in the store.
+    async fn wait_applied(&self, visits: &[u64]) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let mut behind = 0;
+            for (i, v) in visits.iter().enumerate() {
+                let s = self.store.member(&self.member(i)).await.unwrap();
+                if s.map_or(0, |s| s.visits) < *v {
+                    behind += 1;
+                }
+            }
+            if behind == 0 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{behind} members never caught up"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every member's balance is exactly its expected sum, its ledger names each event once,
+    /// and the hot cache agrees with the store.
+    async fn check(&self, spend: &[i64], visits: &[u64]) {
+        for i in 0..spend.len() {
+            let m = self.member(i);
+            let s = self.store.member(&m).await.unwrap().expect("member exists");
+            assert_eq!(s.visits, visits[i], "member {i} visits");
+            assert_eq!(s.spend_cents as i64, spend[i], "member {i} spend");
+            let ledger = self.store.ledger(&m, None, 10_000).await.unwrap();
+            let points: i64 = ledger.iter().map(|e| e.points).sum();
+            assert_eq!(
+                points, s.points as i64,
+                "member {i}: balance is not the sum of its ledger"
+            );
+            let mut ids: Vec<&str> = ledger.iter().map(|e| e.event_id.as_str()).collect();
+            ids.sort();
+            let n = ids.len();
+            ids.dedup();
+            assert_eq!(ids.len(), n, "member {i} has an event twice in its ledger");
+            assert_eq!(
+                n as u64,
+                visits[i] + 1,
+                "member {i}: one entry per purchase and the bonus"
+            );
+            let cached = self.cache.status(&m).await.unwrap().expect("cached");
+            assert_eq!(cached.version, s.version, "member {i}: cache version");
+            let json: serde_json::Value = serde_json::from_slice(&cached.json).unwrap();
+            assert_eq!(json["points"], s.points, "member {i}: cache points");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_stream_loses_and_duplicates_nothing() {
+    const MEMBERS: usize = 1000;
+    const PURCHASES: usize = 6;
+    let w = World::new().await;
+    let mut nodes = vec![w.node("a"), w.node("b"), w.node("c")];
+    w.enrol(MEMBERS).await;
+    let mut spend = vec![0i64; MEMBERS];
+    let mut visits = vec![0u64; MEMBERS];
+    for n in 0..PURCHASES {
+        if n == PURCHASES / 2 {
+            // Mid-stream, with batches in flight.
+            nodes[1].kill();
+        }
+        let sent = join_all((0..MEMBERS).map(|i| w.purchase(i, n))).await;
+        for (i, cents) in sent.into_iter().enumerate() {
+            spend[i] += cents;
+            visits[i] += 1;
+        }
+    }
+    w.wait_applied(&visits).await;
+    w.check(&spend, &visits).await;
+    // Points: 50 at signup plus one per euro (every member stays Bronze).
+    for i in (0..MEMBERS).step_by(97) {
+        let s = w.store.member(&w.member(i)).await.unwrap().unwrap();
+        assert_eq!(
+            s.points as i64,
+            50 + (0..PURCHASES)
+                .map(|n| (100 + ((i * 37 + n * 11) % 900) as i64) / 100)
+                .sum::<i64>()
+        );
+    }
+    for n in nodes.iter_mut() {
+        n.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalances_under_load_on_one_member_apply_each_event_once() {
+    const HOT: usize = 3000;
+    let w = World::new().await;
+    let mut a = w.node("a");
+    w.enrol(1).await;
+    let mut spend = 0i64;
+    let mut others: Vec<EngineNode> = Vec::new();
+    for n in 0..HOT {
+        spend += w.purchase(0, n).await;
+        match n {
+            500 => others.push(w.node("b")),
+            1000 => others.push(w.node("c")),
+            1500 => a.kill(),
+            2000 => others[0].stop(),
+            2500 => others.push(w.node("d")),
+            _ => {}
+        }
+    }
+    w.wait_applied(&[HOT as u64]).await;
+    w.check(&[spend], &[HOT as u64]).await;
+    for n in others.iter_mut() {
+        n.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_log_records_change_nothing() {
+    let w = World::new().await;
+    let mut a = w.node("a");
+    w.enrol(3).await;
+    for n in 0..5 {
+        for i in 0..3 {
+            w.purchase(i, n).await;
+        }
+    }
+    // The same events again, as a producer retry or a restore would deliver them.
+    let mut spend = vec![0i64; 3];
+    for n in 0..5 {
+        for (i, s) in spend.iter_mut().enumerate() {
+            *s += w.purchase(i, n).await;
+        }
+    }
+    w.send(w.envelope(
+        format!("enrol.{}", w.member(0)),
+        PosCommand::Enrol {
+            member_id: w.member(0),
+            profile: Profile {
+                phone: w.phone(0),
+                name: None,
+                birthday: None,
+            },
+        },
+    ))
+    .await;
+    // A last purchase per member orders the check after every replay.
+    for (i, s) in spend.iter_mut().enumerate() {
+        *s += w.purchase(i, 99).await;
+    }
+    w.wait_applied(&[6, 6, 6]).await;
+    w.check(&spend, &[6, 6, 6]).await;
+    a.stop();
+}
+
+/// A node that lost its partition without noticing (a zombie) still holds a member's old state
+/// in memory: its write is refused by the store's version check, nothing of its batch lands,
+/// and a retry rebuilds from the newer owner's state.
+#[actix_rt::test]
+async fn a_zombie_owner_cannot_overwrite_the_new_owners_state() {
+    use loyalty_core::engine::shard::{Shard, ShardDeps};
+    use loyalty_core::ports::Record;
+    use loyalty_core::programs::ProgramCache;
+
+    let w = World::new().await;
+    let store: Arc<dyn StateStore> = w.store.clone();
+    let programs = ProgramCache::new(Arc::clone(&store));
+    let deps = ShardDeps {
+        store: &store,
+        programs: &programs,
+    };
+    let record = |offset: u64, env: CommandEnvelope| Record {
+        partition: 0,
+        offset,
+        key: Bytes::from(env.key()),
+        payload: env.encode(),
+        headers: Vec::new(),
+    };
+    let m = w.member(0);
+    let enrol = w.envelope(
+        format!("enrol.{m}"),
+        PosCommand::Enrol {
+            member_id: m.clone(),
+            profile: Profile {
+                phone: w.phone(0),
+                name: None,
+                birthday: None,
+            },
+        },
+    );
+    let purchase = |n: usize, cents: i64| {
+        w.envelope(
+            format!("z-{n}"),
+            PosCommand::Purchase {
+                member_id: Some(m.clone()),
+                amount_cents: Cents::new(cents).unwrap(),
+                currency: Currency::parse("EUR").unwrap(),
+            },
+        )
+    };
+
+    let mut zombie = Shard::new(0);
+    zombie
+        .process(&deps, &[record(0, enrol), record(1, purchase(1, 1000))])
+        .await
+        .unwrap();
+    assert_eq!(store.member(&m).await.unwrap().unwrap().version, 2);
+
+    // The partition moved: the new owner applies the next purchase from the store's state.
+    let mut owner = Shard::new(0);
+    owner
+        .process(&deps, &[record(2, purchase(2, 2000))])
+        .await
+        .unwrap();
+    assert_eq!(store.member(&m).await.unwrap().unwrap().version, 3);
+
+    // The zombie, still at version 2 in memory, is fenced: nothing of its batch is written.
+    let err = zombie.process(&deps, &[record(3, purchase(3, 4000))]).await;
+    assert!(
+        matches!(err, Err(loyalty_core::Error::Conflict(_))),
+        "zombie write accepted"
+    );
+    let s = store.member(&m).await.unwrap().unwrap();
+    assert_eq!((s.version, s.spend_cents), (3, 3000));
+    assert!(store
+        .processed(&w.franchise.id, &[EventId::parse("z-3").unwrap()])
+        .await
+        .unwrap()[0]
+        .is_none());
+
+    // Its retry starts from the store's truth.
+    zombie
+        .process(&deps, &[record(3, purchase(3, 4000))])
+        .await
+        .unwrap();
+    let s = store.member(&m).await.unwrap().unwrap();
+    assert_eq!((s.version, s.spend_cents, s.visits), (4, 7000, 3));
+    assert_eq!(s.points, 50 + 10 + 20 + 40);
+    let ledger = store.ledger(&m, None, 100).await.unwrap();
+    assert_eq!(
+        ledger.iter().map(|e| e.points).sum::<i64>(),
+        s.points as i64
+    );
+    assert_eq!(ledger.len(), 4);
+}
