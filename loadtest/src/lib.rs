@@ -122,6 +122,9 @@ pub async fn smoke(opts: &SmokeOptions, command_line: &str) -> anyhow::Result<Re
         mix: Mix {
             weights: [30, 15, 35, 10, 10],
         },
+        // A fifth of the purchases do not wait (202): the check resolves them by
+        // resending, which exercises the replay path.
+        no_wait_pct: 20.0,
         progress: opts.progress,
         resolve_timeout: Duration::from_secs(8),
         ..RunOptions::default()

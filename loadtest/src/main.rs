@@ -125,6 +125,9 @@ struct Load {
     /// wait_ms of purchases (0 to 5000).
     #[arg(long, default_value_t = 2000)]
     wait_ms: u32,
+    /// Percentage of purchases sent without waiting (202; resolved by the check).
+    #[arg(long, default_value_t = 0.0)]
+    no_wait_pct: f64,
     /// Seed of the traffic's random choices.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -208,6 +211,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<ExitCode> {
                 anonymous_pct: load.anonymous_pct,
                 zipf_s: load.zipf_s,
                 wait_ms: load.wait_ms,
+                no_wait_pct: load.no_wait_pct,
                 seed: load.seed,
                 progress: !load.no_progress,
                 resolve_timeout: load.resolve_timeout,

@@ -233,11 +233,13 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "- Mix: {}; anonymous purchases {} %; Zipf s = {}; purchases with wait_ms={}",
+            "- Mix: {}; anonymous purchases {} %; Zipf s = {}; purchases with wait_ms={} \
+             ({} % of purchases without waiting)",
             self.settings.mix,
             self.settings.anonymous_pct,
             self.settings.zipf_s,
-            self.settings.wait_ms
+            self.settings.wait_ms,
+            self.settings.no_wait_pct
         );
         let _ = writeln!(
             s,

@@ -51,6 +51,9 @@ pub struct RunOptions {
     pub zipf_s: f64,
     /// `wait_ms` of purchases (0 to 5000).
     pub wait_ms: u32,
+    /// Percentage of purchases sent without `wait_ms` (answered 202 once durable in the
+    /// log, like a POS that does not print the balance); the check resolves them by resending.
+    pub no_wait_pct: f64,
     pub seed: u64,
     #[serde(skip)]
     pub progress: bool,
@@ -72,6 +75,7 @@ impl Default for RunOptions {
             anonymous_pct: 10.0,
             zipf_s: 1.0,
             wait_ms: 2000,
+            no_wait_pct: 0.0,
             seed: 42,
             progress: true,
             resolve_timeout: Duration::from_secs(60),
@@ -139,6 +143,7 @@ enum Plan {
         store: usize,
         member: Option<(usize, By)>,
         amount: i64,
+        wait_ms: u32,
     },
     Redeem {
         event_id: String,
@@ -205,6 +210,7 @@ pub(crate) struct Shared {
     pub api: Api,
     pub state: State,
     pub wait_ms: u32,
+    no_wait_pct: f64,
     mix: Mix,
     anonymous_pct: f64,
     zipf: Zipf,
@@ -241,6 +247,9 @@ impl Shared {
         if !(0.0..=100.0).contains(&opts.anonymous_pct) {
             bail!("--anonymous-pct must be between 0 and 100");
         }
+        if !(0.0..=100.0).contains(&opts.no_wait_pct) {
+            bail!("--no-wait-pct must be between 0 and 100");
+        }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
@@ -248,6 +257,7 @@ impl Shared {
         Ok(Shared {
             api,
             wait_ms: opts.wait_ms,
+            no_wait_pct: opts.no_wait_pct,
             mix: opts.mix.clone(),
             anonymous_pct: opts.anonymous_pct,
             zipf: Zipf::new(n, opts.zipf_s)?,
@@ -320,6 +330,11 @@ impl Shared {
                     store,
                     member,
                     amount: rng.random_range(50..=8000),
+                    wait_ms: if rng.random_range(0.0..100.0) < self.no_wait_pct {
+                        0
+                    } else {
+                        self.wait_ms
+                    },
                 }
             }
             Op::Redeem => {
@@ -373,6 +388,7 @@ impl Shared {
                 store,
                 member,
                 amount,
+                wait_ms,
             } => {
                 let mut body = json!({
                     "event_id": event_id,
@@ -387,7 +403,7 @@ impl Shared {
                     };
                     body[field] = json!(value);
                 }
-                let path = format!("/v1/purchases?wait_ms={}", self.wait_ms);
+                let path = format!("/v1/purchases?wait_ms={wait_ms}");
                 let a = self.api.post(&path, self.key(store), &body).await;
                 let pending = member.map(|(m, _)| Pending {
                     kind: PendingKind::Purchase { member: m, amount },

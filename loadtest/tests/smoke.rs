@@ -39,3 +39,72 @@ async fn smoke_run_passes_the_correctness_check() {
         started.elapsed()
     );
 }
+
+/// The check is not vacuous: a purchase the generator did not send (another till, say) for a
+/// member it touches makes the balance differ from the expectation, and the check fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_check_catches_points_it_did_not_expect() {
+    use loyalty_loadtest::{client, setup, LoadModel, Mix, RunOptions, SetupOptions};
+
+    let app = loyalty_tests::spawn_app().await;
+    let api = client(&app.address, 64).expect("client");
+    let state = setup::setup(
+        &api,
+        &SetupOptions {
+            url: app.address.clone(),
+            admin_key: loyalty_tests::ADMIN_KEY.into(),
+            state_path: None,
+            stores: 1,
+            members: 10,
+            concurrency: 4,
+            franchise_name: "Rogue".into(),
+            verbose: false,
+        },
+    )
+    .await
+    .expect("setup");
+    let member = state.members[0].id.clone();
+    let store_key = state.stores[0].api_key.clone();
+    let rogue = {
+        let (client, url, member) = (app.client.clone(), app.address.clone(), member.clone());
+        tokio::spawn(async move {
+            // After the baseline is read, before the run ends.
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            let r = client
+                .post(format!("{url}/v1/purchases?wait_ms=5000"))
+                .bearer_auth(store_key)
+                .json(&serde_json::json!({
+                    "event_id": "rogue-1", "member_id": member,
+                    "amount_cents": 10_000, "currency": "EUR"
+                }))
+                .send()
+                .await
+                .expect("rogue purchase");
+            assert_eq!(r.status(), 200);
+        })
+    };
+    let opts = RunOptions {
+        model: LoadModel::Open {
+            rate: 40.0,
+            max_in_flight: 64,
+        },
+        duration: Duration::from_secs(2),
+        mix: "purchase=1".parse::<Mix>().expect("mix"),
+        anonymous_pct: 0.0,
+        // Everyone is touched.
+        zipf_s: 0.0,
+        progress: false,
+        resolve_timeout: Duration::from_secs(5),
+        ..RunOptions::default()
+    };
+    let report = loyalty_loadtest::run(&api, state, &opts, "rogue")
+        .await
+        .expect("run");
+    rogue.await.expect("rogue task");
+    let c = &report.correctness;
+    assert!(!c.passed, "the check missed the rogue purchase");
+    assert_eq!(c.mismatches.len(), 1, "{:?}", c.mismatches);
+    let m = &c.mismatches[0];
+    assert_eq!(m.member_id, member);
+    assert_eq!(m.actual, Some(m.expected + 100));
+}

@@ -83,6 +83,7 @@ impl World {
             occurred_at: None,
             received_at: now(),
             request_id: None,
+            reply_to: None,
             command,
         }
     }

@@ -75,6 +75,10 @@ pub struct CommandEnvelope {
     /// carry the same event, the reply tells which one was applied first.
     #[serde(default)]
     pub request_id: Option<String>,
+    /// The gateway instance awaiting the reply, when it runs in another process than the
+    /// engine (the reply goes to its channel); `None` in one process.
+    #[serde(default)]
+    pub reply_to: Option<String>,
     pub command: PosCommand,
 }
 

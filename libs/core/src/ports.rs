@@ -150,8 +150,10 @@ pub trait StateStore: Send + Sync + 'static {
     async fn api_key(&self, key_hash: &str) -> Result<Option<Principal>>;
 
     async fn member(&self, id: &MemberId) -> Result<Option<MemberState>>;
-    /// Members in id order, after `after` (exclusive), at most `limit`: a full scan in pages,
-    /// for rebuilding the hot cache.
+    /// At most `limit` members, in the adapter's scan order, resuming after `after`
+    /// (exclusive): a full scan in pages, for rebuilding the hot cache. Pass the last member
+    /// of a page as the next `after`; a page shorter than `limit` is the last. (The embedded
+    /// store scans in id order; ScyllaDB in token order of the member id.)
     async fn members_after(
         &self,
         after: Option<&MemberId>,
@@ -170,13 +172,21 @@ pub trait StateStore: Send + Sync + 'static {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<LedgerEntry>>;
-    /// Writes all effects or none. Fails with [`crate::Error::Conflict`] if a member's stored
-    /// version differs from the expected one or a record to insert already exists.
+    /// Writes the effects of a batch, fenced. Fails with [`crate::Error::Conflict`] if a
+    /// member's stored version differs from the expected one or a record to insert already
+    /// exists.
+    ///
+    /// Atomicity is guaranteed per member: a member's state, its ledger entries and the records
+    /// of its events are all written or none is, and a failed condition leaves that member's
+    /// share unwritten. The embedded store writes the whole batch or nothing; ScyllaDB (whose
+    /// conditional batches cover one partition) may have written other members' shares of a
+    /// batch that fails. Callers therefore re-read the store after an error and treat the
+    /// recorded events as replays, as the engine's shards do.
     async fn commit(&self, batch: EffectBatch) -> Result<()>;
 }
 
 /// A member status as served at the till: rendered once by the engine, served as bytes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CachedStatus {
     pub franchise_id: FranchiseId,
     pub version: u64,

@@ -15,7 +15,8 @@ use tokio::sync::oneshot;
 use crate::ports::CachedStatus;
 
 /// How the engine dealt with an event.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "result", content = "outcome", rename_all = "snake_case")]
 pub enum ReplyResult {
     /// Applied now, with this outcome (which may be a rejection).
     Applied(Outcome),
@@ -25,8 +26,8 @@ pub enum ReplyResult {
     Conflict,
 }
 
-/// The engine's answer about one event.
-#[derive(Clone, Debug)]
+/// The engine's answer about one event (also its wire format between processes).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct EventReply {
     pub franchise_id: FranchiseId,
     pub event_id: EventId,
@@ -35,6 +36,9 @@ pub struct EventReply {
     pub result: ReplyResult,
     /// The request id of the delivery this reply is about.
     pub request_id: Option<String>,
+    /// The gateway instance waiting for it, when gateway and engine are separate processes.
+    #[serde(default)]
+    pub reply_to: Option<String>,
     /// The member's status once the effects are durable, for the receipt.
     pub status: Option<CachedStatus>,
 }

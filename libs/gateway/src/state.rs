@@ -33,6 +33,9 @@ pub struct GatewayConfig {
     pub max_body_bytes: usize,
     /// Deadline for enrolments and redemptions when the request does not set `wait_ms`.
     pub default_wait: Duration,
+    /// This gateway's reply channel when the engine runs in another process (replies then
+    /// travel Redis pub/sub); `None` when both share the process.
+    pub reply_to: Option<String>,
 }
 
 impl Default for GatewayConfig {
@@ -42,6 +45,7 @@ impl Default for GatewayConfig {
             topic: "pos-commands".into(),
             max_body_bytes: 16 * 1024,
             default_wait: Duration::from_millis(2000),
+            reply_to: None,
         }
     }
 }

@@ -36,6 +36,7 @@
 
 mod cache;
 mod rebuild;
+pub mod replies;
 
 pub use cache::{RedisCache, RedisCacheOptions};
 pub use rebuild::{rebuild, DEFAULT_REBUILD_PAGE};

@@ -91,6 +91,10 @@ pub struct ScyllaConfig {
     pub serial_consistency: SerialConsistency,
     /// Deadline of one request, retries included.
     pub request_timeout: Duration,
+    /// The datacenter this process runs in. When set, requests go to its nodes only (LOCAL_*
+    /// consistencies are then evaluated where they are meant to be); when `None`, every node
+    /// counts as local, which is right for a single-datacenter cluster.
+    pub local_datacenter: Option<String>,
 }
 
 impl ScyllaConfig {
@@ -104,6 +108,7 @@ impl ScyllaConfig {
             consistency: Consistency::LocalQuorum,
             serial_consistency: SerialConsistency::LocalSerial,
             request_timeout: Duration::from_secs(10),
+            local_datacenter: None,
         }
     }
 

@@ -87,6 +87,7 @@ use loyalty_domain::{
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+use scylla::policies::load_balancing::DefaultPolicy;
 use scylla::response::query_result::QueryResult;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::batch::{Batch, BatchStatement, BatchType};
@@ -165,7 +166,16 @@ fn record_key(franchise: &FranchiseId, event: &EventId) -> String {
 /// Use it to run [`crate::migrate`] before [`ScyllaStore::from_session`].
 pub async fn session(config: &ScyllaConfig) -> Result<Session> {
     config.validate()?;
+    // Token-aware routing (to a replica of the statement's partition, and on ScyllaDB to the
+    // shard that owns it) is the driver's default for prepared statements; said explicitly.
+    let mut policy = DefaultPolicy::builder().token_aware(true);
+    if let Some(dc) = &config.local_datacenter {
+        policy = policy
+            .prefer_datacenter(dc.clone())
+            .permit_dc_failover(false);
+    }
     let profile = ExecutionProfile::builder()
+        .load_balancing_policy(policy.build())
         .consistency(config.consistency)
         .serial_consistency(Some(config.serial_consistency))
         .request_timeout(Some(config.request_timeout))
@@ -811,9 +821,9 @@ impl StateStore for ScyllaStore {
         for p in &batch.processed {
             let r = &p.record;
             let pk = record_pk(&r.franchise_id, &r.event_id, r.member_id.as_ref());
-            if p.insert {
-                claims.push((r.franchise_id.clone(), r.event_id.clone(), pk.clone()));
-            }
+            // Replacements claim too (their claim exists and is theirs, so this only checks
+            // it), so that a replacement that creates its record leaves it reachable.
+            claims.push((r.franchise_id.clone(), r.event_id.clone(), pk.clone()));
             let slot = parts
                 .entry(pk)
                 .or_default()

@@ -358,7 +358,7 @@ pub async fn commit_is_readable(store: &dyn StateStore) -> R {
     let other = id(FranchiseId::parse("contract-other"))?;
     ensure!(
         store
-            .processed(&other, &[buy.record.event_id.clone()])
+            .processed(&other, std::slice::from_ref(&buy.record.event_id))
             .await?
             == vec![None],
         "records are per franchise"
@@ -500,7 +500,7 @@ pub async fn records_can_be_replaced(store: &dyn StateStore) -> R {
         .await?;
     ensure!(
         store
-            .processed(&sc.franchise, &[buy.record.event_id.clone()])
+            .processed(&sc.franchise, std::slice::from_ref(&buy.record.event_id))
             .await?
             == vec![Some(updated)]
     );
@@ -528,7 +528,12 @@ pub async fn anonymous_records(store: &dyn StateStore) -> R {
         ..EffectBatch::default()
     };
     store.commit(batch.clone()).await?;
-    ensure!(store.processed(&sc.franchise, &[event.clone()]).await? == vec![Some(sale)]);
+    ensure!(
+        store
+            .processed(&sc.franchise, std::slice::from_ref(&event))
+            .await?
+            == vec![Some(sale)]
+    );
     let r = store.commit(batch).await;
     ensure!(is_conflict(&r), "anonymous record inserted twice: {r:?}");
 
@@ -548,7 +553,10 @@ pub async fn anonymous_records(store: &dyn StateStore) -> R {
     ensure!(store.member(&ghost).await?.is_none());
     ensure!(
         store
-            .processed(&sc.franchise, &[rejected.record.event_id.clone()])
+            .processed(
+                &sc.franchise,
+                std::slice::from_ref(&rejected.record.event_id)
+            )
             .await?
             == vec![Some(rejected.record.clone())]
     );

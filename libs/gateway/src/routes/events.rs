@@ -97,6 +97,7 @@ pub async fn purchase(
     };
     let member = member_ref.resolve(&gw, &franchise).await?.map(|(m, _)| m);
     let env = envelope(
+        &gw,
         &franchise,
         &p,
         body.event_id,
@@ -139,6 +140,7 @@ pub async fn refund(
         None => return Err(unknown().into()),
     };
     let env = envelope(
+        &gw,
         &franchise,
         &p,
         body.event_id,
@@ -175,6 +177,7 @@ pub async fn redemption(
     };
     member_ref.resolve(&gw, &franchise).await?;
     let env = envelope(
+        &gw,
         &franchise,
         &p,
         body.event_id,
@@ -189,6 +192,7 @@ pub async fn redemption(
 
 /// The envelope of a command from the store key `p`.
 pub fn envelope(
+    gw: &Gateway,
     franchise: &Franchise,
     p: &loyalty_core::model::Principal,
     event_id: EventId,
@@ -207,6 +211,7 @@ pub fn envelope(
         occurred_at,
         received_at: now(),
         request_id: Some(uuid::Uuid::new_v4().simple().to_string()),
+        reply_to: gw.config.reply_to.clone(),
         command,
     })
 }

@@ -79,6 +79,7 @@ pub async fn enrol(
     // One enrolment event per member: a second enrolment of the same phone is its replay.
     let event_id = EventId::parse(&format!("enrol.{member}"))?;
     let env = envelope(
+        &gw,
         &franchise,
         &p,
         event_id,
