@@ -717,3 +717,37 @@ async fn operations_endpoints_answer() {
     );
     assert!(text.contains("loyalty_http_requests_total"));
 }
+
+#[tokio::test]
+async fn a_flushed_cache_is_read_through_and_rebuilt_by_the_admin() {
+    let app = spawn_app().await;
+    let f = app.franchise("Café A").await;
+    let mut members = Vec::new();
+    for i in 0..5 {
+        let m = app.enrol(&f, &format!("+3360000020{i}")).await["member_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        app.purchase(&f, &format!("fl-{i}"), &m, 1000 + i).await;
+        members.push(m);
+    }
+    let before = app.status(&f, &members[0]).await;
+    app.cache.clear();
+    assert!(app.cache.is_empty());
+    // Reads keep answering from the store (and fill the cache back one by one).
+    assert_eq!(app.status(&f, &members[0]).await, before);
+    assert_eq!(app.cache.len(), 1);
+    app.cache.clear();
+    let r = app
+        .post("/v1/admin/cache/rebuild", &f.hq_key, json!({}))
+        .await;
+    assert_problem(r, StatusCode::FORBIDDEN, "forbidden").await;
+    let r = app
+        .post("/v1/admin/cache/rebuild", ADMIN_KEY, json!({}))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["rebuilt"], 5);
+    assert_eq!(app.cache.len(), 5);
+    assert_eq!(app.status(&f, &members[0]).await, before);
+}

@@ -11,6 +11,7 @@ pub mod model;
 pub mod ports;
 pub mod programs;
 pub mod provisioning;
+pub mod rebuild;
 pub mod replies;
 
 pub use error::{Error, Result};

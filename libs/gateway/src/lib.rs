@@ -35,6 +35,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
         web::scope("/v1")
             .wrap(from_fn(authenticate))
             .route("/franchises", web::post().to(admin::create_franchise))
+            .route("/admin/cache/rebuild", web::post().to(admin::rebuild_cache))
             .route(
                 "/franchises/{fid}/program",
                 web::put().to(admin::replace_program),

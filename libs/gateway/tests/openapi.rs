@@ -20,6 +20,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/metrics"),
     ("get", "/openapi.json"),
     ("post", "/v1/franchises"),
+    ("post", "/v1/admin/cache/rebuild"),
     ("put", "/v1/franchises/{fid}/program"),
     ("get", "/v1/franchises/{fid}/program"),
     ("post", "/v1/franchises/{fid}/stores"),

@@ -511,3 +511,46 @@ async fn kafka_records_survive_a_broker_kill9() {
     }
     c.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_static_membership_probe() {
+    let broker = broker!();
+    let log = open(&broker);
+    log.ensure_topic("t", 4).await.unwrap();
+    let mut cfg1 = config(&broker);
+    cfg1.group_instance_id = Some("node-1".into());
+    let mut cfg2 = config(&broker);
+    cfg2.group_instance_id = Some("node-2".into());
+    let log1 = KafkaLog::new(cfg1).unwrap();
+    let log2 = KafkaLog::new(cfg2.clone()).unwrap();
+    let c1 = log1.subscribe("g", "t").await.unwrap();
+    let a = expect_assigned(c1.as_ref()).await;
+    eprintln!("c1 first: {a:?}");
+    let c2 = log2.subscribe("g", "t").await.unwrap();
+    let (_, done) = expect_revoked(c1.as_ref()).await;
+    done.send(()).unwrap();
+    let a1 = expect_assigned(c1.as_ref()).await;
+    let a2 = expect_assigned_some(c2.as_ref()).await;
+    eprintln!("split: {a1:?} {a2:?}");
+    c2.close().await.unwrap();
+    let started = std::time::Instant::now();
+    let log2b = KafkaLog::new(cfg2).unwrap();
+    let c2b = log2b.subscribe("g", "t").await.unwrap();
+    let t = tokio::spawn(async move {
+        let a = expect_assigned_some(c2b.as_ref()).await;
+        (a, c2b)
+    });
+    // Does c1 see a rebalance?
+    let ev = tokio::time::timeout(Duration::from_secs(10), next_event(c1.as_ref())).await;
+    match ev {
+        Ok(ConsumerEvent::Revoked { partitions, done }) => {
+            eprintln!("c1 revoked {partitions:?} after {:?}", started.elapsed());
+            done.send(()).unwrap();
+            eprintln!("c1 then {:?}", expect_assigned(c1.as_ref()).await);
+        }
+        Ok(other) => eprintln!("c1 got {other:?}"),
+        Err(_) => eprintln!("c1 saw no rebalance in 10s"),
+    }
+    let (a2b, _c2b) = t.await.unwrap();
+    eprintln!("c2 again: {a2b:?} after {:?}", started.elapsed());
+}

@@ -35,11 +35,11 @@
 //! count.
 
 mod cache;
-mod rebuild;
 pub mod replies;
 
 pub use cache::{RedisCache, RedisCacheOptions};
-pub use rebuild::{rebuild, DEFAULT_REBUILD_PAGE};
+/// Rebuilding works on any hot cache; it lives with the ports.
+pub use loyalty_core::rebuild::{rebuild, DEFAULT_REBUILD_PAGE};
 
 #[doc(no_inline)]
 pub use loyalty_core::ports::HotCache;

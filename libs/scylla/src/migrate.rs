@@ -5,8 +5,11 @@
 //! stands for the configured keyspace. [`migrate`] creates the keyspace if it is absent, then
 //! applies, in version order, every migration that `schema_migrations` does not record, and
 //! records it. Statements are written to be re-runnable (`IF NOT EXISTS`), so a migration
-//! interrupted half-way is simply applied again, and two processes migrating at once do no harm.
-//! A recorded migration whose text changed since is refused: migrations are append-only.
+//! interrupted half-way is simply applied again. Run it from one process (`loyalty migrate`, a
+//! deployment job), not from every replica at start-up: ScyllaDB's Raft-based schema makes
+//! concurrent `CREATE TABLE IF NOT EXISTS` safe, but Cassandra can then create one table twice
+//! under different ids. A recorded migration whose text changed since is refused: migrations
+//! are append-only.
 
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};

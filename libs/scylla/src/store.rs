@@ -40,8 +40,8 @@
 //!
 //! [`StateStore::processed`] is asked by (franchise, event id), without the member. The
 //! second access path, `processed_by_event`, is written **before** the member partition: the
-//! commit first claims `(franchise, event id) → pk` with `INSERT … IF NOT EXISTS` for every new
-//! record, and only then runs the partition batches. So every committed record is reachable
+//! commit first claims `(franchise, event id) → pk` with `INSERT … IF NOT EXISTS` for every
+//! record it writes, and only then runs the partition batches. So every committed record is reachable
 //! from its claim, whatever crashes in between; a claim whose partition holds no record (its
 //! batch failed or the writer died) means "not recorded", since `processed` always reads the
 //! record itself from the member partition, the only source of truth. A retry of the same event
@@ -56,7 +56,7 @@
 //! # Reads
 //!
 //! Reads and plain writes run at the configured consistency (LOCAL_QUORUM), which sees every
-//! committed conditional write. Statements are prepared once, so the driver routes each
+//! committed conditional write; with `local_datacenter` set, requests stay in that datacenter. Statements are prepared once, so the driver routes each
 //! request to a replica of its partition (token-aware routing is the driver's default for
 //! prepared statements, and shard-aware on ScyllaDB). The ledger and the member scan are read
 //! with driver paging. [`StateStore::members_after`] walks the partitions in token order
@@ -817,13 +817,13 @@ impl StateStore for ScyllaStore {
                 .ledger
                 .push((to_i64("ledger seq", e.seq)?, encode(e)?));
         }
-        let mut claims = Vec::new();
+        let mut claims: BTreeMap<(FranchiseId, EventId), String> = BTreeMap::new();
         for p in &batch.processed {
             let r = &p.record;
             let pk = record_pk(&r.franchise_id, &r.event_id, r.member_id.as_ref());
             // Replacements claim too (their claim exists and is theirs, so this only checks
             // it), so that a replacement that creates its record leaves it reachable.
-            claims.push((r.franchise_id.clone(), r.event_id.clone(), pk.clone()));
+            claims.insert((r.franchise_id.clone(), r.event_id.clone()), pk.clone());
             let slot = parts
                 .entry(pk)
                 .or_default()
@@ -835,7 +835,7 @@ impl StateStore for ScyllaStore {
         }
 
         // 1. The index first, so that every record written below is reachable by event id.
-        let claimed = try_join_all(claims.iter().map(|(f, e, pk)| self.claim(f, e, pk))).await;
+        let claimed = try_join_all(claims.iter().map(|((f, e), pk)| self.claim(f, e, pk))).await;
         if let Err(e) = claimed {
             if matches!(e, Error::Conflict(_)) {
                 metrics().store_conflicts.inc();

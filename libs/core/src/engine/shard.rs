@@ -386,7 +386,7 @@ impl Shard {
                     event_id: env.event_id.clone(),
                     fingerprint: fp,
                     request_id: env.request_id.clone(),
-                            reply_to: env.reply_to.clone(),
+                    reply_to: env.reply_to.clone(),
                     result: ReplyResult::Applied(outcome),
                     status: None,
                 },

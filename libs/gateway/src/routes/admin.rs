@@ -135,3 +135,26 @@ pub async fn create_store(
     tracing::info!(franchise = %f.id, store = %s.id, "store created");
     Ok(HttpResponse::Created().json(json!({ "id": s.id, "name": s.name, "api_key": key })))
 }
+
+/// `POST /v1/admin/cache/rebuild` (admin): writes every member's status from the store into the
+/// hot cache (after a Redis flush or failover). Safe while traffic flows: the cache keeps the
+/// newer of two versions.
+pub async fn rebuild_cache(
+    req: HttpRequest,
+    gw: web::Data<Gateway>,
+) -> Result<HttpResponse, ApiError> {
+    gw.authorize(&req, &[Role::Admin]).await?;
+    let started = std::time::Instant::now();
+    let n = loyalty_core::rebuild::rebuild(
+        gw.store.as_ref(),
+        &gw.programs,
+        gw.cache.as_ref(),
+        loyalty_core::rebuild::DEFAULT_REBUILD_PAGE,
+    )
+    .await?;
+    tracing::info!(statuses = n, "hot cache rebuilt");
+    Ok(
+        HttpResponse::Ok()
+            .json(json!({ "rebuilt": n, "seconds": started.elapsed().as_secs_f64() })),
+    )
+}

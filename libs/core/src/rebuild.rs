@@ -3,10 +3,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use loyalty_core::engine::shard::render_status;
-use loyalty_core::ports::{HotCache, StateStore};
-use loyalty_core::programs::ProgramCache;
-use loyalty_core::Result;
+use crate::engine::shard::render_status;
+use crate::ports::{HotCache, StateStore};
+use crate::programs::ProgramCache;
+use crate::Result;
 use loyalty_domain::{FranchiseId, MemberId, Program};
 
 /// A page size for [`rebuild`]: large enough that the round trips do not dominate, small
