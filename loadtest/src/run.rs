@@ -662,7 +662,7 @@ pub(crate) async fn drive(shared: Arc<Shared>, opts: &RunOptions) -> anyhow::Res
     let pb = if opts.progress {
         let pb = ProgressBar::new((total * 10.0).ceil() as u64);
         pb.set_style(
-            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {percent:>3}% {msg}")
+            ProgressStyle::with_template("{elapsed_precise} [{bar:20}] {percent:>3}% {msg}")
                 .map_err(|e| anyhow!("progress template: {e}"))?
                 .progress_chars("=> "),
         );
@@ -691,7 +691,7 @@ pub(crate) async fn drive(shared: Arc<Shared>, opts: &RunOptions) -> anyhow::Res
                 };
                 pb.set_position(((now - start).as_secs_f64() * 10.0) as u64);
                 pb.set_message(format!(
-                    "{rate:>7.0} req/s  errors {}  dropped {}  p99 {:.2} ms",
+                    "{rate:>6.0} req/s err {} drop {} p99 {:.1} ms",
                     shared.errors.load(Ordering::Relaxed),
                     shared.dropped.load(Ordering::Relaxed),
                     p99 as f64 / 1000.0

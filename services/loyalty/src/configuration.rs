@@ -32,6 +32,15 @@ pub struct DevConfig {
     pub max_body_bytes: usize,
     /// Create a demo franchise with three stores on first start (`LOYALTY_DEMO`).
     pub demo: bool,
+    /// Kafka bootstrap servers for `loyalty node` (`LOYALTY_KAFKA_BROKERS`), `host:port,...`.
+    pub kafka_brokers: Option<String>,
+    /// Stable `group.instance.id` of this engine node for static membership, so that a rolling
+    /// restart does not rebalance (`LOYALTY_KAFKA_INSTANCE_ID`).
+    pub kafka_instance_id: Option<String>,
+    /// Replication factor of the topics `loyalty node` creates (`LOYALTY_KAFKA_REPLICATION`).
+    pub kafka_replication: i32,
+    /// Redis for the hot cache in `loyalty node` (`LOYALTY_REDIS_URL`), `redis://host:port/`.
+    pub redis_url: Option<String>,
 }
 
 impl Default for DevConfig {
@@ -46,6 +55,10 @@ impl Default for DevConfig {
             cache_capacity: 1_000_000,
             max_body_bytes: 16 * 1024,
             demo: true,
+            kafka_brokers: None,
+            kafka_instance_id: None,
+            kafka_replication: 1,
+            redis_url: None,
         }
     }
 }
@@ -86,6 +99,16 @@ impl DevConfig {
         env_parse("LOYALTY_CACHE_CAPACITY", &mut c.cache_capacity)?;
         env_parse("LOYALTY_MAX_BODY_BYTES", &mut c.max_body_bytes)?;
         env_parse("LOYALTY_DEMO", &mut c.demo)?;
+        if let Ok(v) = std::env::var("LOYALTY_KAFKA_BROKERS") {
+            c.kafka_brokers = Some(v);
+        }
+        if let Ok(v) = std::env::var("LOYALTY_KAFKA_INSTANCE_ID") {
+            c.kafka_instance_id = Some(v);
+        }
+        env_parse("LOYALTY_KAFKA_REPLICATION", &mut c.kafka_replication)?;
+        if let Ok(v) = std::env::var("LOYALTY_REDIS_URL") {
+            c.redis_url = Some(v);
+        }
         Ok(c)
     }
 
@@ -108,6 +131,24 @@ impl DevConfig {
         }
         if !(1024..=1024 * 1024).contains(&self.max_body_bytes) {
             bail!("max_body_bytes (LOYALTY_MAX_BODY_BYTES) must be between 1024 and 1048576");
+        }
+        Ok(())
+    }
+
+    /// Refuses a `loyalty node` configuration without its servers, naming what is missing.
+    pub fn validate_node(&self) -> anyhow::Result<()> {
+        self.validate()?;
+        match &self.kafka_brokers {
+            Some(b) if !b.trim().is_empty() => {}
+            _ => bail!("loyalty node needs Kafka: set LOYALTY_KAFKA_BROKERS (e.g. 127.0.0.1:9092) or kafka_brokers"),
+        }
+        match &self.redis_url {
+            Some(u) if u.starts_with("redis://") || u.starts_with("rediss://") => {}
+            Some(u) => bail!("LOYALTY_REDIS_URL must be a redis:// URL, got {u:?}"),
+            None => bail!("loyalty node needs Redis: set LOYALTY_REDIS_URL (e.g. redis://127.0.0.1:6379/) or redis_url"),
+        }
+        if !(1..=32).contains(&self.kafka_replication) {
+            bail!("kafka_replication (LOYALTY_KAFKA_REPLICATION) must be between 1 and 32");
         }
         Ok(())
     }
@@ -148,6 +189,31 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("LOYALTY_ADMIN_KEY"));
+    }
+
+    #[test]
+    fn node_mode_names_the_missing_servers() {
+        let c = DevConfig::default();
+        assert!(c
+            .validate_node()
+            .unwrap_err()
+            .to_string()
+            .contains("LOYALTY_KAFKA_BROKERS"));
+        let c = DevConfig {
+            kafka_brokers: Some("127.0.0.1:9092".into()),
+            ..DevConfig::default()
+        };
+        assert!(c
+            .validate_node()
+            .unwrap_err()
+            .to_string()
+            .contains("LOYALTY_REDIS_URL"));
+        let c = DevConfig {
+            kafka_brokers: Some("127.0.0.1:9092".into()),
+            redis_url: Some("redis://127.0.0.1:6379/".into()),
+            ..DevConfig::default()
+        };
+        c.validate_node().unwrap();
     }
 
     #[test]

@@ -72,6 +72,37 @@ impl Application {
         Self::build_with(config, ports, Some(Embedded { log, store, cache })).await
     }
 
+    /// `loyalty node`: gateway and engine in one process on Kafka (the log, shared with the
+    /// other nodes of the consumer group) and Redis (the hot cache, shared with every gateway),
+    /// with the embedded store in the data directory. Without ScyllaDB the store is this
+    /// process's own, so one node owns the data: run more nodes only with a shared store.
+    pub async fn build_node(config: DevConfig) -> anyhow::Result<Application> {
+        config.validate_node()?;
+        let brokers = config.kafka_brokers.clone().unwrap_or_default();
+        let mut kafka = loyalty_kafka::KafkaConfig::new(brokers.clone());
+        kafka.group_instance_id = config.kafka_instance_id.clone();
+        kafka.replication_factor = config.kafka_replication;
+        let log = loyalty_kafka::KafkaLog::new(kafka)
+            .with_context(|| format!("connecting to Kafka at {brokers}"))?;
+        let redis_url = config.redis_url.clone().unwrap_or_default();
+        let cache = loyalty_redis::RedisCache::connect_lazy(
+            &redis_url,
+            loyalty_redis::RedisCacheOptions::default(),
+        )
+        .with_context(|| format!("configuring Redis at {redis_url}"))?;
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!("creating the data directory {}", config.data_dir.display())
+        })?;
+        let store = EmbeddedStore::open(&config.data_dir.join("store"))
+            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+        let ports = Ports {
+            log,
+            store,
+            cache: Arc::new(cache),
+        };
+        Self::build_with(config, ports, None).await
+    }
+
     /// Starts the engine and binds the HTTP listener on the given adapters.
     pub async fn build_with(
         config: DevConfig,
