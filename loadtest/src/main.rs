@@ -80,7 +80,7 @@ struct Franchise {
     #[arg(long, default_value_t = 10_000)]
     members: usize,
     /// Enrolments in flight at once during setup.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 128)]
     setup_concurrency: usize,
 }
 

@@ -69,7 +69,7 @@ impl Default for SetupOptions {
             state_path: Some(PathBuf::from("loadtest-state.json")),
             stores: 5,
             members: 10_000,
-            concurrency: 32,
+            concurrency: 128,
             franchise_name: "Loadtest Coffee".into(),
             verbose: true,
         }

@@ -16,49 +16,93 @@ use loyalty_core::provisioning::{create_franchise, create_store, now};
 use loyalty_domain::{Cents, Currency, EventId, MemberId, Phone, Profile, Program, StoreId};
 use loyalty_embedded::log::EmbeddedLog;
 use loyalty_embedded::{EmbeddedCache, EmbeddedStore};
+use loyalty_kafka::{KafkaConfig, KafkaLog};
+use loyalty_redis::{RedisCache, RedisCacheOptions};
+use loyalty_testkit::redis::RedisServer;
+use loyalty_testkit::tansu::TansuBroker;
 use loyalty_tests::cluster::EngineNode;
 
 const PARTITIONS: u32 = 12;
 
+/// Where the shared log and cache live.
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    /// The embedded log and in-process cache.
+    Embedded,
+    /// A real Kafka-compatible broker (tansu) and a real redis-server.
+    KafkaRedis,
+}
+
 struct World {
     _dir: tempfile::TempDir,
-    log: Arc<EmbeddedLog>,
+    _servers: Option<(TansuBroker, RedisServer)>,
+    log: Arc<dyn EventLog>,
     store: Arc<EmbeddedStore>,
-    cache: Arc<EmbeddedCache>,
+    cache: Arc<dyn HotCache>,
     franchise: Franchise,
     store_id: StoreId,
 }
 
 impl World {
-    async fn new() -> World {
+    /// `None` (with the reason printed) when the backend's servers are not on this machine.
+    async fn new(backend: Backend) -> Option<World> {
         let dir = tempfile::tempdir().unwrap();
-        let log = EmbeddedLog::open(dir.path().join("log")).unwrap();
+        let (log, cache, servers): (Arc<dyn EventLog>, Arc<dyn HotCache>, _) = match backend {
+            Backend::Embedded => (
+                EmbeddedLog::open(dir.path().join("log")).unwrap(),
+                Arc::new(EmbeddedCache::new(100_000)),
+                None,
+            ),
+            Backend::KafkaRedis => {
+                if let Err(reason) = TansuBroker::available() {
+                    println!("SKIPPED: {reason}");
+                    return None;
+                }
+                if let Err(reason) = RedisServer::available() {
+                    println!("SKIPPED: {reason}");
+                    return None;
+                }
+                let broker = TansuBroker::start().await.expect("tansu starts");
+                let redis = RedisServer::start().expect("redis-server starts");
+                let mut kafka = KafkaConfig::new(broker.brokers());
+                kafka.session_timeout = Duration::from_secs(6);
+                let log = KafkaLog::new(kafka).expect("kafka log");
+                let cache = RedisCache::connect(&redis.url(), RedisCacheOptions::default())
+                    .await
+                    .expect("redis cache");
+                (
+                    log as Arc<dyn EventLog>,
+                    Arc::new(cache) as Arc<dyn HotCache>,
+                    Some((broker, redis)),
+                )
+            }
+        };
         log.ensure_topic("pos-commands", PARTITIONS).await.unwrap();
         log.ensure_topic("pos-commands-dlq", 1).await.unwrap();
         let store = EmbeddedStore::open(&dir.path().join("store")).unwrap();
-        let cache = Arc::new(EmbeddedCache::new(100_000));
         let (franchise, _) = create_franchise(store.as_ref(), "Sharded", &Program::demo())
             .await
             .unwrap();
         let (s, _) = create_store(store.as_ref(), &franchise.id, "Store")
             .await
             .unwrap();
-        World {
+        Some(World {
             _dir: dir,
+            _servers: servers,
             log,
             store,
             cache,
             franchise,
             store_id: s.id,
-        }
+        })
     }
 
     fn node(&self, name: &str) -> EngineNode {
         EngineNode::start(
             name,
-            self.log.clone() as Arc<dyn EventLog>,
+            Arc::clone(&self.log),
             self.store.clone() as Arc<dyn StateStore>,
-            self.cache.clone() as Arc<dyn HotCache>,
+            Arc::clone(&self.cache),
             EngineConfig {
                 max_batch: 256,
                 ..EngineConfig::default()
@@ -183,11 +227,12 @@ impl World {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_killed_mid_stream_loses_and_duplicates_nothing() {
+async fn a_node_killed_mid_stream_loses_and_duplicates_nothing(backend: Backend) {
     const MEMBERS: usize = 1000;
     const PURCHASES: usize = 6;
-    let w = World::new().await;
+    let Some(w) = World::new(backend).await else {
+        return;
+    };
     let mut nodes = vec![w.node("a"), w.node("b"), w.node("c")];
     w.enrol(MEMBERS).await;
     let mut spend = vec![0i64; MEMBERS];
@@ -220,27 +265,29 @@ async fn a_node_killed_mid_stream_loses_and_duplicates_nothing() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rebalances_under_load_on_one_member_apply_each_event_once() {
-    const HOT: usize = 3000;
-    let w = World::new().await;
+async fn rebalances_under_load_on_one_member_apply_each_event_once(backend: Backend, hot: usize) {
+    let Some(w) = World::new(backend).await else {
+        return;
+    };
     let mut a = w.node("a");
     w.enrol(1).await;
     let mut spend = 0i64;
     let mut others: Vec<EngineNode> = Vec::new();
-    for n in 0..HOT {
+    let step = hot / 6;
+    for n in 0..hot {
         spend += w.purchase(0, n).await;
-        match n {
-            500 => others.push(w.node("b")),
-            1000 => others.push(w.node("c")),
-            1500 => a.kill(),
-            2000 => others[0].stop(),
-            2500 => others.push(w.node("d")),
+        match n / step {
+            _ if n % step != 0 => {}
+            1 => others.push(w.node("b")),
+            2 => others.push(w.node("c")),
+            3 => a.kill(),
+            4 => others[0].stop(),
+            5 => others.push(w.node("d")),
             _ => {}
         }
     }
-    w.wait_applied(&[HOT as u64]).await;
-    w.check(&[spend], &[HOT as u64]).await;
+    w.wait_applied(&[hot as u64]).await;
+    w.check(&[spend], &[hot as u64]).await;
     for n in others.iter_mut() {
         n.stop();
     }
@@ -248,7 +295,7 @@ async fn rebalances_under_load_on_one_member_apply_each_event_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_log_records_change_nothing() {
-    let w = World::new().await;
+    let w = World::new(Backend::Embedded).await.unwrap();
     let mut a = w.node("a");
     w.enrol(3).await;
     for n in 0..5 {
@@ -293,7 +340,7 @@ async fn a_zombie_owner_cannot_overwrite_the_new_owners_state() {
     use loyalty_core::ports::Record;
     use loyalty_core::programs::ProgramCache;
 
-    let w = World::new().await;
+    let w = World::new(Backend::Embedded).await.unwrap();
     let store: Arc<dyn StateStore> = w.store.clone();
     let programs = ProgramCache::new(Arc::clone(&store));
     let deps = ShardDeps {
@@ -373,4 +420,24 @@ async fn a_zombie_owner_cannot_overwrite_the_new_owners_state() {
         s.points as i64
     );
     assert_eq!(ledger.len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_a_node_killed_mid_stream_loses_and_duplicates_nothing() {
+    a_node_killed_mid_stream_loses_and_duplicates_nothing(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_redis_a_node_killed_mid_stream_loses_and_duplicates_nothing() {
+    a_node_killed_mid_stream_loses_and_duplicates_nothing(Backend::KafkaRedis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_rebalances_under_load_on_one_member_apply_each_event_once() {
+    rebalances_under_load_on_one_member_apply_each_event_once(Backend::Embedded, 3000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_redis_rebalances_under_load_on_one_member_apply_each_event_once() {
+    rebalances_under_load_on_one_member_apply_each_event_once(Backend::KafkaRedis, 600).await;
 }
