@@ -44,18 +44,16 @@ pub(crate) async fn check(shared: &Shared, baseline: &[i64], timeout: Duration) 
     let pending: Vec<Pending> = std::mem::take(&mut *lock(&shared.pending));
     let resent = pending.len();
     let deadline = Instant::now() + timeout;
-    let unresolved: Vec<String> = stream::iter(pending)
+    let failed: Vec<(String, String)> = stream::iter(pending)
         .map(|p| async move { resolve(shared, p, deadline).await })
         .buffer_unordered(32)
         .filter_map(|r| async move { r.err() })
         .collect()
         .await;
 
-    // Members whose outcome is still unknown cannot be checked.
-    let unknown: std::collections::HashSet<String> = unresolved
-        .iter()
-        .filter_map(|u| u.split_whitespace().next().map(str::to_owned))
-        .collect();
+    // Members with an outcome still unknown cannot be checked (the check fails anyway).
+    let unknown: std::collections::HashSet<&str> =
+        failed.iter().map(|(who, _)| who.as_str()).collect();
     let mut targets: Vec<(String, i64)> = shared
         .touched
         .iter()
@@ -73,7 +71,8 @@ pub(crate) async fn check(shared: &Shared, baseline: &[i64], timeout: Duration) 
             .iter()
             .map(|id| (id.clone(), shared.state.signup_bonus)),
     );
-    targets.retain(|(id, _)| !unknown.contains(id));
+    targets.retain(|(id, _)| !unknown.contains(id.as_str()));
+    let unresolved: Vec<String> = failed.iter().map(|(_, what)| what.clone()).collect();
     let key = shared.state.stores[0].api_key.clone();
     let members_checked = targets.len();
     let mut mismatches: Vec<Mismatch> = stream::iter(targets)
@@ -105,8 +104,8 @@ pub(crate) async fn check(shared: &Shared, baseline: &[i64], timeout: Duration) 
 }
 
 /// Resends `p` until its outcome is known; `Err` names the member (or event) and the last
-/// answer.
-async fn resolve(shared: &Shared, p: Pending, deadline: Instant) -> Result<(), String> {
+/// answer: `(member id or phone, what happened)`.
+async fn resolve(shared: &Shared, p: Pending, deadline: Instant) -> Result<(), (String, String)> {
     let path = format!("{}?wait_ms=5000", p.path);
     let key = shared.state.stores[p.store % shared.state.stores.len()]
         .api_key
@@ -129,25 +128,26 @@ async fn resolve(shared: &Shared, p: Pending, deadline: Instant) -> Result<(), S
     loop {
         let a = shared.api.post(&path, &key, &p.body).await;
         let status = a.status();
-        if matches!(status, Some(200..=299)) && status != Some(202)
-            || status.is_some_and(|s| (400..500).contains(&s))
-        {
+        let answered = matches!(status, Some(200 | 201 | 203..=299 | 400..=499));
+        if answered {
             // Known: account for it like a first answer (a 2xx updates the expectation).
             let settled = shared.settle(op, &a, Some(p.clone()));
             return match settled {
                 Settled::Ok | Settled::Rejected => Ok(()),
-                Settled::Accepted | Settled::Error => Err(format!(
-                    "{who} {op} {}: resend answered {}",
-                    p.body
-                        .get("event_id")
-                        .and_then(|v| v.as_str())
-                        .unwrap_or(""),
-                    a.kind()
-                )),
+                Settled::Accepted | Settled::Error => {
+                    let event = p.body.get("event_id").and_then(|v| v.as_str());
+                    let what = format!(
+                        "{who} {op} {}: resend answered {}",
+                        event.unwrap_or(""),
+                        a.kind()
+                    );
+                    Err((who, what))
+                }
             };
         }
         if Instant::now() >= deadline {
-            return Err(format!("{who} {op}: still {} at the deadline", a.kind()));
+            let what = format!("{who} {op}: still {} at the deadline", a.kind());
+            return Err((who, what));
         }
         attempt += 1;
         tokio::time::sleep(Duration::from_millis((50 * attempt).min(1000))).await;

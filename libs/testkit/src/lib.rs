@@ -7,3 +7,18 @@ pub mod ports;
 pub mod redis;
 pub mod store_contract;
 pub mod tansu;
+
+/// Whether tests must run their servers rather than skip (`LOYALTY_REQUIRE_SERVERS=1`, set by
+/// `.ci/run`): a missing server then fails the test instead of skipping it.
+pub fn servers_required() -> bool {
+    std::env::var("LOYALTY_REQUIRE_SERVERS").is_ok_and(|v| v == "1")
+}
+
+/// Turns "this server is missing" into a skip reason, or into a failure when servers are
+/// required.
+pub fn missing(reason: String) -> String {
+    if servers_required() {
+        panic!("{reason} (LOYALTY_REQUIRE_SERVERS=1: this test must run here)");
+    }
+    reason
+}

@@ -42,6 +42,10 @@ impl RedisServer {
     /// `PATH`, else `/usr/bin/redis-server`. The error says why none was found and how to get
     /// one, for a test to print as its skip reason.
     pub fn available() -> Result<PathBuf, String> {
+        Self::find().map_err(crate::missing)
+    }
+
+    fn find() -> Result<PathBuf, String> {
         if let Some(p) = std::env::var_os(SERVER_ENV) {
             let p = PathBuf::from(p);
             return if p.is_file() {

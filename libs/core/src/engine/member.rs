@@ -96,3 +96,18 @@ impl Handler<Passivate> for MemberActor {
         ctx.stop();
     }
 }
+
+/// The member's current state (for a status to republish after a replay).
+pub struct Snapshot;
+
+impl Message for Snapshot {
+    type Result = Option<MemberState>;
+}
+
+impl Handler<Snapshot> for MemberActor {
+    type Result = MessageResult<Snapshot>;
+
+    fn handle(&mut self, _msg: Snapshot, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.state.clone())
+    }
+}

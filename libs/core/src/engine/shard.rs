@@ -19,7 +19,7 @@ use loyalty_domain::{
 };
 
 use crate::command::{CommandEnvelope, PosCommand};
-use crate::engine::member::{Apply, MemberActor, Passivate};
+use crate::engine::member::{Apply, MemberActor, Passivate, Snapshot};
 use crate::metrics::metrics;
 use crate::ports::{
     CachedStatus, EffectBatch, MemberWrite, Partition, ProcessedWrite, Record, StateStore,
@@ -137,8 +137,9 @@ impl Shard {
     }
 
     /// Processes `records` (this partition's, in offset order) until their effects are
-    /// durable. On `Err`, nothing of the batch is durable and the actors it touched are stopped;
-    /// the caller retries the same records.
+    /// durable. On `Err`, the actors it touched are stopped and the caller retries the same
+    /// records: nothing of the batch is durable, or (with a store that commits member by member)
+    /// some members' part is, which the retry finds as replays.
     pub async fn process(
         &mut self,
         deps: &ShardDeps<'_>,
@@ -217,6 +218,8 @@ impl Shard {
         let mut ledger = Vec::new();
         let mut states: HashMap<MemberId, (MemberState, Arc<Program>)> = HashMap::new();
         let mut pending_replies: Vec<(EventReply, Option<MemberId>)> = Vec::new();
+        // Members only replayed in this batch: their durable state, to republish.
+        let mut replayed_states: HashMap<MemberId, (MemberState, Arc<Program>)> = HashMap::new();
 
         for (env, program) in commands {
             let fp = env.fingerprint();
@@ -224,6 +227,19 @@ impl Shard {
             match classify(known.get(&key), fp) {
                 Delivery::Replay(rec) => {
                     metrics().events_replayed.inc();
+                    // A store that writes a batch member by member (ScyllaDB) may hold this
+                    // effect from an attempt whose status never reached the cache: republish.
+                    if let Some(m) = rec.member_id.as_ref().filter(|m| !states.contains_key(*m)) {
+                        let slot = self.actor(deps, m).await?;
+                        let state = slot
+                            .addr
+                            .send(Snapshot)
+                            .await
+                            .map_err(|e| Error::Unavailable(format!("member actor: {e}")))?;
+                        if let Some(state) = state {
+                            replayed_states.insert(m.clone(), (state, Arc::clone(&program)));
+                        }
+                    }
                     pending_replies.push((
                         EventReply {
                             franchise_id: env.franchise_id.clone(),
@@ -416,6 +432,12 @@ impl Shard {
             if let Some(slot) = self.members.get_mut(&m) {
                 slot.durable_version = state.version;
             }
+            replayed_states.remove(&m);
+            let status = render_status(&state, &program);
+            rendered.insert(m.clone(), status.clone());
+            statuses.push((m, status));
+        }
+        for (m, (state, program)) in replayed_states {
             let status = render_status(&state, &program);
             rendered.insert(m.clone(), status.clone());
             statuses.push((m, status));
