@@ -233,7 +233,7 @@ async fn a_node_killed_mid_stream_loses_and_duplicates_nothing(backend: Backend)
     let Some(w) = World::new(backend).await else {
         return;
     };
-    let mut nodes = vec![w.node("a"), w.node("b"), w.node("c")];
+    let mut nodes = [w.node("a"), w.node("b"), w.node("c")];
     w.enrol(MEMBERS).await;
     let mut spend = vec![0i64; MEMBERS];
     let mut visits = vec![0u64; MEMBERS];

@@ -41,6 +41,15 @@ pub struct DevConfig {
     pub kafka_replication: i32,
     /// Redis for the hot cache in `loyalty node` (`LOYALTY_REDIS_URL`), `redis://host:port/`.
     pub redis_url: Option<String>,
+    /// ScyllaDB contact points (`LOYALTY_SCYLLA_NODES`, `host:port,...`): the shared durable
+    /// store. Unset: the embedded store in `data_dir` (one engine node).
+    pub scylla_nodes: Option<String>,
+    /// Keyspace of the platform (`LOYALTY_SCYLLA_KEYSPACE`).
+    pub scylla_keyspace: String,
+    /// Keyspace replication (`LOYALTY_SCYLLA_REPLICATION`): `dc1=3,dc2=3`
+    /// (NetworkTopologyStrategy, the default `datacenter1=3`) or `simple=1` (SimpleStrategy, for
+    /// a single test node).
+    pub scylla_replication: String,
 }
 
 impl Default for DevConfig {
@@ -59,6 +68,9 @@ impl Default for DevConfig {
             kafka_instance_id: None,
             kafka_replication: 1,
             redis_url: None,
+            scylla_nodes: None,
+            scylla_keyspace: "loyalty".into(),
+            scylla_replication: "datacenter1=3".into(),
         }
     }
 }
@@ -109,6 +121,11 @@ impl DevConfig {
         if let Ok(v) = std::env::var("LOYALTY_REDIS_URL") {
             c.redis_url = Some(v);
         }
+        if let Ok(v) = std::env::var("LOYALTY_SCYLLA_NODES") {
+            c.scylla_nodes = Some(v).filter(|v| !v.trim().is_empty());
+        }
+        env_parse("LOYALTY_SCYLLA_KEYSPACE", &mut c.scylla_keyspace)?;
+        env_parse("LOYALTY_SCYLLA_REPLICATION", &mut c.scylla_replication)?;
         Ok(c)
     }
 
@@ -153,9 +170,43 @@ impl DevConfig {
         Ok(())
     }
 
+    /// The ScyllaDB settings, if a node is configured.
+    pub fn scylla(&self) -> anyhow::Result<Option<loyalty_scylla::ScyllaConfig>> {
+        let Some(nodes) = &self.scylla_nodes else {
+            return Ok(None);
+        };
+        let mut c = loyalty_scylla::ScyllaConfig::new(
+            loyalty_scylla::ScyllaConfig::parse_nodes(nodes),
+            self.scylla_keyspace.clone(),
+        );
+        c.replication = parse_replication(&self.scylla_replication)?;
+        c.validate()
+            .map_err(|e| anyhow::anyhow!("LOYALTY_SCYLLA_* settings: {e}"))?;
+        Ok(Some(c))
+    }
+
     pub fn passivate_after(&self) -> Duration {
         Duration::from_secs(self.passivate_after_secs)
     }
+}
+
+/// `dc1=3,dc2=2` or `simple=1`.
+fn parse_replication(s: &str) -> anyhow::Result<loyalty_scylla::Replication> {
+    let bad = || {
+        anyhow::anyhow!(
+            "scylla_replication (LOYALTY_SCYLLA_REPLICATION) must be `dc=rf[,dc=rf...]` or `simple=rf`, got {s:?}"
+        )
+    };
+    let mut dcs = std::collections::BTreeMap::new();
+    for part in s.split(',') {
+        let (k, v) = part.trim().split_once('=').ok_or_else(bad)?;
+        let rf: u32 = v.trim().parse().map_err(|_| bad())?;
+        if k.trim() == "simple" {
+            return Ok(loyalty_scylla::Replication::Simple(rf));
+        }
+        dcs.insert(k.trim().to_owned(), rf);
+    }
+    Ok(loyalty_scylla::Replication::NetworkTopology(dcs))
 }
 
 #[cfg(test)]
@@ -214,6 +265,38 @@ mod tests {
             ..DevConfig::default()
         };
         c.validate_node().unwrap();
+    }
+
+    #[test]
+    fn scylla_replication_is_parsed_and_checked() {
+        let c = DevConfig {
+            scylla_nodes: Some("10.0.0.1:9042,10.0.0.2:9042".into()),
+            scylla_replication: "eu=3,us=2".into(),
+            ..DevConfig::default()
+        };
+        let s = c.scylla().unwrap().unwrap();
+        assert_eq!(s.nodes.len(), 2);
+        assert!(s.replication.cql().contains("'eu': 3"));
+        let c = DevConfig {
+            scylla_nodes: Some("n1".into()),
+            scylla_replication: "simple=1".into(),
+            ..DevConfig::default()
+        };
+        assert_eq!(
+            c.scylla().unwrap().unwrap().replication,
+            loyalty_scylla::Replication::Simple(1)
+        );
+        let c = DevConfig {
+            scylla_nodes: Some("n1".into()),
+            scylla_replication: "three".into(),
+            ..DevConfig::default()
+        };
+        assert!(c
+            .scylla()
+            .unwrap_err()
+            .to_string()
+            .contains("LOYALTY_SCYLLA_REPLICATION"));
+        assert!(DevConfig::default().scylla().unwrap().is_none());
     }
 
     #[test]
