@@ -36,6 +36,10 @@ pub struct Machine {
     pub cores: usize,
     pub memory_mib: Option<u64>,
     pub os: String,
+    /// `/proc/loadavg` (1, 5, 15 min) when the report was made: other work on the machine.
+    pub load_average: Option<String>,
+    /// `/proc/pressure/io` "some" line: time stalled on IO (durable writes share the disk).
+    pub io_pressure: Option<String>,
 }
 
 impl Machine {
@@ -53,6 +57,12 @@ impl Machine {
                 .unwrap_or(1),
             memory_mib,
             os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
+            load_average: std::fs::read_to_string("/proc/loadavg")
+                .ok()
+                .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")),
+            io_pressure: std::fs::read_to_string("/proc/pressure/io")
+                .ok()
+                .and_then(|p| p.lines().next().map(str::to_owned)),
         }
     }
 }
@@ -223,6 +233,13 @@ impl Report {
                 .unwrap_or_else(|| "?".into()),
             self.machine.os
         );
+        if let Some(l) = &self.machine.load_average {
+            let _ = writeln!(
+                s,
+                "- Load average at the end: {l}; IO pressure: {}",
+                self.machine.io_pressure.as_deref().unwrap_or("n/a")
+            );
+        }
         let _ = writeln!(s, "- Model: {model}");
         let _ = writeln!(
             s,
@@ -256,7 +273,7 @@ impl Report {
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         for op in Op::ALL {
-            if let Some(r) = self.ops.get(op.name()) {
+            if let Some(r) = self.ops.get(op.name()).filter(|r| r.counts.sent > 0) {
                 row(
                     &mut s,
                     op.name(),
