@@ -193,7 +193,7 @@ struct Inbox {
 }
 
 /// A member of a Kafka consumer group on one topic, created by
-/// [`crate::KafkaLog::subscribe`]. Dropping it leaves the group (in the background).
+/// `KafkaLog::subscribe` ([`loyalty_core::ports::EventLog::subscribe`]). Dropping it leaves the group (in the background).
 ///
 /// - **Manual commits only** (`enable.auto.commit=false`, `enable.auto.offset.store=false`).
 ///   Reading a newly assigned partition starts at the group's committed offset, or at the

@@ -33,7 +33,17 @@ macro_rules! broker {
     };
 }
 
+/// Logs to the test output (`RUST_LOG`, default: errors only; librdkafka's own warnings
+/// about consumer properties given to the producer are noise).
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()))
+        .with_test_writer()
+        .try_init();
+}
+
 fn config(broker: &TansuBroker) -> KafkaConfig {
+    init_tracing();
     let mut c = KafkaConfig::new(broker.brokers());
     c.client_id = "loyalty-test".into();
     c.session_timeout = Duration::from_secs(6);
@@ -512,7 +522,20 @@ async fn kafka_records_survive_a_broker_kill9() {
     c.close().await.unwrap();
 }
 
+/// Prints the last lines of the broker's log (when a probe fails).
+fn dump_broker_log(broker: &TansuBroker) {
+    let log = broker.log();
+    let tail: Vec<&str> = log.lines().rev().take(60).collect();
+    for l in tail.iter().rev() {
+        eprintln!("tansu: {l}");
+    }
+}
+
+/// Static membership (`group.instance.id`) against tansu: a probe, not a check of the adapter
+/// (run with `--ignored --nocapture`). Against tansu 0.6.0 it is unreliable, see the report
+/// in the crate docs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
 async fn kafka_static_membership_probe() {
     let broker = broker!();
     let log = open(&broker);
@@ -524,25 +547,32 @@ async fn kafka_static_membership_probe() {
     let log1 = KafkaLog::new(cfg1).unwrap();
     let log2 = KafkaLog::new(cfg2.clone()).unwrap();
     let c1 = log1.subscribe("g", "t").await.unwrap();
-    let a = expect_assigned(c1.as_ref()).await;
-    eprintln!("c1 first: {a:?}");
+    eprintln!("c1 first: {:?}", expect_assigned(c1.as_ref()).await);
     let c2 = log2.subscribe("g", "t").await.unwrap();
-    let (_, done) = expect_revoked(c1.as_ref()).await;
+    let wait = Duration::from_secs(20);
+    let Ok(ConsumerEvent::Revoked { done, .. }) =
+        tokio::time::timeout(wait, next_event(c1.as_ref())).await
+    else {
+        dump_broker_log(&broker);
+        panic!("c1 saw no revocation within {wait:?} of c2 joining");
+    };
     done.send(()).unwrap();
     let a1 = expect_assigned(c1.as_ref()).await;
     let a2 = expect_assigned_some(c2.as_ref()).await;
     eprintln!("split: {a1:?} {a2:?}");
+    // A rolling restart of node-2: close (a static member sends no LeaveGroup), rejoin.
     c2.close().await.unwrap();
     let started = std::time::Instant::now();
     let log2b = KafkaLog::new(cfg2).unwrap();
-    let c2b = log2b.subscribe("g", "t").await.unwrap();
-    let t = tokio::spawn(async move {
-        let a = expect_assigned_some(c2b.as_ref()).await;
-        (a, c2b)
-    });
-    // Does c1 see a rebalance?
-    let ev = tokio::time::timeout(Duration::from_secs(10), next_event(c1.as_ref())).await;
-    match ev {
+    let c2b: Arc<dyn LogConsumer> = Arc::from(log2b.subscribe("g", "t").await.unwrap());
+    let t = {
+        let c2b = c2b.clone();
+        tokio::spawn(
+            async move { tokio::time::timeout(wait, expect_assigned_some(c2b.as_ref())).await },
+        )
+    };
+    // With KIP-345 (Kafka >= 2.3) the others see no rebalance at all.
+    match tokio::time::timeout(Duration::from_secs(10), next_event(c1.as_ref())).await {
         Ok(ConsumerEvent::Revoked { partitions, done }) => {
             eprintln!("c1 revoked {partitions:?} after {:?}", started.elapsed());
             done.send(()).unwrap();
@@ -551,6 +581,111 @@ async fn kafka_static_membership_probe() {
         Ok(other) => eprintln!("c1 got {other:?}"),
         Err(_) => eprintln!("c1 saw no rebalance in 10s"),
     }
-    let (a2b, _c2b) = t.await.unwrap();
-    eprintln!("c2 again: {a2b:?} after {:?}", started.elapsed());
+    match t.await.unwrap() {
+        Ok(a) => eprintln!("node-2 again: {a:?} after {:?}", started.elapsed()),
+        Err(_) => {
+            dump_broker_log(&broker);
+            panic!("node-2 not assigned within {wait:?} of its restart");
+        }
+    }
+}
+
+/// The `max.poll.interval.ms` trap: an engine that does not call `next` for longer than the
+/// poll interval must not be evicted from the group (the poll thread keeps polling, with the
+/// partitions paused while the buffer is full).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_idle_engine_is_not_evicted_past_max_poll_interval() {
+    let broker = broker!();
+    let mut cfg = config(&broker);
+    cfg.max_poll_interval = Duration::from_secs(7);
+    cfg.revoke_timeout = Duration::from_secs(5);
+    cfg.buffer_records = 4;
+    let log = KafkaLog::new(cfg).unwrap();
+    log.ensure_topic("t", 2).await.unwrap();
+    let c = log.subscribe("g", "t").await.unwrap();
+    assert_eq!(expect_assigned(c.as_ref()).await, vec![0, 1]);
+    for i in 0..50usize {
+        log.append("t", format!("m{i}").as_bytes(), Bytes::new(), vec![])
+            .await
+            .unwrap();
+    }
+    // The engine is busy elsewhere for longer than max.poll.interval.ms.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let got = take_records(c.as_ref(), 50).await;
+    assert_eq!(got.len(), 50);
+    // Still the owner: no revocation was pending, and commits are accepted.
+    for p in 0..2 {
+        let end = log.end_offset("t", p).await.unwrap();
+        c.commit(p, end).await.unwrap();
+        assert_eq!(c.committed(p).await.unwrap(), Some(end));
+    }
+    expect_quiet(c.as_ref(), Duration::from_millis(300)).await;
+    c.close().await.unwrap();
+}
+
+/// Drives a consumer for `for_`: answers group events at once (`done` right away), and checks
+/// that every record it is handed belongs to a partition assigned to it at that moment (none
+/// between a `Revoked` and the next `Assigned`). Returns the (partition, offset) pairs read.
+async fn drive(c: Arc<dyn LogConsumer>, for_: Duration) -> Vec<(Partition, u64)> {
+    let until = tokio::time::Instant::now() + for_;
+    let mut assigned: Vec<Partition> = Vec::new();
+    let mut seen = Vec::new();
+    while tokio::time::Instant::now() < until {
+        match c.next(100).await.unwrap() {
+            ConsumerEvent::Assigned(p) => assigned = p,
+            ConsumerEvent::Revoked { partitions, done } => {
+                assigned.retain(|p| !partitions.contains(p));
+                done.send(()).unwrap();
+            }
+            ConsumerEvent::Records(records) => {
+                for r in records {
+                    assert!(
+                        assigned.contains(&r.partition),
+                        "record of partition {} delivered outside the assignment {assigned:?}",
+                        r.partition
+                    );
+                    seen.push((r.partition, r.offset));
+                }
+            }
+        }
+    }
+    seen
+}
+
+/// Records fetched before a revocation but not yet delivered are dropped, never handed out
+/// after `Revoked`: the new owner reads them from the committed offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_undelivered_records_are_dropped_on_revocation() {
+    let broker = broker!();
+    let log = open(&broker);
+    log.ensure_topic("t", 2).await.unwrap();
+    let c1: Arc<dyn LogConsumer> = Arc::from(log.subscribe("g", "t").await.unwrap());
+    assert_eq!(expect_assigned(c1.as_ref()).await, vec![0, 1]);
+    let keys = [key_for(0, 2, 7), key_for(1, 2, 7)];
+    for i in 0..20usize {
+        log.append("t", &keys[i % 2], Bytes::from(format!("r{i}")), vec![])
+            .await
+            .unwrap();
+    }
+    // c1's poll thread fetches them into its buffer; c1's engine does not read them.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let c2: Arc<dyn LogConsumer> = Arc::from(log.subscribe("g", "t").await.unwrap());
+    // Let the revocation reach c1's poll thread (heartbeats every 500 ms).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The revocation comes before the buffered records, which are then never delivered.
+    let (revoked, done) = expect_revoked(c1.as_ref()).await;
+    assert_eq!(revoked, vec![0, 1]);
+    done.send(()).unwrap();
+    // Nothing was committed: between them they read every record again, each only while it
+    // owns its partition (tansu sometimes runs a second rebalance right after this one).
+    let (seen1, seen2) = tokio::join!(
+        drive(c1.clone(), Duration::from_secs(10)),
+        drive(c2.clone(), Duration::from_secs(10))
+    );
+    let all: BTreeSet<(Partition, u64)> = seen1.iter().chain(&seen2).copied().collect();
+    let expected: BTreeSet<(Partition, u64)> =
+        (0..2).flat_map(|p| (0..10).map(move |o| (p, o))).collect();
+    assert_eq!(all, expected, "c1 read {seen1:?}, c2 read {seen2:?}");
+    c2.close().await.unwrap();
+    c1.close().await.unwrap();
 }
