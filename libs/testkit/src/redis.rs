@@ -125,19 +125,13 @@ impl RedisServer {
 
     /// Whether the server process is running (it was started and has not exited).
     pub fn is_running(&mut self) -> bool {
-        match self.child.as_mut() {
-            Some(c) => matches!(c.try_wait(), Ok(None)),
-            None => false,
-        }
+        crate::ports::running(&mut self.child)
     }
 
     /// Kills the server (SIGKILL: an outage, not a shutdown) and waits for it to exit. Its
     /// port and directory are kept for [`RedisServer::restart`]. Does nothing if it is stopped.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        crate::ports::kill(&mut self.child);
     }
 
     /// Same as [`RedisServer::stop`].

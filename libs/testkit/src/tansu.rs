@@ -78,7 +78,7 @@ impl TansuBroker {
 
     /// `Ok` when a tansu binary exists; otherwise the reason, naming the install command.
     pub fn available() -> Result<(), String> {
-        Self::binary().map(|_| ())
+        Self::binary().map(|_| ()).map_err(crate::missing)
     }
 
     /// Starts a broker on a free loopback port, in a new temporary directory, and waits until
@@ -129,18 +129,12 @@ impl TansuBroker {
 
     /// Whether the broker process is running.
     pub fn is_running(&mut self) -> bool {
-        match self.child.as_mut() {
-            Some(child) => matches!(child.try_wait(), Ok(None)),
-            None => false,
-        }
+        crate::ports::running(&mut self.child)
     }
 
     /// Kills the broker with SIGKILL (no shutdown of any kind) and reaps it. Idempotent.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        crate::ports::kill(&mut self.child);
     }
 
     /// Starts the broker again on the same port and directory (its data is kept), killing it
