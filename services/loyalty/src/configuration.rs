@@ -22,6 +22,10 @@ pub struct DevConfig {
     /// Partitions of the POS command topic, fixed when the topic is created
     /// (`LOYALTY_PARTITIONS`).
     pub partitions: u32,
+    /// Topic of POS commands (`LOYALTY_TOPIC`), created at startup if absent.
+    pub topic: String,
+    /// Dead-letter topic (`LOYALTY_DEAD_LETTER_TOPIC`), created at startup if absent.
+    pub dead_letter_topic: String,
     /// HTTP worker threads; 0 means one per core (`LOYALTY_HTTP_WORKERS`).
     pub http_workers: usize,
     /// Seconds an idle member actor stays in memory (`LOYALTY_PASSIVATE_AFTER_SECS`).
@@ -59,6 +63,8 @@ impl Default for DevConfig {
             data_dir: PathBuf::from("./data"),
             admin_key: "dev-admin-key".into(),
             partitions: 8,
+            topic: "pos-commands".into(),
+            dead_letter_topic: "pos-commands-dlq".into(),
             http_workers: 0,
             passivate_after_secs: 300,
             cache_capacity: 1_000_000,
@@ -106,6 +112,8 @@ impl DevConfig {
             c.admin_key = k;
         }
         env_parse("LOYALTY_PARTITIONS", &mut c.partitions)?;
+        env_parse("LOYALTY_TOPIC", &mut c.topic)?;
+        env_parse("LOYALTY_DEAD_LETTER_TOPIC", &mut c.dead_letter_topic)?;
         env_parse("LOYALTY_HTTP_WORKERS", &mut c.http_workers)?;
         env_parse("LOYALTY_PASSIVATE_AFTER_SECS", &mut c.passivate_after_secs)?;
         env_parse("LOYALTY_CACHE_CAPACITY", &mut c.cache_capacity)?;
@@ -136,6 +144,25 @@ impl DevConfig {
         }
         if !(1..=1024).contains(&self.partitions) {
             bail!("partitions (LOYALTY_PARTITIONS) must be between 1 and 1024");
+        }
+        for (name, env, t) in [
+            ("topic", "LOYALTY_TOPIC", &self.topic),
+            (
+                "dead_letter_topic",
+                "LOYALTY_DEAD_LETTER_TOPIC",
+                &self.dead_letter_topic,
+            ),
+        ] {
+            let ok = !t.is_empty()
+                && t.len() <= 200
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            if !ok {
+                bail!("{name} ({env}) must be 1 to 200 characters of [A-Za-z0-9._-], got {t:?}");
+            }
+        }
+        if self.topic == self.dead_letter_topic {
+            bail!("topic and dead_letter_topic (LOYALTY_TOPIC, LOYALTY_DEAD_LETTER_TOPIC) must differ");
         }
         if self.http_workers > 256 {
             bail!("http_workers (LOYALTY_HTTP_WORKERS) must be at most 256");

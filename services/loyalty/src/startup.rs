@@ -159,6 +159,8 @@ impl Application {
         let Ports { log, store, cache } = ports.clone();
         let engine_config = EngineConfig {
             passivate_after: config.passivate_after(),
+            topic: config.topic.clone(),
+            dead_letter_topic: config.dead_letter_topic.clone(),
             ..EngineConfig::default()
         };
         let partitions = log
