@@ -1,0 +1,284 @@
+#!/usr/bin/env bash
+# The platform next to its limits, measured on this machine in the same run (issue 4, "Limits in
+# the same run"), each figure with its ratio to its limit and the issue's targets:
+#   1. HTTP: the gateway's GET /v1/members/{id} vs a plain actix-web endpoint serving the same
+#      bytes with no lookup (loadtest/src/bin/plain-http.rs), same wrk client, threads,
+#      connections, duration, same worker count;
+#   2. Redis: redis-benchmark GET/SET vs the hot-cache adapter (loadtest/src/bin/cache-bench.rs);
+#   3. the broker: raw rdkafka produce→consume vs append→applied of one engine node
+#      (the ignored test tests/tests/ingest_bench.rs, its own tansu and redis);
+#   4. the embedded store: raw redb durable writes (loadtest/src/bin/store-bench.rs) vs
+#      purchases applied end to end in dev mode (one purchase = one ledger append);
+#   5. checkout p99 at half the maximum sustainable rate (loyalty-loadtest, closed then open);
+#   6. memory per idle member (100 000 enrolled, passivated) with the default cache and with
+#      LOYALTY_CACHE_CAPACITY=1000, and per active actor.
+# Writes loadtest/results-<date>.md (and prints it).
+#
+# Usage: loadtest/bench.sh [seconds-per-run]      (default 10; needs wrk, redis-server,
+#        redis-benchmark; the broker part installs tansu through scripts/install-tansu.sh)
+# Env: MEMBERS (100000), CONNS (64 wrk connections), WORKERS (2 HTTP workers), SKIP_BROKER=1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+D=${1:-10}
+MEMBERS=${MEMBERS:-100000}
+CONNS=${CONNS:-64}
+WORKERS=${WORKERS:-2}
+PASSIVATE=5
+for tool in wrk redis-server redis-benchmark curl python3; do
+    command -v $tool >/dev/null || { echo "$tool is required" >&2; exit 1; }
+done
+DATE=$(date -u +%F)
+OUT=${OUT:-loadtest/results-$DATE.md}
+
+echo "building (release)..." >&2
+cargo build --release --locked --bin loyalty >&2
+cargo build --release --locked -p loyalty-loadtest --bins >&2
+[ -n "${SKIP_BROKER:-}" ] || cargo test --release --locked -p loyalty-tests --test ingest_bench --no-run >&2
+BIN=target/release
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+load() { cut -d' ' -f1-3 /proc/loadavg; }
+LOADS=()
+note_load() { LOADS+=("$1: $(load)"); echo "-- $1 (load average $(load))" >&2; }
+# Waits up to CALM_SECS (15) s for the 1-minute load average to fall under the core count (others build here).
+calm() { for _ in $(seq "${CALM_SECS:-15}"); do awk -v n="$(nproc)" '{exit !($1 < n)}' /proc/loadavg && return; sleep 1; done; }
+rss_kib() { awk '/VmRSS/ {print $2}' /proc/"$1"/status; }
+ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print(f'{100*a/b:.0f} %' if b else 'n/a')" "$1" "$2"; }
+fmt() { python3 -c "import sys; print(f'{float(sys.argv[1]):,.0f}'.replace(',', ' '))" "$1"; }
+wrk_rps() { awk '/Requests\/sec/ {print $2}' "$1"; }
+wrk_pct() { awk -v p="$2" '$1 == p {print $2}' "$1"; }
+
+# ---------------------------------------------------------------- 2. Redis
+calm; note_load redis
+RPORT=$(free_port)
+redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no >"$WORK/redis.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 50); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+REDIS_CMD="redis-benchmark -p $RPORT -t get,set -q -c 50 -n 200000 -P 1 -d 400"
+$REDIS_CMD 2>/dev/null | tr '\r' '\n' | grep -E '^(GET|SET):.*requests per second' | tail -2 >"$WORK/redis-bench.txt"
+cat "$WORK/redis-bench.txt" >&2
+R_SET=$(awk -F'[: ]+' '/^SET/ {print $2}' "$WORK/redis-bench.txt")
+R_GET=$(awk -F'[: ]+' '/^GET/ {print $2}' "$WORK/redis-bench.txt")
+CACHE_CMD="$BIN/cache-bench redis://127.0.0.1:$RPORT/ $D 50"
+$CACHE_CMD | tee "$WORK/cache-bench.txt" >&2
+C_PUT=$(awk -F': ' '/put_statuses \(1 per call\)/ {split($2,a," "); print a[1]}' "$WORK/cache-bench.txt")
+C_GET=$(awk -F': ' '/status get/ {split($2,a," "); print a[1]}' "$WORK/cache-bench.txt")
+C_BATCH=$(awk -F': ' '/batches of 32/ {split($2,a," "); print a[1]}' "$WORK/cache-bench.txt")
+kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'
+
+# ---------------------------------------------------------------- 4a. raw redb
+calm; note_load store-bench
+STORE_CMD="$BIN/store-bench $WORK/redb $D 64,256 1024"
+$STORE_CMD | tee "$WORK/store-bench.txt" >&2
+S_SEQ=$(awk '/sequential/ {print $3}' "$WORK/store-bench.txt")
+S_GRP=$(awk '/grouped.*\(64 writers/ {print $3}' "$WORK/store-bench.txt")
+S_GRP_COMMITS=$(awk '/grouped.*\(64 writers/ {print $7}' "$WORK/store-bench.txt")
+S_GRP256=$(awk '/grouped.*\(256 writers/ {print $3}' "$WORK/store-bench.txt")
+S_GRP256_COMMITS=$(awk '/grouped.*\(256 writers/ {print $7}' "$WORK/store-bench.txt")
+
+# ---------------------------------------------------------------- loyalty dev (memory, HTTP, purchases)
+# Starts `loyalty dev` with the given environment; sets PID, URL, keys.
+start_dev() {
+    local port
+    port=$(free_port)
+    rm -rf "$WORK/data"
+    env LOYALTY_PASSIVATE_AFTER_SECS=$PASSIVATE LOYALTY_HTTP_WORKERS=$WORKERS RUST_LOG=warn "$@" \
+        $BIN/loyalty dev --listen 127.0.0.1:"$port" --data-dir "$WORK/data" >"$WORK/dev.log" 2>&1 &
+    PID=$!
+    PIDS+=($PID)
+    URL=http://127.0.0.1:$port
+    for _ in $(seq 100); do curl -sf "$URL"/readyz >/dev/null && break; sleep 0.1; done
+    # shellcheck disable=SC1091
+    source "$WORK/data/demo-keys.env"
+    export LOYALTY_STORE_KEY=$STORE1_KEY LOYALTY_MEMBERS=$MEMBERS WRK_THREADS=2
+}
+stop_dev() { kill "$PID"; wait "$PID" 2>/dev/null || true; unset 'PIDS[-1]'; }
+metric() { curl -sf -H "Authorization: Bearer $HQ_KEY" "$URL"/metrics | awk -v m="$1" 'index($0, m) == 1 {print $2}'; }
+enrol_all() {
+    local n=0 t0
+    t0=$(date +%s.%N)
+    while [ "${n%.*}" -lt "$MEMBERS" ]; do
+        wrk -t2 -c"$CONNS" -d10s -s loadtest/wrk/enrol.lua "$URL" >"$WORK/enrol.txt"
+        n=$(metric 'loyalty_events_applied_total{kind="enrol"}'); n=${n:-0}
+    done
+    ENROL_SECS=$(python3 -c "import time; print(f'{time.time()-$t0:.0f}')")
+}
+# Memory of one run: RSS at start, after enrolment (and active actors), after passivation.
+memory_run() {
+    start_dev "$@"
+    M_RSS0=$(rss_kib "$PID")
+    enrol_all
+    M_RSS1=$(rss_kib "$PID"); M_ACT1=$(metric loyalty_member_actors_active)
+    sleep $((PASSIVATE * 3))
+    M_RSS2=$(rss_kib "$PID"); M_ACT2=$(metric loyalty_member_actors_active)
+    echo "memory ($*): start $M_RSS0 KiB, enrolled $M_RSS1 KiB with $M_ACT1 active actors, passivated $M_RSS2 KiB with $M_ACT2 active (enrolment ${ENROL_SECS}s)" >&2
+}
+
+# 6b. memory with a small cache, first (its process then goes away).
+calm; note_load "memory, LOYALTY_CACHE_CAPACITY=1000"
+memory_run LOYALTY_CACHE_CAPACITY=1000
+SMALL=("$M_RSS0" "$M_RSS1" "$M_ACT1" "$M_RSS2" "$M_ACT2")
+stop_dev
+
+# 6c. every member's actor active (no passivation during the run), default cache.
+calm; note_load "memory, no passivation"
+start_dev LOYALTY_PASSIVATE_AFTER_SECS=3600
+enrol_all
+ACTIVE=("$(rss_kib "$PID")" "$(metric loyalty_member_actors_active)")
+echo "memory (no passivation): ${ACTIVE[0]} KiB with ${ACTIVE[1]} active actors" >&2
+stop_dev
+
+# 6a. memory with the default cache; this process then serves the HTTP and purchase runs.
+calm; note_load "memory, default cache"
+memory_run
+BIG=("$M_RSS0" "$M_RSS1" "$M_ACT1" "$M_RSS2" "$M_ACT2" "$ENROL_SECS")
+
+python3 - "$URL" "$STORE1_KEY" "$WORK/ids.txt" "$MEMBERS" <<'PY'
+import http.client, json, sys
+url, key, out, members = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+host, port = url.split("//")[1].split(":")
+c = http.client.HTTPConnection(host, int(port))
+with open(out, "w") as f:
+    for i in range(0, members, 50):
+        c.request("POST", "/v1/members", json.dumps({"phone": "+3361%07d" % i}), {"Authorization": "Bearer " + key, "Content-Type": "application/json"})
+        f.write(json.loads(c.getresponse().read())["member_id"] + "\n")
+PY
+export LOYALTY_IDS_FILE=$WORK/ids.txt
+
+# ---------------------------------------------------------------- 1. HTTP: gateway vs plain
+curl -sf -H "Authorization: Bearer $STORE1_KEY" "$URL/v1/members/$(head -1 "$WORK/ids.txt")" >"$WORK/body.json"
+BODY_BYTES=$(wc -c <"$WORK/body.json")
+WRK="wrk -t2 -c$CONNS -d${D}s --latency -s loadtest/wrk/status.lua"
+PPORT=$(free_port)
+$BIN/plain-http "$PPORT" "$WORK/body.json" "$WORKERS" 2>"$WORK/plain.log" &
+PIDS+=($!)
+for _ in $(seq 50); do curl -sf "http://127.0.0.1:$PPORT/v1/members/x" >/dev/null && break; sleep 0.1; done
+# Interleaved, twice each (gateway, plain, gateway, plain); the best run of each is kept, so
+# that a burst of the other engineers' builds does not decide the ratio.
+for i in 1 2; do
+    calm; note_load "gateway status ($i)"
+    $WRK "$URL" >"$WORK/wrk-gw$i.txt"
+    calm; note_load "plain actix-web ($i)"
+    $WRK "http://127.0.0.1:$PPORT" >"$WORK/wrk-plain$i.txt"
+done
+kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'
+best() { for f in "$@"; do echo "$(wrk_rps "$f") $f"; done | sort -g | tail -1 | cut -d' ' -f2; }
+cp "$(best "$WORK/wrk-gw1.txt" "$WORK/wrk-gw2.txt")" "$WORK/wrk-gw.txt"
+cp "$(best "$WORK/wrk-plain1.txt" "$WORK/wrk-plain2.txt")" "$WORK/wrk-plain.txt"
+GW=$(wrk_rps "$WORK/wrk-gw.txt"); PL=$(wrk_rps "$WORK/wrk-plain.txt")
+GW_ALL="$(wrk_rps "$WORK/wrk-gw1.txt") / $(wrk_rps "$WORK/wrk-gw2.txt")"
+PL_ALL="$(wrk_rps "$WORK/wrk-plain1.txt") / $(wrk_rps "$WORK/wrk-plain2.txt")"
+echo "status: gateway $GW req/s (p99 $(wrk_pct "$WORK/wrk-gw.txt" 99%)), plain $PL req/s (p99 $(wrk_pct "$WORK/wrk-plain.txt" 99%))" >&2
+
+# ---------------------------------------------------------------- 4b. purchases applied end to end
+applied() { metric 'loyalty_events_applied_total{kind="purchase"}'; }
+calm; note_load "purchases"
+a0=$(applied); a0=${a0:-0}; t0=$(date +%s.%N)
+LOYALTY_RUN=a wrk -t2 -c"$CONNS" -d"${D}"s --latency -s loadtest/wrk/purchase.lua "$URL" >"$WORK/wrk-purchase.txt"
+prev=-1; while :; do cur=$(applied); [ "$cur" = "$prev" ] && break; prev=$cur; sleep 0.5; done
+t1=$(date +%s.%N)
+read -r P_N P_SECS P_RATE < <(python3 -c "n=$prev-$a0; d=$t1-$t0-0.5; print(f'{n:.0f} {d:.1f} {n/d:.0f}')")
+P_202=$(wrk_rps "$WORK/wrk-purchase.txt")
+echo "purchases: 202 at $P_202 req/s; applied $P_N in $P_SECS s = $P_RATE/s" >&2
+
+# ---------------------------------------------------------------- 5. checkout p99 at half the max rate
+LT="$BIN/loyalty-loadtest run --url $URL --members 10000 --no-progress --state $WORK/lt-state.json"
+calm; note_load "checkout, closed model"
+$LT --model closed --users "$CONNS" --ramp-up 2s --duration "${D}s" --out "$WORK/lt-closed.json" >"$WORK/lt-closed.md" 2>&1 || true
+MAX=$(python3 -c "import json; print(round(json.load(open('$WORK/lt-closed.json'))['total']['throughput']))" 2>/dev/null || echo 0)
+HALF=$((MAX / 2))
+calm; note_load "checkout, open model at half"
+$LT --model open --rate "$HALF" --ramp-up 2s --duration "${D}s" --out "$WORK/lt-open.json" >"$WORK/lt-open.md" 2>&1 || true
+read -r O_RATE O_P50 O_P99 O_P999 O_ERR O_CHECK < <(python3 - "$WORK/lt-open.json" <<'PY' || echo "0 0 0 0 0 n/a"
+import json, sys
+r = json.load(open(sys.argv[1]))
+t = r["total"]; l = t["latency_ms"]
+c = r.get("correctness", {})
+ok = c.get("passed", c.get("ok"))
+print(f"{t['throughput']:.0f} {l['p50']:.2f} {l['p99']:.2f} {l['p999']:.2f} {t['errors']} {'passed' if ok else ('failed' if ok is not None else 'n/a')}")
+PY
+)
+OPS_P99=$(python3 -c "
+import json; r = json.load(open('$WORK/lt-open.json'))
+print(', '.join(f\"{k} {v['latency_ms']['p99']:.1f}\" for k, v in r['ops'].items() if v['latency_ms']['count']))" 2>/dev/null || echo n/a)
+CLOSED_P99=$(python3 -c "import json; print(f\"{json.load(open('$WORK/lt-closed.json'))['total']['latency_ms']['p99']:.1f}\")" 2>/dev/null || echo n/a)
+echo "checkout: max (closed, $CONNS users) $MAX/s p99 $CLOSED_P99 ms; open at $HALF/s: $O_RATE/s p50 $O_P50 ms p99 $O_P99 ms p99.9 $O_P999 ms, errors $O_ERR, check $O_CHECK" >&2
+stop_dev
+
+# ---------------------------------------------------------------- 3. broker
+B_LINES="(skipped)"; B_RAW=0; B_E2E=0; B_PCT=0; B_PROD=0; B_APPEND=0
+if [ -z "${SKIP_BROKER:-}" ]; then
+    calm; note_load broker
+    cargo test --release --locked -p loyalty-tests --test ingest_bench -- --ignored --nocapture >"$WORK/ingest.txt" 2>&1 || true
+    grep -E '^(records|raw rdkafka|platform append)' "$WORK/ingest.txt" >&2 || tail -20 "$WORK/ingest.txt" >&2
+    B_LINES=$(grep -E '^(records|raw rdkafka|platform append)' "$WORK/ingest.txt" || true)
+    B_PROD=$(sed -nE 's/^raw rdkafka produce: ([0-9]+)\/s.*/\1/p' "$WORK/ingest.txt")
+    B_RAW=$(sed -nE 's/.*produce→consume: ([0-9]+)\/s.*/\1/p' "$WORK/ingest.txt")
+    B_APPEND=$(sed -nE 's/^platform append \(KafkaLog\): ([0-9]+)\/s.*/\1/p' "$WORK/ingest.txt")
+    B_E2E=$(sed -nE 's/.*applied durably by one engine node: ([0-9]+)\/s.*/\1/p' "$WORK/ingest.txt")
+    B_PCT=$(sed -nE 's/.*\(([0-9]+) % of raw\).*/\1/p' "$WORK/ingest.txt")
+fi
+
+# ---------------------------------------------------------------- report
+kib_per() { python3 -c "import sys; print(f'{(float(sys.argv[1])-float(sys.argv[2]))*1024/float(sys.argv[3]):.0f}')" "$@"; }
+IDLE_BIG=$(kib_per "${BIG[3]}" "${BIG[0]}" "$MEMBERS")
+IDLE_SMALL=$(kib_per "${SMALL[3]}" "${SMALL[0]}" "$MEMBERS")
+ACT=$(python3 -c "a=${ACTIVE[1]:-0}; print(f'{(${ACTIVE[0]}-${BIG[3]})*1024/a:.0f}' if a > 0 else 'n/a')")
+mib() { python3 -c "print(f'{$1/1024:.0f}')"; }
+met() { python3 -c "import sys; print('**met**' if sys.argv[1] == '1' else '**missed**')" "$1"; }
+GW_PCT=$(python3 -c "print(f'{100*$GW/$PL:.0f}')")
+{
+echo "## Limits side by side, $DATE"
+echo
+echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/Mem:/ {print $2}') GiB RAM, $(uname -sr); every process (server, client, Redis, broker) shares the cores. Release build. Command: \`loadtest/bench.sh $D\` ($D s per run, wrk 2 threads / $CONNS connections, $WORKERS HTTP workers on both servers)."
+echo
+echo "| Measure | Platform | Limit (same run) | Ratio | Target | Verdict |"
+echo "|---|---:|---:|---:|---|---|"
+echo "| \`GET /v1/members/{id}\` (gateway, hot cache) vs plain actix-web, same ${BODY_BYTES}-byte body | $(fmt "$GW") req/s, p99 $(wrk_pct "$WORK/wrk-gw.txt" 99%) (runs: $GW_ALL) | $(fmt "$PL") req/s, p99 $(wrk_pct "$WORK/wrk-plain.txt" 99%) (runs: $PL_ALL) | $GW_PCT % | ≥ 50 % | $(met "$(python3 -c "print(int($GW_PCT >= 50))")") $(python3 -c "d=$GW_PCT-50; print(f'({d:+.0f} points)')") |"
+echo "| Redis hot cache: \`RedisCache::status\` (50 tasks, one multiplexed connection) vs redis-benchmark GET (50 clients, 400 B) | $(fmt "$C_GET") gets/s | $(fmt "$R_GET") GET/s | $(ratio "$C_GET" "$R_GET") | (none) | |"
+echo "| Redis hot cache: \`put_statuses\`, 1 status per call (Lua compare-and-set) vs redis-benchmark SET | $(fmt "$C_PUT") puts/s | $(fmt "$R_SET") SET/s | $(ratio "$C_PUT" "$R_SET") | (none) | |"
+echo "| Redis hot cache: \`put_statuses\` in batches of 32 (how the engine writes) vs redis-benchmark SET | $(fmt "$C_BATCH") statuses/s | $(fmt "$R_SET") SET/s | $(ratio "$C_BATCH" "$R_SET") | (none) | |"
+if [ -z "${SKIP_BROKER:-}" ]; then
+echo "| Broker (tansu, sqlite): platform append→applied by one engine node vs raw rdkafka produce→consume, same record size | $(fmt "$B_E2E") purchases/s | $(fmt "$B_RAW") records/s | ${B_PCT} % | ≥ 30 % | $(met "$(python3 -c "print(int(${B_PCT:-0} >= 30))")") $(python3 -c "d=${B_PCT:-0}-30; print(f'({d:+.0f} points)')") |"
+echo "| Broker: platform append (KafkaLog) vs raw rdkafka produce | $(fmt "$B_APPEND") appends/s | $(fmt "$B_PROD") records/s | $(ratio "$B_APPEND" "$B_PROD") | (none) | |"
+fi
+echo "| Dev mode: purchases applied end to end (durable in the store; one ledger append each) vs raw redb, 64 writers, group commit, 1 KiB values | $(fmt "$P_RATE") appends/s | $(fmt "$S_GRP") writes/s ($(fmt "$S_GRP_COMMITS") fsyncs/s) | $(ratio "$P_RATE" "$S_GRP") | ≥ 20 000/s | $(met "$(python3 -c "print(int($P_RATE >= 20000))")") ($(python3 -c "print(f'{100*$P_RATE/20000:.0f} % of it')")) |"
+echo "| … the same vs raw redb, 256 writers (groups of up to 256, the store's MAX_GROUP) | $(fmt "$P_RATE") appends/s | $(fmt "$S_GRP256") writes/s ($(fmt "$S_GRP256_COMMITS") fsyncs/s) | $(ratio "$P_RATE" "$S_GRP256") | | |"
+echo "| … the same vs raw redb, one writer, one 1 KiB value per durable commit | $(fmt "$P_RATE") appends/s | $(fmt "$S_SEQ") commits/s | $(ratio "$P_RATE" "$S_SEQ") | | |"
+echo "| Dev mode: \`POST /v1/purchases\` → 202 (durable in the log) | $(fmt "$P_202") req/s, p99 $(wrk_pct "$WORK/wrk-purchase.txt" 99%) | | | | |"
+echo "| Checkout mix (loyalty-loadtest): max sustainable rate (closed model, $CONNS tills) | $(fmt "$MAX") req/s, p99 $CLOSED_P99 ms | | | | |"
+echo "| Checkout p99 at half of it (open model, $HALF req/s) | p99 $O_P99 ms (p50 $O_P50, p99.9 $O_P999; $(fmt "$O_RATE") req/s, $O_ERR errors, check $O_CHECK; p99 per operation, ms: $OPS_P99) | | | < 10 ms | $(met "$(python3 -c "print(int(0 < float('$O_P99') < 10))")") |"
+echo "| Memory per idle member: $MEMBERS enrolled, passivated (RSS $(mib "${BIG[0]}") → $(mib "${BIG[3]}") MiB) | $IDLE_BIG B | | | ≤ 1 024 B | $(met "$(python3 -c "print(int($IDLE_BIG <= 1024))")") ($(python3 -c "print(f'{$IDLE_BIG/1024:.1f}')")×) |"
+echo "| … with LOYALTY_CACHE_CAPACITY=1000 (RSS $(mib "${SMALL[0]}") → $(mib "${SMALL[3]}") MiB): without the in-process cache | $IDLE_SMALL B | | | ≤ 1 024 B | $(met "$(python3 -c "print(int($IDLE_SMALL <= 1024))")") |"
+echo "| Per active actor: (RSS with every actor active, no passivation − RSS after passivation, default cache) / N | $ACT B (N = ${ACTIVE[1]}, RSS $(mib "${ACTIVE[0]}") MiB) | | | documented | |"
+echo
+echo "Memory: RSS right after enrolment (passivation at ${PASSIVATE} s) $(mib "${BIG[1]}") MiB with ${BIG[2]} actors active; after passivation $(mib "${BIG[3]}") MiB with ${BIG[4]} (the allocator keeps freed memory, so the per-active figure compares two processes)."
+echo "Enrolment of $MEMBERS members: ${BIG[5]} s. Load average before each part: $(IFS=';'; echo "${LOADS[*]}")."
+echo
+echo "Commands run by the script:"
+echo
+echo '```sh'
+echo "$REDIS_CMD"
+echo "target/release/cache-bench redis://127.0.0.1:PORT/ $D 50"
+echo "target/release/store-bench DIR $D 64,256 1024"
+echo "$WRK http://GATEWAY        # then the same against target/release/plain-http PORT body.json $WORKERS"
+echo "wrk -t2 -c$CONNS -d${D}s --latency -s loadtest/wrk/purchase.lua http://GATEWAY   # until loyalty_events_applied_total{kind=\"purchase\"} stops growing"
+echo "target/release/loyalty-loadtest run --members 10000 --model closed --users $CONNS --ramp-up 2s --duration ${D}s"
+echo "target/release/loyalty-loadtest run --members 10000 --model open --rate $HALF --ramp-up 2s --duration ${D}s"
+echo "cargo test --release -p loyalty-tests --test ingest_bench -- --ignored --nocapture"
+echo '```'
+echo
+echo "Raw output of the broker test:"
+echo
+echo '```'
+echo "$B_LINES"
+echo '```'
+} | tee "$OUT"
+echo "written: $OUT" >&2
