@@ -169,14 +169,20 @@ impl Engine {
                 }
             });
         let results = join_all(work).await;
+        let mut commits = Vec::new();
         for (partition, recs, outcome) in results {
             let Some(outcome) = outcome else { continue };
             self.publish(outcome).await;
             if let Some(last) = recs.last() {
-                if let Err(e) = consumer.commit(partition, last.offset + 1).await {
-                    // Redelivery is harmless: the events are recorded as processed.
-                    tracing::warn!(partition, error = %e, "offset commit failed");
-                }
+                commits.push((partition, last.offset + 1));
+            }
+        }
+        // All at once: a log can make concurrent commits durable with one write.
+        let done = join_all(commits.iter().map(|&(p, next)| consumer.commit(p, next))).await;
+        for ((partition, _), result) in commits.iter().zip(done) {
+            if let Err(e) = result {
+                // Redelivery is harmless: the events are recorded as processed.
+                tracing::warn!(partition, error = %e, "offset commit failed");
             }
         }
         if !by_partition.is_empty() {
