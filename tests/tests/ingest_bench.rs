@@ -19,7 +19,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 const IN_FLIGHT: usize = 512;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark: run with --ignored --nocapture"]
+#[ignore = "benchmark (prints rates, minutes long): run by scripts/run-ignored.sh and loadtest/bench.sh"]
 async fn ingestion_rate_next_to_the_raw_broker_rate() {
     let n: usize = std::env::var("LOYALTY_BENCH_EVENTS")
         .ok()

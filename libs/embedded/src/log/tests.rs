@@ -567,7 +567,7 @@ async fn log_concurrent_appends_are_all_acknowledged_and_readable() {
 /// Throughput with many appenders (run with `--ignored --nocapture`; prints, asserts nothing
 /// about timing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
+#[ignore = "benchmark (prints rates, minutes long): run by scripts/run-ignored.sh"]
 async fn log_append_throughput() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());

@@ -171,11 +171,10 @@ pub async fn redemption(
         }
         .into());
     }
-    let member_ref = MemberRef {
-        member_id: Some(body.member_id.to_string()),
-        ..Default::default()
-    };
-    member_ref.resolve(&gw, &franchise).await?;
+    // The member must be enrolled in this franchise (the id is already validated).
+    gw.member_status(&franchise, &body.member_id)
+        .await?
+        .ok_or_else(ApiError::unknown_member)?;
     let env = envelope(
         &gw,
         &franchise,

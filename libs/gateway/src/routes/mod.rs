@@ -39,7 +39,7 @@ impl WaitQuery {
 }
 
 /// How a POS names a member: exactly one of its id, phone number or QR token.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 pub struct MemberRef {
     pub member_id: Option<String>,
     pub phone: Option<String>,
