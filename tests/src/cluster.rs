@@ -191,16 +191,24 @@ impl World {
         self._servers.as_ref().map(|(b, _)| b.brokers())
     }
 
+    /// A node with small batches, so that rebalances and kills land mid-stream.
     pub fn node(&self, name: &str) -> EngineNode {
+        self.node_with(
+            name,
+            EngineConfig {
+                max_batch: 256,
+                ..EngineConfig::default()
+            },
+        )
+    }
+
+    pub fn node_with(&self, name: &str, config: EngineConfig) -> EngineNode {
         EngineNode::start(
             name,
             Arc::clone(&self.log),
             self.store.clone() as Arc<dyn StateStore>,
             Arc::clone(&self.cache),
-            EngineConfig {
-                max_batch: 256,
-                ..EngineConfig::default()
-            },
+            config,
         )
     }
 

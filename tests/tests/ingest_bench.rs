@@ -1,50 +1,111 @@
-//! Benchmark (ignored by default): the end-to-end ingestion rate of one engine node on the local
-//! Kafka-compatible broker, next to the raw produce→consume rate of the same broker measured in
-//! the same run with records of the same size. Run it with
+//! Benchmarks (ignored by default): the end-to-end ingestion rate of one engine node, next to
+//! the raw rate of the log behind it measured in the same run with records of the same size.
+//!
+//! - on the local Kafka-compatible broker (distributed mode): raw rdkafka produce→consume;
+//! - on the embedded log (dev mode, durability on): raw `EmbeddedLog` append→consume.
+//!
+//! Run them with
 //! `cargo test --release -p loyalty-tests --test ingest_bench -- --ignored --nocapture`
-//! (`LOYALTY_BENCH_EVENTS`, default 20 000). It prints figures and asserts only correctness.
+//! (`LOYALTY_BENCH_EVENTS`, default 20 000 on Kafka and 100 000 embedded). They print figures
+//! and assert only correctness.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use loyalty_core::command::PosCommand;
+use loyalty_core::engine::EngineConfig;
+use loyalty_core::ports::{ConsumerEvent, EventLog};
 use loyalty_domain::{Cents, Currency};
-use loyalty_tests::cluster::{Backend, World};
+use loyalty_embedded::log::EmbeddedLog;
+use loyalty_tests::cluster::{Backend, World, PARTITIONS};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 const IN_FLIGHT: usize = 512;
+const MEMBERS: usize = 1000;
+
+fn events(default: usize) -> usize {
+    std::env::var("LOYALTY_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A purchase envelope as the gateway appends it, for the record size.
+fn sample(w: &World) -> Bytes {
+    w.envelope(
+        "p-999-99999".into(),
+        PosCommand::Purchase {
+            member_id: Some(w.member(999)),
+            amount_cents: Cents::new(1234).unwrap(),
+            currency: Currency::parse("EUR").unwrap(),
+        },
+    )
+    .encode()
+}
+
+/// One engine node (the services' engine settings) applies `n` purchases appended by the
+/// platform's log (what the gateway does once a request is validated) until durable in the store. Returns (append time, time until
+/// every purchase is applied), both from the first append.
+async fn platform_ingestion(w: &World, n: usize) -> (Duration, Duration) {
+    let mut node = w.node_with("bench", EngineConfig::default());
+    w.enrol(MEMBERS).await;
+    w.wait_applied(&vec![0; MEMBERS]).await;
+    let sent = Arc::new(AtomicUsize::new(0));
+    let t1 = Instant::now();
+    stream::iter(0..n)
+        .map(|i| {
+            let sent = Arc::clone(&sent);
+            async move {
+                w.purchase(i % MEMBERS, i / MEMBERS).await;
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .collect::<Vec<_>>()
+        .await;
+    let appended = t1.elapsed();
+    let per_member: Vec<u64> = (0..MEMBERS)
+        .map(|m| ((n - m).div_ceil(MEMBERS)) as u64)
+        .collect();
+    w.wait_applied(&per_member).await;
+    let e2e = t1.elapsed();
+    node.stop();
+    assert_eq!(sent.load(Ordering::Relaxed), n);
+    (appended, e2e)
+}
+
+fn report(n: usize, raw_what: &str, raw: (Duration, Duration), platform: (Duration, Duration)) {
+    let rate = |d: Duration| n as f64 / d.as_secs_f64();
+    println!(
+        "{raw_what}: append {:.0}/s; append→consume {:.0}/s",
+        rate(raw.0),
+        rate(raw.1)
+    );
+    println!(
+        "platform append: {:.0}/s; append→applied durably by one engine node: {:.0}/s ({:.0} % of raw append→consume)",
+        rate(platform.0),
+        rate(platform.1),
+        100.0 * raw.1.as_secs_f64() / platform.1.as_secs_f64()
+    );
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark (prints rates, minutes long): run by scripts/run-ignored.sh and loadtest/bench.sh"]
 async fn ingestion_rate_next_to_the_raw_broker_rate() {
-    let n: usize = std::env::var("LOYALTY_BENCH_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
-    let members = 1000;
+    let n = events(20_000);
     let Some(w) = World::new(Backend::KafkaRedis).await else {
         return;
     };
     let brokers = w.brokers().expect("kafka world");
-
-    // A purchase envelope, for the record size.
-    let sample = w
-        .envelope(
-            "p-999-99999".into(),
-            PosCommand::Purchase {
-                member_id: Some(w.member(999)),
-                amount_cents: Cents::new(1234).unwrap(),
-                currency: Currency::parse("EUR").unwrap(),
-            },
-        )
-        .encode();
+    let sample = sample(&w);
 
     // Raw: rdkafka produce (idempotent, acks=all) then consume, same broker, same size.
-    w.log.ensure_topic("raw-bench", 12).await.unwrap();
+    w.log.ensure_topic("raw-bench", PARTITIONS).await.unwrap();
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .set("enable.idempotence", "true")
@@ -57,7 +118,7 @@ async fn ingestion_rate_next_to_the_raw_broker_rate() {
             let producer = &producer;
             let payload = sample.clone();
             async move {
-                let key = format!("k{}", i % members);
+                let key = format!("k{}", i % MEMBERS);
                 producer
                     .send(
                         FutureRecord::to("raw-bench")
@@ -97,46 +158,65 @@ async fn ingestion_rate_next_to_the_raw_broker_rate() {
     let raw = t0.elapsed();
     assert_eq!(read, n, "the raw consumer read everything");
 
-    // End to end: one engine node applies purchases appended by the platform's Kafka log
-    // (what the gateway does once a request is validated) until durable in the store.
-    let mut node = w.node("bench");
-    w.enrol(members).await;
-    w.wait_applied(&vec![0; members]).await;
-    let sent = Arc::new(AtomicUsize::new(0));
-    let t1 = Instant::now();
+    let platform = platform_ingestion(&w, n).await;
+    println!(
+        "records: {n} of {} bytes, {IN_FLIGHT} in flight, {PARTITIONS} partitions, one tansu broker (sqlite)",
+        sample.len()
+    );
+    report(n, "raw rdkafka", (produced, raw), platform);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark (prints rates, a minute long): run by scripts/run-ignored.sh and loadtest/bench.sh"]
+async fn dev_ingestion_rate_next_to_the_raw_embedded_log_rate() {
+    let n = events(100_000);
+    let Some(w) = World::new(Backend::Embedded).await else {
+        return;
+    };
+    let sample = sample(&w);
+
+    // Raw: the embedded log alone (durable appends, then one consumer reads everything), in a
+    // directory of its own on the same disk.
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(dir.path().join("raw")).unwrap();
+    log.ensure_topic("raw-bench", PARTITIONS).await.unwrap();
+    let t0 = Instant::now();
     stream::iter(0..n)
         .map(|i| {
-            let (w, sent) = (&w, Arc::clone(&sent));
+            let (log, payload) = (&log, sample.clone());
             async move {
-                w.purchase(i % members, i / members).await;
-                sent.fetch_add(1, Ordering::Relaxed);
+                let key = format!("k{}", i % MEMBERS);
+                log.append("raw-bench", key.as_bytes(), payload, Vec::new())
+                    .await
+                    .unwrap();
             }
         })
         .buffer_unordered(IN_FLIGHT)
         .collect::<Vec<_>>()
         .await;
-    let appended = t1.elapsed();
-    let per_member: Vec<u64> = (0..members)
-        .map(|m| ((n - m).div_ceil(members)) as u64)
-        .collect();
-    w.wait_applied(&per_member).await;
-    let e2e = t1.elapsed();
-    node.stop();
+    let appended = t0.elapsed();
+    let consumer = log.subscribe("raw-bench", "raw-bench").await.unwrap();
+    let mut read = 0;
+    while read < n {
+        match tokio::time::timeout(Duration::from_secs(60), consumer.next(2048))
+            .await
+            .expect("the raw consumer keeps reading")
+            .unwrap()
+        {
+            ConsumerEvent::Records(rs) => read += rs.len(),
+            ConsumerEvent::Assigned(_) => {}
+            ConsumerEvent::Revoked { done, .. } => {
+                let _ = done.send(());
+            }
+        }
+    }
+    let raw = t0.elapsed();
+    drop(consumer);
 
-    let rate = |d: Duration| n as f64 / d.as_secs_f64();
+    let platform = platform_ingestion(&w, n).await;
     println!(
-        "records: {n} of {} bytes, {IN_FLIGHT} in flight, 12 partitions, one tansu broker (sqlite)",
+        "records: {n} of {} bytes, {IN_FLIGHT} in flight, {PARTITIONS} partitions, embedded log and store (fsync on)",
         sample.len()
     );
-    println!(
-        "raw rdkafka produce: {:.0}/s; produce→consume: {:.0}/s",
-        rate(produced),
-        rate(raw)
-    );
-    println!(
-        "platform append (KafkaLog): {:.0}/s; append→applied durably by one engine node: {:.0}/s ({:.0} % of raw)",
-        rate(appended),
-        rate(e2e),
-        100.0 * raw.as_secs_f64() / e2e.as_secs_f64()
-    );
+    report(n, "raw EmbeddedLog", (appended, raw), platform);
 }

@@ -6,6 +6,11 @@
 //! activated lazily, rehydrated from the store); on `Revoked` the engine has no batch in flight
 //! (batches are processed to durability before the next poll), commits, stops the shard's
 //! actors, and only then acknowledges, so the next owner starts from a committed, durable point.
+//!
+//! Offsets are committed in the background ([`OffsetCommits`]), off the path of the next batch:
+//! a batch's effects and its idempotency records are durable in the store before its offset is
+//! even queued, so an offset lost in a crash only means records delivered again, which the
+//! store's idempotency records turn into replays.
 
 pub mod member;
 pub mod shard;
@@ -71,10 +76,12 @@ impl Engine {
     /// Runs until `shutdown` turns true. Must run inside an actix system (member actors are
     /// actix actors on the current arbiter).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
-        let consumer = self
-            .log
-            .subscribe(&self.config.group, &self.config.topic)
-            .await?;
+        let consumer: Arc<dyn LogConsumer> = Arc::from(
+            self.log
+                .subscribe(&self.config.group, &self.config.topic)
+                .await?,
+        );
+        let mut offsets = OffsetCommits::new(Arc::clone(&consumer));
         let mut shards: BTreeMap<Partition, Shard> = BTreeMap::new();
         let mut last_sweep = Instant::now();
         let sweep_every = (self.config.passivate_after / 4).max(Duration::from_millis(50));
@@ -86,6 +93,10 @@ impl Engine {
             let event = tokio::select! {
                 biased;
                 _ = shutdown.changed() => continue,
+                () = offsets.in_flight_done() => {
+                    offsets.start();
+                    continue;
+                }
                 ev = consumer.next(self.config.max_batch) => ev,
             };
             match event {
@@ -98,6 +109,7 @@ impl Engine {
                 }
                 Ok(ConsumerEvent::Revoked { partitions, done }) => {
                     tracing::info!(partitions = ?partitions, "partitions revoked");
+                    offsets.flush().await;
                     for p in &partitions {
                         if let Some(mut s) = shards.remove(p) {
                             s.stop_all();
@@ -107,8 +119,9 @@ impl Engine {
                 }
                 Ok(ConsumerEvent::Records(records)) => {
                     if !records.is_empty() {
-                        self.handle_records(consumer.as_ref(), &mut shards, records, &mut shutdown)
+                        self.handle_records(&mut offsets, &mut shards, records, &mut shutdown)
                             .await;
+                        offsets.start();
                     }
                 }
                 Err(Error::ShuttingDown) => break,
@@ -130,6 +143,7 @@ impl Engine {
         }
         self.ready
             .store(false, std::sync::atomic::Ordering::Relaxed);
+        offsets.flush().await;
         for s in shards.values_mut() {
             s.stop_all();
         }
@@ -141,10 +155,10 @@ impl Engine {
     }
 
     /// Processes one poll's records, partition by partition concurrently, each until durable,
-    /// then commits each partition's offset.
+    /// then queues each partition's offset for commit.
     async fn handle_records(
         &self,
-        consumer: &dyn LogConsumer,
+        offsets: &mut OffsetCommits,
         shards: &mut BTreeMap<Partition, Shard>,
         records: Vec<Record>,
         shutdown: &mut watch::Receiver<bool>,
@@ -169,20 +183,11 @@ impl Engine {
                 }
             });
         let results = join_all(work).await;
-        let mut commits = Vec::new();
         for (partition, recs, outcome) in results {
             let Some(outcome) = outcome else { continue };
             self.publish(outcome).await;
             if let Some(last) = recs.last() {
-                commits.push((partition, last.offset + 1));
-            }
-        }
-        // All at once: a log can make concurrent commits durable with one write.
-        let done = join_all(commits.iter().map(|&(p, next)| consumer.commit(p, next))).await;
-        for ((partition, _), result) in commits.iter().zip(done) {
-            if let Err(e) = result {
-                // Redelivery is harmless: the events are recorded as processed.
-                tracing::warn!(partition, error = %e, "offset commit failed");
+                offsets.queue(partition, last.offset + 1);
             }
         }
         if !by_partition.is_empty() {
@@ -262,6 +267,73 @@ async fn process_until_durable(
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(RETRY_MAX);
             }
+        }
+    }
+}
+
+/// Offset commits in the background: at most one round of commits in flight, each round taking
+/// the latest queued offset of every partition, so a partition's committed offset never goes
+/// backwards and a slow commit (a broker round trip, an fsync) never holds up the next batch.
+struct OffsetCommits {
+    consumer: Arc<dyn LogConsumer>,
+    pending: BTreeMap<Partition, u64>,
+    in_flight: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl OffsetCommits {
+    fn new(consumer: Arc<dyn LogConsumer>) -> OffsetCommits {
+        OffsetCommits {
+            consumer,
+            pending: BTreeMap::new(),
+            in_flight: None,
+        }
+    }
+
+    /// `next` is the offset after the last record of `partition` whose effects are durable.
+    fn queue(&mut self, partition: Partition, next: u64) {
+        let e = self.pending.entry(partition).or_insert(next);
+        *e = (*e).max(next);
+    }
+
+    /// Starts a round with what is queued, unless one is in flight.
+    fn start(&mut self) {
+        if self.in_flight.as_ref().is_some_and(|h| !h.is_finished()) || self.pending.is_empty() {
+            return;
+        }
+        let commits = std::mem::take(&mut self.pending);
+        let consumer = Arc::clone(&self.consumer);
+        self.in_flight = Some(tokio::spawn(commit_round(consumer, commits)));
+    }
+
+    /// Resolves when the round in flight has finished (never, if none is).
+    async fn in_flight_done(&mut self) {
+        match self.in_flight.as_mut() {
+            Some(h) => {
+                let _ = h.await;
+                self.in_flight = None;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Commits everything queued and waits for it (before partitions are released).
+    async fn flush(&mut self) {
+        if let Some(h) = self.in_flight.take() {
+            let _ = h.await;
+        }
+        let commits = std::mem::take(&mut self.pending);
+        commit_round(Arc::clone(&self.consumer), commits).await;
+    }
+}
+
+/// Commits every partition's offset at once: a log can make concurrent commits durable with
+/// one write.
+async fn commit_round(consumer: Arc<dyn LogConsumer>, commits: BTreeMap<Partition, u64>) {
+    let done = join_all(commits.iter().map(|(&p, &next)| consumer.commit(p, next))).await;
+    for ((partition, _), result) in commits.iter().zip(done) {
+        if let Err(e) = result {
+            // Redelivery is harmless: the events are recorded as processed.
+            tracing::warn!(partition, error = %e, "offset commit failed");
         }
     }
 }
