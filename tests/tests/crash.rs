@@ -1,6 +1,11 @@
 //! Crash and replay of the real binary: `loyalty dev` is killed with SIGKILL while clients
 //! stream purchases; after a restart on the same data, every purchase that got a 2xx is applied
 //! exactly once, and re-sending every purchase (answered or not) changes nothing more.
+//!
+//! Half the clients wait for the effect (`?wait_ms`, 200 with the outcome): the store makes
+//! effects visible before its next sync, so some of these outcomes were told to the client
+//! from effects the kill took back; the log gives them again, and the outcome the platform
+//! keeps must be the one the client was told.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -20,6 +25,8 @@ struct Sent {
     event_id: String,
     member: usize,
     cents: i64,
+    /// The outcome a 200 (applied) answer gave.
+    outcome: Option<Value>,
 }
 
 async fn post(
@@ -100,9 +107,10 @@ async fn acknowledged_purchases_survive_kill_9_exactly_once() {
     let dead = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
     for c in 0..CLIENTS {
+        let wait = if c % 2 == 1 { "?wait_ms=2000" } else { "" };
         let (client, url, key) = (
             client.clone(),
-            format!("{}/v1/purchases", dev.address),
+            format!("{}/v1/purchases{wait}", dev.address),
             store_key.clone(),
         );
         let (members, acks, dead) = (Arc::clone(&members), Arc::clone(&acks), Arc::clone(&dead));
@@ -112,15 +120,21 @@ async fn acknowledged_purchases_survive_kill_9_exactly_once() {
             let mut i = 0usize;
             while !dead.load(Ordering::Relaxed) {
                 let member = (c * 7 + i * 5) % MEMBERS;
-                let sent = Sent {
+                let mut sent = Sent {
                     event_id: format!("crash-{c}-{i}"),
                     member,
                     cents: 100 + ((c * 31 + i * 17) % 300) as i64,
+                    outcome: None,
                 };
                 i += 1;
                 let body = json!({"event_id": sent.event_id, "member_id": members[member], "amount_cents": sent.cents, "currency": "EUR"});
                 match post(&client, &url, &key, &body).await {
                     Some((202, _)) => {
+                        acked.push(sent);
+                        acks.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some((200, v)) => {
+                        sent.outcome = Some(v["outcome"].clone());
                         acked.push(sent);
                         acks.fetch_add(1, Ordering::Relaxed);
                     }
@@ -149,8 +163,9 @@ async fn acknowledged_purchases_survive_kill_9_exactly_once() {
         unanswered.extend(u);
     }
     println!(
-        "killed after {} acknowledged purchases ({} unanswered)",
+        "killed after {} acknowledged purchases, {} of them applied (200), {} unanswered",
         acked.len(),
+        acked.iter().filter(|s| s.outcome.is_some()).count(),
         unanswered.len()
     );
     assert!(acked.len() >= KILL_AFTER_ACKS);
@@ -179,6 +194,20 @@ async fn acknowledged_purchases_survive_kill_9_exactly_once() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    // How much the restarted process applied (effects the kill took back or never made).
+    let metrics = client
+        .get(format!("{}/metrics", dev.address))
+        .send()
+        .await
+        .expect("metrics request")
+        .text()
+        .await
+        .unwrap_or_default();
+    let applied = metrics
+        .lines()
+        .find(|l| l.starts_with("loyalty_events_applied_total{kind=\"purchase\"}"))
+        .unwrap_or("none");
+    println!("after the restart: {applied}");
     for (m, ids) in &ledgers {
         let unique: HashSet<&String> = ids.iter().collect();
         assert_eq!(
@@ -219,11 +248,18 @@ async fn acknowledged_purchases_survive_kill_9_exactly_once() {
                 let (client, url, key) = (client.clone(), url.clone(), store_key.clone());
                 async move { post(&client, &url, &key, &body).await }
             });
-            for r in futures::future::join_all(sends).await {
+            for (s, r) in chunk.iter().zip(futures::future::join_all(sends).await) {
                 let (code, v) = r.expect("answered");
                 assert_eq!(code, 200, "{v}");
                 if v["replayed"] == true {
                     replayed += 1;
+                }
+                if let Some(told) = &s.outcome {
+                    assert_eq!(
+                        &v["outcome"], told,
+                        "{}: the outcome kept differs from the one acknowledged",
+                        s.event_id
+                    );
                 }
             }
         }

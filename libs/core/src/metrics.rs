@@ -17,6 +17,7 @@ pub struct Metrics {
     pub idempotency_conflicts: IntCounter,
     pub dead_letters: IntCounterVec,
     pub store_commit_seconds: Histogram,
+    pub checkpoint_seconds: Histogram,
     pub store_conflicts: IntCounter,
     pub engine_batch_records: Histogram,
     pub actors_active: IntGauge,
@@ -96,7 +97,13 @@ impl Metrics {
             store_commit_seconds: histogram(
                 &r,
                 "loyalty_store_commit_seconds",
-                "Durable write of a batch of effects.",
+                "Write of a group of effect batches (the embedded store's includes an fsync only for a checkpoint).",
+                lat.clone(),
+            ),
+            checkpoint_seconds: histogram(
+                &r,
+                "loyalty_checkpoint_seconds",
+                "Engine checkpoint: store made durable, then the offsets committed.",
                 lat.clone(),
             ),
             store_conflicts: counter(

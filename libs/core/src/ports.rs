@@ -182,7 +182,22 @@ pub trait StateStore: Send + Sync + 'static {
     /// conditional batches cover one partition) may have written other members' shares of a
     /// batch that fails. Callers therefore re-read the store after an error and treat the
     /// recorded events as replays, as the engine's shards do.
+    ///
+    /// On return the effects are visible to every reader; they are durable once a later
+    /// [`StateStore::sync`] has returned (at once, for a store that says so).
     async fn commit(&self, batch: EffectBatch) -> Result<()>;
+
+    /// Makes every commit that returned before this call durable.
+    ///
+    /// A store may make commits visible before they are durable (the embedded store does, so
+    /// that one fsync covers many batches) because every command is already durable in the log
+    /// and the engine commits a partition's offset only after a `sync` that covers the batches
+    /// before it: a crash rolls the store back to its last sync, and the log delivers again
+    /// what came after, which the engine applies again, in the same order, to the same effects.
+    /// Stores whose commits are durable on return (ScyllaDB) need not do anything.
+    async fn sync(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A member status as served at the till: rendered once by the engine, served as bytes.

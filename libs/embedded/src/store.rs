@@ -9,8 +9,15 @@
 //! Writes go through one writer thread that practises **group commit**: it takes every
 //! [`EffectBatch`] waiting, checks each batch's conditions inside one write transaction
 //! (member versions, idempotency records that must not exist), writes the batches that pass,
-//! commits once (one fsync for all of them) and then answers each caller. A batch that fails its
-//! conditions is left out whole: all of a batch or none of it is written.
+//! commits once and then answers each caller. A batch that fails its conditions is left out
+//! whole: all of a batch or none of it is written.
+//!
+//! Effect batches are committed without an fsync (`Durability::None`: visible at once, durable
+//! with the next durable commit); [`StateStore::sync`] makes everything before it durable with
+//! one fsync. The engine syncs before it commits offsets, so a crash loses only effects whose
+//! commands the log still holds and delivers again (see [`StateStore::sync`]). Administrative
+//! writes (franchises, programs, stores, keys) are durable on return, and a clean close makes
+//! everything durable.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,7 +30,7 @@ use loyalty_core::{Error, Result};
 use loyalty_domain::{
     EventId, FranchiseId, LedgerEntry, MemberId, MemberState, ProcessedEvent, Program, StoreId,
 };
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -42,12 +49,30 @@ pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// Batches the writer thread puts in one transaction at most.
 const MAX_GROUP: usize = 256;
 
-type CommitRequest = (EffectBatch, oneshot::Sender<Result<()>>);
+/// What the writer thread is asked to do.
+enum WriteRequest {
+    /// Write a batch's effects (visible on reply, durable at the next sync).
+    Commit(EffectBatch, oneshot::Sender<Result<()>>),
+    /// Make every earlier commit durable.
+    Sync(oneshot::Sender<Result<()>>),
+}
 
 /// The embedded [`StateStore`]: one redb file.
 pub struct EmbeddedStore {
     db: Arc<Database>,
-    writer: mpsc::Sender<CommitRequest>,
+    writer: Option<mpsc::Sender<WriteRequest>>,
+    writer_thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Drop for EmbeddedStore {
+    /// Lets the writer finish what is queued, make it durable and close the file, so that the
+    /// store can be opened again as soon as this one is gone.
+    fn drop(&mut self) {
+        self.writer.take();
+        if let Some(t) = self.writer_thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Error {
@@ -89,13 +114,17 @@ impl EmbeddedStore {
         }
         tx.commit().map_err(unavailable)?;
         let db = Arc::new(db);
-        let (tx, rx) = mpsc::channel::<CommitRequest>(4096);
+        let (tx, rx) = mpsc::channel::<WriteRequest>(4096);
         let wdb = Arc::clone(&db);
-        thread::Builder::new()
+        let writer_thread = thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer_loop(&wdb, rx))
             .map_err(unavailable)?;
-        Ok(Arc::new(EmbeddedStore { db, writer: tx }))
+        Ok(Arc::new(EmbeddedStore {
+            db,
+            writer: Some(tx),
+            writer_thread: Some(writer_thread),
+        }))
     }
 
     fn get<T: DeserializeOwned>(
@@ -125,6 +154,10 @@ impl EmbeddedStore {
         tx.commit().map_err(unavailable)
     }
 
+    fn writer(&self) -> Result<&mpsc::Sender<WriteRequest>> {
+        self.writer.as_ref().ok_or(Error::ShuttingDown)
+    }
+
     /// Number of enrolled members (for operators and tests).
     pub fn member_count(&self) -> Result<u64> {
         use redb::ReadableTableMetadata;
@@ -134,8 +167,9 @@ impl EmbeddedStore {
     }
 }
 
-/// Applies queued batches in groups, one durable commit per group.
-fn writer_loop(db: &Database, mut rx: mpsc::Receiver<CommitRequest>) {
+/// Applies queued requests in groups: one transaction per group, durable (one fsync) when the
+/// group holds a sync. When every handle is gone, makes the last commits durable.
+fn writer_loop(db: &Database, mut rx: mpsc::Receiver<WriteRequest>) {
     while let Some(first) = rx.blocking_recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -144,36 +178,59 @@ fn writer_loop(db: &Database, mut rx: mpsc::Receiver<CommitRequest>) {
                 Err(_) => break,
             }
         }
+        let durable = group.iter().any(|r| matches!(r, WriteRequest::Sync(_)));
         let timer = loyalty_core::metrics::metrics()
             .store_commit_seconds
             .start_timer();
-        match commit_group(db, &group) {
+        let batches: Vec<&EffectBatch> = group
+            .iter()
+            .filter_map(|r| match r {
+                WriteRequest::Commit(b, _) => Some(b),
+                WriteRequest::Sync(_) => None,
+            })
+            .collect();
+        match commit_group(db, &batches, durable) {
             Ok(results) => {
                 timer.observe_duration();
-                for ((_, reply), result) in group.into_iter().zip(results) {
-                    let _ = reply.send(result);
+                let mut results = results.into_iter();
+                for request in group {
+                    match request {
+                        WriteRequest::Commit(_, reply) => {
+                            let _ = reply.send(results.next().unwrap_or(Ok(())));
+                        }
+                        WriteRequest::Sync(reply) => {
+                            let _ = reply.send(Ok(()));
+                        }
+                    }
                 }
             }
             Err(e) => {
                 let msg = e.to_string();
-                for (_, reply) in group {
+                for request in group {
+                    let (WriteRequest::Commit(_, reply) | WriteRequest::Sync(reply)) = request;
                     let _ = reply.send(Err(Error::Unavailable(msg.clone())));
                 }
             }
         }
     }
+    if let Err(e) = commit_group(db, &[], true) {
+        tracing::error!(error = %e, "embedded store: final sync failed");
+    }
 }
 
 /// Writes every batch whose conditions hold; returns each batch's result. `Err` of the whole
 /// function means nothing was committed.
-fn commit_group(db: &Database, group: &[CommitRequest]) -> Result<Vec<Result<()>>> {
-    let tx = db.begin_write().map_err(unavailable)?;
+fn commit_group(db: &Database, group: &[&EffectBatch], durable: bool) -> Result<Vec<Result<()>>> {
+    let mut tx = db.begin_write().map_err(unavailable)?;
+    if !durable {
+        tx.set_durability(Durability::None).map_err(unavailable)?;
+    }
     let mut results = Vec::with_capacity(group.len());
     {
         let mut members = tx.open_table(MEMBERS).map_err(unavailable)?;
         let mut ledger = tx.open_table(LEDGER).map_err(unavailable)?;
         let mut processed = tx.open_table(PROCESSED).map_err(unavailable)?;
-        for (batch, _) in group {
+        for batch in group {
             // Conditions first, so that a failing batch writes nothing.
             let mut failed = None;
             for w in &batch.members {
@@ -374,8 +431,17 @@ impl StateStore for EmbeddedStore {
             return Ok(());
         }
         let (tx, rx) = oneshot::channel();
-        self.writer
-            .send((batch, tx))
+        self.writer()?
+            .send(WriteRequest::Commit(batch, tx))
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        rx.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    async fn sync(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.writer()?
+            .send(WriteRequest::Sync(tx))
             .await
             .map_err(|_| Error::ShuttingDown)?;
         rx.await.map_err(|_| Error::ShuttingDown)?

@@ -58,6 +58,28 @@ pub async fn run_all(store: Arc<dyn StateStore>) -> R {
         .await
         .context("ledger_pages_newest_first")?;
     members_scan_once(s).await.context("members_scan_once")?;
+    sync_keeps_every_commit(s)
+        .await
+        .context("sync_keeps_every_commit")?;
+    Ok(())
+}
+
+/// Enrols one member (scenario `name`) and returns the state the store now holds.
+pub async fn enrol_one(store: &dyn StateStore, name: &str) -> anyhow::Result<MemberState> {
+    let mut sc = Scenario::new(name)?;
+    let m = sc.member(1)?;
+    let enrol = sc.enrol(&m)?;
+    store.commit(enrol.batch(0)).await?;
+    enrol.state.ok_or_else(|| anyhow!("no state"))
+}
+
+/// A sync changes nothing readers see, with or without commits before it.
+pub async fn sync_keeps_every_commit(store: &dyn StateStore) -> R {
+    store.sync().await?;
+    let state = enrol_one(store, "sync").await?;
+    store.sync().await?;
+    ensure!(store.member(&state.member_id).await?.as_ref() == Some(&state));
+    store.sync().await?;
     Ok(())
 }
 

@@ -7,10 +7,12 @@
 //! (batches are processed to durability before the next poll), commits, stops the shard's
 //! actors, and only then acknowledges, so the next owner starts from a committed, durable point.
 //!
-//! Offsets are committed in the background ([`OffsetCommits`]), off the path of the next batch:
-//! a batch's effects and its idempotency records are durable in the store before its offset is
-//! even queued, so an offset lost in a crash only means records delivered again, which the
-//! store's idempotency records turn into replays.
+//! Offsets are committed in the background ([`OffsetCommits`]), off the path of the next batch,
+//! at most once per [`EngineConfig::checkpoint_every`]: each round first makes the store durable
+//! up to the batches it covers ([`StateStore::sync`]), then commits their offsets. A batch's
+//! effects are visible (cache, replies) as soon as the store has them; a crash before the next
+//! round rolls the store back to its last sync and the log delivers the records again, which
+//! the engine applies again to the same effects, or finds recorded and treats as replays.
 
 pub mod member;
 pub mod shard;
@@ -43,6 +45,9 @@ pub struct EngineConfig {
     pub max_batch: usize,
     /// A member actor idle for this long is stopped.
     pub passivate_after: Duration,
+    /// Least time between two checkpoints (store sync, then offset commits): what a crash can
+    /// make the log deliver again, against one fsync of the store per round.
+    pub checkpoint_every: Duration,
 }
 
 impl Default for EngineConfig {
@@ -53,6 +58,7 @@ impl Default for EngineConfig {
             group: "loyalty-engine".into(),
             max_batch: 2048,
             passivate_after: Duration::from_secs(300),
+            checkpoint_every: Duration::from_millis(50),
         }
     }
 }
@@ -81,7 +87,11 @@ impl Engine {
                 .subscribe(&self.config.group, &self.config.topic)
                 .await?,
         );
-        let mut offsets = OffsetCommits::new(Arc::clone(&consumer));
+        let mut offsets = OffsetCommits::new(
+            Arc::clone(&consumer),
+            Arc::clone(&self.store),
+            self.config.checkpoint_every,
+        );
         let mut shards: BTreeMap<Partition, Shard> = BTreeMap::new();
         let mut last_sweep = Instant::now();
         let sweep_every = (self.config.passivate_after / 4).max(Duration::from_millis(50));
@@ -271,38 +281,58 @@ async fn process_until_durable(
     }
 }
 
-/// Offset commits in the background: at most one round of commits in flight, each round taking
-/// the latest queued offset of every partition, so a partition's committed offset never goes
-/// backwards and a slow commit (a broker round trip, an fsync) never holds up the next batch.
+/// Checkpoints in the background: at most one round in flight, each round making the store
+/// durable and then committing the latest queued offset of every partition, so a committed
+/// offset never runs ahead of the store's durable state nor goes backwards, and neither the
+/// fsync nor the commit (a broker round trip) holds up the next batch.
 struct OffsetCommits {
     consumer: Arc<dyn LogConsumer>,
+    store: Arc<dyn StateStore>,
+    every: Duration,
     pending: BTreeMap<Partition, u64>,
     in_flight: Option<tokio::task::JoinHandle<()>>,
+    last_round: Option<tokio::time::Instant>,
 }
 
 impl OffsetCommits {
-    fn new(consumer: Arc<dyn LogConsumer>) -> OffsetCommits {
+    fn new(
+        consumer: Arc<dyn LogConsumer>,
+        store: Arc<dyn StateStore>,
+        every: Duration,
+    ) -> OffsetCommits {
         OffsetCommits {
             consumer,
+            store,
+            every,
             pending: BTreeMap::new(),
             in_flight: None,
+            last_round: None,
         }
     }
 
-    /// `next` is the offset after the last record of `partition` whose effects are durable.
+    /// `next` is the offset after the last record of `partition` whose effects the store has.
     fn queue(&mut self, partition: Partition, next: u64) {
         let e = self.pending.entry(partition).or_insert(next);
         *e = (*e).max(next);
     }
 
-    /// Starts a round with what is queued, unless one is in flight.
+    /// Starts a round with what is queued, unless one is in flight; it waits until
+    /// `checkpoint_every` after the previous round's start.
     fn start(&mut self) {
         if self.in_flight.as_ref().is_some_and(|h| !h.is_finished()) || self.pending.is_empty() {
             return;
         }
+        let not_before = self.last_round.map(|t| t + self.every);
+        let now = tokio::time::Instant::now();
+        self.last_round = Some(not_before.map_or(now, |t| t.max(now)));
         let commits = std::mem::take(&mut self.pending);
-        let consumer = Arc::clone(&self.consumer);
-        self.in_flight = Some(tokio::spawn(commit_round(consumer, commits)));
+        let (consumer, store) = (Arc::clone(&self.consumer), Arc::clone(&self.store));
+        self.in_flight = Some(tokio::spawn(async move {
+            if let Some(t) = not_before {
+                tokio::time::sleep_until(t).await;
+            }
+            checkpoint(consumer.as_ref(), store.as_ref(), commits).await;
+        }));
     }
 
     /// Resolves when the round in flight has finished (never, if none is).
@@ -316,20 +346,33 @@ impl OffsetCommits {
         }
     }
 
-    /// Commits everything queued and waits for it (before partitions are released).
+    /// Checkpoints everything queued now and waits for it (before partitions are released).
     async fn flush(&mut self) {
         if let Some(h) = self.in_flight.take() {
             let _ = h.await;
         }
         let commits = std::mem::take(&mut self.pending);
-        commit_round(Arc::clone(&self.consumer), commits).await;
+        if !commits.is_empty() {
+            checkpoint(self.consumer.as_ref(), self.store.as_ref(), commits).await;
+        }
     }
 }
 
-/// Commits every partition's offset at once: a log can make concurrent commits durable with
-/// one write.
-async fn commit_round(consumer: Arc<dyn LogConsumer>, commits: BTreeMap<Partition, u64>) {
+/// Makes the store durable, then commits every partition's offset at once (a log can make
+/// concurrent commits durable with one write).
+async fn checkpoint(
+    consumer: &dyn LogConsumer,
+    store: &dyn StateStore,
+    commits: BTreeMap<Partition, u64>,
+) {
+    let timer = metrics().checkpoint_seconds.start_timer();
+    if let Err(e) = store.sync().await {
+        // Not committing is safe: the records are delivered again after a restart.
+        tracing::warn!(error = %e, "store sync failed; offsets left uncommitted");
+        return;
+    }
     let done = join_all(commits.iter().map(|(&p, &next)| consumer.commit(p, next))).await;
+    timer.observe_duration();
     for ((partition, _), result) in commits.iter().zip(done) {
         if let Err(e) = result {
             // Redelivery is harmless: the events are recorded as processed.
