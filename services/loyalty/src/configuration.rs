@@ -32,6 +32,9 @@ pub struct DevConfig {
     pub passivate_after_secs: u64,
     /// Member statuses kept in the in-process hot cache (`LOYALTY_CACHE_CAPACITY`).
     pub cache_capacity: usize,
+    /// Page cache of the embedded store, in MiB (`LOYALTY_STORE_CACHE_MIB`): memory it takes
+    /// however many members there are; the OS page cache serves the rest.
+    pub store_cache_mib: usize,
     /// Largest request body in bytes (`LOYALTY_MAX_BODY_BYTES`).
     pub max_body_bytes: usize,
     /// Create a demo franchise with three stores on first start (`LOYALTY_DEMO`).
@@ -68,6 +71,7 @@ impl Default for DevConfig {
             http_workers: 0,
             passivate_after_secs: 300,
             cache_capacity: 1_000_000,
+            store_cache_mib: 64,
             max_body_bytes: 16 * 1024,
             demo: true,
             kafka_brokers: None,
@@ -117,6 +121,7 @@ impl DevConfig {
         env_parse("LOYALTY_HTTP_WORKERS", &mut c.http_workers)?;
         env_parse("LOYALTY_PASSIVATE_AFTER_SECS", &mut c.passivate_after_secs)?;
         env_parse("LOYALTY_CACHE_CAPACITY", &mut c.cache_capacity)?;
+        env_parse("LOYALTY_STORE_CACHE_MIB", &mut c.store_cache_mib)?;
         env_parse("LOYALTY_MAX_BODY_BYTES", &mut c.max_body_bytes)?;
         env_parse("LOYALTY_DEMO", &mut c.demo)?;
         if let Ok(v) = std::env::var("LOYALTY_KAFKA_BROKERS") {
@@ -169,6 +174,9 @@ impl DevConfig {
         }
         if self.passivate_after_secs == 0 {
             bail!("passivate_after_secs (LOYALTY_PASSIVATE_AFTER_SECS) must be at least 1");
+        }
+        if !(1..=1 << 20).contains(&self.store_cache_mib) {
+            bail!("store_cache_mib (LOYALTY_STORE_CACHE_MIB) must be between 1 and 1048576");
         }
         if self.cache_capacity == 0 {
             bail!("cache_capacity (LOYALTY_CACHE_CAPACITY) must be at least 1");
@@ -267,6 +275,15 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("LOYALTY_ADMIN_KEY"));
+        let c = DevConfig {
+            store_cache_mib: 0,
+            ..DevConfig::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("LOYALTY_STORE_CACHE_MIB"));
     }
 
     #[test]

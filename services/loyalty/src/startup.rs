@@ -90,6 +90,11 @@ fn redis_cache(config: &DevConfig) -> anyhow::Result<Arc<dyn HotCache>> {
 
 /// The durable store: ScyllaDB when `scylla_nodes` is set, else the embedded store in the data
 /// directory (one process owns it).
+fn open_embedded_store(config: &DevConfig) -> anyhow::Result<Arc<EmbeddedStore>> {
+    EmbeddedStore::open_with(&config.data_dir.join("store"), config.store_cache_mib << 20)
+        .with_context(|| format!("opening the store in {}", config.data_dir.display()))
+}
+
 pub async fn open_store(config: &DevConfig) -> anyhow::Result<Arc<dyn StateStore>> {
     if let Some(scylla) = config.scylla()? {
         let store = loyalty_scylla::ScyllaStore::connect(&scylla)
@@ -99,8 +104,7 @@ pub async fn open_store(config: &DevConfig) -> anyhow::Result<Arc<dyn StateStore
     }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
-    let store = EmbeddedStore::open(&config.data_dir.join("store"))
-        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let store = open_embedded_store(config)?;
     Ok(store)
 }
 
@@ -113,8 +117,7 @@ impl Application {
         })?;
         let log = EmbeddedLog::open(config.data_dir.join("log"))
             .with_context(|| format!("opening the event log in {}", config.data_dir.display()))?;
-        let store = EmbeddedStore::open(&config.data_dir.join("store"))
-            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+        let store = open_embedded_store(&config)?;
         let cache = Arc::new(EmbeddedCache::new(config.cache_capacity));
         let ports = Ports {
             log: log.clone(),

@@ -129,8 +129,10 @@ impl Engine {
                 }
                 Ok(ConsumerEvent::Records(records)) => {
                     if !records.is_empty() {
+                        let timer = metrics().engine_batch_seconds.start_timer();
                         self.handle_records(&mut offsets, &mut shards, records, &mut shutdown)
                             .await;
+                        timer.observe_duration();
                         offsets.start();
                     }
                 }

@@ -220,6 +220,8 @@ impl Shard {
         let mut pending_replies: Vec<(EventReply, Option<MemberId>)> = Vec::new();
         // Members only replayed in this batch: their durable state, to republish.
         let mut replayed_states: HashMap<MemberId, (MemberState, Arc<Program>)> = HashMap::new();
+        // When the gateways received the new events, for the engine's lag.
+        let mut received = Vec::new();
 
         for (env, program) in commands {
             let fp = env.fingerprint();
@@ -381,6 +383,7 @@ impl Shard {
                 }
             }
 
+            received.push(env.received_at);
             let record = ProcessedEvent {
                 franchise_id: env.franchise_id.clone(),
                 event_id: env.event_id.clone(),
@@ -424,6 +427,11 @@ impl Shard {
             processed: writes,
         };
         deps.store.commit(batch).await?;
+        let now = crate::provisioning::now();
+        for at in received {
+            let lag = (now.0 - at.0).max(0) as f64 / 1000.0;
+            metrics().engine_lag_seconds.observe(lag);
+        }
 
         // Durable: the actors' memory and the store agree again.
         let mut statuses = Vec::with_capacity(states.len());

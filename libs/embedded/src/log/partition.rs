@@ -193,6 +193,7 @@ pub(crate) struct BatchLimits {
 /// that arrive while a batch is being synced wait in the queue and form the next batch, so the
 /// cost of a sync is shared by every concurrent appender (group commit).
 pub(crate) fn run_writer(queue: mpsc::Receiver<AppendRequest>, limits: BatchLimits) {
+    let syncers = Syncers::start(SYNC_THREADS);
     let mut batch: Vec<AppendRequest> = Vec::new();
     while let Ok(first) = queue.recv() {
         let mut bytes = first.frame.len();
@@ -206,9 +207,78 @@ pub(crate) fn run_writer(queue: mpsc::Receiver<AppendRequest>, limits: BatchLimi
                 Err(_) => break,
             }
         }
-        commit_batch(&mut batch);
+        commit_batch(&mut batch, &syncers);
     }
     tracing::debug!("embedded log writer stopped");
+}
+
+/// Threads syncing the partition files of one group commit.
+const SYNC_THREADS: usize = 8;
+
+type SyncJob = (
+    Arc<PartitionLog>,
+    usize,
+    mpsc::Sender<(usize, std::io::Result<()>)>,
+);
+
+/// Threads that `fdatasync` the files of a group commit concurrently, so that a batch that
+/// touched many partitions waits for about the slowest flush rather than for all of them in a
+/// row (the filesystem's journal and the disk merge concurrent flushes).
+struct Syncers {
+    jobs: Option<mpsc::Sender<SyncJob>>,
+}
+
+impl Syncers {
+    fn start(threads: usize) -> Syncers {
+        let (tx, rx) = mpsc::channel::<SyncJob>();
+        let rx = Arc::new(Mutex::new(rx));
+        let mut started = 0;
+        for i in 0..threads {
+            let rx = Arc::clone(&rx);
+            let spawned = std::thread::Builder::new()
+                .name(format!("embedded-log-sync-{i}"))
+                .spawn(move || loop {
+                    let job = rx.lock().recv();
+                    let Ok((part, i, done)) = job else { return };
+                    let _ = done.send((i, part.file.sync_data()));
+                });
+            if spawned.is_ok() {
+                started += 1;
+            }
+        }
+        // Without helper threads every file is synced by the writer itself.
+        Syncers {
+            jobs: (started > 0).then_some(tx),
+        }
+    }
+
+    /// Syncs every file, concurrently when there are several; results in the same order.
+    fn sync_all<'a>(
+        &self,
+        parts: impl ExactSizeIterator<Item = &'a Arc<PartitionLog>>,
+    ) -> Vec<std::io::Result<()>> {
+        let n = parts.len();
+        let Some(jobs) = self.jobs.as_ref().filter(|_| n > 1) else {
+            return parts.map(|p| p.file.sync_data()).collect();
+        };
+        let (done_tx, done_rx) = mpsc::channel();
+        let mut results: Vec<Option<std::io::Result<()>>> = (0..n).map(|_| None).collect();
+        for (i, part) in parts.enumerate() {
+            if let Err(mpsc::SendError((part, i, _))) =
+                jobs.send((Arc::clone(part), i, done_tx.clone()))
+            {
+                results[i] = Some(part.file.sync_data());
+            }
+        }
+        drop(done_tx);
+        while let Ok((i, r)) = done_rx.recv() {
+            results[i] = Some(r);
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(std::io::Error::other("sync thread stopped"))))
+            .collect()
+    }
 }
 
 /// The appends of one batch that go to one partition, in arrival order.
@@ -217,7 +287,7 @@ struct Share {
     requests: Vec<AppendRequest>,
 }
 
-fn commit_batch(batch: &mut Vec<AppendRequest>) {
+fn commit_batch(batch: &mut Vec<AppendRequest>, syncers: &Syncers) {
     let mut shares: Vec<Share> = Vec::new();
     let mut by_partition: HashMap<*const PartitionLog, usize> = HashMap::new();
     for request in batch.drain(..) {
@@ -261,9 +331,10 @@ fn commit_batch(batch: &mut Vec<AppendRequest>) {
             }
         }
     }
-    for (share, base, positions, end) in written {
+    let synced = syncers.sync_all(written.iter().map(|(share, ..)| &share.partition));
+    for ((share, base, positions, end), synced) in written.into_iter().zip(synced) {
         let part = &share.partition;
-        if let Err(e) = part.file.sync_data() {
+        if let Err(e) = synced {
             // After a failed fsync the kernel may have dropped the dirty pages: the file's
             // content is unknown. Cut what this batch wrote and fence the partition.
             let why = format!("syncing {}: {e}", part.path.display());
