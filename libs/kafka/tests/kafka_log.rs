@@ -4,21 +4,20 @@
 //! binary each test prints `SKIPPED: ...` and returns; install it with
 //! `scripts/install-tansu.sh`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use loyalty_core::ports::{partition_for, ConsumerEvent, EventLog, LogConsumer, Partition, Record};
+use loyalty_core::ports::{ConsumerEvent, EventLog, LogConsumer, Partition};
 use loyalty_core::Error;
 use loyalty_kafka::{KafkaConfig, KafkaLog};
+use loyalty_testkit::log_contract::{
+    self, by_partition, expect_assigned, expect_assigned_some, expect_quiet, expect_revoked,
+    key_for, next_event, take_records, PATIENCE,
+};
 use loyalty_testkit::tansu::{TansuBroker, INSTALL_HINT};
-use tokio::sync::oneshot;
-
-/// Generous bound on any single wait (group joins take seconds), so a bug fails the test
-/// instead of hanging it.
-const PATIENCE: Duration = Duration::from_secs(45);
 
 /// Starts a broker, or returns from the test saying it was skipped.
 macro_rules! broker {
@@ -59,91 +58,6 @@ fn config(broker: &TansuBroker) -> KafkaConfig {
 
 fn open(broker: &TansuBroker) -> Arc<KafkaLog> {
     KafkaLog::new(config(broker)).unwrap()
-}
-
-/// A key that lands on `partition` of a topic with `partitions` partitions.
-fn key_for(partition: Partition, partitions: u32, salt: usize) -> Vec<u8> {
-    (0..)
-        .map(|i| format!("key-{salt}-{i}").into_bytes())
-        .find(|k| partition_for(k, partitions) == partition)
-        .unwrap()
-}
-
-async fn next_event(c: &dyn LogConsumer) -> ConsumerEvent {
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            match c.next(100).await.unwrap() {
-                ConsumerEvent::Records(r) if r.is_empty() => continue,
-                other => return other,
-            }
-        }
-    })
-    .await
-    .expect("no consumer event in time")
-}
-
-async fn expect_assigned(c: &dyn LogConsumer) -> Vec<Partition> {
-    match next_event(c).await {
-        ConsumerEvent::Assigned(p) => p,
-        other => panic!("expected Assigned, got {other:?}"),
-    }
-}
-
-async fn expect_revoked(c: &dyn LogConsumer) -> (Vec<Partition>, oneshot::Sender<()>) {
-    match next_event(c).await {
-        ConsumerEvent::Revoked { partitions, done } => (partitions, done),
-        other => panic!("expected Revoked, got {other:?}"),
-    }
-}
-
-/// Waits for an assignment that is not empty (a member may first be handed nothing while
-/// others join).
-async fn expect_assigned_some(c: &dyn LogConsumer) -> Vec<Partition> {
-    loop {
-        match next_event(c).await {
-            ConsumerEvent::Assigned(p) if !p.is_empty() => return p,
-            ConsumerEvent::Assigned(_) => {}
-            ConsumerEvent::Revoked { done, .. } => {
-                let _ = done.send(());
-            }
-            ConsumerEvent::Records(r) => panic!("unexpected records {r:?}"),
-        }
-    }
-}
-
-/// Reads records until `n` arrived (fails on group events or a timeout).
-async fn take_records(c: &dyn LogConsumer, n: usize) -> Vec<Record> {
-    let mut out = Vec::new();
-    tokio::time::timeout(PATIENCE, async {
-        while out.len() < n {
-            match c.next(n - out.len()).await.unwrap() {
-                ConsumerEvent::Records(r) => out.extend(r),
-                other => panic!("expected records, got {other:?}"),
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("only {} of {n} records arrived in time", out.len()));
-    out
-}
-
-/// Asserts that nothing more arrives for a while.
-async fn expect_quiet(c: &dyn LogConsumer, for_: Duration) {
-    let until = tokio::time::Instant::now() + for_;
-    while tokio::time::Instant::now() < until {
-        match c.next(100).await.unwrap() {
-            ConsumerEvent::Records(r) if r.is_empty() => {}
-            other => panic!("expected nothing, got {other:?}"),
-        }
-    }
-}
-
-fn by_partition(records: &[Record]) -> BTreeMap<Partition, Vec<u64>> {
-    let mut map: BTreeMap<Partition, Vec<u64>> = BTreeMap::new();
-    for r in records {
-        map.entry(r.partition).or_default().push(r.offset);
-    }
-    map
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,109 +111,14 @@ async fn kafka_producer_is_idempotent_with_acks_all() {
 async fn kafka_appends_land_in_key_partitions_with_headers() {
     let broker = broker!();
     let log = open(&broker);
-    assert_eq!(log.ensure_topic("orders", 4).await.unwrap(), 4);
-    let mut expected: BTreeMap<(Partition, u64), Record> = BTreeMap::new();
-    for i in 0..120u32 {
-        let key = format!("member-{}", i % 13).into_bytes();
-        let payload = Bytes::from(format!("payload-{i}").repeat((i % 5) as usize));
-        let headers = if i % 7 == 0 {
-            Vec::new()
-        } else {
-            vec![
-                ("event-id".to_string(), Bytes::from(format!("ev-{i}"))),
-                ("bin".to_string(), Bytes::from(vec![0u8, 255, i as u8])),
-            ]
-        };
-        let at = log
-            .append("orders", &key, payload.clone(), headers.clone())
-            .await
-            .unwrap();
-        assert_eq!(at.partition, partition_for(&key, 4));
-        expected.insert(
-            (at.partition, at.offset),
-            Record {
-                partition: at.partition,
-                offset: at.offset,
-                key: Bytes::from(key),
-                payload,
-                headers,
-            },
-        );
-    }
-    let mut touched = 0;
-    let records: Vec<Record> = expected.values().cloned().collect();
-    for (p, offsets) in by_partition(&records) {
-        // Offsets are per partition, from 0, contiguous, in append order.
-        assert_eq!(offsets, (0..offsets.len() as u64).collect::<Vec<_>>());
-        assert_eq!(
-            log.end_offset("orders", p).await.unwrap(),
-            offsets.len() as u64
-        );
-        touched += 1;
-    }
-    assert!(touched > 1, "13 keys should spread over several partitions");
-    assert!(matches!(
-        log.end_offset("orders", 4).await,
-        Err(Error::Invalid(_))
-    ));
-
-    let c = log.subscribe("readers", "orders").await.unwrap();
-    assert_eq!(expect_assigned(c.as_ref()).await, vec![0, 1, 2, 3]);
-    let got = take_records(c.as_ref(), expected.len()).await;
-    let mut last: BTreeMap<Partition, u64> = BTreeMap::new();
-    for r in &got {
-        if let Some(prev) = last.insert(r.partition, r.offset) {
-            assert!(r.offset > prev, "partition {} out of order", r.partition);
-        }
-        assert_eq!(Some(r), expected.get(&(r.partition, r.offset)));
-    }
-    assert_eq!(got.len(), expected.len());
-    c.close().await.unwrap();
+    log_contract::appends_land_in_key_partitions(log.as_ref(), "orders").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_consumer_redelivers_from_committed_offset() {
     let broker = broker!();
     let log = open(&broker);
-    log.ensure_topic("t", 2).await.unwrap();
-    let keys = [key_for(0, 2, 0), key_for(1, 2, 0)];
-    for i in 0..20usize {
-        log.append("t", &keys[i % 2], Bytes::from(format!("r{i}")), vec![])
-            .await
-            .unwrap();
-    }
-
-    let c = log.subscribe("g", "t").await.unwrap();
-    assert_eq!(expect_assigned(c.as_ref()).await, vec![0, 1]);
-    assert_eq!(c.committed(0).await.unwrap(), None);
-    let got = take_records(c.as_ref(), 20).await;
-    let per = by_partition(&got);
-    assert_eq!(per[&0], (0..10).collect::<Vec<_>>());
-    assert_eq!(per[&1], (0..10).collect::<Vec<_>>());
-    c.commit(0, 3).await.unwrap();
-    c.commit(1, 7).await.unwrap();
-    // Going backwards is a no-op, not a rewind.
-    c.commit(1, 2).await.unwrap();
-    assert_eq!(c.committed(0).await.unwrap(), Some(3));
-    assert_eq!(c.committed(1).await.unwrap(), Some(7));
-    c.close().await.unwrap();
-
-    // A new member of the group starts at the committed offsets: what was not committed is
-    // delivered again, nothing before it is.
-    let c = log.subscribe("g", "t").await.unwrap();
-    assert_eq!(expect_assigned(c.as_ref()).await, vec![0, 1]);
-    let got = take_records(c.as_ref(), 7 + 3).await;
-    let per = by_partition(&got);
-    assert_eq!(per[&0], (3..10).collect::<Vec<_>>());
-    assert_eq!(per[&1], (7..10).collect::<Vec<_>>());
-    expect_quiet(c.as_ref(), Duration::from_millis(500)).await;
-    c.close().await.unwrap();
-
-    // Another group starts from the beginning.
-    let other = log.subscribe("other", "t").await.unwrap();
-    expect_assigned(other.as_ref()).await;
-    assert_eq!(take_records(other.as_ref(), 20).await.len(), 20);
-    other.close().await.unwrap();
+    log_contract::consumer_redelivers_from_committed_offset(log.as_ref(), "t", "g").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

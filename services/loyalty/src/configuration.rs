@@ -30,7 +30,9 @@ pub struct DevConfig {
     pub http_workers: usize,
     /// Seconds an idle member actor stays in memory (`LOYALTY_PASSIVATE_AFTER_SECS`).
     pub passivate_after_secs: u64,
-    /// Member statuses kept in the in-process hot cache (`LOYALTY_CACHE_CAPACITY`).
+    /// Member statuses kept in the in-process hot cache (`LOYALTY_CACHE_CAPACITY`): the most
+    /// used ones (a miss reads the store and fills the cache). Each costs about 800 bytes, so
+    /// this bounds the cache's memory whatever the member count.
     pub cache_capacity: usize,
     /// Page cache of the embedded store, in MiB (`LOYALTY_STORE_CACHE_MIB`): memory it takes
     /// however many members there are; the OS page cache serves the rest.
@@ -70,7 +72,7 @@ impl Default for DevConfig {
             dead_letter_topic: "pos-commands-dlq".into(),
             http_workers: 0,
             passivate_after_secs: 300,
-            cache_capacity: 1_000_000,
+            cache_capacity: 100_000,
             store_cache_mib: 64,
             max_body_bytes: 16 * 1024,
             demo: true,

@@ -1,19 +1,19 @@
 //! Tests of the embedded event log. Each works in its own temporary directory.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use loyalty_core::ports::{partition_for, ConsumerEvent, EventLog, LogConsumer, Partition, Record};
+use loyalty_core::ports::{ConsumerEvent, EventLog, Partition};
 use loyalty_core::Error;
-use tokio::sync::oneshot;
+
+use loyalty_testkit::log_contract::{
+    self, by_partition, expect_assigned, expect_revoked, key_for, take_records,
+};
 
 use super::{partition_file, EmbeddedLog, LogConfig};
-
-/// Generous bound on any single wait, so a bug fails the test instead of hanging it.
-const PATIENCE: Duration = Duration::from_secs(10);
 
 fn config() -> LogConfig {
     LogConfig {
@@ -26,111 +26,11 @@ fn open(dir: &std::path::Path) -> Arc<EmbeddedLog> {
     EmbeddedLog::open_with(dir, config()).unwrap()
 }
 
-/// A key that lands on `partition` of a topic with `partitions` partitions.
-fn key_for(partition: Partition, partitions: u32, salt: usize) -> Vec<u8> {
-    (0..)
-        .map(|i| format!("key-{salt}-{i}").into_bytes())
-        .find(|k| partition_for(k, partitions) == partition)
-        .unwrap()
-}
-
-/// Polls until the next group event, failing on records that arrive first only if
-/// `records_allowed` is false.
-async fn next_event(c: &dyn LogConsumer) -> ConsumerEvent {
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            match c.next(100).await.unwrap() {
-                ConsumerEvent::Records(r) if r.is_empty() => continue,
-                other => return other,
-            }
-        }
-    })
-    .await
-    .expect("no consumer event in time")
-}
-
-async fn expect_assigned(c: &dyn LogConsumer) -> Vec<Partition> {
-    match next_event(c).await {
-        ConsumerEvent::Assigned(p) => p,
-        other => panic!("expected Assigned, got {other:?}"),
-    }
-}
-
-async fn expect_revoked(c: &dyn LogConsumer) -> (Vec<Partition>, oneshot::Sender<()>) {
-    match next_event(c).await {
-        ConsumerEvent::Revoked { partitions, done } => (partitions, done),
-        other => panic!("expected Revoked, got {other:?}"),
-    }
-}
-
-/// Reads records until `n` arrived (fails on group events or a timeout).
-async fn take_records(c: &dyn LogConsumer, n: usize) -> Vec<Record> {
-    let mut out = Vec::new();
-    tokio::time::timeout(PATIENCE, async {
-        while out.len() < n {
-            match c.next(n - out.len()).await.unwrap() {
-                ConsumerEvent::Records(r) => out.extend(r),
-                other => panic!("expected records, got {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("records did not arrive in time");
-    out
-}
-
-fn by_partition(records: &[Record]) -> BTreeMap<Partition, Vec<u64>> {
-    let mut map: BTreeMap<Partition, Vec<u64>> = BTreeMap::new();
-    for r in records {
-        map.entry(r.partition).or_default().push(r.offset);
-    }
-    map
-}
-
 #[tokio::test]
 async fn log_appends_land_in_key_partitions_and_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());
-    assert_eq!(log.ensure_topic("orders", 4).await.unwrap(), 4);
-    // An existing topic keeps its partition count.
-    assert_eq!(log.ensure_topic("orders", 8).await.unwrap(), 4);
-
-    let mut expected: Vec<Record> = Vec::new();
-    for i in 0..200u32 {
-        let key = format!("member-{}", i % 13).into_bytes();
-        let payload = Bytes::from(format!("payload-{i}").repeat((i % 5) as usize));
-        let headers = if i % 7 == 0 {
-            Vec::new()
-        } else {
-            vec![
-                ("event-id".to_string(), Bytes::from(format!("ev-{i}"))),
-                ("bin".to_string(), Bytes::from(vec![0u8, 255, i as u8])),
-            ]
-        };
-        let at = log
-            .append("orders", &key, payload.clone(), headers.clone())
-            .await
-            .unwrap();
-        assert_eq!(at.partition, partition_for(&key, 4));
-        expected.push(Record {
-            partition: at.partition,
-            offset: at.offset,
-            key: Bytes::from(key),
-            payload,
-            headers,
-        });
-    }
-    // Offsets are per partition, from 0, contiguous, in append order.
-    let mut touched = 0;
-    for (p, offsets) in by_partition(&expected) {
-        assert_eq!(offsets, (0..offsets.len() as u64).collect::<Vec<_>>());
-        assert_eq!(
-            log.end_offset("orders", p).await.unwrap(),
-            offsets.len() as u64
-        );
-        touched += 1;
-    }
-    assert!(touched > 1, "13 keys should spread over several partitions");
+    let expected = log_contract::appends_land_in_key_partitions(log.as_ref(), "orders").await;
 
     drop(log);
     let log = open(dir.path());
@@ -139,9 +39,7 @@ async fn log_appends_land_in_key_partitions_and_survive_reopen() {
     for p in 0..4 {
         reread.extend(log.read("orders", p, 0, 1000).unwrap());
     }
-    let mut expected_sorted = expected.clone();
-    expected_sorted.sort_by_key(|r| (r.partition, r.offset));
-    assert_eq!(reread, expected_sorted);
+    assert_eq!(reread, expected);
     // Reading from the middle and past the end.
     let p = expected[0].partition;
     let tail = log.read("orders", p, 1, 2).unwrap();
@@ -282,42 +180,7 @@ async fn log_torn_tail_is_cut_on_reopen() {
 async fn log_consumer_redelivers_from_committed_offset() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());
-    log.ensure_topic("t", 2).await.unwrap();
-    let keys = [key_for(0, 2, 0), key_for(1, 2, 0)];
-    for i in 0..20usize {
-        log.append("t", &keys[i % 2], Bytes::from(format!("r{i}")), vec![])
-            .await
-            .unwrap();
-    }
-
-    let c = log.subscribe("g", "t").await.unwrap();
-    assert_eq!(expect_assigned(c.as_ref()).await, vec![0, 1]);
-    assert_eq!(c.committed(0).await.unwrap(), None);
-    let got = take_records(c.as_ref(), 20).await;
-    let per = by_partition(&got);
-    assert_eq!(per[&0], (0..10).collect::<Vec<_>>());
-    assert_eq!(per[&1], (0..10).collect::<Vec<_>>());
-    c.commit(0, 3).await.unwrap();
-    c.commit(1, 7).await.unwrap();
-    // Going backwards is a no-op, not a rewind.
-    c.commit(1, 2).await.unwrap();
-    assert_eq!(c.committed(1).await.unwrap(), Some(7));
-    // Past the end is refused.
-    assert!(matches!(c.commit(0, 11).await, Err(Error::Invalid(_))));
-    drop(c);
-
-    let c = log.subscribe("g", "t").await.unwrap();
-    assert_eq!(expect_assigned(c.as_ref()).await, vec![0, 1]);
-    let got = take_records(c.as_ref(), 7 + 3).await;
-    let per = by_partition(&got);
-    assert_eq!(per[&0], (3..10).collect::<Vec<_>>());
-    assert_eq!(per[&1], (7..10).collect::<Vec<_>>());
-    // Nothing more: the poll times out empty.
-    match c.next(10).await.unwrap() {
-        ConsumerEvent::Records(r) => assert!(r.is_empty()),
-        other => panic!("unexpected {other:?}"),
-    }
-    drop(c);
+    log_contract::consumer_redelivers_from_committed_offset(log.as_ref(), "t", "g").await;
 
     // Offsets are durable: another process (a reopened log) sees them.
     drop(log);
@@ -326,13 +189,11 @@ async fn log_consumer_redelivers_from_committed_offset() {
     expect_assigned(c.as_ref()).await;
     assert_eq!(c.committed(0).await.unwrap(), Some(3));
     assert_eq!(c.committed(1).await.unwrap(), Some(7));
+    // Past the end is refused.
+    assert!(matches!(c.commit(0, 11).await, Err(Error::Invalid(_))));
     let got = take_records(c.as_ref(), 7 + 3).await;
     assert_eq!(by_partition(&got)[&0], (3..10).collect::<Vec<_>>());
     assert_eq!(by_partition(&got)[&1], (7..10).collect::<Vec<_>>());
-    // Another group starts from 0.
-    let other = log.subscribe("other", "t").await.unwrap();
-    expect_assigned(other.as_ref()).await;
-    assert_eq!(take_records(other.as_ref(), 20).await.len(), 20);
 }
 
 #[tokio::test]
