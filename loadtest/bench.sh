@@ -232,7 +232,7 @@ calm; note_load "ingestion, embedded"
 cargo test --release --locked -p loyalty-tests --test ingest_bench -- --ignored --nocapture dev_ >"$WORK/ingest-dev.txt" 2>&1 || true
 grep -E '^(records|raw EmbeddedLog|platform append)' "$WORK/ingest-dev.txt" >&2 || tail -20 "$WORK/ingest-dev.txt" >&2
 E_LINES=$(grep -E '^(records|raw EmbeddedLog|platform append)' "$WORK/ingest-dev.txt" || true)
-E_RAW=$(sed -nE 's/.*append→consume ([0-9]+)\/s.*/\1/p' "$WORK/ingest-dev.txt" | head -1)
+E_RAW=$(sed -nE 's/.*append→consume \(consumer reading meanwhile\) ([0-9]+)\/s.*/\1/p' "$WORK/ingest-dev.txt" | head -1)
 E_E2E=$(sed -nE 's/.*applied durably by one engine node: ([0-9]+)\/s.*/\1/p' "$WORK/ingest-dev.txt")
 E_PCT=$(sed -nE 's/.*\(([0-9]+) % of raw.*/\1/p' "$WORK/ingest-dev.txt")
 B_LINES="(skipped)"; B_RAW=0; B_E2E=0; B_PCT=0; B_PROD=0; B_APPEND=0
@@ -242,7 +242,7 @@ if [ -z "${SKIP_BROKER:-}" ]; then
     grep -E '^(records|raw rdkafka|platform append)' "$WORK/ingest.txt" >&2 || tail -20 "$WORK/ingest.txt" >&2
     B_LINES=$(grep -E '^(records|raw rdkafka|platform append)' "$WORK/ingest.txt" || true)
     B_PROD=$(sed -nE 's/^raw rdkafka: append ([0-9]+)\/s.*/\1/p' "$WORK/ingest.txt")
-    B_RAW=$(sed -nE 's/^raw rdkafka: .*append→consume ([0-9]+)\/s.*/\1/p' "$WORK/ingest.txt")
+    B_RAW=$(sed -nE 's/^raw rdkafka: .*append→consume \(consumer reading meanwhile\) ([0-9]+)\/s.*/\1/p' "$WORK/ingest.txt")
     B_APPEND=$(sed -nE 's/^platform append: ([0-9]+)\/s.*/\1/p' "$WORK/ingest.txt")
     B_E2E=$(sed -nE 's/.*applied durably by one engine node: ([0-9]+)\/s.*/\1/p' "$WORK/ingest.txt")
     B_PCT=$(sed -nE 's/.*\(([0-9]+) % of raw.*/\1/p' "$WORK/ingest.txt")

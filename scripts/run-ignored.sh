@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 LOYALTY_TANSU_BIN=${LOYALTY_TANSU_BIN:-$(scripts/install-tansu.sh)}
 export LOYALTY_TANSU_BIN
-run() { echo "== $*"; cargo test --release --locked "$@" -- --ignored --nocapture; }
+run() { echo "== $*"; cargo test --release --locked "$@" -- --ignored --nocapture --test-threads=1; }
 run -p loyalty-embedded --lib log_append_throughput
 run -p loyalty-tests --test ingest_bench
 # A probe: it documents tansu's static membership and may fail against tansu 0.6.0.

@@ -4,6 +4,9 @@
 //! - on the local Kafka-compatible broker (distributed mode): raw rdkafka produce→consume;
 //! - on the embedded log (dev mode, durability on): raw `EmbeddedLog` append→consume.
 //!
+//! Both sides are timed the same way: from the first append until the last record is read (raw)
+//! or applied (platform), with the consumer already in its group and reading meanwhile.
+//!
 //! Run them with
 //! `cargo test --release -p loyalty-tests --test ingest_bench -- --ignored --nocapture`
 //! (`LOYALTY_BENCH_EVENTS`, default 20 000 on Kafka and 100 000 embedded). They print figures
@@ -17,6 +20,7 @@ use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use loyalty_core::command::PosCommand;
 use loyalty_core::engine::EngineConfig;
+use loyalty_core::metrics::metrics;
 use loyalty_core::ports::{ConsumerEvent, EventLog};
 use loyalty_domain::{Cents, Currency};
 use loyalty_embedded::log::EmbeddedLog;
@@ -55,6 +59,10 @@ async fn platform_ingestion(w: &World, n: usize) -> (Duration, Duration) {
     let mut node = w.node_with("bench", EngineConfig::default());
     w.enrol(MEMBERS).await;
     w.wait_applied(&vec![0; MEMBERS]).await;
+    let batches = &metrics().engine_batch_records;
+    let (records0, batches0) = (batches.get_sample_sum(), batches.get_sample_count());
+    let busy = &metrics().engine_batch_seconds;
+    let busy0 = busy.get_sample_sum();
     let sent = Arc::new(AtomicUsize::new(0));
     let t1 = Instant::now();
     stream::iter(0..n)
@@ -75,6 +83,13 @@ async fn platform_ingestion(w: &World, n: usize) -> (Duration, Duration) {
     w.wait_applied(&per_member).await;
     let e2e = t1.elapsed();
     node.stop();
+    let polls = batches.get_sample_count() - batches0;
+    println!(
+        "engine: {polls} partition batches, {:.1} records each on average; busy {:.2} s of {:.2} s",
+        (batches.get_sample_sum() - records0) / polls.max(1) as f64,
+        busy.get_sample_sum() - busy0,
+        e2e.as_secs_f64()
+    );
     assert_eq!(sent.load(Ordering::Relaxed), n);
     (appended, e2e)
 }
@@ -82,7 +97,7 @@ async fn platform_ingestion(w: &World, n: usize) -> (Duration, Duration) {
 fn report(n: usize, raw_what: &str, raw: (Duration, Duration), platform: (Duration, Duration)) {
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
     println!(
-        "{raw_what}: append {:.0}/s; append→consume {:.0}/s",
+        "{raw_what}: append {:.0}/s; append→consume (consumer reading meanwhile) {:.0}/s",
         rate(raw.0),
         rate(raw.1)
     );
@@ -104,8 +119,34 @@ async fn ingestion_rate_next_to_the_raw_broker_rate() {
     let brokers = w.brokers().expect("kafka world");
     let sample = sample(&w);
 
-    // Raw: rdkafka produce (idempotent, acks=all) then consume, same broker, same size.
+    // Raw: rdkafka produce (idempotent, acks=all) while a consumer that has already joined its
+    // group reads, same broker, same size; from the first produce to the last record read.
     w.log.ensure_topic("raw-bench", PARTITIONS).await.unwrap();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "raw-bench")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&["raw-bench"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while consumer.assignment().map_or(0, |a| a.count()) == 0 {
+        assert!(Instant::now() < deadline, "the raw consumer never joined");
+        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
+            panic!("records before any was produced");
+        }
+    }
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut read = 0;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while read < n && Instant::now() < deadline {
+            if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
+                read += 1;
+            }
+        }
+        read
+    });
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .set("enable.idempotence", "true")
@@ -135,26 +176,7 @@ async fn ingestion_rate_next_to_the_raw_broker_rate() {
         .collect::<Vec<_>>()
         .await;
     let produced = t0.elapsed();
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", "raw-bench")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&["raw-bench"]).unwrap();
-    let read = tokio::task::spawn_blocking(move || {
-        let mut read = 0;
-        let deadline = Instant::now() + Duration::from_secs(300);
-        while read < n && Instant::now() < deadline {
-            if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
-                read += 1;
-            }
-        }
-        read
-    })
-    .await
-    .unwrap();
+    let read = reader.await.unwrap();
     let raw = t0.elapsed();
     assert_eq!(read, n, "the raw consumer read everything");
 
@@ -175,11 +197,29 @@ async fn dev_ingestion_rate_next_to_the_raw_embedded_log_rate() {
     };
     let sample = sample(&w);
 
-    // Raw: the embedded log alone (durable appends, then one consumer reads everything), in a
-    // directory of its own on the same disk.
+    // Raw: the embedded log alone, in a directory of its own on the same disk: durable appends
+    // while a consumer that has already joined its group reads them.
     let dir = tempfile::tempdir().unwrap();
     let log = EmbeddedLog::open(dir.path().join("raw")).unwrap();
     log.ensure_topic("raw-bench", PARTITIONS).await.unwrap();
+    let consumer = log.subscribe("raw-bench", "raw-bench").await.unwrap();
+    let reader = tokio::spawn(async move {
+        let mut read = 0;
+        while read < n {
+            match tokio::time::timeout(Duration::from_secs(60), consumer.next(2048))
+                .await
+                .expect("the raw consumer keeps reading")
+                .unwrap()
+            {
+                ConsumerEvent::Records(rs) => read += rs.len(),
+                ConsumerEvent::Assigned(_) => {}
+                ConsumerEvent::Revoked { done, .. } => {
+                    let _ = done.send(());
+                }
+            }
+        }
+        read
+    });
     let t0 = Instant::now();
     stream::iter(0..n)
         .map(|i| {
@@ -195,23 +235,8 @@ async fn dev_ingestion_rate_next_to_the_raw_embedded_log_rate() {
         .collect::<Vec<_>>()
         .await;
     let appended = t0.elapsed();
-    let consumer = log.subscribe("raw-bench", "raw-bench").await.unwrap();
-    let mut read = 0;
-    while read < n {
-        match tokio::time::timeout(Duration::from_secs(60), consumer.next(2048))
-            .await
-            .expect("the raw consumer keeps reading")
-            .unwrap()
-        {
-            ConsumerEvent::Records(rs) => read += rs.len(),
-            ConsumerEvent::Assigned(_) => {}
-            ConsumerEvent::Revoked { done, .. } => {
-                let _ = done.send(());
-            }
-        }
-    }
+    assert_eq!(reader.await.unwrap(), n);
     let raw = t0.elapsed();
-    drop(consumer);
 
     let platform = platform_ingestion(&w, n).await;
     println!(

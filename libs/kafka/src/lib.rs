@@ -120,7 +120,9 @@ pub struct KafkaConfig {
     /// How long [`LogConsumer::next`] waits before returning an empty `Records`.
     pub poll_interval: Duration,
     /// The most fetched records buffered between the poll thread and `next`; past it the
-    /// assigned partitions are paused.
+    /// assigned partitions are paused until half of it is free. Large enough (16 384 by default,
+    /// a few MiB) that a burst of fetched records does not pause a consumer that keeps up: a
+    /// pause and resume costs the fetcher a restart.
     pub buffer_records: usize,
     /// Timeout of admin, metadata, watermark and committed-offset requests.
     pub request_timeout: Duration,
@@ -150,7 +152,7 @@ impl KafkaConfig {
             max_poll_interval: Duration::from_secs(300),
             revoke_timeout: Duration::from_secs(60),
             poll_interval: Duration::from_millis(100),
-            buffer_records: 2048,
+            buffer_records: 16_384,
             request_timeout: Duration::from_secs(10),
             delivery_timeout: Duration::from_secs(30),
             replication_factor: 1,
