@@ -30,6 +30,10 @@ pub struct DevConfig {
     pub http_workers: usize,
     /// Seconds an idle member actor stays in memory (`LOYALTY_PASSIVATE_AFTER_SECS`).
     pub passivate_after_secs: u64,
+    /// Least milliseconds between two engine checkpoints (`LOYALTY_CHECKPOINT_MS`): the store
+    /// made durable, then the offsets committed. Shorter: less delivered again after a crash;
+    /// longer: fewer fsyncs of the store.
+    pub checkpoint_ms: u64,
     /// Member statuses kept in the in-process hot cache (`LOYALTY_CACHE_CAPACITY`): the most
     /// used ones (a miss reads the store and fills the cache). Each costs about 800 bytes, so
     /// this bounds the cache's memory whatever the member count.
@@ -72,6 +76,7 @@ impl Default for DevConfig {
             dead_letter_topic: "pos-commands-dlq".into(),
             http_workers: 0,
             passivate_after_secs: 300,
+            checkpoint_ms: 10,
             cache_capacity: 100_000,
             store_cache_mib: 64,
             max_body_bytes: 16 * 1024,
@@ -122,6 +127,7 @@ impl DevConfig {
         env_parse("LOYALTY_DEAD_LETTER_TOPIC", &mut c.dead_letter_topic)?;
         env_parse("LOYALTY_HTTP_WORKERS", &mut c.http_workers)?;
         env_parse("LOYALTY_PASSIVATE_AFTER_SECS", &mut c.passivate_after_secs)?;
+        env_parse("LOYALTY_CHECKPOINT_MS", &mut c.checkpoint_ms)?;
         env_parse("LOYALTY_CACHE_CAPACITY", &mut c.cache_capacity)?;
         env_parse("LOYALTY_STORE_CACHE_MIB", &mut c.store_cache_mib)?;
         env_parse("LOYALTY_MAX_BODY_BYTES", &mut c.max_body_bytes)?;
@@ -174,6 +180,9 @@ impl DevConfig {
         if self.http_workers > 256 {
             bail!("http_workers (LOYALTY_HTTP_WORKERS) must be at most 256");
         }
+        if !(1..=60_000).contains(&self.checkpoint_ms) {
+            bail!("checkpoint_ms (LOYALTY_CHECKPOINT_MS) must be between 1 and 60000");
+        }
         if self.passivate_after_secs == 0 {
             bail!("passivate_after_secs (LOYALTY_PASSIVATE_AFTER_SECS) must be at least 1");
         }
@@ -220,6 +229,10 @@ impl DevConfig {
         c.validate()
             .map_err(|e| anyhow::anyhow!("LOYALTY_SCYLLA_* settings: {e}"))?;
         Ok(Some(c))
+    }
+
+    pub fn checkpoint_every(&self) -> Duration {
+        Duration::from_millis(self.checkpoint_ms)
     }
 
     pub fn passivate_after(&self) -> Duration {

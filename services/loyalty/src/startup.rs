@@ -162,6 +162,7 @@ impl Application {
         let Ports { log, store, cache } = ports.clone();
         let engine_config = EngineConfig {
             passivate_after: config.passivate_after(),
+            checkpoint_every: config.checkpoint_every(),
             topic: config.topic.clone(),
             dead_letter_topic: config.dead_letter_topic.clone(),
             ..EngineConfig::default()

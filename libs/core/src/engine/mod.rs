@@ -58,7 +58,7 @@ impl Default for EngineConfig {
             group: "loyalty-engine".into(),
             max_batch: 2048,
             passivate_after: Duration::from_secs(300),
-            checkpoint_every: Duration::from_millis(50),
+            checkpoint_every: Duration::from_millis(10),
         }
     }
 }
