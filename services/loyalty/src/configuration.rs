@@ -77,7 +77,7 @@ impl Default for DevConfig {
             http_workers: 0,
             passivate_after_secs: 300,
             checkpoint_ms: 10,
-            cache_capacity: 100_000,
+            cache_capacity: 20_000,
             store_cache_mib: 64,
             max_body_bytes: 16 * 1024,
             demo: true,
