@@ -4,7 +4,7 @@
 //!
 //! Ownership follows the log's group protocol: on `Assigned` a shard is created (its actors are
 //! activated lazily, rehydrated from the store); on `Revoked` the engine has no batch in flight
-//! (batches are processed to durability before the next poll), commits, stops the shard's
+//! (batches are written to the store before the next poll), checkpoints, stops the shard's
 //! actors, and only then acknowledges, so the next owner starts from a committed, durable point.
 //!
 //! Offsets are committed in the background ([`OffsetCommits`]), off the path of the next batch,
@@ -166,8 +166,8 @@ impl Engine {
         Ok(())
     }
 
-    /// Processes one poll's records, partition by partition concurrently, each until durable,
-    /// then queues each partition's offset for commit.
+    /// Processes one poll's records, partition by partition concurrently, each until the store
+    /// has its effects, then queues each partition's offset for the next checkpoint.
     async fn handle_records(
         &self,
         offsets: &mut OffsetCommits,
@@ -190,7 +190,7 @@ impl Engine {
                 let deps = &deps;
                 let shutdown = shutdown.clone();
                 async move {
-                    let outcome = process_until_durable(shard, deps, &recs, shutdown).await;
+                    let outcome = process_until_stored(shard, deps, &recs, shutdown).await;
                     (shard.partition, recs, outcome)
                 }
             });
@@ -207,7 +207,7 @@ impl Engine {
         }
     }
 
-    /// After a batch is durable: dead letters, the hot cache, the waiting gateways.
+    /// After the store has a batch's effects: dead letters, the hot cache, the waiting gateways.
     async fn publish(&self, outcome: BatchOutcome) {
         for dl in outcome.dead_letters {
             metrics().dead_letters.with_label_values(&[dl.reason]).inc();
@@ -260,8 +260,8 @@ impl Engine {
     }
 }
 
-/// Retries a batch until it is durable (or the engine shuts down: `None`).
-async fn process_until_durable(
+/// Retries a batch until the store has its effects (or the engine shuts down: `None`).
+async fn process_until_stored(
     shard: &mut Shard,
     deps: &ShardDeps<'_>,
     records: &[Record],
@@ -272,7 +272,7 @@ async fn process_until_durable(
         match shard.process(deps, records).await {
             Ok(outcome) => return Some(outcome),
             Err(e) => {
-                tracing::warn!(partition = shard.partition, error = %e, "batch not made durable; retrying from the store");
+                tracing::warn!(partition = shard.partition, error = %e, "batch not written; retrying from the store");
                 if *shutdown.borrow() {
                     return None;
                 }

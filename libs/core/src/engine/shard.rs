@@ -1,10 +1,11 @@
 //! A shard: the member actors of one partition owned by this engine node, and the batch
-//! pipeline that turns records of that partition into durable effects.
+//! pipeline that turns records of that partition into effects in the store.
 //!
 //! For each batch of records the shard decides, per event, whether it is new, a replay or an
 //! idempotency conflict (from the store's records and the batch's own), has the member's actor
 //! apply new ones, writes every effect of the batch in one conditional store commit, and only
-//! then updates the hot cache, answers waiting gateways and lets the engine commit the offset.
+//! then updates the hot cache, answers waiting gateways and lets the engine queue the offset for
+//! its next checkpoint.
 //! If the commit fails, the actors touched by the batch hold effects the store does not have:
 //! they are stopped, and the batch is processed again from the store's truth.
 
@@ -31,7 +32,7 @@ use crate::{Error, Result};
 struct MemberSlot {
     addr: Addr<MemberActor>,
     /// The version the store holds for this member (what the next write must expect).
-    durable_version: u64,
+    stored_version: u64,
     last_used: Instant,
 }
 
@@ -44,7 +45,7 @@ pub struct DeadLetter {
     pub detail: String,
 }
 
-/// What processing a batch produced, once durable.
+/// What processing a batch produced, once the store has it.
 pub struct BatchOutcome {
     pub replies: Vec<EventReply>,
     pub dead_letters: Vec<DeadLetter>,
@@ -114,7 +115,7 @@ impl Shard {
     async fn actor(&mut self, deps: &ShardDeps<'_>, member: &MemberId) -> Result<&mut MemberSlot> {
         if !self.members.contains_key(member) {
             let state = deps.store.member(member).await?;
-            let durable_version = state.as_ref().map_or(0, |s| s.version);
+            let stored_version = state.as_ref().map_or(0, |s| s.version);
             let addr = MemberActor::new(member.clone(), state).start();
             metrics().actors_active.inc();
             metrics().actors_activated.inc();
@@ -122,7 +123,7 @@ impl Shard {
                 member.clone(),
                 MemberSlot {
                     addr,
-                    durable_version,
+                    stored_version,
                     last_used: Instant::now(),
                 },
             );
@@ -136,9 +137,9 @@ impl Shard {
         }
     }
 
-    /// Processes `records` (this partition's, in offset order) until their effects are
-    /// durable. On `Err`, the actors it touched are stopped and the caller retries the same
-    /// records: nothing of the batch is durable, or (with a store that commits member by member)
+    /// Processes `records` (this partition's, in offset order) until the store has their
+    /// effects. On `Err`, the actors it touched are stopped and the caller retries the same
+    /// records: nothing of the batch is written, or (with a store that commits member by member)
     /// some members' part is, which the retry finds as replays.
     pub async fn process(
         &mut self,
@@ -415,7 +416,7 @@ impl Shard {
 
         let mut members = Vec::with_capacity(states.len());
         for (m, (state, _)) in &states {
-            let expected_version = self.members.get(m).map_or(0, |s| s.durable_version);
+            let expected_version = self.members.get(m).map_or(0, |s| s.stored_version);
             members.push(MemberWrite {
                 state: state.clone(),
                 expected_version,
@@ -433,12 +434,12 @@ impl Shard {
             metrics().engine_lag_seconds.observe(lag);
         }
 
-        // Durable: the actors' memory and the store agree again.
+        // Written: the actors' memory and the store agree again.
         let mut statuses = Vec::with_capacity(states.len());
         let mut rendered: HashMap<MemberId, CachedStatus> = HashMap::new();
         for (m, (state, program)) in states {
             if let Some(slot) = self.members.get_mut(&m) {
-                slot.durable_version = state.version;
+                slot.stored_version = state.version;
             }
             replayed_states.remove(&m);
             let status = render_status(&state, &program);
