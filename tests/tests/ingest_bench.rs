@@ -110,7 +110,7 @@ fn report(n: usize, raw_what: &str, raw: (Duration, Duration), platform: (Durati
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark (prints rates, minutes long): run by scripts/run-ignored.sh and loadtest/bench.sh"]
+#[ignore = "benchmark (prints rates, about 10 s in release, tansu and redis-server): run by scripts/run-ignored.sh and loadtest/bench.sh"]
 async fn ingestion_rate_next_to_the_raw_broker_rate() {
     let n = events(20_000);
     let Some(w) = World::new(Backend::KafkaRedis).await else {
@@ -189,7 +189,7 @@ async fn ingestion_rate_next_to_the_raw_broker_rate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark (prints rates, a minute long): run by scripts/run-ignored.sh and loadtest/bench.sh"]
+#[ignore = "benchmark (prints rates, about 10 s in release): run by scripts/run-ignored.sh and loadtest/bench.sh"]
 async fn dev_ingestion_rate_next_to_the_raw_embedded_log_rate() {
     let n = events(100_000);
     let Some(w) = World::new(Backend::Embedded).await else {

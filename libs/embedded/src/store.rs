@@ -182,36 +182,33 @@ fn writer_loop(db: &Database, mut rx: mpsc::Receiver<WriteRequest>) {
                 Err(_) => break,
             }
         }
-        let durable = group.iter().any(|r| matches!(r, WriteRequest::Sync(_)));
+        let (mut batches, mut commit_replies, mut sync_replies) =
+            (Vec::new(), Vec::new(), Vec::new());
+        for request in group {
+            match request {
+                WriteRequest::Commit(batch, reply) => {
+                    batches.push(batch);
+                    commit_replies.push(reply);
+                }
+                WriteRequest::Sync(reply) => sync_replies.push(reply),
+            }
+        }
         let timer = loyalty_core::metrics::metrics()
             .store_commit_seconds
             .start_timer();
-        let batches: Vec<&EffectBatch> = group
-            .iter()
-            .filter_map(|r| match r {
-                WriteRequest::Commit(b, _) => Some(b),
-                WriteRequest::Sync(_) => None,
-            })
-            .collect();
-        match commit_group(db, &batches, durable) {
+        match commit_group(db, &batches, !sync_replies.is_empty()) {
             Ok(results) => {
                 timer.observe_duration();
-                let mut results = results.into_iter();
-                for request in group {
-                    match request {
-                        WriteRequest::Commit(_, reply) => {
-                            let _ = reply.send(results.next().unwrap_or(Ok(())));
-                        }
-                        WriteRequest::Sync(reply) => {
-                            let _ = reply.send(Ok(()));
-                        }
-                    }
+                for (reply, result) in commit_replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+                for reply in sync_replies {
+                    let _ = reply.send(Ok(()));
                 }
             }
             Err(e) => {
                 let msg = e.to_string();
-                for request in group {
-                    let (WriteRequest::Commit(_, reply) | WriteRequest::Sync(reply)) = request;
+                for reply in commit_replies.into_iter().chain(sync_replies) {
                     let _ = reply.send(Err(Error::Unavailable(msg.clone())));
                 }
             }
@@ -224,7 +221,7 @@ fn writer_loop(db: &Database, mut rx: mpsc::Receiver<WriteRequest>) {
 
 /// Writes every batch whose conditions hold; returns each batch's result. `Err` of the whole
 /// function means nothing was committed.
-fn commit_group(db: &Database, group: &[&EffectBatch], durable: bool) -> Result<Vec<Result<()>>> {
+fn commit_group(db: &Database, group: &[EffectBatch], durable: bool) -> Result<Vec<Result<()>>> {
     let mut tx = db.begin_write().map_err(unavailable)?;
     if !durable {
         tx.set_durability(Durability::None).map_err(unavailable)?;

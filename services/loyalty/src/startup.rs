@@ -88,13 +88,14 @@ fn redis_cache(config: &DevConfig) -> anyhow::Result<Arc<dyn HotCache>> {
     Ok(Arc::new(cache))
 }
 
-/// The durable store: ScyllaDB when `scylla_nodes` is set, else the embedded store in the data
-/// directory (one process owns it).
+/// The embedded store in the data directory, with the configured page cache.
 fn open_embedded_store(config: &DevConfig) -> anyhow::Result<Arc<EmbeddedStore>> {
     EmbeddedStore::open_with(&config.data_dir.join("store"), config.store_cache_mib << 20)
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))
 }
 
+/// The durable store: ScyllaDB when `scylla_nodes` is set, else the embedded store in the data
+/// directory (one process owns it).
 pub async fn open_store(config: &DevConfig) -> anyhow::Result<Arc<dyn StateStore>> {
     if let Some(scylla) = config.scylla()? {
         let store = loyalty_scylla::ScyllaStore::connect(&scylla)
@@ -104,8 +105,7 @@ pub async fn open_store(config: &DevConfig) -> anyhow::Result<Arc<dyn StateStore
     }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
-    let store = open_embedded_store(config)?;
-    Ok(store)
+    Ok(open_embedded_store(config)?)
 }
 
 impl Application {

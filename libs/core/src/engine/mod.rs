@@ -7,9 +7,9 @@
 //! (batches are written to the store before the next poll), checkpoints, stops the shard's
 //! actors, and only then acknowledges, so the next owner starts from a committed, durable point.
 //!
-//! Offsets are committed in the background ([`OffsetCommits`]), off the path of the next batch,
-//! at most once per [`EngineConfig::checkpoint_every`]: each round first makes the store durable
-//! up to the batches it covers ([`StateStore::sync`]), then commits their offsets. A batch's
+//! Offsets are committed in the background by checkpoints ([`Checkpoints`]), off the path of
+//! the next batch, at most once per [`EngineConfig::checkpoint_every`]: each round first makes
+//! the store durable up to the batches it covers ([`StateStore::sync`]), then commits their offsets. A batch's
 //! effects are visible (cache, replies) as soon as the store has them; a crash before the next
 //! round rolls the store back to its last sync and the log delivers the records again, which
 //! the engine applies again to the same effects, or finds recorded and treats as replays.
@@ -87,7 +87,7 @@ impl Engine {
                 .subscribe(&self.config.group, &self.config.topic)
                 .await?,
         );
-        let mut offsets = OffsetCommits::new(
+        let mut checkpoints = Checkpoints::new(
             Arc::clone(&consumer),
             Arc::clone(&self.store),
             self.config.checkpoint_every,
@@ -103,8 +103,8 @@ impl Engine {
             let event = tokio::select! {
                 biased;
                 _ = shutdown.changed() => continue,
-                () = offsets.in_flight_done() => {
-                    offsets.start();
+                () = checkpoints.in_flight_done() => {
+                    checkpoints.start();
                     continue;
                 }
                 ev = consumer.next(self.config.max_batch) => ev,
@@ -119,7 +119,7 @@ impl Engine {
                 }
                 Ok(ConsumerEvent::Revoked { partitions, done }) => {
                     tracing::info!(partitions = ?partitions, "partitions revoked");
-                    offsets.flush().await;
+                    checkpoints.flush().await;
                     for p in &partitions {
                         if let Some(mut s) = shards.remove(p) {
                             s.stop_all();
@@ -130,10 +130,10 @@ impl Engine {
                 Ok(ConsumerEvent::Records(records)) => {
                     if !records.is_empty() {
                         let timer = metrics().engine_batch_seconds.start_timer();
-                        self.handle_records(&mut offsets, &mut shards, records, &mut shutdown)
+                        self.handle_records(&mut checkpoints, &mut shards, records, &mut shutdown)
                             .await;
                         timer.observe_duration();
-                        offsets.start();
+                        checkpoints.start();
                     }
                 }
                 Err(Error::ShuttingDown) => break,
@@ -155,7 +155,7 @@ impl Engine {
         }
         self.ready
             .store(false, std::sync::atomic::Ordering::Relaxed);
-        offsets.flush().await;
+        checkpoints.flush().await;
         for s in shards.values_mut() {
             s.stop_all();
         }
@@ -170,7 +170,7 @@ impl Engine {
     /// has its effects, then queues each partition's offset for the next checkpoint.
     async fn handle_records(
         &self,
-        offsets: &mut OffsetCommits,
+        checkpoints: &mut Checkpoints,
         shards: &mut BTreeMap<Partition, Shard>,
         records: Vec<Record>,
         shutdown: &mut watch::Receiver<bool>,
@@ -199,7 +199,7 @@ impl Engine {
             let Some(outcome) = outcome else { continue };
             self.publish(outcome).await;
             if let Some(last) = recs.last() {
-                offsets.queue(partition, last.offset + 1);
+                checkpoints.queue(partition, last.offset + 1);
             }
         }
         if !by_partition.is_empty() {
@@ -287,7 +287,7 @@ async fn process_until_stored(
 /// durable and then committing the latest queued offset of every partition, so a committed
 /// offset never runs ahead of the store's durable state nor goes backwards, and neither the
 /// fsync nor the commit (a broker round trip) holds up the next batch.
-struct OffsetCommits {
+struct Checkpoints {
     consumer: Arc<dyn LogConsumer>,
     store: Arc<dyn StateStore>,
     every: Duration,
@@ -296,13 +296,13 @@ struct OffsetCommits {
     last_round: Option<tokio::time::Instant>,
 }
 
-impl OffsetCommits {
+impl Checkpoints {
     fn new(
         consumer: Arc<dyn LogConsumer>,
         store: Arc<dyn StateStore>,
         every: Duration,
-    ) -> OffsetCommits {
-        OffsetCommits {
+    ) -> Checkpoints {
+        Checkpoints {
             consumer,
             store,
             every,

@@ -428,7 +428,7 @@ async fn log_concurrent_appends_are_all_acknowledged_and_readable() {
 /// Throughput with many appenders (run with `--ignored --nocapture`; prints, asserts nothing
 /// about timing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark (prints rates, minutes long): run by scripts/run-ignored.sh"]
+#[ignore = "benchmark (prints rates, about 10 s in release): run by scripts/run-ignored.sh"]
 async fn log_append_throughput() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());
