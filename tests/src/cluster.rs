@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use loyalty_core::engine::health::EngineHealth;
 use loyalty_core::engine::{Engine, EngineConfig};
 use loyalty_core::ports::{EventLog, HotCache, StateStore};
 use loyalty_core::programs::ProgramCache;
@@ -20,6 +21,8 @@ pub struct EngineNode {
     kill: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
     pub ready: Arc<AtomicBool>,
+    /// The node's partitions: owned, retrying, stopped.
+    pub health: Arc<EngineHealth>,
 }
 
 impl EngineNode {
@@ -30,7 +33,27 @@ impl EngineNode {
         cache: Arc<dyn HotCache>,
         config: EngineConfig,
     ) -> EngineNode {
+        Self::start_with_replies(
+            name,
+            log,
+            store,
+            cache,
+            config,
+            ReplyWaiters::new() as Arc<dyn ReplySink>,
+        )
+    }
+
+    /// A node whose replies (what a gateway would tell its client) go to `replies`.
+    pub fn start_with_replies(
+        name: &str,
+        log: Arc<dyn EventLog>,
+        store: Arc<dyn StateStore>,
+        cache: Arc<dyn HotCache>,
+        config: EngineConfig,
+        replies: Arc<dyn ReplySink>,
+    ) -> EngineNode {
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let health: Arc<EngineHealth> = Default::default();
         let (kill, kill_rx) = oneshot::channel::<()>();
         let ready = Arc::new(AtomicBool::new(false));
         let engine = Engine {
@@ -38,9 +61,10 @@ impl EngineNode {
             programs: Arc::new(ProgramCache::new(Arc::clone(&store))),
             store,
             cache,
-            replies: ReplyWaiters::new() as Arc<dyn ReplySink>,
+            replies,
             config,
             ready: Arc::clone(&ready),
+            health: Arc::clone(&health),
         };
         let thread = std::thread::Builder::new()
             .name(format!("engine-{name}"))
@@ -63,6 +87,7 @@ impl EngineNode {
             kill: Some(kill),
             thread: Some(thread),
             ready,
+            health,
         }
     }
 
@@ -273,6 +298,20 @@ impl World {
         ))
         .await;
         cents
+    }
+
+    /// Waits (bounded) until members `0..members` are enrolled in the store.
+    pub async fn wait_enrolled(&self, members: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        for i in 0..members {
+            while self.store.member(&self.member(i)).await.unwrap().is_none() {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "member {i} never enrolled"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
     }
 
     /// Waits (bounded) until every member has `visits[i]` visits in the store.

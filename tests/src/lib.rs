@@ -3,6 +3,8 @@
 //! directory, and offers the API calls scenarios are written with.
 
 pub mod cluster;
+pub mod invariants;
+pub mod traffic;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

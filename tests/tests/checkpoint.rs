@@ -3,94 +3,15 @@
 //! before they are durable; a crash rolls it back to its last sync, and the records after it
 //! must then still be uncommitted in the log, so that they are delivered and applied again.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use futures::future::join_all;
 use loyalty_core::engine::EngineConfig;
-use loyalty_core::model::{Franchise, Principal, Store};
-use loyalty_core::ports::{EffectBatch, StateStore};
-use loyalty_core::{Error, Result};
-use loyalty_domain::{
-    EventId, FranchiseId, LedgerEntry, MemberId, MemberState, ProcessedEvent, Program, StoreId,
-};
-use loyalty_embedded::EmbeddedStore;
+use loyalty_core::ports::StateStore;
+use loyalty_testkit::faulty_store::FaultyStore;
 use loyalty_tests::cluster::{Backend, EngineNode, World, PARTITIONS};
-
-/// The embedded store, with a switch that makes `sync` fail (a disk that refuses fsync).
-struct Unsyncable {
-    inner: Arc<EmbeddedStore>,
-    refuse_sync: AtomicBool,
-    syncs: AtomicUsize,
-}
-
-#[async_trait]
-impl StateStore for Unsyncable {
-    async fn put_franchise(&self, f: &Franchise) -> Result<()> {
-        self.inner.put_franchise(f).await
-    }
-    async fn franchise(&self, id: &FranchiseId) -> Result<Option<Franchise>> {
-        self.inner.franchise(id).await
-    }
-    async fn franchises(&self) -> Result<Vec<Franchise>> {
-        self.inner.franchises().await
-    }
-    async fn put_program(&self, f: &FranchiseId, v: u32, p: &Program) -> Result<()> {
-        self.inner.put_program(f, v, p).await
-    }
-    async fn program(&self, f: &FranchiseId, v: u32) -> Result<Option<Program>> {
-        self.inner.program(f, v).await
-    }
-    async fn put_store(&self, s: &Store) -> Result<()> {
-        self.inner.put_store(s).await
-    }
-    async fn store(&self, id: &StoreId) -> Result<Option<Store>> {
-        self.inner.store(id).await
-    }
-    async fn put_api_key(&self, h: &str, p: &Principal) -> Result<()> {
-        self.inner.put_api_key(h, p).await
-    }
-    async fn api_key(&self, h: &str) -> Result<Option<Principal>> {
-        self.inner.api_key(h).await
-    }
-    async fn member(&self, id: &MemberId) -> Result<Option<MemberState>> {
-        self.inner.member(id).await
-    }
-    async fn members_after(
-        &self,
-        after: Option<&MemberId>,
-        limit: usize,
-    ) -> Result<Vec<MemberState>> {
-        self.inner.members_after(after, limit).await
-    }
-    async fn processed(
-        &self,
-        f: &FranchiseId,
-        ids: &[EventId],
-    ) -> Result<Vec<Option<ProcessedEvent>>> {
-        self.inner.processed(f, ids).await
-    }
-    async fn ledger(
-        &self,
-        m: &MemberId,
-        before: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<LedgerEntry>> {
-        self.inner.ledger(m, before, limit).await
-    }
-    async fn commit(&self, batch: EffectBatch) -> Result<()> {
-        self.inner.commit(batch).await
-    }
-    async fn sync(&self) -> Result<()> {
-        self.syncs.fetch_add(1, Ordering::SeqCst);
-        if self.refuse_sync.load(Ordering::SeqCst) {
-            return Err(Error::Unavailable("fsync refused (test)".into()));
-        }
-        self.inner.sync().await
-    }
-}
 
 async fn committed(w: &World) -> Vec<Option<u64>> {
     let consumer = w
@@ -110,11 +31,9 @@ async fn committed(w: &World) -> Vec<Option<u64>> {
 async fn offsets_wait_for_the_store_to_be_durable() {
     const MEMBERS: usize = 200;
     let w = World::new(Backend::Embedded).await.expect("embedded world");
-    let store = Arc::new(Unsyncable {
-        inner: Arc::clone(&w.store),
-        refuse_sync: AtomicBool::new(true),
-        syncs: AtomicUsize::new(0),
-    });
+    // The embedded store, on a disk that refuses fsync until told otherwise.
+    let store = FaultyStore::new(Arc::clone(&w.store) as Arc<dyn StateStore>);
+    store.refuse_sync.store(true, Ordering::SeqCst);
     let config = EngineConfig {
         checkpoint_every: Duration::from_millis(5),
         ..EngineConfig::default()

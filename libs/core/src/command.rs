@@ -99,10 +99,15 @@ impl CommandEnvelope {
     /// The fingerprint of what the client sent: everything but what the platform added
     /// (arrival time, program version), so that a resend matches the original.
     pub fn fingerprint(&self) -> Fingerprint {
-        let occurred = self
-            .occurred_at
-            .map(|t| t.0.to_le_bytes())
-            .unwrap_or_default();
+        let occurred = match &self.command {
+            // An enrolment is one event per member whenever it is sent (the POS topic carries
+            // its time, HTTP does not): a resend at another time is a replay, not a conflict.
+            PosCommand::Enrol { .. } => Default::default(),
+            _ => self
+                .occurred_at
+                .map(|t| t.0.to_le_bytes())
+                .unwrap_or_default(),
+        };
         let body = match &self.command {
             // Enrolment details may be corrected on a resend; its identity is the member.
             PosCommand::Enrol { member_id, .. } => member_id.as_str().as_bytes().to_vec(),

@@ -21,3 +21,24 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Whether retrying the operation later can succeed: the backing service is down or slow
+    /// (`Unavailable`), or a conditional write lost and the work must be redone from the
+    /// store's truth (`Conflict`). `Corrupt` and `Invalid` are permanent: retrying changes
+    /// nothing, and the caller must stop loudly or dead-letter.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unavailable(_) | Error::Conflict(_))
+    }
+
+    /// A short, bounded label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Conflict(_) => "conflict",
+            Error::Unavailable(_) => "unavailable",
+            Error::Corrupt(_) => "corrupt",
+            Error::Invalid(_) => "invalid",
+            Error::ShuttingDown => "shutting-down",
+        }
+    }
+}

@@ -8,7 +8,7 @@
 
 use data_encoding::{BASE32_NOPAD, HEXLOWER};
 use hmac::{Hmac, KeyInit, Mac};
-use loyalty_domain::{MemberId, Phone};
+use loyalty_domain::{MemberId, Phone, StoreId};
 use sha2::{Digest, Sha256};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -68,6 +68,18 @@ pub fn member_of_qr(secret: &str, token: &str) -> Option<MemberId> {
     same.then_some(member)
 }
 
+/// The secret with which the POS of store `store` signs its records on the POS topic
+/// (`docs/pos-topic.md`): an HMAC of the store id under the franchise's secret, as 64 hex
+/// characters. Nothing is stored for it: the platform derives it again to verify a record, and
+/// one store's secret tells nothing about another's (nor about member ids, derived under another
+/// label).
+pub fn pos_signing_secret(franchise_secret: &str, store: &StoreId) -> String {
+    HEXLOWER.encode(&mac(
+        franchise_secret,
+        &[b"pos-signing:v1:", store.as_str().as_bytes()],
+    ))
+}
+
 /// A fresh API key, `lk_<role>_<random>`. Only its hash is stored.
 pub fn new_api_key(role: &str) -> String {
     let mut bytes = Vec::with_capacity(32);
@@ -103,6 +115,17 @@ mod tests {
         let forged = format!("{}.aaaaaaaaaaaaaaaa", m);
         assert_eq!(member_of_qr("s1", &forged), None);
         assert_eq!(member_of_qr("s1", "garbage"), None);
+    }
+
+    #[test]
+    fn pos_signing_secrets_are_per_store_and_per_franchise() {
+        let a = StoreId::parse("s_a").unwrap();
+        let b = StoreId::parse("s_b").unwrap();
+        let s = pos_signing_secret("f1", &a);
+        assert_eq!(s, pos_signing_secret("f1", &a));
+        assert_eq!(s.len(), 64);
+        assert_ne!(s, pos_signing_secret("f1", &b));
+        assert_ne!(s, pos_signing_secret("f2", &a));
     }
 
     #[test]

@@ -30,6 +30,23 @@ pub struct Metrics {
     pub http_request_seconds: HistogramVec,
     pub cache_lookups: IntCounterVec,
     pub reply_timeouts: IntCounter,
+    // POS topic ingestion (pos_ingest).
+    pub pos_records: IntCounterVec,
+    pub pos_dead_letters: IntCounterVec,
+    pub pos_retries: IntCounterVec,
+    pub pos_batch_seconds: Histogram,
+    pub engine_retries: IntCounterVec,
+    pub engine_partitions_owned: IntGauge,
+    pub engine_partitions_paused: IntGauge,
+    pub engine_partitions_stopped: IntGauge,
+    pub engine_partitions_retrying: IntGauge,
+    pub event_claims: IntCounterVec,
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    register(r, Box::new(g.clone()));
+    g
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -182,6 +199,62 @@ impl Metrics {
                 &r,
                 "loyalty_reply_timeouts_total",
                 "Requests answered 202 because the reply deadline passed.",
+            ),
+            engine_retries: counter_vec(
+                &r,
+                "loyalty_engine_batch_retries_total",
+                "Batches of a partition tried again after a transient error, by error kind (the partition backs off; others keep flowing).",
+                &["error"],
+            ),
+            engine_partitions_owned: gauge(
+                &r,
+                "loyalty_engine_partitions_owned",
+                "Partitions of the command topic this engine node owns.",
+            ),
+            engine_partitions_paused: gauge(
+                &r,
+                "loyalty_engine_partitions_paused",
+                "Owned partitions whose reading is paused because their worker is behind or stopped.",
+            ),
+            engine_partitions_stopped: gauge(
+                &r,
+                "loyalty_engine_partitions_stopped",
+                "Owned partitions stopped by a permanent error (corrupt or invalid data): nothing of them is applied until an operator acts.",
+            ),
+            engine_partitions_retrying: gauge(
+                &r,
+                "loyalty_engine_partitions_retrying",
+                "Owned partitions backing off after a transient error.",
+            ),
+            event_claims: counter_vec(
+                &r,
+                "loyalty_event_claims_total",
+                "Event ids claimed by the engine before applying, by result (won, lost).",
+                &["result"],
+            ),
+            pos_records: counter_vec(
+                &r,
+                "loyalty_pos_records_total",
+                "Records of the POS topic handled, by result (forwarded to the command topic, dead-lettered).",
+                &["result"],
+            ),
+            pos_dead_letters: counter_vec(
+                &r,
+                "loyalty_pos_dead_letters_total",
+                "Records of the POS topic sent to its dead-letter topic, by reason.",
+                &["reason"],
+            ),
+            pos_retries: counter_vec(
+                &r,
+                "loyalty_pos_retries_total",
+                "POS ingestion operations retried after a transient error, by operation (lookup, append, dead-letter, commit).",
+                &["operation"],
+            ),
+            pos_batch_seconds: histogram(
+                &r,
+                "loyalty_pos_batch_seconds",
+                "One poll of POS records, from delivery until forwarded or dead-lettered and committed.",
+                LATENCY_BUCKETS.to_vec(),
             ),
             registry: r,
         }

@@ -4,7 +4,8 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use loyalty_domain::{
-    EventId, FranchiseId, LedgerEntry, MemberId, MemberState, ProcessedEvent, Program, StoreId,
+    EventId, Fingerprint, FranchiseId, LedgerEntry, MemberId, MemberState, ProcessedEvent,
+    Program, StoreId,
 };
 use tokio::sync::oneshot;
 
@@ -94,6 +95,15 @@ pub trait LogConsumer: Send + Sync {
     /// The group's committed offset of `partition`, if any.
     async fn committed(&self, partition: Partition) -> Result<Option<Offset>>;
 
+    /// Stops reading `partitions` (owned ones; others are ignored) until [`LogConsumer::resume`]
+    /// or their next assignment: `next` returns no record of them fetched after this call,
+    /// though records already fetched may still come. For a partition whose work cannot keep
+    /// up or is stuck, so that the others keep flowing and memory stays bounded.
+    async fn pause(&self, partitions: &[Partition]) -> Result<()>;
+
+    /// Reads `partitions` again from where reading stopped.
+    async fn resume(&self, partitions: &[Partition]) -> Result<()>;
+
     /// Leaves the group (revoking everything first).
     async fn close(&self) -> Result<()>;
 }
@@ -127,6 +137,20 @@ impl EffectBatch {
     pub fn is_empty(&self) -> bool {
         self.members.is_empty() && self.ledger.is_empty() && self.processed.is_empty()
     }
+}
+
+/// Who owns an event id: the command (by fingerprint) that claimed it first.
+///
+/// An event id is chosen by the client, and nothing stops a client from using one id for two
+/// different commands that land on two partitions (two members, or a member purchase and an
+/// anonymous sale). The engine claims every new event id before it applies the command, and the
+/// claim decides, once and durably, which command owns the id: the other is an idempotency
+/// conflict, whatever the order in which partitions are applied again after a crash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventClaim {
+    pub franchise_id: FranchiseId,
+    pub event_id: EventId,
+    pub fingerprint: Fingerprint,
 }
 
 /// The durable state of the platform.
@@ -172,6 +196,13 @@ pub trait StateStore: Send + Sync + 'static {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<LedgerEntry>>;
+    /// Claims each event id for its command: the first claim of an id wins, forever. Durable on
+    /// return on every store (whatever [`StateStore::sync`] does), so that no outcome is told
+    /// before its owner is decided. Returns, in order, the fingerprint that owns each id after
+    /// the call: the claim's own when it won or had claimed it before. Of two claims of one id
+    /// in the same call, the first wins.
+    async fn claim_events(&self, claims: &[EventClaim]) -> Result<Vec<Fingerprint>>;
+
     /// Writes the effects of a batch, fenced. Fails with [`crate::Error::Conflict`] if a
     /// member's stored version differs from the expected one or a record to insert already
     /// exists.

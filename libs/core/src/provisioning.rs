@@ -80,8 +80,14 @@ pub async fn create_store(
     Ok((s, key))
 }
 
-/// Makes `program` the franchise's current one, as a new immutable version. Events accepted
-/// before keep the version they were accepted under.
+/// Makes `program` the franchise's current one, as a new immutable version (the one after
+/// `franchise.program_version`, which the caller has just read from the store). Events
+/// accepted before keep the version they were accepted under.
+///
+/// Fails with [`Error::Conflict`], having changed nothing, when that version was already
+/// written (a concurrent update got there first): read the franchise again and retry, or tell
+/// the caller. The franchise is written only after its new program, so a reader never meets
+/// a version without its program.
 pub async fn replace_program(
     store: &dyn StateStore,
     franchise: &Franchise,
@@ -95,4 +101,23 @@ pub async fn replace_program(
     };
     store.put_franchise(&updated).await?;
     Ok(updated)
+}
+
+/// The POS-topic signing secret of store `store_id` (docs/pos-topic.md), for its franchise's HQ
+/// to hand to the store's till: `None` if the store is not one of `franchise`'s (answered as
+/// unknown, like any other franchise's resource). Derived, never stored, so it can be asked
+/// for again at any time.
+pub async fn pos_signing_secret(
+    store: &dyn StateStore,
+    franchise: &FranchiseId,
+    store_id: &StoreId,
+) -> Result<Option<String>> {
+    match store.store(store_id).await? {
+        Some(s) if &s.franchise_id == franchise => {}
+        _ => return Ok(None),
+    }
+    Ok(store
+        .franchise(franchise)
+        .await?
+        .map(|f| crate::identity::pos_signing_secret(&f.secret, store_id)))
 }

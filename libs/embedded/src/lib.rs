@@ -5,8 +5,10 @@
 //! engine cannot tell them apart.
 
 pub mod cache;
+pub mod lock;
 pub mod log;
 pub mod store;
 
 pub use cache::EmbeddedCache;
+pub use lock::DataDirLock;
 pub use store::EmbeddedStore;

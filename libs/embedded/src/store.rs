@@ -15,7 +15,9 @@
 //! Effect batches are committed without an fsync (`Durability::None`: visible at once, durable
 //! with the next durable commit); [`StateStore::sync`] makes everything before it durable with
 //! one fsync. The engine syncs before it commits offsets, so a crash loses only effects whose
-//! commands the log still holds and delivers again (see [`StateStore::sync`]). Administrative
+//! commands the log still holds and delivers again (see [`StateStore::sync`]). Event id claims
+//! ([`StateStore::claim_events`]) ride the same group transaction, made durable before they
+//! are answered (so one fsync covers the claims of every shard waiting). Administrative
 //! writes (franchises, programs, stores, keys) are durable on return, and a clean close makes
 //! everything durable.
 
@@ -25,10 +27,11 @@ use std::thread;
 
 use async_trait::async_trait;
 use loyalty_core::model::{Franchise, Principal, Store};
-use loyalty_core::ports::{EffectBatch, StateStore};
+use loyalty_core::ports::{EffectBatch, EventClaim, StateStore};
 use loyalty_core::{Error, Result};
 use loyalty_domain::{
-    EventId, FranchiseId, LedgerEntry, MemberId, MemberState, ProcessedEvent, Program, StoreId,
+    EventId, Fingerprint, FranchiseId, LedgerEntry, MemberId, MemberState, ProcessedEvent,
+    Program, StoreId,
 };
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
@@ -42,6 +45,8 @@ const API_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_keys");
 const MEMBERS: TableDefinition<&str, &[u8]> = TableDefinition::new("members");
 const LEDGER: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("ledger");
 const PROCESSED: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("processed");
+/// Event id claims: (franchise, event id) → the owning command's fingerprint.
+const CLAIMS: TableDefinition<(&str, &str), [u8; 16]> = TableDefinition::new("event_claims");
 
 /// Page cache of the store unless configured otherwise.
 pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
@@ -55,6 +60,8 @@ enum WriteRequest {
     Commit(EffectBatch, oneshot::Sender<Result<()>>),
     /// Make every earlier commit durable.
     Sync(oneshot::Sender<Result<()>>),
+    /// Claim event ids (durable on reply, like a sync).
+    Claim(Vec<EventClaim>, oneshot::Sender<Result<Vec<Fingerprint>>>),
 }
 
 /// The embedded [`StateStore`]: one redb file.
@@ -113,6 +120,7 @@ impl EmbeddedStore {
             tx.open_table(MEMBERS).map_err(unavailable)?;
             tx.open_table(LEDGER).map_err(unavailable)?;
             tx.open_table(PROCESSED).map_err(unavailable)?;
+            tx.open_table(CLAIMS).map_err(unavailable)?;
         }
         tx.commit().map_err(unavailable)?;
         let db = Arc::new(db);
@@ -172,7 +180,7 @@ impl EmbeddedStore {
 }
 
 /// Applies queued requests in groups: one transaction per group, durable (one fsync) when the
-/// group holds a sync. When every handle is gone, makes the last commits durable.
+/// group holds a sync or a claim. When every handle is gone, makes the last commits durable.
 fn writer_loop(db: &Database, mut rx: mpsc::Receiver<WriteRequest>) {
     while let Some(first) = rx.blocking_recv() {
         let mut group = vec![first];
@@ -184,6 +192,7 @@ fn writer_loop(db: &Database, mut rx: mpsc::Receiver<WriteRequest>) {
         }
         let (mut batches, mut commit_replies, mut sync_replies) =
             (Vec::new(), Vec::new(), Vec::new());
+        let (mut claims, mut claim_replies) = (Vec::new(), Vec::new());
         for request in group {
             match request {
                 WriteRequest::Commit(batch, reply) => {
@@ -191,16 +200,24 @@ fn writer_loop(db: &Database, mut rx: mpsc::Receiver<WriteRequest>) {
                     commit_replies.push(reply);
                 }
                 WriteRequest::Sync(reply) => sync_replies.push(reply),
+                WriteRequest::Claim(c, reply) => {
+                    claims.push(c);
+                    claim_replies.push(reply);
+                }
             }
         }
         let timer = loyalty_core::metrics::metrics()
             .store_commit_seconds
             .start_timer();
-        match commit_group(db, &batches, !sync_replies.is_empty()) {
-            Ok(results) => {
+        let durable = !sync_replies.is_empty() || !claims.is_empty();
+        match commit_group(db, &batches, &claims, durable) {
+            Ok((results, owners)) => {
                 timer.observe_duration();
                 for (reply, result) in commit_replies.into_iter().zip(results) {
                     let _ = reply.send(result);
+                }
+                for (reply, owners) in claim_replies.into_iter().zip(owners) {
+                    let _ = reply.send(Ok(owners));
                 }
                 for reply in sync_replies {
                     let _ = reply.send(Ok(()));
@@ -211,22 +228,53 @@ fn writer_loop(db: &Database, mut rx: mpsc::Receiver<WriteRequest>) {
                 for reply in commit_replies.into_iter().chain(sync_replies) {
                     let _ = reply.send(Err(Error::Unavailable(msg.clone())));
                 }
+                for reply in claim_replies {
+                    let _ = reply.send(Err(Error::Unavailable(msg.clone())));
+                }
             }
         }
     }
-    if let Err(e) = commit_group(db, &[], true) {
+    if let Err(e) = commit_group(db, &[], &[], true) {
         tracing::error!(error = %e, "embedded store: final sync failed");
     }
 }
 
-/// Writes every batch whose conditions hold; returns each batch's result. `Err` of the whole
-/// function means nothing was committed.
-fn commit_group(db: &Database, group: &[EffectBatch], durable: bool) -> Result<Vec<Result<()>>> {
+/// What one group transaction answers: each batch's result, each claim request's owners.
+type GroupResults = (Vec<Result<()>>, Vec<Vec<Fingerprint>>);
+
+/// Writes every batch whose conditions hold and every claim of an unclaimed id; returns each
+/// batch's result and each claim request's owners. `Err` of the whole function means nothing
+/// was committed.
+fn commit_group(
+    db: &Database,
+    group: &[EffectBatch],
+    claims: &[Vec<EventClaim>],
+    durable: bool,
+) -> Result<GroupResults> {
     let mut tx = db.begin_write().map_err(unavailable)?;
     if !durable {
         tx.set_durability(Durability::None).map_err(unavailable)?;
     }
     let mut results = Vec::with_capacity(group.len());
+    let mut owners = Vec::with_capacity(claims.len());
+    {
+        let mut table = tx.open_table(CLAIMS).map_err(unavailable)?;
+        for request in claims {
+            let mut out = Vec::with_capacity(request.len());
+            for c in request {
+                let key = (c.franchise_id.as_str(), c.event_id.as_str());
+                let existing = table.get(key).map_err(unavailable)?.map(|v| v.value());
+                match existing {
+                    Some(fp) => out.push(Fingerprint(fp)),
+                    None => {
+                        table.insert(key, c.fingerprint.0).map_err(unavailable)?;
+                        out.push(c.fingerprint);
+                    }
+                }
+            }
+            owners.push(out);
+        }
+    }
     {
         let mut members = tx.open_table(MEMBERS).map_err(unavailable)?;
         let mut ledger = tx.open_table(LEDGER).map_err(unavailable)?;
@@ -285,7 +333,7 @@ fn commit_group(db: &Database, group: &[EffectBatch], durable: bool) -> Result<V
         }
     }
     tx.commit().map_err(unavailable)?;
-    Ok(results)
+    Ok((results, owners))
 }
 
 #[async_trait]
@@ -434,6 +482,18 @@ impl StateStore for EmbeddedStore {
         let (tx, rx) = oneshot::channel();
         self.writer()?
             .send(WriteRequest::Commit(batch, tx))
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        rx.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    async fn claim_events(&self, claims: &[EventClaim]) -> Result<Vec<Fingerprint>> {
+        if claims.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (tx, rx) = oneshot::channel();
+        self.writer()?
+            .send(WriteRequest::Claim(claims.to_vec(), tx))
             .await
             .map_err(|_| Error::ShuttingDown)?;
         rx.await.map_err(|_| Error::ShuttingDown)?

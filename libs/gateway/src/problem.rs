@@ -29,6 +29,10 @@ pub enum ApiError {
     Rejected(#[from] Rejection),
     #[error("refunds of anonymous sales are not supported: they earned no points")]
     AnonymousRefund,
+    /// Another program update of the franchise won the race for the next version (through
+    /// another gateway): nothing was changed; read the program and send the update again.
+    #[error("{0}")]
+    ProgramConflict(String),
     #[error("a backing service is unavailable: {0}")]
     Unavailable(String),
     #[error("internal error")]
@@ -49,6 +53,7 @@ impl ApiError {
             ApiError::IdempotencyConflict(_) => "idempotency-conflict",
             ApiError::Rejected(r) => r.code(),
             ApiError::AnonymousRefund => "anonymous-refund",
+            ApiError::ProgramConflict(_) => "program-conflict",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -73,6 +78,7 @@ impl ApiError {
             }
             ApiError::Rejected(Rejection::CurrencyMismatch { .. }) => "Wrong currency",
             ApiError::AnonymousRefund => "Anonymous refund",
+            ApiError::ProgramConflict(_) => "Concurrent program update",
             ApiError::Unavailable(_) => "Service unavailable",
             ApiError::Internal(_) => "Internal error",
         }
@@ -111,7 +117,7 @@ impl ResponseError for ApiError {
             ApiError::Invalid(_) | ApiError::AnonymousRefund => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::IdempotencyConflict(_) => StatusCode::CONFLICT,
+            ApiError::IdempotencyConflict(_) | ApiError::ProgramConflict(_) => StatusCode::CONFLICT,
             ApiError::Rejected(r) => match r {
                 Rejection::InsufficientPoints { .. } | Rejection::RefundExceedsPurchase { .. } => {
                     StatusCode::CONFLICT
@@ -158,6 +164,9 @@ impl ResponseError for ApiError {
         resp.content_type("application/problem+json");
         if matches!(self, ApiError::Unauthorized) {
             resp.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        if matches!(self, ApiError::ProgramConflict(_)) {
+            resp.insert_header(("Retry-After", "1"));
         }
         resp.body(body.to_string())
     }

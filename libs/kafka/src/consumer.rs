@@ -66,6 +66,10 @@ struct Shared {
     owned: RwLock<BTreeSet<Partition>>,
     /// The highest offset this member committed per owned partition (a lower one is a no-op).
     committed: Mutex<HashMap<Partition, Offset>>,
+    /// Partitions the engine paused ([`LogConsumer::pause`]); the poll thread applies changes
+    /// when `pauses_changed` is set.
+    engine_paused: Mutex<BTreeSet<Partition>>,
+    pauses_changed: AtomicBool,
 }
 
 /// The consumer context: turns librdkafka's rebalance callbacks into group events.
@@ -163,9 +167,11 @@ impl GroupContext {
         }
         let mut owned = self.shared.owned.write();
         let mut committed = self.shared.committed.lock();
+        let mut paused = self.shared.engine_paused.lock();
         for p in &partitions {
             owned.remove(p);
             committed.remove(p);
+            paused.remove(p);
         }
     }
 }
@@ -243,6 +249,8 @@ impl KafkaConsumer {
             generation: AtomicU64::new(0),
             owned: RwLock::new(BTreeSet::new()),
             committed: Mutex::new(HashMap::new()),
+            engine_paused: Mutex::new(BTreeSet::new()),
+            pauses_changed: AtomicBool::new(false),
         });
         let (events_tx, events) = mpsc::unbounded_channel();
         let (records_tx, records) = mpsc::channel(config.buffer_records.max(1));
@@ -308,11 +316,22 @@ fn poll_loop(
     let mut overflow: VecDeque<Tagged> = VecDeque::new();
     // The generation whose assignment is paused, if any.
     let mut paused: Option<u64> = None;
+    // Partitions paused in librdkafka at the engine's request, and under which generation.
+    let mut engine_paused: BTreeSet<Partition> = BTreeSet::new();
+    let mut engine_paused_gen = 0;
     while !shared.closing.load(Ordering::SeqCst) {
         let generation = shared.generation.load(Ordering::SeqCst);
         if paused.is_some_and(|g| g != generation) {
             // A new assignment is not paused.
             paused = None;
+        }
+        if engine_paused_gen != generation {
+            engine_paused.clear();
+            engine_paused_gen = generation;
+            shared.pauses_changed.store(true, Ordering::SeqCst);
+        }
+        if shared.pauses_changed.swap(false, Ordering::SeqCst) {
+            apply_engine_pauses(&consumer, &shared, paused.is_some(), &mut engine_paused);
         }
         overflow.retain(|r| r.generation == generation);
         while let Some(tagged) = overflow.pop_front() {
@@ -334,10 +353,10 @@ fn poll_loop(
         if overflow.is_empty() {
             if paused.is_some() && records.capacity() * 2 >= records.max_capacity() {
                 paused = None;
-                set_paused(&consumer, &shared.topic, false);
+                set_paused(&consumer, &shared.topic, false, &engine_paused);
             }
         } else if paused.is_none() {
-            set_paused(&consumer, &shared.topic, true);
+            set_paused(&consumer, &shared.topic, true, &engine_paused);
             paused = Some(generation);
         }
         let timeout = if overflow.is_empty() {
@@ -371,13 +390,67 @@ fn poll_loop(
     drop(consumer);
 }
 
-/// Pauses or resumes the current assignment.
-fn set_paused(consumer: &BaseConsumer<GroupContext>, topic: &str, pause: bool) {
+/// A partition list of `partitions` of `topic`.
+fn partition_list(topic: &str, partitions: impl IntoIterator<Item = Partition>) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        if let Ok(p) = i32::try_from(p) {
+            tpl.add_partition(topic, p);
+        }
+    }
+    tpl
+}
+
+/// Pauses in librdkafka what the engine wants paused now and resumes what it no longer does
+/// (unless the whole assignment is paused because the buffer is full: the buffer's resume
+/// then leaves the engine's pauses alone).
+fn apply_engine_pauses(
+    consumer: &BaseConsumer<GroupContext>,
+    shared: &Shared,
+    buffer_paused: bool,
+    applied: &mut BTreeSet<Partition>,
+) {
+    let wanted: BTreeSet<Partition> = {
+        let owned = shared.owned.read();
+        shared
+            .engine_paused
+            .lock()
+            .iter()
+            .filter(|p| owned.contains(p))
+            .copied()
+            .collect()
+    };
+    let pause: Vec<Partition> = wanted.difference(applied).copied().collect();
+    let resume: Vec<Partition> = applied.difference(&wanted).copied().collect();
+    if !pause.is_empty() {
+        if let Err(e) = consumer.pause(&partition_list(&shared.topic, pause.iter().copied())) {
+            tracing::warn!(topic = shared.topic, ?pause, "cannot pause partitions: {e}");
+        }
+    }
+    if !resume.is_empty() && !buffer_paused {
+        if let Err(e) = consumer.resume(&partition_list(&shared.topic, resume.iter().copied())) {
+            tracing::warn!(topic = shared.topic, ?resume, "cannot resume partitions: {e}");
+        }
+    }
+    tracing::debug!(topic = shared.topic, ?pause, ?resume, "engine pauses applied");
+    *applied = wanted;
+}
+
+/// Pauses or resumes the current assignment (a resume leaves the engine's pauses in place).
+fn set_paused(
+    consumer: &BaseConsumer<GroupContext>,
+    topic: &str,
+    pause: bool,
+    engine_paused: &BTreeSet<Partition>,
+) {
     let result = consumer.assignment().and_then(|tpl| {
         if pause {
             consumer.pause(&tpl)
         } else {
-            consumer.resume(&tpl)
+            let keep = partitions_of(&tpl, topic)
+                .into_iter()
+                .filter(|p| !engine_paused.contains(p));
+            consumer.resume(&partition_list(topic, keep))
         }
     });
     match result {
@@ -583,6 +656,25 @@ impl LogConsumer for KafkaConsumer {
             result
         })
         .await
+    }
+
+    /// Applied by the poll thread within one poll; records already fetched still come.
+    async fn pause(&self, partitions: &[Partition]) -> Result<()> {
+        self.shared
+            .engine_paused
+            .lock()
+            .extend(partitions.iter().copied());
+        self.shared.pauses_changed.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn resume(&self, partitions: &[Partition]) -> Result<()> {
+        self.shared
+            .engine_paused
+            .lock()
+            .retain(|p| !partitions.contains(p));
+        self.shared.pauses_changed.store(true, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Leaves the group: the poll thread stops and closes the Kafka consumer (a LeaveGroup, so

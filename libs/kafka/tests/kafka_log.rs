@@ -122,6 +122,13 @@ async fn kafka_consumer_redelivers_from_committed_offset() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_paused_partitions_wait_and_resume_in_order() {
+    let broker = broker!();
+    let log = open(&broker);
+    log_contract::paused_partitions_wait_and_resume_in_order(log.as_ref(), "paused", "g").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_rebalance_waits_for_revocation() {
     let broker = broker!();
     let log = open(&broker);

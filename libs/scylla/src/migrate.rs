@@ -29,11 +29,18 @@ pub struct Migration {
 }
 
 /// Every migration, in version order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    cql: include_str!("../migrations/0001_init.cql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        cql: include_str!("../migrations/0001_init.cql"),
+    },
+    Migration {
+        version: 2,
+        name: "event_claims",
+        cql: include_str!("../migrations/0002_event_claims.cql"),
+    },
+];
 
 impl Migration {
     /// The statements of the migration for `keyspace`.

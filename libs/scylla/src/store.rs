@@ -10,6 +10,7 @@
 //! | `api_keys` | `key_hash` | | principal JSON |
 //! | `member_events` | `pk` (member id) | `kind, seq DESC, event_id` | static `version` + `state`; ledger rows (`kind = 1`, by `seq`); idempotency records (`kind = 2`, by `franchise/event`) |
 //! | `processed_by_event` | `(franchise_id, event_id)` | | `pk` of the `member_events` partition holding the record |
+//! | `event_claims` | `(franchise_id, event_id)` | | the owning command's fingerprint, first claim wins (`migrations/0002_event_claims.cql`) |
 //!
 //! # Atomicity and fencing
 //!
@@ -49,9 +50,11 @@
 //! hash the event id), finds its own claim and proceeds. A claim held by another partition is an
 //! event id reused for another member: if that partition has the record, the new one is a
 //! `Conflict`; if not, the other write is in flight (`Unavailable`: retry) until the claim is
-//! older than [`CLAIM_LEASE_MS`], when it is taken over with a compare-and-set. (Limit: a
-//! writer stalled longer than the lease between its claim and its batch could still commit
-//! the same event id for a second member; both are then recorded and the index names one.)
+//! older than [`CLAIM_LEASE_MS`], when it is taken over with a compare-and-set. The index only
+//! locates records: which command owns an event id is decided before, once and for good, by
+//! the engine's [`StateStore::claim_events`] (table `event_claims`, one `INSERT … IF NOT
+//! EXISTS` per id, never taken over), so a second member's use of the id is refused as a
+//! conflict before it reaches a batch, however long a writer stalls.
 //!
 //! # Reads
 //!
@@ -79,10 +82,11 @@ use futures::future::{join_all, try_join_all};
 use futures::TryStreamExt;
 use loyalty_core::metrics::metrics;
 use loyalty_core::model::{Franchise, Principal, Store};
-use loyalty_core::ports::{EffectBatch, StateStore};
+use loyalty_core::ports::{EffectBatch, EventClaim, StateStore};
 use loyalty_core::{Error, Result};
 use loyalty_domain::{
-    EventId, FranchiseId, LedgerEntry, MemberId, MemberState, ProcessedEvent, Program, StoreId,
+    EventId, Fingerprint, FranchiseId, LedgerEntry, MemberId, MemberState, ProcessedEvent,
+    Program, StoreId,
 };
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
@@ -212,6 +216,7 @@ struct Statements {
     ledger_insert: PreparedStatement,
     record_insert: PreparedStatement,
     record_replace: PreparedStatement,
+    claim_event: PreparedStatement,
 }
 
 impl Statements {
@@ -300,6 +305,11 @@ impl Statements {
             record_replace: prep(format!(
                 "UPDATE {me} SET body = ? WHERE pk = ? AND kind = {KIND_PROCESSED} AND seq = 0 \
                  AND event_id = ?"
+            ))
+            .await?,
+            claim_event: prep(format!(
+                "INSERT INTO {ks}.event_claims (franchise_id, event_id, fingerprint) \
+                 VALUES (?, ?, ?) IF NOT EXISTS"
             ))
             .await?,
         })
@@ -473,6 +483,33 @@ impl ScyllaStore {
             Some(pk) => self.record_in(&pk, franchise, event).await,
             None => Ok(None),
         }
+    }
+
+    /// Claims an event id for `fingerprint` (a lightweight transaction); returns the owner.
+    async fn claim_event(&self, c: &EventClaim) -> Result<Fingerprint> {
+        let what = "claiming an event id's owner";
+        let result = self
+            .session
+            .execute_unpaged(
+                &self.st.claim_event,
+                (
+                    c.franchise_id.as_str(),
+                    c.event_id.as_str(),
+                    c.fingerprint.0.as_slice(),
+                ),
+            )
+            .await
+            .map_err(|e| unavailable(what, e))?;
+        let lwt = Lwt::of(result)?;
+        if lwt.applied {
+            return Ok(c.fingerprint);
+        }
+        let owner = lwt
+            .column("fingerprint")
+            .and_then(CqlValue::as_blob)
+            .and_then(|b| <[u8; 16]>::try_from(b.as_slice()).ok())
+            .ok_or_else(|| Error::Corrupt(format!("{what}: the claim holds no fingerprint")))?;
+        Ok(Fingerprint(owner))
     }
 
     /// Claims `(franchise, event) → pk` in the index before the record is written.
@@ -745,6 +782,26 @@ impl StateStore for ScyllaStore {
             }
         }
         Ok(out)
+    }
+
+    async fn claim_events(&self, claims: &[EventClaim]) -> Result<Vec<Fingerprint>> {
+        // One conditional insert per distinct id (in parallel); a repeated id in the call gets
+        // the owner of its first occurrence.
+        let mut first: std::collections::HashMap<(&str, &str), usize> = Default::default();
+        let mut unique = Vec::new();
+        let index: Vec<usize> = claims
+            .iter()
+            .map(|c| {
+                *first
+                    .entry((c.franchise_id.as_str(), c.event_id.as_str()))
+                    .or_insert_with(|| {
+                        unique.push(c);
+                        unique.len() - 1
+                    })
+            })
+            .collect();
+        let owners = try_join_all(unique.iter().map(|c| self.claim_event(c))).await?;
+        Ok(index.into_iter().map(|i| owners[i]).collect())
     }
 
     async fn processed(

@@ -17,14 +17,17 @@
 //!   replaces a record; records of anonymous events work the same way;
 //! - the ledger reads newest first, pages with `before`, honours `limit`;
 //! - `members_after` pages through every member exactly once and skips records that have no
-//!   member state.
+//!   member state;
+//! - event id claims: the first claim owns the id for good;
+//! - a refused batch is atomic per member: the fenced member's share is not written, the others'
+//!   are each wholly written or wholly absent.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, ensure, Context};
 use loyalty_core::model::{Franchise, Principal, Role, Store};
-use loyalty_core::ports::{EffectBatch, MemberWrite, ProcessedWrite, StateStore};
+use loyalty_core::ports::{EffectBatch, EventClaim, MemberWrite, ProcessedWrite, StateStore};
 use loyalty_core::Error;
 use loyalty_domain::{
     apply, Cents, EventContext, EventId, Fingerprint, FranchiseId, LedgerEntry, MemberCommand,
@@ -61,6 +64,105 @@ pub async fn run_all(store: Arc<dyn StateStore>) -> R {
     sync_keeps_every_commit(s)
         .await
         .context("sync_keeps_every_commit")?;
+    claims_first_wins(s).await.context("claims_first_wins")?;
+    refused_batches_are_atomic_per_member(s)
+        .await
+        .context("refused_batches_are_atomic_per_member")?;
+    Ok(())
+}
+
+/// The first claim of an event id owns it for good: later claims (another command's, or the
+/// same again) get the owner's fingerprint; a repeated id in one call resolves to its first
+/// claim; ids of two franchises are independent.
+pub async fn claims_first_wins(store: &dyn StateStore) -> R {
+    let sc = Scenario::new("claims")?;
+    let other = Scenario::new("claims-other")?;
+    let e1 = id(EventId::parse("claims-e1"))?;
+    let e2 = id(EventId::parse("claims-e2"))?;
+    let (a, b, c) = (
+        Fingerprint::of(&[b"a"]),
+        Fingerprint::of(&[b"b"]),
+        Fingerprint::of(&[b"c"]),
+    );
+    let claim = |f: &FranchiseId, e: &EventId, fp| EventClaim {
+        franchise_id: f.clone(),
+        event_id: e.clone(),
+        fingerprint: fp,
+    };
+    ensure!(store.claim_events(&[]).await?.is_empty(), "empty claim");
+    let got = store
+        .claim_events(&[claim(&sc.franchise, &e1, a), claim(&sc.franchise, &e1, b)])
+        .await?;
+    ensure!(got == vec![a, a], "first claim in one call must win: {got:?}");
+    let got = store
+        .claim_events(&[
+            claim(&sc.franchise, &e1, c),
+            claim(&sc.franchise, &e2, b),
+            claim(&other.franchise, &e1, c),
+        ])
+        .await?;
+    ensure!(got == vec![a, b, c], "owners after a second call: {got:?}");
+    store.sync().await?;
+    let got = store
+        .claim_events(&[claim(&sc.franchise, &e1, a), claim(&sc.franchise, &e2, a)])
+        .await?;
+    ensure!(got == vec![a, b], "claims changed: {got:?}");
+    Ok(())
+}
+
+/// A batch refused because one member's condition fails leaves that member's share wholly
+/// unwritten and every other member's share either wholly written or wholly absent (a store may
+/// commit member by member, as ScyllaDB does), never half of one member: the engine re-reads
+/// the store after such a failure and relies on it.
+pub async fn refused_batches_are_atomic_per_member(store: &dyn StateStore) -> R {
+    let mut sc = Scenario::new("partial")?;
+    let (a, b) = (sc.member(1)?, sc.member(2)?);
+    let a1 = sc.enrolled(store, &a).await?;
+    let b1 = sc.enrolled(store, &b).await?;
+    let b2 = sc.bought(store, &b1, 900).await?;
+    let ledger_b = store.ledger(&b, None, 100).await?;
+    let ledger_a = store.ledger(&a, None, 100).await?.len();
+
+    // One batch: a fresh purchase of `a`, and a zombie's purchase of `b` fenced at v1.
+    let good = sc.purchase(&a1, &a, 1200)?;
+    let stale = sc.purchase(&b1, &b, 3000)?;
+    let mut batch = good.batch(a1.version);
+    let zombie = stale.batch(b1.version);
+    batch.members.extend(zombie.members);
+    batch.ledger.extend(zombie.ledger);
+    batch.processed.extend(zombie.processed);
+    let r = store.commit(batch).await;
+    ensure!(is_conflict(&r), "a batch with a stale member: {r:?}");
+
+    ensure!(store.member(&b).await?.as_ref() == Some(&b2), "fenced member changed");
+    ensure!(store.ledger(&b, None, 100).await? == ledger_b, "fenced ledger changed");
+    let rec = store
+        .processed(&sc.franchise, std::slice::from_ref(&stale.record.event_id))
+        .await?;
+    ensure!(rec == vec![None], "record of a fenced member's event written");
+
+    // `a`'s share: all or nothing.
+    let state = store.member(&a).await?;
+    let ledger = store.ledger(&a, None, 100).await?;
+    let rec = store
+        .processed(&sc.franchise, std::slice::from_ref(&good.record.event_id))
+        .await?;
+    let written = state.as_ref() == good.state.as_ref()
+        && ledger.len() == ledger_a + good.entries.len()
+        && rec == vec![Some(good.record.clone())];
+    let absent = state.as_ref() == Some(&a1) && ledger.len() == ledger_a && rec == vec![None];
+    ensure!(
+        written || absent,
+        "member a half written: state {:?}, {} ledger entries, record {:?}",
+        state.map(|s| s.version),
+        ledger.len(),
+        rec.first().map(Option::is_some)
+    );
+    // Whichever it was, the engine's retry (the same effect if absent) is then accepted.
+    if absent {
+        store.commit(good.batch(a1.version)).await?;
+    }
+    ensure!(store.member(&a).await?.as_ref() == good.state.as_ref());
     Ok(())
 }
 

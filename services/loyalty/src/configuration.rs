@@ -1,6 +1,11 @@
-//! Configuration of `loyalty dev`: one typed struct, read from an optional TOML file, then
-//! overridden by `LOYALTY_*` environment variables, then by command-line flags, and validated
-//! at startup with a message that names the setting. The defaults run dev mode.
+//! Configuration of the `loyalty` processes: one typed struct, read from an optional TOML file,
+//! then overridden by `LOYALTY_*` environment variables, then by command-line flags, and
+//! validated at startup with a message that names the setting.
+//!
+//! The defaults run dev mode ([`Profile::Dev`]). The production commands (`node`, `gateway`,
+//! `engine`) load with [`Profile::Production`]: no admin key and no demo franchise unless the
+//! configuration asks for them, and [`DevConfig::refuse_dev_defaults`] refuses the dev admin
+//! key.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,8 +14,44 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
-/// Settings of the all-in-one `dev` process.
-#[derive(Clone, Debug, Deserialize)]
+/// The admin key `loyalty dev` runs with unless told otherwise; refused by every other command.
+pub const DEV_ADMIN_KEY: &str = "dev-admin-key";
+
+/// Which defaults a command starts from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Profile {
+    /// `loyalty dev`: the admin key `dev-admin-key` and the demo franchise by default.
+    Dev,
+    /// `node`, `gateway`, `engine`, `migrate`, `cache`: no admin key (it must be set) and no
+    /// demo franchise unless `LOYALTY_DEMO=true` (or `demo = true`) asks for one.
+    Production,
+}
+
+/// The shared durable store a configuration names (see [`DevConfig::shared_store`]).
+#[derive(Clone, Debug)]
+pub enum SharedStore {
+    /// PostgreSQL (`LOYALTY_POSTGRES_URL`).
+    Postgres(loyalty_postgres::PostgresConfig),
+    /// ScyllaDB (`LOYALTY_SCYLLA_NODES`).
+    Scylla(loyalty_scylla::ScyllaConfig),
+}
+
+impl SharedStore {
+    /// What to call the store in messages (never with a password).
+    pub fn describe(&self) -> String {
+        match self {
+            SharedStore::Postgres(c) => format!("PostgreSQL at {}", c.redacted_url()),
+            SharedStore::Scylla(c) => format!(
+                "ScyllaDB at {} (keyspace {})",
+                c.nodes.join(","),
+                c.keyspace
+            ),
+        }
+    }
+}
+
+/// Settings of every `loyalty` process (named after `loyalty dev`, whose defaults they are).
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DevConfig {
     /// Where the HTTP API listens (`LOYALTY_LISTEN`). Port 0 picks a free port.
@@ -26,8 +67,16 @@ pub struct DevConfig {
     pub topic: String,
     /// Dead-letter topic (`LOYALTY_DEAD_LETTER_TOPIC`), created at startup if absent.
     pub dead_letter_topic: String,
+    /// POS topic (`LOYALTY_POS_TOPIC`, docs/pos-topic.md) that every process running an engine
+    /// ingests, created at startup if absent with its dead-letter topic `<pos_topic>-dlq`.
+    /// Empty: no POS ingestion.
+    pub pos_topic: String,
     /// HTTP worker threads; 0 means one per core (`LOYALTY_HTTP_WORKERS`).
     pub http_workers: usize,
+    /// Engine worker threads the owned partitions are spread over; 0 means one per core
+    /// (`LOYALTY_ENGINE_WORKERS`). Each partition is applied by one task on one of them, so a
+    /// member's commands keep their order.
+    pub engine_workers: usize,
     /// Seconds an idle member actor stays in memory (`LOYALTY_PASSIVATE_AFTER_SECS`).
     pub passivate_after_secs: u64,
     /// Least milliseconds between two engine checkpoints (`LOYALTY_CHECKPOINT_MS`): the store
@@ -54,8 +103,15 @@ pub struct DevConfig {
     pub kafka_replication: i32,
     /// Redis for the hot cache in `loyalty node` (`LOYALTY_REDIS_URL`), `redis://host:port/`.
     pub redis_url: Option<String>,
+    /// PostgreSQL of the shared durable store (`LOYALTY_POSTGRES_URL`), a libpq URL
+    /// (`postgres://user:password@host:port/dbname`, or libpq's `key=value` form). Unset (and no `scylla_nodes`): the
+    /// embedded store in `data_dir`, which one process owns.
+    pub postgres_url: Option<String>,
+    /// Connections of the PostgreSQL pool (`LOYALTY_POSTGRES_POOL`); unset: the adapter's
+    /// default.
+    pub postgres_pool: Option<usize>,
     /// ScyllaDB contact points (`LOYALTY_SCYLLA_NODES`, `host:port,...`): the shared durable
-    /// store. Unset: the embedded store in `data_dir` (one engine node).
+    /// store. Unset (and no `postgres_url`): the embedded store in `data_dir`.
     pub scylla_nodes: Option<String>,
     /// Keyspace of the platform (`LOYALTY_SCYLLA_KEYSPACE`).
     pub scylla_keyspace: String,
@@ -70,11 +126,13 @@ impl Default for DevConfig {
         DevConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./data"),
-            admin_key: "dev-admin-key".into(),
+            admin_key: DEV_ADMIN_KEY.into(),
             partitions: 8,
             topic: "pos-commands".into(),
             dead_letter_topic: "pos-commands-dlq".into(),
+            pos_topic: "pos-events".into(),
             http_workers: 0,
+            engine_workers: 0,
             passivate_after_secs: 300,
             checkpoint_ms: 10,
             cache_capacity: 20_000,
@@ -85,6 +143,8 @@ impl Default for DevConfig {
             kafka_instance_id: None,
             kafka_replication: 1,
             redis_url: None,
+            postgres_url: None,
+            postgres_pool: None,
             scylla_nodes: None,
             scylla_keyspace: "loyalty".into(),
             scylla_replication: "datacenter1=3".into(),
@@ -104,18 +164,88 @@ where
     Ok(())
 }
 
+impl std::fmt::Debug for DevConfig {
+    /// Every setting, with the secrets (admin key, PostgreSQL password) hidden.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevConfig")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field(
+                "admin_key",
+                &if self.admin_key.is_empty() {
+                    "(unset)"
+                } else {
+                    "(hidden)"
+                },
+            )
+            .field("partitions", &self.partitions)
+            .field("topic", &self.topic)
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .field("pos_topic", &self.pos_topic)
+            .field("http_workers", &self.http_workers)
+            .field("engine_workers", &self.engine_workers)
+            .field("passivate_after_secs", &self.passivate_after_secs)
+            .field("checkpoint_ms", &self.checkpoint_ms)
+            .field("cache_capacity", &self.cache_capacity)
+            .field("store_cache_mib", &self.store_cache_mib)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("demo", &self.demo)
+            .field("kafka_brokers", &self.kafka_brokers)
+            .field("kafka_instance_id", &self.kafka_instance_id)
+            .field("kafka_replication", &self.kafka_replication)
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field(
+                "postgres_url",
+                &self.postgres_url.as_deref().map(redact_url),
+            )
+            .field("postgres_pool", &self.postgres_pool)
+            .field("scylla_nodes", &self.scylla_nodes)
+            .field("scylla_keyspace", &self.scylla_keyspace)
+            .field("scylla_replication", &self.scylla_replication)
+            .finish()
+    }
+}
+
 impl DevConfig {
-    /// Reads `file` (if given), then the environment.
+    /// The defaults of `profile`: [`DevConfig::default`] for dev; for production the same
+    /// without an admin key (it must be set) and without the demo franchise.
+    pub fn defaults(profile: Profile) -> DevConfig {
+        match profile {
+            Profile::Dev => DevConfig::default(),
+            Profile::Production => DevConfig {
+                admin_key: String::new(),
+                demo: false,
+                ..DevConfig::default()
+            },
+        }
+    }
+
+    /// Reads `file` (if given), then the environment, over the dev defaults.
     pub fn load(file: Option<&Path>) -> anyhow::Result<DevConfig> {
+        Self::load_as(file, Profile::Dev)
+    }
+
+    /// Reads `file` (if given), then the environment, over the defaults of `profile`.
+    pub fn load_as(file: Option<&Path>, profile: Profile) -> anyhow::Result<DevConfig> {
         let mut c = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).with_context(|| {
                     format!("reading the configuration file {}", path.display())
                 })?;
-                toml::from_str(&text)
-                    .with_context(|| format!("in the configuration file {}", path.display()))?
+                let in_file = || format!("in the configuration file {}", path.display());
+                let mut c: DevConfig = toml::from_str(&text).with_context(in_file)?;
+                // The file's absent settings take the profile's defaults, not dev's.
+                let keys: toml::Table = toml::from_str(&text).with_context(in_file)?;
+                let base = DevConfig::defaults(profile);
+                if !keys.contains_key("admin_key") {
+                    c.admin_key = base.admin_key;
+                }
+                if !keys.contains_key("demo") {
+                    c.demo = base.demo;
+                }
+                c
             }
-            None => DevConfig::default(),
+            None => DevConfig::defaults(profile),
         };
         env_parse("LOYALTY_LISTEN", &mut c.listen)?;
         env_parse("LOYALTY_DATA_DIR", &mut c.data_dir)?;
@@ -125,7 +255,9 @@ impl DevConfig {
         env_parse("LOYALTY_PARTITIONS", &mut c.partitions)?;
         env_parse("LOYALTY_TOPIC", &mut c.topic)?;
         env_parse("LOYALTY_DEAD_LETTER_TOPIC", &mut c.dead_letter_topic)?;
+        env_parse("LOYALTY_POS_TOPIC", &mut c.pos_topic)?;
         env_parse("LOYALTY_HTTP_WORKERS", &mut c.http_workers)?;
+        env_parse("LOYALTY_ENGINE_WORKERS", &mut c.engine_workers)?;
         env_parse("LOYALTY_PASSIVATE_AFTER_SECS", &mut c.passivate_after_secs)?;
         env_parse("LOYALTY_CHECKPOINT_MS", &mut c.checkpoint_ms)?;
         env_parse("LOYALTY_CACHE_CAPACITY", &mut c.cache_capacity)?;
@@ -141,6 +273,15 @@ impl DevConfig {
         env_parse("LOYALTY_KAFKA_REPLICATION", &mut c.kafka_replication)?;
         if let Ok(v) = std::env::var("LOYALTY_REDIS_URL") {
             c.redis_url = Some(v);
+        }
+        if let Ok(v) = std::env::var("LOYALTY_POSTGRES_URL") {
+            c.postgres_url = Some(v).filter(|v| !v.trim().is_empty());
+        }
+        if let Ok(v) = std::env::var("LOYALTY_POSTGRES_POOL") {
+            let n = v.parse().map_err(|e| {
+                anyhow::anyhow!("environment variable LOYALTY_POSTGRES_POOL={v:?} is invalid: {e}")
+            })?;
+            c.postgres_pool = Some(n);
         }
         if let Ok(v) = std::env::var("LOYALTY_SCYLLA_NODES") {
             c.scylla_nodes = Some(v).filter(|v| !v.trim().is_empty());
@@ -177,8 +318,23 @@ impl DevConfig {
         if self.topic == self.dead_letter_topic {
             bail!("topic and dead_letter_topic (LOYALTY_TOPIC, LOYALTY_DEAD_LETTER_TOPIC) must differ");
         }
+        if let Some(dlq) = self.pos_dead_letter_topic() {
+            let t = &self.pos_topic;
+            let ok = t.len() <= 196
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            if !ok {
+                bail!("pos_topic (LOYALTY_POS_TOPIC) must be empty (no POS ingestion) or 1 to 196 characters of [A-Za-z0-9._-], got {t:?}");
+            }
+            if [t, &dlq].iter().any(|x| **x == self.topic || **x == self.dead_letter_topic) {
+                bail!("pos_topic (LOYALTY_POS_TOPIC) and its dead-letter topic {dlq} must differ from topic and dead_letter_topic");
+            }
+        }
         if self.http_workers > 256 {
             bail!("http_workers (LOYALTY_HTTP_WORKERS) must be at most 256");
+        }
+        if self.engine_workers > 256 {
+            bail!("engine_workers (LOYALTY_ENGINE_WORKERS) must be at most 256");
         }
         if !(1..=60_000).contains(&self.checkpoint_ms) {
             bail!("checkpoint_ms (LOYALTY_CHECKPOINT_MS) must be between 1 and 60000");
@@ -194,6 +350,28 @@ impl DevConfig {
         }
         if !(1024..=1024 * 1024).contains(&self.max_body_bytes) {
             bail!("max_body_bytes (LOYALTY_MAX_BODY_BYTES) must be between 1024 and 1048576");
+        }
+        self.shared_store()?;
+        Ok(())
+    }
+
+    /// The rule of the production commands (`node`, `gateway`, `engine`): they refuse the dev
+    /// defaults. The platform admin's key must be set explicitly and must not be the dev key
+    /// `dev-admin-key`, which anyone who read the README knows. (The demo franchise is off by
+    /// default outside dev: [`Profile::Production`] leaves it to `LOYALTY_DEMO=true`.)
+    pub fn refuse_dev_defaults(&self, command: &str) -> anyhow::Result<()> {
+        let key = self.admin_key.trim();
+        if key.is_empty() {
+            bail!(
+                "`loyalty {command}` needs the platform admin's key: set LOYALTY_ADMIN_KEY (or \
+                 admin_key) to a secret of at least 8 characters. Only `loyalty dev` has a default"
+            );
+        }
+        if key == DEV_ADMIN_KEY {
+            bail!(
+                "admin_key (LOYALTY_ADMIN_KEY) is the dev default `{DEV_ADMIN_KEY}`, which \
+                 `loyalty {command}` refuses: set LOYALTY_ADMIN_KEY to a secret of your own"
+            );
         }
         Ok(())
     }
@@ -216,6 +394,46 @@ impl DevConfig {
         Ok(())
     }
 
+    /// The shared durable store, if one is configured: PostgreSQL (`postgres_url`) or
+    /// ScyllaDB (`scylla_nodes`), never both. `None`: the embedded store in `data_dir`, which
+    /// one process owns.
+    pub fn shared_store(&self) -> anyhow::Result<Option<SharedStore>> {
+        match (self.postgres()?, self.scylla()?) {
+            (Some(_), Some(_)) => bail!(
+                "both postgres_url (LOYALTY_POSTGRES_URL) and scylla_nodes (LOYALTY_SCYLLA_NODES) \
+                 are set: the platform runs on one shared store; unset one of them"
+            ),
+            (Some(p), None) => Ok(Some(SharedStore::Postgres(p))),
+            (None, Some(s)) => Ok(Some(SharedStore::Scylla(s))),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// The PostgreSQL settings, if a URL is configured. Errors name the setting and never
+    /// show the URL's password.
+    pub fn postgres(&self) -> anyhow::Result<Option<loyalty_postgres::PostgresConfig>> {
+        let Some(url) = self.postgres_url.as_deref().map(str::trim) else {
+            if self.postgres_pool.is_some() {
+                bail!("postgres_pool (LOYALTY_POSTGRES_POOL) is set without postgres_url (LOYALTY_POSTGRES_URL)");
+            }
+            return Ok(None);
+        };
+        let mut c = loyalty_postgres::PostgresConfig::new(url.to_owned());
+        if let Some(n) = self.postgres_pool {
+            if !(1..=MAX_POSTGRES_POOL).contains(&n) {
+                bail!("postgres_pool (LOYALTY_POSTGRES_POOL) must be between 1 and {MAX_POSTGRES_POOL}, got {n}");
+            }
+            c.pool_size = n;
+        }
+        c.validate().map_err(|e| {
+            anyhow::anyhow!(
+                "postgres_url (LOYALTY_POSTGRES_URL): {}",
+                scrub_password(&e.to_string(), url)
+            )
+        })?;
+        Ok(Some(c))
+    }
+
     /// The ScyllaDB settings, if a node is configured.
     pub fn scylla(&self) -> anyhow::Result<Option<loyalty_scylla::ScyllaConfig>> {
         let Some(nodes) = &self.scylla_nodes else {
@@ -231,12 +449,91 @@ impl DevConfig {
         Ok(Some(c))
     }
 
+    /// The dead-letter topic of the POS topic, `None` when POS ingestion is off.
+    pub fn pos_dead_letter_topic(&self) -> Option<String> {
+        (!self.pos_topic.is_empty()).then(|| format!("{}-dlq", self.pos_topic))
+    }
+
     pub fn checkpoint_every(&self) -> Duration {
         Duration::from_millis(self.checkpoint_ms)
     }
 
     pub fn passivate_after(&self) -> Duration {
         Duration::from_secs(self.passivate_after_secs)
+    }
+}
+
+/// The largest PostgreSQL pool the configuration accepts.
+pub const MAX_POSTGRES_POOL: usize = 1024;
+
+/// `url` with its password (user-info or `password=` parameter) replaced by `***`, for
+/// messages and logs. Works on libpq URLs (`postgres://user:secret@host/db?password=...`),
+/// `redis://:secret@host/` URLs and libpq key/value strings (`host=h password=secret`).
+pub fn redact_url(url: &str) -> String {
+    let (head, query) = match url.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match head.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = match rest.find('/') {
+                Some(i) => rest.split_at(i),
+                None => (rest, ""),
+            };
+            let authority = match authority.rsplit_once('@') {
+                Some((userinfo, host)) => match userinfo.split_once(':') {
+                    Some((user, _)) => format!("{user}:***@{host}"),
+                    None => format!("{userinfo}@{host}"),
+                },
+                None => authority.to_owned(),
+            };
+            format!("{scheme}://{authority}{path}")
+        }
+        // A key/value connection string: hide every `password=` value.
+        None => return redact_key_values(head, ' '),
+    };
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(&redact_key_values(q, '&'));
+    }
+    out
+}
+
+/// `k=v` pairs separated by `sep`, with the value of `password` replaced by `***`.
+fn redact_key_values(s: &str, sep: char) -> String {
+    s.split(sep)
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if k.trim().eq_ignore_ascii_case("password") => format!("{k}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(&sep.to_string())
+}
+
+/// The password of a libpq URL, if it has one in its user-info or its query.
+fn url_password(url: &str) -> Option<&str> {
+    let (head, query) = url.split_once('?').unwrap_or((url, ""));
+    let rest = head.split_once("://").map_or(head, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    if let Some((userinfo, _)) = authority.rsplit_once('@') {
+        if let Some((_, pw)) = userinfo.split_once(':') {
+            if !pw.is_empty() {
+                return Some(pw);
+            }
+        }
+    }
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k.eq_ignore_ascii_case("password") && !v.is_empty()).then_some(v)
+    })
+}
+
+/// `message` with the URL's password (if it appears) replaced by `***`: for errors of
+/// libraries that may quote the URL they were given.
+pub fn scrub_password(message: &str, url: &str) -> String {
+    match url_password(url) {
+        Some(pw) => message.replace(pw, "***"),
+        None => message.to_owned(),
     }
 }
 
@@ -262,6 +559,26 @@ fn parse_replication(s: &str) -> anyhow::Result<loyalty_scylla::Replication> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pos_topic_is_on_by_default_and_checked() {
+        let c = DevConfig::default();
+        assert_eq!(c.pos_dead_letter_topic().as_deref(), Some("pos-events-dlq"));
+        let off = DevConfig {
+            pos_topic: String::new(),
+            ..DevConfig::default()
+        };
+        off.validate().unwrap();
+        assert_eq!(off.pos_dead_letter_topic(), None);
+        for bad in ["pos events", "pos-commands", "pos-commands-dlq"] {
+            let c = DevConfig {
+                pos_topic: bad.into(),
+                ..DevConfig::default()
+            };
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("LOYALTY_POS_TOPIC"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn defaults_are_valid_dev_mode() {
@@ -356,6 +673,174 @@ mod tests {
             .to_string()
             .contains("LOYALTY_SCYLLA_REPLICATION"));
         assert!(DevConfig::default().scylla().unwrap().is_none());
+    }
+
+    #[test]
+    fn production_refuses_the_dev_defaults() {
+        // Unset (the production default): named, with what to do.
+        let c = DevConfig::defaults(Profile::Production);
+        let e = c.refuse_dev_defaults("gateway").unwrap_err().to_string();
+        assert!(
+            e.contains("LOYALTY_ADMIN_KEY") && e.contains("loyalty gateway"),
+            "{e}"
+        );
+        // The dev key, however it was set.
+        let c = DevConfig {
+            admin_key: DEV_ADMIN_KEY.into(),
+            ..DevConfig::defaults(Profile::Production)
+        };
+        let e = c.refuse_dev_defaults("node").unwrap_err().to_string();
+        assert!(
+            e.contains("LOYALTY_ADMIN_KEY") && e.contains(DEV_ADMIN_KEY),
+            "{e}"
+        );
+        let c = DevConfig {
+            admin_key: format!(" {DEV_ADMIN_KEY} "),
+            ..DevConfig::defaults(Profile::Production)
+        };
+        assert!(c.refuse_dev_defaults("engine").is_err());
+        // A key of one's own passes (its length is checked by `validate`).
+        let c = DevConfig {
+            admin_key: "s3cret-admin-key".into(),
+            ..DevConfig::defaults(Profile::Production)
+        };
+        c.refuse_dev_defaults("engine").unwrap();
+        c.validate().unwrap();
+        // Dev keeps its defaults.
+        assert_eq!(DevConfig::defaults(Profile::Dev).admin_key, DEV_ADMIN_KEY);
+        assert!(DevConfig::defaults(Profile::Dev).demo);
+    }
+
+    #[test]
+    fn production_creates_demo_data_only_when_asked() {
+        assert!(!DevConfig::defaults(Profile::Production).demo);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        // A file that does not mention them leaves the production defaults.
+        std::fs::write(&p, "partitions = 3\n").unwrap();
+        let c = DevConfig::load_as(Some(&p), Profile::Production).unwrap();
+        assert!(!c.demo);
+        assert!(c.admin_key.is_empty());
+        let c = DevConfig::load_as(Some(&p), Profile::Dev).unwrap();
+        assert!(c.demo);
+        assert_eq!(c.admin_key, DEV_ADMIN_KEY);
+        // Asked for explicitly.
+        std::fs::write(&p, "demo = true\nadmin_key = \"k-0123456789\"\n").unwrap();
+        let c = DevConfig::load_as(Some(&p), Profile::Production).unwrap();
+        assert!(c.demo);
+        assert_eq!(c.admin_key, "k-0123456789");
+        c.refuse_dev_defaults("node").unwrap();
+    }
+
+    #[test]
+    fn one_shared_store_at_most() {
+        assert!(DevConfig::default().shared_store().unwrap().is_none());
+        let both = DevConfig {
+            postgres_url: Some("postgres://loyalty:pw-secret@127.0.0.1:5432/loyalty".into()),
+            scylla_nodes: Some("127.0.0.1:9042".into()),
+            ..DevConfig::default()
+        };
+        let e = both.shared_store().unwrap_err().to_string();
+        assert!(
+            e.contains("LOYALTY_POSTGRES_URL") && e.contains("LOYALTY_SCYLLA_NODES"),
+            "{e}"
+        );
+        assert!(both.validate().is_err());
+        let pg = DevConfig {
+            postgres_url: Some("postgres://loyalty:pw-secret@127.0.0.1:5432/loyalty".into()),
+            postgres_pool: Some(4),
+            ..DevConfig::default()
+        };
+        match pg.shared_store().unwrap() {
+            Some(SharedStore::Postgres(c)) => {
+                assert_eq!(c.pool_size, 4);
+                let d = SharedStore::Postgres(c).describe();
+                assert!(!d.contains("pw-secret"), "{d}");
+            }
+            other => panic!("expected PostgreSQL, got {other:?}"),
+        }
+        let scylla = DevConfig {
+            scylla_nodes: Some("127.0.0.1:9042".into()),
+            ..DevConfig::default()
+        };
+        assert!(matches!(
+            scylla.shared_store().unwrap(),
+            Some(SharedStore::Scylla(_))
+        ));
+    }
+
+    #[test]
+    fn postgres_settings_are_checked_without_showing_the_password() {
+        let c = DevConfig {
+            postgres_url: Some("mysql://root:pw-secret@db/x".into()),
+            ..DevConfig::default()
+        };
+        let e = c.postgres().unwrap_err().to_string();
+        assert!(e.contains("LOYALTY_POSTGRES_URL"), "{e}");
+        assert!(!e.contains("pw-secret"), "{e}");
+        let c = DevConfig {
+            postgres_url: Some("postgres://u:pw-secret@db/x".into()),
+            postgres_pool: Some(0),
+            ..DevConfig::default()
+        };
+        let e = c.postgres().unwrap_err().to_string();
+        assert!(e.contains("LOYALTY_POSTGRES_POOL"), "{e}");
+        let c = DevConfig {
+            postgres_pool: Some(8),
+            ..DevConfig::default()
+        };
+        let e = c.postgres().unwrap_err().to_string();
+        assert!(e.contains("LOYALTY_POSTGRES_URL"), "{e}");
+        let c = DevConfig {
+            postgres_url: Some("postgres://u:pw-secret@db/x".into()),
+            admin_key: "an-admin-secret".into(),
+            ..DevConfig::default()
+        };
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains("pw-secret") && !debug.contains("an-admin-secret"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        for (url, shown) in [
+            (
+                "postgres://loyalty:s3cr3t@10.0.0.1:5432/loyalty",
+                "postgres://loyalty:***@10.0.0.1:5432/loyalty",
+            ),
+            (
+                "postgresql://loyalty:p@ss:w@rd@db/x?sslmode=disable",
+                "postgresql://loyalty:***@db/x?sslmode=disable",
+            ),
+            (
+                "postgres://loyalty@db/x?password=s3cr3t&application_name=gw",
+                "postgres://loyalty@db/x?password=***&application_name=gw",
+            ),
+            ("postgres://db:5432", "postgres://db:5432"),
+            (
+                "redis://:s3cr3t@127.0.0.1:6379/",
+                "redis://:***@127.0.0.1:6379/",
+            ),
+            (
+                "host=db user=loyalty password=s3cr3t",
+                "host=db user=loyalty password=***",
+            ),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+        assert_eq!(
+            scrub_password(
+                "cannot parse postgres://u:s3cr3t@h/x",
+                "postgres://u:s3cr3t@h/x"
+            ),
+            "cannot parse postgres://u:***@h/x"
+        );
+        assert_eq!(
+            scrub_password("bad password=s3cr3t", "postgres://u@h/x?password=s3cr3t"),
+            "bad password=***"
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use loyalty::configuration::DevConfig;
+use loyalty::configuration::{DevConfig, Profile, SharedStore};
 use loyalty::startup::{Application, Mode};
 
 /// The loyalty platform for franchises.
@@ -27,8 +27,10 @@ struct Common {
 }
 
 impl Common {
-    fn load(&self) -> anyhow::Result<DevConfig> {
-        let mut c = DevConfig::load(self.config.as_deref())?;
+    /// The settings over the defaults of `profile`: dev's for `loyalty dev`, production's
+    /// (no admin key, no demo data unless asked) for every other command.
+    fn load(&self, profile: Profile) -> anyhow::Result<DevConfig> {
+        let mut c = DevConfig::load_as(self.config.as_deref(), profile)?;
         if let Some(l) = self.listen {
             c.listen = l;
         }
@@ -44,15 +46,19 @@ enum Command {
     /// Gateway + engine + embedded adapters in one process (no server needed).
     Dev(Common),
     /// Gateway + engine on Kafka (LOYALTY_KAFKA_BROKERS) and Redis (LOYALTY_REDIS_URL), with
-    /// ScyllaDB (LOYALTY_SCYLLA_NODES) or the embedded store.
+    /// a shared store (LOYALTY_POSTGRES_URL or LOYALTY_SCYLLA_NODES) or the embedded store.
+    /// Needs LOYALTY_ADMIN_KEY; demo data only with LOYALTY_DEMO=true.
     Node(Common),
-    /// The HTTP gateway alone, on Kafka, Redis and ScyllaDB; replies over Redis pub/sub.
+    /// The HTTP gateway alone, on Kafka, Redis and a shared store (LOYALTY_POSTGRES_URL or
+    /// LOYALTY_SCYLLA_NODES); replies over Redis pub/sub. Needs LOYALTY_ADMIN_KEY.
     Gateway(Common),
-    /// An engine node alone (a member of the consumer group), on Kafka, Redis and ScyllaDB or
-    /// the embedded store (then a single engine node); serves /healthz, /readyz, /metrics.
+    /// An engine node alone (a member of the consumer group), on Kafka, Redis and a shared
+    /// store (LOYALTY_POSTGRES_URL or LOYALTY_SCYLLA_NODES); serves /healthz, /readyz,
+    /// /metrics. Needs LOYALTY_ADMIN_KEY.
     Engine(Common),
-    /// Applies the ScyllaDB schema migrations (LOYALTY_SCYLLA_NODES, LOYALTY_SCYLLA_KEYSPACE,
-    /// LOYALTY_SCYLLA_REPLICATION). Idempotent.
+    /// Applies the schema migrations of the configured shared store: PostgreSQL
+    /// (LOYALTY_POSTGRES_URL) or ScyllaDB (LOYALTY_SCYLLA_NODES, LOYALTY_SCYLLA_KEYSPACE,
+    /// LOYALTY_SCYLLA_REPLICATION). Idempotent; the embedded store needs none.
     Migrate(Common),
     /// Hot cache maintenance.
     Cache {
@@ -76,12 +82,16 @@ async fn main() -> anyhow::Result<()> {
         Command::Node(c) => (Some(Mode::All), c),
         Command::Gateway(c) => (Some(Mode::Gateway), c),
         Command::Engine(c) => (Some(Mode::Engine), c),
-        Command::Migrate(c) => return migrate(c.load()?).await,
+        Command::Migrate(c) => return migrate(c.load(Profile::Production)?).await,
         Command::Cache {
             command: CacheCommand::Rebuild(c),
-        } => return rebuild(c.load()?).await,
+        } => return rebuild(c.load(Profile::Production)?).await,
     };
-    let c = common.load()?;
+    let profile = match mode {
+        None => Profile::Dev,
+        Some(_) => Profile::Production,
+    };
+    let c = common.load(profile)?;
     let ip = c.listen.ip();
     let (name, app) = match mode {
         None => ("dev", Application::build(c).await?),
@@ -99,21 +109,40 @@ async fn main() -> anyhow::Result<()> {
     app.run_until_stopped().await
 }
 
+/// `loyalty migrate`: the migrations of whichever shared store is configured.
 async fn migrate(c: DevConfig) -> anyhow::Result<()> {
-    let Some(scylla) = c.scylla()? else {
-        anyhow::bail!(
-            "loyalty migrate needs LOYALTY_SCYLLA_NODES (the embedded store needs no migration)"
-        );
+    let store = match c.shared_store()? {
+        None => {
+            println!(
+                "nothing to migrate: no shared store is configured, and the embedded store \
+                 needs no migration (it creates its tables when it opens). To migrate a shared \
+                 store, set LOYALTY_POSTGRES_URL or LOYALTY_SCYLLA_NODES"
+            );
+            return Ok(());
+        }
+        Some(s) => s,
     };
-    let session = loyalty_scylla::session(&scylla).await?;
-    let applied = loyalty_scylla::migrate(&session, &scylla).await?;
+    let what = store.describe();
+    let applied = match &store {
+        SharedStore::Postgres(pg) => loyalty_postgres::migrate(pg).await.map_err(|e| {
+            anyhow::anyhow!(
+                "migrating {what}: {}",
+                loyalty::configuration::scrub_password(&e.to_string(), &pg.url)
+            )
+        })?,
+        SharedStore::Scylla(scylla) => {
+            let session = loyalty_scylla::session(scylla)
+                .await
+                .map_err(|e| anyhow::anyhow!("connecting to {what}: {e}"))?;
+            loyalty_scylla::migrate(&session, scylla)
+                .await
+                .map_err(|e| anyhow::anyhow!("migrating {what}: {e}"))?
+        }
+    };
     if applied.is_empty() {
-        println!("schema of keyspace {} is up to date", scylla.keyspace);
+        println!("schema of {what} is up to date");
     } else {
-        println!(
-            "applied migrations {applied:?} to keyspace {}",
-            scylla.keyspace
-        );
+        println!("applied migrations {applied:?} to {what}");
     }
     Ok(())
 }
@@ -122,7 +151,9 @@ async fn rebuild(c: DevConfig) -> anyhow::Result<()> {
     let Some(url) = c.redis_url.clone() else {
         anyhow::bail!("loyalty cache rebuild needs LOYALTY_REDIS_URL");
     };
-    let store = loyalty::startup::open_store(&c).await?;
+    // With the embedded store, the lock keeps a running node from being read behind its back.
+    let loyalty::startup::OpenStore { store, lock: _lock } =
+        loyalty::startup::open_store(&c).await?;
     let cache =
         loyalty_redis::RedisCache::connect(&url, loyalty_redis::RedisCacheOptions::default())
             .await?;

@@ -2,12 +2,19 @@
 //! how replies travel. [`Application::build`] binds the listener first (port 0 works), so tests
 //! start the real server and learn its port.
 //!
-//! | command          | log            | cache          | store                     | replies                   |
-//! |------------------|----------------|----------------|---------------------------|---------------------------|
-//! | `loyalty dev`    | embedded       | embedded       | embedded                  | in process                |
-//! | `loyalty node`   | Kafka          | Redis          | ScyllaDB, else embedded   | in process                |
-//! | `loyalty gateway`| Kafka          | Redis          | ScyllaDB (required)       | Redis pub/sub (subscribe) |
-//! | `loyalty engine` | Kafka          | Redis          | ScyllaDB, else embedded   | Redis pub/sub (publish)   |
+//! | command          | log      | cache    | store                                          | replies                   |
+//! |------------------|----------|----------|------------------------------------------------|---------------------------|
+//! | `loyalty dev`    | embedded | embedded | embedded (data dir locked)                     | in process                |
+//! | `loyalty node`   | Kafka    | Redis    | PostgreSQL or ScyllaDB, else embedded (locked) | in process                |
+//! | `loyalty gateway`| Kafka    | Redis    | PostgreSQL or ScyllaDB (required)              | Redis pub/sub (subscribe) |
+//! | `loyalty engine` | Kafka    | Redis    | PostgreSQL or ScyllaDB (required)              | Redis pub/sub (publish)   |
+//!
+//! The shared store is PostgreSQL when `LOYALTY_POSTGRES_URL` is set, ScyllaDB when
+//! `LOYALTY_SCYLLA_NODES` is (both is an error), else the embedded store. The embedded store
+//! belongs to one process: its data directory is locked ([`DataDirLock`]) before the log or
+//! the store is opened, and `loyalty gateway` / `loyalty engine`, which only make sense next
+//! to other processes, refuse to start on it. The production commands (`node`, `gateway`,
+//! `engine`) refuse the dev admin key ([`DevConfig::refuse_dev_defaults`]).
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,16 +25,17 @@ use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use anyhow::{bail, Context};
+use loyalty_core::engine::health::EngineHealth;
 use loyalty_core::engine::{Engine, EngineConfig};
 use loyalty_core::ports::{EventLog, HotCache, StateStore};
 use loyalty_core::programs::ProgramCache;
 use loyalty_core::replies::{ReplySink, ReplyWaiters};
 use loyalty_embedded::log::EmbeddedLog;
-use loyalty_embedded::{EmbeddedCache, EmbeddedStore};
+use loyalty_embedded::{DataDirLock, EmbeddedCache, EmbeddedStore};
 use loyalty_gateway::{Gateway, GatewayConfig};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
-use crate::configuration::DevConfig;
+use crate::configuration::{redact_url, scrub_password, DevConfig, SharedStore};
 use crate::demo;
 
 /// Which parts a process runs.
@@ -46,12 +54,17 @@ pub struct Application {
     port: u16,
     server: Server,
     engine: Option<JoinHandle<()>>,
+    /// Gets the engine's error if it stops on one.
+    engine_failed: Option<oneshot::Receiver<String>>,
+    health: Arc<EngineHealth>,
     shutdown: watch::Sender<bool>,
     /// The ports the platform runs on.
     pub ports: Ports,
     /// The embedded adapters behind the ports, when they are the embedded ones (tests look
     /// under the hood through them).
     pub embedded: Option<Embedded>,
+    /// The lock of the embedded data directory, held as long as this process runs on it.
+    lock: Option<DataDirLock>,
 }
 
 /// The adapters of one process.
@@ -84,71 +97,151 @@ fn redis_cache(config: &DevConfig) -> anyhow::Result<Arc<dyn HotCache>> {
     // Lazy: a process starts while Redis is down, and reads fall back to the store.
     let cache =
         loyalty_redis::RedisCache::connect_lazy(&url, loyalty_redis::RedisCacheOptions::default())
-            .with_context(|| format!("configuring Redis at {url}"))?;
+            .with_context(|| format!("configuring Redis at {}", redact_url(&url)))?;
     Ok(Arc::new(cache))
 }
 
-/// The embedded store in the data directory, with the configured page cache.
-fn open_embedded_store(config: &DevConfig) -> anyhow::Result<Arc<EmbeddedStore>> {
+/// Locks the embedded data directory (created if missing) for this process: taken before the
+/// log or the store is opened, so that a second process on the same directory stops here,
+/// having changed nothing.
+pub fn lock_data_dir(config: &DevConfig) -> anyhow::Result<DataDirLock> {
+    Ok(DataDirLock::acquire(&config.data_dir)?)
+}
+
+/// The embedded store in the data directory, with the configured page cache. The caller holds
+/// the directory's lock.
+fn open_embedded_store(
+    config: &DevConfig,
+    _lock: &DataDirLock,
+) -> anyhow::Result<Arc<EmbeddedStore>> {
     EmbeddedStore::open_with(&config.data_dir.join("store"), config.store_cache_mib << 20)
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))
 }
 
-/// The durable store: ScyllaDB when `scylla_nodes` is set, else the embedded store in the data
-/// directory (one process owns it).
-pub async fn open_store(config: &DevConfig) -> anyhow::Result<Arc<dyn StateStore>> {
-    if let Some(scylla) = config.scylla()? {
-        let store = loyalty_scylla::ScyllaStore::connect(&scylla)
-            .await
-            .with_context(|| format!("connecting to ScyllaDB at {}", scylla.nodes.join(",")))?;
-        return Ok(Arc::new(store));
+/// An open durable store, and the data directory's lock when it is the embedded one (hold it
+/// as long as the store is used).
+pub struct OpenStore {
+    pub store: Arc<dyn StateStore>,
+    pub lock: Option<DataDirLock>,
+}
+
+/// Connects to a shared store.
+pub async fn open_shared_store(shared: &SharedStore) -> anyhow::Result<Arc<dyn StateStore>> {
+    let what = shared.describe();
+    Ok(match shared {
+        SharedStore::Postgres(pg) => {
+            let store = loyalty_postgres::PostgresStore::connect(pg)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "connecting to {what}: {} (has `loyalty migrate` been run?)",
+                        scrub_password(&e.to_string(), &pg.url)
+                    )
+                })?;
+            Arc::new(store)
+        }
+        SharedStore::Scylla(scylla) => {
+            let store = loyalty_scylla::ScyllaStore::connect(scylla)
+                .await
+                .with_context(|| format!("connecting to {what}"))?;
+            Arc::new(store)
+        }
+    })
+}
+
+/// The durable store: the shared one when `postgres_url` or `scylla_nodes` is set, else the
+/// embedded store in the data directory, locked for this process (one process owns it).
+pub async fn open_store(config: &DevConfig) -> anyhow::Result<OpenStore> {
+    if let Some(shared) = config.shared_store()? {
+        return Ok(OpenStore {
+            store: open_shared_store(&shared).await?,
+            lock: None,
+        });
     }
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
-    Ok(open_embedded_store(config)?)
+    let lock = lock_data_dir(config)?;
+    let store = open_embedded_store(config, &lock)?;
+    Ok(OpenStore {
+        store,
+        lock: Some(lock),
+    })
 }
 
 impl Application {
     /// `loyalty dev`: everything embedded, in one process.
     pub async fn build(config: DevConfig) -> anyhow::Result<Application> {
         config.validate()?;
-        std::fs::create_dir_all(&config.data_dir).with_context(|| {
-            format!("creating the data directory {}", config.data_dir.display())
-        })?;
+        if let Some(shared) = config.shared_store()? {
+            tracing::warn!(
+                store = %shared.describe(),
+                "loyalty dev runs on the embedded store only: the shared store setting is \
+                 ignored (use `loyalty node`, `gateway` or `engine` to run on it)"
+            );
+        }
+        // Before anything in the directory is opened: a second process stops here.
+        let lock = lock_data_dir(&config)?;
         let log = EmbeddedLog::open(config.data_dir.join("log"))
             .with_context(|| format!("opening the event log in {}", config.data_dir.display()))?;
-        let store = open_embedded_store(&config)?;
+        let store = open_embedded_store(&config, &lock)?;
         let cache = Arc::new(EmbeddedCache::new(config.cache_capacity));
         let ports = Ports {
             log: log.clone(),
             store: store.clone(),
             cache: cache.clone(),
         };
-        Self::build_with(
+        let mut app = Self::build_with(
             config,
             ports,
             Some(Embedded { log, store, cache }),
             Mode::All,
         )
-        .await
+        .await?;
+        app.lock = Some(lock);
+        Ok(app)
     }
 
-    /// `loyalty node`, `loyalty gateway` or `loyalty engine`: on Kafka and Redis, with
-    /// ScyllaDB or (node and engine only) the embedded store.
+    /// `loyalty node`, `loyalty gateway` or `loyalty engine`: on Kafka and Redis, with a shared
+    /// store (PostgreSQL or ScyllaDB) or, for `node` only, the embedded store.
     pub async fn build_distributed(config: DevConfig, mode: Mode) -> anyhow::Result<Application> {
+        let command = match mode {
+            Mode::All => "node",
+            Mode::Gateway => "gateway",
+            Mode::Engine => "engine",
+        };
+        config.refuse_dev_defaults(command)?;
         config.validate_node()?;
-        if mode == Mode::Gateway && config.scylla_nodes.is_none() {
+        let shared = config.shared_store()?;
+        if shared.is_none() && mode != Mode::All {
             bail!(
-                "loyalty gateway needs a store shared with the engines: set LOYALTY_SCYLLA_NODES. \
-                 Without ScyllaDB, run `loyalty node` (gateway and engine in one process)"
+                "`loyalty {command}` runs next to other processes, so it needs a store they \
+                 share, and the embedded store belongs to one process: set LOYALTY_POSTGRES_URL \
+                 (PostgreSQL, e.g. postgres://loyalty@127.0.0.1:5432/loyalty) or \
+                 LOYALTY_SCYLLA_NODES (ScyllaDB), then run `loyalty migrate`. Without a shared \
+                 store, run the gateway and the engine as one process: `loyalty node` (on Kafka \
+                 and Redis) or `loyalty dev` (no server at all)"
             );
         }
+        if config.demo && mode != Mode::Engine {
+            tracing::warn!(
+                keys = %config.data_dir.join(demo::KEYS_FILE).display(),
+                "LOYALTY_DEMO is on: the demo franchise's keys are written in clear to this file \
+                 if it is created"
+            );
+        }
+        let (store, lock) = match &shared {
+            Some(s) => (open_shared_store(s).await?, None),
+            None => {
+                let OpenStore { store, lock } = open_store(&config).await?;
+                (store, lock)
+            }
+        };
         let ports = Ports {
             log: kafka_log(&config)?,
-            store: open_store(&config).await?,
+            store,
             cache: redis_cache(&config)?,
         };
-        Self::build_with(config, ports, None, mode).await
+        let mut app = Self::build_with(config, ports, None, mode).await?;
+        app.lock = lock;
+        Ok(app)
     }
 
     /// Starts the parts of `mode` on the given adapters and binds the HTTP listener.
@@ -160,16 +253,22 @@ impl Application {
     ) -> anyhow::Result<Application> {
         config.validate()?;
         let Ports { log, store, cache } = ports.clone();
-        let engine_config = EngineConfig {
+        let mut engine_config = EngineConfig {
             passivate_after: config.passivate_after(),
             checkpoint_every: config.checkpoint_every(),
             topic: config.topic.clone(),
             dead_letter_topic: config.dead_letter_topic.clone(),
+            workers: config.engine_workers,
             ..EngineConfig::default()
         };
         let partitions = log
             .ensure_topic(&engine_config.topic, config.partitions)
             .await?;
+        // On a store no other process shares, this engine must own every partition: were
+        // another one to join the group, members would be split across two stores.
+        if config.shared_store()?.is_none() {
+            engine_config.exclusive = Some(partitions);
+        }
         if partitions != config.partitions {
             tracing::warn!(
                 existing = partitions,
@@ -190,6 +289,8 @@ impl Application {
         let programs = Arc::new(ProgramCache::new(Arc::clone(&store)));
         let waiters = ReplyWaiters::new();
         let ready = Arc::new(AtomicBool::new(false));
+        let health: Arc<EngineHealth> = Default::default();
+        let (engine_failed_tx, engine_failed) = oneshot::channel::<String>();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let redis_url = config.redis_url.clone().unwrap_or_default();
         let prefix = loyalty_redis::RedisCacheOptions::default().prefix;
@@ -202,7 +303,10 @@ impl Application {
                     loyalty_redis::replies::RedisReplySink::connect(&redis_url, &prefix)
                         .await
                         .with_context(|| {
-                            format!("connecting to Redis at {redis_url} for replies")
+                            format!(
+                                "connecting to Redis at {} for replies",
+                                redact_url(&redis_url)
+                            )
                         })?,
                 )
             } else {
@@ -216,6 +320,7 @@ impl Application {
                 replies,
                 config: engine_config.clone(),
                 ready: Arc::clone(&ready),
+                health: Arc::clone(&health),
             };
             let rx = shutdown_rx.clone();
             Some(
@@ -224,12 +329,39 @@ impl Application {
                     .spawn(move || {
                         let system = actix_rt::System::new();
                         if let Err(e) = system.block_on(engine.run(rx)) {
-                            tracing::error!(error = %e, "engine failed");
+                            tracing::error!(error = %e, "engine failed; stopping the process");
+                            // A process that cannot apply commands must not accept them.
+                            let _ = engine_failed_tx.send(e.to_string());
                         }
                     })
                     .context("starting the engine thread")?,
             )
         };
+
+        // ---- POS topic ingestion (docs/pos-topic.md): wherever an engine runs. ----
+        if let (true, Some(pos_dlq)) = (mode != Mode::Gateway, config.pos_dead_letter_topic()) {
+            log.ensure_topic(&config.pos_topic, config.partitions)
+                .await?;
+            log.ensure_topic(&pos_dlq, 1).await?;
+            let ingest = loyalty_core::pos_ingest::PosIngest::new(
+                Arc::clone(&log),
+                Arc::clone(&store),
+                loyalty_core::pos_ingest::PosIngestConfig {
+                    topic: config.pos_topic.clone(),
+                    dead_letter_topic: pos_dlq,
+                    command_topic: engine_config.topic.clone(),
+                    max_record_bytes: config.max_body_bytes,
+                    ..Default::default()
+                },
+            );
+            let rx = shutdown_rx.clone();
+            tokio::spawn(async move {
+                if let Err(e) = ingest.run(rx).await {
+                    tracing::error!(error = %e, "POS ingestion failed");
+                }
+            });
+        }
+        // ---- end of POS topic ingestion ----
 
         let mut reply_to = None;
         if mode == Mode::Gateway {
@@ -255,7 +387,10 @@ impl Application {
             n => n,
         };
         let server = if mode == Mode::Engine {
-            let ready = web::Data::new(Arc::clone(&ready));
+            let ready = web::Data::new(EngineReadiness {
+                ready: Arc::clone(&ready),
+                health: Arc::clone(&health),
+            });
             HttpServer::new(move || {
                 App::new()
                     .app_data(ready.clone())
@@ -302,10 +437,13 @@ impl Application {
         Ok(Application {
             port,
             server,
+            engine_failed: engine.as_ref().map(|_| engine_failed),
+            health,
             engine,
             shutdown,
             ports,
             embedded,
+            lock: None,
         })
     }
 
@@ -315,22 +453,83 @@ impl Application {
 
     /// Serves until the server stops (SIGINT/SIGTERM), then stops the engine after its
     /// current batch is durable.
+    ///
+    /// If the engine fails (it can apply nothing more: a refused configuration, a broken log),
+    /// the server is stopped too and this returns the engine's error, so the process exits
+    /// non-zero instead of accepting commands it cannot apply.
     pub async fn run_until_stopped(mut self) -> anyhow::Result<()> {
-        let result = (&mut self.server).await;
+        let handle = self.server.handle();
+        let failed = async {
+            match self.engine_failed.take() {
+                Some(rx) => rx.await.ok(),
+                None => std::future::pending().await,
+            }
+        };
+        let (result, engine_error) = tokio::select! {
+            r = &mut self.server => (r, None),
+            Some(e) = failed => {
+                handle.stop(true).await;
+                (Ok(()), Some(e))
+            }
+        };
         let _ = self.shutdown.send(true);
         if let Some(h) = self.engine.take() {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
+        if let Some(e) = engine_error {
+            anyhow::bail!("the engine stopped: {e}");
+        }
         result.context("HTTP server")
+    }
+
+    /// The engine's partitions (owned, retrying, stopped), when this process runs one.
+    pub fn health(&self) -> &Arc<EngineHealth> {
+        &self.health
     }
 }
 
-async fn engine_ready(ready: web::Data<Arc<AtomicBool>>) -> HttpResponse {
-    if ready.load(Ordering::Relaxed) {
-        HttpResponse::Ok().json(serde_json::json!({ "status": "ready" }))
+/// What the engine-only process's `/readyz` reads.
+struct EngineReadiness {
+    ready: Arc<AtomicBool>,
+    health: Arc<EngineHealth>,
+}
+
+/// `/readyz` of `loyalty engine`: 200 while it owns partitions and applies all of them; 503
+/// (a problem naming why) before its first assignment, when a partition is stopped by a
+/// permanent error, or when the engine failed. Partitions backing off after a transient error
+/// are listed but keep it ready: they recover by themselves.
+async fn engine_ready(r: web::Data<EngineReadiness>) -> HttpResponse {
+    let report = r.health.report();
+    let detail = if let Some(e) = &report.failed {
+        Some(format!("the engine stopped: {e}"))
+    } else if !report.stopped.is_empty() {
+        Some(format!(
+            "partitions stopped by a permanent error: {:?}",
+            report.stopped
+        ))
+    } else if !r.ready.load(Ordering::Relaxed) {
+        Some("the engine has no partition assigned yet".to_owned())
     } else {
-        HttpResponse::ServiceUnavailable()
+        None
+    };
+    match detail {
+        None => HttpResponse::Ok().json(serde_json::json!({
+            "status": "ready",
+            "partitions": report.owned,
+            "retrying": report.retrying,
+        })),
+        Some(detail) => HttpResponse::ServiceUnavailable()
             .content_type("application/problem+json")
-            .body(r#"{"type":"urn:loyalty:problem:not-ready","title":"Not ready","status":503,"detail":"the engine has no partition assigned yet","code":"not-ready"}"#)
+            .insert_header(("Retry-After", "5"))
+            .json(serde_json::json!({
+                "type": "urn:loyalty:problem:not-ready",
+                "title": "Not ready",
+                "status": 503,
+                "detail": detail,
+                "code": "not-ready",
+                "partitions": report.owned,
+                "retrying": report.retrying,
+                "stopped": report.stopped,
+            })),
     }
 }

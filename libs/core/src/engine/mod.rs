@@ -1,36 +1,56 @@
 //! The engine: consumes POS commands from the event log as a member of one consumer group,
-//! hosts one [`shard::Shard`] per partition it owns and one actor per active member, and makes
-//! effects durable before it commits offsets.
+//! hosts one partition worker per partition it owns ([`worker`], each with its
+//! [`shard::Shard`] of member actors), and makes effects durable before it commits offsets.
 //!
-//! Ownership follows the log's group protocol: on `Assigned` a shard is created (its actors are
-//! activated lazily, rehydrated from the store); on `Revoked` the engine has no batch in flight
-//! (batches are written to the store before the next poll), checkpoints, stops the shard's
-//! actors, and only then acknowledges, so the next owner starts from a committed, durable point.
+//! ```text
+//!  engine task (dispatcher)                      worker threads (actix arbiters)
+//!   consumer.next ─ records by partition ─▶ lane ─▶ worker p: shard p, batch after batch
+//!        ▲   pause/resume a lane's partition  ◀── Progress::Stored{next} / Stopped
+//!        └ checkpoints: store sync, then offsets of what the workers reported
+//! ```
+//!
+//! Ownership follows the log's group protocol: on `Assigned` a worker is started per partition
+//! on one of [`EngineConfig::workers`] threads (partition `p` on thread `p % workers`), so
+//! shards use every core while each partition (hence each member) is applied by one task in
+//! log order; its actors are activated lazily, rehydrated from the store. On `Revoked` the
+//! engine tells the partition's worker to stop, waits for the batch it has in flight to be
+//! stored and published, checkpoints, and only then acknowledges, so the next owner starts
+//! from a committed, durable point.
+//!
+//! Each partition has a lane: records wait there until its worker is free (two batches may be
+//! queued to it). A lane holding more than [`EngineConfig::lane_records`] records has its
+//! partition paused in the consumer, and resumed below half of that: a slow or stuck partition
+//! neither holds up the others nor grows memory. Errors are handled by the worker, per
+//! partition (see [`worker`]).
 //!
 //! Offsets are committed in the background by checkpoints ([`Checkpoints`]), off the path of
 //! the next batch, at most once per [`EngineConfig::checkpoint_every`]: each round first makes
-//! the store durable up to the batches it covers ([`StateStore::sync`]), then commits their offsets. A batch's
-//! effects are visible (cache, replies) as soon as the store has them; a crash before the next
-//! round rolls the store back to its last sync and the log delivers the records again, which
-//! the engine applies again to the same effects, or finds recorded and treats as replays.
+//! the store durable up to the batches it covers ([`StateStore::sync`]), then commits their
+//! offsets. A batch's effects are visible (cache, replies) as soon as the store has them; a
+//! crash before the next round rolls the store back to its last sync and the log delivers the
+//! records again, which the engine applies again to the same effects, or finds recorded and
+//! treats as replays.
 
+pub mod health;
 pub mod member;
 pub mod shard;
+pub mod worker;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
 use futures::future::join_all;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::metrics::metrics;
 use crate::ports::{ConsumerEvent, EventLog, HotCache, LogConsumer, Partition, Record, StateStore};
 use crate::programs::ProgramCache;
 use crate::replies::ReplySink;
 use crate::{Error, Result};
-use shard::{BatchOutcome, Shard, ShardDeps};
+use health::EngineHealth;
+use worker::{Progress, WorkerChannels, WorkerDeps, RETRY_MIN};
 
 /// Settings of an engine node.
 #[derive(Clone, Debug)]
@@ -41,13 +61,22 @@ pub struct EngineConfig {
     pub dead_letter_topic: String,
     /// The consumer group of engine nodes.
     pub group: String,
-    /// Most records taken in one poll.
+    /// Most records taken in one poll, and in one batch of a partition.
     pub max_batch: usize,
     /// A member actor idle for this long is stopped.
     pub passivate_after: Duration,
     /// Least time between two checkpoints (store sync, then offset commits): what a crash can
     /// make the log deliver again, against one fsync of the store per round.
     pub checkpoint_every: Duration,
+    /// Worker threads the partitions are spread over; 0: one per core.
+    pub workers: usize,
+    /// Records a partition's lane holds before its partition is paused.
+    pub lane_records: usize,
+    /// `Some(n)`: this engine must own all `n` partitions of the topic, alone (it runs on a
+    /// store that no other process shares, the embedded one). If the group ever gives it fewer
+    /// (another engine joined), it stops with an error rather than split members across two
+    /// stores.
+    pub exclusive: Option<u32>,
 }
 
 impl Default for EngineConfig {
@@ -59,6 +88,19 @@ impl Default for EngineConfig {
             max_batch: 2048,
             passivate_after: Duration::from_secs(300),
             checkpoint_every: Duration::from_millis(10),
+            workers: 0,
+            lane_records: 8192,
+            exclusive: None,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// The number of worker threads to run.
+    pub fn worker_threads(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
         }
     }
 }
@@ -72,16 +114,46 @@ pub struct Engine {
     pub replies: Arc<dyn ReplySink>,
     pub config: EngineConfig,
     /// Turned on once the engine has joined its consumer group (served by `/readyz`).
-    pub ready: Arc<std::sync::atomic::AtomicBool>,
+    pub ready: Arc<AtomicBool>,
+    /// Partitions owned, retrying, stopped (served by `/readyz`).
+    pub health: Arc<EngineHealth>,
 }
 
-const RETRY_MIN: Duration = Duration::from_millis(20);
-const RETRY_MAX: Duration = Duration::from_secs(2);
+/// The engine's side of one owned partition.
+struct Lane {
+    records: mpsc::Sender<Vec<Record>>,
+    stop: watch::Sender<bool>,
+    exited: oneshot::Receiver<()>,
+    /// Records not handed to the worker yet, in offset order.
+    backlog: VecDeque<Record>,
+    paused: bool,
+    /// Stopped by a permanent error: its records are dropped (never committed).
+    stopped: bool,
+}
+
+/// The dispatcher's state: lanes, the worker threads, the channel workers report on.
+struct Dispatcher<'a> {
+    engine: &'a Engine,
+    consumer: Arc<dyn LogConsumer>,
+    arbiters: Vec<actix_rt::Arbiter>,
+    lanes: BTreeMap<Partition, Lane>,
+    progress_tx: mpsc::UnboundedSender<Progress>,
+    deps: WorkerDeps,
+}
 
 impl Engine {
-    /// Runs until `shutdown` turns true. Must run inside an actix system (member actors are
-    /// actix actors on the current arbiter).
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+    /// Runs until `shutdown` turns true. Must run inside an actix system (worker threads are
+    /// actix arbiters; member actors run on them).
+    pub async fn run(self, shutdown: watch::Receiver<bool>) -> Result<()> {
+        let result = self.run_inner(shutdown).await;
+        self.ready.store(false, Ordering::Relaxed);
+        if let Err(e) = &result {
+            self.health.failed(e.to_string());
+        }
+        result
+    }
+
+    async fn run_inner(&self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
         let consumer: Arc<dyn LogConsumer> = Arc::from(
             self.log
                 .subscribe(&self.config.group, &self.config.topic)
@@ -92,10 +164,28 @@ impl Engine {
             Arc::clone(&self.store),
             self.config.checkpoint_every,
         );
-        let mut shards: BTreeMap<Partition, Shard> = BTreeMap::new();
-        let mut last_sweep = Instant::now();
-        let sweep_every = (self.config.passivate_after / 4).max(Duration::from_millis(50));
-        tracing::info!(topic = %self.config.topic, group = %self.config.group, "engine started");
+        let (progress_tx, mut progress_rx) = mpsc::unbounded_channel();
+        let threads = self.config.worker_threads();
+        let mut d = Dispatcher {
+            engine: self,
+            consumer: Arc::clone(&consumer),
+            arbiters: (0..threads).map(|_| actix_rt::Arbiter::new()).collect(),
+            lanes: BTreeMap::new(),
+            progress_tx,
+            deps: WorkerDeps {
+                log: Arc::clone(&self.log),
+                store: Arc::clone(&self.store),
+                cache: Arc::clone(&self.cache),
+                programs: Arc::clone(&self.programs),
+                replies: Arc::clone(&self.replies),
+                health: Arc::clone(&self.health),
+                topic: self.config.topic.clone(),
+                dead_letter_topic: self.config.dead_letter_topic.clone(),
+                passivate_after: self.config.passivate_after,
+            },
+        };
+        tracing::info!(topic = %self.config.topic, group = %self.config.group, threads, "engine started");
+        let mut failure = None;
         loop {
             if *shutdown.borrow() {
                 break;
@@ -103,6 +193,10 @@ impl Engine {
             let event = tokio::select! {
                 biased;
                 _ = shutdown.changed() => continue,
+                Some(p) = progress_rx.recv() => {
+                    d.on_progress(&mut checkpoints, p).await;
+                    continue;
+                }
                 () = checkpoints.in_flight_done() => {
                     checkpoints.start();
                     continue;
@@ -112,27 +206,22 @@ impl Engine {
             match event {
                 Ok(ConsumerEvent::Assigned(ps)) => {
                     tracing::info!(partitions = ?ps, "partitions assigned");
-                    self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
-                    for p in ps {
-                        shards.entry(p).or_insert_with(|| Shard::new(p));
+                    d.assign(&ps);
+                    if let Err(e) = d.check_exclusive() {
+                        failure = Some(e);
+                        break;
                     }
+                    self.ready.store(true, Ordering::Relaxed);
                 }
                 Ok(ConsumerEvent::Revoked { partitions, done }) => {
                     tracing::info!(partitions = ?partitions, "partitions revoked");
-                    checkpoints.flush().await;
-                    for p in &partitions {
-                        if let Some(mut s) = shards.remove(p) {
-                            s.stop_all();
-                        }
-                    }
+                    d.release(&partitions, &mut progress_rx, &mut checkpoints)
+                        .await;
                     let _ = done.send(());
                 }
                 Ok(ConsumerEvent::Records(records)) => {
                     if !records.is_empty() {
-                        let timer = metrics().engine_batch_seconds.start_timer();
-                        self.handle_records(&mut checkpoints, &mut shards, records, &mut shutdown)
-                            .await;
-                        timer.observe_duration();
+                        d.dispatch(records).await;
                         checkpoints.start();
                     }
                 }
@@ -142,144 +231,210 @@ impl Engine {
                     tokio::time::sleep(RETRY_MIN).await;
                 }
             }
-            if last_sweep.elapsed() >= sweep_every {
-                last_sweep = Instant::now();
-                let mut stopped = 0;
-                for s in shards.values_mut() {
-                    stopped += s.passivate_idle(self.config.passivate_after);
-                }
-                if stopped > 0 {
-                    tracing::debug!(stopped, "idle member actors passivated");
-                }
-            }
         }
-        self.ready
-            .store(false, std::sync::atomic::Ordering::Relaxed);
-        checkpoints.flush().await;
-        for s in shards.values_mut() {
-            s.stop_all();
-        }
+        let owned: Vec<Partition> = d.lanes.keys().copied().collect();
+        d.release(&owned, &mut progress_rx, &mut checkpoints).await;
+        drop(d);
         if let Err(e) = consumer.close().await {
             tracing::warn!(error = %e, "leaving the consumer group");
         }
-        tracing::info!("engine stopped");
-        Ok(())
-    }
-
-    /// Processes one poll's records, partition by partition concurrently, each until the store
-    /// has its effects, then queues each partition's offset for the next checkpoint.
-    async fn handle_records(
-        &self,
-        checkpoints: &mut Checkpoints,
-        shards: &mut BTreeMap<Partition, Shard>,
-        records: Vec<Record>,
-        shutdown: &mut watch::Receiver<bool>,
-    ) {
-        let mut by_partition: HashMap<Partition, Vec<Record>> = HashMap::new();
-        for r in records {
-            by_partition.entry(r.partition).or_default().push(r);
-        }
-        let deps = ShardDeps {
-            store: &self.store,
-            programs: &self.programs,
-        };
-        let work = shards
-            .iter_mut()
-            .filter_map(|(p, shard)| by_partition.remove(p).map(|recs| (shard, recs)))
-            .map(|(shard, recs)| {
-                let deps = &deps;
-                let shutdown = shutdown.clone();
-                async move {
-                    let outcome = process_until_stored(shard, deps, &recs, shutdown).await;
-                    (shard.partition, recs, outcome)
-                }
-            });
-        let results = join_all(work).await;
-        for (partition, recs, outcome) in results {
-            let Some(outcome) = outcome else { continue };
-            self.publish(outcome).await;
-            if let Some(last) = recs.last() {
-                checkpoints.queue(partition, last.offset + 1);
+        match failure {
+            Some(e) => {
+                tracing::error!(error = %e, "engine stopped");
+                Err(e)
+            }
+            None => {
+                tracing::info!("engine stopped");
+                Ok(())
             }
         }
-        if !by_partition.is_empty() {
-            tracing::warn!(partitions = ?by_partition.keys().collect::<Vec<_>>(), "records for partitions not owned");
-        }
-    }
-
-    /// After the store has a batch's effects: dead letters, the hot cache, the waiting gateways.
-    async fn publish(&self, outcome: BatchOutcome) {
-        for dl in outcome.dead_letters {
-            metrics().dead_letters.with_label_values(&[dl.reason]).inc();
-            tracing::warn!(
-                partition = dl.record.partition,
-                offset = dl.record.offset,
-                reason = dl.reason,
-                "dead letter"
-            );
-            let mut headers = dl.record.headers.clone();
-            headers.push((
-                "dlq-reason".into(),
-                Bytes::from_static(dl.reason.as_bytes()),
-            ));
-            headers.push(("dlq-detail".into(), Bytes::from(dl.detail)));
-            headers.push((
-                "dlq-source".into(),
-                Bytes::from(format!(
-                    "{}/{}/{}",
-                    self.config.topic, dl.record.partition, dl.record.offset
-                )),
-            ));
-            loop {
-                match self
-                    .log
-                    .append(
-                        &self.config.dead_letter_topic,
-                        &dl.record.key,
-                        dl.record.payload.clone(),
-                        headers.clone(),
-                    )
-                    .await
-                {
-                    Ok(_) => break,
-                    Err(Error::ShuttingDown) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "dead-letter append failed; retrying");
-                        tokio::time::sleep(RETRY_MIN).await;
-                    }
-                }
-            }
-        }
-        if !outcome.statuses.is_empty() {
-            if let Err(e) = self.cache.put_statuses(outcome.statuses).await {
-                // The cache is only a cache: readers fall back to the store.
-                tracing::warn!(error = %e, "hot cache update failed");
-            }
-        }
-        self.replies.publish(outcome.replies);
     }
 }
 
-/// Retries a batch until the store has its effects (or the engine shuts down: `None`).
-async fn process_until_stored(
-    shard: &mut Shard,
-    deps: &ShardDeps<'_>,
-    records: &[Record],
-    shutdown: watch::Receiver<bool>,
-) -> Option<BatchOutcome> {
-    let mut delay = RETRY_MIN;
-    loop {
-        match shard.process(deps, records).await {
-            Ok(outcome) => return Some(outcome),
-            Err(e) => {
-                tracing::warn!(partition = shard.partition, error = %e, "batch not written; retrying from the store");
-                if *shutdown.borrow() {
-                    return None;
+impl Drop for Dispatcher<'_> {
+    /// Stops the worker threads: after a clean release they have nothing left to run; if the
+    /// engine's task was dropped mid-way (a simulated crash), their work is dropped with it.
+    fn drop(&mut self) {
+        for a in &self.arbiters {
+            a.stop();
+        }
+    }
+}
+
+impl Dispatcher<'_> {
+    /// Starts a worker for each newly assigned partition.
+    fn assign(&mut self, partitions: &[Partition]) {
+        self.engine.health.assigned(partitions);
+        for &p in partitions {
+            if self.lanes.contains_key(&p) {
+                continue;
+            }
+            let (records_tx, records) = mpsc::channel(2);
+            let (stop_tx, stop) = watch::channel(false);
+            let (exited_tx, exited) = oneshot::channel();
+            let channels = WorkerChannels {
+                records,
+                stop,
+                progress: self.progress_tx.clone(),
+                exited: exited_tx,
+            };
+            let deps = self.deps.clone();
+            let arbiter = &self.arbiters[p as usize % self.arbiters.len()];
+            if !arbiter.spawn(worker::run(p, deps, channels)) {
+                tracing::error!(partition = p, "worker thread gone; partition not started");
+            }
+            self.lanes.insert(
+                p,
+                Lane {
+                    records: records_tx,
+                    stop: stop_tx,
+                    exited,
+                    backlog: VecDeque::new(),
+                    paused: false,
+                    stopped: false,
+                },
+            );
+        }
+    }
+
+    /// An exclusive engine (on a store no other process shares) must own every partition.
+    fn check_exclusive(&self) -> Result<()> {
+        let Some(n) = self.engine.config.exclusive else {
+            return Ok(());
+        };
+        if self.lanes.len() as u32 >= n {
+            return Ok(());
+        }
+        Err(Error::Invalid(format!(
+            "another engine joined the consumer group {:?}: this one was given {} of the {n}              partitions, but it runs on the embedded store, which no other process shares, so              members would be split across two stores. Stop the other engine, or run every              engine and gateway on a shared store (LOYALTY_POSTGRES_URL or LOYALTY_SCYLLA_NODES)",
+            self.engine.config.group,
+            self.lanes.len()
+        )))
+    }
+
+    /// Hands a poll's records to their lanes.
+    async fn dispatch(&mut self, records: Vec<Record>) {
+        let mut unowned = BTreeSet::new();
+        let mut touched = BTreeSet::new();
+        for r in records {
+            match self.lanes.get_mut(&r.partition) {
+                Some(lane) if lane.stopped => {}
+                Some(lane) => {
+                    touched.insert(r.partition);
+                    lane.backlog.push_back(r);
                 }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(RETRY_MAX);
+                None => {
+                    unowned.insert(r.partition);
+                }
             }
         }
+        for p in touched {
+            self.feed(p).await;
+        }
+        if !unowned.is_empty() {
+            tracing::warn!(partitions = ?unowned, "records for partitions not owned");
+        }
+    }
+
+    /// Moves a lane's backlog to its worker as far as it takes it, and pauses or resumes the
+    /// partition by the size of what is left.
+    async fn feed(&mut self, partition: Partition) {
+        let max_batch = self.engine.config.max_batch.max(1);
+        let pause_at = self.engine.config.lane_records.max(max_batch);
+        let Some(lane) = self.lanes.get_mut(&partition) else {
+            return;
+        };
+        while !lane.backlog.is_empty() {
+            let Ok(permit) = lane.records.try_reserve() else {
+                break;
+            };
+            let n = lane.backlog.len().min(max_batch);
+            permit.send(lane.backlog.drain(..n).collect());
+        }
+        let backlog = lane.backlog.len();
+        let change = if !lane.paused && backlog >= pause_at {
+            Some(true)
+        } else if lane.paused && !lane.stopped && backlog < pause_at / 2 {
+            Some(false)
+        } else {
+            None
+        };
+        if let Some(pause) = change {
+            lane.paused = pause;
+            self.set_paused(partition, pause).await;
+        }
+    }
+
+    async fn set_paused(&self, partition: Partition, pause: bool) {
+        let result = if pause {
+            self.consumer.pause(&[partition]).await
+        } else {
+            self.consumer.resume(&[partition]).await
+        };
+        match result {
+            Ok(()) => {
+                let g = &metrics().engine_partitions_paused;
+                if pause {
+                    g.inc()
+                } else {
+                    g.dec()
+                }
+                tracing::debug!(partition, pause, "partition reading paused or resumed");
+            }
+            Err(e) => tracing::warn!(partition, pause, error = %e, "cannot pause or resume"),
+        }
+    }
+
+    async fn on_progress(&mut self, checkpoints: &mut Checkpoints, progress: Progress) {
+        match progress {
+            Progress::Stored {
+                partition,
+                next_offset,
+            } => {
+                checkpoints.queue(partition, next_offset);
+                checkpoints.start();
+                self.feed(partition).await;
+            }
+            Progress::Stopped { partition, .. } => {
+                let Some(lane) = self.lanes.get_mut(&partition) else {
+                    return;
+                };
+                lane.stopped = true;
+                lane.backlog.clear();
+                let was_paused = std::mem::replace(&mut lane.paused, true);
+                if !was_paused {
+                    self.set_paused(partition, true).await;
+                }
+            }
+        }
+    }
+
+    /// Stops the workers of `partitions` after their batch in flight, checkpoints what they
+    /// stored, and forgets them: once this returns, the partitions can be handed over.
+    async fn release(
+        &mut self,
+        partitions: &[Partition],
+        progress_rx: &mut mpsc::UnboundedReceiver<Progress>,
+        checkpoints: &mut Checkpoints,
+    ) {
+        let mut exits = Vec::new();
+        for p in partitions {
+            if let Some(lane) = self.lanes.remove(p) {
+                let _ = lane.stop.send(true);
+                if lane.paused {
+                    metrics().engine_partitions_paused.dec();
+                }
+                drop(lane.records);
+                exits.push(lane.exited);
+            }
+        }
+        // A worker drops `exited` when it is gone, after reporting its last batch.
+        join_all(exits).await;
+        while let Ok(p) = progress_rx.try_recv() {
+            self.on_progress(checkpoints, p).await;
+        }
+        checkpoints.flush().await;
+        self.engine.health.released(partitions);
     }
 }
 

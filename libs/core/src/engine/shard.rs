@@ -15,15 +15,16 @@ use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr};
 use loyalty_domain::{
-    classify, Delivery, EventId, FranchiseId, MemberCommand, MemberId, MemberState, MemberStatus,
-    Outcome, ProcessedEvent, Program, Rejection,
+    classify, Delivery, EventId, Fingerprint, FranchiseId, MemberCommand, MemberId, MemberState,
+    MemberStatus, Outcome, ProcessedEvent, Program, Rejection,
 };
 
 use crate::command::{CommandEnvelope, PosCommand};
 use crate::engine::member::{Apply, MemberActor, Passivate, Snapshot};
 use crate::metrics::metrics;
 use crate::ports::{
-    CachedStatus, EffectBatch, MemberWrite, Partition, ProcessedWrite, Record, StateStore,
+    CachedStatus, EffectBatch, EventClaim, MemberWrite, Partition, ProcessedWrite, Record,
+    StateStore,
 };
 use crate::programs::ProgramCache;
 use crate::replies::{EventReply, ReplyResult};
@@ -214,6 +215,41 @@ impl Shard {
             }
         }
 
+        // Every event id not recorded yet is claimed, durably, before anything is applied or
+        // told: the claim decides once and for all which command owns an id that a client
+        // used twice (for two members, or for a member purchase and an anonymous sale), so a
+        // replay in another order after a crash cannot change an outcome already told.
+        let claims: Vec<EventClaim> = commands
+            .iter()
+            .filter(|(env, _)| {
+                !known.contains_key(&(env.franchise_id.clone(), env.event_id.clone()))
+            })
+            .map(|(env, _)| EventClaim {
+                franchise_id: env.franchise_id.clone(),
+                event_id: env.event_id.clone(),
+                fingerprint: env.fingerprint(),
+            })
+            .collect();
+        let owners: HashMap<(FranchiseId, EventId), Fingerprint> = if claims.is_empty() {
+            HashMap::new()
+        } else {
+            let owners = deps.store.claim_events(&claims).await?;
+            let lost = claims
+                .iter()
+                .zip(&owners)
+                .filter(|(c, owner)| c.fingerprint != **owner)
+                .count();
+            let m = &metrics().event_claims;
+            m.with_label_values(&["won"])
+                .inc_by((claims.len() - lost) as u64);
+            m.with_label_values(&["lost"]).inc_by(lost as u64);
+            claims
+                .into_iter()
+                .zip(owners)
+                .map(|(c, owner)| ((c.franchise_id, c.event_id), owner))
+                .collect()
+        };
+
         let mut writes: Vec<ProcessedWrite> = Vec::new();
         let mut write_index: HashMap<(FranchiseId, EventId), usize> = HashMap::new();
         let mut ledger = Vec::new();
@@ -227,7 +263,11 @@ impl Shard {
         for (env, program) in commands {
             let fp = env.fingerprint();
             let key = (env.franchise_id.clone(), env.event_id.clone());
-            match classify(known.get(&key), fp) {
+            let delivery = classify(known.get(&key), fp);
+            // New here, but claimed by another command: a conflict, for good.
+            let lost_claim = matches!(delivery, Delivery::New)
+                && owners.get(&key).is_some_and(|owner| *owner != fp);
+            match delivery {
                 Delivery::Replay(rec) => {
                     metrics().events_replayed.inc();
                     // A store that writes a batch member by member (ScyllaDB) may hold this
@@ -257,7 +297,8 @@ impl Shard {
                     ));
                     continue;
                 }
-                Delivery::Conflict(_) => {
+                Delivery::New if !lost_claim => {}
+                Delivery::Conflict(_) | Delivery::New => {
                     metrics().idempotency_conflicts.inc();
                     pending_replies.push((
                         EventReply {
@@ -273,7 +314,6 @@ impl Shard {
                     ));
                     continue;
                 }
-                Delivery::New => {}
             }
 
             let member_id = env.command.member_id().cloned();

@@ -54,6 +54,8 @@ struct Inbox {
     positions: Vec<(Partition, Offset)>,
     /// Round-robin cursor over `positions`, so no partition is starved.
     cursor: usize,
+    /// Partitions the consumer paused: not read until resumed or assigned again.
+    paused: std::collections::BTreeSet<Partition>,
     closed: bool,
 }
 
@@ -374,10 +376,12 @@ impl EmbeddedConsumer {
                     .map(|&p| (p, self.start_offset(p)))
                     .collect();
                 inbox.cursor = 0;
+                inbox.paused.clear();
                 ConsumerEvent::Assigned(partitions)
             }
             Pending::Revoked { partitions, done } => {
                 inbox.positions.retain(|(p, _)| !partitions.contains(p));
+                inbox.paused.retain(|p| !partitions.contains(p));
                 ConsumerEvent::Revoked { partitions, done }
             }
         }))
@@ -416,7 +420,17 @@ impl EmbeddedConsumer {
             }
             let start = inbox.cursor % inbox.positions.len();
             inbox.cursor = inbox.cursor.wrapping_add(1);
-            (inbox.positions.clone(), start)
+            let readable: Vec<(Partition, Offset)> = inbox
+                .positions
+                .iter()
+                .filter(|(p, _)| !inbox.paused.contains(p))
+                .copied()
+                .collect();
+            if readable.is_empty() {
+                return Ok(Vec::new());
+            }
+            let start = start % readable.len();
+            (readable, start)
         };
         let n = positions.len();
         let share = (max / n).max(1);
@@ -517,6 +531,24 @@ impl LogConsumer for EmbeddedConsumer {
     async fn committed(&self, partition: Partition) -> Result<Option<Offset>> {
         self.group.topic.partition(partition)?;
         Ok(self.group.durable_committed(partition))
+    }
+
+    /// Paused partitions are skipped by `next` (nothing of them is read ahead).
+    async fn pause(&self, partitions: &[Partition]) -> Result<()> {
+        let mut inbox = self.member.inbox.lock();
+        let owned: Vec<Partition> = inbox.positions.iter().map(|(p, _)| *p).collect();
+        inbox
+            .paused
+            .extend(partitions.iter().filter(|p| owned.contains(p)));
+        Ok(())
+    }
+
+    async fn resume(&self, partitions: &[Partition]) -> Result<()> {
+        let mut inbox = self.member.inbox.lock();
+        inbox.paused.retain(|p| !partitions.contains(p));
+        drop(inbox);
+        self.member.wake.notify_one();
+        Ok(())
     }
 
     /// Leaves the group at once: the member's partitions are released (its later commits are

@@ -177,6 +177,13 @@ async fn log_torn_tail_is_cut_on_reopen() {
 }
 
 #[tokio::test]
+async fn log_paused_partitions_wait_and_resume_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    log_contract::paused_partitions_wait_and_resume_in_order(log.as_ref(), "paused", "g").await;
+}
+
+#[tokio::test]
 async fn log_consumer_redelivers_from_committed_offset() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());

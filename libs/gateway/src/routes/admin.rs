@@ -1,6 +1,10 @@
 //! Franchises, their program and their stores: set up by the platform admin and by HQ.
 
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
 use actix_web::{web, HttpRequest, HttpResponse};
+use dashmap::DashMap;
 use loyalty_core::model::Role;
 use loyalty_core::provisioning;
 use loyalty_domain::{FranchiseId, Program};
@@ -76,7 +80,23 @@ pub struct ReplaceProgram {
     pub program: serde_json::Value,
 }
 
+/// One lock per franchise: this process's updates of a franchise's program run one at a time,
+/// so concurrent updates through one gateway all succeed, with consecutive versions, and the
+/// franchise this gateway caches is the last one written.
+static PROGRAM_UPDATES: LazyLock<DashMap<FranchiseId, Arc<tokio::sync::Mutex<()>>>> =
+    LazyLock::new(DashMap::new);
+
+/// Tries of one update whose next version another gateway took meanwhile (each re-reads the
+/// franchise; the other gateway's update is then visible, unless it is still being written).
+const PROGRAM_UPDATE_ATTEMPTS: u64 = 3;
+
 /// `PUT /v1/franchises/{fid}/program` (hq): a new program version for events accepted from now.
+///
+/// The new version is the stored one plus 1, and a program version is written once (the
+/// store refuses a second write). Updates through this gateway are serialized; an update
+/// that loses the race for a version to another gateway reads the franchise again and
+/// retries, and if the version is still taken after [`PROGRAM_UPDATE_ATTEMPTS`] it is answered
+/// 409 `program-conflict` with `Retry-After: 1`, nothing changed.
 pub async fn replace_program(
     req: HttpRequest,
     gw: web::Data<Gateway>,
@@ -85,17 +105,38 @@ pub async fn replace_program(
 ) -> Result<HttpResponse, ApiError> {
     let f = own_franchise(&gw, &req, &path).await?;
     let program = parse_program(body.into_inner().program)?;
-    // Read the franchise fresh: the version must follow the stored one.
-    let current = gw
-        .store
-        .franchise(&f.id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("no such franchise".into()))?;
-    let updated = provisioning::replace_program(gw.store.as_ref(), &current, &program).await?;
+    let serial = Arc::clone(PROGRAM_UPDATES.entry(f.id.clone()).or_default().value());
+    let _serial = serial.lock().await;
+    let mut attempt = 0;
+    let updated = loop {
+        attempt += 1;
+        // Read the franchise fresh: the version must follow the stored one.
+        let current = gw
+            .store
+            .franchise(&f.id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound("no such franchise".into()))?;
+        match provisioning::replace_program(gw.store.as_ref(), &current, &program).await {
+            Ok(updated) => break updated,
+            Err(loyalty_core::Error::Conflict(m)) if attempt < PROGRAM_UPDATE_ATTEMPTS => {
+                tracing::info!(franchise = %f.id, attempt, conflict = %m, "program update raced another; retrying");
+                tokio::time::sleep(Duration::from_millis(25 * attempt)).await;
+            }
+            Err(loyalty_core::Error::Conflict(m)) => {
+                tracing::warn!(franchise = %f.id, conflict = %m, "program update kept losing the race for the next version");
+                return Err(ApiError::ProgramConflict(format!(
+                    "program version {} of franchise {} was written by another update at the same time; nothing was changed: read the program, then send the update again",
+                    current.program_version + 1,
+                    f.id
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     gw.programs.insert(
         &updated.id,
         updated.program_version,
-        std::sync::Arc::new(program.clone()),
+        Arc::new(program.clone()),
     );
     let version = updated.program_version;
     gw.franchise_changed(updated);

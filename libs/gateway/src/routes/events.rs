@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use loyalty_core::command::{CommandEnvelope, PosCommand};
+use loyalty_core::input::{self, InputError};
 use loyalty_core::metrics::metrics;
 use loyalty_core::model::{Franchise, Role};
 use loyalty_core::provisioning::now;
@@ -18,12 +19,9 @@ use loyalty_core::replies::{EventReply, ReplyResult};
 use loyalty_domain::{Cents, Currency, EventId, MemberId, Outcome, Rejection, RewardId, Timestamp};
 use serde::Deserialize;
 
-use super::{json_str, MemberRef, WaitQuery};
+use super::{json_str, WaitQuery};
 use crate::problem::ApiError;
 use crate::state::Gateway;
-
-/// How far in the future a POS clock may be.
-const MAX_CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,22 +53,16 @@ pub struct RedemptionBody {
     pub occurred_at: Option<String>,
 }
 
+/// Input refused by the shared validation ([`loyalty_core::input`]), as a problem.
+pub fn input_error(e: InputError) -> ApiError {
+    match e {
+        InputError::Invalid(detail) => ApiError::Invalid(detail),
+        InputError::UnknownMember => ApiError::unknown_member(),
+    }
+}
+
 fn occurred_at(s: &Option<String>) -> Result<Option<Timestamp>, ApiError> {
-    let Some(s) = s else { return Ok(None) };
-    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .map_err(|_| {
-            ApiError::Invalid(
-                "occurred_at must be an RFC 3339 time such as 2026-11-25T10:00:00Z".into(),
-            )
-        })?;
-    let ms = (t.unix_timestamp_nanos() / 1_000_000) as i64;
-    if ms < 0 {
-        return Err(ApiError::Invalid("occurred_at is before 1970".into()));
-    }
-    if ms > now().0 + MAX_CLOCK_SKEW_MS {
-        return Err(ApiError::Invalid("occurred_at is in the future".into()));
-    }
-    Ok(Some(Timestamp(ms)))
+    input::occurred_at_opt(s.as_deref(), now()).map_err(input_error)
 }
 
 pub async fn purchase(
@@ -84,18 +76,20 @@ pub async fn purchase(
     let franchise = gw.franchise_of(&p).await?;
     let body = body.into_inner();
     let program = gw.program(&franchise).await?;
-    if body.currency != program.currency {
-        return Err(Rejection::CurrencyMismatch {
-            expected: program.currency.to_string(),
-        }
-        .into());
+    input::purchase_currency(&program, &body.currency)?;
+    let member = input::member_ref(
+        &franchise.secret,
+        body.member_id.as_deref(),
+        body.phone.as_deref(),
+        body.qr.as_deref(),
+    )
+    .map_err(input_error)?;
+    // The member must be enrolled in this franchise.
+    if let Some(m) = &member {
+        gw.member_status(&franchise, m)
+            .await?
+            .ok_or_else(ApiError::unknown_member)?;
     }
-    let member_ref = MemberRef {
-        member_id: body.member_id,
-        phone: body.phone,
-        qr: body.qr,
-    };
-    let member = member_ref.resolve(&gw, &franchise).await?.map(|(m, _)| m);
     let env = envelope(
         &gw,
         &franchise,
@@ -165,12 +159,7 @@ pub async fn redemption(
     let franchise = gw.franchise_of(&p).await?;
     let body = body.into_inner();
     let program = gw.program(&franchise).await?;
-    if program.reward(&body.reward_id).is_none() {
-        return Err(Rejection::UnknownReward {
-            reward_id: body.reward_id,
-        }
-        .into());
-    }
+    input::reward(&program, &body.reward_id)?;
     // The member must be enrolled in this franchise (the id is already validated).
     gw.member_status(&franchise, &body.member_id)
         .await?

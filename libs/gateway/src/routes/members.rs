@@ -4,17 +4,17 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use loyalty_core::command::PosCommand;
 use loyalty_core::identity::{member_id, qr_token};
+use loyalty_core::input;
 use loyalty_core::model::Role;
 use loyalty_core::replies::ReplyResult;
-use loyalty_domain::{EventId, MemberId, Outcome, Phone, Profile};
+use loyalty_domain::{EventId, MemberId, Outcome, Profile};
 use serde::Deserialize;
 
-use super::events::{envelope, submit_command, Submitted};
+use super::events::{envelope, input_error, submit_command, Submitted};
 use super::{json_str, MemberRef, WaitQuery};
 use crate::problem::ApiError;
 use crate::state::Gateway;
 
-const MAX_NAME: usize = 100;
 const MAX_LEDGER_PAGE: usize = 500;
 
 #[derive(Debug, Deserialize)]
@@ -27,26 +27,7 @@ pub struct EnrolBody {
 }
 
 fn validate_profile(body: EnrolBody) -> Result<Profile, ApiError> {
-    let phone = Phone::parse(&body.phone)?;
-    let name = match body.name.map(|n| n.trim().to_owned()) {
-        Some(n) if n.is_empty() => None,
-        Some(n) if n.chars().count() > MAX_NAME || n.chars().any(char::is_control) => {
-            return Err(ApiError::Invalid(format!(
-                "name must be at most {MAX_NAME} printable characters"
-            )))
-        }
-        other => other,
-    };
-    if let Some(b) = &body.birthday {
-        let fmt = time::macros::format_description!("[year]-[month]-[day]");
-        time::Date::parse(b, &fmt)
-            .map_err(|_| ApiError::Invalid("birthday must be a date such as 1990-04-17".into()))?;
-    }
-    Ok(Profile {
-        phone,
-        name,
-        birthday: body.birthday,
-    })
+    input::profile(&body.phone, body.name, body.birthday).map_err(input_error)
 }
 
 fn enrolment_body(member: &MemberId, qr: &str, created: bool, status: &[u8]) -> String {
@@ -129,8 +110,11 @@ pub async fn lookup(
     if q.member_id.is_some() || (q.phone.is_none() && q.qr.is_none()) {
         return Err(ApiError::Invalid("look a member up by phone or qr".into()));
     }
-    let (_, status) = q
-        .resolve(&gw, &franchise)
+    let member = input::member_ref(&franchise.secret, None, q.phone.as_deref(), q.qr.as_deref())
+        .map_err(input_error)?
+        .ok_or_else(|| ApiError::Invalid("look a member up by phone or qr".into()))?;
+    let status = gw
+        .member_status(&franchise, &member)
         .await?
         .ok_or_else(ApiError::unknown_member)?;
     Ok(HttpResponse::Ok()

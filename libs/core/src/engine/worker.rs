@@ -1,0 +1,273 @@
+//! A partition worker: the task that owns one partition's [`Shard`] on one of the engine's
+//! worker threads, applies its batches one after the other (so a member's commands keep their
+//! log order), and publishes each batch once the store has it.
+//!
+//! Errors are handled per partition, so one stuck partition never holds up the others:
+//! - a transient error (the store or the log unavailable, a lost conditional write) backs off
+//!   exponentially (with jitter, capped) and tries the batch again from the store's truth,
+//!   visible in `loyalty_engine_batch_retries_total` and `/readyz` while it lasts;
+//! - a permanent error (corrupt or invalid data) stops the partition loudly: an error log, the
+//!   `loyalty_engine_partitions_stopped` gauge, `/readyz` 503 naming the partition. Nothing of
+//!   it is applied or committed afterwards, so nothing is lost: once an operator has repaired
+//!   the data, a restart (or the partition's next assignment) delivers the records again.
+//!
+//! A worker stops when its engine tells it to (revocation, shutdown): it finishes the attempt
+//! in flight, reports it, and exits without starting another.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::engine::health::EngineHealth;
+use crate::engine::shard::{BatchOutcome, DeadLetter, Shard, ShardDeps};
+use crate::metrics::metrics;
+use crate::ports::{EventLog, HotCache, Partition, Record, StateStore};
+use crate::programs::ProgramCache;
+use crate::replies::ReplySink;
+use crate::Error;
+
+/// First pause after a transient error.
+pub const RETRY_MIN: Duration = Duration::from_millis(20);
+/// Longest pause between two attempts.
+pub const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// What a worker tells its engine.
+#[derive(Debug)]
+pub enum Progress {
+    /// The store has the effects of every record of the partition before `next_offset`, and
+    /// they are published (dead letters appended, cache updated, gateways answered).
+    Stored {
+        partition: Partition,
+        next_offset: u64,
+    },
+    /// A permanent error: the partition is stopped.
+    Stopped { partition: Partition, error: String },
+}
+
+/// Everything a worker shares with its engine (cheap clones).
+#[derive(Clone)]
+pub struct WorkerDeps {
+    pub log: Arc<dyn EventLog>,
+    pub store: Arc<dyn StateStore>,
+    pub cache: Arc<dyn HotCache>,
+    pub programs: Arc<ProgramCache>,
+    pub replies: Arc<dyn ReplySink>,
+    pub health: Arc<EngineHealth>,
+    pub topic: String,
+    pub dead_letter_topic: String,
+    pub passivate_after: Duration,
+}
+
+/// A worker's inputs.
+pub struct WorkerChannels {
+    pub records: mpsc::Receiver<Vec<Record>>,
+    pub stop: watch::Receiver<bool>,
+    pub progress: mpsc::UnboundedSender<Progress>,
+    /// Dropped when the worker has exited.
+    pub exited: oneshot::Sender<()>,
+}
+
+/// Runs the worker of `partition` until it is told to stop or its input closes.
+pub async fn run(partition: Partition, deps: WorkerDeps, mut ch: WorkerChannels) {
+    let mut shard = Shard::new(partition);
+    let sweep_every = (deps.passivate_after / 4).max(Duration::from_millis(50));
+    let mut sweep = tokio::time::interval(sweep_every);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let records = tokio::select! {
+            biased;
+            _ = ch.stop.changed() => break,
+            r = ch.records.recv() => match r {
+                Some(r) => r,
+                None => break,
+            },
+            _ = sweep.tick() => {
+                let stopped = shard.passivate_idle(deps.passivate_after);
+                if stopped > 0 {
+                    tracing::debug!(partition, stopped, "idle member actors passivated");
+                }
+                continue;
+            }
+        };
+        if *ch.stop.borrow() {
+            break;
+        }
+        let Some(last) = records.last().map(|r| r.offset) else {
+            continue;
+        };
+        match store_batch(&mut shard, &deps, &records, &mut ch.stop).await {
+            Attempt::Stored(outcome) => {
+                if !publish(&deps, partition, outcome, &mut ch.stop).await {
+                    break;
+                }
+                let _ = ch.progress.send(Progress::Stored {
+                    partition,
+                    next_offset: last + 1,
+                });
+            }
+            Attempt::Stopping => break,
+            Attempt::Permanent(error) => {
+                tracing::error!(
+                    partition,
+                    error = %error,
+                    "partition stopped: a permanent error; nothing of it is applied until the \
+                     data is repaired and the engine restarted"
+                );
+                deps.health.stopped(partition, error.clone());
+                let _ = ch.progress.send(Progress::Stopped { partition, error });
+                break;
+            }
+        }
+    }
+    shard.stop_all();
+    drop(ch.exited);
+}
+
+enum Attempt {
+    Stored(BatchOutcome),
+    Stopping,
+    Permanent(String),
+}
+
+/// A pause of about `delay` (±25 %, so partitions retrying together spread out).
+fn jittered(delay: Duration) -> Duration {
+    let spread = delay.as_millis() as u64 / 2;
+    if spread == 0 {
+        return delay;
+    }
+    let r = u64::from(uuid::Uuid::new_v4().as_bytes()[0]) * spread / 255;
+    delay - Duration::from_millis(spread / 2) + Duration::from_millis(r)
+}
+
+/// Waits `delay`, or less if the worker is told to stop (`false` then).
+async fn pause(delay: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(jittered(delay)) => !*stop.borrow(),
+        _ = stop.changed() => false,
+    }
+}
+
+/// Tries the batch until the store has its effects, backing off on transient errors.
+async fn store_batch(
+    shard: &mut Shard,
+    deps: &WorkerDeps,
+    records: &[Record],
+    stop: &mut watch::Receiver<bool>,
+) -> Attempt {
+    let shard_deps = ShardDeps {
+        store: &deps.store,
+        programs: &deps.programs,
+    };
+    let partition = shard.partition;
+    let mut delay = RETRY_MIN;
+    let mut attempts = 0u32;
+    loop {
+        let error = match shard.process(&shard_deps, records).await {
+            Ok(outcome) => {
+                if attempts > 0 {
+                    tracing::info!(partition, attempts, "batch stored after retries");
+                    deps.health.recovered(partition);
+                }
+                return Attempt::Stored(outcome);
+            }
+            Err(Error::ShuttingDown) => return Attempt::Stopping,
+            Err(e) if !e.is_transient() => return Attempt::Permanent(e.to_string()),
+            Err(e) => e,
+        };
+        attempts += 1;
+        metrics()
+            .engine_retries
+            .with_label_values(&[error.kind()])
+            .inc();
+        // A lost conditional write is redone at once from the store; an outage backs off.
+        let wait = if matches!(error, Error::Conflict(_)) && attempts == 1 {
+            Duration::ZERO
+        } else {
+            delay
+        };
+        if attempts == 1 || attempts.is_power_of_two() {
+            tracing::warn!(partition, attempts, error = %error, next_in_ms = wait.as_millis() as u64, "batch not written; retrying from the store");
+        }
+        deps.health.retrying(partition, error.to_string());
+        if !pause(wait, stop).await {
+            return Attempt::Stopping;
+        }
+        if wait > Duration::ZERO {
+            delay = (delay * 2).min(RETRY_MAX);
+        }
+    }
+}
+
+/// After the store has a batch's effects: dead letters (durable before the offset moves on),
+/// the hot cache, the waiting gateways. `false` if told to stop while a dead letter could not
+/// be appended (the batch is then not reported, and is delivered again later).
+async fn publish(
+    deps: &WorkerDeps,
+    partition: Partition,
+    outcome: BatchOutcome,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    for dl in outcome.dead_letters {
+        if !dead_letter(deps, &dl, stop).await {
+            return false;
+        }
+    }
+    if !outcome.statuses.is_empty() {
+        if let Err(e) = deps.cache.put_statuses(outcome.statuses).await {
+            // The cache is only a cache: readers fall back to the store.
+            tracing::warn!(partition, error = %e, "hot cache update failed");
+        }
+    }
+    deps.replies.publish(outcome.replies);
+    true
+}
+
+/// Appends a dead letter, backing off while the log refuses it.
+async fn dead_letter(deps: &WorkerDeps, dl: &DeadLetter, stop: &mut watch::Receiver<bool>) -> bool {
+    metrics().dead_letters.with_label_values(&[dl.reason]).inc();
+    tracing::warn!(
+        partition = dl.record.partition,
+        offset = dl.record.offset,
+        reason = dl.reason,
+        "dead letter"
+    );
+    let mut headers = dl.record.headers.clone();
+    headers.push(("dlq-reason".into(), Bytes::from_static(dl.reason.as_bytes())));
+    headers.push(("dlq-detail".into(), Bytes::from(dl.detail.clone())));
+    headers.push((
+        "dlq-source".into(),
+        Bytes::from(format!(
+            "{}/{}/{}",
+            deps.topic, dl.record.partition, dl.record.offset
+        )),
+    ));
+    let mut delay = RETRY_MIN;
+    loop {
+        match deps
+            .log
+            .append(
+                &deps.dead_letter_topic,
+                &dl.record.key,
+                dl.record.payload.clone(),
+                headers.clone(),
+            )
+            .await
+        {
+            Ok(_) => return true,
+            Err(Error::ShuttingDown) => return false,
+            Err(e) => {
+                metrics()
+                    .engine_retries
+                    .with_label_values(&["dead-letter"])
+                    .inc();
+                tracing::warn!(error = %e, "dead-letter append failed; retrying");
+                if !pause(delay, stop).await {
+                    return false;
+                }
+                delay = (delay * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! A [`StateStore`] that wraps a real one and misbehaves on demand, for the engine's fault
+//! tests: a disk that refuses fsync, a store that is down for a while (transient errors), a
+//! store that holds corrupt data (a permanent error), and commits that are only partly written
+//! (ScyllaDB's weakest case: a batch is atomic member by member, not as a whole).
+//!
+//! Every switch is an atomic the test flips while the engine runs; the wrapper counts what it
+//! was asked, so a test can assert that the engine did retry, back off, or stop.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use loyalty_core::model::{Franchise, Principal, Store};
+use loyalty_core::ports::{EffectBatch, EventClaim, StateStore};
+use loyalty_core::{Error, Result};
+use loyalty_domain::{
+    EventId, Fingerprint, FranchiseId, LedgerEntry, MemberId, MemberState, ProcessedEvent,
+    Program, StoreId,
+};
+
+/// The wrapper. Build it with [`FaultyStore::new`], flip its public switches.
+pub struct FaultyStore {
+    pub inner: Arc<dyn StateStore>,
+    /// `sync` fails (`Unavailable`) while set.
+    pub refuse_sync: AtomicBool,
+    /// `commit` fails with `Unavailable` (writing nothing) while set.
+    pub unavailable: AtomicBool,
+    /// Commits touching this member fail while set: `Unavailable` (a slow shard, an
+    /// overloaded replica) or `Corrupt` (a damaged row, whose reads fail too).
+    pub member_fault: parking_lot::Mutex<Option<(MemberId, Fault)>>,
+    /// Commits answer `Ok` and write nothing while set: what a crash does to acknowledged but
+    /// not yet durable writes of a store that makes commits visible before they are durable.
+    pub forget_commits: AtomicBool,
+    /// Every `n`-th commit (0: never) writes only the first member's share of its batch, then
+    /// fails with `Unavailable`, as a per-member store can when it loses its connection.
+    pub partial_every: AtomicU64,
+    /// Calls seen.
+    pub syncs: AtomicUsize,
+    pub commits: AtomicUsize,
+    pub failed_commits: AtomicUsize,
+    pub partial_commits: AtomicUsize,
+}
+
+impl FaultyStore {
+    pub fn new(inner: Arc<dyn StateStore>) -> Arc<FaultyStore> {
+        Arc::new(FaultyStore {
+            inner,
+            refuse_sync: AtomicBool::new(false),
+            unavailable: AtomicBool::new(false),
+            member_fault: parking_lot::Mutex::new(None),
+            forget_commits: AtomicBool::new(false),
+            partial_every: AtomicU64::new(0),
+            syncs: AtomicUsize::new(0),
+            commits: AtomicUsize::new(0),
+            failed_commits: AtomicUsize::new(0),
+            partial_commits: AtomicUsize::new(0),
+        })
+    }
+
+    /// The fault of `m`, if it is the faulty member.
+    fn fault_of(&self, m: &MemberId) -> Option<Fault> {
+        match &*self.member_fault.lock() {
+            Some((f, fault)) if f == m => Some(*fault),
+            _ => None,
+        }
+    }
+
+    /// Makes batches touching `member` fail with `fault` (`None`: heals it).
+    pub fn set_member_fault(&self, fault: Option<(MemberId, Fault)>) {
+        *self.member_fault.lock() = fault;
+    }
+}
+
+/// How a faulty member fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    Unavailable,
+    Corrupt,
+}
+
+/// Splits a batch into one batch per member (its state, ledger entries and the records of its
+/// events) plus one per anonymous record: what a per-member store commits one by one.
+pub fn split_by_member(batch: EffectBatch) -> Vec<EffectBatch> {
+    let mut shares: BTreeMap<Option<MemberId>, EffectBatch> = BTreeMap::new();
+    let mut anonymous = Vec::new();
+    for w in batch.members {
+        shares
+            .entry(Some(w.state.member_id.clone()))
+            .or_default()
+            .members
+            .push(w);
+    }
+    for (m, e) in batch.ledger {
+        shares.entry(Some(m.clone())).or_default().ledger.push((m, e));
+    }
+    for p in batch.processed {
+        match p.record.member_id.clone() {
+            Some(m) => shares.entry(Some(m)).or_default().processed.push(p),
+            None => anonymous.push(EffectBatch {
+                processed: vec![p],
+                ..EffectBatch::default()
+            }),
+        }
+    }
+    shares.into_values().chain(anonymous).collect()
+}
+
+#[async_trait]
+impl StateStore for FaultyStore {
+    async fn put_franchise(&self, f: &Franchise) -> Result<()> {
+        self.inner.put_franchise(f).await
+    }
+    async fn franchise(&self, id: &FranchiseId) -> Result<Option<Franchise>> {
+        self.inner.franchise(id).await
+    }
+    async fn franchises(&self) -> Result<Vec<Franchise>> {
+        self.inner.franchises().await
+    }
+    async fn put_program(&self, f: &FranchiseId, v: u32, p: &Program) -> Result<()> {
+        self.inner.put_program(f, v, p).await
+    }
+    async fn program(&self, f: &FranchiseId, v: u32) -> Result<Option<Program>> {
+        self.inner.program(f, v).await
+    }
+    async fn put_store(&self, s: &Store) -> Result<()> {
+        self.inner.put_store(s).await
+    }
+    async fn store(&self, id: &StoreId) -> Result<Option<Store>> {
+        self.inner.store(id).await
+    }
+    async fn put_api_key(&self, h: &str, p: &Principal) -> Result<()> {
+        self.inner.put_api_key(h, p).await
+    }
+    async fn api_key(&self, h: &str) -> Result<Option<Principal>> {
+        self.inner.api_key(h).await
+    }
+    async fn member(&self, id: &MemberId) -> Result<Option<MemberState>> {
+        if self.fault_of(id) == Some(Fault::Corrupt) {
+            return Err(Error::Corrupt(format!("member {id}: damaged row (test)")));
+        }
+        self.inner.member(id).await
+    }
+    async fn members_after(
+        &self,
+        after: Option<&MemberId>,
+        limit: usize,
+    ) -> Result<Vec<MemberState>> {
+        self.inner.members_after(after, limit).await
+    }
+    async fn processed(
+        &self,
+        f: &FranchiseId,
+        ids: &[EventId],
+    ) -> Result<Vec<Option<ProcessedEvent>>> {
+        self.inner.processed(f, ids).await
+    }
+    async fn ledger(
+        &self,
+        m: &MemberId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<LedgerEntry>> {
+        self.inner.ledger(m, before, limit).await
+    }
+    async fn claim_events(&self, claims: &[EventClaim]) -> Result<Vec<Fingerprint>> {
+        self.inner.claim_events(claims).await
+    }
+    async fn commit(&self, batch: EffectBatch) -> Result<()> {
+        let n = self.commits.fetch_add(1, Ordering::SeqCst) as u64 + 1;
+        if self.unavailable.load(Ordering::SeqCst) {
+            self.failed_commits.fetch_add(1, Ordering::SeqCst);
+            return Err(Error::Unavailable("store down (test)".into()));
+        }
+        let touched: HashSet<&MemberId> = batch
+            .members
+            .iter()
+            .map(|w| &w.state.member_id)
+            .chain(batch.ledger.iter().map(|(m, _)| m))
+            .collect();
+        let processed_members = batch.processed.iter().filter_map(|p| p.record.member_id.as_ref());
+        let fault = touched
+            .into_iter()
+            .chain(processed_members)
+            .find_map(|m| self.fault_of(m));
+        match fault {
+            Some(Fault::Corrupt) => {
+                self.failed_commits.fetch_add(1, Ordering::SeqCst);
+                return Err(Error::Corrupt("damaged row (test)".into()));
+            }
+            Some(Fault::Unavailable) => {
+                self.failed_commits.fetch_add(1, Ordering::SeqCst);
+                return Err(Error::Unavailable("member's replica down (test)".into()));
+            }
+            None => {}
+        }
+        if self.forget_commits.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let every = self.partial_every.load(Ordering::SeqCst);
+        if every > 0 && n.is_multiple_of(every) {
+            let mut shares = split_by_member(batch).into_iter();
+            if shares.len() > 1 {
+                if let Some(first) = shares.next() {
+                    self.inner.commit(first).await?;
+                }
+                self.partial_commits.fetch_add(1, Ordering::SeqCst);
+                return Err(Error::Unavailable(
+                    "connection lost after the first member's share (test)".into(),
+                ));
+            }
+            return self
+                .inner
+                .commit(shares.next().unwrap_or_default())
+                .await;
+        }
+        self.inner.commit(batch).await
+    }
+    async fn sync(&self) -> Result<()> {
+        self.syncs.fetch_add(1, Ordering::SeqCst);
+        if self.refuse_sync.load(Ordering::SeqCst) {
+            return Err(Error::Unavailable("fsync refused (test)".into()));
+        }
+        self.inner.sync().await
+    }
+}

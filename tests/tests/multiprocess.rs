@@ -1,0 +1,568 @@
+//! The distributed shape as real OS processes: `loyalty gateway` ×2 and `loyalty engine` ×1…3
+//! on PostgreSQL (the shared store), tansu (Kafka) and redis-server, all started by the test on
+//! loopback ports ([`loyalty_testkit::process::Cluster`]).
+//!
+//! Clients stream purchases, refunds and redemptions for many members through both gateways
+//! and record every answer. One scenario, in phases, one fault at a time while the stream runs:
+//! 1. a new engine joins (1 → 2 engines);
+//! 2. SIGTERM of an engine (2 → 1): its partitions are handed over after the drain and nothing
+//!    is delivered again (the engines' `loyalty_events_replayed_total` does not move);
+//! 3. scaling 1 → 3 → 1 (two engines join, then two are stopped with SIGTERM);
+//! 4. kill -9 of an engine (2 → 1): its partitions move after the broker's session timeout;
+//! 5. kill -9 of a gateway: its clients retry on the other gateway with the same event ids.
+//!
+//! After each phase, with the stream stopped: the consumer lag is back to 0 (committed offsets
+//! equal end offsets, read from the broker); every command of the phase is sent again and each
+//! acknowledged one answers as a replay with the outcome told; every member's ledger holds each
+//! applied command exactly once with its outcome's points, its balance is the ledger's sum, the
+//! store holds what the outcomes add up to, and Redis equals the store. Each phase prints its
+//! counts (sent, acknowledged, applied, differences), and the whole report is written to
+//! `target/multiprocess-report.txt`. Without PostgreSQL, redis-server, tansu or the `loyalty`
+//! binary the test prints `SKIPPED: <reason>` (it fails instead with
+//! `LOYALTY_REQUIRE_SERVERS=1`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{self, StreamExt};
+use loyalty_core::ports::{partition_for, HotCache, StateStore};
+use loyalty_redis::{RedisCache, RedisCacheOptions};
+use loyalty_testkit::process::{metric_sum, Cluster};
+use loyalty_tests::demo_program;
+use loyalty_tests::invariants::{
+    check_members, resend, wait_lag_zero, Differences, PhaseReport, StreamCounts,
+};
+use loyalty_tests::traffic::{http_client, post, Answer, ClientState, Sent, Stream, Traffic};
+use serde_json::json;
+use tokio::time::Instant;
+
+const MEMBERS: usize = 120;
+const CLIENTS: usize = 8;
+const PARTITIONS: u32 = 12;
+/// Acknowledgements in a phase before its fault.
+const BEFORE_FAULT: usize = 300;
+/// Acknowledgements after the fault (once every partition is applying again).
+const AFTER_FAULT: usize = 400;
+const TOPIC: &str = "pos-commands";
+const GROUP: &str = "loyalty-engine";
+
+struct Scenario {
+    cluster: Cluster,
+    traffic: Arc<Traffic>,
+    states: Vec<ClientState>,
+    /// Every command of every phase, and the answer of its resend.
+    sent: Vec<Sent>,
+    finals: Vec<Option<Answer>>,
+    store: Option<Arc<dyn StateStore>>,
+    store_note: String,
+    redis: Arc<dyn HotCache>,
+    reports: Vec<PhaseReport>,
+    /// Engine index → (replayed, applied) at the start of the phase.
+    baseline: HashMap<usize, (f64, f64)>,
+    phase_started: Option<Instant>,
+    text: String,
+}
+
+/// The shared store, opened the way `loyalty` opens it (`postgres_url` in a configuration
+/// file), so the check reads members straight from PostgreSQL rather than through the API.
+async fn open_shared_store(
+    url: &str,
+    franchise: &str,
+) -> anyhow::Result<(Arc<dyn StateStore>, tempfile::TempDir)> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("store.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "postgres_url = {:?}\ndata_dir = {:?}\n",
+            url,
+            dir.path().join("unused").display().to_string()
+        ),
+    )?;
+    let config = loyalty::configuration::DevConfig::load(Some(&file))?;
+    let opened = loyalty::startup::open_store(&config).await?;
+    let store = opened.store;
+    let id = loyalty_domain::FranchiseId::parse(franchise)
+        .map_err(|e| anyhow::anyhow!("franchise id: {e}"))?;
+    anyhow::ensure!(
+        store.franchise(&id).await?.is_some(),
+        "the store opened is not the cluster's (no franchise {franchise})"
+    );
+    Ok((store, dir))
+}
+
+impl Scenario {
+    async fn start() -> anyhow::Result<Option<(Scenario, Option<tempfile::TempDir>)>> {
+        if let Err(reason) = Cluster::available() {
+            println!("SKIPPED: {reason}");
+            return Ok(None);
+        }
+        let started = Instant::now();
+        let mut cluster = Cluster::builder()
+            .gateways(2)
+            .engines(1)
+            .partitions(PARTITIONS)
+            .start()
+            .await?;
+        let franchise = cluster.provision("Multiprocess", demo_program(), 2).await?;
+        let gateways = cluster.gateway_urls();
+        // Members, enrolled through both gateways.
+        let http = http_client();
+        let enrolled: Vec<anyhow::Result<String>> = stream::iter(0..MEMBERS)
+            .map(|i| {
+                let (http, gw, key) = (
+                    http.clone(),
+                    gateways[i % gateways.len()].clone(),
+                    franchise.stores[i % franchise.stores.len()].1.clone(),
+                );
+                async move {
+                    let url = format!("{gw}/v1/members?wait_ms=5000");
+                    let body = json!({"phone": format!("+3369{i:07}")});
+                    let (status, v) = post(&http, &url, &key, &body).await?;
+                    anyhow::ensure!(status == 201, "enrolment {i} answered {status}: {v}");
+                    Ok(v["member_id"].as_str().unwrap_or_default().to_owned())
+                }
+            })
+            .buffered(16)
+            .collect()
+            .await;
+        let members = enrolled.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+        let traffic = Arc::new(Traffic {
+            gateways: gateways.clone(),
+            stores: franchise.stores.iter().map(|(_, k)| k.clone()).collect(),
+            hq_key: franchise.hq_key.clone(),
+            partition_of: members
+                .iter()
+                .map(|m| partition_for(m.as_bytes(), PARTITIONS))
+                .collect(),
+            members,
+            clients: CLIENTS,
+            reward: "free-coffee".into(),
+            retry_for: Duration::from_secs(30),
+            partitions: PARTITIONS,
+        });
+        let (store, store_dir, store_note) =
+            match open_shared_store(cluster.postgres_url(), &franchise.id).await {
+                Ok((s, d)) => (Some(s), Some(d), "read directly from PostgreSQL".to_owned()),
+                Err(e) => (
+                    None,
+                    None,
+                    format!("not opened ({e:#}); checked through the ledger and the model"),
+                ),
+            };
+        let redis: Arc<dyn HotCache> = Arc::new(
+            RedisCache::connect(&cluster.redis.url(), RedisCacheOptions::default()).await?,
+        );
+        let mut text = String::new();
+        text.push_str(&format!(
+            "multi-process run: {} gateways, {} engine at the start, {PARTITIONS} partitions, \
+             {MEMBERS} members, {CLIENTS} clients; PostgreSQL + redis-server + tansu; started \
+             and provisioned in {:.1} s; logs in {}\nstore: {store_note}\n",
+            gateways.len(),
+            cluster.live_engines().len(),
+            started.elapsed().as_secs_f64(),
+            cluster.log_dir().display()
+        ));
+        print!("{text}");
+        Ok(Some((
+            Scenario {
+                cluster,
+                traffic,
+                states: (0..CLIENTS).map(ClientState::new).collect(),
+                sent: Vec::new(),
+                finals: Vec::new(),
+                store,
+                store_note,
+                redis,
+                reports: Vec::new(),
+                baseline: HashMap::new(),
+                phase_started: None,
+                text,
+            },
+            store_dir,
+        )))
+    }
+
+    /// (replayed, applied) of every live engine.
+    async fn engine_counters(&mut self) -> HashMap<usize, (f64, f64)> {
+        let mut out = HashMap::new();
+        for (i, m) in self.cluster.engine_metrics().await {
+            if let Ok(text) = m {
+                out.insert(
+                    i,
+                    (
+                        metric_sum(&text, "loyalty_events_replayed_total"),
+                        metric_sum(&text, "loyalty_events_applied_total"),
+                    ),
+                );
+            }
+        }
+        out
+    }
+
+    /// Starts the clients for the next phase.
+    async fn begin(&mut self) -> Stream {
+        self.baseline = self.engine_counters().await;
+        self.phase_started = Some(Instant::now());
+        let phase = self.reports.len() + 1;
+        Stream::start(
+            Arc::clone(&self.traffic),
+            std::mem::take(&mut self.states),
+            phase,
+        )
+    }
+
+    /// Stops the clients and checks everything; prints and keeps the phase's report.
+    async fn end(&mut self, name: &str, stream: Stream, fault: String, replays_allowed: bool) {
+        let (states, sent) = stream.stop().await;
+        self.states = states;
+        let started = self.phase_started.take().unwrap_or_else(Instant::now);
+        let mut report = PhaseReport {
+            name: format!("phase {}: {name}", self.reports.len() + 1),
+            fault,
+            stream: StreamCounts::of(&sent),
+            replays_allowed,
+            ..PhaseReport::default()
+        };
+        // The engines catch up: every partition's committed offset reaches its end.
+        let (lag, waited) = wait_lag_zero(
+            &self.cluster.broker.brokers(),
+            GROUP,
+            TOPIC,
+            PARTITIONS,
+            Duration::from_secs(90),
+        )
+        .await;
+        report.lag_wait = waited;
+        match lag {
+            Ok(l) => {
+                let behind: u64 = l.iter().map(|p| p.lag()).sum();
+                if behind > 0 {
+                    report
+                        .other
+                        .add("consumer lag not back to 0", format!("{l:?}"));
+                }
+                report.lag = l;
+            }
+            Err(e) => {
+                report.lag_error = Some(format!("{e:#}"));
+                report.other.add("consumer lag not read", format!("{e:#}"));
+            }
+        }
+        // What the engines counted during the phase (those still running).
+        let now = self.engine_counters().await;
+        for (i, (replayed, applied)) in &now {
+            let (r0, a0) = self.baseline.get(i).copied().unwrap_or((0.0, 0.0));
+            report.engine_replays += replayed - r0;
+            report.engine_applied += applied - a0;
+        }
+        // A command a client retried may be in the log twice: its second delivery is a replay.
+        let retried_attempts: u32 = sent.iter().map(|s| s.attempts.saturating_sub(1)).sum();
+        if !replays_allowed && report.engine_replays > retried_attempts as f64 {
+            report.other.add(
+                "delivered again after a clean handover",
+                format!(
+                    "{} deliveries of already applied events ({} retried requests)",
+                    report.engine_replays, retried_attempts
+                ),
+            );
+        }
+        let gateways = self.cluster.gateway_urls();
+        let (finals, r) = resend(&self.traffic, &gateways, &sent, Duration::from_secs(120)).await;
+        report.resend = r;
+        self.sent.extend(sent);
+        self.finals.extend(finals);
+        match check_members(
+            &self.traffic,
+            &gateways[0],
+            &self.sent,
+            &self.finals,
+            self.store.as_ref(),
+            &self.redis,
+        )
+        .await
+        {
+            Ok(m) => report.members = m,
+            Err(e) => report.other.add("members not checked", format!("{e:#}")),
+        }
+        report.duration = started.elapsed();
+        let text = report.text();
+        print!("{text}");
+        self.text.push_str(&text);
+        self.reports.push(report);
+    }
+
+    fn summary(&self) -> String {
+        let mut t = String::from(
+            "\n| phase | sent | acknowledged | 200 | 202 | rejected | unanswered | retried | \
+             engine replays | differences |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        );
+        let mut total = StreamCounts::default();
+        let mut diffs = 0;
+        for r in &self.reports {
+            let s = &r.stream;
+            let rejected: usize = s.rejected.values().sum();
+            t.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                r.name,
+                s.sent,
+                s.acked(),
+                s.applied_200,
+                s.accepted_202,
+                rejected,
+                s.unanswered,
+                s.retried,
+                r.engine_replays,
+                r.differences()
+            ));
+            total.sent += s.sent;
+            total.applied_200 += s.applied_200;
+            total.accepted_202 += s.accepted_202;
+            total.unanswered += s.unanswered;
+            total.retried += s.retried;
+            diffs += r.differences();
+        }
+        t.push_str(&format!(
+            "| total | {} | {} | {} | {} | | {} | {} | | {} |\n",
+            total.sent,
+            total.acked(),
+            total.applied_200,
+            total.accepted_202,
+            total.unanswered,
+            total.retried,
+            diffs
+        ));
+        t.push_str(&format!("store: {}\n", self.store_note));
+        t
+    }
+}
+
+/// `target/multiprocess-report.txt`, beside the test executable's profile directory.
+fn write_report(text: &str) {
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    if let Some(target) = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .and_then(|d| d.parent())
+    {
+        let path = target.join("multiprocess-report.txt");
+        if std::fs::write(&path, text).is_ok() {
+            println!("report written to {}", path.display());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multiprocess_faults_one_at_a_time_apply_every_acknowledged_command_exactly_once() {
+    let Some((mut sc, _store_dir)) = Scenario::start().await.expect("cluster starts") else {
+        return;
+    };
+    let long = Duration::from_secs(120);
+
+    // 1. A new engine joins while the stream runs.
+    let s = sc.begin().await;
+    s.wait_acked(BEFORE_FAULT, long)
+        .await
+        .expect("stream flows");
+    let at = s.elapsed();
+    let e1 = sc.cluster.start_engine().await.expect("engine starts");
+    sc.cluster
+        .engine(e1)
+        .wait_ready(long)
+        .await
+        .expect("new engine ready");
+    let ready_at = s.elapsed();
+    let ready = ready_at - at;
+    // Applied after the rebalance: both engines apply what they own.
+    let moved = s
+        .wait_partitions_applied_since(ready_at, long)
+        .await
+        .expect("every partition applies after the join");
+    let acked = s.counters.acked.load(std::sync::atomic::Ordering::Relaxed);
+    s.wait_acked(acked + AFTER_FAULT, long)
+        .await
+        .expect("stream flows");
+    sc.end(
+        "a new engine joins (1 → 2 engines)",
+        s,
+        format!(
+            "engine-{e1} started at {:.1} s into the stream; ready (partitions assigned) {:.1} s \
+             later; every partition applying again {:.1} s after that",
+            at.as_secs_f64(),
+            ready.as_secs_f64(),
+            moved.as_secs_f64()
+        ),
+        false,
+    )
+    .await;
+
+    // 2. SIGTERM of an engine: it drains, then its partitions move; nothing is applied twice.
+    let s = sc.begin().await;
+    s.wait_acked(BEFORE_FAULT, long)
+        .await
+        .expect("stream flows");
+    let at = s.elapsed();
+    let t = Instant::now();
+    sc.cluster
+        .sigterm_engine(0, long)
+        .await
+        .expect("engine-0 drains and exits");
+    let exited = t.elapsed();
+    // Sent once engine-0 is gone: whatever it owned is applied by engine-1 now.
+    let moved = s
+        .wait_partitions_applied_since(at + exited, long)
+        .await
+        .expect("every partition applies after the SIGTERM");
+    let acked = s.counters.acked.load(std::sync::atomic::Ordering::Relaxed);
+    s.wait_acked(acked + AFTER_FAULT, long)
+        .await
+        .expect("stream flows");
+    sc.end(
+        "SIGTERM of an engine (2 → 1 engines)",
+        s,
+        format!(
+            "SIGTERM to engine-0 at {:.1} s; exited cleanly {:.1} s later (drained); every \
+             partition applying again {:.1} s after its exit",
+            at.as_secs_f64(),
+            exited.as_secs_f64(),
+            moved.as_secs_f64()
+        ),
+        false,
+    )
+    .await;
+
+    // 3. Scaling 1 → 3 → 1.
+    let s = sc.begin().await;
+    s.wait_acked(BEFORE_FAULT, long)
+        .await
+        .expect("stream flows");
+    let at = s.elapsed();
+    let a = sc.cluster.start_engine().await.expect("engine starts");
+    let b = sc.cluster.start_engine().await.expect("engine starts");
+    for i in [a, b] {
+        sc.cluster
+            .engine(i)
+            .wait_ready(long)
+            .await
+            .expect("engine ready");
+    }
+    let up = s.elapsed() - at;
+    s.wait_partitions_applied_since(at + up, long)
+        .await
+        .expect("every partition applies on three engines");
+    let acked = s.counters.acked.load(std::sync::atomic::Ordering::Relaxed);
+    s.wait_acked(acked + BEFORE_FAULT, long)
+        .await
+        .expect("stream flows");
+    let down_at = s.elapsed();
+    for i in [e1, a] {
+        sc.cluster
+            .sigterm_engine(i, long)
+            .await
+            .expect("engine drains and exits");
+    }
+    let down = s.elapsed() - down_at;
+    let moved = s
+        .wait_partitions_applied_since(down_at + down, long)
+        .await
+        .expect("every partition applies after scaling down");
+    let acked = s.counters.acked.load(std::sync::atomic::Ordering::Relaxed);
+    s.wait_acked(acked + AFTER_FAULT, long)
+        .await
+        .expect("stream flows");
+    sc.end(
+        "scaling 1 → 3 → 1 engines",
+        s,
+        format!(
+            "engine-{a} and engine-{b} started at {:.1} s, both ready {:.1} s later; SIGTERM to \
+             engine-{e1} then engine-{a} at {:.1} s, both exited cleanly {:.1} s later; every \
+             partition applying on engine-{b} {:.1} s after that",
+            at.as_secs_f64(),
+            up.as_secs_f64(),
+            down_at.as_secs_f64(),
+            down.as_secs_f64(),
+            moved.as_secs_f64()
+        ),
+        false,
+    )
+    .await;
+
+    // 4. kill -9 of an engine (a second one joins first, outside the stream).
+    let c = sc.cluster.add_engine().await.expect("engine starts");
+    let s = sc.begin().await;
+    s.wait_acked(BEFORE_FAULT, long)
+        .await
+        .expect("stream flows");
+    let at = s.elapsed();
+    sc.cluster.kill9_engine(b);
+    let moved = s
+        .wait_partitions_applied_since(at, long)
+        .await
+        .expect("every partition applies after the kill");
+    let acked = s.counters.acked.load(std::sync::atomic::Ordering::Relaxed);
+    s.wait_acked(acked + AFTER_FAULT, long)
+        .await
+        .expect("stream flows");
+    sc.end(
+        "kill -9 of an engine (2 → 1 engines)",
+        s,
+        format!(
+            "engine-{c} joined before the stream; kill -9 of engine-{b} at {:.1} s; every \
+             partition applying again on engine-{c} {:.1} s later (the broker's session timeout \
+             is 10 s)",
+            at.as_secs_f64(),
+            moved.as_secs_f64()
+        ),
+        true,
+    )
+    .await;
+
+    // 5. kill -9 of a gateway: its clients go on through the other one, same event ids.
+    let s = sc.begin().await;
+    s.wait_acked(BEFORE_FAULT, long)
+        .await
+        .expect("stream flows");
+    let at = s.elapsed();
+    sc.cluster.kill9_gateway(0);
+    let acked = s.counters.acked.load(std::sync::atomic::Ordering::Relaxed);
+    s.wait_acked(acked + AFTER_FAULT, long)
+        .await
+        .expect("stream flows");
+    sc.end(
+        "kill -9 of a gateway",
+        s,
+        format!(
+            "kill -9 of gateway-0 at {:.1} s; its clients retried on gateway-1",
+            at.as_secs_f64()
+        ),
+        true,
+    )
+    .await;
+    let gw_phase = sc.reports.last().expect("phase 5");
+    if gw_phase.stream.switched == 0 {
+        let mut d = Differences::default();
+        d.add(
+            "no client moved to the other gateway",
+            "the kill of gateway-0 went unnoticed".into(),
+        );
+        sc.reports.last_mut().expect("phase 5").other.extend(d);
+    }
+
+    let summary = sc.summary();
+    print!("{summary}");
+    sc.text.push_str(&summary);
+    write_report(&sc.text);
+    let failed: Vec<String> = sc
+        .reports
+        .iter()
+        .filter(|r| r.differences() > 0)
+        .map(|r| r.name.clone())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "differences in {failed:?} (see the report above)"
+    );
+}
