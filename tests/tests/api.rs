@@ -751,3 +751,49 @@ async fn a_flushed_cache_is_read_through_and_rebuilt_by_the_admin() {
     assert_eq!(app.cache.len(), 5);
     assert_eq!(app.status(&f, &members[0]).await, before);
 }
+
+/// HQ fetches a store's POS topic signing secret (the same every time); a store key may not,
+/// and another franchise's HQ, or an unknown store, is answered as unknown.
+#[tokio::test]
+async fn hq_fetches_a_stores_pos_signing_secret_and_no_one_else_does() {
+    let app = spawn_app().await;
+    let a = app.franchise("Franchise A").await;
+    let b = app.franchise("Franchise B").await;
+    let path = |f: &loyalty_tests::TestFranchise| {
+        format!(
+            "/v1/franchises/{}/stores/{}/pos-signing-secret",
+            f.id, f.store_id
+        )
+    };
+    let r = app.get(&path(&a), &a.hq_key).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers().get("cache-control").and_then(|v| v.to_str().ok()),
+        Some("no-store")
+    );
+    let body: serde_json::Value = r.json().await.unwrap();
+    let secret = body["signing_secret"].as_str().unwrap().to_owned();
+    assert_eq!(secret.len(), 64);
+    assert!(secret.bytes().all(|c| c.is_ascii_hexdigit()));
+    assert_eq!(body["store_id"], a.store_id.as_str());
+    let again: serde_json::Value = app.get(&path(&a), &a.hq_key).await.json().await.unwrap();
+    assert_eq!(again["signing_secret"], secret.as_str(), "the secret is stable");
+    let other: serde_json::Value = app.get(&path(&b), &b.hq_key).await.json().await.unwrap();
+    assert_ne!(other["signing_secret"], secret.as_str(), "secrets differ per store");
+
+    let r = app.get(&path(&a), &a.store_key).await;
+    assert_problem(r, StatusCode::FORBIDDEN, "forbidden").await;
+    let r = app.get(&path(&a), &b.hq_key).await;
+    assert_problem(r, StatusCode::NOT_FOUND, "not-found").await;
+    // B's store under A's franchise path: unknown.
+    let r = app
+        .get(
+            &format!(
+                "/v1/franchises/{}/stores/{}/pos-signing-secret",
+                a.id, b.store_id
+            ),
+            &a.hq_key,
+        )
+        .await;
+    assert_problem(r, StatusCode::NOT_FOUND, "not-found").await;
+}

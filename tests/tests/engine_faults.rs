@@ -27,7 +27,12 @@ fn faulty(w: &World) -> Arc<FaultyStore> {
     FaultyStore::new(Arc::clone(&w.store) as Arc<dyn StateStore>)
 }
 
-fn node(w: &World, name: &str, store: &Arc<FaultyStore>, replies: Arc<dyn ReplySink>) -> EngineNode {
+fn node(
+    w: &World,
+    name: &str,
+    store: &Arc<FaultyStore>,
+    replies: Arc<dyn ReplySink>,
+) -> EngineNode {
     EngineNode::start_with_replies(
         name,
         Arc::clone(&w.log),
@@ -45,11 +50,18 @@ fn node(w: &World, name: &str, store: &Arc<FaultyStore>, replies: Arc<dyn ReplyS
 /// Two members whose commands land on different partitions.
 fn two_partitions(w: &World) -> (usize, usize) {
     let part = |i: usize| partition_for(w.member(i).as_str().as_bytes(), PARTITIONS);
-    let other = (1..100).find(|&j| part(j) != part(0)).expect("members on two partitions");
+    let other = (1..100)
+        .find(|&j| part(j) != part(0))
+        .expect("members on two partitions");
     (0, other)
 }
 
-fn purchase(w: &World, i: usize, event: &str, cents: i64) -> loyalty_core::command::CommandEnvelope {
+fn purchase(
+    w: &World,
+    i: usize,
+    event: &str,
+    cents: i64,
+) -> loyalty_core::command::CommandEnvelope {
     w.envelope(
         event.to_owned(),
         PosCommand::Purchase {
@@ -61,7 +73,10 @@ fn purchase(w: &World, i: usize, event: &str, cents: i64) -> loyalty_core::comma
 }
 
 /// Polls `cond` until it holds, failing with `what` after [`WAIT`].
-async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut cond: impl FnMut() -> F) {
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut cond: impl FnMut() -> F,
+) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !cond().await {
         assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
@@ -93,11 +108,17 @@ async fn a_reused_event_id_keeps_the_owner_it_was_told_with() {
     let told = waiters.register(&w.franchise.id, &for_a.event_id, for_a.fingerprint());
     let mut first = node(&w, "first", &store, waiters.clone() as Arc<dyn ReplySink>);
     w.send(for_a.clone()).await;
-    let told = told.wait(WAIT).await.expect("member a's purchase is answered");
+    let told = told
+        .wait(WAIT)
+        .await
+        .expect("member a's purchase is answered");
     let ReplyResult::Applied(told_outcome) = told.result.clone() else {
         panic!("member a's purchase was not applied: {:?}", told.result);
     };
-    assert!(matches!(told_outcome, Outcome::Purchase(_)), "{told_outcome:?}");
+    assert!(
+        matches!(told_outcome, Outcome::Purchase(_)),
+        "{told_outcome:?}"
+    );
     first.kill();
 
     // After the restart, member b's use of the same id is applied first: a's partition is
@@ -110,14 +131,20 @@ async fn a_reused_event_id_keeps_the_owner_it_was_told_with() {
     let answer_b = waiters.register(&w.franchise.id, &for_b.event_id, for_b.fingerprint());
     let _second = node(&w, "second", &store, waiters.clone() as Arc<dyn ReplySink>);
     w.send(for_b.clone()).await;
-    let answer_b = answer_b.wait(WAIT).await.expect("member b's purchase is answered");
+    let answer_b = answer_b
+        .wait(WAIT)
+        .await
+        .expect("member b's purchase is answered");
     assert!(
         matches!(answer_b.result, ReplyResult::Conflict),
         "the id was told to member a's purchase; b's must be a conflict, got {:?}",
         answer_b.result
     );
     store.set_member_fault(None);
-    let again_a = again_a.wait(WAIT).await.expect("member a's purchase is applied again");
+    let again_a = again_a
+        .wait(WAIT)
+        .await
+        .expect("member a's purchase is applied again");
     let outcome = match &again_a.result {
         ReplyResult::Applied(o) | ReplyResult::Replayed(o) => o.clone(),
         ReplyResult::Conflict => panic!("an outcome told to a client became a conflict"),
@@ -153,7 +180,11 @@ async fn a_partition_that_cannot_write_does_not_hold_up_the_others() {
     store.set_member_fault(Some((w.member(stuck), Fault::Unavailable)));
     let mut spend = vec![0i64; MEMBERS];
     for n in 0..2 {
-        for (i, c) in join_all((0..MEMBERS).map(|i| w.purchase(i, n))).await.into_iter().enumerate() {
+        for (i, c) in join_all((0..MEMBERS).map(|i| w.purchase(i, n)))
+            .await
+            .into_iter()
+            .enumerate()
+        {
             spend[i] += c;
         }
     }
@@ -177,9 +208,15 @@ async fn a_partition_that_cannot_write_does_not_hold_up_the_others() {
         "the stuck partition is reported as retrying: {report:?}"
     );
     assert!(report.stopped.is_empty(), "{report:?}");
-    assert!(store.failed_commits.load(Ordering::SeqCst) >= 2, "it retried");
+    assert!(
+        store.failed_commits.load(Ordering::SeqCst) >= 2,
+        "it retried"
+    );
     let stuck_state = w.store.member(&w.member(stuck)).await.unwrap().unwrap();
-    assert_eq!(stuck_state.visits, 0, "nothing of the stuck member was written");
+    assert_eq!(
+        stuck_state.visits, 0,
+        "nothing of the stuck member was written"
+    );
 
     store.set_member_fault(None);
     w.wait_applied(&vec![2; MEMBERS]).await;
@@ -205,7 +242,11 @@ async fn a_corrupt_member_stops_its_partition_only_and_loses_nothing() {
     let bad_partition = partition_for(w.member(bad).as_str().as_bytes(), PARTITIONS);
     store.set_member_fault(Some((w.member(bad), Fault::Corrupt)));
     let mut spend = vec![0i64; MEMBERS];
-    for (i, c) in join_all((0..MEMBERS).map(|i| w.purchase(i, 0))).await.into_iter().enumerate() {
+    for (i, c) in join_all((0..MEMBERS).map(|i| w.purchase(i, 0)))
+        .await
+        .into_iter()
+        .enumerate()
+    {
         spend[i] += c;
     }
     eventually("the partition is reported stopped", || async {
@@ -226,11 +267,26 @@ async fn a_corrupt_member_stops_its_partition_only_and_loses_nothing() {
     assert!(!first.health.report().healthy());
     first.stop();
     // Nothing past the stopped point was committed: the records are delivered again.
-    let consumer = w.log.subscribe("loyalty-engine", "pos-commands").await.unwrap();
-    let committed = consumer.committed(bad_partition).await.unwrap().unwrap_or(0);
+    let consumer = w
+        .log
+        .subscribe("loyalty-engine", "pos-commands")
+        .await
+        .unwrap();
+    let committed = consumer
+        .committed(bad_partition)
+        .await
+        .unwrap()
+        .unwrap_or(0);
     consumer.close().await.unwrap();
-    let end = w.log.end_offset("pos-commands", bad_partition).await.unwrap();
-    assert!(committed < end, "the stopped partition's offset moved on: {committed} of {end}");
+    let end = w
+        .log
+        .end_offset("pos-commands", bad_partition)
+        .await
+        .unwrap();
+    assert!(
+        committed < end,
+        "the stopped partition's offset moved on: {committed} of {end}"
+    );
 
     // Repaired: a new node applies what the stopped partition held, once.
     store.set_member_fault(None);
@@ -252,7 +308,11 @@ async fn batches_committed_in_part_are_applied_exactly_once() {
     w.enrol(MEMBERS).await;
     let mut spend = vec![0i64; MEMBERS];
     for n in 0..3 {
-        for (i, c) in join_all((0..MEMBERS).map(|i| w.purchase(i, n))).await.into_iter().enumerate() {
+        for (i, c) in join_all((0..MEMBERS).map(|i| w.purchase(i, n)))
+            .await
+            .into_iter()
+            .enumerate()
+        {
             spend[i] += c;
         }
     }

@@ -133,7 +133,7 @@ impl Metrics {
             engine_batch_seconds: histogram(
                 &r,
                 "loyalty_engine_batch_seconds",
-                "One poll's records, from their delivery to the engine until their effects are in the store and published.",
+                "One batch of a partition, from its worker taking it until its effects are in the store and published (summed over worker threads, it can exceed wall time).",
                 lat.clone(),
             ),
             engine_lag_seconds: histogram(

@@ -4,8 +4,8 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use loyalty_domain::{
-    EventId, Fingerprint, FranchiseId, LedgerEntry, MemberId, MemberState, ProcessedEvent,
-    Program, StoreId,
+    EventId, Fingerprint, FranchiseId, LedgerEntry, MemberId, MemberState, ProcessedEvent, Program,
+    StoreId,
 };
 use tokio::sync::oneshot;
 

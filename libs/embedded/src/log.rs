@@ -25,7 +25,9 @@
 //! every `done`, then assign), ownership fencing of commits, at-least-once redelivery from the
 //! committed offsets.
 //!
-//! One process at a time may open a directory (nothing enforces it).
+//! One process at a time may open a directory: `loyalty` takes the data directory's lock
+//! ([`crate::lock::DataDirLock`]) before it opens the log, so a second process stops before it
+//! reads (or repairs) anything.
 
 mod frame;
 mod group;

@@ -30,8 +30,8 @@ use loyalty_core::model::{Franchise, Principal, Store};
 use loyalty_core::ports::{EffectBatch, EventClaim, StateStore};
 use loyalty_core::{Error, Result};
 use loyalty_domain::{
-    EventId, Fingerprint, FranchiseId, LedgerEntry, MemberId, MemberState, ProcessedEvent,
-    Program, StoreId,
+    EventId, Fingerprint, FranchiseId, LedgerEntry, MemberId, MemberState, ProcessedEvent, Program,
+    StoreId,
 };
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;

@@ -48,6 +48,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
                 "/franchises/{fid}/stores",
                 web::post().to(admin::create_store),
             )
+            .route(
+                "/franchises/{fid}/stores/{sid}/pos-signing-secret",
+                web::get().to(admin::pos_signing_secret),
+            )
             .route("/members", web::post().to(members::enrol))
             .route("/members/lookup", web::get().to(members::lookup))
             .route("/members/{member_id}", web::get().to(members::status))

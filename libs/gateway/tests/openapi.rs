@@ -508,6 +508,7 @@ fn every_error() -> Vec<ApiError> {
         ApiError::PayloadTooLarge { limit: 16384 },
         ApiError::UnsupportedMediaType,
         ApiError::IdempotencyConflict("pos1-0001".into()),
+        ApiError::ProgramConflict("another update took version 3".into()),
         ApiError::Rejected(Rejection::InsufficientPoints {
             needed: 100,
             available: 62,

@@ -391,7 +391,10 @@ fn poll_loop(
 }
 
 /// A partition list of `partitions` of `topic`.
-fn partition_list(topic: &str, partitions: impl IntoIterator<Item = Partition>) -> TopicPartitionList {
+fn partition_list(
+    topic: &str,
+    partitions: impl IntoIterator<Item = Partition>,
+) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
     for p in partitions {
         if let Ok(p) = i32::try_from(p) {
@@ -429,10 +432,19 @@ fn apply_engine_pauses(
     }
     if !resume.is_empty() && !buffer_paused {
         if let Err(e) = consumer.resume(&partition_list(&shared.topic, resume.iter().copied())) {
-            tracing::warn!(topic = shared.topic, ?resume, "cannot resume partitions: {e}");
+            tracing::warn!(
+                topic = shared.topic,
+                ?resume,
+                "cannot resume partitions: {e}"
+            );
         }
     }
-    tracing::debug!(topic = shared.topic, ?pause, ?resume, "engine pauses applied");
+    tracing::debug!(
+        topic = shared.topic,
+        ?pause,
+        ?resume,
+        "engine pauses applied"
+    );
     *applied = wanted;
 }
 

@@ -10,6 +10,26 @@
 //! - [`ScyllaStore`]: the store itself. See its module documentation for the schema and for how
 //!   a batch's effects are made atomic and fenced, one member partition at a time.
 //!
+//! # ScyllaDB and PostgreSQL: what differs, and what the contract suite checks
+//!
+//! Both shared stores run the one contract suite (`loyalty_testkit::store_contract`);
+//! PostgreSQL on every CI run, ScyllaDB whenever `LOYALTY_SCYLLA_NODES` names a node. The suite
+//! is written against the port's weakest promises, so that both pass it:
+//!
+//! | | ScyllaDB (this crate) | PostgreSQL (`loyalty-postgres`) | checked by |
+//! | --- | --- | --- | --- |
+//! | atomicity of `commit` | per member partition (one LWT batch each); a refused batch may have written other members' shares | the whole batch in one transaction | `refused_batches_are_atomic_per_member` (the fenced member's share never written; every other member's wholly written or wholly absent) |
+//! | fencing | `IF version = ?` / `IF version = null` (Paxos, LOCAL_SERIAL) | `UPDATE … WHERE version = $n` / `INSERT … ON CONFLICT DO NOTHING`, row counts checked | `versions_fence_writes` |
+//! | new idempotency records | `INSERT … IF NOT EXISTS` in the member's batch | unique key, checked in the same statement | `existing_records_refuse_inserts`, `records_can_be_replaced` |
+//! | event id claims | one `INSERT … IF NOT EXISTS` per id (`event_claims`) | one `INSERT … ON CONFLICT DO NOTHING` for the call, owners read back | `claims_first_wins` |
+//! | `members_after` order | token order of the member id | member-id order (`C` collation) | `members_scan_once` (each member exactly once, whatever the order) |
+//! | `sync` | nothing to do: writes are durable on return (commit log) | nothing to do: `synchronous_commit = on` | `sync_keeps_every_commit` |
+//! | ledger order | clustering `seq DESC` | index on `(member, seq)` | `ledger_pages_newest_first` |
+//!
+//! The engine is written for the weaker column: after a failed commit it re-reads the store and
+//! treats the events it finds recorded as replays (`tests/tests/engine_faults.rs` runs it on a
+//! store that writes every third batch only in part).
+//!
 //! [`StateStore`]: loyalty_core::ports::StateStore
 
 mod config;

@@ -15,8 +15,8 @@ use loyalty_core::model::{Franchise, Principal, Store};
 use loyalty_core::ports::{EffectBatch, EventClaim, StateStore};
 use loyalty_core::{Error, Result};
 use loyalty_domain::{
-    EventId, Fingerprint, FranchiseId, LedgerEntry, MemberId, MemberState, ProcessedEvent,
-    Program, StoreId,
+    EventId, Fingerprint, FranchiseId, LedgerEntry, MemberId, MemberState, ProcessedEvent, Program,
+    StoreId,
 };
 
 /// The wrapper. Build it with [`FaultyStore::new`], flip its public switches.
@@ -92,7 +92,11 @@ pub fn split_by_member(batch: EffectBatch) -> Vec<EffectBatch> {
             .push(w);
     }
     for (m, e) in batch.ledger {
-        shares.entry(Some(m.clone())).or_default().ledger.push((m, e));
+        shares
+            .entry(Some(m.clone()))
+            .or_default()
+            .ledger
+            .push((m, e));
     }
     for p in batch.processed {
         match p.record.member_id.clone() {
@@ -178,7 +182,10 @@ impl StateStore for FaultyStore {
             .map(|w| &w.state.member_id)
             .chain(batch.ledger.iter().map(|(m, _)| m))
             .collect();
-        let processed_members = batch.processed.iter().filter_map(|p| p.record.member_id.as_ref());
+        let processed_members = batch
+            .processed
+            .iter()
+            .filter_map(|p| p.record.member_id.as_ref());
         let fault = touched
             .into_iter()
             .chain(processed_members)
@@ -209,10 +216,7 @@ impl StateStore for FaultyStore {
                     "connection lost after the first member's share (test)".into(),
                 ));
             }
-            return self
-                .inner
-                .commit(shares.next().unwrap_or_default())
-                .await;
+            return self.inner.commit(shares.next().unwrap_or_default()).await;
         }
         self.inner.commit(batch).await
     }

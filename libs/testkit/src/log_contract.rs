@@ -226,7 +226,11 @@ pub async fn consumer_redelivers_from_committed_offset(
 
 /// A paused partition yields nothing appended after the pause while the others keep flowing;
 /// once resumed, it yields everything it held back, in order, from where reading stopped.
-pub async fn paused_partitions_wait_and_resume_in_order(log: &dyn EventLog, topic: &str, group: &str) {
+pub async fn paused_partitions_wait_and_resume_in_order(
+    log: &dyn EventLog,
+    topic: &str,
+    group: &str,
+) {
     assert!(log.ensure_topic(topic, 2).await.is_ok());
     let keys = [key_for(0, 2, 1), key_for(1, 2, 1)];
     let append = |k: usize, i: usize| {
@@ -260,7 +264,11 @@ pub async fn paused_partitions_wait_and_resume_in_order(log: &dyn EventLog, topi
 
     assert!(c.resume(&[0]).await.is_ok());
     let got = take_records(c.as_ref(), 5).await;
-    assert_eq!(by_partition(&got)[&0], vec![2, 3, 4, 5, 6], "partition 0 after resume");
+    assert_eq!(
+        by_partition(&got)[&0],
+        vec![2, 3, 4, 5, 6],
+        "partition 0 after resume"
+    );
     close(c.as_ref()).await;
 }
 

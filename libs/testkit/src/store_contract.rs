@@ -93,7 +93,10 @@ pub async fn claims_first_wins(store: &dyn StateStore) -> R {
     let got = store
         .claim_events(&[claim(&sc.franchise, &e1, a), claim(&sc.franchise, &e1, b)])
         .await?;
-    ensure!(got == vec![a, a], "first claim in one call must win: {got:?}");
+    ensure!(
+        got == vec![a, a],
+        "first claim in one call must win: {got:?}"
+    );
     let got = store
         .claim_events(&[
             claim(&sc.franchise, &e1, c),
@@ -134,12 +137,21 @@ pub async fn refused_batches_are_atomic_per_member(store: &dyn StateStore) -> R 
     let r = store.commit(batch).await;
     ensure!(is_conflict(&r), "a batch with a stale member: {r:?}");
 
-    ensure!(store.member(&b).await?.as_ref() == Some(&b2), "fenced member changed");
-    ensure!(store.ledger(&b, None, 100).await? == ledger_b, "fenced ledger changed");
+    ensure!(
+        store.member(&b).await?.as_ref() == Some(&b2),
+        "fenced member changed"
+    );
+    ensure!(
+        store.ledger(&b, None, 100).await? == ledger_b,
+        "fenced ledger changed"
+    );
     let rec = store
         .processed(&sc.franchise, std::slice::from_ref(&stale.record.event_id))
         .await?;
-    ensure!(rec == vec![None], "record of a fenced member's event written");
+    ensure!(
+        rec == vec![None],
+        "record of a fenced member's event written"
+    );
 
     // `a`'s share: all or nothing.
     let state = store.member(&a).await?;

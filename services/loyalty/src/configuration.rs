@@ -326,7 +326,10 @@ impl DevConfig {
             if !ok {
                 bail!("pos_topic (LOYALTY_POS_TOPIC) must be empty (no POS ingestion) or 1 to 196 characters of [A-Za-z0-9._-], got {t:?}");
             }
-            if [t, &dlq].iter().any(|x| **x == self.topic || **x == self.dead_letter_topic) {
+            if [t, &dlq]
+                .iter()
+                .any(|x| **x == self.topic || **x == self.dead_letter_topic)
+            {
                 bail!("pos_topic (LOYALTY_POS_TOPIC) and its dead-letter topic {dlq} must differ from topic and dead_letter_topic");
             }
         }

@@ -57,6 +57,8 @@ pub struct Application {
     /// Gets the engine's error if it stops on one.
     engine_failed: Option<oneshot::Receiver<String>>,
     health: Arc<EngineHealth>,
+    /// The POS topic ingester, stopped with the engine (it commits what it forwarded).
+    pos_ingest: Option<tokio::task::JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
     /// The ports the platform runs on.
     pub ports: Ports,
@@ -339,6 +341,7 @@ impl Application {
         };
 
         // ---- POS topic ingestion (docs/pos-topic.md): wherever an engine runs. ----
+        let mut pos_ingest = None;
         if let (true, Some(pos_dlq)) = (mode != Mode::Gateway, config.pos_dead_letter_topic()) {
             log.ensure_topic(&config.pos_topic, config.partitions)
                 .await?;
@@ -355,11 +358,11 @@ impl Application {
                 },
             );
             let rx = shutdown_rx.clone();
-            tokio::spawn(async move {
+            pos_ingest = Some(tokio::spawn(async move {
                 if let Err(e) = ingest.run(rx).await {
                     tracing::error!(error = %e, "POS ingestion failed");
                 }
-            });
+            }));
         }
         // ---- end of POS topic ingestion ----
 
@@ -439,6 +442,7 @@ impl Application {
             server,
             engine_failed: engine.as_ref().map(|_| engine_failed),
             health,
+            pos_ingest,
             engine,
             shutdown,
             ports,
@@ -468,11 +472,15 @@ impl Application {
         let (result, engine_error) = tokio::select! {
             r = &mut self.server => (r, None),
             Some(e) = failed => {
-                handle.stop(true).await;
-                (Ok(()), Some(e))
+                // The stop command is sent now; the server future (polled below) carries it out.
+                drop(handle.stop(true));
+                ((&mut self.server).await, Some(e))
             }
         };
         let _ = self.shutdown.send(true);
+        if let Some(h) = self.pos_ingest.take() {
+            let _ = h.await;
+        }
         if let Some(h) = self.engine.take() {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }

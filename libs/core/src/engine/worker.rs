@@ -97,11 +97,13 @@ pub async fn run(partition: Partition, deps: WorkerDeps, mut ch: WorkerChannels)
         let Some(last) = records.last().map(|r| r.offset) else {
             continue;
         };
+        let timer = metrics().engine_batch_seconds.start_timer();
         match store_batch(&mut shard, &deps, &records, &mut ch.stop).await {
             Attempt::Stored(outcome) => {
                 if !publish(&deps, partition, outcome, &mut ch.stop).await {
                     break;
                 }
+                timer.observe_duration();
                 let _ = ch.progress.send(Progress::Stored {
                     partition,
                     next_offset: last + 1,
@@ -234,7 +236,10 @@ async fn dead_letter(deps: &WorkerDeps, dl: &DeadLetter, stop: &mut watch::Recei
         "dead letter"
     );
     let mut headers = dl.record.headers.clone();
-    headers.push(("dlq-reason".into(), Bytes::from_static(dl.reason.as_bytes())));
+    headers.push((
+        "dlq-reason".into(),
+        Bytes::from_static(dl.reason.as_bytes()),
+    ));
     headers.push(("dlq-detail".into(), Bytes::from(dl.detail.clone())));
     headers.push((
         "dlq-source".into(),

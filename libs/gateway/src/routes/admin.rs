@@ -177,6 +177,28 @@ pub async fn create_store(
     Ok(HttpResponse::Created().json(json!({ "id": s.id, "name": s.name, "api_key": key })))
 }
 
+/// `GET /v1/franchises/{fid}/stores/{sid}/pos-signing-secret` (hq): the secret that store's
+/// records on the POS topic are signed with (docs/pos-topic.md). Derived from the franchise's
+/// secret and the store id, so it can be fetched again at any time; a store of another
+/// franchise is answered as unknown.
+pub async fn pos_signing_secret(
+    req: HttpRequest,
+    gw: web::Data<Gateway>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (fid, sid) = path.into_inner();
+    let f = own_franchise(&gw, &req, &fid).await?;
+    let not_found = || ApiError::NotFound("no such store".into());
+    let sid = loyalty_domain::StoreId::parse(&sid).map_err(|_| not_found())?;
+    let secret = provisioning::pos_signing_secret(gw.store.as_ref(), &f.id, &sid)
+        .await?
+        .ok_or_else(not_found)?;
+    tracing::info!(franchise = %f.id, store = %sid, "POS signing secret handed out");
+    Ok(HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(json!({ "store_id": sid, "scheme": "v1", "header": "loyalty-signature", "signing_secret": secret })))
+}
+
 /// `POST /v1/admin/cache/rebuild` (admin): writes every member's status from the store into the
 /// hot cache (after a Redis flush or failover). Safe while traffic flows: the cache keeps the
 /// newer of two versions.
