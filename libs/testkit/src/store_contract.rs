@@ -127,8 +127,8 @@ pub async fn refused_batches_are_atomic_per_member(store: &dyn StateStore) -> R 
     let ledger_a = store.ledger(&a, None, 100).await?.len();
 
     // One batch: a fresh purchase of `a`, and a zombie's purchase of `b` fenced at v1.
-    let good = sc.purchase(&a1, &a, 1200)?;
-    let stale = sc.purchase(&b1, &b, 3000)?;
+    let good = sc.purchase(&a1, 1200)?;
+    let stale = sc.purchase(&b1, 3000)?;
     let mut batch = good.batch(a1.version);
     let zombie = stale.batch(b1.version);
     batch.members.extend(zombie.members);
@@ -197,24 +197,33 @@ pub async fn sync_keeps_every_commit(store: &dyn StateStore) -> R {
     Ok(())
 }
 
-/// Builds domain values for one franchise with the demo program, as the engine would.
-struct Scenario {
-    franchise: FranchiseId,
-    store: StoreId,
-    program: Program,
+/// Builds domain values for one franchise with the demo program, as the engine would (also for
+/// adapters' own tests).
+pub struct Scenario {
+    pub franchise: FranchiseId,
+    pub store: StoreId,
+    pub program: Program,
     events: u64,
 }
 
 /// One applied command: the member's new state, its ledger entries and its record.
-struct Effect {
-    state: Option<MemberState>,
-    entries: Vec<LedgerEntry>,
-    record: ProcessedEvent,
+pub struct Effect {
+    pub state: Option<MemberState>,
+    pub entries: Vec<LedgerEntry>,
+    pub record: ProcessedEvent,
 }
 
 impl Effect {
+    /// Adds this effect to `batch`, fenced by `expected_version`.
+    pub fn add_to(&self, batch: &mut EffectBatch, expected_version: u64) {
+        let b = self.batch(expected_version);
+        batch.members.extend(b.members);
+        batch.ledger.extend(b.ledger);
+        batch.processed.extend(b.processed);
+    }
+
     /// The batch the engine would commit for this effect, fenced by `expected_version`.
-    fn batch(&self, expected_version: u64) -> EffectBatch {
+    pub fn batch(&self, expected_version: u64) -> EffectBatch {
         let member_id = self.record.member_id.clone();
         EffectBatch {
             members: self
@@ -250,7 +259,8 @@ fn is_conflict(r: &loyalty_core::Result<()>) -> bool {
 }
 
 impl Scenario {
-    fn new(name: &str) -> anyhow::Result<Scenario> {
+    /// A scenario of franchise `contract-<name>`.
+    pub fn new(name: &str) -> anyhow::Result<Scenario> {
         Ok(Scenario {
             franchise: id(FranchiseId::parse(&format!("contract-{name}")))?,
             store: id(StoreId::parse(&format!("store-{name}")))?,
@@ -259,11 +269,13 @@ impl Scenario {
         })
     }
 
-    fn member(&self, n: u32) -> anyhow::Result<MemberId> {
-        id(MemberId::parse(&format!("{}-m{n}", self.franchise)))
+    /// Member `n` (ids sort as the numbers do, below 100 000).
+    pub fn member(&self, n: u32) -> anyhow::Result<MemberId> {
+        id(MemberId::parse(&format!("{}-m{n:05}", self.franchise)))
     }
 
-    fn next_event(&mut self) -> anyhow::Result<(EventId, Timestamp)> {
+    /// A new event id and its time, a minute after the previous one.
+    pub fn next_event(&mut self) -> anyhow::Result<(EventId, Timestamp)> {
         self.events += 1;
         let e = id(EventId::parse(&format!(
             "{}-e{}",
@@ -291,7 +303,7 @@ impl Scenario {
     }
 
     /// Applies `cmd` to `state` (a copy: the caller's is untouched).
-    fn apply(
+    pub fn apply(
         &mut self,
         state: Option<&MemberState>,
         member: &MemberId,
@@ -317,7 +329,8 @@ impl Scenario {
         })
     }
 
-    fn enrol(&mut self, member: &MemberId) -> anyhow::Result<Effect> {
+    /// The enrolment of `member`, with a phone number of its own.
+    pub fn enrol(&mut self, member: &MemberId) -> anyhow::Result<Effect> {
         let phone = id(Phone::parse(&format!(
             "+336{:08}",
             self.events % 100_000_000
@@ -335,15 +348,11 @@ impl Scenario {
         )
     }
 
-    fn purchase(
-        &mut self,
-        state: &MemberState,
-        member: &MemberId,
-        cents: i64,
-    ) -> anyhow::Result<Effect> {
+    /// A purchase of `cents` by the member of `state`.
+    pub fn purchase(&mut self, state: &MemberState, cents: i64) -> anyhow::Result<Effect> {
         self.apply(
             Some(state),
-            member,
+            &state.member_id,
             MemberCommand::Purchase {
                 amount: id(Cents::new(cents))?,
                 currency: self.program.currency.clone(),
@@ -370,7 +379,7 @@ impl Scenario {
         state: &MemberState,
         cents: i64,
     ) -> anyhow::Result<MemberState> {
-        let e = self.purchase(state, &state.member_id, cents)?;
+        let e = self.purchase(state, cents)?;
         store.commit(e.batch(state.version)).await?;
         e.state
             .ok_or_else(|| anyhow!("purchase of {} changed no state", state.member_id))
@@ -465,7 +474,7 @@ pub async fn commit_is_readable(store: &dyn StateStore) -> R {
     ensure!(store.member(&m).await?.as_ref() == Some(&state));
     ensure!(store.ledger(&m, None, 100).await? == enrol.entries);
 
-    let buy = sc.purchase(&state, &m, 1234)?;
+    let buy = sc.purchase(&state, 1234)?;
     store.commit(buy.batch(state.version)).await?;
     let after = buy.state.clone().ok_or_else(|| anyhow!("no state"))?;
     ensure!(store.member(&m).await?.as_ref() == Some(&after));
@@ -512,7 +521,7 @@ pub async fn versions_fence_writes(store: &dyn StateStore) -> R {
     let ledger_before = store.ledger(&m, None, 100).await?;
 
     // A zombie writer that still believes the member is at v1: same seq numbers as v2's.
-    let stale = sc.purchase(&v1, &m, 5000)?;
+    let stale = sc.purchase(&v1, 5000)?;
     let r = store.commit(stale.batch(v1.version)).await;
     ensure!(is_conflict(&r), "stale expected_version: {r:?}");
     // Enrolling an existing member again (expected 0), its signup bonus at seq 1 again.
@@ -523,7 +532,7 @@ pub async fn versions_fence_writes(store: &dyn StateStore) -> R {
         "expected_version 0 of an existing member: {r:?}"
     );
     // A version from the future.
-    let future = sc.purchase(&v2, &m, 700)?;
+    let future = sc.purchase(&v2, 700)?;
     let r = store.commit(future.batch(v2.version + 5)).await;
     ensure!(
         is_conflict(&r),
@@ -549,7 +558,7 @@ pub async fn versions_fence_writes(store: &dyn StateStore) -> R {
     );
 
     // The right version still goes through, and the refused events can then be applied.
-    let retry = sc.purchase(&v2, &m, 700)?;
+    let retry = sc.purchase(&v2, 700)?;
     store.commit(retry.batch(v2.version)).await?;
     ensure!(store.member(&m).await?.as_ref() == retry.state.as_ref());
     Ok(())
@@ -561,13 +570,13 @@ pub async fn existing_records_refuse_inserts(store: &dyn StateStore) -> R {
     let mut sc = Scenario::new("dup")?;
     let m = sc.member(1)?;
     let v1 = sc.enrolled(store, &m).await?;
-    let first = sc.purchase(&v1, &m, 1000)?;
+    let first = sc.purchase(&v1, 1000)?;
     store.commit(first.batch(v1.version)).await?;
     let v2 = first.state.clone().ok_or_else(|| anyhow!("no state"))?;
     let ledger_before = store.ledger(&m, None, 100).await?;
 
     // A new purchase, correctly fenced, whose batch also re-inserts the first purchase's record.
-    let second = sc.purchase(&v2, &m, 2000)?;
+    let second = sc.purchase(&v2, 2000)?;
     let mut batch = second.batch(v2.version);
     let mut replayed = first.record.clone();
     replayed.store_id = id(StoreId::parse("store-elsewhere"))?;
@@ -594,7 +603,7 @@ pub async fn existing_records_refuse_inserts(store: &dyn StateStore) -> R {
     );
 
     // The same event applied again (a redelivery processed without its record) is refused too.
-    let again = sc.purchase(&v2, &m, 2000)?;
+    let again = sc.purchase(&v2, 2000)?;
     let mut batch = again.batch(v2.version);
     batch.processed = vec![ProcessedWrite {
         record: first.record.clone(),
@@ -615,7 +624,7 @@ pub async fn records_can_be_replaced(store: &dyn StateStore) -> R {
     let mut sc = Scenario::new("replace")?;
     let m = sc.member(1)?;
     let v1 = sc.enrolled(store, &m).await?;
-    let buy = sc.purchase(&v1, &m, 1000)?;
+    let buy = sc.purchase(&v1, 1000)?;
     store.commit(buy.batch(v1.version)).await?;
     let mut updated = buy.record.clone();
     match &mut updated.outcome {
