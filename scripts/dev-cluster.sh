@@ -46,7 +46,10 @@ pg_bin() {
     echo "$b"
 }
 
-alive() { [ -f "$PIDS/$1.pid" ] && kill -0 "$(cat "$PIDS/$1.pid")" 2>/dev/null; }
+# A pid that exists and is not a zombie (an exited child waiting for PID 1 to reap it).
+running() { kill -0 "$1" 2>/dev/null && [ "$(ps -o stat= -p "$1" 2>/dev/null | cut -c1)" != Z ]; }
+
+alive() { [ -f "$PIDS/$1.pid" ] && running "$(cat "$PIDS/$1.pid")"; }
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -141,7 +144,7 @@ stop_one() {
     pid=$(cat "$PIDS/$name.pid")
     kill -TERM "$pid" 2>/dev/null || true
     local deadline=$((SECONDS + 30))
-    while kill -0 "$pid" 2>/dev/null; do
+    while running "$pid"; do
         if [ $SECONDS -ge $deadline ]; then
             say "$name (pid $pid) still running after 30 s: SIGKILL"
             kill -KILL "$pid" 2>/dev/null || true

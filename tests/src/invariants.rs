@@ -237,6 +237,14 @@ pub struct MembersReport {
     pub differences: Differences,
 }
 
+/// What is read of one member: its ledger (newest first), its state in the store (when read
+/// directly) and its status in Redis.
+type MemberViews = (
+    Vec<Value>,
+    Option<loyalty_domain::MemberState>,
+    Option<Value>,
+);
+
 /// A member's ledger, every page, newest first, through the HQ API.
 pub async fn ledger(
     http: &reqwest::Client,
@@ -311,13 +319,7 @@ pub async fn check_members(
         applied_without_entry: without_entry,
         ..MembersReport::default()
     };
-    let results: Vec<
-        anyhow::Result<(
-            Vec<Value>,
-            Option<loyalty_domain::MemberState>,
-            Option<Value>,
-        )>,
-    > = stream::iter(traffic.members.iter())
+    let results: Vec<anyhow::Result<MemberViews>> = stream::iter(traffic.members.iter())
         .map(|m| {
             let http = http.clone();
             async move {

@@ -346,7 +346,11 @@ async fn client(
                     cents: (cents / 2).max(1),
                 },
                 "/v1/refunds",
-                if n % 2 == 0 { "?wait_ms=2000" } else { "" },
+                if n.is_multiple_of(2) {
+                    "?wait_ms=2000"
+                } else {
+                    ""
+                },
             )
         } else if n % 5 == 4 {
             (

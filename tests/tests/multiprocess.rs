@@ -44,6 +44,9 @@ const PARTITIONS: u32 = 12;
 const BEFORE_FAULT: usize = 300;
 /// Acknowledgements after the fault (once every partition is applying again).
 const AFTER_FAULT: usize = 400;
+/// How long the partitions of a killed engine may take to apply again elsewhere: the broker's
+/// session timeout (10 s), the rebalance, and slack for this 2-core machine.
+const KILL_HANDOVER: Duration = Duration::from_secs(30);
 const TOPIC: &str = "pos-commands";
 const GROUP: &str = "loyalty-engine";
 
@@ -214,7 +217,14 @@ impl Scenario {
     }
 
     /// Stops the clients and checks everything; prints and keeps the phase's report.
-    async fn end(&mut self, name: &str, stream: Stream, fault: String, replays_allowed: bool) {
+    async fn end(
+        &mut self,
+        name: &str,
+        stream: Stream,
+        fault: String,
+        replays_allowed: bool,
+        found: Differences,
+    ) {
         let (states, sent) = stream.stop().await;
         self.states = states;
         let started = self.phase_started.take().unwrap_or_else(Instant::now);
@@ -223,6 +233,7 @@ impl Scenario {
             fault,
             stream: StreamCounts::of(&sent),
             replays_allowed,
+            other: found,
             ..PhaseReport::default()
         };
         // The engines catch up: every partition's committed offset reaches its end.
@@ -290,6 +301,8 @@ impl Scenario {
         let text = report.text();
         print!("{text}");
         self.text.push_str(&text);
+        // Written after every phase, so a run that stops half-way still leaves its report.
+        write_report(&self.text, false);
         self.reports.push(report);
     }
 
@@ -339,7 +352,7 @@ impl Scenario {
 }
 
 /// `target/multiprocess-report.txt`, beside the test executable's profile directory.
-fn write_report(text: &str) {
+fn write_report(text: &str, say: bool) {
     let Ok(exe) = std::env::current_exe() else {
         return;
     };
@@ -349,7 +362,7 @@ fn write_report(text: &str) {
         .and_then(|d| d.parent())
     {
         let path = target.join("multiprocess-report.txt");
-        if std::fs::write(&path, text).is_ok() {
+        if std::fs::write(&path, text).is_ok() && say {
             println!("report written to {}", path.display());
         }
     }
@@ -396,6 +409,7 @@ async fn multiprocess_faults_one_at_a_time_apply_every_acknowledged_command_exac
             moved.as_secs_f64()
         ),
         false,
+        Differences::default(),
     )
     .await;
 
@@ -431,6 +445,7 @@ async fn multiprocess_faults_one_at_a_time_apply_every_acknowledged_command_exac
             moved.as_secs_f64()
         ),
         false,
+        Differences::default(),
     )
     .await;
 
@@ -487,6 +502,7 @@ async fn multiprocess_faults_one_at_a_time_apply_every_acknowledged_command_exac
             moved.as_secs_f64()
         ),
         false,
+        Differences::default(),
     )
     .await;
 
@@ -498,10 +514,38 @@ async fn multiprocess_faults_one_at_a_time_apply_every_acknowledged_command_exac
         .expect("stream flows");
     let at = s.elapsed();
     sc.cluster.kill9_engine(b);
-    let moved = s
-        .wait_partitions_applied_since(at, long)
-        .await
-        .expect("every partition applies after the kill");
+    let mut found = Differences::default();
+    let fault = match s.wait_partitions_applied_since(at, KILL_HANDOVER).await {
+        Ok(moved) => format!(
+            "engine-{c} joined before the stream; kill -9 of engine-{b} at {:.1} s; every \
+             partition applying again on engine-{c} {:.1} s later (the broker's session timeout \
+             is 10 s)",
+            at.as_secs_f64(),
+            moved.as_secs_f64()
+        ),
+        Err(e) => {
+            // Seen on tansu 0.6.0: the group notices the missed heartbeats after the session
+            // timeout and rebalances, but hands the survivor its old assignment; the dead
+            // member's partitions stay assigned to it. A member joining forces a new
+            // assignment: the scenario goes on from there, with the defect recorded.
+            found.add(
+                "no handover after kill -9",
+                format!("{e:#} (the session timeout is 10 s)"),
+            );
+            let d = sc.cluster.add_engine().await.expect("engine starts");
+            let moved = s
+                .wait_partitions_applied_since(at, long)
+                .await
+                .expect("every partition applies once an engine joins");
+            format!(
+                "engine-{c} joined before the stream; kill -9 of engine-{b} at {:.1} s; NO \
+                 HANDOVER: {e}; engine-{d} joined to recover, and every partition applied again \
+                 {:.1} s after the kill",
+                at.as_secs_f64(),
+                moved.as_secs_f64()
+            )
+        }
+    };
     let acked = s.counters.acked.load(std::sync::atomic::Ordering::Relaxed);
     s.wait_acked(acked + AFTER_FAULT, long)
         .await
@@ -509,14 +553,9 @@ async fn multiprocess_faults_one_at_a_time_apply_every_acknowledged_command_exac
     sc.end(
         "kill -9 of an engine (2 → 1 engines)",
         s,
-        format!(
-            "engine-{c} joined before the stream; kill -9 of engine-{b} at {:.1} s; every \
-             partition applying again on engine-{c} {:.1} s later (the broker's session timeout \
-             is 10 s)",
-            at.as_secs_f64(),
-            moved.as_secs_f64()
-        ),
+        fault,
         true,
+        found,
     )
     .await;
 
@@ -539,6 +578,7 @@ async fn multiprocess_faults_one_at_a_time_apply_every_acknowledged_command_exac
             at.as_secs_f64()
         ),
         true,
+        Differences::default(),
     )
     .await;
     let gw_phase = sc.reports.last().expect("phase 5");
@@ -549,12 +589,15 @@ async fn multiprocess_faults_one_at_a_time_apply_every_acknowledged_command_exac
             "the kill of gateway-0 went unnoticed".into(),
         );
         sc.reports.last_mut().expect("phase 5").other.extend(d);
+        let note = "   phase 5: no client moved to the other gateway (a difference)\n";
+        print!("{note}");
+        sc.text.push_str(note);
     }
 
     let summary = sc.summary();
     print!("{summary}");
     sc.text.push_str(&summary);
-    write_report(&sc.text);
+    write_report(&sc.text, true);
     let failed: Vec<String> = sc
         .reports
         .iter()

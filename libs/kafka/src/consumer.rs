@@ -70,6 +70,43 @@ struct Shared {
     /// when `pauses_changed` is set.
     engine_paused: Mutex<BTreeSet<Partition>>,
     pauses_changed: AtomicBool,
+    /// The partitions of the topic.
+    partitions: u32,
+    /// What this member owned before the last revocation, to notice a stale assignment.
+    before_revoke: Mutex<Option<BTreeSet<Partition>>>,
+    /// See [`KafkaConfig::rejoin_on_stale_assignment`].
+    rejoin_after: Option<Duration>,
+    last_rejoin: Mutex<Option<Instant>>,
+    /// Set by the rebalance callback; the poll thread rejoins.
+    rejoin: AtomicBool,
+}
+
+impl Shared {
+    /// After an assignment: the same partitions as before the revocation, while the topic has
+    /// others, means the coordinator may have kept a dead member's assignment; ask the poll
+    /// thread to rejoin with a fresh member id (at most once per `rejoin_after`).
+    fn check_stale_assignment(&self, assigned: &[Partition]) {
+        let Some(every) = self.rejoin_after else {
+            return;
+        };
+        let before = self.before_revoke.lock().take();
+        let same = before.is_some_and(|b| b.iter().copied().eq(assigned.iter().copied()));
+        if !same || assigned.len() as u32 >= self.partitions || assigned.is_empty() {
+            return;
+        }
+        let mut last = self.last_rejoin.lock();
+        if last.is_some_and(|t| t.elapsed() < every) {
+            return;
+        }
+        *last = Some(Instant::now());
+        tracing::info!(
+            topic = self.topic,
+            partitions = ?assigned,
+            "a rebalance gave back exactly what this member had; rejoining with a fresh member \
+             id so that a crashed member's partitions are reassigned"
+        );
+        self.rejoin.store(true, Ordering::SeqCst);
+    }
 }
 
 /// The consumer context: turns librdkafka's rebalance callbacks into group events.
@@ -106,6 +143,7 @@ impl ConsumerContext for GroupContext {
                 owned.extend(partitions.iter().copied());
                 self.shared.committed.lock().clear();
             }
+            self.shared.check_stale_assignment(&partitions);
             tracing::debug!(
                 topic = self.shared.topic,
                 ?partitions,
@@ -124,6 +162,7 @@ impl ConsumerContext for GroupContext {
 
 impl GroupContext {
     fn revoke(&self, partitions: Vec<Partition>) {
+        *self.shared.before_revoke.lock() = Some(self.shared.owned.read().clone());
         let generation = self.shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
         tracing::debug!(
             topic = self.shared.topic,
@@ -251,6 +290,13 @@ impl KafkaConsumer {
             committed: Mutex::new(HashMap::new()),
             engine_paused: Mutex::new(BTreeSet::new()),
             pauses_changed: AtomicBool::new(false),
+            partitions,
+            before_revoke: Mutex::new(None),
+            rejoin_after: config
+                .rejoin_on_stale_assignment
+                .filter(|_| config.group_instance_id.is_none()),
+            last_rejoin: Mutex::new(None),
+            rejoin: AtomicBool::new(false),
         });
         let (events_tx, events) = mpsc::unbounded_channel();
         let (records_tx, records) = mpsc::channel(config.buffer_records.max(1));
@@ -332,6 +378,14 @@ fn poll_loop(
         }
         if shared.pauses_changed.swap(false, Ordering::SeqCst) {
             apply_engine_pauses(&consumer, &shared, paused.is_some(), &mut engine_paused);
+        }
+        if shared.rejoin.swap(false, Ordering::SeqCst) {
+            // Leaving revokes everything (through the engine's drain, in the next polls);
+            // subscribing again joins as a new member.
+            consumer.unsubscribe();
+            if let Err(e) = consumer.subscribe(&[shared.topic.as_str()]) {
+                tracing::error!(topic = shared.topic, "cannot subscribe again: {e}");
+            }
         }
         overflow.retain(|r| r.generation == generation);
         while let Some(tagged) = overflow.pop_front() {

@@ -58,6 +58,13 @@
 //!   lost or reordered);
 //! - records and committed offsets kept across a SIGKILL of the broker.
 //!
+//! Not handled by tansu 0.6.0, worked around here: a member killed with SIGKILL is expired
+//! after `session_timeout` (the survivors rejoin), but the group stays at its generation with
+//! the dead member as leader and its assignment, so its partitions are never handed over. A
+//! survivor that gets back exactly what it had, while the topic has other partitions, rejoins
+//! with a fresh member id ([`KafkaConfig::rejoin_on_stale_assignment`]), and the coordinator
+//! then assigns every partition to the live members.
+//!
 //! Not working reliably against tansu 0.6.0: **static membership** (`group.instance.id`). The
 //! ignored probe `kafka_static_membership_probe` restarts a static member ("node-2") of a
 //! two-member group. Kafka >= 2.3 (KIP-345) gives the restarted member its partitions back
@@ -133,6 +140,14 @@ pub struct KafkaConfig {
     /// Replication factor of topics created by `ensure_topic` (3 in production, 1 for a single
     /// broker).
     pub replication_factor: i32,
+    /// Rejoin with a fresh member id when a rebalance hands this member back exactly the
+    /// partitions it had while others of the topic remain elsewhere (at most once per this
+    /// delay; `None`: never). A guard against group coordinators that expire a crashed member
+    /// but keep its assignment (tansu 0.6 keeps the dead member as the group's leader, so its
+    /// partitions are never handed over): a new member joining makes the coordinator compute a
+    /// fresh assignment. On Apache Kafka it costs at most one extra rebalance when a member
+    /// that owned nothing joins or leaves.
+    pub rejoin_on_stale_assignment: Option<Duration>,
     /// Any other librdkafka property, applied to every client after the adapter's own (so they
     /// can override e.g. `heartbeat.interval.ms` or `linger.ms`; the settings the adapter's
     /// guarantees rest on are re-applied after them). They go to every client: librdkafka
@@ -156,6 +171,7 @@ impl KafkaConfig {
             request_timeout: Duration::from_secs(10),
             delivery_timeout: Duration::from_secs(30),
             replication_factor: 1,
+            rejoin_on_stale_assignment: Some(Duration::from_secs(30)),
             extra: Vec::new(),
         }
     }
