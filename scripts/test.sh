@@ -62,6 +62,9 @@ if [ "$RUNNER" = nextest ]; then
     # Status lines: "        PASS [   0.508s] (1/4) crate::binary test" (live, then again above
     # each test's captured output, where a test's SKIPPED lines are).
     awk '
+        # "SLOW" marks a test still running (or, in the final list, one that passed slowly):
+        # not a result.
+        /^ +SLOW +\[/ { cur = $(NF-1) " " $NF; next }
         /^ +[A-Z]+( [0-9]+)?( [A-Z]+)? +\[ *[0-9.]+s\]/ {
             cur = $(NF-1) " " $NF; status[cur] = $1; suite[cur] = $(NF-1); next
         }
