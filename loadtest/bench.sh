@@ -14,12 +14,29 @@
 #   6. memory per idle member: RSS growth per member at 100 000 enrolled and passivated, and the
 #      marginal cost of the next 100 000 (what each further member adds, fixed budgets such as
 #      the store's page cache excluded), with the default cache and with
-#      LOYALTY_CACHE_CAPACITY=1000; and per active actor.
+#      LOYALTY_CACHE_CAPACITY=1000; and per active actor;
+#   7. many nodes as OS processes on PostgreSQL + tansu + redis-server (issue 9; the ignored
+#      tests of tests/tests/multiprocess_bench.rs, on the testkit's Cluster): purchases appended
+#      straight into the command topic → applied by 1 and by 3 `loyalty engine` processes vs
+#      the raw rdkafka produce→consume rate on the same broker, same record size; the handoff
+#      after kill -9 of one engine of three (per-partition claims in PostgreSQL) vs the
+#      engines' session timeout + 2 s; the checkout mix through two `loyalty gateway`
+#      processes (loyalty-loadtest pointed at both) next to the dev-mode figures of part 5;
+#      CPU per process, engine stage metrics and pg_stat_statements ("where the time goes").
 # Writes loadtest/results-<date>.md (and prints it).
 #
 # Usage: loadtest/bench.sh [seconds-per-run]      (default 10; needs wrk, redis-server,
-#        redis-benchmark; the broker part installs tansu through scripts/install-tansu.sh)
-# Env: MEMBERS (100000), CONNS (64 wrk connections), WORKERS (2 HTTP workers), SKIP_BROKER=1.
+#        redis-benchmark; the broker part installs tansu through scripts/install-tansu.sh;
+#        the multi-process part needs PostgreSQL's server binaries too)
+# Env: MEMBERS (100000), CONNS (64 wrk connections), WORKERS (2 HTTP workers), SKIP_BROKER=1,
+#      MP_EVENTS (40000 purchases per multi-process ingestion run), HANDOFF_ROUNDS (3 kills,
+#      each of one engine of three), KEEP_WORK=1 (keep the raw
+#      outputs),
+#      SKIP_MULTIPROCESS=1, CALM_EACH=1 (each part waits for the load average to fall under
+#      CALM_LOAD too, at most CALM_PART_MAX (300) s), CARGO_TARGET_DIR (honoured: the binaries are taken from
+#      $CARGO_TARGET_DIR/release), CALM_LOAD (0.7) and CALM_MAX (1800 s): before the first
+#      part the script waits, polling every 30 s, until the 1-minute load average is under
+#      CALM_LOAD (at most CALM_MAX seconds, then it goes on and says so in the report).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 D=${1:-10}
@@ -37,13 +54,14 @@ echo "building (release)..." >&2
 cargo build --release --locked --bin loyalty >&2
 cargo build --release --locked -p loyalty-loadtest --bins >&2
 cargo test --release --locked -p loyalty-tests --test ingest_bench --no-run >&2
-BIN=target/release
+cargo test --release --locked -p loyalty-tests --test multiprocess_bench --no-run >&2
+BIN=${CARGO_TARGET_DIR:-target}/release
 
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-    rm -rf "$WORK"
+    if [ -n "${KEEP_WORK:-}" ]; then echo "raw outputs kept in $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -51,7 +69,32 @@ load() { cut -d' ' -f1-3 /proc/loadavg; }
 LOADS=()
 note_load() { LOADS+=("$1: $(load)"); echo "-- $1 (load average $(load))" >&2; }
 # Waits up to CALM_SECS (15) s for the 1-minute load average to fall under the core count (others build here).
-calm() { for _ in $(seq "${CALM_SECS:-15}"); do awk -v n="$(nproc)" '{exit !($1 < n)}' /proc/loadavg && return; sleep 1; done; }
+# With CALM_EACH=1, before each part until the 1-minute load average is under CALM_LOAD (the
+# previous part's own load included), polling every 5 s for at most CALM_PART_MAX (300) s.
+calm() {
+    if [ -n "${CALM_EACH:-}" ]; then
+        for _ in $(seq $(( ${CALM_PART_MAX:-300} / 5 ))); do
+            awk -v n="${CALM_LOAD:-0.7}" '{exit !($1 < n)}' /proc/loadavg && return; sleep 5
+        done
+        return
+    fi
+    for _ in $(seq "${CALM_SECS:-15}"); do awk -v n="$(nproc)" '{exit !($1 < n)}' /proc/loadavg && return; sleep 1; done
+}
+# Before the first part: until the 1-minute load average is under CALM_LOAD, polling every 30 s
+# for at most CALM_MAX seconds.
+START_WAIT=0
+START_CALM="no: load average $(load) after 0 s"
+while :; do
+    if awk -v n="${CALM_LOAD:-0.7}" '{exit !($1 < n)}' /proc/loadavg; then
+        START_CALM="yes: load average $(load) after ${START_WAIT} s"; break
+    fi
+    if [ "$START_WAIT" -ge "${CALM_MAX:-1800}" ]; then
+        START_CALM="no: load average still $(load) after ${START_WAIT} s (figures taken under load)"; break
+    fi
+    echo "-- waiting for the load average to fall under ${CALM_LOAD:-0.7} ($(load))" >&2
+    sleep 30; START_WAIT=$((START_WAIT + 30))
+done
+echo "-- calm at the start: $START_CALM" >&2
 rss_kib() { awk '/VmRSS/ {print $2}' /proc/"$1"/status; }
 ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print(f'{100*a/b:.0f} %' if b else 'n/a')" "$1" "$2"; }
 fmt() { python3 -c "import sys; print(f'{float(sys.argv[1]):,.0f}'.replace(',', ' '))" "$1"; }
@@ -230,8 +273,8 @@ stop_dev
 # Dev mode (embedded log and store), then distributed mode (tansu + Redis) unless SKIP_BROKER.
 calm; note_load "ingestion, embedded"
 cargo test --release --locked -p loyalty-tests --test ingest_bench -- --ignored --nocapture dev_ >"$WORK/ingest-dev.txt" 2>&1 || true
-grep -E '^(records|raw EmbeddedLog|platform append)' "$WORK/ingest-dev.txt" >&2 || tail -20 "$WORK/ingest-dev.txt" >&2
-E_LINES=$(grep -E '^(records|raw EmbeddedLog|platform append)' "$WORK/ingest-dev.txt" || true)
+grep -E '^(records|raw EmbeddedLog|platform append|engine:)' "$WORK/ingest-dev.txt" >&2 || tail -20 "$WORK/ingest-dev.txt" >&2
+E_LINES=$(grep -E '^(records|raw EmbeddedLog|platform append|engine:)' "$WORK/ingest-dev.txt" || true)
 E_RAW=$(sed -nE 's/.*append→consume \(consumer reading meanwhile\) ([0-9]+)\/s.*/\1/p' "$WORK/ingest-dev.txt" | head -1)
 E_E2E=$(sed -nE 's/.*applied durably by one engine node: ([0-9]+)\/s.*/\1/p' "$WORK/ingest-dev.txt")
 E_PCT=$(sed -nE 's/.*\(([0-9]+) % of raw.*/\1/p' "$WORK/ingest-dev.txt")
@@ -239,13 +282,43 @@ B_LINES="(skipped)"; B_RAW=0; B_E2E=0; B_PCT=0; B_PROD=0; B_APPEND=0
 if [ -z "${SKIP_BROKER:-}" ]; then
     calm; note_load broker
     cargo test --release --locked -p loyalty-tests --test ingest_bench -- --ignored --nocapture ingestion_rate_next_to_the_raw_broker_rate >"$WORK/ingest.txt" 2>&1 || true
-    grep -E '^(records|raw rdkafka|platform append)' "$WORK/ingest.txt" >&2 || tail -20 "$WORK/ingest.txt" >&2
-    B_LINES=$(grep -E '^(records|raw rdkafka|platform append)' "$WORK/ingest.txt" || true)
+    grep -E '^(records|raw rdkafka|platform append|engine:)' "$WORK/ingest.txt" >&2 || tail -20 "$WORK/ingest.txt" >&2
+    B_LINES=$(grep -E '^(records|raw rdkafka|platform append|engine:)' "$WORK/ingest.txt" || true)
     B_PROD=$(sed -nE 's/^raw rdkafka: append ([0-9]+)\/s.*/\1/p' "$WORK/ingest.txt")
     B_RAW=$(sed -nE 's/^raw rdkafka: .*append→consume \(consumer reading meanwhile\) ([0-9]+)\/s.*/\1/p' "$WORK/ingest.txt")
     B_APPEND=$(sed -nE 's/^platform append: ([0-9]+)\/s.*/\1/p' "$WORK/ingest.txt")
     B_E2E=$(sed -nE 's/.*applied durably by one engine node: ([0-9]+)\/s.*/\1/p' "$WORK/ingest.txt")
     B_PCT=$(sed -nE 's/.*\(([0-9]+) % of raw.*/\1/p' "$WORK/ingest.txt")
+fi
+
+# ---------------------------------------------------------------- 7. many nodes (issue 9)
+# Engines and gateways as OS processes on PostgreSQL + tansu + Redis (the testkit's Cluster).
+MP_LINES="(skipped)"; CO_LINES="(skipped)"
+MP_RAW1=0; MP_E2E1=0; MP_PCT1=0; MP_RAW3=0; MP_E2E3=0; MP_PCT3=0; MP_ONCE="n/a"
+HO_ROUNDS=0; HO_VICTIMS=never; HO_OTHERS=n/a; HO_TARGET=12; HO_VERDICT=missed; HO_REPL=""; HO_ONCE="n/a"; HO_SESSION=10
+CO_MAX=0; CO_CP99=n/a; CO_HALF=0; CO_RATE=0; CO_P50=0; CO_P99=0; CO_P999=0; CO_ERR=n/a; CO_CHECK=n/a; CO_OPS=n/a; CO_ENGINES=3
+MP_GREP='^(cluster|records|latency |cpu |stages |pg |perf |raw rdkafka|multiprocess|exactly once|handoff|checkout|SKIPPED|loyalty-loadtest)'
+if [ -z "${SKIP_MULTIPROCESS:-}" ]; then
+    export LOYALTY_BENCH_OUT=$WORK LOYALTY_BENCH_SECS=$D LOYALTY_BENCH_USERS=$CONNS
+    command -v perf >/dev/null && export LOYALTY_BENCH_PERF=${LOYALTY_BENCH_PERF:-1}
+    calm; note_load "multi-process ingestion and handoff"
+    LOYALTY_BENCH_EVENTS=${MP_EVENTS:-40000} LOYALTY_BENCH_HANDOFF_ROUNDS=${HANDOFF_ROUNDS:-3} cargo test --release --locked -p loyalty-tests --test multiprocess_bench -- --ignored --nocapture --exact multiprocess_ingestion_1_and_3_engines_and_handoff_on_postgres >"$WORK/mp-ingest.txt" 2>&1 || true
+    MP_LINES=$(grep -E "$MP_GREP" "$WORK/mp-ingest.txt" || tail -30 "$WORK/mp-ingest.txt")
+    echo "$MP_LINES" >&2
+    mp_rate() { sed -nE "s/^multiprocess $1: .*append→applied on PostgreSQL: ([0-9]+)\/s.*/\1/p" "$WORK/mp-ingest.txt"; }
+    mp_raw() { sed -nE "s/^raw rdkafka \($1\): .*append→consume \(consumer reading meanwhile\) ([0-9]+)\/s.*/\1/p" "$WORK/mp-ingest.txt"; }
+    mp_pct() { sed -nE "s/^multiprocess $1: .*\(([0-9]+) % of raw.*/\1/p" "$WORK/mp-ingest.txt"; }
+    MP_E2E1=$(mp_rate "1 engine"); MP_RAW1=$(mp_raw "1 engine"); MP_PCT1=$(mp_pct "1 engine")
+    MP_E2E3=$(mp_rate "3 engines"); MP_RAW3=$(mp_raw "3 engines"); MP_PCT3=$(mp_pct "3 engines")
+    MP_ONCE=$(grep -E '^exactly once \((1 engine|3 engines)\)' "$WORK/mp-ingest.txt" | sed -nE 's/.*: (ok|DIFFERENCES)$/\1/p' | sort -u | tr '\n' ' ' | sed 's/ $//')
+    # shellcheck disable=SC1090
+    eval "$(sed -nE 's/^handoff figures: //p' "$WORK/mp-ingest.txt")"
+    calm; note_load "checkout through two gateways"
+    cargo test --release --locked -p loyalty-tests --test multiprocess_bench -- --ignored --nocapture --exact checkout_mix_through_two_gateways_on_postgres >"$WORK/mp-checkout.txt" 2>&1 || true
+    CO_LINES=$(grep -E "$MP_GREP" "$WORK/mp-checkout.txt" || tail -30 "$WORK/mp-checkout.txt")
+    echo "$CO_LINES" >&2
+    # shellcheck disable=SC1090
+    eval "$(sed -nE 's/^checkout figures: //p' "$WORK/mp-checkout.txt")"
 fi
 
 # ---------------------------------------------------------------- report
@@ -274,6 +347,14 @@ echo "| Broker (tansu, sqlite): platform append→applied by one engine node vs 
 echo "| Broker: platform append (KafkaLog) vs raw rdkafka produce | $(fmt "$B_APPEND") appends/s | $(fmt "$B_PROD") records/s | $(ratio "$B_APPEND" "$B_PROD") | (none) | |"
 fi
 echo "| Dev mode: purchases appended to the embedded log → applied by the engine (log fsync'd, store checkpointed) vs raw EmbeddedLog append→consume, same record size | $(fmt "$E_E2E") purchases/s | $(fmt "$E_RAW") records/s | ${E_PCT} % | ≥ 20 000/s | $(met "$(python3 -c "print(int(${E_E2E:-0} >= 20000))")") ($(python3 -c "print(f'{100*${E_E2E:-0}/20000:.0f} % of it')")) |"
+echo "| … the same vs issue 9's target, twice the 31 843/s of 2026-11-25 (engines on both cores) | $(fmt "$E_E2E") purchases/s | 63 686/s | $(ratio "$E_E2E" 63686) | ≥ 63 686/s | $(met "$(python3 -c "print(int(${E_E2E:-0} >= 63686))")") |"
+if [ -z "${SKIP_MULTIPROCESS:-}" ]; then
+echo "| Many nodes: purchases appended straight into the command topic (KafkaLog) → applied by **1 \`loyalty engine\` process** on PostgreSQL vs raw rdkafka produce→consume on the same tansu broker just before, same record size | $(fmt "${MP_E2E1:-0}") purchases/s | $(fmt "${MP_RAW1:-0}") records/s | ${MP_PCT1:-0} % | ≥ 30 % | $(met "$(python3 -c "print(int(${MP_PCT1:-0} >= 30))")") |"
+echo "| … **3 \`loyalty engine\` processes** (same cluster, 2 engines added) | $(fmt "${MP_E2E3:-0}") purchases/s | $(fmt "${MP_RAW3:-0}") records/s | ${MP_PCT3:-0} % | ≥ 30 % | $(met "$(python3 -c "print(int(${MP_PCT3:-0} >= 30))")") (exactly once: ${MP_ONCE}) |"
+echo "| Handoff: kill -9 of 1 engine of 3 under a steady stream (600 purchases/s) → its partitions applying again on the others (first new claim per partition in PostgreSQL), ${HO_ROUNDS} rounds | ${HO_VICTIMS} (the other partitions paused ${HO_OTHERS}: the rebalance)${HO_REPL:+; $HO_REPL} | session timeout ${HO_SESSION} s + 2 s | | ≤ ${HO_TARGET} s, nothing lost or applied twice | **${HO_VERDICT}** (${HO_ONCE}) |"
+echo "| Checkout mix through **two gateways** (${CO_ENGINES} engines, PostgreSQL): max sustainable rate (closed model, $CONNS tills) vs the same mix on \`loyalty dev\` (part 5, same run) | $(fmt "${CO_MAX:-0}") req/s, p99 ${CO_CP99} ms | $(fmt "$MAX") req/s, p99 $CLOSED_P99 ms | $(ratio "${CO_MAX:-0}" "$MAX") | (none) | |"
+echo "| … p99 at half of it (open model, ${CO_HALF} req/s) vs dev mode at its own half | p99 ${CO_P99} ms (p50 ${CO_P50}, p99.9 ${CO_P999}; $(fmt "${CO_RATE:-0}") req/s, ${CO_ERR} errors, check ${CO_CHECK}; p99 per operation, ms: ${CO_OPS}) | p99 $O_P99 ms at $HALF req/s | | (none) | |"
+fi
 echo "| Dev mode through HTTP: \`POST /v1/purchases\` by wrk until applied (server and wrk on the same 2 cores) vs raw redb, 64 writers, group commit, 1 KiB values | $(fmt "$P_RATE") purchases/s | $(fmt "$S_GRP") writes/s ($(fmt "$S_GRP_COMMITS") fsyncs/s) | $(ratio "$P_RATE" "$S_GRP") | | |"
 echo "| … the same vs raw redb, 256 writers (groups of up to 256, the store's MAX_GROUP) | $(fmt "$P_RATE") appends/s | $(fmt "$S_GRP256") writes/s ($(fmt "$S_GRP256_COMMITS") fsyncs/s) | $(ratio "$P_RATE" "$S_GRP256") | | |"
 echo "| … the same vs raw redb, one writer, one 1 KiB value per durable commit | $(fmt "$P_RATE") appends/s | $(fmt "$S_SEQ") commits/s | $(ratio "$P_RATE" "$S_SEQ") | | |"
@@ -286,7 +367,7 @@ echo "| … with LOYALTY_CACHE_CAPACITY=1000 (no in-process status per member): 
 echo "| Per active actor: (RSS with every actor active, no passivation − RSS after passivation, default cache) / N | $ACT B (N = ${ACTIVE[1]}, RSS $(mib "${ACTIVE[0]}") MiB) | | | documented | |"
 echo
 echo "Memory: RSS right after enrolment (passivation at ${PASSIVATE} s) $(mib "${BIG[1]}") MiB with ${BIG[2]} actors active; after passivation $(mib "${BIG[3]}") MiB with ${BIG[4]} (the allocator keeps freed memory, so the per-active figure compares two processes)."
-echo "Enrolment of $MEMBERS members: ${BIG[5]} s. Load average before each part: $(IFS=';'; echo "${LOADS[*]}")."
+echo "Enrolment of $MEMBERS members: ${BIG[5]} s. Calm (1-minute load average under ${CALM_LOAD:-0.7}) at the start: $START_CALM$([ -n "${CALM_EACH:-}" ] && echo "; each part also waited (at most ${CALM_PART_MAX:-300} s) for it, so the load average before each part below is mostly the previous part's own load"). Load average before each part: $(IFS=';'; echo "${LOADS[*]}")."
 echo
 echo "Commands run by the script:"
 echo
@@ -300,6 +381,8 @@ echo "target/release/loyalty-loadtest run --members 10000 --model closed --users
 echo "target/release/loyalty-loadtest run --members 10000 --model open --rate $HALF --ramp-up 2s --duration ${D}s"
 echo "cargo test --release -p loyalty-tests --test ingest_bench -- --ignored --nocapture dev_"
 echo "cargo test --release -p loyalty-tests --test ingest_bench -- --ignored --nocapture ingestion_rate_next_to_the_raw_broker_rate"
+echo "cargo test --release -p loyalty-tests --test multiprocess_bench -- --ignored --nocapture --exact multiprocess_ingestion_1_and_3_engines_and_handoff_on_postgres"
+echo "cargo test --release -p loyalty-tests --test multiprocess_bench -- --ignored --nocapture --exact checkout_mix_through_two_gateways_on_postgres   # loyalty-loadtest --url GW1,GW2, closed then open at half"
 echo '```'
 echo
 echo "Raw output of the ingestion tests:"
@@ -307,6 +390,13 @@ echo
 echo '```'
 echo "$E_LINES"
 echo "$B_LINES"
+echo '```'
+echo
+echo "Raw output of the multi-process benchmarks (where the time goes: CPU per process, engine stages, PostgreSQL statements):"
+echo
+echo '```'
+echo "$MP_LINES"
+echo "$CO_LINES"
 echo '```'
 } | tee "$OUT"
 echo "written: $OUT" >&2

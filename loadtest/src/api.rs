@@ -1,6 +1,8 @@
 //! A thin HTTP client for the platform's API: every answer is kept as data (status and JSON
 //! body), never trusted, so that the generator can classify it.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Client, Method, RequestBuilder};
@@ -58,17 +60,27 @@ impl Answer {
     }
 }
 
-/// The API client: one connection pool shared by every simulated till.
+/// The API client: one connection pool shared by every simulated till, spread over one or
+/// more gateways of the same platform (round-robin, request by request).
 #[derive(Clone)]
 pub struct Api {
     client: Client,
+    /// What `--url` named, normalized: the gateways' base URLs joined by commas.
     base: String,
+    bases: Arc<[String]>,
+    next: Arc<AtomicUsize>,
 }
 
 impl Api {
-    /// A client for the platform at `base` (e.g. `http://127.0.0.1:8080`), with a per-request
-    /// timeout (it must exceed the largest `wait_ms` the generator sends).
+    /// A client for the platform at `base` (e.g. `http://127.0.0.1:8080`, or several gateways
+    /// of one platform separated by commas: `http://127.0.0.1:8080,http://127.0.0.1:8081`),
+    /// with a per-request timeout (it must exceed the largest `wait_ms` the generator sends).
+    /// With several gateways every request goes to the next one in turn.
     pub fn new(base: &str, timeout: Duration, max_idle: usize) -> anyhow::Result<Self> {
+        let bases = split_bases(base);
+        if bases.is_empty() {
+            anyhow::bail!("no URL given (--url)");
+        }
         let client = Client::builder()
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(5))
@@ -77,17 +89,34 @@ impl Api {
             .build()?;
         Ok(Api {
             client,
-            base: base.trim_end_matches('/').to_owned(),
+            base: bases.join(","),
+            bases: bases.into(),
+            next: Arc::new(AtomicUsize::new(0)),
         })
     }
 
+    /// The target as named (several gateways: their URLs joined by commas).
     pub fn base(&self) -> &str {
         &self.base
     }
 
+    /// Every gateway's base URL.
+    pub fn bases(&self) -> &[String] {
+        &self.bases
+    }
+
+    /// The base URL of the next request: the gateways in turn.
+    fn next_base(&self) -> &str {
+        if self.bases.len() == 1 {
+            return &self.bases[0];
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.bases.len();
+        &self.bases[i]
+    }
+
     pub fn request(&self, method: Method, path: &str, key: &str) -> RequestBuilder {
         self.client
-            .request(method, format!("{}{}", self.base, path))
+            .request(method, format!("{}{}", self.next_base(), path))
             .bearer_auth(key)
     }
 
@@ -133,6 +162,15 @@ fn transport_kind(e: &reqwest::Error) -> String {
     }
 }
 
+/// The base URLs of a `--url` value: comma-separated, blanks and trailing slashes removed.
+pub fn split_bases(url: &str) -> Vec<String> {
+    url.split(',')
+        .map(|u| u.trim().trim_end_matches('/'))
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Percent-encodes a query value (phone numbers carry a `+`, QR tokens a `.`).
 pub fn encode_query(v: &str) -> String {
     let mut out = String::with_capacity(v.len() + 8);
@@ -155,6 +193,34 @@ mod tests {
     fn encodes_plus() {
         assert_eq!(encode_query("+33612345678"), "%2B33612345678");
         assert_eq!(encode_query("ab.cd"), "ab.cd");
+    }
+
+    #[test]
+    fn several_gateways_take_requests_in_turn() {
+        assert_eq!(
+            split_bases(" http://a:1/, http://b:2 ,"),
+            vec!["http://a:1".to_owned(), "http://b:2".to_owned()]
+        );
+        let api = Api::new("http://a:1/,http://b:2", Duration::from_secs(1), 1).unwrap();
+        assert_eq!(api.base(), "http://a:1,http://b:2");
+        let urls: Vec<String> = (0..4)
+            .map(|_| {
+                let r = api.request(Method::GET, "/x", "k").build().unwrap();
+                r.url().as_str().to_owned()
+            })
+            .collect();
+        assert_eq!(
+            urls,
+            [
+                "http://a:1/x",
+                "http://b:2/x",
+                "http://a:1/x",
+                "http://b:2/x"
+            ]
+        );
+        let one = Api::new("http://a:1/", Duration::from_secs(1), 1).unwrap();
+        assert_eq!(one.bases(), ["http://a:1".to_owned()]);
+        assert!(Api::new(" , ", Duration::from_secs(1), 1).is_err());
     }
 
     #[test]

@@ -60,7 +60,8 @@ enum Cmd {
 
 #[derive(Args)]
 struct Target {
-    /// Base URL of the platform.
+    /// Base URL of the platform; several gateways of one platform separated by commas
+    /// (`http://127.0.0.1:8080,http://127.0.0.1:8081`): requests go to each in turn.
     #[arg(long, env = "LOADTEST_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
     /// The platform admin's key (creates the franchise).

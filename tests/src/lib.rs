@@ -2,6 +2,7 @@
 //! real `loyalty` binary with [`DevProcess`]) on a free loopback port with its own data
 //! directory, and offers the API calls scenarios are written with.
 
+pub mod bench;
 pub mod cluster;
 pub mod invariants;
 pub mod traffic;

@@ -10,7 +10,8 @@
 //! Run them with
 //! `cargo test --release -p loyalty-tests --test ingest_bench -- --ignored --nocapture`
 //! (`LOYALTY_BENCH_EVENTS`, default 20 000 on Kafka and 100 000 embedded). They print figures
-//! and assert only correctness.
+//! and assert only correctness. The raw broker measurement is shared with the multi-process
+//! benchmark (`loyalty_tests::bench`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -24,20 +25,10 @@ use loyalty_core::metrics::metrics;
 use loyalty_core::ports::{ConsumerEvent, EventLog};
 use loyalty_domain::{Cents, Currency};
 use loyalty_embedded::log::EmbeddedLog;
+use loyalty_tests::bench::{events, raw_kafka_produce_consume, IN_FLIGHT};
 use loyalty_tests::cluster::{Backend, World, PARTITIONS};
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 
-const IN_FLIGHT: usize = 512;
 const MEMBERS: usize = 1000;
-
-fn events(default: usize) -> usize {
-    std::env::var("LOYALTY_BENCH_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// A purchase envelope as the gateway appends it, for the record size.
 fn sample(w: &World) -> Bytes {
@@ -121,64 +112,16 @@ async fn ingestion_rate_next_to_the_raw_broker_rate() {
 
     // Raw: rdkafka produce (idempotent, acks=all) while a consumer that has already joined its
     // group reads, same broker, same size; from the first produce to the last record read.
-    w.log.ensure_topic("raw-bench", PARTITIONS).await.unwrap();
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", "raw-bench")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&["raw-bench"]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while consumer.assignment().map_or(0, |a| a.count()) == 0 {
-        assert!(Instant::now() < deadline, "the raw consumer never joined");
-        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
-            panic!("records before any was produced");
-        }
-    }
-    let reader = tokio::task::spawn_blocking(move || {
-        let mut read = 0;
-        let deadline = Instant::now() + Duration::from_secs(300);
-        while read < n && Instant::now() < deadline {
-            if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
-                read += 1;
-            }
-        }
-        read
-    });
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .create()
-        .unwrap();
-    let t0 = Instant::now();
-    stream::iter(0..n)
-        .map(|i| {
-            let producer = &producer;
-            let payload = sample.clone();
-            async move {
-                let key = format!("k{}", i % MEMBERS);
-                producer
-                    .send(
-                        FutureRecord::to("raw-bench")
-                            .key(&key)
-                            .payload(payload.as_ref()),
-                        Duration::from_secs(30),
-                    )
-                    .await
-                    .map_err(|(e, _)| e)
-                    .unwrap();
-            }
-        })
-        .buffer_unordered(IN_FLIGHT)
-        .collect::<Vec<_>>()
-        .await;
-    let produced = t0.elapsed();
-    let read = reader.await.unwrap();
-    let raw = t0.elapsed();
-    assert_eq!(read, n, "the raw consumer read everything");
+    let (produced, raw) = raw_kafka_produce_consume(
+        w.log.as_ref(),
+        &brokers,
+        "raw-bench",
+        PARTITIONS,
+        n,
+        sample.clone(),
+        MEMBERS,
+    )
+    .await;
 
     let platform = platform_ingestion(&w, n).await;
     println!(
