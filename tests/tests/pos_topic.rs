@@ -643,11 +643,19 @@ async fn scenario(p: &Platform) {
         .await;
     let ids = p.check_ledger(&m).await;
     println!("ledger of the member: {ids:?}");
-    let anon = p
-        .store
-        .processed(&a.id, &[EventId::parse("a2:0002").unwrap()])
-        .await
-        .unwrap();
+    // The anonymous sale is on another partition, applied by another worker: wait for it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let anon = loop {
+        let anon = p
+            .store
+            .processed(&a.id, &[EventId::parse("a2:0002").unwrap()])
+            .await
+            .unwrap();
+        if anon[0].is_some() || tokio::time::Instant::now() > deadline {
+            break anon;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(
         matches!(
             anon[0].as_ref().map(|r| &r.outcome),
