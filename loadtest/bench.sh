@@ -334,7 +334,7 @@ GW_PCT=$(python3 -c "print(f'{100*$GW/$PL:.0f}')")
 {
 echo "## Limits side by side, $DATE"
 echo
-echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/Mem:/ {print $2}') GiB RAM, $(uname -sr); every process (server, client, Redis, broker) shares the cores. Release build. Command: \`loadtest/bench.sh $D\` ($D s per run, wrk 2 threads / $CONNS connections, $WORKERS HTTP workers on both servers)."
+echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/Mem:/ {print $2}') GiB RAM, $(uname -sr); every process (server, client, Redis, broker) shares the cores. Release build. Command: \`$(env | grep -oE '^(CARGO_TARGET_DIR|CALM_EACH|CALM_LOAD|CALM_MAX|CALM_PART_MAX|MEMBERS|CONNS|WORKERS|MP_EVENTS|HANDOFF_ROUNDS|SKIP_BROKER|SKIP_MULTIPROCESS)=.*' | sort | tr '\n' ' ')loadtest/bench.sh $D\` ($D s per run, wrk 2 threads / $CONNS connections, $WORKERS HTTP workers on both servers)."
 echo
 echo "| Measure | Platform | Limit (same run) | Ratio | Target | Verdict |"
 echo "|---|---:|---:|---:|---|---|"
