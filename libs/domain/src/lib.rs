@@ -4,13 +4,16 @@
 //! Money is integer minor units ([`Cents`]), points are integers ([`Points`]); there are no
 //! floats anywhere in the rules.
 
+pub mod dashboard;
 mod error;
 mod idempotency;
 mod ids;
+pub mod kpi;
 mod ledger;
 mod member;
 mod program;
 mod status;
+mod zone;
 
 pub use error::DomainError;
 pub use idempotency::{
@@ -27,3 +30,4 @@ pub use program::{
     TierQualification, TierQualificationSpec, TierSpec,
 };
 pub use status::{MemberStatus, NextTier, Voucher};
+pub use zone::Zone;

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::dashboard::{record_purchase, PurchaseDays, TierMove, VisitDelta};
 use crate::{
     Cents, Currency, Day, EventId, FranchiseId, LedgerEntry, LedgerKind, MemberId, Outcome, Phone,
     PointLot, Points, Program, PurchaseRecord, Rejection, RewardId, StoreId, TierMetric, Timestamp,
@@ -66,6 +67,9 @@ pub struct MemberState {
     pub last_visit: Option<Timestamp>,
     /// The `seq` of the last ledger entry.
     pub last_seq: u64,
+    /// Local days of the member's purchases by store, for the dashboards' member counts.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub purchase_days: PurchaseDays,
 }
 
 /// A command aimed at one member.
@@ -105,6 +109,10 @@ pub struct Applied {
     pub outcome: Outcome,
     /// Whether the member state changed (an enrolment of an existing member does not).
     pub changed: bool,
+    /// The changes of the dashboards' member counts (a purchase's).
+    pub visits: Vec<VisitDelta>,
+    /// The member's move between tiers, if any (an enrolment enters the first tier).
+    pub tier: Option<TierMove>,
 }
 
 /// Applies `cmd` to the member `member_id`, whose current state is `state` (`None` if not
@@ -131,6 +139,8 @@ pub fn apply(
             entries: Vec::new(),
             outcome: Outcome::Enrolled { created: false },
             changed: false,
+            visits: Vec::new(),
+            tier: None,
         }),
         (None, _) => Err(Rejection::UnknownMember),
         (Some(s), cmd) => {
@@ -172,6 +182,7 @@ impl MemberState {
             clock: ctx.at,
             last_visit: None,
             last_seq: 0,
+            purchase_days: PurchaseDays::new(),
         };
         let mut entries = Vec::new();
         let bonus = ctx.program.signup_bonus;
@@ -183,6 +194,11 @@ impl MemberState {
             entries,
             outcome: Outcome::Enrolled { created: true },
             changed: true,
+            visits: Vec::new(),
+            tier: Some(TierMove {
+                from: None,
+                to: s.tier.clone(),
+            }),
         };
         (s, applied)
     }
@@ -193,7 +209,9 @@ impl MemberState {
         ctx: &EventContext<'_>,
     ) -> Result<Applied, Rejection> {
         let mut entries = Vec::new();
+        let tier_before = self.tier.clone();
         self.advance_clock(ctx, &mut entries);
+        let mut visits = Vec::new();
         let outcome = match cmd {
             MemberCommand::Enrol { .. } => Outcome::Enrolled { created: false },
             MemberCommand::Purchase { amount, currency } => {
@@ -202,6 +220,8 @@ impl MemberState {
                         expected: ctx.program.currency.to_string(),
                     });
                 }
+                let local_day = ctx.program.local_day(ctx.at);
+                visits = record_purchase(&mut self.purchase_days, ctx.store_id, local_day);
                 self.purchase(ctx, *amount, &mut entries)
             }
             MemberCommand::Refund {
@@ -219,10 +239,16 @@ impl MemberState {
             MemberCommand::Redemption { reward_id } => self.redeem(ctx, reward_id, &mut entries)?,
         };
         self.version += 1;
+        let tier = (self.tier != tier_before).then(|| TierMove {
+            from: Some(tier_before),
+            to: self.tier.clone(),
+        });
         Ok(Applied {
             entries,
             outcome,
             changed: true,
+            visits,
+            tier,
         })
     }
 

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Currency, DomainError, Points, RewardId};
+use crate::{Currency, Day, DomainError, Points, RewardId, Timestamp, Zone};
 
 /// The program as a client writes it. Converted to [`Program`] by validation.
 #[derive(Clone, Debug, Deserialize)]
@@ -23,6 +23,15 @@ pub struct ProgramSpec {
     pub rewards: Vec<RewardSpec>,
     #[serde(default)]
     pub points_expiry_days: Option<i64>,
+    /// The franchise's IANA time zone: the dashboards count an event on its local day.
+    #[serde(default)]
+    pub time_zone: Option<String>,
+    /// How many years a member stays, for the dashboards' lifetime value (3 by default).
+    #[serde(default)]
+    pub expected_lifespan_years: Option<i64>,
+    /// What the program costs a month, for the dashboards' return on investment (none: no ROI).
+    #[serde(default)]
+    pub monthly_fee_cents: Option<i64>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -53,6 +62,9 @@ pub struct RewardSpec {
     pub id: String,
     pub name: String,
     pub cost_points: i64,
+    /// What one redemption costs the franchise (the goods given), for the dashboards' ROI.
+    #[serde(default)]
+    pub cost_cents: Option<i64>,
 }
 
 /// What tier qualification counts over its window.
@@ -78,6 +90,9 @@ pub struct Program {
     pub tiers: Vec<Tier>,
     pub rewards: Vec<Reward>,
     pub points_expiry_days: Option<u32>,
+    pub time_zone: Zone,
+    pub expected_lifespan_years: u32,
+    pub monthly_fee_cents: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -104,6 +119,7 @@ pub struct Reward {
     pub id: RewardId,
     pub name: String,
     pub cost_points: Points,
+    pub cost_cents: u64,
 }
 
 const MAX_POINTS_PER_UNIT: i64 = 10_000;
@@ -114,6 +130,8 @@ const MAX_CARD: i64 = 1_000;
 const MAX_TIERS: usize = 32;
 const MAX_REWARDS: usize = 256;
 const MAX_NAME: usize = 100;
+/// Money settings up to 10^12 cents (10 billion in the currency's unit).
+const MAX_CENTS: i64 = 1_000_000_000_000;
 
 fn bounded(field: &str, v: i64, min: i64, max: i64) -> Result<u64, DomainError> {
     if v < min || v > max {
@@ -171,6 +189,12 @@ impl TryFrom<ProgramSpec> for Program {
                     r.cost_points,
                     1,
                     MAX_POINTS,
+                )?,
+                cost_cents: bounded(
+                    &format!("rewards[{i}].cost_cents"),
+                    r.cost_cents.unwrap_or(0),
+                    0,
+                    MAX_CENTS,
                 )?,
             });
         }
@@ -252,6 +276,21 @@ impl TryFrom<ProgramSpec> for Program {
             Some(d) => Some(bounded("points_expiry_days", d, 1, MAX_DAYS)? as u32),
         };
 
+        let time_zone = match &s.time_zone {
+            None => Zone::utc(),
+            Some(name) => Zone::parse(name)?,
+        };
+        let expected_lifespan_years = bounded(
+            "expected_lifespan_years",
+            s.expected_lifespan_years.unwrap_or(3),
+            1,
+            100,
+        )? as u32;
+        let monthly_fee_cents = match s.monthly_fee_cents {
+            None => None,
+            Some(c) => Some(bounded("monthly_fee_cents", c, 0, MAX_CENTS)?),
+        };
+
         Ok(Program {
             currency,
             points_per_unit,
@@ -261,6 +300,9 @@ impl TryFrom<ProgramSpec> for Program {
             tiers,
             rewards,
             points_expiry_days,
+            time_zone,
+            expected_lifespan_years,
+            monthly_fee_cents,
         })
     }
 }
@@ -327,14 +369,24 @@ impl Program {
                     id: RewardId::parse("free-coffee").expect("static id"),
                     name: "Free coffee".into(),
                     cost_points: 100,
+                    cost_cents: 80,
                 },
                 Reward {
                     id: RewardId::parse("free-pastry").expect("static id"),
                     name: "Free pastry".into(),
                     cost_points: 150,
+                    cost_cents: 120,
                 },
             ],
             points_expiry_days: Some(365),
+            time_zone: Zone::utc(),
+            expected_lifespan_years: 3,
+            monthly_fee_cents: None,
         }
+    }
+
+    /// The day of `at` where the franchise is (its [`Program::time_zone`]).
+    pub fn local_day(&self, at: Timestamp) -> Day {
+        self.time_zone.day(at)
     }
 }

@@ -1,0 +1,422 @@
+//! Headquarters' dashboards: the daily aggregates that applied events add to, and the KPIs
+//! computed from them (seed 001's formulas).
+//!
+//! Every figure is additive over days except the member counts (active, repeat, new), which
+//! count distinct members. Those come from [`VisitKey`]s: each purchase is recorded on its day
+//! with the days of the same member's two previous purchases (franchise-wide, and at the same
+//! store), so that for any range `[from, to]`:
+//! - a member is active once, on its first purchase in the range: the purchase whose previous
+//!   one is before `from` (or which has none);
+//! - a member is a repeat customer once, on its second purchase in the range: the purchase whose
+//!   previous one is in the range and whose one before that is not;
+//! - a member is new when its first purchase ever is in the range.
+//!
+//! A member's purchase days ([`PurchaseDays`]) are kept in the member's state, in order of
+//! POS time, so that a purchase replayed late by an offline till takes its place and corrects
+//! the keys of the purchases after it (deltas of -1 and +1). The aggregates are then the same
+//! whatever the order in which a member's purchases arrive (within [`HORIZON_DAYS`]).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Day, FranchiseId, LedgerEntry, LedgerKind, Outcome, Program, RewardId, StoreId};
+
+/// How far back the member counts look: the longest range (3 years, [`MAX_RANGE_DAYS`]) and the
+/// period before it that retention compares with. A previous purchase further back than this
+/// is "before any range", and a purchase arriving more than this behind its member's newest is
+/// counted in every sum but not in the member counts.
+pub const HORIZON_DAYS: u32 = 2 * MAX_RANGE_DAYS;
+
+/// The longest range a dashboard answers: three years.
+pub const MAX_RANGE_DAYS: u32 = 3 * 366;
+
+/// Additive counters of one store on one day (or summed over days and stores).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DayTotals {
+    pub member_purchases: u64,
+    pub anonymous_purchases: u64,
+    pub member_revenue_cents: u64,
+    pub anonymous_revenue_cents: u64,
+    pub refunded_cents: u64,
+    pub enrolments: u64,
+    pub points_issued: u64,
+    pub points_redeemed: u64,
+    pub points_expired: u64,
+    pub redemptions: u64,
+    /// What the redemptions cost the franchise (each reward's `cost_cents` when redeemed).
+    pub reward_cost_cents: u64,
+    /// Redemptions by reward.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rewards: BTreeMap<RewardId, u64>,
+}
+
+impl DayTotals {
+    /// Adds `other` to these counters (saturating: a report never wraps).
+    pub fn add(&mut self, other: &DayTotals) {
+        let pairs = [
+            (&mut self.member_purchases, other.member_purchases),
+            (&mut self.anonymous_purchases, other.anonymous_purchases),
+            (&mut self.member_revenue_cents, other.member_revenue_cents),
+            (
+                &mut self.anonymous_revenue_cents,
+                other.anonymous_revenue_cents,
+            ),
+            (&mut self.refunded_cents, other.refunded_cents),
+            (&mut self.enrolments, other.enrolments),
+            (&mut self.points_issued, other.points_issued),
+            (&mut self.points_redeemed, other.points_redeemed),
+            (&mut self.points_expired, other.points_expired),
+            (&mut self.redemptions, other.redemptions),
+            (&mut self.reward_cost_cents, other.reward_cost_cents),
+        ];
+        for (mine, theirs) in pairs {
+            *mine = mine.saturating_add(theirs);
+        }
+        for (r, n) in &other.rewards {
+            let mine = self.rewards.entry(r.clone()).or_default();
+            *mine = mine.saturating_add(*n);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == DayTotals::default()
+    }
+}
+
+/// Whose purchase days a [`VisitKey`] is about: the member's purchases anywhere in the
+/// franchise, or at one store.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    Franchise,
+    Store(StoreId),
+}
+
+impl Scope {
+    /// The store key of a scope in storage: empty for the franchise (no store id is empty).
+    pub fn key(&self) -> &str {
+        match self {
+            Scope::Franchise => "",
+            Scope::Store(s) => s.as_str(),
+        }
+    }
+
+    /// The scope of a storage key.
+    pub fn from_key(key: &str) -> Option<Scope> {
+        if key.is_empty() {
+            Some(Scope::Franchise)
+        } else {
+            StoreId::parse(key).ok().map(Scope::Store)
+        }
+    }
+}
+
+/// One purchase's place among its member's purchases: how many days before it the member's
+/// previous purchase and the one before that were, `None` when there is none (or it is more
+/// than [`HORIZON_DAYS`] back, which no range can tell apart from none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct VisitKey {
+    pub prev: Option<u16>,
+    pub prev2: Option<u16>,
+}
+
+impl VisitKey {
+    fn of(day: Day, prev: Option<Day>, prev2: Option<Day>) -> VisitKey {
+        let gap = |p: Option<Day>| {
+            p.map(|p| day.0.saturating_sub(p.0))
+                .filter(|g| *g <= HORIZON_DAYS)
+                .map(|g| g as u16)
+        };
+        VisitKey {
+            prev: gap(prev),
+            prev2: gap(prev2),
+        }
+    }
+
+    /// Packs the key in a `u32` (each gap + 1, 0 for none), for compact storage.
+    pub fn pack(self) -> u32 {
+        let g = |x: Option<u16>| x.map_or(0, |v| u32::from(v) + 1);
+        (g(self.prev) << 16) | g(self.prev2)
+    }
+
+    pub fn unpack(v: u32) -> VisitKey {
+        let g = |x: u32| (x != 0).then(|| (x - 1) as u16);
+        VisitKey {
+            prev: g(v >> 16),
+            prev2: g(v & 0xffff),
+        }
+    }
+}
+
+/// The visit keys of one scope on one day, with their counts.
+pub type VisitRow = BTreeMap<VisitKey, i64>;
+
+/// A change of one visit count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VisitDelta {
+    pub scope: Scope,
+    pub day: Day,
+    pub key: VisitKey,
+    pub n: i64,
+}
+
+/// Distinct members of a range, from visit keys.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VisitCounts {
+    /// Members with at least one purchase in the range.
+    pub active: u64,
+    /// Members with at least two.
+    pub repeat: u64,
+    /// Active members whose first purchase (in the scope) is in the range.
+    pub new: u64,
+}
+
+impl VisitCounts {
+    /// Counts the keys of `day` (with multiplicity `n`) into the range `[from, to]`.
+    pub fn add(&mut self, day: Day, key: VisitKey, n: i64, from: Day, to: Day) {
+        if day < from || day > to || n <= 0 {
+            return;
+        }
+        let n = n as u64;
+        let back = |g: Option<u16>| g.map(|g| Day(day.0.saturating_sub(u32::from(g))));
+        let (p1, p2) = (back(key.prev), back(key.prev2));
+        match p1 {
+            None => {
+                self.active += n;
+                self.new += n;
+            }
+            Some(p1) if p1 < from => self.active += n,
+            Some(_) if p2.is_none_or(|p2| p2 < from) => self.repeat += n,
+            Some(_) => {}
+        }
+    }
+
+    /// Counts every key of `rows` (day, row) into `[from, to]`.
+    pub fn of<'a>(rows: impl IntoIterator<Item = (Day, &'a VisitRow)>, from: Day, to: Day) -> Self {
+        let mut c = VisitCounts::default();
+        for (day, row) in rows {
+            for (key, n) in row {
+                c.add(day, *key, *n, from, to);
+            }
+        }
+        c
+    }
+}
+
+/// A member's purchase days (local days, sorted, one entry per purchase), by store.
+pub type PurchaseDays = BTreeMap<StoreId, Vec<Day>>;
+
+/// Records a purchase of the member on `day` at `store` and returns the changes of visit counts
+/// it makes, in both scopes (the franchise and the store). A purchase more than
+/// [`HORIZON_DAYS`] behind the member's newest changes no count.
+pub fn record_purchase(days: &mut PurchaseDays, store: &StoreId, day: Day) -> Vec<VisitDelta> {
+    let newest = days.values().filter_map(|d| d.last()).max().copied();
+    let newest = newest.map_or(day, |n| n.max(day));
+    let floor = Day(newest.0.saturating_sub(HORIZON_DAYS));
+    if day < floor {
+        return Vec::new();
+    }
+    let mut all: Vec<Day> = days.values().flatten().copied().collect();
+    all.sort_unstable();
+    let mut out = insert(&mut all, day, Scope::Franchise);
+    let mine = days.entry(store.clone()).or_default();
+    out.extend(insert(mine, day, Scope::Store(store.clone())));
+    for list in days.values_mut() {
+        prune(list, floor);
+    }
+    out
+}
+
+/// Inserts `day` into the sorted `list` (after the days equal to it) and returns the changes
+/// of the keys of the new purchase and of the two after it.
+fn insert(list: &mut Vec<Day>, day: Day, scope: Scope) -> Vec<VisitDelta> {
+    let pos = list.partition_point(|d| *d <= day);
+    let key_at = |l: &[Day], i: usize| {
+        let prev = i.checked_sub(1).map(|j| l[j]);
+        let prev2 = i.checked_sub(2).map(|j| l[j]);
+        (l[i], VisitKey::of(l[i], prev, prev2))
+    };
+    let mut changes: BTreeMap<(Day, VisitKey), i64> = BTreeMap::new();
+    for i in pos..(pos + 2).min(list.len()) {
+        *changes.entry(key_at(list, i)).or_default() -= 1;
+    }
+    list.insert(pos, day);
+    for i in pos..(pos + 3).min(list.len()) {
+        *changes.entry(key_at(list, i)).or_default() += 1;
+    }
+    changes
+        .into_iter()
+        .filter(|(_, n)| *n != 0)
+        .map(|((day, key), n)| VisitDelta {
+            scope: scope.clone(),
+            day,
+            key,
+            n,
+        })
+        .collect()
+}
+
+/// Drops the days before `floor` but the last two of them (the keys of the days after need
+/// them).
+fn prune(list: &mut Vec<Day>, floor: Day) {
+    let before = list.partition_point(|d| *d < floor);
+    if before > 2 {
+        list.drain(..before - 2);
+    }
+}
+
+/// A change of the number of members in a tier (`from` is `None` for a new member).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TierMove {
+    pub from: Option<String>,
+    pub to: String,
+}
+
+/// What one applied event changes in its franchise's dashboards.
+pub struct EventFacts<'a> {
+    pub franchise: &'a FranchiseId,
+    pub store: &'a StoreId,
+    /// The local day of the event's POS time.
+    pub day: Day,
+    pub program: &'a Program,
+    pub outcome: &'a Outcome,
+    pub entries: &'a [LedgerEntry],
+    pub visits: &'a [VisitDelta],
+    pub tier: Option<&'a TierMove>,
+}
+
+/// Changes of the dashboards' aggregates, merged over a batch of events.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DashboardDelta {
+    pub totals: BTreeMap<(FranchiseId, StoreId, Day), DayTotals>,
+    pub visits: BTreeMap<(FranchiseId, Scope, Day), VisitRow>,
+    pub tiers: BTreeMap<(FranchiseId, String), i64>,
+}
+
+impl DashboardDelta {
+    pub fn is_empty(&self) -> bool {
+        self.totals.is_empty() && self.visits.is_empty() && self.tiers.is_empty()
+    }
+
+    fn totals(&mut self, f: &FranchiseId, store: &StoreId, day: Day) -> &mut DayTotals {
+        self.totals
+            .entry((f.clone(), store.clone(), day))
+            .or_default()
+    }
+
+    /// Adds what one applied event changes.
+    pub fn add_event(&mut self, e: &EventFacts<'_>) {
+        let f = e.franchise;
+        let t = self.totals(f, e.store, e.day);
+        match e.outcome {
+            Outcome::Enrolled { created: true } => t.enrolments += 1,
+            Outcome::Purchase(p) => {
+                t.member_purchases += 1;
+                t.member_revenue_cents =
+                    t.member_revenue_cents.saturating_add(p.amount_cents.get());
+            }
+            Outcome::AnonymousSale { amount_cents } => {
+                t.anonymous_purchases += 1;
+                t.anonymous_revenue_cents =
+                    t.anonymous_revenue_cents.saturating_add(amount_cents.get());
+            }
+            Outcome::Refund { amount_cents, .. } => {
+                t.refunded_cents = t.refunded_cents.saturating_add(amount_cents.get());
+            }
+            Outcome::Redemption { reward_id, .. } => {
+                t.redemptions += 1;
+                *t.rewards.entry(reward_id.clone()).or_default() += 1;
+                let cost = e.program.reward(reward_id).map_or(0, |r| r.cost_cents);
+                t.reward_cost_cents = t.reward_cost_cents.saturating_add(cost);
+            }
+            Outcome::Enrolled { created: false } | Outcome::Rejected(_) => {}
+        }
+        for entry in e.entries {
+            let day = e.program.local_day(entry.at);
+            let t = self.totals(f, &entry.store_id, day);
+            let magnitude = entry.points.unsigned_abs();
+            match entry.kind {
+                LedgerKind::Earn if entry.points > 0 => {
+                    t.points_issued = t.points_issued.saturating_add(magnitude)
+                }
+                LedgerKind::Redeem => {
+                    t.points_redeemed = t.points_redeemed.saturating_add(magnitude)
+                }
+                LedgerKind::Expire => t.points_expired = t.points_expired.saturating_add(magnitude),
+                _ => {}
+            }
+        }
+        for v in e.visits {
+            let row = self
+                .visits
+                .entry((f.clone(), v.scope.clone(), v.day))
+                .or_default();
+            let n = row.entry(v.key).or_default();
+            *n += v.n;
+            if *n == 0 {
+                row.remove(&v.key);
+            }
+        }
+        if let Some(m) = e.tier {
+            if let Some(from) = &m.from {
+                *self.tiers.entry((f.clone(), from.clone())).or_default() -= 1;
+            }
+            *self.tiers.entry((f.clone(), m.to.clone())).or_default() += 1;
+        }
+        self.visits.retain(|_, row| !row.is_empty());
+        self.tiers.retain(|_, n| *n != 0);
+        self.totals.retain(|_, t| !t.is_empty());
+    }
+
+    /// Merges another delta into this one.
+    pub fn merge(&mut self, other: DashboardDelta) {
+        for (k, t) in other.totals {
+            self.totals.entry(k).or_default().add(&t);
+        }
+        for (k, row) in other.visits {
+            let mine = self.visits.entry(k).or_default();
+            merge_row(mine, &row);
+        }
+        for (k, n) in other.tiers {
+            *self.tiers.entry(k).or_default() += n;
+        }
+        self.visits.retain(|_, row| !row.is_empty());
+        self.tiers.retain(|_, n| *n != 0);
+    }
+}
+
+/// Adds the counts of `delta` to `row`, dropping the keys that reach zero.
+pub fn merge_row(row: &mut VisitRow, delta: &VisitRow) {
+    for (k, n) in delta {
+        let v = row.entry(*k).or_default();
+        *v += n;
+        if *v == 0 {
+            row.remove(k);
+        }
+    }
+}
+
+/// Packs a visit row as little-endian (key u32, count i64) pairs, for storage.
+pub fn encode_row(row: &VisitRow) -> Vec<u8> {
+    let mut out = Vec::with_capacity(row.len() * 12);
+    for (k, n) in row {
+        out.extend_from_slice(&k.pack().to_le_bytes());
+        out.extend_from_slice(&n.to_le_bytes());
+    }
+    out
+}
+
+/// The row of [`encode_row`]; `None` if the bytes are not one.
+pub fn decode_row(bytes: &[u8]) -> Option<VisitRow> {
+    if bytes.len() % 12 != 0 {
+        return None;
+    }
+    let mut row = VisitRow::new();
+    for c in bytes.chunks_exact(12) {
+        let k = u32::from_le_bytes(c[..4].try_into().ok()?);
+        let n = i64::from_le_bytes(c[4..].try_into().ok()?);
+        row.insert(VisitKey::unpack(k), n);
+    }
+    Some(row)
+}
