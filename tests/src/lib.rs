@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod cluster;
+pub mod dashboard_data;
 pub mod invariants;
 pub mod traffic;
 

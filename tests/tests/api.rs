@@ -768,7 +768,9 @@ async fn hq_fetches_a_stores_pos_signing_secret_and_no_one_else_does() {
     let r = app.get(&path(&a), &a.hq_key).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(
-        r.headers().get("cache-control").and_then(|v| v.to_str().ok()),
+        r.headers()
+            .get("cache-control")
+            .and_then(|v| v.to_str().ok()),
         Some("no-store")
     );
     let body: serde_json::Value = r.json().await.unwrap();
@@ -777,9 +779,17 @@ async fn hq_fetches_a_stores_pos_signing_secret_and_no_one_else_does() {
     assert!(secret.bytes().all(|c| c.is_ascii_hexdigit()));
     assert_eq!(body["store_id"], a.store_id.as_str());
     let again: serde_json::Value = app.get(&path(&a), &a.hq_key).await.json().await.unwrap();
-    assert_eq!(again["signing_secret"], secret.as_str(), "the secret is stable");
+    assert_eq!(
+        again["signing_secret"],
+        secret.as_str(),
+        "the secret is stable"
+    );
     let other: serde_json::Value = app.get(&path(&b), &b.hq_key).await.json().await.unwrap();
-    assert_ne!(other["signing_secret"], secret.as_str(), "secrets differ per store");
+    assert_ne!(
+        other["signing_secret"],
+        secret.as_str(),
+        "secrets differ per store"
+    );
 
     let r = app.get(&path(&a), &a.store_key).await;
     assert_problem(r, StatusCode::FORBIDDEN, "forbidden").await;
@@ -796,4 +806,114 @@ async fn hq_fetches_a_stores_pos_signing_secret_and_no_one_else_does() {
         )
         .await;
     assert_problem(r, StatusCode::NOT_FOUND, "not-found").await;
+}
+
+/// Generated from the OpenAPI document the server serves: every documented GET of a franchise
+/// (`{fid}` in its path) answers the franchise's own HQ key, answers another franchise's HQ key
+/// as if the franchise did not exist (404), answers a store of another franchise (`{sid}`, or a
+/// `store` query parameter) as unknown (404), and refuses the roles its `x-roles` does not list
+/// (403). Path parameters come from the franchise, required query parameters from their
+/// `example` (a required one without an example is a bug of the document).
+#[tokio::test]
+async fn documented_franchise_reads_are_isolated_by_tenant_and_role() {
+    let app = spawn_app().await;
+    let a = app.franchise("Franchise A").await;
+    let b = app.franchise("Franchise B").await;
+    let doc: Value = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let resolve = |p: &Value| match p["$ref"].as_str() {
+        Some(r) => doc
+            .pointer(&r[1..])
+            .unwrap_or_else(|| panic!("{r}"))
+            .clone(),
+        None => p.clone(),
+    };
+    let mut tested = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let Some(op) = item.get("get").filter(|_| path.contains("{fid}")) else {
+            continue;
+        };
+        let params: Vec<Value> = [&item["parameters"], &op["parameters"]]
+            .into_iter()
+            .filter_map(Value::as_array)
+            .flatten()
+            .map(resolve)
+            .collect();
+        let has_store_query = params
+            .iter()
+            .any(|p| p["in"] == "query" && p["name"] == "store");
+        // The URL of franchise `f`'s resource, naming `store` as the store.
+        let url = |f: &loyalty_tests::TestFranchise, store: &str| {
+            let mut query: Vec<String> = params
+                .iter()
+                .filter(|p| p["in"] == "query" && p["required"] == true)
+                .map(|p| {
+                    let name = p["name"].as_str().unwrap();
+                    let example = p["example"].as_str().unwrap_or_else(|| {
+                        panic!("{path}: required query parameter {name} has no example")
+                    });
+                    format!("{name}={example}")
+                })
+                .collect();
+            if store != f.store_id && has_store_query {
+                query.push(format!("store={store}"));
+            }
+            let mut url = path.replace("{fid}", &f.id).replace("{sid}", store);
+            if !query.is_empty() {
+                url = format!("{url}?{}", query.join("&"));
+            }
+            assert!(
+                !url.contains('{'),
+                "{path}: a path parameter this test cannot fill"
+            );
+            url
+        };
+        let roles: Vec<&str> = op["x-roles"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{path}: no x-roles"))
+            .iter()
+            .map(|r| r.as_str().unwrap())
+            .collect();
+        let own = url(&a, &a.store_id);
+        if roles.contains(&"hq") {
+            // The owner's HQ key is answered: the requests below are well-formed.
+            let r = app.get(&own, &a.hq_key).await;
+            assert!(
+                r.status().is_success(),
+                "GET {own} as its HQ: {}",
+                r.status()
+            );
+            let r = app.get(&own, &b.hq_key).await;
+            assert_problem(r, StatusCode::NOT_FOUND, "not-found").await;
+            if path.contains("{sid}") || has_store_query {
+                let r = app.get(&url(&a, &b.store_id), &a.hq_key).await;
+                assert_problem(r, StatusCode::NOT_FOUND, "not-found").await;
+            }
+        }
+        for (role, key) in [("store", &a.store_key), ("admin", &ADMIN_KEY.to_owned())] {
+            if !roles.contains(&role) {
+                let r = app.get(&own, key).await;
+                assert_problem(r, StatusCode::FORBIDDEN, "forbidden").await;
+            }
+        }
+        tested.push(path.clone());
+    }
+    for p in [
+        "/v1/franchises/{fid}/program",
+        "/v1/franchises/{fid}/stores/{sid}/pos-signing-secret",
+        "/v1/franchises/{fid}/dashboard",
+        "/v1/franchises/{fid}/dashboard.csv",
+    ] {
+        assert!(
+            tested.iter().any(|t| t == p),
+            "{p} not exercised: {tested:?}"
+        );
+    }
 }

@@ -3,6 +3,7 @@
 //! engine), request-reply, and metrics. No adapter lives here.
 
 pub mod command;
+pub mod dashboard;
 pub mod engine;
 pub mod error;
 pub mod identity;

@@ -41,6 +41,7 @@ pub struct Metrics {
     pub engine_partitions_stopped: IntGauge,
     pub engine_partitions_retrying: IntGauge,
     pub event_claims: IntCounterVec,
+    pub dashboard_updates: IntCounterVec,
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -231,6 +232,12 @@ impl Metrics {
                 "loyalty_event_claims_total",
                 "Event ids claimed by the engine before applying, by result (won, lost).",
                 &["result"],
+            ),
+            dashboard_updates: counter_vec(
+                &r,
+                "loyalty_dashboard_updates_total",
+                "Dashboard aggregate rows updated with the engine's commits, by kind (totals, visits, tiers).",
+                &["kind"],
             ),
             pos_records: counter_vec(
                 &r,

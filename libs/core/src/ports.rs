@@ -3,9 +3,10 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use loyalty_domain::dashboard::{DashboardDelta, DayTotals, Scope, VisitRow};
 use loyalty_domain::{
-    EventId, Fingerprint, FranchiseId, LedgerEntry, MemberId, MemberState, ProcessedEvent, Program,
-    StoreId,
+    Day, EventId, Fingerprint, FranchiseId, LedgerEntry, MemberId, MemberState, ProcessedEvent,
+    Program, StoreId,
 };
 use tokio::sync::oneshot;
 
@@ -131,12 +132,28 @@ pub struct EffectBatch {
     pub members: Vec<MemberWrite>,
     pub ledger: Vec<(MemberId, LedgerEntry)>,
     pub processed: Vec<ProcessedWrite>,
+    /// What the batch's new events add to the dashboards' daily aggregates. Written with the
+    /// events' records, so that an event counts once: a replay finds its record and adds
+    /// nothing.
+    pub dashboard: DashboardDelta,
 }
 
 impl EffectBatch {
     pub fn is_empty(&self) -> bool {
-        self.members.is_empty() && self.ledger.is_empty() && self.processed.is_empty()
+        self.members.is_empty()
+            && self.ledger.is_empty()
+            && self.processed.is_empty()
+            && self.dashboard.is_empty()
     }
+}
+
+/// The dashboards' stored aggregates of a franchise over a range of days.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DashboardRows {
+    /// Daily totals by store: (store, day, totals).
+    pub totals: Vec<(StoreId, Day, DayTotals)>,
+    /// Visit rows by scope and day.
+    pub visits: Vec<(Scope, Day, VisitRow)>,
 }
 
 /// Who owns an event id: the command (by fingerprint) that claimed it first.
@@ -202,6 +219,21 @@ pub trait StateStore: Send + Sync + 'static {
     /// the call: the claim's own when it won or had claimed it before. Of two claims of one id
     /// in the same call, the first wins.
     async fn claim_events(&self, claims: &[EventClaim]) -> Result<Vec<Fingerprint>>;
+
+    /// The dashboards' aggregates of `franchise` for the days `from..=to` (every store and
+    /// scope), in no particular order.
+    async fn dashboard_rows(
+        &self,
+        franchise: &FranchiseId,
+        from: Day,
+        to: Day,
+    ) -> Result<DashboardRows>;
+
+    /// Members of `franchise` by tier, as of each member's latest event.
+    async fn tier_counts(&self, franchise: &FranchiseId) -> Result<Vec<(String, i64)>>;
+
+    /// The stores of `franchise`.
+    async fn stores_of(&self, franchise: &FranchiseId) -> Result<Vec<Store>>;
 
     /// Writes the effects of a batch, fenced. Fails with [`crate::Error::Conflict`] if a
     /// member's stored version differs from the expected one or a record to insert already

@@ -28,8 +28,8 @@ use crate::{Day, FranchiseId, LedgerEntry, LedgerKind, Outcome, Program, RewardI
 /// counted in every sum but not in the member counts.
 pub const HORIZON_DAYS: u32 = 2 * MAX_RANGE_DAYS;
 
-/// The longest range a dashboard answers: three years.
-pub const MAX_RANGE_DAYS: u32 = 3 * 366;
+/// The longest range a dashboard answers: three years (one of them leap).
+pub const MAX_RANGE_DAYS: u32 = 3 * 365 + 1;
 
 /// Additive counters of one store on one day (or summed over days and stores).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -409,7 +409,7 @@ pub fn encode_row(row: &VisitRow) -> Vec<u8> {
 
 /// The row of [`encode_row`]; `None` if the bytes are not one.
 pub fn decode_row(bytes: &[u8]) -> Option<VisitRow> {
-    if bytes.len() % 12 != 0 {
+    if !bytes.len().is_multiple_of(12) {
         return None;
     }
     let mut row = VisitRow::new();

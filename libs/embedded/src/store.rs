@@ -27,16 +27,18 @@ use std::thread;
 
 use async_trait::async_trait;
 use loyalty_core::model::{Franchise, Principal, Store};
-use loyalty_core::ports::{EffectBatch, EventClaim, StateStore};
+use loyalty_core::ports::{DashboardRows, EffectBatch, EventClaim, StateStore};
 use loyalty_core::{Error, Result};
 use loyalty_domain::{
-    EventId, Fingerprint, FranchiseId, LedgerEntry, MemberId, MemberState, ProcessedEvent, Program,
-    StoreId,
+    Day, EventId, Fingerprint, FranchiseId, LedgerEntry, MemberId, MemberState, ProcessedEvent,
+    Program, StoreId,
 };
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
+
+mod dashboard;
 
 const FRANCHISES: TableDefinition<&str, &[u8]> = TableDefinition::new("franchises");
 const PROGRAMS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("programs");
@@ -121,6 +123,7 @@ impl EmbeddedStore {
             tx.open_table(LEDGER).map_err(unavailable)?;
             tx.open_table(PROCESSED).map_err(unavailable)?;
             tx.open_table(CLAIMS).map_err(unavailable)?;
+            dashboard::create_tables(&tx)?;
         }
         tx.commit().map_err(unavailable)?;
         let db = Arc::new(db);
@@ -329,6 +332,7 @@ fn commit_group(
                 let key = (p.record.franchise_id.as_str(), p.record.event_id.as_str());
                 processed.insert(key, v.as_slice()).map_err(unavailable)?;
             }
+            dashboard::apply(&tx, &batch.dashboard)?;
             results.push(Ok(()));
         }
     }
@@ -471,6 +475,33 @@ impl StateStore for EmbeddedStore {
         {
             let (_, v) = row.map_err(unavailable)?;
             out.push(decode("ledger entry", v.value())?);
+        }
+        Ok(out)
+    }
+
+    async fn dashboard_rows(
+        &self,
+        franchise: &FranchiseId,
+        from: Day,
+        to: Day,
+    ) -> Result<DashboardRows> {
+        dashboard::rows(&self.db, franchise, from, to)
+    }
+
+    async fn tier_counts(&self, franchise: &FranchiseId) -> Result<Vec<(String, i64)>> {
+        dashboard::tiers(&self.db, franchise)
+    }
+
+    async fn stores_of(&self, franchise: &FranchiseId) -> Result<Vec<Store>> {
+        let tx = self.db.begin_read().map_err(unavailable)?;
+        let t = tx.open_table(STORES).map_err(unavailable)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(unavailable)? {
+            let (_, v) = row.map_err(unavailable)?;
+            let store: Store = decode("store", v.value())?;
+            if &store.franchise_id == franchise {
+                out.push(store);
+            }
         }
         Ok(out)
     }

@@ -19,7 +19,7 @@ pub use state::{Gateway, GatewayConfig};
 
 /// Registers every route, with body, query and path errors mapped to problems.
 pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
-    use routes::{admin, events, members, ops};
+    use routes::{admin, dashboard, events, members, ops};
     cfg.app_data(
         web::JsonConfig::default()
             .limit(max_body_bytes)
@@ -51,6 +51,14 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
             .route(
                 "/franchises/{fid}/stores/{sid}/pos-signing-secret",
                 web::get().to(admin::pos_signing_secret),
+            )
+            .route(
+                "/franchises/{fid}/dashboard",
+                web::get().to(dashboard::dashboard),
+            )
+            .route(
+                "/franchises/{fid}/dashboard.csv",
+                web::get().to(dashboard::dashboard_csv),
             )
             .route("/members", web::post().to(members::enrol))
             .route("/members/lookup", web::get().to(members::lookup))

@@ -19,6 +19,9 @@ pub enum ApiError {
     MalformedJson(String),
     #[error("{0}")]
     Invalid(String),
+    /// Query parameters that do not make a question (dates, ranges): 400.
+    #[error("{0}")]
+    InvalidQuery(String),
     #[error("the request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("the request body must be `application/json`")]
@@ -48,6 +51,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not-found",
             ApiError::MalformedJson(_) => "malformed-json",
             ApiError::Invalid(_) => "invalid-request",
+            ApiError::InvalidQuery(_) => "invalid-query",
             ApiError::PayloadTooLarge { .. } => "payload-too-large",
             ApiError::UnsupportedMediaType => "unsupported-media-type",
             ApiError::IdempotencyConflict(_) => "idempotency-conflict",
@@ -66,6 +70,7 @@ impl ApiError {
             ApiError::NotFound(_) => "Not found",
             ApiError::MalformedJson(_) => "Malformed JSON",
             ApiError::Invalid(_) => "Invalid request",
+            ApiError::InvalidQuery(_) => "Invalid query",
             ApiError::PayloadTooLarge { .. } => "Payload too large",
             ApiError::UnsupportedMediaType => "Unsupported media type",
             ApiError::IdempotencyConflict(_) => "Idempotency key reused",
@@ -113,7 +118,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::MalformedJson(_) | ApiError::InvalidQuery(_) => StatusCode::BAD_REQUEST,
             ApiError::Invalid(_) | ApiError::AnonymousRefund => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -6,8 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use actix_web::body::MessageBody;
 use actix_web::ResponseError;
+use loyalty_core::dashboard::{Dashboard, Period, RewardRow, SeriesDay, StoreRow, TierRow};
+use loyalty_domain::dashboard::{DayTotals, VisitCounts};
+use loyalty_domain::kpi::{round2, KpiInput, Kpis};
 use loyalty_domain::{
-    Cents, EventId, LedgerEntry, MemberStatus, Outcome, Program, Rejection, RewardId,
+    Cents, Day, EventId, FranchiseId, LedgerEntry, MemberStatus, Outcome, Program, Rejection,
+    RewardId, StoreId,
 };
 use loyalty_gateway::routes::{ops::OPENAPI, MAX_WAIT_MS};
 use loyalty_gateway::ApiError;
@@ -31,6 +35,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/purchases"),
     ("post", "/v1/refunds"),
     ("post", "/v1/redemptions"),
+    ("get", "/v1/franchises/{fid}/dashboard"),
+    ("get", "/v1/franchises/{fid}/dashboard.csv"),
 ];
 
 const HTTP_METHODS: &[&str] = &[
@@ -451,6 +457,476 @@ fn program_matches_the_domain_type() {
     let p: Program =
         serde_json::from_value(schema_example(&d, "ProgramSpec")).expect("a valid program");
     assert_eq!(p, Program::demo());
+    // A reward as HQ writes it: the same fields, `cost_cents` may be left out.
+    let reward_spec = serde_json::json!({ "$ref": "#/components/schemas/RewardSpec" });
+    assert_eq!(properties(&d, &reward_spec), keys(&demo["rewards"][0]));
+    // The programs of the operations' examples: valid, and those the server answers are in
+    // its exact form.
+    let franchises = &d["paths"]["/v1/franchises"]["post"];
+    let program = &d["paths"]["/v1/franchises/{fid}/program"];
+    let json = |v: &Value| v["content"]["application/json"]["examples"].clone();
+    let sent = [
+        &json(&franchises["requestBody"])["demo"],
+        &json(&program["put"]["requestBody"])["demo"],
+    ];
+    let answered = [
+        &json(&program["get"]["responses"]["200"])["demo"],
+        &json(&program["put"]["responses"]["200"])["replaced"],
+    ];
+    for (i, ex) in sent.iter().chain(&answered).enumerate() {
+        let v = &ex["value"]["program"];
+        let p: Program = serde_json::from_value(v.clone())
+            .unwrap_or_else(|e| panic!("program example {i} is invalid: {e}"));
+        if i >= sent.len() {
+            assert_eq!(
+                &serde_json::to_value(&p).unwrap(),
+                v,
+                "answered example {i}"
+            );
+        }
+    }
+    // The replacement shows the dashboards' settings, and is answered as it was sent.
+    let replaced: Program = serde_json::from_value(sent[1]["value"]["program"].clone()).unwrap();
+    assert_ne!(replaced.time_zone, Program::demo().time_zone);
+    assert!(replaced.monthly_fee_cents.is_some());
+    assert_eq!(
+        serde_json::to_value(&replaced).unwrap(),
+        answered[1]["value"]["program"]
+    );
+}
+
+/// The stores of the dashboard examples (as `store_rows` lists them: by id).
+const PARIS: (&str, &str) = ("s_05c6ca8115024a0a91f8", "Demo Coffee Paris");
+const LYON: (&str, &str) = ("s_1afd3f08581247de896f", "Demo Coffee Lyon");
+/// The first day of the examples' range (3 days, 2026-11-02 to 2026-11-04).
+const EXAMPLE_FROM: &str = "2026-11-02";
+const EXAMPLE_DAYS: u32 = 3;
+
+/// `[member_purchases, anonymous_purchases, member_revenue_cents, anonymous_revenue_cents,
+/// refunded_cents, enrolments, points_issued, points_redeemed, points_expired]`, the
+/// redemptions by reward and their cost (the demo program's: 100 and 150 points, 80 and 120
+/// cents).
+fn day_totals(n: [u64; 9], rewards: &[(&str, u64)], reward_cost_cents: u64) -> DayTotals {
+    let [member_purchases, anonymous_purchases, member_revenue_cents, anonymous_revenue_cents, refunded_cents, enrolments, points_issued, points_redeemed, points_expired] =
+        n;
+    let rewards: BTreeMap<RewardId, u64> = rewards
+        .iter()
+        .map(|(r, n)| (RewardId::parse(r).unwrap(), *n))
+        .collect();
+    DayTotals {
+        member_purchases,
+        anonymous_purchases,
+        member_revenue_cents,
+        anonymous_revenue_cents,
+        refunded_cents,
+        enrolments,
+        points_issued,
+        points_redeemed,
+        points_expired,
+        redemptions: rewards.values().sum(),
+        reward_cost_cents,
+        rewards,
+    }
+}
+
+/// The daily totals of the examples: (store, day of the range, totals, active members of the
+/// store that day).
+fn example_cells() -> Vec<((&'static str, &'static str), u32, DayTotals, u64)> {
+    vec![
+        (
+            LYON,
+            0,
+            day_totals([3, 2, 4200, 2100, 0, 1, 92, 0, 0], &[], 0),
+            3,
+        ),
+        (
+            LYON,
+            1,
+            day_totals(
+                [2, 1, 3100, 900, 500, 0, 31, 100, 0],
+                &[("free-coffee", 1)],
+                80,
+            ),
+            2,
+        ),
+        (
+            LYON,
+            2,
+            day_totals([4, 3, 5600, 3300, 0, 2, 156, 0, 20], &[], 0),
+            3,
+        ),
+        (
+            PARIS,
+            0,
+            day_totals([1, 4, 1500, 4000, 0, 0, 15, 0, 0], &[], 0),
+            1,
+        ),
+        (
+            PARIS,
+            1,
+            day_totals([0, 2, 0, 1800, 0, 0, 0, 0, 0], &[], 0),
+            0,
+        ),
+        (
+            PARIS,
+            2,
+            day_totals(
+                [2, 1, 2600, 1200, 0, 1, 76, 250, 0],
+                &[("free-coffee", 1), ("free-pastry", 1)],
+                200,
+            ),
+            2,
+        ),
+    ]
+}
+
+/// The KPIs of the examples' program (lifespan 3 years, a fee of 49.00 a month).
+fn example_kpis(t: &DayTotals, visits: VisitCounts, previous_active: u64) -> Kpis {
+    Kpis::of(&KpiInput {
+        totals: t,
+        visits,
+        previous_active,
+        days: EXAMPLE_DAYS,
+        expected_lifespan_years: 3,
+        monthly_fee_cents: Some(4900),
+    })
+}
+
+fn visits(active: u64, repeat: u64, new: u64) -> VisitCounts {
+    VisitCounts {
+        active,
+        repeat,
+        new,
+    }
+}
+
+/// The dashboard of the examples: franchise-wide with the previous period, or of one store.
+fn example_dashboard(store: Option<(&str, &str)>, compare_previous: bool) -> Dashboard {
+    let from = Day::parse_iso(EXAMPLE_FROM).unwrap();
+    let day = |i: u32| Day(from.0 + i);
+    let cells: Vec<_> = example_cells()
+        .into_iter()
+        .filter(|(s, ..)| store.is_none_or(|x| x == *s))
+        .collect();
+    let sum = |keep: &dyn Fn(&(&str, &str), u32) -> bool| {
+        let mut t = DayTotals::default();
+        for (s, d, x, _) in &cells {
+            if keep(s, *d) {
+                t.add(x);
+            }
+        }
+        t
+    };
+    // Distinct members: franchise-wide one member shopped at both stores on day 2.
+    let (range_visits, previous_active, daily_active) = match store {
+        None => (visits(8, 3, 3), 7, [4, 2, 5]),
+        Some(_) => {
+            let daily: Vec<u64> = cells.iter().map(|c| c.3).collect();
+            (visits(6, 2, 2), 5, [daily[0], daily[1], daily[2]])
+        }
+    };
+    let series = (0..EXAMPLE_DAYS)
+        .map(|i| {
+            let t = sum(&|_, d| d == i);
+            SeriesDay {
+                day: day(i).iso(),
+                member_purchases: t.member_purchases,
+                anonymous_purchases: t.anonymous_purchases,
+                member_revenue_cents: t.member_revenue_cents,
+                anonymous_revenue_cents: t.anonymous_revenue_cents,
+                refunded_cents: t.refunded_cents,
+                enrolments: t.enrolments,
+                points_issued: t.points_issued,
+                points_redeemed: t.points_redeemed,
+                active_members: daily_active[i as usize],
+            }
+        })
+        .collect();
+    let stores = [(PARIS, visits(3, 0, 1)), (LYON, visits(6, 2, 2))]
+        .into_iter()
+        .filter(|(s, _)| store.is_none_or(|x| x == *s))
+        .map(|(s, v)| {
+            let t = sum(&|x, _| *x == s);
+            StoreRow {
+                store_id: StoreId::parse(s.0).unwrap(),
+                name: s.1.to_owned(),
+                member_purchases: t.member_purchases,
+                anonymous_purchases: t.anonymous_purchases,
+                member_revenue_cents: t.member_revenue_cents,
+                anonymous_revenue_cents: t.anonymous_revenue_cents,
+                refunded_cents: t.refunded_cents,
+                enrolments: t.enrolments,
+                points_issued: t.points_issued,
+                points_redeemed: t.points_redeemed,
+                active_members: v.active,
+                repeat_members: v.repeat,
+                repeat_purchase_rate_pct: (v.active > 0)
+                    .then(|| round2(v.repeat as f64 * 100.0 / v.active as f64)),
+            }
+        })
+        .collect();
+    let totals = sum(&|_, _| true);
+    let mut top_rewards: Vec<RewardRow> = totals
+        .rewards
+        .iter()
+        .map(|(r, n)| RewardRow {
+            reward_id: r.clone(),
+            redemptions: *n,
+        })
+        .collect();
+    top_rewards.sort_by(|a, b| {
+        b.redemptions
+            .cmp(&a.redemptions)
+            .then(a.reward_id.cmp(&b.reward_id))
+    });
+    let previous = compare_previous.then(|| Period {
+        from: Day(from.0 - EXAMPLE_DAYS).iso(),
+        to: Day(from.0 - 1).iso(),
+        kpis: example_kpis(
+            &day_totals(
+                [10, 9, 13000, 8100, 0, 2, 170, 100, 0],
+                &[("free-coffee", 1)],
+                80,
+            ),
+            visits(7, 2, 1),
+            6,
+        ),
+    });
+    let tier = |name: &str, members| TierRow {
+        name: name.to_owned(),
+        members,
+    };
+    Dashboard {
+        franchise_id: FranchiseId::parse("f_6df97957f5054860bf75").unwrap(),
+        from: from.iso(),
+        to: day(EXAMPLE_DAYS - 1).iso(),
+        store: store.map(|s| StoreId::parse(s.0).unwrap()),
+        time_zone: "Europe/Paris".to_owned(),
+        kpis: example_kpis(&totals, range_visits, previous_active),
+        previous,
+        series,
+        stores,
+        tiers: vec![tier("Bronze", 131), tier("Silver", 22), tier("Gold", 5)],
+        top_rewards,
+    }
+}
+
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap()
+}
+
+/// The `type` of a property of a schema (following `$ref`s), as a list.
+fn property_types(d: &Value, schema: &str, property: &str) -> Vec<String> {
+    let s = &d["components"]["schemas"][schema]["properties"][property];
+    let s = deref(d, s);
+    match &s["type"] {
+        Value::String(t) => vec![t.clone()],
+        Value::Array(a) => a.iter().map(|t| t.as_str().unwrap().to_owned()).collect(),
+        _ => s["oneOf"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{schema}.{property}: no type"))
+            .iter()
+            .flat_map(|x| {
+                let x = deref(d, x);
+                match &x["type"] {
+                    Value::String(t) => vec![t.clone()],
+                    Value::Array(a) => a.iter().map(|t| t.as_str().unwrap().to_owned()).collect(),
+                    _ => vec![],
+                }
+            })
+            .collect(),
+    }
+}
+
+/// Each field of `v` has the JSON type its schema documents: an integer is an integer (not a
+/// number), a float a number, and null is allowed exactly for the fields that may be null
+/// (`nullable`: those that `v` shows as null, plus `also_null`).
+fn assert_types(d: &Value, schema: &str, v: &Value, also_null: &[&str]) {
+    for (k, x) in v.as_object().unwrap() {
+        let types = property_types(d, schema, k);
+        let want = match x {
+            Value::Null => None,
+            Value::Number(n) if n.is_f64() => Some("number"),
+            Value::Number(_) => Some("integer"),
+            Value::String(_) => Some("string"),
+            Value::Array(_) => Some("array"),
+            Value::Object(_) => Some("object"),
+            Value::Bool(_) => Some("boolean"),
+        };
+        if let Some(t) = want {
+            assert!(
+                types.iter().any(|x| x == t),
+                "{schema}.{k}: {t} not in {types:?}"
+            );
+        }
+        let nullable = x.is_null() || also_null.contains(&k.as_str());
+        assert_eq!(
+            types.iter().any(|t| t == "null"),
+            nullable,
+            "{schema}.{k}: null allowed iff the code may emit null ({types:?})"
+        );
+    }
+}
+
+/// The header of the CSV, read from `dashboard_csv` (a string literal continued over lines).
+fn csv_header() -> String {
+    const SRC: &str = include_str!("../../core/src/dashboard.rs");
+    let start = SRC.find("\"day,store_id,").expect("dashboard_csv's header");
+    let (lit, _) = string_literal(SRC, start);
+    let mut out = String::new();
+    let mut rest = lit.as_str();
+    while let Some(i) = rest.find("\\\n") {
+        out.push_str(&rest[..i]);
+        rest = rest[i + 2..].trim_start();
+    }
+    out.push_str(rest);
+    out.strip_suffix("\\n")
+        .expect("the header ends with \\n")
+        .to_owned()
+}
+
+#[test]
+fn dashboard_matches_the_core_type() {
+    let d = doc();
+    let full = serde_json::to_value(example_dashboard(None, true)).unwrap();
+    let one_store = serde_json::to_value(example_dashboard(Some(LYON), false)).unwrap();
+    // `previous` only with compare=previous; every other field always.
+    let dashboard = serde_json::json!({ "$ref": "#/components/schemas/Dashboard" });
+    assert_eq!(properties(&d, &dashboard), keys(&full));
+    assert_eq!(required(&d, &dashboard), keys(&one_store));
+    let only_compared: Vec<String> = keys(&full).difference(&keys(&one_store)).cloned().collect();
+    assert_eq!(only_compared, ["previous"]);
+    assert_exact_shape(&d, "DashboardKpis", &full["kpis"]);
+    assert_exact_shape(&d, "DashboardPeriod", &full["previous"]);
+    assert_exact_shape(&d, "DashboardKpis", &full["previous"]["kpis"]);
+    assert_exact_shape(&d, "DashboardSeriesDay", &full["series"][0]);
+    assert_exact_shape(&d, "DashboardStoreRow", &full["stores"][0]);
+    assert_exact_shape(&d, "DashboardTierRow", &full["tiers"][0]);
+    assert_exact_shape(&d, "DashboardRewardRow", &full["top_rewards"][0]);
+    // Types and nullability: a period without data has every ratio null.
+    let zero = DayTotals::default();
+    let empty = Kpis::of(&KpiInput {
+        totals: &zero,
+        visits: VisitCounts::default(),
+        previous_active: 0,
+        days: 1,
+        expected_lifespan_years: 3,
+        monthly_fee_cents: None,
+    });
+    let empty = serde_json::to_value(empty).unwrap();
+    assert_types(&d, "DashboardKpis", &empty, &[]);
+    let nulls: BTreeSet<&String> = empty
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, v)| v.is_null())
+        .map(|(k, _)| k)
+        .collect();
+    let kpi_nulls: Vec<&str> = nulls.iter().map(|k| k.as_str()).collect();
+    assert_types(&d, "DashboardKpis", &full["kpis"], &kpi_nulls);
+    assert!(
+        full["kpis"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|v| !v.is_null()),
+        "the example shows every KPI: {}",
+        pretty(&full["kpis"])
+    );
+    assert_types(&d, "Dashboard", &full, &[]);
+    assert_types(&d, "Dashboard", &one_store, &["store"]);
+    assert_types(&d, "DashboardPeriod", &full["previous"], &[]);
+    assert_types(&d, "DashboardSeriesDay", &full["series"][0], &[]);
+    assert_types(
+        &d,
+        "DashboardStoreRow",
+        &full["stores"][0],
+        &["repeat_purchase_rate_pct"],
+    );
+    assert_types(&d, "DashboardTierRow", &full["tiers"][0], &[]);
+    assert_types(&d, "DashboardRewardRow", &full["top_rewards"][0], &[]);
+    // The examples are the code's output for the same figures.
+    assert_eq!(
+        schema_example(&d, "Dashboard"),
+        full,
+        "the Dashboard example should be {}",
+        pretty(&full)
+    );
+    let op = &d["paths"]["/v1/franchises/{fid}/dashboard"]["get"];
+    let examples = &op["responses"]["200"]["content"]["application/json"]["examples"];
+    assert_eq!(examples["franchise"]["value"], full, "{}", pretty(&full));
+    assert_eq!(
+        examples["store"]["value"],
+        one_store,
+        "{}",
+        pretty(&one_store)
+    );
+    let max = loyalty_domain::dashboard::MAX_RANGE_DAYS;
+    assert!(
+        op["description"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("at most {max} days")),
+        "the description gives the longest range"
+    );
+    // Every KPI has a description.
+    for k in keys(&full["kpis"]) {
+        let p = &d["components"]["schemas"]["DashboardKpis"]["properties"][&k];
+        assert!(
+            p["description"].is_string(),
+            "DashboardKpis.{k}: no description"
+        );
+    }
+
+    // The CSV: the header of `dashboard_csv`, then a row per day per store (by id).
+    let header = csv_header();
+    let columns: Vec<&str> = header.split(',').collect();
+    let op = &d["paths"]["/v1/franchises/{fid}/dashboard.csv"]["get"];
+    let csv = &op["responses"]["200"]["content"]["text/csv"];
+    let example = csv["examples"]["franchise"]["value"].as_str().unwrap();
+    let mut want = format!("{header}\n");
+    let from = Day::parse_iso(EXAMPLE_FROM).unwrap();
+    for day in 0..EXAMPLE_DAYS {
+        for store in [PARIS, LYON] {
+            let (_, _, t, active) = example_cells()
+                .into_iter()
+                .find(|(s, d, ..)| *s == store && *d == day)
+                .unwrap();
+            let mut row = BTreeMap::new();
+            let v = serde_json::to_value(&t).unwrap();
+            for c in &columns {
+                if let Some(n) = v.get(*c) {
+                    row.insert(*c, n.to_string());
+                }
+            }
+            row.insert("day", Day(from.0 + day).iso());
+            row.insert("store_id", store.0.to_owned());
+            row.insert("store_name", store.1.to_owned());
+            row.insert("active_members", active.to_string());
+            let fields: Vec<String> = columns
+                .iter()
+                .map(|c| row.get(c).unwrap_or_else(|| panic!("column {c}")).clone())
+                .collect();
+            want.push_str(&fields.join(","));
+            want.push('\n');
+        }
+    }
+    assert_eq!(example, want, "the CSV example should be:\n{want}");
+    assert_eq!(csv["schema"]["type"], "string");
+    let headers = &op["responses"]["200"]["headers"];
+    assert!(headers["Content-Disposition"]["schema"]["pattern"].is_string());
+    // Both forms take the same query.
+    let names = |op: &Value| -> Vec<String> {
+        op["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| deref(&d, p)["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let json_op = &d["paths"]["/v1/franchises/{fid}/dashboard"]["get"];
+    assert_eq!(names(json_op), ["from", "to", "store", "compare"]);
+    assert_eq!(names(op), ["from", "to", "store"]);
 }
 
 /// Every value under an `outcome` key in the document's examples.
@@ -505,6 +981,7 @@ fn every_error() -> Vec<ApiError> {
         ApiError::NotFound("no such franchise".into()),
         ApiError::MalformedJson("EOF".into()),
         ApiError::Invalid("bad".into()),
+        ApiError::InvalidQuery("from is after to".into()),
         ApiError::PayloadTooLarge { limit: 16384 },
         ApiError::UnsupportedMediaType,
         ApiError::IdempotencyConflict("pos1-0001".into()),

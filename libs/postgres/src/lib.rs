@@ -43,7 +43,16 @@
 //! | `ledger` | `(member_id, seq)` (+ `event_id`) | ledger entries, read newest first on the key's index |
 //! | `processed` | `(franchise_id, event_id)` (+ `member_id`, `fingerprint`) | idempotency records; `member_id` is NULL for anonymous sales |
 //! | `event_claims` | `(franchise_id, event_id)` | the fingerprint of the command that owns the id (first claim wins), `claimed_at` |
+//! | `dashboard_totals` | `(franchise_id, day, store_id)` | a store's daily counters (one `bigint` per counter of `DayTotals`), added to by commits (`0003_dashboards`) |
+//! | `dashboard_rewards` | `(franchise_id, day, store_id, reward_id)` | redemptions by reward, added to likewise |
+//! | `dashboard_visits` | `(franchise_id, day, scope, key)` | visit counts (`scope` `''` for the franchise, else a store id; `key` the packed `VisitKey`); a count brought to 0 is deleted by a trigger |
+//! | `dashboard_tiers` | `(franchise_id, tier)` | members by tier |
 //! | `schema_migrations` | `version` | `name`, `checksum` (SHA-256 of the file), `applied_at` |
+//!
+//! `stores` has an index on `(franchise_id, id)` for [`StateStore::stores_of`]. The dashboards'
+//! keys start with `(franchise_id, day)`, so [`StateStore::dashboard_rows`] reads one range of
+//! each primary key (three statements pipelined in one read-only REPEATABLE READ transaction,
+//! so that totals and visit counts come from one snapshot).
 //!
 //! Keys are typed columns (text in the `"C"` collation, i.e. byte order, `bigint` for versions
 //! and sequence numbers, `bytea` for fingerprints). Domain values are their serde_json
@@ -67,12 +76,18 @@
 //!   zombie owner, or any writer that read an older version, writes no row;
 //! - ledger entries: a plain `INSERT` (a duplicate `(member_id, seq)` is a `unique_violation`);
 //! - records to insert: `INSERT ... ON CONFLICT DO NOTHING`; records to replace: an upsert;
+//! - the batch's dashboard delta: additive upserts (`INSERT ... ON CONFLICT DO UPDATE SET x =
+//!   t.x + EXCLUDED.x`) of the daily totals, rewards, visit counts and tier counts, rows sorted
+//!   by primary key; a visit count that reaches 0 is deleted by an `AFTER UPDATE` trigger
+//!   (`WHEN (NEW.n = 0)`) at the end of the statement;
 //! - then `loyalty_fence(...)` compares the rows each conditional part wrote with the rows it
 //!   had to write and raises SQLSTATE `LY409` when one fell short.
 //!
 //! A failed condition (reported as [`Error::Conflict`]), like any other error, aborts the
 //! statement, which rolls back everything it wrote: the batch is written whole or not at all,
-//! a stronger guarantee than the port's per-member atomicity. Concurrent commits are serialized by row locks at READ COMMITTED: an
+//! its dashboard increments included (a refused batch adds nothing to the aggregates, and its
+//! events are counted when they are applied again), a stronger guarantee than the port's
+//! per-member atomicity. Concurrent commits are serialized by row locks at READ COMMITTED: an
 //! `UPDATE` that waited for another writer re-checks `version` on the row that writer left,
 //! and an `INSERT ... ON CONFLICT` waits for the other insert to commit or abort. Rows are
 //! passed in key order, so that two batches lock shared rows in the same order; a deadlock or
@@ -129,11 +144,19 @@
 //!   ScyllaDB uses lightweight transactions (Paxos, `IF version = ?`, `IF NOT EXISTS`). Both
 //!   report a lost condition as [`Error::Conflict`].
 //! - **`sync`**: a no-op on both: their commits are durable on return.
+//! - **Dashboards' aggregates**: here, additive upserts in the commit's statement, so exact;
+//!   on ScyllaDB, counter tables incremented after the member batches, not atomic with them
+//!   (a batch that fails after some members' shares were written adds nothing, so those
+//!   events are missing from the aggregates until a rebuild). The suite checks that deltas add
+//!   up and that a refused batch adds nothing, which both give.
+//!   Rows of a dashboard read here are rows of one snapshot; there, of one read per partition.
 //!
 //! [`StateStore`]: loyalty_core::ports::StateStore
 //! [`StateStore::commit`]: loyalty_core::ports::StateStore::commit
 //! [`StateStore::claim_events`]: loyalty_core::ports::StateStore::claim_events
 //! [`StateStore::sync`]: loyalty_core::ports::StateStore::sync
+//! [`StateStore::stores_of`]: loyalty_core::ports::StateStore::stores_of
+//! [`StateStore::dashboard_rows`]: loyalty_core::ports::StateStore::dashboard_rows
 //! [`EffectBatch`]: loyalty_core::ports::EffectBatch
 //! [`Error::Conflict`]: loyalty_core::Error::Conflict
 

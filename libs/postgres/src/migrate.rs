@@ -47,6 +47,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "event_claims",
         sql: include_str!("../migrations/0002_event_claims.sql"),
     },
+    Migration {
+        version: 3,
+        name: "dashboards",
+        sql: include_str!("../migrations/0003_dashboards.sql"),
+    },
 ];
 
 /// Key of the advisory lock that serializes migrations (any constant; "loyalty" in ASCII).
@@ -243,7 +248,7 @@ mod tests {
             assert_eq!(m.checksum(), m.checksum());
         }
         assert_ne!(MIGRATIONS[0].checksum(), MIGRATIONS[1].checksum());
-        assert_eq!(latest_version(), 2);
+        assert_eq!(latest_version(), 3);
     }
 
     #[test]

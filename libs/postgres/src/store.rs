@@ -8,11 +8,12 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use loyalty_core::metrics::metrics;
 use loyalty_core::model::{Franchise, Principal, Store};
-use loyalty_core::ports::{EffectBatch, EventClaim, StateStore};
+use loyalty_core::ports::{DashboardRows, EffectBatch, EventClaim, StateStore};
 use loyalty_core::{Error, Result};
+use loyalty_domain::dashboard::{DashboardDelta, DayTotals, Scope, VisitKey, VisitRow};
 use loyalty_domain::{
-    EventId, Fingerprint, FranchiseId, LedgerEntry, MemberId, MemberState, ProcessedEvent, Program,
-    StoreId,
+    Day, EventId, Fingerprint, FranchiseId, LedgerEntry, MemberId, MemberState, ProcessedEvent,
+    Program, RewardId, StoreId,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -49,7 +50,9 @@ const PROCESSED: &str = "SELECT t.ord, p.body \
 /// A whole [`EffectBatch`] in one statement, so one round trip and one (implicit) transaction:
 /// the data-modifying CTEs all run, then `loyalty_fence` compares the rows the conditional
 /// parts wrote with the rows they had to write and raises `LY409` if one fell short, which
-/// aborts the statement: all of the batch or nothing.
+/// aborts the statement: all of the batch or nothing, the dashboards' increments included
+/// (`totals` ... `tiers`: additive upserts, `SET x = t.x + EXCLUDED.x`; a visit count brought
+/// to 0 is deleted by the table's trigger at the end of the statement).
 const COMMIT: &str = "\
 WITH created AS (
     INSERT INTO members (member_id, franchise_id, version, state)
@@ -76,11 +79,57 @@ WITH created AS (
     ON CONFLICT (franchise_id, event_id) DO UPDATE
         SET member_id = EXCLUDED.member_id, fingerprint = EXCLUDED.fingerprint,
             body = EXCLUDED.body
+), totals AS (
+    INSERT INTO dashboard_totals AS t (franchise_id, day, store_id, member_purchases,
+        anonymous_purchases, member_revenue_cents, anonymous_revenue_cents, refunded_cents,
+        enrolments, points_issued, points_redeemed, points_expired, redemptions,
+        reward_cost_cents)
+    SELECT * FROM unnest($23::text[], $24::int4[], $25::text[], $26::int8[], $27::int8[],
+        $28::int8[], $29::int8[], $30::int8[], $31::int8[], $32::int8[], $33::int8[],
+        $34::int8[], $35::int8[], $36::int8[])
+    ON CONFLICT (franchise_id, day, store_id) DO UPDATE SET
+        member_purchases = t.member_purchases + EXCLUDED.member_purchases,
+        anonymous_purchases = t.anonymous_purchases + EXCLUDED.anonymous_purchases,
+        member_revenue_cents = t.member_revenue_cents + EXCLUDED.member_revenue_cents,
+        anonymous_revenue_cents = t.anonymous_revenue_cents + EXCLUDED.anonymous_revenue_cents,
+        refunded_cents = t.refunded_cents + EXCLUDED.refunded_cents,
+        enrolments = t.enrolments + EXCLUDED.enrolments,
+        points_issued = t.points_issued + EXCLUDED.points_issued,
+        points_redeemed = t.points_redeemed + EXCLUDED.points_redeemed,
+        points_expired = t.points_expired + EXCLUDED.points_expired,
+        redemptions = t.redemptions + EXCLUDED.redemptions,
+        reward_cost_cents = t.reward_cost_cents + EXCLUDED.reward_cost_cents
+), rewards AS (
+    INSERT INTO dashboard_rewards AS t (franchise_id, day, store_id, reward_id, n)
+    SELECT * FROM unnest($37::text[], $38::int4[], $39::text[], $40::text[], $41::int8[])
+    ON CONFLICT (franchise_id, day, store_id, reward_id) DO UPDATE SET n = t.n + EXCLUDED.n
+), visits AS (
+    INSERT INTO dashboard_visits AS t (franchise_id, day, scope, key, n)
+    SELECT * FROM unnest($42::text[], $43::int4[], $44::text[], $45::int4[], $46::int8[])
+    ON CONFLICT (franchise_id, day, scope, key) DO UPDATE SET n = t.n + EXCLUDED.n
+), tiers AS (
+    INSERT INTO dashboard_tiers AS t (franchise_id, tier, n)
+    SELECT * FROM unnest($47::text[], $48::text[], $49::int8[])
+    ON CONFLICT (franchise_id, tier) DO UPDATE SET n = t.n + EXCLUDED.n
 )
 SELECT loyalty_fence(
     (SELECT count(*) FROM created), cardinality($1::text[]),
     (SELECT count(*) FROM updated), cardinality($5::text[]),
     (SELECT count(*) FROM recorded), cardinality($13::text[]))";
+
+/// The stores of a franchise, on the `stores_by_franchise` index.
+const STORES_OF: &str = "SELECT body FROM stores WHERE franchise_id = $1 ORDER BY id";
+/// Daily totals of a franchise over a range of days (every store).
+const DASHBOARD_TOTALS: &str = "SELECT store_id, day, member_purchases, anonymous_purchases, \
+     member_revenue_cents, anonymous_revenue_cents, refunded_cents, enrolments, points_issued, \
+     points_redeemed, points_expired, redemptions, reward_cost_cents \
+     FROM dashboard_totals WHERE franchise_id = $1 AND day BETWEEN $2 AND $3";
+const DASHBOARD_REWARDS: &str = "SELECT store_id, day, reward_id, n FROM dashboard_rewards \
+     WHERE franchise_id = $1 AND day BETWEEN $2 AND $3 AND n <> 0";
+const DASHBOARD_VISITS: &str = "SELECT scope, day, key, n FROM dashboard_visits \
+     WHERE franchise_id = $1 AND day BETWEEN $2 AND $3 AND n <> 0";
+const TIER_COUNTS: &str =
+    "SELECT tier, n FROM dashboard_tiers WHERE franchise_id = $1 AND n <> 0 ORDER BY tier";
 
 /// Claims in one statement: the first claim of each id in the call (by position) is inserted
 /// unless the id is claimed; the owner of every id is then read back, from the rows this
@@ -261,6 +310,137 @@ struct CommitParams {
     led_bodies: Vec<Vec<u8>>,
     ins: RecordColumns,
     rep: RecordColumns,
+    dash: DashboardColumns,
+}
+
+/// The dashboard increments of [`COMMIT`], one array per column, rows sorted by primary key
+/// (so that concurrent commits lock the shared aggregate rows in one order).
+#[derive(Default)]
+struct DashboardColumns {
+    t_franchises: Vec<String>,
+    t_days: Vec<i32>,
+    t_stores: Vec<String>,
+    /// One array per counter of [`DayTotals`], in the order of [`totals_counters`].
+    t_counters: [Vec<i64>; COUNTERS],
+    r_franchises: Vec<String>,
+    r_days: Vec<i32>,
+    r_stores: Vec<String>,
+    r_rewards: Vec<String>,
+    r_ns: Vec<i64>,
+    v_franchises: Vec<String>,
+    v_days: Vec<i32>,
+    v_scopes: Vec<String>,
+    v_keys: Vec<i32>,
+    v_ns: Vec<i64>,
+    g_franchises: Vec<String>,
+    g_tiers: Vec<String>,
+    g_ns: Vec<i64>,
+}
+
+/// Counters of [`DayTotals`] (its reward map aside).
+const COUNTERS: usize = 11;
+
+/// The counters of `t`, in the column order of `dashboard_totals`.
+fn totals_counters(t: &DayTotals) -> [u64; COUNTERS] {
+    [
+        t.member_purchases,
+        t.anonymous_purchases,
+        t.member_revenue_cents,
+        t.anonymous_revenue_cents,
+        t.refunded_cents,
+        t.enrolments,
+        t.points_issued,
+        t.points_redeemed,
+        t.points_expired,
+        t.redemptions,
+        t.reward_cost_cents,
+    ]
+}
+
+/// Totals of a stored row: the counters in column order (negative values, which no commit
+/// writes, read as 0).
+fn totals_of(counters: [i64; COUNTERS]) -> DayTotals {
+    let c = counters.map(|v| u64::try_from(v).unwrap_or(0));
+    DayTotals {
+        member_purchases: c[0],
+        anonymous_purchases: c[1],
+        member_revenue_cents: c[2],
+        anonymous_revenue_cents: c[3],
+        refunded_cents: c[4],
+        enrolments: c[5],
+        points_issued: c[6],
+        points_redeemed: c[7],
+        points_expired: c[8],
+        redemptions: c[9],
+        reward_cost_cents: c[10],
+        rewards: BTreeMap::new(),
+    }
+}
+
+/// A day as the `integer` column.
+fn day_i32(day: Day) -> Result<i32> {
+    i32::try_from(day.0).map_err(|_| Error::Invalid(format!("day {} is out of range", day.0)))
+}
+
+/// A counter as a `bigint`, saturating (as the domain's sums do: a report never wraps).
+fn counter(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl DashboardColumns {
+    fn of(d: &DashboardDelta) -> Result<DashboardColumns> {
+        let mut c = DashboardColumns::default();
+        let mut totals: Vec<_> = d
+            .totals
+            .iter()
+            .filter(|(_, t)| !t.is_empty())
+            .map(|((f, s, day), t)| Ok(((f.as_str(), day_i32(*day)?, s.as_str()), t)))
+            .collect::<Result<_>>()?;
+        totals.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut rewards = Vec::new();
+        for ((f, day, store), t) in totals {
+            c.t_franchises.push(f.to_owned());
+            c.t_days.push(day);
+            c.t_stores.push(store.to_owned());
+            for (col, v) in c.t_counters.iter_mut().zip(totals_counters(t)) {
+                col.push(counter(v));
+            }
+            for (r, n) in t.rewards.iter().filter(|(_, n)| **n != 0) {
+                rewards.push(((f, day, store, r.as_str()), counter(*n)));
+            }
+        }
+        rewards.sort_by(|a, b| a.0.cmp(&b.0));
+        for ((f, day, store, reward), n) in rewards {
+            c.r_franchises.push(f.to_owned());
+            c.r_days.push(day);
+            c.r_stores.push(store.to_owned());
+            c.r_rewards.push(reward.to_owned());
+            c.r_ns.push(n);
+        }
+        let mut visits = Vec::new();
+        for ((f, scope, day), row) in &d.visits {
+            let day = day_i32(*day)?;
+            for (k, n) in row.iter().filter(|(_, n)| **n != 0) {
+                // The packed key as the `integer` column, bit for bit (it stays below 2^31).
+                visits.push(((f.as_str(), day, scope.key(), k.pack() as i32), *n));
+            }
+        }
+        visits.sort_by(|a, b| a.0.cmp(&b.0));
+        for ((f, day, scope, key), n) in visits {
+            c.v_franchises.push(f.to_owned());
+            c.v_days.push(day);
+            c.v_scopes.push(scope.to_owned());
+            c.v_keys.push(key);
+            c.v_ns.push(n);
+        }
+        // The tiers' map is already in (franchise, tier) order.
+        for ((f, tier), n) in d.tiers.iter().filter(|(_, n)| **n != 0) {
+            c.g_franchises.push(f.as_str().to_owned());
+            c.g_tiers.push(tier.clone());
+            c.g_ns.push(*n);
+        }
+        Ok(c)
+    }
 }
 
 #[derive(Default)]
@@ -337,10 +517,13 @@ impl CommitParams {
                 p.rep.push(r)?;
             }
         }
+        p.dash = DashboardColumns::of(&batch.dashboard)?;
         Ok(p)
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 22] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 49] {
+        let d = &self.dash;
+        let t = &d.t_counters;
         [
             &self.new_ids,
             &self.new_franchises,
@@ -364,6 +547,33 @@ impl CommitParams {
             &self.rep.members,
             &self.rep.fingerprints,
             &self.rep.bodies,
+            &d.t_franchises,
+            &d.t_days,
+            &d.t_stores,
+            &t[0],
+            &t[1],
+            &t[2],
+            &t[3],
+            &t[4],
+            &t[5],
+            &t[6],
+            &t[7],
+            &t[8],
+            &t[9],
+            &t[10],
+            &d.r_franchises,
+            &d.r_days,
+            &d.r_stores,
+            &d.r_rewards,
+            &d.r_ns,
+            &d.v_franchises,
+            &d.v_days,
+            &d.v_scopes,
+            &d.v_keys,
+            &d.v_ns,
+            &d.g_franchises,
+            &d.g_tiers,
+            &d.g_ns,
         ]
     }
 }
@@ -578,6 +788,122 @@ impl StateStore for PostgresStore {
                 })
             })
             .collect()
+    }
+
+    async fn dashboard_rows(
+        &self,
+        franchise: &FranchiseId,
+        from: Day,
+        to: Day,
+    ) -> Result<DashboardRows> {
+        let what = "reading dashboards";
+        if from > to {
+            return Ok(DashboardRows::default());
+        }
+        // Days past the column's range hold nothing: clamp the bounds.
+        let lo = i32::try_from(from.0).unwrap_or(i32::MAX);
+        let hi = i32::try_from(to.0).unwrap_or(i32::MAX);
+        let f = franchise.as_str();
+        let mut client = self.client(what).await?;
+        // One snapshot for the three reads (totals, their rewards and the visit counts agree
+        // with each other), pipelined on the connection.
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(|e| pg(what, &e))?;
+        let (st_totals, st_rewards, st_visits) = tokio::try_join!(
+            tx.prepare_cached(DASHBOARD_TOTALS),
+            tx.prepare_cached(DASHBOARD_REWARDS),
+            tx.prepare_cached(DASHBOARD_VISITS),
+        )
+        .map_err(|e| pg(what, &e))?;
+        let params: [&(dyn ToSql + Sync); 3] = [&f, &lo, &hi];
+        let (totals, rewards, visits) = tokio::try_join!(
+            tx.query(&st_totals, &params),
+            tx.query(&st_rewards, &params),
+            tx.query(&st_visits, &params),
+        )
+        .map_err(|e| pg(what, &e))?;
+        tx.commit().await.map_err(|e| pg(what, &e))?;
+
+        let store_id =
+            |s: &str| StoreId::parse(s).map_err(|e| corrupt(what, format!("store id {s:?}: {e}")));
+        let day_of = |d: i32| {
+            u32::try_from(d)
+                .map(Day)
+                .map_err(|_| corrupt(what, format!("day {d}")))
+        };
+        let mut by_key: BTreeMap<(String, i32), DayTotals> = BTreeMap::new();
+        for row in &totals {
+            let store: String = row.try_get(0).map_err(|e| pg(what, &e))?;
+            let day: i32 = row.try_get(1).map_err(|e| pg(what, &e))?;
+            let mut counters = [0i64; COUNTERS];
+            for (i, c) in counters.iter_mut().enumerate() {
+                *c = row.try_get(i + 2).map_err(|e| pg(what, &e))?;
+            }
+            by_key.insert((store, day), totals_of(counters));
+        }
+        for row in &rewards {
+            let store: String = row.try_get(0).map_err(|e| pg(what, &e))?;
+            let day: i32 = row.try_get(1).map_err(|e| pg(what, &e))?;
+            let reward: String = row.try_get(2).map_err(|e| pg(what, &e))?;
+            let n: i64 = row.try_get(3).map_err(|e| pg(what, &e))?;
+            let reward = RewardId::parse(&reward)
+                .map_err(|e| corrupt(what, format!("reward id {reward:?}: {e}")))?;
+            let Ok(n) = u64::try_from(n) else { continue };
+            by_key
+                .entry((store, day))
+                .or_default()
+                .rewards
+                .insert(reward, n);
+        }
+        let mut out = DashboardRows::default();
+        for ((store, day), t) in by_key {
+            if !t.is_empty() {
+                out.totals.push((store_id(&store)?, day_of(day)?, t));
+            }
+        }
+        let mut rows: BTreeMap<(String, i32), VisitRow> = BTreeMap::new();
+        for row in &visits {
+            let scope: String = row.try_get(0).map_err(|e| pg(what, &e))?;
+            let day: i32 = row.try_get(1).map_err(|e| pg(what, &e))?;
+            let key: i32 = row.try_get(2).map_err(|e| pg(what, &e))?;
+            let n: i64 = row.try_get(3).map_err(|e| pg(what, &e))?;
+            rows.entry((scope, day))
+                .or_default()
+                .insert(VisitKey::unpack(key as u32), n);
+        }
+        for ((scope, day), row) in rows {
+            let s = Scope::from_key(&scope)
+                .ok_or_else(|| corrupt(what, format!("visit scope {scope:?}")))?;
+            out.visits.push((s, day_of(day)?, row));
+        }
+        Ok(out)
+    }
+
+    async fn tier_counts(&self, franchise: &FranchiseId) -> Result<Vec<(String, i64)>> {
+        let what = "reading tier counts";
+        self.query(what, TIER_COUNTS, &[&franchise.as_str()])
+            .await?
+            .iter()
+            .map(|row| {
+                let tier: String = row.try_get(0).map_err(|e| pg(what, &e))?;
+                let n: i64 = row.try_get(1).map_err(|e| pg(what, &e))?;
+                Ok((tier, n))
+            })
+            .collect()
+    }
+
+    async fn stores_of(&self, franchise: &FranchiseId) -> Result<Vec<Store>> {
+        self.decode_all(
+            "listing a franchise's stores",
+            STORES_OF,
+            &[&franchise.as_str()],
+        )
+        .await
     }
 
     async fn commit(&self, batch: EffectBatch) -> Result<()> {

@@ -114,7 +114,9 @@ async fn a_partly_migrated_or_edited_schema_is_refused() -> anyhow::Result<()> {
     let last = MIGRATIONS.last().context("no migrations")?;
     client
         .batch_execute(&format!(
-            "DROP TABLE event_claims; DELETE FROM schema_migrations WHERE version = {}",
+            "DROP TABLE dashboard_totals, dashboard_rewards, dashboard_visits, \
+             dashboard_tiers; DROP FUNCTION loyalty_drop_zero_visit(); \
+             DROP INDEX stores_by_franchise; DELETE FROM schema_migrations WHERE version = {}",
             last.version
         ))
         .await?;
@@ -535,5 +537,144 @@ async fn a_commit_blocked_past_the_statement_timeout_is_unavailable() -> anyhow:
     tx.rollback().await?;
     impatient.commit(buy.batch(v1.version)).await?;
     ensure!(store.member(&m).await?.as_ref() == buy.state.as_ref());
+    Ok(())
+}
+
+/// Dashboard increments of many concurrent commits on the same rows (one franchise's stores
+/// and days, as every engine of a cluster writes them) all add up, without a deadlock: the
+/// rows are locked in key order. A visit count brought to 0 is deleted, not kept at 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_dashboard_increments_add_up_and_zero_visits_are_deleted() -> anyhow::Result<()>
+{
+    use loyalty_domain::dashboard::{DashboardDelta, DayTotals, Scope, VisitKey};
+    use loyalty_domain::{Day, StoreId};
+
+    let Some(server) = server() else {
+        return Ok(());
+    };
+    let (config, store) = store(&server, "dashboards").await?;
+    let store = Arc::new(store);
+    let f = FranchiseId::parse("dash-hot")?;
+    let stores: Vec<StoreId> = (0..4)
+        .map(|i| StoreId::parse(&format!("hot-{i}")))
+        .collect::<Result<_, _>>()?;
+    let key = |g: u16| VisitKey {
+        prev: Some(g),
+        prev2: None,
+    };
+    const TASKS: usize = 6;
+    const COMMITS: usize = 15;
+    let delta = |t: usize| {
+        let mut d = DashboardDelta::default();
+        for (i, s) in stores.iter().enumerate() {
+            for day in [Day(20_000), Day(20_001)] {
+                d.totals.insert(
+                    (f.clone(), s.clone(), day),
+                    DayTotals {
+                        member_purchases: 1,
+                        member_revenue_cents: (100 * (i + 1)) as u64,
+                        ..DayTotals::default()
+                    },
+                );
+                d.visits.insert(
+                    (f.clone(), Scope::Store(s.clone()), day),
+                    [(key(1), 1), (key(2 + t as u16 % 2), 1)].into(),
+                );
+            }
+        }
+        d.visits.insert(
+            (f.clone(), Scope::Franchise, Day(20_000)),
+            [(key(1), 2)].into(),
+        );
+        d.tiers.insert((f.clone(), "gold".into()), 1);
+        d.tiers.insert((f.clone(), "silver".into()), -1);
+        d
+    };
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let store = store.clone();
+            let d = delta(t);
+            tokio::spawn(async move {
+                for _ in 0..COMMITS {
+                    store
+                        .commit(EffectBatch {
+                            dashboard: d.clone(),
+                            ..EffectBatch::default()
+                        })
+                        .await?;
+                }
+                Ok::<_, Error>(())
+            })
+        })
+        .collect();
+    for t in futures::future::join_all(tasks).await {
+        t??;
+    }
+    let n = (TASKS * COMMITS) as u64;
+    let rows = store.dashboard_rows(&f, Day(20_000), Day(20_001)).await?;
+    ensure!(rows.totals.len() == 8, "{} totals rows", rows.totals.len());
+    for (s, _, t) in &rows.totals {
+        let i: u64 = s.as_str()[4..].parse()?;
+        ensure!(
+            t.member_purchases == n && t.member_revenue_cents == n * 100 * (i + 1),
+            "{s}: {t:?}"
+        );
+    }
+    ensure!(rows.visits.len() == 9, "{} visit rows", rows.visits.len());
+    for (scope, _, row) in &rows.visits {
+        let want = match scope {
+            Scope::Franchise => [(key(1), 2 * n as i64)].into(),
+            Scope::Store(_) => [
+                (key(1), n as i64),
+                (key(2), n as i64 / 2),
+                (key(3), n as i64 / 2),
+            ]
+            .into(),
+        };
+        ensure!(*row == want, "{scope:?}: {row:?}");
+    }
+    let mut tiers = store.tier_counts(&f).await?;
+    tiers.sort();
+    ensure!(
+        tiers == vec![("gold".into(), n as i64), ("silver".into(), -(n as i64))],
+        "{tiers:?}"
+    );
+
+    // Taking every count of one store's day back to 0 deletes its rows.
+    let s0 = stores[0].clone();
+    let mut back = DashboardDelta::default();
+    back.visits.insert(
+        (f.clone(), Scope::Store(s0.clone()), Day(20_000)),
+        [
+            (key(1), -(n as i64)),
+            (key(2), -(n as i64) / 2),
+            (key(3), -(n as i64) / 2),
+        ]
+        .into(),
+    );
+    back.tiers.insert((f.clone(), "silver".into()), n as i64);
+    store
+        .commit(EffectBatch {
+            dashboard: back,
+            ..EffectBatch::default()
+        })
+        .await?;
+    let client = raw(&config).await?;
+    let zeros: i64 = client
+        .query_one("SELECT count(*) FROM dashboard_visits WHERE n = 0", &[])
+        .await?
+        .get(0);
+    ensure!(zeros == 0, "{zeros} visit counts kept at 0");
+    let left: i64 = client
+        .query_one(
+            "SELECT count(*) FROM dashboard_visits WHERE scope = $1 AND day = 20000",
+            &[&s0.as_str()],
+        )
+        .await?
+        .get(0);
+    ensure!(left == 0, "{left} visit counts left for {s0}");
+    let rows = store.dashboard_rows(&f, Day(20_000), Day(20_001)).await?;
+    ensure!(rows.visits.len() == 8, "{} visit rows", rows.visits.len());
+    ensure!(store.tier_counts(&f).await? == vec![("gold".into(), n as i64)]);
     Ok(())
 }

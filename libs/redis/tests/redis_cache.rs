@@ -339,6 +339,7 @@ async fn enrol(
                     .map(|e| (m.clone(), e))
                     .collect(),
                 processed: Vec::new(),
+                ..EffectBatch::default()
             })
             .await
             .unwrap();

@@ -25,6 +25,9 @@
 //! | `members_after` order | token order of the member id | member-id order (`C` collation) | `members_scan_once` (each member exactly once, whatever the order) |
 //! | `sync` | nothing to do: writes are durable on return (commit log) | nothing to do: `synchronous_commit = on` | `sync_keeps_every_commit` |
 //! | ledger order | clustering `seq DESC` | index on `(member, seq)` | `ledger_pages_newest_first` |
+//! | dashboards' aggregates (`EffectBatch::dashboard`) | counter tables, incremented **after** the member batches and only when every one of them was written: **not atomic with the member batches**. A batch that fails adds nothing, also for the members whose share it wrote (their events are replays from then on, so they are missing from the aggregates); a failure while incrementing may leave part of the increments applied; counters are not idempotent, so a timed-out increment is not retried. A rebuild of the projections (`loyalty projections rebuild`) restores exact figures | in the commit's transaction: exact | `dashboard_deltas_add_up`, `refused_batches_add_nothing_to_dashboards` |
+//! | visit counts at 0 | kept at 0 (a counter cannot be deleted and written again), skipped by reads | deleted (trigger) | `dashboard_deltas_add_up` |
+//! | `stores_of` | `stores_by_franchise`, written by `put_store` with `stores` (a move deletes the old franchise's row) and filled by `migrate` | index on `stores (franchise_id, id)` | `stores_of_lists_the_franchise_stores` |
 //!
 //! The engine is written for the weaker column: after a failed commit it re-reads the store and
 //! treats the events it finds recorded as replays (`tests/tests/engine_faults.rs` runs it on a

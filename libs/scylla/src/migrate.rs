@@ -14,6 +14,8 @@
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use futures::TryStreamExt;
+use loyalty_core::model::Store;
 use loyalty_core::{Error, Result};
 use scylla::client::session::Session;
 use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
@@ -40,7 +42,16 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "event_claims",
         cql: include_str!("../migrations/0002_event_claims.cql"),
     },
+    Migration {
+        version: 3,
+        name: "dashboards",
+        cql: include_str!("../migrations/0003_dashboards.cql"),
+    },
 ];
+
+/// The migration that creates `stores_by_franchise`, which [`migrate`] then fills from
+/// `stores` (before recording it: an interrupted fill is done again).
+const STORES_BY_FRANCHISE: u32 = 3;
 
 impl Migration {
     /// The statements of the migration for `keyspace`.
@@ -166,6 +177,9 @@ pub async fn migrate(session: &Session, config: &ScyllaConfig) -> Result<Vec<u32
             )
             .await?;
         }
+        if m.version == STORES_BY_FRANCHISE {
+            index_stores(session, ks).await?;
+        }
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
@@ -188,6 +202,40 @@ pub async fn migrate(session: &Session, config: &ScyllaConfig) -> Result<Vec<u32
     Ok(done)
 }
 
+/// Fills `stores_by_franchise` from `stores` (idempotent: the same rows again).
+async fn index_stores(session: &Session, ks: &str) -> Result<()> {
+    let what = "indexing stores by franchise";
+    let insert = session
+        .prepare(format!(
+            "INSERT INTO {ks}.stores_by_franchise (franchise_id, store_id, body) VALUES (?, ?, ?)"
+        ))
+        .await
+        .map_err(|e| unavailable(what, e))?;
+    let mut rows = session
+        .query_iter(format!("SELECT body FROM {ks}.stores"), ())
+        .await
+        .map_err(|e| unavailable(what, e))?
+        .rows_stream::<(Option<Vec<u8>>,)>()
+        .map_err(|e| unavailable(what, e))?;
+    while let Some((body,)) = rows.try_next().await.map_err(|e| unavailable(what, e))? {
+        let Some(body) = body else { continue };
+        let store: Store = serde_json::from_slice(&body)
+            .map_err(|e| Error::Corrupt(format!("scylla migrate: {what}: a store: {e}")))?;
+        session
+            .execute_unpaged(
+                &insert,
+                (
+                    store.franchise_id.as_str(),
+                    store.id.as_str(),
+                    body.as_slice(),
+                ),
+            )
+            .await
+            .map_err(|e| unavailable(what, e))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +248,20 @@ mod tests {
             assert!(s.starts_with("CREATE TABLE IF NOT EXISTS ks1."), "{s}");
             assert!(!s.contains("{keyspace}") && !s.contains("--"), "{s}");
         }
+    }
+
+    #[test]
+    fn the_dashboards_migration_creates_its_tables() {
+        let m = MIGRATIONS
+            .iter()
+            .find(|m| m.version == STORES_BY_FRANCHISE)
+            .expect("migration 3");
+        let stmts = m.statements("ks1");
+        assert_eq!(stmts.len(), 6, "{stmts:#?}");
+        for s in &stmts {
+            assert!(s.starts_with("CREATE TABLE IF NOT EXISTS ks1."), "{s}");
+        }
+        assert!(stmts[0].contains("ks1.stores_by_franchise"), "{}", stmts[0]);
     }
 
     #[test]

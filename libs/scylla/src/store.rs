@@ -11,6 +11,27 @@
 //! | `member_events` | `pk` (member id) | `kind, seq DESC, event_id` | static `version` + `state`; ledger rows (`kind = 1`, by `seq`); idempotency records (`kind = 2`, by `franchise/event`) |
 //! | `processed_by_event` | `(franchise_id, event_id)` | | `pk` of the `member_events` partition holding the record |
 //! | `event_claims` | `(franchise_id, event_id)` | | the owning command's fingerprint, first claim wins (`migrations/0002_event_claims.cql`) |
+//! | `stores_by_franchise` | `franchise_id` | `store_id` | store JSON, for `stores_of` (`migrations/0003_dashboards.cql`) |
+//! | `dashboard_days` | `franchise_id` | `day` | the days that have aggregates |
+//! | `dashboard_totals` | `(franchise_id, day)` | `store_id` | one counter per counter of `DayTotals` |
+//! | `dashboard_rewards` | `(franchise_id, day)` | `store_id, reward_id` | redemptions by reward (counter) |
+//! | `dashboard_visits` | `(franchise_id, day)` | `scope, key` | visit counts (counter; `scope` `''` = the franchise, `key` the packed `VisitKey`) |
+//! | `dashboard_tiers` | `franchise_id` | `tier` | members by tier (counter) |
+//!
+//! # Dashboards
+//!
+//! The dashboards' aggregates are counters, incremented by [`ScyllaStore::commit`] once every
+//! member partition's batch of the commit was written: first the `(franchise, day)` rows of
+//! `dashboard_days` the delta touches, then one counter batch per chunk of each `(franchise,
+//! day)` partition's increments, and the tier counts. They are **not atomic with the member
+//! batches** (counter updates cannot join a conditional batch): a commit that fails adds
+//! nothing, although some members' shares may be written (whose events are replays from then
+//! on: their share of the delta is missing), and a failure while incrementing leaves part of
+//! the increments applied (counter updates are not idempotent and are not retried). A rebuild
+//! of the projections restores exact figures. A visit count that reaches 0 stays at 0 (a
+//! deleted counter cannot be written again) and reads skip it. [`StateStore::dashboard_rows`]
+//! reads the days of the range from `dashboard_days`, then each day's three partitions, 16
+//! days at a time.
 //!
 //! # Atomicity and fencing
 //!
@@ -79,14 +100,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use futures::future::{join_all, try_join_all};
-use futures::TryStreamExt;
+use futures::{stream, StreamExt, TryStreamExt};
 use loyalty_core::metrics::metrics;
 use loyalty_core::model::{Franchise, Principal, Store};
-use loyalty_core::ports::{EffectBatch, EventClaim, StateStore};
+use loyalty_core::ports::{DashboardRows, EffectBatch, EventClaim, StateStore};
 use loyalty_core::{Error, Result};
+use loyalty_domain::dashboard::{DashboardDelta, DayTotals, Scope, VisitKey, VisitRow};
 use loyalty_domain::{
-    EventId, Fingerprint, FranchiseId, LedgerEntry, MemberId, MemberState, ProcessedEvent, Program,
-    StoreId,
+    Day, EventId, Fingerprint, FranchiseId, LedgerEntry, MemberId, MemberState, ProcessedEvent,
+    Program, RewardId, StoreId,
 };
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
@@ -96,7 +118,7 @@ use scylla::response::query_result::QueryResult;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::batch::{Batch, BatchStatement, BatchType};
 use scylla::statement::prepared::PreparedStatement;
-use scylla::value::{CqlValue, Row};
+use scylla::value::{Counter, CqlValue, Row};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -217,6 +239,81 @@ struct Statements {
     record_insert: PreparedStatement,
     record_replace: PreparedStatement,
     claim_event: PreparedStatement,
+    put_store_index: PreparedStatement,
+    drop_store_index: PreparedStatement,
+    stores_of: PreparedStatement,
+    dash_day: PreparedStatement,
+    dash_days: PreparedStatement,
+    add_totals: PreparedStatement,
+    add_reward: PreparedStatement,
+    add_visit: PreparedStatement,
+    add_tier: PreparedStatement,
+    read_totals: PreparedStatement,
+    read_rewards: PreparedStatement,
+    read_visits: PreparedStatement,
+    read_tiers: PreparedStatement,
+}
+
+/// The counter columns of `dashboard_totals`, in the order of [`totals_counters`].
+const TOTALS_COLUMNS: [&str; 11] = [
+    "member_purchases",
+    "anonymous_purchases",
+    "member_revenue_cents",
+    "anonymous_revenue_cents",
+    "refunded_cents",
+    "enrolments",
+    "points_issued",
+    "points_redeemed",
+    "points_expired",
+    "redemptions",
+    "reward_cost_cents",
+];
+
+/// The counters of `t`, in the order of [`TOTALS_COLUMNS`].
+fn totals_counters(t: &DayTotals) -> [u64; 11] {
+    [
+        t.member_purchases,
+        t.anonymous_purchases,
+        t.member_revenue_cents,
+        t.anonymous_revenue_cents,
+        t.refunded_cents,
+        t.enrolments,
+        t.points_issued,
+        t.points_redeemed,
+        t.points_expired,
+        t.redemptions,
+        t.reward_cost_cents,
+    ]
+}
+
+/// Which counter table an increment is for.
+#[derive(Clone, Copy, Debug)]
+enum Counted {
+    Totals,
+    Reward,
+    Visit,
+    Tier,
+}
+
+/// Statements per counter batch (each a few dozen bytes: far below the batch size warnings).
+const COUNTER_BATCH: usize = 100;
+/// Partitions of the dashboards written or read at once by one call.
+const DASHBOARD_CONCURRENCY: usize = 16;
+
+/// A day as the CQL `int` column.
+fn day_i32(day: Day) -> Result<i32> {
+    i32::try_from(day.0).map_err(|_| Error::Invalid(format!("day {} is out of range", day.0)))
+}
+
+/// A counter increment, saturating (as the domain's sums do).
+fn increment(v: u64) -> CqlValue {
+    CqlValue::Counter(Counter(i64::try_from(v).unwrap_or(i64::MAX)))
+}
+
+/// A stored counter (`null` when never incremented; negative values, which no commit writes,
+/// read as 0).
+fn count(c: Option<Counter>) -> u64 {
+    c.map_or(0, |c| u64::try_from(c.0).unwrap_or(0))
 }
 
 impl Statements {
@@ -310,6 +407,72 @@ impl Statements {
             claim_event: prep(format!(
                 "INSERT INTO {ks}.event_claims (franchise_id, event_id, fingerprint) \
                  VALUES (?, ?, ?) IF NOT EXISTS"
+            ))
+            .await?,
+            put_store_index: prep(format!(
+                "INSERT INTO {ks}.stores_by_franchise (franchise_id, store_id, body) \
+                 VALUES (?, ?, ?)"
+            ))
+            .await?,
+            drop_store_index: prep(format!(
+                "DELETE FROM {ks}.stores_by_franchise WHERE franchise_id = ? AND store_id = ?"
+            ))
+            .await?,
+            stores_of: prep(format!(
+                "SELECT body FROM {ks}.stores_by_franchise WHERE franchise_id = ?"
+            ))
+            .await?,
+            dash_day: prep(format!(
+                "INSERT INTO {ks}.dashboard_days (franchise_id, day) VALUES (?, ?)"
+            ))
+            .await?,
+            dash_days: prep(format!(
+                "SELECT day FROM {ks}.dashboard_days WHERE franchise_id = ? AND day >= ? \
+                 AND day <= ?"
+            ))
+            .await?,
+            add_totals: prep(format!(
+                "UPDATE {ks}.dashboard_totals SET {} \
+                 WHERE franchise_id = ? AND day = ? AND store_id = ?",
+                TOTALS_COLUMNS
+                    .iter()
+                    .map(|c| format!("{c} = {c} + ?"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .await?,
+            add_reward: prep(format!(
+                "UPDATE {ks}.dashboard_rewards SET n = n + ? \
+                 WHERE franchise_id = ? AND day = ? AND store_id = ? AND reward_id = ?"
+            ))
+            .await?,
+            add_visit: prep(format!(
+                "UPDATE {ks}.dashboard_visits SET n = n + ? \
+                 WHERE franchise_id = ? AND day = ? AND scope = ? AND key = ?"
+            ))
+            .await?,
+            add_tier: prep(format!(
+                "UPDATE {ks}.dashboard_tiers SET n = n + ? WHERE franchise_id = ? AND tier = ?"
+            ))
+            .await?,
+            read_totals: prep(format!(
+                "SELECT store_id, {} FROM {ks}.dashboard_totals \
+                 WHERE franchise_id = ? AND day = ?",
+                TOTALS_COLUMNS.join(", ")
+            ))
+            .await?,
+            read_rewards: prep(format!(
+                "SELECT store_id, reward_id, n FROM {ks}.dashboard_rewards \
+                 WHERE franchise_id = ? AND day = ?"
+            ))
+            .await?,
+            read_visits: prep(format!(
+                "SELECT scope, key, n FROM {ks}.dashboard_visits \
+                 WHERE franchise_id = ? AND day = ?"
+            ))
+            .await?,
+            read_tiers: prep(format!(
+                "SELECT tier, n FROM {ks}.dashboard_tiers WHERE franchise_id = ?"
             ))
             .await?,
         })
@@ -576,6 +739,228 @@ impl ScyllaStore {
         }
     }
 
+    /// Adds a batch's dashboard delta to the counters: first the days it touches (so that a
+    /// reader that finds a counter finds its day), then one counter batch per chunk of each
+    /// `(franchise, day)` partition's increments, and the tier counts. Not atomic: on an error
+    /// some increments may have been applied (see the crate documentation).
+    async fn add_dashboard(&self, d: &DashboardDelta) -> Result<()> {
+        type Partition = Vec<(Counted, Vec<CqlValue>)>;
+        let mut parts: BTreeMap<(String, i32), Partition> = BTreeMap::new();
+        for ((f, store, day), t) in &d.totals {
+            let part = parts
+                .entry((f.as_str().to_owned(), day_i32(*day)?))
+                .or_default();
+            let counters = totals_counters(t);
+            if counters.iter().any(|c| *c != 0) {
+                let mut v: Vec<CqlValue> = counters.into_iter().map(increment).collect();
+                v.push(CqlValue::Text(f.as_str().to_owned()));
+                v.push(CqlValue::Int(day_i32(*day)?));
+                v.push(CqlValue::Text(store.as_str().to_owned()));
+                part.push((Counted::Totals, v));
+            }
+            for (r, n) in t.rewards.iter().filter(|(_, n)| **n != 0) {
+                part.push((
+                    Counted::Reward,
+                    vec![
+                        increment(*n),
+                        CqlValue::Text(f.as_str().to_owned()),
+                        CqlValue::Int(day_i32(*day)?),
+                        CqlValue::Text(store.as_str().to_owned()),
+                        CqlValue::Text(r.as_str().to_owned()),
+                    ],
+                ));
+            }
+        }
+        for ((f, scope, day), row) in &d.visits {
+            let part = parts
+                .entry((f.as_str().to_owned(), day_i32(*day)?))
+                .or_default();
+            for (k, n) in row.iter().filter(|(_, n)| **n != 0) {
+                part.push((
+                    Counted::Visit,
+                    vec![
+                        CqlValue::Counter(Counter(*n)),
+                        CqlValue::Text(f.as_str().to_owned()),
+                        CqlValue::Int(day_i32(*day)?),
+                        CqlValue::Text(scope.key().to_owned()),
+                        // The packed key, bit for bit (it stays below 2^31).
+                        CqlValue::Int(k.pack() as i32),
+                    ],
+                ));
+            }
+        }
+        parts.retain(|_, p| !p.is_empty());
+
+        let days: Vec<(String, i32)> = parts.keys().cloned().collect();
+        let days = days.into_iter().map(|(f, day)| self.add_day(f, day));
+        stream::iter(days)
+            .buffer_unordered(DASHBOARD_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+
+        let mut batches: Vec<Partition> = Vec::new();
+        for (_, p) in parts {
+            let mut p = p.into_iter().peekable();
+            while p.peek().is_some() {
+                batches.push(p.by_ref().take(COUNTER_BATCH).collect());
+            }
+        }
+        let tiers: Partition = d
+            .tiers
+            .iter()
+            .filter(|(_, n)| **n != 0)
+            .map(|((f, tier), n)| {
+                (
+                    Counted::Tier,
+                    vec![
+                        CqlValue::Counter(Counter(*n)),
+                        CqlValue::Text(f.as_str().to_owned()),
+                        CqlValue::Text(tier.clone()),
+                    ],
+                )
+            })
+            .collect();
+        for chunk in tiers.chunks(COUNTER_BATCH) {
+            batches.push(chunk.to_vec());
+        }
+        let writes = batches.into_iter().map(|b| self.counter_batch(b));
+        stream::iter(writes)
+            .buffer_unordered(DASHBOARD_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    /// Records that `franchise` has aggregates on `day`.
+    async fn add_day(&self, franchise: String, day: i32) -> Result<()> {
+        self.session
+            .execute_unpaged(&self.st.dash_day, (franchise.as_str(), day))
+            .await
+            .map(|_| ())
+            .map_err(|e| unavailable("adding to the dashboards", e))
+    }
+
+    /// Applies counter increments with one counter batch.
+    async fn counter_batch(&self, statements: Vec<(Counted, Vec<CqlValue>)>) -> Result<()> {
+        let mut batch = Batch::new(BatchType::Counter);
+        let mut values = Vec::with_capacity(statements.len());
+        for (kind, v) in statements {
+            let st = match kind {
+                Counted::Totals => &self.st.add_totals,
+                Counted::Reward => &self.st.add_reward,
+                Counted::Visit => &self.st.add_visit,
+                Counted::Tier => &self.st.add_tier,
+            };
+            batch.append_statement(BatchStatement::PreparedStatement(st.clone()));
+            values.push(v);
+        }
+        self.session
+            .batch(&batch, values)
+            .await
+            .map(|_| ())
+            .map_err(|e| unavailable("adding to the dashboards", e))
+    }
+
+    /// The aggregates of one `(franchise, day)` partition: totals by store and visit rows by
+    /// scope, zero rows left out.
+    async fn dashboard_day(&self, franchise: &str, day: i32) -> Result<DashboardRows> {
+        let what = "reading dashboards";
+        let d = u32::try_from(day)
+            .map(Day)
+            .map_err(|_| Error::Corrupt(format!("scylla: {what}: day {day}")))?;
+        let store_id = |s: &str| {
+            StoreId::parse(s)
+                .map_err(|e| Error::Corrupt(format!("scylla: {what}: store id {s:?}: {e}")))
+        };
+        type TotalsRow = (
+            String,
+            Option<Counter>,
+            Option<Counter>,
+            Option<Counter>,
+            Option<Counter>,
+            Option<Counter>,
+            Option<Counter>,
+            Option<Counter>,
+            Option<Counter>,
+            Option<Counter>,
+            Option<Counter>,
+            Option<Counter>,
+        );
+        let mut totals: BTreeMap<String, DayTotals> = BTreeMap::new();
+        let mut rows = self
+            .session
+            .execute_iter(self.st.read_totals.clone(), (franchise, day))
+            .await
+            .map_err(|e| unavailable(what, e))?
+            .rows_stream::<TotalsRow>()
+            .map_err(|e| unavailable(what, e))?;
+        while let Some(r) = rows.try_next().await.map_err(|e| unavailable(what, e))? {
+            let t = DayTotals {
+                member_purchases: count(r.1),
+                anonymous_purchases: count(r.2),
+                member_revenue_cents: count(r.3),
+                anonymous_revenue_cents: count(r.4),
+                refunded_cents: count(r.5),
+                enrolments: count(r.6),
+                points_issued: count(r.7),
+                points_redeemed: count(r.8),
+                points_expired: count(r.9),
+                redemptions: count(r.10),
+                reward_cost_cents: count(r.11),
+                rewards: BTreeMap::new(),
+            };
+            totals.insert(r.0, t);
+        }
+        let mut rows = self
+            .session
+            .execute_iter(self.st.read_rewards.clone(), (franchise, day))
+            .await
+            .map_err(|e| unavailable(what, e))?
+            .rows_stream::<(String, String, Option<Counter>)>()
+            .map_err(|e| unavailable(what, e))?;
+        while let Some((store, reward, n)) =
+            rows.try_next().await.map_err(|e| unavailable(what, e))?
+        {
+            let n = count(n);
+            if n == 0 {
+                continue;
+            }
+            let reward = RewardId::parse(&reward).map_err(|e| {
+                Error::Corrupt(format!("scylla: {what}: reward id {reward:?}: {e}"))
+            })?;
+            totals.entry(store).or_default().rewards.insert(reward, n);
+        }
+        let mut out = DashboardRows::default();
+        for (store, t) in totals {
+            if !t.is_empty() {
+                out.totals.push((store_id(&store)?, d, t));
+            }
+        }
+        let mut visits: BTreeMap<String, VisitRow> = BTreeMap::new();
+        let mut rows = self
+            .session
+            .execute_iter(self.st.read_visits.clone(), (franchise, day))
+            .await
+            .map_err(|e| unavailable(what, e))?
+            .rows_stream::<(String, i32, Option<Counter>)>()
+            .map_err(|e| unavailable(what, e))?;
+        while let Some((scope, key, n)) = rows.try_next().await.map_err(|e| unavailable(what, e))? {
+            let n = n.map_or(0, |c| c.0);
+            if n != 0 {
+                visits
+                    .entry(scope)
+                    .or_default()
+                    .insert(VisitKey::unpack(key as u32), n);
+            }
+        }
+        for (scope, row) in visits {
+            let s = Scope::from_key(&scope)
+                .ok_or_else(|| Error::Corrupt(format!("scylla: {what}: scope {scope:?}")))?;
+            out.visits.push((s, d, row));
+        }
+        Ok(out)
+    }
+
     /// Writes one partition's share of a commit with one (conditional) batch.
     async fn write_partition(&self, pk: &str, w: PartitionWrite) -> Result<()> {
         let mut batch = Batch::new(BatchType::Logged);
@@ -714,12 +1099,32 @@ impl StateStore for ScyllaStore {
     }
 
     async fn put_store(&self, store: &Store) -> Result<()> {
+        let what = "writing a store";
+        let body = encode(store)?;
+        // A store moved to another franchise leaves the old franchise's index.
+        let old: Option<Store> = self
+            .get_json("store", &self.st.get_store, (store.id.as_str(),))
+            .await?;
+        if let Some(old) = old.filter(|o| o.franchise_id != store.franchise_id) {
+            self.put(
+                what,
+                &self.st.drop_store_index,
+                (old.franchise_id.as_str(), store.id.as_str()),
+            )
+            .await?;
+        }
         self.put(
-            "writing a store",
-            &self.st.put_store,
-            (store.id.as_str(), encode(store)?),
+            what,
+            &self.st.put_store_index,
+            (
+                store.franchise_id.as_str(),
+                store.id.as_str(),
+                body.as_slice(),
+            ),
         )
-        .await
+        .await?;
+        self.put(what, &self.st.put_store, (store.id.as_str(), body))
+            .await
     }
 
     async fn store(&self, id: &StoreId) -> Result<Option<Store>> {
@@ -845,6 +1250,82 @@ impl StateStore for ScyllaStore {
         Ok(out)
     }
 
+    async fn dashboard_rows(
+        &self,
+        franchise: &FranchiseId,
+        from: Day,
+        to: Day,
+    ) -> Result<DashboardRows> {
+        let what = "reading dashboards";
+        if from > to {
+            return Ok(DashboardRows::default());
+        }
+        let lo = i32::try_from(from.0).unwrap_or(i32::MAX);
+        let hi = i32::try_from(to.0).unwrap_or(i32::MAX);
+        let f = franchise.as_str();
+        let days: Vec<(i32,)> = self
+            .session
+            .execute_iter(self.st.dash_days.clone(), (f, lo, hi))
+            .await
+            .map_err(|e| unavailable(what, e))?
+            .rows_stream::<(i32,)>()
+            .map_err(|e| unavailable(what, e))?
+            .try_collect()
+            .await
+            .map_err(|e| unavailable(what, e))?;
+        let parts: Vec<DashboardRows> =
+            stream::iter(days.into_iter().map(|(d,)| self.dashboard_day(f, d)))
+                .buffer_unordered(DASHBOARD_CONCURRENCY)
+                .try_collect()
+                .await?;
+        let mut out = DashboardRows::default();
+        for p in parts {
+            out.totals.extend(p.totals);
+            out.visits.extend(p.visits);
+        }
+        Ok(out)
+    }
+
+    async fn tier_counts(&self, franchise: &FranchiseId) -> Result<Vec<(String, i64)>> {
+        let what = "reading tier counts";
+        let rows: Vec<(String, Option<Counter>)> = self
+            .session
+            .execute_iter(self.st.read_tiers.clone(), (franchise.as_str(),))
+            .await
+            .map_err(|e| unavailable(what, e))?
+            .rows_stream::<(String, Option<Counter>)>()
+            .map_err(|e| unavailable(what, e))?
+            .try_collect()
+            .await
+            .map_err(|e| unavailable(what, e))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(tier, n)| n.map(|c| (tier, c.0)))
+            .filter(|(_, n)| *n != 0)
+            .collect())
+    }
+
+    async fn stores_of(&self, franchise: &FranchiseId) -> Result<Vec<Store>> {
+        let what = "listing a franchise's stores";
+        let mut rows = self
+            .session
+            .execute_iter(self.st.stores_of.clone(), (franchise.as_str(),))
+            .await
+            .map_err(|e| unavailable(what, e))?
+            .rows_stream::<(Option<Vec<u8>>,)>()
+            .map_err(|e| unavailable(what, e))?;
+        let mut out = Vec::new();
+        while let Some((body,)) = rows.try_next().await.map_err(|e| unavailable(what, e))? {
+            let Some(body) = body else { continue };
+            let store: Store = decode("store", &body)?;
+            // An index row left by a move to another franchise that failed half-way.
+            if &store.franchise_id == franchise {
+                out.push(store);
+            }
+        }
+        Ok(out)
+    }
+
     async fn commit(&self, batch: EffectBatch) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
@@ -925,13 +1406,16 @@ impl StateStore for ScyllaStore {
                 }
             }
         }
-        match first_error {
-            Some(e) => Err(e),
-            None => {
-                timer.observe_duration();
-                Ok(())
-            }
+        if let Some(e) = first_error {
+            // Nothing of the dashboards: a refused member's events will be applied again and
+            // counted then; the written members' events are replays from now on, so their
+            // share is missing until a rebuild (the crate documentation says so).
+            return Err(e);
         }
+        // 3. The dashboards' counters, once every member's share is written.
+        self.add_dashboard(&batch.dashboard).await?;
+        timer.observe_duration();
+        Ok(())
     }
 }
 

@@ -20,19 +20,26 @@
 //!   member state;
 //! - event id claims: the first claim owns the id for good;
 //! - a refused batch is atomic per member: the fenced member's share is not written, the others'
-//!   are each wholly written or wholly absent.
+//!   are each wholly written or wholly absent;
+//! - dashboards: the deltas of commits add up (counters added, visit keys added and a key that
+//!   reaches 0 gone, tiers added), `dashboard_rows` answers exactly the days of its range and
+//!   the franchise asked; a refused batch adds nothing to them; `stores_of` lists the
+//!   franchise's stores only.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, ensure, Context};
 use loyalty_core::model::{Franchise, Principal, Role, Store};
-use loyalty_core::ports::{EffectBatch, EventClaim, MemberWrite, ProcessedWrite, StateStore};
+use loyalty_core::ports::{
+    DashboardRows, EffectBatch, EventClaim, MemberWrite, ProcessedWrite, StateStore,
+};
 use loyalty_core::Error;
+use loyalty_domain::dashboard::{DashboardDelta, DayTotals, Scope, VisitKey};
 use loyalty_domain::{
-    apply, Cents, EventContext, EventId, Fingerprint, FranchiseId, LedgerEntry, MemberCommand,
-    MemberId, MemberState, Outcome, Phone, ProcessedEvent, Profile, Program, Rejection, StoreId,
-    Timestamp,
+    apply, Cents, Day, EventContext, EventId, Fingerprint, FranchiseId, LedgerEntry, MemberCommand,
+    MemberId, MemberState, Outcome, Phone, ProcessedEvent, Profile, Program, Rejection, RewardId,
+    StoreId, Timestamp,
 };
 
 type R = anyhow::Result<()>;
@@ -68,6 +75,456 @@ pub async fn run_all(store: Arc<dyn StateStore>) -> R {
     refused_batches_are_atomic_per_member(s)
         .await
         .context("refused_batches_are_atomic_per_member")?;
+    dashboard_deltas_add_up(s)
+        .await
+        .context("dashboard_deltas_add_up")?;
+    refused_batches_add_nothing_to_dashboards(s)
+        .await
+        .context("refused_batches_add_nothing_to_dashboards")?;
+    stores_of_lists_the_franchise_stores(s)
+        .await
+        .context("stores_of_lists_the_franchise_stores")?;
+    Ok(())
+}
+
+/// A day of the dashboards' tests (around the scenarios' events).
+const D0: u32 = 19_700;
+
+fn visit(prev: Option<u16>, prev2: Option<u16>) -> VisitKey {
+    VisitKey { prev, prev2 }
+}
+
+/// The dashboards' rows of `franchise` over `from..=to`, in a canonical order (the port
+/// answers in none).
+async fn sorted_rows(
+    store: &dyn StateStore,
+    franchise: &FranchiseId,
+    from: u32,
+    to: u32,
+) -> anyhow::Result<DashboardRows> {
+    let mut rows = store.dashboard_rows(franchise, Day(from), Day(to)).await?;
+    rows.totals.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    rows.visits.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    Ok(rows)
+}
+
+/// Tier counts of `franchise`, sorted, tiers at 0 left out (a store may keep or drop them).
+async fn tiers_of(
+    store: &dyn StateStore,
+    franchise: &FranchiseId,
+) -> anyhow::Result<Vec<(String, i64)>> {
+    let mut t: Vec<(String, i64)> = store
+        .tier_counts(franchise)
+        .await?
+        .into_iter()
+        .filter(|(_, n)| *n != 0)
+        .collect();
+    t.sort();
+    Ok(t)
+}
+
+/// The deltas of two commits merge in the stored aggregates: counters and rewards are added, a
+/// visit key's counts are added and a key that reaches 0 disappears (a row left empty
+/// disappears), tiers are added. `dashboard_rows` answers every store and scope of the days
+/// `from..=to` of the franchise asked, nothing outside, and `tier_counts` that franchise's
+/// tiers.
+pub async fn dashboard_deltas_add_up(store: &dyn StateStore) -> R {
+    let mut sc = Scenario::new("dash")?;
+    let f = sc.franchise.clone();
+    let other = id(FranchiseId::parse("contract-dash-other"))?;
+    let s1 = sc.store.clone();
+    let s2 = id(StoreId::parse("store-dash-2"))?;
+    let (r1, r2) = (id(RewardId::parse("coffee"))?, id(RewardId::parse("cake"))?);
+    let (k1, k2, k3) = (
+        visit(None, None),
+        visit(Some(3), None),
+        visit(Some(1), Some(8)),
+    );
+    let m = sc.member(1)?;
+
+    let mut d1 = DashboardDelta::default();
+    d1.totals.insert(
+        (f.clone(), s1.clone(), Day(D0)),
+        DayTotals {
+            member_purchases: 2,
+            member_revenue_cents: 3000,
+            enrolments: 1,
+            points_issued: 130,
+            redemptions: 1,
+            reward_cost_cents: 150,
+            rewards: [(r1.clone(), 1)].into(),
+            ..DayTotals::default()
+        },
+    );
+    d1.totals.insert(
+        (f.clone(), s2.clone(), Day(D0 + 1)),
+        DayTotals {
+            anonymous_purchases: 1,
+            anonymous_revenue_cents: 900,
+            ..DayTotals::default()
+        },
+    );
+    // Outside the range asked below, on both sides.
+    d1.totals.insert(
+        (f.clone(), s1.clone(), Day(D0 + 5)),
+        DayTotals {
+            enrolments: 4,
+            ..DayTotals::default()
+        },
+    );
+    d1.totals.insert(
+        (f.clone(), s1.clone(), Day(D0 - 1)),
+        DayTotals {
+            refunded_cents: 70,
+            ..DayTotals::default()
+        },
+    );
+    // Another franchise, same store id and day.
+    d1.totals.insert(
+        (other.clone(), s1.clone(), Day(D0)),
+        DayTotals {
+            member_purchases: 50,
+            ..DayTotals::default()
+        },
+    );
+    d1.visits.insert(
+        (f.clone(), Scope::Franchise, Day(D0)),
+        [(k1, 1), (k2, 2)].into(),
+    );
+    d1.visits.insert(
+        (f.clone(), Scope::Store(s1.clone()), Day(D0)),
+        [(k1, 1)].into(),
+    );
+    d1.visits.insert(
+        (f.clone(), Scope::Store(s2.clone()), Day(D0 + 1)),
+        [(k2, 1)].into(),
+    );
+    d1.visits
+        .insert((other.clone(), Scope::Franchise, Day(D0)), [(k1, 7)].into());
+    d1.tiers.insert((f.clone(), "silver".into()), 3);
+    d1.tiers.insert((f.clone(), "gold".into()), 1);
+    d1.tiers.insert((other.clone(), "gold".into()), 9);
+    let enrol = sc.enrol(&m)?;
+    store.commit(enrol.batch_with(0, d1)).await?;
+    let v1 = enrol.state.clone().ok_or_else(|| anyhow!("no state"))?;
+
+    let mut d2 = DashboardDelta::default();
+    d2.totals.insert(
+        (f.clone(), s1.clone(), Day(D0)),
+        DayTotals {
+            member_purchases: 1,
+            member_revenue_cents: 500,
+            points_redeemed: 100,
+            redemptions: 3,
+            reward_cost_cents: 250,
+            rewards: [(r1.clone(), 2), (r2.clone(), 1)].into(),
+            ..DayTotals::default()
+        },
+    );
+    // k1 of the franchise and the store's only key reach 0; k3 is new.
+    d2.visits.insert(
+        (f.clone(), Scope::Franchise, Day(D0)),
+        [(k1, -1), (k3, 1)].into(),
+    );
+    d2.visits.insert(
+        (f.clone(), Scope::Store(s1.clone()), Day(D0)),
+        [(k1, -1)].into(),
+    );
+    d2.tiers.insert((f.clone(), "silver".into()), -1);
+    d2.tiers.insert((f.clone(), "bronze".into()), 2);
+    let buy = sc.purchase(&v1, 1500)?;
+    store.commit(buy.batch_with(v1.version, d2)).await?;
+
+    let merged_s1 = DayTotals {
+        member_purchases: 3,
+        member_revenue_cents: 3500,
+        enrolments: 1,
+        points_issued: 130,
+        points_redeemed: 100,
+        redemptions: 4,
+        reward_cost_cents: 400,
+        rewards: [(r1, 3), (r2, 1)].into(),
+        ..DayTotals::default()
+    };
+    let s2_totals = DayTotals {
+        anonymous_purchases: 1,
+        anonymous_revenue_cents: 900,
+        ..DayTotals::default()
+    };
+    let rows = sorted_rows(store, &f, D0, D0 + 4).await?;
+    let want_totals = vec![
+        (s1.clone(), Day(D0), merged_s1.clone()),
+        (s2.clone(), Day(D0 + 1), s2_totals.clone()),
+    ];
+    ensure!(
+        rows.totals == want_totals,
+        "totals of days {D0}..={}: {:#?}",
+        D0 + 4,
+        rows.totals
+    );
+    let want_visits = vec![
+        (Scope::Franchise, Day(D0), [(k2, 2), (k3, 1)].into()),
+        (Scope::Store(s2.clone()), Day(D0 + 1), [(k2, 1)].into()),
+    ];
+    ensure!(
+        rows.visits == want_visits,
+        "visit rows of days {D0}..={} (a key at 0 and an empty row must be gone): {:#?}",
+        D0 + 4,
+        rows.visits
+    );
+
+    // Exactly the days of the range.
+    let one = sorted_rows(store, &f, D0 + 1, D0 + 1).await?;
+    ensure!(
+        one.totals == vec![(s2.clone(), Day(D0 + 1), s2_totals)],
+        "totals of day {}: {:?}",
+        D0 + 1,
+        one.totals
+    );
+    ensure!(
+        one.visits == vec![(Scope::Store(s2.clone()), Day(D0 + 1), [(k2, 1)].into())],
+        "visits of day {}: {:?}",
+        D0 + 1,
+        one.visits
+    );
+    let day0 = sorted_rows(store, &f, D0, D0).await?;
+    ensure!(
+        day0.totals == vec![(s1.clone(), Day(D0), merged_s1)],
+        "totals of day {D0}: {:?}",
+        day0.totals
+    );
+    let wide = sorted_rows(store, &f, D0 - 1, D0 + 5).await?;
+    let mut days: Vec<u32> = wide.totals.iter().map(|t| t.1 .0).collect();
+    days.sort_unstable();
+    ensure!(
+        days == vec![D0 - 1, D0, D0 + 1, D0 + 5],
+        "days of the wide range: {days:?}"
+    );
+    let none = sorted_rows(store, &f, D0 + 6, D0 + 400).await?;
+    ensure!(none == DashboardRows::default(), "empty range: {none:?}");
+    let reversed = sorted_rows(store, &f, D0 + 4, D0).await?;
+    ensure!(
+        reversed == DashboardRows::default(),
+        "a range with from after to: {reversed:?}"
+    );
+
+    // The other franchise sees its own rows only.
+    let theirs = sorted_rows(store, &other, D0, D0).await?;
+    ensure!(
+        theirs.totals
+            == vec![(
+                s1.clone(),
+                Day(D0),
+                DayTotals {
+                    member_purchases: 50,
+                    ..DayTotals::default()
+                }
+            )]
+            && theirs.visits == vec![(Scope::Franchise, Day(D0), [(k1, 7)].into())],
+        "rows of another franchise: {theirs:?}"
+    );
+
+    let tiers = tiers_of(store, &f).await?;
+    ensure!(
+        tiers
+            == vec![
+                ("bronze".into(), 2),
+                ("gold".into(), 1),
+                ("silver".into(), 2)
+            ],
+        "tier counts: {tiers:?}"
+    );
+    ensure!(
+        tiers_of(store, &other).await? == vec![("gold".into(), 9)],
+        "tier counts of another franchise"
+    );
+    ensure!(
+        tiers_of(store, &id(FranchiseId::parse("contract-dash-none"))?)
+            .await?
+            .is_empty()
+    );
+    Ok(())
+}
+
+/// A batch refused by the fence (a stale version, an existing member, an event already
+/// recorded) adds nothing to the dashboards, and the same events committed right then add
+/// their delta once.
+///
+/// This holds on every store, also one that is atomic per member only: a batch's delta covers
+/// all of its members' events, so it must not be added when any of them is refused (they will
+/// be applied again, and counted then). A store that writes the other members' shares of a
+/// refused batch loses their part of the delta until the aggregates are rebuilt: what the port
+/// allows, and the adapter documents.
+pub async fn refused_batches_add_nothing_to_dashboards(store: &dyn StateStore) -> R {
+    let mut sc = Scenario::new("dash-fence")?;
+    let f = sc.franchise.clone();
+    let s = sc.store.clone();
+    let (a, b) = (sc.member(1)?, sc.member(2)?);
+    let delta = |purchases: u64, tier: &str| {
+        let mut d = DashboardDelta::default();
+        d.totals.insert(
+            (f.clone(), s.clone(), Day(D0)),
+            DayTotals {
+                member_purchases: purchases,
+                member_revenue_cents: 1000 * purchases,
+                ..DayTotals::default()
+            },
+        );
+        d.visits.insert(
+            (f.clone(), Scope::Store(s.clone()), Day(D0)),
+            [(visit(Some(2), None), purchases as i64)].into(),
+        );
+        d.tiers.insert((f.clone(), tier.to_owned()), 1);
+        d
+    };
+    let ea = sc.enrol(&a)?;
+    store.commit(ea.batch_with(0, delta(1, "base"))).await?;
+    let a1 = ea.state.clone().ok_or_else(|| anyhow!("no state"))?;
+    let b1 = sc.enrolled(store, &b).await?;
+    let b2 = sc.bought(store, &b1, 900).await?;
+    let before = sorted_rows(store, &f, D0 - 10, D0 + 10).await?;
+    let tiers_before = tiers_of(store, &f).await?;
+    ensure!(
+        before.totals.len() == 1 && before.visits.len() == 1,
+        "baseline rows: {before:?}"
+    );
+    let unchanged = |what: &'static str| {
+        let before = before.clone();
+        let tiers_before = tiers_before.clone();
+        let f = f.clone();
+        async move {
+            let now = sorted_rows(store, &f, D0 - 10, D0 + 10).await?;
+            ensure!(now == before, "{what}: dashboards changed: {now:?}");
+            let tiers = tiers_of(store, &f).await?;
+            ensure!(tiers == tiers_before, "{what}: tiers changed: {tiers:?}");
+            Ok::<_, anyhow::Error>(())
+        }
+    };
+
+    // A stale member alone.
+    let stale = sc.purchase(&b1, 3000)?;
+    let r = store
+        .commit(stale.batch_with(b1.version, delta(1, "stale")))
+        .await;
+    ensure!(is_conflict(&r), "stale expected_version: {r:?}");
+    unchanged("a stale member's batch").await?;
+
+    // A member enrolled again.
+    let twice = sc.enrol(&a)?;
+    let r = store.commit(twice.batch_with(0, delta(1, "twice"))).await;
+    ensure!(
+        is_conflict(&r),
+        "expected_version 0 of an existing member: {r:?}"
+    );
+    unchanged("an existing member enrolled again").await?;
+
+    // An event already recorded.
+    let again = sc.purchase(&a1, 700)?;
+    let mut batch = again.batch_with(a1.version, delta(1, "replay"));
+    batch.processed = vec![ProcessedWrite {
+        record: ea.record.clone(),
+        insert: true,
+    }];
+    let r = store.commit(batch).await;
+    ensure!(is_conflict(&r), "re-inserting a record: {r:?}");
+    unchanged("an event already recorded").await?;
+
+    // A fresh member and a stale one in one batch, with the delta of both.
+    let good = sc.purchase(&a1, 1200)?;
+    let zombie = sc.purchase(&b1, 3000)?;
+    let mut batch = good.batch_with(a1.version, delta(2, "mixed"));
+    zombie.add_to(&mut batch, b1.version);
+    let r = store.commit(batch).await;
+    ensure!(is_conflict(&r), "a batch with a stale member: {r:?}");
+    unchanged("a batch with a stale member").await?;
+    ensure!(store.member(&b).await?.as_ref() == Some(&b2));
+
+    // The good member's purchase, committed alone (as the engine's retry does when it was not
+    // written), adds its delta once.
+    let a_now = store.member(&a).await?;
+    if a_now.as_ref() == Some(&a1) {
+        store
+            .commit(good.batch_with(a1.version, delta(1, "retry")))
+            .await?;
+        let now = sorted_rows(store, &f, D0 - 10, D0 + 10).await?;
+        let mut want = before.clone();
+        want.totals[0].2.member_purchases += 1;
+        want.totals[0].2.member_revenue_cents += 1000;
+        for n in want.visits[0].2.values_mut() {
+            *n += 1;
+        }
+        ensure!(now == want, "the retried batch's delta: {now:?}");
+        let mut tiers = tiers_before.clone();
+        tiers.push(("retry".into(), 1));
+        tiers.sort();
+        ensure!(
+            tiers_of(store, &f).await? == tiers,
+            "the retried batch's tier"
+        );
+    } else {
+        ensure!(
+            a_now.as_ref() == good.state.as_ref(),
+            "member a neither at v1 nor at the batch's state"
+        );
+    }
+    Ok(())
+}
+
+/// `stores_of` lists the stores of the franchise asked, and no other's; a store moved to
+/// another franchise is listed there only.
+pub async fn stores_of_lists_the_franchise_stores(store: &dyn StateStore) -> R {
+    let f = id(FranchiseId::parse("contract-stores"))?;
+    let g = id(FranchiseId::parse("contract-stores-other"))?;
+    let shop = |sid: &str, franchise: &FranchiseId| -> anyhow::Result<Store> {
+        Ok(Store {
+            id: id(StoreId::parse(sid))?,
+            franchise_id: franchise.clone(),
+            name: format!("Shop {sid}"),
+            created_at: Timestamp(T0),
+        })
+    };
+    let (s1, s2, s3) = (
+        shop("stores-a", &f)?,
+        shop("stores-b", &f)?,
+        shop("stores-c", &g)?,
+    );
+    for s in [&s2, &s3, &s1] {
+        store.put_store(s).await?;
+    }
+    let sorted = |mut v: Vec<Store>| {
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    };
+    let of_f = sorted(store.stores_of(&f).await?);
+    ensure!(
+        of_f == vec![s1.clone(), s2.clone()],
+        "stores of f: {of_f:?}"
+    );
+    let of_g = sorted(store.stores_of(&g).await?);
+    ensure!(of_g == vec![s3.clone()], "stores of g: {of_g:?}");
+    let none = id(FranchiseId::parse("contract-stores-none"))?;
+    ensure!(
+        store.stores_of(&none).await?.is_empty(),
+        "stores of an unknown franchise"
+    );
+
+    // Renamed and moved to g.
+    let moved = Store {
+        franchise_id: g.clone(),
+        name: "Moved".into(),
+        ..s2.clone()
+    };
+    store.put_store(&moved).await?;
+    let of_f = sorted(store.stores_of(&f).await?);
+    ensure!(
+        of_f == vec![s1.clone()],
+        "stores of f after a move: {of_f:?}"
+    );
+    let of_g = sorted(store.stores_of(&g).await?);
+    ensure!(
+        of_g == vec![moved, s3],
+        "stores of g after a move: {of_g:?}"
+    );
     Ok(())
 }
 
@@ -246,6 +703,15 @@ impl Effect {
                 record: self.record.clone(),
                 insert: true,
             }],
+            dashboard: DashboardDelta::default(),
+        }
+    }
+
+    /// [`Effect::batch`] with a dashboard delta.
+    pub fn batch_with(&self, expected_version: u64, dashboard: DashboardDelta) -> EffectBatch {
+        EffectBatch {
+            dashboard,
+            ..self.batch(expected_version)
         }
     }
 }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr};
+use loyalty_domain::dashboard::{DashboardDelta, EventFacts};
 use loyalty_domain::{
     classify, Delivery, EventId, Fingerprint, FranchiseId, MemberCommand, MemberId, MemberState,
     MemberStatus, Outcome, ProcessedEvent, Program, Rejection,
@@ -259,6 +260,8 @@ impl Shard {
         let mut replayed_states: HashMap<MemberId, (MemberState, Arc<Program>)> = HashMap::new();
         // When the gateways received the new events, for the engine's lag.
         let mut received = Vec::new();
+        // What the new events add to the dashboards, committed with them.
+        let mut dashboard = DashboardDelta::default();
 
         for (env, program) in commands {
             let fp = env.fingerprint();
@@ -318,9 +321,22 @@ impl Shard {
 
             let member_id = env.command.member_id().cloned();
             let outcome = match (&env.command, &member_id) {
-                (PosCommand::Purchase { amount_cents, .. }, None) => Outcome::AnonymousSale {
-                    amount_cents: *amount_cents,
-                },
+                (PosCommand::Purchase { amount_cents, .. }, None) => {
+                    let outcome = Outcome::AnonymousSale {
+                        amount_cents: *amount_cents,
+                    };
+                    dashboard.add_event(&EventFacts {
+                        franchise: &env.franchise_id,
+                        store: &env.store_id,
+                        day: program.local_day(env.at()),
+                        program: &program,
+                        outcome: &outcome,
+                        entries: &[],
+                        visits: &[],
+                        tier: None,
+                    });
+                    outcome
+                }
                 // Only sales and refunds can lack a member: anonymous refunds are not supported.
                 (_, None) => Outcome::Rejected(Rejection::UnknownMember),
                 (cmd, Some(m)) => {
@@ -376,6 +392,16 @@ impl Shard {
                         .map_err(|e| Error::Unavailable(format!("member actor: {e}")))?;
                     match reply.result {
                         Ok(applied) => {
+                            dashboard.add_event(&EventFacts {
+                                franchise: &env.franchise_id,
+                                store: &env.store_id,
+                                day: program.local_day(env.at()),
+                                program: &program,
+                                outcome: &applied.outcome,
+                                entries: &applied.entries,
+                                visits: &applied.visits,
+                                tier: applied.tier.as_ref(),
+                            });
                             if applied.changed {
                                 if let Some(s) = reply.state {
                                     states.insert(m.clone(), (s, Arc::clone(&program)));
@@ -462,12 +488,24 @@ impl Shard {
                 expected_version,
             });
         }
+        let updates = [
+            ("totals", dashboard.totals.len()),
+            ("visits", dashboard.visits.len()),
+            ("tiers", dashboard.tiers.len()),
+        ];
         let batch = EffectBatch {
             members,
             ledger,
             processed: writes,
+            dashboard,
         };
         deps.store.commit(batch).await?;
+        for (kind, n) in updates {
+            metrics()
+                .dashboard_updates
+                .with_label_values(&[kind])
+                .inc_by(n as u64);
+        }
         let now = crate::provisioning::now();
         for at in received {
             let lag = (now.0 - at.0).max(0) as f64 / 1000.0;

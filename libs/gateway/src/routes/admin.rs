@@ -60,7 +60,7 @@ pub async fn create_franchise(
 }
 
 /// The franchise named in the path, if it is the caller's; any other is 404.
-async fn own_franchise(
+pub(crate) async fn own_franchise(
     gw: &Gateway,
     req: &HttpRequest,
     fid: &str,

@@ -1,6 +1,7 @@
 //! The HTTP routes of API v1, grouped by resource.
 
 pub mod admin;
+pub mod dashboard;
 pub mod events;
 pub mod members;
 pub mod ops;
@@ -42,7 +43,6 @@ pub struct MemberRef {
     pub phone: Option<String>,
     pub qr: Option<String>,
 }
-
 
 /// Writes `s` as a JSON string literal.
 pub fn json_str(s: &str) -> String {

@@ -1,0 +1,127 @@
+//! The dashboards' aggregates in the embedded store: daily totals by (franchise, day, store),
+//! visit rows by (franchise, day, scope) and tier counts, each merged with a batch's delta
+//! inside the batch's own write transaction, so that an event counts exactly once.
+
+use loyalty_core::ports::DashboardRows;
+use loyalty_core::{Error, Result};
+use loyalty_domain::dashboard::{
+    decode_row, encode_row, merge_row, DashboardDelta, DayTotals, Scope, VisitRow,
+};
+use loyalty_domain::{Day, FranchiseId, StoreId};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+
+use super::{decode, encode, unavailable};
+
+/// (franchise, day, store) → JSON [`DayTotals`].
+const TOTALS: TableDefinition<(&str, u32, &str), &[u8]> = TableDefinition::new("dashboard_totals");
+/// (franchise, day, scope key) → packed [`VisitRow`].
+const VISITS: TableDefinition<(&str, u32, &str), &[u8]> = TableDefinition::new("dashboard_visits");
+/// (franchise, tier) → members.
+const TIERS: TableDefinition<(&str, &str), i64> = TableDefinition::new("dashboard_tiers");
+
+/// Creates the tables, so that reads of a new store find them.
+pub(super) fn create_tables(tx: &WriteTransaction) -> Result<()> {
+    tx.open_table(TOTALS).map_err(unavailable)?;
+    tx.open_table(VISITS).map_err(unavailable)?;
+    tx.open_table(TIERS).map_err(unavailable)?;
+    Ok(())
+}
+
+/// Adds `delta` to the stored aggregates, in the caller's transaction.
+pub(super) fn apply(tx: &WriteTransaction, delta: &DashboardDelta) -> Result<()> {
+    if delta.is_empty() {
+        return Ok(());
+    }
+    let mut totals = tx.open_table(TOTALS).map_err(unavailable)?;
+    for ((f, store, day), add) in &delta.totals {
+        let key = (f.as_str(), day.0, store.as_str());
+        let mut t: DayTotals = match totals.get(key).map_err(unavailable)? {
+            Some(v) => decode("dashboard totals", v.value())?,
+            None => DayTotals::default(),
+        };
+        t.add(add);
+        totals
+            .insert(key, encode(&t)?.as_slice())
+            .map_err(unavailable)?;
+    }
+    let mut visits = tx.open_table(VISITS).map_err(unavailable)?;
+    for ((f, scope, day), add) in &delta.visits {
+        let key = (f.as_str(), day.0, scope.key());
+        let mut row = match visits.get(key).map_err(unavailable)? {
+            Some(v) => row_of(v.value())?,
+            None => VisitRow::new(),
+        };
+        merge_row(&mut row, add);
+        if row.is_empty() {
+            visits.remove(key).map_err(unavailable)?;
+        } else {
+            visits
+                .insert(key, encode_row(&row).as_slice())
+                .map_err(unavailable)?;
+        }
+    }
+    let mut tiers = tx.open_table(TIERS).map_err(unavailable)?;
+    for ((f, tier), add) in &delta.tiers {
+        let key = (f.as_str(), tier.as_str());
+        let n = tiers
+            .get(key)
+            .map_err(unavailable)?
+            .map_or(0, |v| v.value());
+        tiers
+            .insert(key, n.saturating_add(*add))
+            .map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+fn row_of(bytes: &[u8]) -> Result<VisitRow> {
+    decode_row(bytes).ok_or_else(|| Error::Corrupt("dashboard visit row".into()))
+}
+
+/// Every aggregate of `franchise` for the days `from..=to`.
+pub(super) fn rows(
+    db: &redb::Database,
+    franchise: &FranchiseId,
+    from: Day,
+    to: Day,
+) -> Result<DashboardRows> {
+    let tx = db.begin_read().map_err(unavailable)?;
+    let f = franchise.as_str();
+    let mut out = DashboardRows::default();
+    let totals = tx.open_table(TOTALS).map_err(unavailable)?;
+    for row in totals
+        .range((f, from.0, "")..=(f, to.0, "\u{10ffff}"))
+        .map_err(unavailable)?
+    {
+        let (k, v) = row.map_err(unavailable)?;
+        let (_, day, store) = k.value();
+        let store = StoreId::parse(store).map_err(|e| Error::Corrupt(format!("store id: {e}")))?;
+        out.totals
+            .push((store, Day(day), decode("dashboard totals", v.value())?));
+    }
+    let visits = tx.open_table(VISITS).map_err(unavailable)?;
+    for row in visits
+        .range((f, from.0, "")..=(f, to.0, "\u{10ffff}"))
+        .map_err(unavailable)?
+    {
+        let (k, v) = row.map_err(unavailable)?;
+        let (_, day, scope) = k.value();
+        let scope = Scope::from_key(scope)
+            .ok_or_else(|| Error::Corrupt(format!("dashboard scope {scope:?}")))?;
+        out.visits.push((scope, Day(day), row_of(v.value())?));
+    }
+    Ok(out)
+}
+
+/// Members by tier of `franchise`.
+pub(super) fn tiers(db: &redb::Database, franchise: &FranchiseId) -> Result<Vec<(String, i64)>> {
+    let tx = db.begin_read().map_err(unavailable)?;
+    let t = tx.open_table(TIERS).map_err(unavailable)?;
+    let f = franchise.as_str();
+    let mut out = Vec::new();
+    for row in t.range((f, "")..=(f, "\u{10ffff}")).map_err(unavailable)? {
+        let (k, v) = row.map_err(unavailable)?;
+        out.push((k.value().1.to_owned(), v.value()));
+    }
+    Ok(out)
+}
