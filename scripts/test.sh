@@ -4,7 +4,8 @@
 #
 # This script starts no server: each test starts the servers it needs (PostgreSQL, redis-server,
 # tansu, `loyalty` processes) on free loopback ports through loyalty-testkit, and stops them.
-# Run as root, it installs what is missing from Debian first (postgresql, redis-server, kcat);
+# Run as root, it installs what is missing from Debian first (postgresql, redis-server, kcat,
+# chromium and chromium-driver for the dashboard page's browser test);
 # tansu comes from scripts/install-tansu.sh (LOYALTY_TANSU_BIN). A test whose server is missing
 # prints `SKIPPED: <reason>`; the last lines of this script list the suites that ran and the
 # tests that were skipped, with their reasons. `LOYALTY_REQUIRE_SERVERS=1` (set by CI) turns
@@ -22,6 +23,9 @@ install_missing() {
     have_initdb || missing+=(postgresql)
     command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
     command -v kcat >/dev/null 2>&1 || missing+=(kcat)
+    # The dashboard page's browser test (tests/tests/dashboard_page.rs): headless Chromium.
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+    command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
     [ ${#missing[@]} -gt 0 ] || return 0
     if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
         echo "test.sh: not installing ${missing[*]} (needs root and apt-get); the tests that need them will say SKIPPED" >&2
@@ -87,6 +91,17 @@ else
     awk '/^---- .* stdout ----/ {t = $2; next}
          /SKIPPED: / {r = $0; sub(/.*SKIPPED: /, "", r); printf "skipped %s: %s\n", t, r}' "$OUT" | sort -u
     grep -E '^test result:' "$OUT" | awk '{p += $4; f += $6; i += $8} END {printf "cargo test: %d passed, %d failed, %d ignored\n", p, f, i}'
+fi
+# The dashboard page in headless Chromium: its result, and the screenshot it saves.
+page=$(grep -E '(PASS|FAIL|SIGSEGV|TIMEOUT|SIGABRT|SIGKILL) .*dashboard_page the_dashboard_page_in_a_headless_browser|^test the_dashboard_page_in_a_headless_browser ' "$OUT" | tail -1 || true)
+if [ -z "$page" ]; then
+    echo "dashboard page (headless Chromium): did not run"
+elif grep -q 'SKIPPED: .*chrom' "$OUT"; then
+    echo "dashboard page (headless Chromium): SKIPPED (no browser; see above)"
+elif echo "$page" | grep -qE 'PASS|\.\.\. ok'; then
+    echo "dashboard page (headless Chromium): passed; screenshot target/dashboard-page.png"
+else
+    echo "dashboard page (headless Chromium): FAILED"
 fi
 echo "ignored on purpose (benchmarks and probes): scripts/run-ignored.sh"
 if [ -f "$REPORT" ]; then

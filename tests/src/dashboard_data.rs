@@ -9,10 +9,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use futures::stream::{self, StreamExt};
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 /// The franchise's zone in the dataset.
@@ -414,4 +416,143 @@ pub fn expected(
         opt(incremental.and_then(|i| ratio((i - cost) * 100.0, cost))),
     );
     out
+}
+
+/// `loyalty dev`'s default admin key.
+pub const ADMIN: &str = "dev-admin-key";
+
+/// A franchise set up through the API: its HQ key, and its stores' ids and keys.
+pub struct Franchise {
+    pub id: String,
+    pub hq: String,
+    pub store_ids: Vec<String>,
+    pub store_keys: Vec<String>,
+}
+
+/// A GET (no body) or POST of JSON; the status and the JSON answer (a string if not JSON).
+pub async fn call(
+    c: &reqwest::Client,
+    url: String,
+    key: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let req = match body {
+        Some(b) => c.post(url).json(&b),
+        None => c.get(url),
+    };
+    let r = req.bearer_auth(key).send().await.expect("request sent");
+    let status = r.status();
+    let text = r.text().await.expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// A franchise running [`program`] with `stores` stores.
+pub async fn setup(c: &reqwest::Client, base: &str, stores: usize) -> Franchise {
+    let (s, f) = call(
+        c,
+        format!("{base}/v1/franchises"),
+        ADMIN,
+        Some(json!({"name": "Dashboards", "program": program()})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{f}");
+    let id = f["id"].as_str().expect("id").to_owned();
+    let hq = f["hq_api_key"].as_str().expect("key").to_owned();
+    let (mut store_ids, mut store_keys) = (Vec::new(), Vec::new());
+    for i in 0..stores {
+        let (s, v) = call(
+            c,
+            format!("{base}/v1/franchises/{id}/stores"),
+            &hq,
+            Some(json!({"name": format!("Store {}", i + 1)})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        store_ids.push(v["id"].as_str().expect("id").to_owned());
+        store_keys.push(v["api_key"].as_str().expect("key").to_owned());
+    }
+    Franchise {
+        id,
+        hq,
+        store_ids,
+        store_keys,
+    }
+}
+
+/// Enrols every member of `d` at its home store; their ids.
+pub async fn enrol(c: &reqwest::Client, base: &str, f: &Franchise, d: &Dataset) -> Vec<String> {
+    let mut ids = Vec::new();
+    for m in 0..d.members {
+        let (s, v) = call(
+            c,
+            format!("{base}/v1/members?wait_ms=5000"),
+            &f.store_keys[d.home[m]],
+            Some(json!({"phone": format!("+3361{m:07}")})),
+        )
+        .await;
+        assert!(s.is_success(), "enrolment: {s} {v}");
+        ids.push(v["member_id"].as_str().expect("member id").to_owned());
+    }
+    ids
+}
+
+/// The request of an event: path and body.
+pub fn request(e: &Event, members: &[String]) -> (&'static str, Value) {
+    match &e.kind {
+        Kind::Purchase { member, cents } => {
+            let mut b = json!({"event_id": e.id, "amount_cents": cents, "currency": "EUR", "occurred_at": e.occurred_at});
+            if let Some(m) = member {
+                b["member_id"] = json!(members[*m]);
+            }
+            ("/v1/purchases", b)
+        }
+        Kind::Refund {
+            purchase, cents, ..
+        } => (
+            "/v1/refunds",
+            json!({"event_id": e.id, "purchase_event_id": purchase, "amount_cents": cents, "occurred_at": e.occurred_at}),
+        ),
+        Kind::Redemption { member, reward } => (
+            "/v1/redemptions",
+            json!({"event_id": e.id, "member_id": members[*member], "reward_id": reward, "occurred_at": e.occurred_at}),
+        ),
+    }
+}
+
+/// Sends `events` (8 at a time), each waiting for its effect; returns each one's answer.
+pub async fn send(
+    c: &reqwest::Client,
+    base: &str,
+    f: &Franchise,
+    members: &[String],
+    events: &[Event],
+) -> BTreeMap<String, Answer> {
+    stream::iter(events)
+        .map(|e| async move {
+            let (path, body) = request(e, members);
+            let (s, v) = call(
+                c,
+                format!("{base}{path}?wait_ms=5000"),
+                &f.store_keys[e.store],
+                Some(body),
+            )
+            .await;
+            let refused = [
+                "insufficient-points",
+                "refund-exceeds-purchase",
+                "unknown-purchase",
+            ];
+            let answer = match s {
+                StatusCode::OK => Answer::Applied,
+                _ if refused.iter().any(|c| v["code"] == json!(c)) => Answer::Rejected,
+                other => panic!("{} answered {other}: {v}", e.id),
+            };
+            (e.id.clone(), answer)
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await
 }

@@ -293,34 +293,56 @@ pub struct DevProcess {
     child: Child,
     pub address: String,
     pub keys: std::collections::HashMap<String, String>,
+    /// What it printed before it listened, keys aside (e.g. the demo history's counts).
+    pub banner: Vec<String>,
 }
 
 impl DevProcess {
-    /// Starts `loyalty dev` on `data_dir` and waits until it is ready.
+    /// Starts `loyalty dev` on `data_dir` and waits until it is ready. The demo franchise gets
+    /// no generated history (`LOYALTY_DEMO_HISTORY=false`), so tests start fast on an empty
+    /// dashboard; [`DevProcess::start_with`] runs it as configured.
     pub async fn start(data_dir: &Path) -> anyhow::Result<DevProcess> {
-        let mut child = Command::new(loyalty_bin()?)
+        Self::start_with(data_dir, |c| {
+            c.env("LOYALTY_DEMO_HISTORY", "false");
+        })
+        .await
+    }
+
+    /// Starts `loyalty dev` on `data_dir` with `configure` adding flags or environment (the
+    /// demo history is on unless it turns it off), and waits until it is ready.
+    pub async fn start_with(
+        data_dir: &Path,
+        configure: impl FnOnce(&mut Command),
+    ) -> anyhow::Result<DevProcess> {
+        let mut command = Command::new(loyalty_bin()?);
+        command
             .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env("LOYALTY_PARTITIONS", "4")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting loyalty dev")?;
+            .stderr(Stdio::inherit());
+        configure(&mut command);
+        let mut child = command.spawn().context("starting loyalty dev")?;
         let stdout = child.stdout.take().context("stdout")?;
-        let address = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Some(line) = lines.next().transpose()? {
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let addr = rest.trim().to_owned();
-                    // Keep draining stdout so the process never blocks on a full pipe.
-                    std::thread::spawn(move || for _ in lines.by_ref() {});
-                    return Ok(addr);
+        let (address, banner) =
+            tokio::task::spawn_blocking(move || -> anyhow::Result<(String, Vec<String>)> {
+                let mut lines = BufReader::new(stdout).lines();
+                let mut banner = Vec::new();
+                while let Some(line) = lines.next().transpose()? {
+                    if let Some(rest) = line.split("listening on ").nth(1) {
+                        let addr = rest.trim().to_owned();
+                        // Keep draining stdout so the process never blocks on a full pipe.
+                        std::thread::spawn(move || for _ in lines.by_ref() {});
+                        return Ok((addr, banner));
+                    }
+                    if !line.contains("_KEY=") {
+                        banner.push(line);
+                    }
                 }
-            }
-            bail!("loyalty dev exited before listening")
-        })
-        .await??;
+                bail!("loyalty dev exited before listening")
+            })
+            .await??;
         let text = std::fs::read_to_string(data_dir.join("demo-keys.env"))?;
         let keys = text
             .lines()
@@ -332,6 +354,7 @@ impl DevProcess {
             child,
             address,
             keys,
+            banner,
         })
     }
 

@@ -6,147 +6,14 @@
 
 use std::collections::BTreeMap;
 
-use futures::stream::{self, StreamExt};
 use jiff::civil::Date;
 use jiff::Span;
-use loyalty_tests::dashboard_data::{self, Answer, Dataset, Entry, Event, Kind, Sent};
+use loyalty_tests::dashboard_data::{
+    self, call, enrol, send, setup, Answer, Dataset, Entry, Franchise, Sent,
+};
 use loyalty_tests::DevProcess;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-const ADMIN: &str = "dev-admin-key";
-
-struct Franchise {
-    id: String,
-    hq: String,
-    store_ids: Vec<String>,
-    store_keys: Vec<String>,
-}
-
-async fn call(
-    c: &reqwest::Client,
-    url: String,
-    key: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let req = match body {
-        Some(b) => c.post(url).json(&b),
-        None => c.get(url),
-    };
-    let r = req.bearer_auth(key).send().await.expect("request sent");
-    let status = r.status();
-    let text = r.text().await.expect("body");
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
-async fn setup(c: &reqwest::Client, base: &str, stores: usize) -> Franchise {
-    let (s, f) = call(
-        c,
-        format!("{base}/v1/franchises"),
-        ADMIN,
-        Some(json!({"name": "Dashboards", "program": dashboard_data::program()})),
-    )
-    .await;
-    assert_eq!(s, StatusCode::CREATED, "{f}");
-    let id = f["id"].as_str().expect("id").to_owned();
-    let hq = f["hq_api_key"].as_str().expect("key").to_owned();
-    let (mut store_ids, mut store_keys) = (Vec::new(), Vec::new());
-    for i in 0..stores {
-        let (s, v) = call(
-            c,
-            format!("{base}/v1/franchises/{id}/stores"),
-            &hq,
-            Some(json!({"name": format!("Store {}", i + 1)})),
-        )
-        .await;
-        assert_eq!(s, StatusCode::CREATED, "{v}");
-        store_ids.push(v["id"].as_str().expect("id").to_owned());
-        store_keys.push(v["api_key"].as_str().expect("key").to_owned());
-    }
-    Franchise {
-        id,
-        hq,
-        store_ids,
-        store_keys,
-    }
-}
-
-async fn enrol(c: &reqwest::Client, base: &str, f: &Franchise, d: &Dataset) -> Vec<String> {
-    let mut ids = Vec::new();
-    for m in 0..d.members {
-        let (s, v) = call(
-            c,
-            format!("{base}/v1/members?wait_ms=5000"),
-            &f.store_keys[d.home[m]],
-            Some(json!({"phone": format!("+3361{m:07}")})),
-        )
-        .await;
-        assert!(s.is_success(), "enrolment: {s} {v}");
-        ids.push(v["member_id"].as_str().expect("member id").to_owned());
-    }
-    ids
-}
-
-/// The request of an event: path and body.
-fn request(e: &Event, members: &[String]) -> (&'static str, Value) {
-    match &e.kind {
-        Kind::Purchase { member, cents } => {
-            let mut b = json!({"event_id": e.id, "amount_cents": cents, "currency": "EUR", "occurred_at": e.occurred_at});
-            if let Some(m) = member {
-                b["member_id"] = json!(members[*m]);
-            }
-            ("/v1/purchases", b)
-        }
-        Kind::Refund {
-            purchase, cents, ..
-        } => (
-            "/v1/refunds",
-            json!({"event_id": e.id, "purchase_event_id": purchase, "amount_cents": cents, "occurred_at": e.occurred_at}),
-        ),
-        Kind::Redemption { member, reward } => (
-            "/v1/redemptions",
-            json!({"event_id": e.id, "member_id": members[*member], "reward_id": reward, "occurred_at": e.occurred_at}),
-        ),
-    }
-}
-
-/// Sends `events` (8 at a time), each waiting for its effect; returns each one's answer.
-async fn send(
-    c: &reqwest::Client,
-    base: &str,
-    f: &Franchise,
-    members: &[String],
-    events: &[Event],
-) -> BTreeMap<String, Answer> {
-    stream::iter(events)
-        .map(|e| async move {
-            let (path, body) = request(e, members);
-            let (s, v) = call(
-                c,
-                format!("{base}{path}?wait_ms=5000"),
-                &f.store_keys[e.store],
-                Some(body),
-            )
-            .await;
-            let refused = [
-                "insufficient-points",
-                "refund-exceeds-purchase",
-                "unknown-purchase",
-            ];
-            let answer = match s {
-                StatusCode::OK => Answer::Applied,
-                _ if refused.iter().any(|c| v["code"] == json!(c)) => Answer::Rejected,
-                other => panic!("{} answered {other}: {v}", e.id),
-            };
-            (e.id.clone(), answer)
-        })
-        .buffer_unordered(8)
-        .collect()
-        .await
-}
 
 fn days_before(d: Date, n: i64) -> Date {
     d.checked_sub(Span::new().days(n)).expect("date")
@@ -406,4 +273,143 @@ async fn the_dashboard_is_for_its_franchise_hq_only_and_checks_its_range() {
         .expect("header")
         .starts_with("day,store_id,store_name,member_purchases,"));
     assert_eq!(lines.count(), 31, "one row per store per day");
+}
+
+/// Sends `events` without waiting for their effects (202 once durable in the log).
+async fn send_nowait(
+    c: &reqwest::Client,
+    base: &str,
+    f: &Franchise,
+    members: &[String],
+    events: &[dashboard_data::Event],
+) {
+    for e in events {
+        let (path, body) = dashboard_data::request(e, members);
+        let (s, v) = call(
+            c,
+            format!("{base}{path}"),
+            &f.store_keys[e.store],
+            Some(body),
+        )
+        .await;
+        assert!(
+            s == StatusCode::ACCEPTED || s == StatusCode::OK,
+            "{}: {s} {v}",
+            e.id
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_stream_then_rebuilt_from_zero_gives_the_same_numbers() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut dev = DevProcess::start(dir.path())
+        .await
+        .expect("loyalty dev starts");
+    let c = reqwest::Client::new();
+    let data = Dataset::generate(11, 3, 50, 90);
+    let f = setup(&c, &dev.address, data.stores).await;
+    let members = enrol(&c, &dev.address, &f, &data).await;
+    let half = data.sales.len() / 2;
+    send(&c, &dev.address, &f, &members, &data.sales[..half]).await;
+    // The rest is accepted (durable in the log) and the process killed while applying it.
+    send_nowait(&c, &dev.address, &f, &members, &data.sales[half..]).await;
+    dev.kill9().expect("killed");
+
+    // The tills retry everything with the same event ids.
+    let dev = DevProcess::start(dir.path()).await.expect("restarts");
+    let mut answers = send(&c, &dev.address, &f, &members, &data.sales).await;
+    answers.extend(send(&c, &dev.address, &f, &members, &data.after).await);
+    let mut ledgers = Vec::new();
+    for m in &members {
+        let (s, v) = call(
+            &c,
+            format!("{}/v1/members/{m}/ledger?limit=500", dev.address),
+            &f.hq,
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        ledgers.push(
+            v["entries"]
+                .as_array()
+                .expect("entries")
+                .iter()
+                .map(Entry::of)
+                .collect::<Vec<_>>(),
+        );
+    }
+    let sent = Sent {
+        data: &data,
+        store_ids: &f.store_ids,
+        answers: &answers,
+        ledgers: &ledgers,
+        enrolled: data.today,
+    };
+    let ranges = [
+        (days_before(data.today, 95), data.today),
+        (days_before(data.today, 20), days_before(data.today, 6)),
+    ];
+    let mut before = Vec::new();
+    for (from, to) in ranges {
+        for store in [None, Some(1)] {
+            let v = dashboard(&c, &dev.address, &f, from, to, store).await;
+            let want = dashboard_data::expected(&sent, from, to, store, 30_000.0, 4.0);
+            assert_kpis(
+                &format!("after kill -9: {from}..{to} {store:?}"),
+                &v["kpis"],
+                &want,
+            );
+            before.push(v);
+        }
+    }
+    drop(dev);
+
+    // From zero: the aggregates wiped, then rebuilt from the store's records.
+    {
+        let store =
+            loyalty_embedded::EmbeddedStore::open(&dir.path().join("store")).expect("store opens");
+        let fid = loyalty_domain::FranchiseId::parse(&f.id).expect("id");
+        use loyalty_core::ports::StateStore;
+        store
+            .replace_dashboard(&fid, &Default::default())
+            .await
+            .expect("wiped");
+        let rows = store
+            .dashboard_rows(&fid, loyalty_domain::Day(0), loyalty_domain::Day(u32::MAX))
+            .await
+            .expect("read");
+        assert!(
+            rows.totals.is_empty() && rows.visits.is_empty(),
+            "nothing left after the wipe"
+        );
+    }
+    let out = std::process::Command::new(loyalty_tests::loyalty_bin().expect("binary"))
+        .args(["projections", "rebuild", "--franchise", &f.id, "--data-dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("rebuild runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "rebuild failed: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{stdout}");
+    assert!(
+        stdout.contains(" 0 members' purchase days rewritten"),
+        "the engine kept every member's purchase days: {stdout}"
+    );
+    let dev = DevProcess::start(dir.path())
+        .await
+        .expect("starts after the rebuild");
+    let mut i = 0;
+    for (from, to) in ranges {
+        for store in [None, Some(1)] {
+            let v = dashboard(&c, &dev.address, &f, from, to, store).await;
+            assert_eq!(v, before[i], "{from}..{to} {store:?}: rebuilt from zero");
+            i += 1;
+        }
+    }
 }

@@ -57,9 +57,21 @@ const MEMBERS: usize = 1000;
 const PARTITIONS: u32 = 12;
 const TOPIC: &str = "pos-commands";
 const GROUP: &str = "loyalty-engine";
-/// The engines' `session.timeout.ms`: `KafkaConfig::new`'s default, which `loyalty engine`
-/// runs with (no `LOYALTY_*` setting changes it).
-const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+/// The engines' `session.timeout.ms`, given to every `loyalty engine` as
+/// `LOYALTY_KAFKA_SESSION_TIMEOUT_MS`: `LOYALTY_BENCH_SESSION_TIMEOUT_MS`, else 10 s (the
+/// engine's default).
+fn session_timeout() -> Duration {
+    Duration::from_millis(secs_env("LOYALTY_BENCH_SESSION_TIMEOUT_MS", 10_000))
+}
+
+/// The engines' `heartbeat.interval.ms`, given as `LOYALTY_KAFKA_HEARTBEAT_MS`:
+/// `LOYALTY_BENCH_HEARTBEAT_MS`, else a tenth of the session timeout (the engine's default).
+fn heartbeat() -> Duration {
+    Duration::from_millis(secs_env(
+        "LOYALTY_BENCH_HEARTBEAT_MS",
+        session_timeout().as_millis() as u64 / 10,
+    ))
+}
 
 fn secs_env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -144,6 +156,14 @@ impl Bench {
             .gateways(0)
             .engines(0)
             .partitions(PARTITIONS)
+            .env(
+                "LOYALTY_KAFKA_SESSION_TIMEOUT_MS",
+                &session_timeout().as_millis().to_string(),
+            )
+            .env(
+                "LOYALTY_KAFKA_HEARTBEAT_MS",
+                &heartbeat().as_millis().to_string(),
+            )
             .start()
             .await
             .expect("cluster starts");
@@ -927,7 +947,7 @@ async fn handoff(b: &mut Bench, round: usize) -> Handoff {
             )
         })
         .collect();
-    let target = SESSION_TIMEOUT.as_secs_f64() + 2.0;
+    let target = session_timeout().as_secs_f64() + 2.0;
     // Deliveries of already applied events on the engines that survived (a killed engine's
     // counter goes with it).
     let replayed: f64 = b
@@ -950,9 +970,11 @@ async fn handoff(b: &mut Bench, round: usize) -> Handoff {
         "{what}: kill -9 of engine-{victim} (of 3; it owned partitions {victim_owned:?}) {:.0} s \
          into a stream of {per_s:.0} purchases/s; its partitions applying again on the others \
          after {handoff_text}; the other partitions paused at most {others_pause:.2} s (the \
-         rebalance); engines' session timeout {} s, target ≤ {target:.0} s: {verdict}",
+         rebalance); engines' session timeout {} s (heartbeat {} ms), target ≤ {target:.1} s: \
+         {verdict}",
         before.as_secs_f64(),
-        SESSION_TIMEOUT.as_secs(),
+        session_timeout().as_secs_f64(),
+        heartbeat().as_millis(),
     );
     let mut repl_text = String::new();
     if let Some((i, at, epoch, applying)) = replacement {
@@ -1012,26 +1034,11 @@ async fn handoff(b: &mut Bench, round: usize) -> Handoff {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark: run by loadtest/bench.sh (about 2 minutes in release; PostgreSQL, tansu, redis-server)"]
-async fn multiprocess_ingestion_1_and_3_engines_and_handoff_on_postgres() {
-    let n = events(20_000);
-    let Some(mut b) = Bench::start(1, 1).await else {
-        return;
-    };
+/// The ingestion part: 1 engine, then 3, each next to the raw broker; whether every event was
+/// applied exactly once.
+async fn ingestion_1_and_3_engines(b: &mut Bench, n: usize) -> bool {
     let sample = b.sample();
-    println!(
-        "records: {n} of {} bytes, {IN_FLIGHT} in flight, {PARTITIONS} partitions, one tansu \
-         broker (sqlite), PostgreSQL {} (shared store), redis-server; engine session timeout {} s",
-        sample.len(),
-        psql(b.cluster.postgres_url(), "SHOW server_version")
-            .ok()
-            .and_then(|r| r.first().and_then(|r| r.first().cloned()))
-            .unwrap_or_default(),
-        SESSION_TIMEOUT.as_secs()
-    );
     let mut ok = true;
-
     let brokers = b.cluster.broker.brokers();
 
     // 1 engine.
@@ -1103,6 +1110,60 @@ async fn multiprocess_ingestion_1_and_3_engines_and_handoff_on_postgres() {
     let three = b.ingest("3 engines", "mb3", n).await;
     ingestion_line("3 engines", n, raw3, three);
     ok &= b.check_once("3 engines", "mb3", n).await;
+    ok
+}
+
+/// Copies the cluster's logs (engines, gateways, tansu) to `$LOYALTY_BENCH_LOGS/<now>/`, when
+/// that is set, before the cluster's directory goes with it.
+fn keep_logs(b: &Bench) {
+    let Some(root) = std::env::var_os("LOYALTY_BENCH_LOGS") else {
+        return;
+    };
+    let to = PathBuf::from(root).join(format!("{:.0}", epoch_now()));
+    if let Err(e) = std::fs::create_dir_all(&to) {
+        println!("logs not kept: {e}");
+        return;
+    }
+    let mut from: Vec<PathBuf> = std::fs::read_dir(b.cluster.log_dir())
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    from.push(b.cluster.broker.dir().join("tansu.log"));
+    for f in from
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "log"))
+    {
+        if let Some(name) = f.file_name() {
+            let _ = std::fs::copy(f, to.join(name));
+        }
+    }
+    println!("logs kept in {}", to.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run by loadtest/bench.sh (about 2 minutes in release; PostgreSQL, tansu, redis-server)"]
+async fn multiprocess_ingestion_1_and_3_engines_and_handoff_on_postgres() {
+    let n = events(20_000);
+    // `LOYALTY_BENCH_HANDOFF_ONLY=1`: three engines from the start, the handoff rounds only.
+    let handoff_only = std::env::var("LOYALTY_BENCH_HANDOFF_ONLY").is_ok_and(|v| v == "1");
+    let Some(mut b) = Bench::start(1, if handoff_only { 3 } else { 1 }).await else {
+        return;
+    };
+    println!(
+        "records: {n} of {} bytes, {IN_FLIGHT} in flight, {PARTITIONS} partitions, one tansu \
+         broker (sqlite), PostgreSQL {} (shared store), redis-server; engine session timeout {} \
+         s, heartbeat {} ms",
+        b.sample().len(),
+        psql(b.cluster.postgres_url(), "SHOW server_version")
+            .ok()
+            .and_then(|r| r.first().and_then(|r| r.first().cloned()))
+            .unwrap_or_default(),
+        session_timeout().as_secs_f64(),
+        heartbeat().as_millis()
+    );
+    let mut ok = true;
+    if !handoff_only {
+        ok &= ingestion_1_and_3_engines(&mut b, n).await;
+    }
 
     // Handoff, `LOYALTY_BENCH_HANDOFF_ROUNDS` times (2), each with three engines at the kill.
     let rounds = secs_env("LOYALTY_BENCH_HANDOFF_ROUNDS", 2) as usize;
@@ -1124,8 +1185,8 @@ async fn multiprocess_ingestion_1_and_3_engines_and_handoff_on_postgres() {
          HO_SESSION='{}' HO_VERDICT='{}' HO_REPL='{}' HO_ONCE='{}'",
         join(&|h| h.victims.clone()),
         join(&|h| format!("{:.2} s", h.others_pause)),
-        SESSION_TIMEOUT.as_secs_f64() + 2.0,
-        SESSION_TIMEOUT.as_secs(),
+        session_timeout().as_secs_f64() + 2.0,
+        session_timeout().as_secs_f64(),
         if results.iter().all(|h| h.met) {
             "met"
         } else if results.iter().any(|h| h.met) {
@@ -1140,6 +1201,7 @@ async fn multiprocess_ingestion_1_and_3_engines_and_handoff_on_postgres() {
             "DIFFERENCES (see above)"
         }
     );
+    keep_logs(&b);
     assert!(ok, "differences (see the lines above)");
 }
 

@@ -4,7 +4,7 @@
 //! One read of the store covers the range and the periods before it that retention and the
 //! comparison need; everything else is arithmetic over those rows.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use loyalty_domain::dashboard::{DayTotals, Scope, VisitCounts, VisitRow, MAX_RANGE_DAYS};
 use loyalty_domain::kpi::{KpiInput, Kpis};
@@ -154,29 +154,56 @@ pub struct Dashboard {
 /// How many rewards `top_rewards` lists.
 const TOP_REWARDS: usize = 10;
 
-/// The stored rows of a read, indexed for the computations.
+/// The stored rows of a read, indexed by store and day for the computations (every sum is a
+/// range of a sorted map, so a year of 50 stores costs one pass over its rows).
 struct Rows {
-    totals: Vec<(StoreId, Day, DayTotals)>,
-    visits: BTreeMap<Scope, Vec<(Day, VisitRow)>>,
+    /// Totals by store, then day.
+    by_store: BTreeMap<StoreId, BTreeMap<Day, DayTotals>>,
+    /// Totals of every store by day.
+    by_day: BTreeMap<Day, DayTotals>,
+    visits: BTreeMap<Scope, BTreeMap<Day, VisitRow>>,
 }
 
 impl Rows {
     fn new(r: DashboardRows) -> Rows {
-        let mut visits: BTreeMap<Scope, Vec<(Day, VisitRow)>> = BTreeMap::new();
+        let mut by_store: BTreeMap<StoreId, BTreeMap<Day, DayTotals>> = BTreeMap::new();
+        let mut by_day: BTreeMap<Day, DayTotals> = BTreeMap::new();
+        for (store, day, t) in r.totals {
+            by_day.entry(day).or_default().add(&t);
+            by_store
+                .entry(store)
+                .or_default()
+                .entry(day)
+                .or_default()
+                .add(&t);
+        }
+        let mut visits: BTreeMap<Scope, BTreeMap<Day, VisitRow>> = BTreeMap::new();
         for (scope, day, row) in r.visits {
-            visits.entry(scope).or_default().push((day, row));
+            loyalty_domain::dashboard::merge_row(
+                visits.entry(scope).or_default().entry(day).or_default(),
+                &row,
+            );
         }
         Rows {
-            totals: r.totals,
+            by_store,
+            by_day,
             visits,
+        }
+    }
+
+    /// The daily totals of `store` (all stores when `None`).
+    fn days(&self, store: Option<&StoreId>) -> Option<&BTreeMap<Day, DayTotals>> {
+        match store {
+            None => Some(&self.by_day),
+            Some(s) => self.by_store.get(s),
         }
     }
 
     /// Totals of `store` (all stores when `None`) summed over `from..=to`.
     fn totals(&self, store: Option<&StoreId>, from: Day, to: Day) -> DayTotals {
         let mut sum = DayTotals::default();
-        for (s, d, t) in &self.totals {
-            if (from..=to).contains(d) && store.is_none_or(|x| x == s) {
+        if let Some(days) = self.days(store) {
+            for t in days.range(from..=to).map(|(_, t)| t) {
                 sum.add(t);
             }
         }
@@ -184,8 +211,10 @@ impl Rows {
     }
 
     fn visits(&self, scope: &Scope, from: Day, to: Day) -> VisitCounts {
-        let rows = self.visits.get(scope).map(Vec::as_slice).unwrap_or(&[]);
-        VisitCounts::of(rows.iter().map(|(d, r)| (*d, r)), from, to)
+        match self.visits.get(scope) {
+            Some(rows) => VisitCounts::of(rows.range(from..=to).map(|(d, r)| (*d, r)), from, to),
+            None => VisitCounts::default(),
+        }
     }
 
     fn kpis(&self, scope: &Scope, from: Day, to: Day, program: &Program) -> Kpis {
@@ -278,16 +307,11 @@ fn series(
     from: Day,
     to: Day,
 ) -> Vec<SeriesDay> {
-    let mut by_day: BTreeMap<Day, DayTotals> = BTreeMap::new();
-    for (s, d, t) in &rows.totals {
-        if (from..=to).contains(d) && store.is_none_or(|x| x == s) {
-            by_day.entry(*d).or_default().add(t);
-        }
-    }
+    let days = rows.days(store);
     (from.0..=to.0)
         .map(Day)
         .map(|d| {
-            let t = by_day.get(&d).cloned().unwrap_or_default();
+            let t = days.and_then(|m| m.get(&d)).cloned().unwrap_or_default();
             SeriesDay {
                 day: d.iso(),
                 member_purchases: t.member_purchases,
@@ -310,8 +334,7 @@ fn store_rows(rows: &Rows, known: &[crate::model::Store], q: &DashboardQuery) ->
         .iter()
         .map(|s| (s.id.clone(), s.name.clone()))
         .collect();
-    let with_data: BTreeSet<StoreId> = rows.totals.iter().map(|(s, _, _)| s.clone()).collect();
-    for s in with_data {
+    for s in rows.by_store.keys() {
         names.entry(s.clone()).or_insert_with(|| s.to_string());
     }
     names
@@ -375,15 +398,11 @@ pub async fn dashboard_csv(
          anonymous_revenue_cents,refunded_cents,enrolments,points_issued,points_redeemed,\
          points_expired,redemptions,active_members\n",
     );
-    let mut by_key: BTreeMap<(Day, StoreId), DayTotals> = BTreeMap::new();
-    for (s, d, t) in &rows.totals {
-        by_key.entry((*d, s.clone())).or_default().add(t);
-    }
     let mut stores: BTreeMap<StoreId, String> = known
         .iter()
         .map(|s| (s.id.clone(), s.name.clone()))
         .collect();
-    for (_, s) in by_key.keys() {
+    for s in rows.by_store.keys() {
         stores.entry(s.clone()).or_insert_with(|| s.to_string());
     }
     for d in (q.from.0..=q.to.0).map(Day) {
@@ -391,7 +410,12 @@ pub async fn dashboard_csv(
             if q.store.as_ref().is_some_and(|s| s != id) {
                 continue;
             }
-            let t = by_key.get(&(d, id.clone())).cloned().unwrap_or_default();
+            let t = rows
+                .by_store
+                .get(id)
+                .and_then(|m| m.get(&d))
+                .cloned()
+                .unwrap_or_default();
             let active = rows.visits(&Scope::Store(id.clone()), d, d).active;
             let fields = [
                 d.iso(),

@@ -4,6 +4,7 @@
 
 pub mod command;
 pub mod dashboard;
+pub mod demo_history;
 pub mod engine;
 pub mod error;
 pub mod identity;
@@ -14,6 +15,7 @@ pub mod ports;
 pub mod pos_ingest;
 pub mod pos_topic;
 pub mod programs;
+pub mod projections;
 pub mod provisioning;
 pub mod rebuild;
 pub mod replies;

@@ -235,6 +235,21 @@ pub trait StateStore: Send + Sync + 'static {
     /// The stores of `franchise`.
     async fn stores_of(&self, franchise: &FranchiseId) -> Result<Vec<Store>>;
 
+    /// At most `limit` idempotency records of `franchise` in event id order, after `after`
+    /// (exclusive): a full scan in pages, for rebuilding the dashboards. A page shorter than
+    /// `limit` is the last.
+    async fn processed_after(
+        &self,
+        franchise: &FranchiseId,
+        after: Option<&EventId>,
+        limit: usize,
+    ) -> Result<Vec<ProcessedEvent>>;
+
+    /// Replaces every dashboard aggregate of `franchise` with `rows` (absolute values, in the
+    /// shape of a delta), atomically: readers see the old aggregates or the new ones.
+    async fn replace_dashboard(&self, franchise: &FranchiseId, rows: &DashboardDelta)
+        -> Result<()>;
+
     /// Writes the effects of a batch, fenced. Fails with [`crate::Error::Conflict`] if a
     /// member's stored version differs from the expected one or a record to insert already
     /// exists.

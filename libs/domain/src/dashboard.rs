@@ -307,9 +307,27 @@ impl DashboardDelta {
 
     /// Adds what one applied event changes.
     pub fn add_event(&mut self, e: &EventFacts<'_>) {
-        let f = e.franchise;
-        let t = self.totals(f, e.store, e.day);
-        match e.outcome {
+        self.add_outcome(e.franchise, e.store, e.day, e.program, e.outcome);
+        self.add_entries(e.franchise, e.program, e.entries);
+        self.add_visits(e.franchise, e.visits);
+        if let Some(m) = e.tier {
+            self.add_tier(e.franchise, m.from.as_deref(), -1);
+            self.add_tier(e.franchise, Some(&m.to), 1);
+        }
+        self.tidy();
+    }
+
+    /// What an event's recorded outcome adds at its store on its day.
+    pub fn add_outcome(
+        &mut self,
+        f: &FranchiseId,
+        store: &StoreId,
+        day: Day,
+        program: &Program,
+        outcome: &Outcome,
+    ) {
+        let t = self.totals(f, store, day);
+        match outcome {
             Outcome::Enrolled { created: true } => t.enrolments += 1,
             Outcome::Purchase(p) => {
                 t.member_purchases += 1;
@@ -327,13 +345,18 @@ impl DashboardDelta {
             Outcome::Redemption { reward_id, .. } => {
                 t.redemptions += 1;
                 *t.rewards.entry(reward_id.clone()).or_default() += 1;
-                let cost = e.program.reward(reward_id).map_or(0, |r| r.cost_cents);
+                let cost = program.reward(reward_id).map_or(0, |r| r.cost_cents);
                 t.reward_cost_cents = t.reward_cost_cents.saturating_add(cost);
             }
             Outcome::Enrolled { created: false } | Outcome::Rejected(_) => {}
         }
-        for entry in e.entries {
-            let day = e.program.local_day(entry.at);
+    }
+
+    /// What ledger entries add: points issued, redeemed and expired, at each entry's store on
+    /// its local day.
+    pub fn add_entries(&mut self, f: &FranchiseId, program: &Program, entries: &[LedgerEntry]) {
+        for entry in entries {
+            let day = program.local_day(entry.at);
             let t = self.totals(f, &entry.store_id, day);
             let magnitude = entry.points.unsigned_abs();
             match entry.kind {
@@ -347,7 +370,11 @@ impl DashboardDelta {
                 _ => {}
             }
         }
-        for v in e.visits {
+    }
+
+    /// Adds changes of visit counts.
+    pub fn add_visits(&mut self, f: &FranchiseId, visits: &[VisitDelta]) {
+        for v in visits {
             let row = self
                 .visits
                 .entry((f.clone(), v.scope.clone(), v.day))
@@ -358,12 +385,17 @@ impl DashboardDelta {
                 row.remove(&v.key);
             }
         }
-        if let Some(m) = e.tier {
-            if let Some(from) = &m.from {
-                *self.tiers.entry((f.clone(), from.clone())).or_default() -= 1;
-            }
-            *self.tiers.entry((f.clone(), m.to.clone())).or_default() += 1;
+    }
+
+    /// Adds `n` members to `tier` (nothing for `None`).
+    pub fn add_tier(&mut self, f: &FranchiseId, tier: Option<&str>, n: i64) {
+        if let Some(tier) = tier {
+            *self.tiers.entry((f.clone(), tier.to_owned())).or_default() += n;
         }
+    }
+
+    /// Drops what adds nothing.
+    pub fn tidy(&mut self) {
         self.visits.retain(|_, row| !row.is_empty());
         self.tiers.retain(|_, n| *n != 0);
         self.totals.retain(|_, t| !t.is_empty());

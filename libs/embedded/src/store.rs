@@ -492,6 +492,41 @@ impl StateStore for EmbeddedStore {
         dashboard::tiers(&self.db, franchise)
     }
 
+    async fn processed_after(
+        &self,
+        franchise: &FranchiseId,
+        after: Option<&EventId>,
+        limit: usize,
+    ) -> Result<Vec<ProcessedEvent>> {
+        let tx = self.db.begin_read().map_err(unavailable)?;
+        let t = tx.open_table(PROCESSED).map_err(unavailable)?;
+        let f = franchise.as_str();
+        let start = after.map_or("", |e| e.as_str());
+        let mut out = Vec::new();
+        for row in t
+            .range((f, start)..(f, "\u{10ffff}"))
+            .map_err(unavailable)?
+        {
+            let (k, v) = row.map_err(unavailable)?;
+            if after.is_some_and(|a| k.value().1 == a.as_str()) {
+                continue;
+            }
+            out.push(decode("processed event", v.value())?);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn replace_dashboard(
+        &self,
+        franchise: &FranchiseId,
+        rows: &loyalty_domain::dashboard::DashboardDelta,
+    ) -> Result<()> {
+        dashboard::replace(&self.db, franchise, rows)
+    }
+
     async fn stores_of(&self, franchise: &FranchiseId) -> Result<Vec<Store>> {
         let tx = self.db.begin_read().map_err(unavailable)?;
         let t = tx.open_table(STORES).map_err(unavailable)?;

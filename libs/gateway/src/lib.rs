@@ -2,6 +2,7 @@
 //! checkout path. Handlers validate, authenticate and resolve; effects travel the event log to
 //! the member's single writer (see `loyalty_core::engine`).
 
+pub mod pages;
 pub mod problem;
 pub mod routes;
 pub mod state;
@@ -71,6 +72,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
             .route("/refunds", web::post().to(events::refund))
             .route("/redemptions", web::post().to(events::redemption)),
     )
+    .configure(pages::configure)
     .default_service(web::to(not_found));
 }
 

@@ -76,6 +76,9 @@ struct Shared {
     before_revoke: Mutex<Option<BTreeSet<Partition>>>,
     /// See [`KafkaConfig::rejoin_on_stale_assignment`].
     rejoin_after: Option<Duration>,
+    /// How long a stale-assignment rejoin stays out of the group before joining again:
+    /// [`rejoin_delay`].
+    rejoin_delay: Duration,
     last_rejoin: Mutex<Option<Instant>>,
     /// Set by the rebalance callback; the poll thread rejoins.
     rejoin: AtomicBool,
@@ -102,8 +105,9 @@ impl Shared {
         tracing::info!(
             topic = self.topic,
             partitions = ?assigned,
-            "a rebalance gave back exactly what this member had; rejoining with a fresh member \
-             id so that a crashed member's partitions are reassigned"
+            rejoin_in = ?self.rejoin_delay,
+            "a rebalance gave back exactly what this member had; leaving the group and joining \
+             again with a fresh member id so that a crashed member's partitions are reassigned"
         );
         self.rejoin.store(true, Ordering::SeqCst);
     }
@@ -295,6 +299,7 @@ impl KafkaConsumer {
             rejoin_after: config
                 .rejoin_on_stale_assignment
                 .filter(|_| config.group_instance_id.is_none()),
+            rejoin_delay: rejoin_delay(config),
             last_rejoin: Mutex::new(None),
             rejoin: AtomicBool::new(false),
         });
@@ -351,6 +356,18 @@ impl KafkaConsumer {
     }
 }
 
+/// How long a member that leaves because of a stale assignment stays out before joining again:
+/// two heartbeats and a second, time for the others to notice the new generation (at their
+/// next heartbeat), drain their revocation and rejoin. Rejoining at once would make this member
+/// the group's leader on tansu 0.6 (a leave clears a dead leader) and split the partitions
+/// between it and the others, and tansu holds every follower's JoinGroup for 3 s
+/// (`PAUSE_MS`): the partitions given to a follower would wait those 3 s. Staying out, the
+/// first of the others to rejoin leads a group of the live members without it and, with one
+/// other member, takes every partition at once; this member's later join rebalances again.
+fn rejoin_delay(config: &KafkaConfig) -> Duration {
+    config.heartbeat_interval * 2 + Duration::from_secs(1)
+}
+
 /// The poll thread: polls all the time, forwards records (pausing the partitions while the
 /// buffer is full), and serves the rebalance callbacks. Ends when the consumer is closing or
 /// dropped, and then closes the Kafka consumer (leaving the group).
@@ -365,6 +382,8 @@ fn poll_loop(
     // Partitions paused in librdkafka at the engine's request, and under which generation.
     let mut engine_paused: BTreeSet<Partition> = BTreeSet::new();
     let mut engine_paused_gen = 0;
+    // After a stale-assignment leave: when to subscribe again.
+    let mut resubscribe_at: Option<Instant> = None;
     while !shared.closing.load(Ordering::SeqCst) {
         let generation = shared.generation.load(Ordering::SeqCst);
         if paused.is_some_and(|g| g != generation) {
@@ -380,9 +399,14 @@ fn poll_loop(
             apply_engine_pauses(&consumer, &shared, paused.is_some(), &mut engine_paused);
         }
         if shared.rejoin.swap(false, Ordering::SeqCst) {
-            // Leaving revokes everything (through the engine's drain, in the next polls);
-            // subscribing again joins as a new member.
+            // Leaving revokes everything (through the engine's drain, in the next polls) and
+            // sends LeaveGroup; subscribing again, `rejoin_delay` later, joins as a new member.
             consumer.unsubscribe();
+            resubscribe_at = Some(Instant::now() + shared.rejoin_delay);
+        }
+        if resubscribe_at.is_some_and(|at| Instant::now() >= at) {
+            resubscribe_at = None;
+            tracing::info!(topic = shared.topic, "joining the group again");
             if let Err(e) = consumer.subscribe(&[shared.topic.as_str()]) {
                 tracing::error!(topic = shared.topic, "cannot subscribe again: {e}");
             }

@@ -77,6 +77,29 @@
 //! second static member joining. So with tansu leave [`KafkaConfig::group_instance_id`] unset;
 //! the setting is passed through for a real Kafka, where it is the fix for rolling restarts.
 //!
+//! Where the time of a handoff after a SIGKILL goes on tansu 0.6.0 (its coordinator,
+//! `tansu-broker/src/coordinator/group/administrator.rs`, and engine logs of 2026-12-01):
+//! - tansu checks for silent members only when a live one calls it (heartbeat, join, sync,
+//!   leave): the dead member is expired at the first heartbeat of a survivor after its last
+//!   contact + `session_timeout`, so up to one [`KafkaConfig::heartbeat_interval`] late (with
+//!   librdkafka's 3 s default: 12.1 s after its last heartbeat, for a 10 s session). The
+//!   default here is a tenth of the session (1 s).
+//! - That heartbeat answers `REBALANCE_IN_PROGRESS` to that survivor only; the group keeps its
+//!   generation and assignment, and the rejoin gives the survivor back what it had.
+//! - tansu holds every JoinGroup of a member that is not the group's leader for 3 s (`PAUSE_MS`,
+//!   `join_follower_pause`), including when the leader is the dead member: a survivor that is
+//!   not the leader learns of the stale assignment 3 s after the expiry. Only a leader's join,
+//!   or a join when the group has no leader (a LeaveGroup of the leader, or of anyone while the
+//!   leader is the dead member, clears it), goes through at once.
+//! - So the rejoin on a stale assignment leaves the group and stays out for two heartbeats and a
+//!   second (`consumer::rejoin_delay`): the other survivor learns of the new generation at its
+//!   next heartbeat, joins a group without a leader, leads it alone and takes every partition at
+//!   once; the member that left joins again later (a follower: 3 s) and the partitions are split
+//!   once more. Measured (10 s session, 1 s heartbeat, 3 engines, one killed): the killed
+//!   engine's partitions apply again 10 s + 1.3 s after the kill when the first survivor to
+//!   notice leads the group, 10 s + 3.5 to 5.2 s when it does not (its own 3 s pause first).
+//!   That pause is the broker's and no client setting removes it.
+//!
 //! Seen with dynamic membership too: when a revocation holds a rebalance for seconds, tansu
 //! sometimes completes it for one member first, the other ~3 s later, and then starts another
 //! rebalance at once (log: `assigned partitions=[0]` at T, the other member
@@ -118,6 +141,13 @@ pub struct KafkaConfig {
     /// `session.timeout.ms`: how long the group waits for a silent member (crashed node)
     /// before moving its partitions.
     pub session_timeout: Duration,
+    /// `heartbeat.interval.ms`: how often a member tells the coordinator it is alive (and
+    /// learns that a rebalance started). At most a third of `session_timeout`
+    /// ([`KafkaConfig::validate`]); [`KafkaConfig::new`] takes a tenth. It bounds two delays of
+    /// a handoff after a crash: the coordinator expires a silent member only when a live one
+    /// heartbeats (tansu 0.6), so up to one interval after `session_timeout`; and the other
+    /// members learn of the new generation at their next heartbeat.
+    pub heartbeat_interval: Duration,
     /// `max.poll.interval.ms`: the longest gap between two polls before the member is evicted;
     /// also the broker's rebalance timeout (how long it waits for members to rejoin).
     pub max_poll_interval: Duration,
@@ -145,13 +175,16 @@ pub struct KafkaConfig {
     /// Replication factor of topics created by `ensure_topic` (3 in production, 1 for a single
     /// broker).
     pub replication_factor: i32,
-    /// Rejoin with a fresh member id when a rebalance hands this member back exactly the
-    /// partitions it had while others of the topic remain elsewhere (at most once per this
-    /// delay; `None`: never). A guard against group coordinators that expire a crashed member
-    /// but keep its assignment (tansu 0.6 keeps the dead member as the group's leader, so its
-    /// partitions are never handed over): a new member joining makes the coordinator compute a
-    /// fresh assignment. On Apache Kafka it costs at most one extra rebalance when a member
-    /// that owned nothing joins or leaves.
+    /// Leave the group and join again with a fresh member id when a rebalance hands this member
+    /// back exactly the partitions it had while others of the topic remain elsewhere (at most
+    /// once per this delay; `None`: never). A guard against group coordinators that expire a
+    /// crashed member but keep its assignment (tansu 0.6 keeps the dead member as the group's
+    /// leader, so its partitions are never handed over): the leave, and the new member joining,
+    /// make the coordinator compute a fresh assignment. The member stays out for two heartbeats
+    /// and a second before joining again, so that another member leads the group of the
+    /// others first and takes the crashed member's partitions at once (see the crate's notes on
+    /// tansu). On Apache Kafka it costs at most two extra rebalances when a member that owned
+    /// nothing joins or leaves.
     pub rejoin_on_stale_assignment: Option<Duration>,
     /// Any other librdkafka property, applied to every client after the adapter's own (so they
     /// can override e.g. `heartbeat.interval.ms` or `linger.ms`; the settings the adapter's
@@ -161,14 +194,15 @@ pub struct KafkaConfig {
 }
 
 impl KafkaConfig {
-    /// Defaults for `brokers`: client id `loyalty`, dynamic membership, 10 s session, 5 min
-    /// poll interval, 60 s revocation wait.
+    /// Defaults for `brokers`: client id `loyalty`, dynamic membership, 10 s session, 1 s
+    /// heartbeat, 5 min poll interval, 60 s revocation wait.
     pub fn new(brokers: impl Into<String>) -> KafkaConfig {
         KafkaConfig {
             brokers: brokers.into(),
             client_id: "loyalty".into(),
             group_instance_id: None,
             session_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(1),
             max_poll_interval: Duration::from_secs(300),
             revoke_timeout: Duration::from_secs(60),
             poll_interval: Duration::from_millis(100),
@@ -186,6 +220,25 @@ impl KafkaConfig {
     pub fn validate(&self) -> Result<()> {
         if self.brokers.trim().is_empty() {
             return Err(Error::Invalid("kafka: no brokers given".into()));
+        }
+        if self.session_timeout.is_zero() || self.session_timeout > Duration::from_secs(3600) {
+            return Err(Error::Invalid(format!(
+                "kafka: session_timeout ({:?}) must be between 1 ms and 1 h",
+                self.session_timeout
+            )));
+        }
+        if self.heartbeat_interval.is_zero() || self.heartbeat_interval * 3 > self.session_timeout {
+            return Err(Error::Invalid(format!(
+                "kafka: heartbeat_interval ({:?}) must be above 0 and at most a third of \
+                 session_timeout ({:?}), or a member that misses a heartbeat or two is evicted",
+                self.heartbeat_interval, self.session_timeout
+            )));
+        }
+        if self.session_timeout > self.max_poll_interval {
+            return Err(Error::Invalid(format!(
+                "kafka: session_timeout ({:?}) must not exceed max_poll_interval ({:?})",
+                self.session_timeout, self.max_poll_interval
+            )));
         }
         if self.revoke_timeout >= self.max_poll_interval {
             return Err(Error::Invalid(format!(
@@ -243,6 +296,10 @@ impl KafkaConfig {
         c.set(
             "session.timeout.ms",
             millis(self.session_timeout).to_string(),
+        )
+        .set(
+            "heartbeat.interval.ms",
+            millis(self.heartbeat_interval).to_string(),
         )
         .set(
             "max.poll.interval.ms",
@@ -541,6 +598,12 @@ mod tests {
         assert_eq!(consumer.get("group.id"), Some("g"));
         assert_eq!(consumer.get("group.instance.id"), None);
         assert_eq!(consumer.get("heartbeat.interval.ms"), Some("500"));
+        assert_eq!(consumer.get("session.timeout.ms"), Some("10000"));
+        c.extra.clear();
+        assert_eq!(
+            c.consumer_config("g").get("heartbeat.interval.ms"),
+            Some("1000")
+        );
         let producer = c.producer_config();
         assert_eq!(producer.get("enable.idempotence"), Some("true"));
         assert_eq!(producer.get("acks"), Some("all"));
@@ -557,6 +620,19 @@ mod tests {
         let mut c = KafkaConfig::new("127.0.0.1:9092");
         c.validate().unwrap();
         c.revoke_timeout = c.max_poll_interval;
+        assert!(matches!(c.validate(), Err(Error::Invalid(_))));
+        // The heartbeat: above 0, at most a third of the session.
+        let mut c = KafkaConfig::new("127.0.0.1:9092");
+        c.heartbeat_interval = Duration::from_millis(3334);
+        assert!(matches!(c.validate(), Err(Error::Invalid(_))));
+        c.heartbeat_interval = Duration::from_millis(3333);
+        c.validate().unwrap();
+        c.heartbeat_interval = Duration::ZERO;
+        assert!(matches!(c.validate(), Err(Error::Invalid(_))));
+        c.heartbeat_interval = Duration::from_millis(100);
+        c.session_timeout = Duration::ZERO;
+        assert!(matches!(c.validate(), Err(Error::Invalid(_))));
+        c.session_timeout = c.max_poll_interval + Duration::from_millis(1);
         assert!(matches!(c.validate(), Err(Error::Invalid(_))));
         let mut c = KafkaConfig::new("");
         assert!(matches!(c.validate(), Err(Error::Invalid(_))));

@@ -119,6 +119,18 @@ SELECT loyalty_fence(
 
 /// The stores of a franchise, on the `stores_by_franchise` index.
 const STORES_OF: &str = "SELECT body FROM stores WHERE franchise_id = $1 ORDER BY id";
+
+/// A page of a franchise's idempotency records in event id order (the rebuild's scan).
+const PROCESSED_AFTER: &str = "SELECT body FROM processed \
+    WHERE franchise_id = $1 AND event_id > $2 ORDER BY event_id LIMIT $3";
+
+/// What `replace_dashboard` deletes before it writes the new aggregates.
+const DELETE_DASHBOARD: [&str; 4] = [
+    "DELETE FROM dashboard_totals WHERE franchise_id = $1",
+    "DELETE FROM dashboard_rewards WHERE franchise_id = $1",
+    "DELETE FROM dashboard_visits WHERE franchise_id = $1",
+    "DELETE FROM dashboard_tiers WHERE franchise_id = $1",
+];
 /// Daily totals of a franchise over a range of days (every store).
 const DASHBOARD_TOTALS: &str = "SELECT store_id, day, member_purchases, anonymous_purchases, \
      member_revenue_cents, anonymous_revenue_cents, refunded_cents, enrolments, points_issued, \
@@ -895,6 +907,53 @@ impl StateStore for PostgresStore {
                 Ok((tier, n))
             })
             .collect()
+    }
+
+    async fn processed_after(
+        &self,
+        franchise: &FranchiseId,
+        after: Option<&EventId>,
+        limit: usize,
+    ) -> Result<Vec<ProcessedEvent>> {
+        let after = after.map_or("", EventId::as_str);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.decode_all(
+            "scanning idempotency records",
+            PROCESSED_AFTER,
+            &[&franchise.as_str(), &after, &limit],
+        )
+        .await
+    }
+
+    async fn replace_dashboard(
+        &self,
+        franchise: &FranchiseId,
+        rows: &loyalty_domain::dashboard::DashboardDelta,
+    ) -> Result<()> {
+        let what = "replacing dashboard aggregates";
+        let mut rows = rows.clone();
+        rows.totals.retain(|(f, _, _), _| f == franchise);
+        rows.visits.retain(|(f, _, _), _| f == franchise);
+        rows.tiers.retain(|(f, _), _| f == franchise);
+        let batch = EffectBatch {
+            dashboard: rows,
+            ..EffectBatch::default()
+        };
+        let params = CommitParams::of(&batch)?;
+        let mut client = self.client(what).await?;
+        let tx = client.transaction().await.map_err(|e| pg(what, &e))?;
+        for sql in DELETE_DASHBOARD {
+            tx.execute(sql, &[&franchise.as_str()])
+                .await
+                .map_err(|e| pg(what, &e))?;
+        }
+        if !batch.dashboard.is_empty() {
+            let stmt = tx.prepare_cached(COMMIT).await.map_err(|e| pg(what, &e))?;
+            tx.query(&stmt, &params.params())
+                .await
+                .map_err(|e| pg(what, &e))?;
+        }
+        tx.commit().await.map_err(|e| pg(what, &e))
     }
 
     async fn stores_of(&self, franchise: &FranchiseId) -> Result<Vec<Store>> {

@@ -1305,6 +1305,34 @@ impl StateStore for ScyllaStore {
             .collect())
     }
 
+    /// Not on ScyllaDB yet: its idempotency records are partitioned by event id, so a
+    /// franchise's cannot be scanned in order without a full-table scan. `loyalty projections
+    /// rebuild` says so and runs on the embedded store and PostgreSQL.
+    async fn processed_after(
+        &self,
+        _franchise: &FranchiseId,
+        _after: Option<&EventId>,
+        _limit: usize,
+    ) -> Result<Vec<ProcessedEvent>> {
+        Err(Error::Invalid(
+            "scanning a franchise's idempotency records is not supported on ScyllaDB yet \
+             (rebuilding the dashboards runs on the embedded store and PostgreSQL)"
+                .into(),
+        ))
+    }
+
+    /// Not on ScyllaDB yet (see [`ScyllaStore::processed_after`]): its counters cannot be set,
+    /// only added to.
+    async fn replace_dashboard(
+        &self,
+        _franchise: &FranchiseId,
+        _rows: &loyalty_domain::dashboard::DashboardDelta,
+    ) -> Result<()> {
+        Err(Error::Invalid(
+            "replacing the dashboards' aggregates is not supported on ScyllaDB yet".into(),
+        ))
+    }
+
     async fn stores_of(&self, franchise: &FranchiseId) -> Result<Vec<Store>> {
         let what = "listing a franchise's stores";
         let mut rows = self

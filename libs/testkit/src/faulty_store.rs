@@ -183,6 +183,21 @@ impl StateStore for FaultyStore {
     async fn stores_of(&self, f: &FranchiseId) -> Result<Vec<Store>> {
         self.inner.stores_of(f).await
     }
+    async fn processed_after(
+        &self,
+        f: &FranchiseId,
+        after: Option<&EventId>,
+        limit: usize,
+    ) -> Result<Vec<ProcessedEvent>> {
+        self.inner.processed_after(f, after, limit).await
+    }
+    async fn replace_dashboard(
+        &self,
+        f: &FranchiseId,
+        rows: &loyalty_domain::dashboard::DashboardDelta,
+    ) -> Result<()> {
+        self.inner.replace_dashboard(f, rows).await
+    }
     async fn commit(&self, batch: EffectBatch) -> Result<()> {
         let n = self.commits.fetch_add(1, Ordering::SeqCst) as u64 + 1;
         if self.unavailable.load(Ordering::SeqCst) {

@@ -3,6 +3,7 @@
 //! it checks. A server that cannot be found on this machine is reported with how to get it;
 //! tests that need it say plainly in their output that they were skipped, and why.
 
+pub mod chromium;
 pub mod faulty_store;
 pub mod log_contract;
 pub mod ports;

@@ -94,6 +94,9 @@ pub struct DevConfig {
     pub max_body_bytes: usize,
     /// Create a demo franchise with three stores on first start (`LOYALTY_DEMO`).
     pub demo: bool,
+    /// Give the demo franchise a few months of generated history when `loyalty dev` creates
+    /// it (`LOYALTY_DEMO_HISTORY`, flag `--no-demo-history`); only `loyalty dev` uses it.
+    pub demo_history: bool,
     /// Kafka bootstrap servers for `loyalty node` (`LOYALTY_KAFKA_BROKERS`), `host:port,...`.
     pub kafka_brokers: Option<String>,
     /// Stable `group.instance.id` of this engine node for static membership, so that a rolling
@@ -101,6 +104,14 @@ pub struct DevConfig {
     pub kafka_instance_id: Option<String>,
     /// Replication factor of the topics `loyalty node` creates (`LOYALTY_KAFKA_REPLICATION`).
     pub kafka_replication: i32,
+    /// `session.timeout.ms` of the engines' consumers, in milliseconds
+    /// (`LOYALTY_KAFKA_SESSION_TIMEOUT_MS`): how long the group waits for a crashed engine
+    /// before its partitions move to the others.
+    pub kafka_session_timeout_ms: u64,
+    /// `heartbeat.interval.ms` of the engines' consumers, in milliseconds
+    /// (`LOYALTY_KAFKA_HEARTBEAT_MS`); at most a third of the session timeout. Unset: a tenth
+    /// of it.
+    pub kafka_heartbeat_ms: Option<u64>,
     /// Redis for the hot cache in `loyalty node` (`LOYALTY_REDIS_URL`), `redis://host:port/`.
     pub redis_url: Option<String>,
     /// PostgreSQL of the shared durable store (`LOYALTY_POSTGRES_URL`), a libpq URL
@@ -139,9 +150,12 @@ impl Default for DevConfig {
             store_cache_mib: 64,
             max_body_bytes: 16 * 1024,
             demo: true,
+            demo_history: true,
             kafka_brokers: None,
             kafka_instance_id: None,
             kafka_replication: 1,
+            kafka_session_timeout_ms: 10_000,
+            kafka_heartbeat_ms: None,
             redis_url: None,
             postgres_url: None,
             postgres_pool: None,
@@ -190,9 +204,12 @@ impl std::fmt::Debug for DevConfig {
             .field("store_cache_mib", &self.store_cache_mib)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("demo", &self.demo)
+            .field("demo_history", &self.demo_history)
             .field("kafka_brokers", &self.kafka_brokers)
             .field("kafka_instance_id", &self.kafka_instance_id)
             .field("kafka_replication", &self.kafka_replication)
+            .field("kafka_session_timeout_ms", &self.kafka_session_timeout_ms)
+            .field("kafka_heartbeat_ms", &self.kafka_heartbeat_ms)
             .field("redis_url", &self.redis_url.as_deref().map(redact_url))
             .field(
                 "postgres_url",
@@ -264,6 +281,7 @@ impl DevConfig {
         env_parse("LOYALTY_STORE_CACHE_MIB", &mut c.store_cache_mib)?;
         env_parse("LOYALTY_MAX_BODY_BYTES", &mut c.max_body_bytes)?;
         env_parse("LOYALTY_DEMO", &mut c.demo)?;
+        env_parse("LOYALTY_DEMO_HISTORY", &mut c.demo_history)?;
         if let Ok(v) = std::env::var("LOYALTY_KAFKA_BROKERS") {
             c.kafka_brokers = Some(v);
         }
@@ -271,6 +289,18 @@ impl DevConfig {
             c.kafka_instance_id = Some(v);
         }
         env_parse("LOYALTY_KAFKA_REPLICATION", &mut c.kafka_replication)?;
+        env_parse(
+            "LOYALTY_KAFKA_SESSION_TIMEOUT_MS",
+            &mut c.kafka_session_timeout_ms,
+        )?;
+        if let Ok(v) = std::env::var("LOYALTY_KAFKA_HEARTBEAT_MS") {
+            let ms = v.parse().map_err(|e| {
+                anyhow::anyhow!(
+                    "environment variable LOYALTY_KAFKA_HEARTBEAT_MS={v:?} is invalid: {e}"
+                )
+            })?;
+            c.kafka_heartbeat_ms = Some(ms);
+        }
         if let Ok(v) = std::env::var("LOYALTY_REDIS_URL") {
             c.redis_url = Some(v);
         }
@@ -379,6 +409,18 @@ impl DevConfig {
         Ok(())
     }
 
+    /// The engines' Kafka session timeout (`kafka_session_timeout_ms`).
+    pub fn kafka_session_timeout(&self) -> Duration {
+        Duration::from_millis(self.kafka_session_timeout_ms)
+    }
+
+    /// The engines' Kafka heartbeat interval: `kafka_heartbeat_ms`, else a tenth of the session
+    /// timeout.
+    pub fn kafka_heartbeat(&self) -> Duration {
+        self.kafka_heartbeat_ms
+            .map_or(self.kafka_session_timeout() / 10, Duration::from_millis)
+    }
+
     /// Refuses a `loyalty node` configuration without its servers, naming what is missing.
     pub fn validate_node(&self) -> anyhow::Result<()> {
         self.validate()?;
@@ -393,6 +435,21 @@ impl DevConfig {
         }
         if !(1..=32).contains(&self.kafka_replication) {
             bail!("kafka_replication (LOYALTY_KAFKA_REPLICATION) must be between 1 and 32");
+        }
+        let session = self.kafka_session_timeout_ms;
+        if !(1_000..=300_000).contains(&session) {
+            bail!(
+                "kafka_session_timeout_ms (LOYALTY_KAFKA_SESSION_TIMEOUT_MS) must be between 1000 \
+                 and 300000 (5 min, the consumers' max.poll.interval.ms), got {session}"
+            );
+        }
+        let heartbeat = self.kafka_heartbeat().as_millis() as u64;
+        if heartbeat == 0 || heartbeat * 3 > session {
+            bail!(
+                "kafka_heartbeat_ms (LOYALTY_KAFKA_HEARTBEAT_MS) must be between 1 and a third of \
+                 the session timeout ({} ms for {session} ms), got {heartbeat}",
+                session / 3
+            );
         }
         Ok(())
     }
@@ -644,6 +701,43 @@ mod tests {
             ..DevConfig::default()
         };
         c.validate_node().unwrap();
+    }
+
+    #[test]
+    fn kafka_session_and_heartbeat_are_checked() {
+        let node = DevConfig {
+            kafka_brokers: Some("127.0.0.1:9092".into()),
+            redis_url: Some("redis://127.0.0.1:6379/".into()),
+            ..DevConfig::default()
+        };
+        // Defaults: 10 s, and a heartbeat of a tenth of it.
+        assert_eq!(node.kafka_session_timeout(), Duration::from_secs(10));
+        assert_eq!(node.kafka_heartbeat(), Duration::from_secs(1));
+        let c = DevConfig {
+            kafka_session_timeout_ms: 6_000,
+            ..node.clone()
+        };
+        c.validate_node().unwrap();
+        assert_eq!(c.kafka_heartbeat(), Duration::from_millis(600));
+        let c = DevConfig {
+            kafka_heartbeat_ms: Some(2_000),
+            ..c
+        };
+        c.validate_node().unwrap();
+        for (session, heartbeat, named) in [
+            (6_000, Some(2_001), "LOYALTY_KAFKA_HEARTBEAT_MS"),
+            (6_000, Some(0), "LOYALTY_KAFKA_HEARTBEAT_MS"),
+            (999, None, "LOYALTY_KAFKA_SESSION_TIMEOUT_MS"),
+            (300_001, None, "LOYALTY_KAFKA_SESSION_TIMEOUT_MS"),
+        ] {
+            let c = DevConfig {
+                kafka_session_timeout_ms: session,
+                kafka_heartbeat_ms: heartbeat,
+                ..node.clone()
+            };
+            let e = c.validate_node().unwrap_err().to_string();
+            assert!(e.contains(named), "{session} {heartbeat:?}: {e}");
+        }
     }
 
     #[test]

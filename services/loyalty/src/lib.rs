@@ -3,5 +3,6 @@
 
 pub mod configuration;
 pub mod demo;
+pub mod projections;
 pub mod startup;
 pub mod telemetry;

@@ -41,10 +41,20 @@ impl Common {
     }
 }
 
+/// `loyalty dev`'s settings.
+#[derive(Args)]
+struct DevArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Create the demo franchise without its generated history [env: LOYALTY_DEMO_HISTORY=false]
+    #[arg(long)]
+    no_demo_history: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Gateway + engine + embedded adapters in one process (no server needed).
-    Dev(Common),
+    Dev(DevArgs),
     /// Gateway + engine on Kafka (LOYALTY_KAFKA_BROKERS) and Redis (LOYALTY_REDIS_URL), with
     /// a shared store (LOYALTY_POSTGRES_URL or LOYALTY_SCYLLA_NODES) or the embedded store.
     /// Needs LOYALTY_ADMIN_KEY; demo data only with LOYALTY_DEMO=true.
@@ -65,6 +75,23 @@ enum Command {
         #[command(subcommand)]
         command: CacheCommand,
     },
+    /// The dashboards' projections.
+    Projections {
+        #[command(subcommand)]
+        command: ProjectionsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProjectionsCommand {
+    /// Recomputes the dashboards' aggregates from the store's records (engines stopped).
+    Rebuild {
+        #[command(flatten)]
+        common: Common,
+        /// Only this franchise (default: every franchise).
+        #[arg(long)]
+        franchise: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -77,8 +104,12 @@ enum CacheCommand {
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
     loyalty::telemetry::init();
+    let mut no_demo_history = false;
     let (mode, common) = match Cli::parse().command {
-        Command::Dev(c) => (None, c),
+        Command::Dev(c) => {
+            no_demo_history = c.no_demo_history;
+            (None, c.common)
+        }
         Command::Node(c) => (Some(Mode::All), c),
         Command::Gateway(c) => (Some(Mode::Gateway), c),
         Command::Engine(c) => (Some(Mode::Engine), c),
@@ -86,12 +117,24 @@ async fn main() -> anyhow::Result<()> {
         Command::Cache {
             command: CacheCommand::Rebuild(c),
         } => return rebuild(c.load(Profile::Production)?).await,
+        Command::Projections {
+            command: ProjectionsCommand::Rebuild { common, franchise },
+        } => {
+            let c = common.load(Profile::Production)?;
+            return loyalty::projections::rebuild(&c, franchise.as_deref()).await;
+        }
     };
     let profile = match mode {
         None => Profile::Dev,
         Some(_) => Profile::Production,
     };
-    let c = common.load(profile)?;
+    let mut c = common.load(profile)?;
+    if no_demo_history {
+        c.demo_history = false;
+    }
+    // Only `loyalty dev` gives the demo franchise it creates a history.
+    let demo_history = mode.is_none() && c.demo && c.demo_history;
+    let (data_dir, topic) = (c.data_dir.clone(), c.topic.clone());
     let ip = c.listen.ip();
     let (name, app) = match mode {
         None => ("dev", Application::build(c).await?),
@@ -105,6 +148,14 @@ async fn main() -> anyhow::Result<()> {
             Application::build_distributed(c, Mode::Engine).await?,
         ),
     };
+    loyalty::demo::append_pending_history(
+        &app.ports.log,
+        app.ports.store.as_ref(),
+        &topic,
+        &data_dir,
+        demo_history,
+    )
+    .await;
     println!("loyalty {name}: listening on http://{ip}:{}", app.port());
     app.run_until_stopped().await
 }

@@ -90,6 +90,8 @@ fn kafka_log(config: &DevConfig) -> anyhow::Result<Arc<dyn EventLog>> {
     let mut kafka = loyalty_kafka::KafkaConfig::new(brokers.clone());
     kafka.group_instance_id = config.kafka_instance_id.clone();
     kafka.replication_factor = config.kafka_replication;
+    kafka.session_timeout = config.kafka_session_timeout();
+    kafka.heartbeat_interval = config.kafka_heartbeat();
     Ok(loyalty_kafka::KafkaLog::new(kafka)
         .with_context(|| format!("connecting to Kafka at {brokers}"))?)
 }

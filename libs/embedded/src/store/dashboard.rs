@@ -125,3 +125,71 @@ pub(super) fn tiers(db: &redb::Database, franchise: &FranchiseId) -> Result<Vec<
     }
     Ok(out)
 }
+
+/// Replaces every aggregate of `franchise` with `rows`, in one transaction.
+pub(super) fn replace(
+    db: &redb::Database,
+    franchise: &FranchiseId,
+    rows: &DashboardDelta,
+) -> Result<()> {
+    let f = franchise.as_str();
+    let tx = db.begin_write().map_err(unavailable)?;
+    {
+        let mut totals = tx.open_table(TOTALS).map_err(unavailable)?;
+        let old: Vec<(u32, String)> = totals
+            .range((f, 0, "")..=(f, u32::MAX, "\u{10ffff}"))
+            .map_err(unavailable)?
+            .map(|r| r.map(|(k, _)| (k.value().1, k.value().2.to_owned())))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(unavailable)?;
+        for (day, store) in &old {
+            totals
+                .remove((f, *day, store.as_str()))
+                .map_err(unavailable)?;
+        }
+        let mut visits = tx.open_table(VISITS).map_err(unavailable)?;
+        let old: Vec<(u32, String)> = visits
+            .range((f, 0, "")..=(f, u32::MAX, "\u{10ffff}"))
+            .map_err(unavailable)?
+            .map(|r| r.map(|(k, _)| (k.value().1, k.value().2.to_owned())))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(unavailable)?;
+        for (day, scope) in &old {
+            visits
+                .remove((f, *day, scope.as_str()))
+                .map_err(unavailable)?;
+        }
+        let mut tiers = tx.open_table(TIERS).map_err(unavailable)?;
+        let old: Vec<String> = tiers
+            .range((f, "")..=(f, "\u{10ffff}"))
+            .map_err(unavailable)?
+            .map(|r| r.map(|(k, _)| k.value().1.to_owned()))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(unavailable)?;
+        for tier in &old {
+            tiers.remove((f, tier.as_str())).map_err(unavailable)?;
+        }
+    }
+    let mine = DashboardDelta {
+        totals: rows
+            .totals
+            .iter()
+            .filter(|((fr, _, _), _)| fr == franchise)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        visits: rows
+            .visits
+            .iter()
+            .filter(|((fr, _, _), _)| fr == franchise)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        tiers: rows
+            .tiers
+            .iter()
+            .filter(|((fr, _), _)| fr == franchise)
+            .map(|(k, v)| (k.clone(), *v))
+            .collect(),
+    };
+    apply(&tx, &mine)?;
+    tx.commit().map_err(unavailable)
+}

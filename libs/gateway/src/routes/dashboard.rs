@@ -33,6 +33,18 @@ async fn resolve(
 ) -> Result<(Arc<Franchise>, Arc<Program>, DashboardQuery), ApiError> {
     // Who asks comes first: a store key or another franchise learns nothing from its query.
     let f = own_franchise(gw, req, fid).await?;
+    let (program, q) = query_of(gw, &f, p).await?;
+    Ok((f, program, q))
+}
+
+/// The query string of a dashboard of `f` (already authorized), validated: `f`'s current
+/// program and the query, or a 400 `invalid-query` (a 404 for a store of another franchise).
+/// Shared by the API and the dashboard page (`crate::pages`).
+pub(crate) async fn query_of(
+    gw: &Gateway,
+    f: &Franchise,
+    p: Result<web::Query<DashboardParams>, actix_web::Error>,
+) -> Result<(Arc<Program>, DashboardQuery), ApiError> {
     let p = p
         .map_err(|e| ApiError::InvalidQuery(format!("query string: {e}")))?
         .into_inner();
@@ -52,12 +64,12 @@ async fn resolve(
     };
     let store = match p.store.as_deref().filter(|s| !s.is_empty()) {
         None => None,
-        Some(s) => Some(franchise_store(gw, &f, s).await?),
+        Some(s) => Some(franchise_store(gw, f, s).await?),
     };
     let q = DashboardQuery::parse(from, to, store, compare)
         .map_err(|e| ApiError::InvalidQuery(e.to_string()))?;
-    let program = gw.program(&f).await?;
-    Ok((f, program, q))
+    let program = gw.program(f).await?;
+    Ok((program, q))
 }
 
 /// The store `id` of the franchise; any other is 404.
@@ -78,7 +90,17 @@ pub async fn dashboard(
     params: Result<web::Query<DashboardParams>, actix_web::Error>,
 ) -> Result<HttpResponse, ApiError> {
     let (f, program, q) = resolve(&gw, &req, &path, params).await?;
-    let d = dashboard::dashboard(gw.store.as_ref(), &f, &program, &q).await?;
+    json_response(&gw, &f, &program, &q).await
+}
+
+/// The dashboard of `f` for `q` as JSON; shared with the dashboard page.
+pub(crate) async fn json_response(
+    gw: &Gateway,
+    f: &Franchise,
+    program: &Program,
+    q: &DashboardQuery,
+) -> Result<HttpResponse, ApiError> {
+    let d = dashboard::dashboard(gw.store.as_ref(), f, program, q).await?;
     Ok(HttpResponse::Ok()
         .insert_header(("Cache-Control", "private, no-store"))
         .json(d))
@@ -92,7 +114,17 @@ pub async fn dashboard_csv(
     params: Result<web::Query<DashboardParams>, actix_web::Error>,
 ) -> Result<HttpResponse, ApiError> {
     let (f, _, q) = resolve(&gw, &req, &path, params).await?;
-    let csv = dashboard::dashboard_csv(gw.store.as_ref(), &f, &q).await?;
+    csv_response(&gw, &f, &q).await
+}
+
+/// The CSV of `f` for `q` as a download (its content type and file name); shared with the
+/// dashboard page.
+pub(crate) async fn csv_response(
+    gw: &Gateway,
+    f: &Franchise,
+    q: &DashboardQuery,
+) -> Result<HttpResponse, ApiError> {
+    let csv = dashboard::dashboard_csv(gw.store.as_ref(), f, q).await?;
     let name = format!("dashboard-{}-{}-{}.csv", f.id, q.from.iso(), q.to.iso());
     Ok(HttpResponse::Ok()
         .content_type("text/csv; charset=utf-8")
