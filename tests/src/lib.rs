@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod cluster;
 pub mod dashboard_data;
+pub mod demo_history;
 pub mod invariants;
 pub mod traffic;
 

@@ -4,14 +4,17 @@
 //! cookie that script cannot read), the KPI cards showing what the test computes from the
 //! events it sent, a range picked, a store switched, the store table sorted, the CSV
 //! downloaded, the page on a phone's width, no request to another origin, and sign-out.
-//! It saves `target/dashboard-page.png` (and `-phone.png`); with `LOYALTY_UPDATE_SCREENSHOT=1`
-//! it also refreshes docs/img/dashboard.png, the README's picture.
+//! It saves `target/dashboard-page.png` (and `-phone.png`).
+//!
+//! Another browser test signs in on the demo franchise of `loyalty dev`, with its generated
+//! history applied, shows its last 90 days and saves `target/dashboard-demo.png`; with
+//! `LOYALTY_UPDATE_SCREENSHOT=1` it also refreshes docs/img/dashboard.png, the README's picture.
 //!
 //! A second test checks the page's HTTP contract without a browser: headers, CSRF refusals,
 //! cookie flags, problems for bad queries, tenant isolation and the assets' caching.
 //!
 //! Needs `chromium` and `chromedriver` (Debian `chromium`, `chromium-driver`): without them the
-//! browser test says SKIPPED, and fails under `LOYALTY_REQUIRE_SERVERS=1`.
+//! browser tests say SKIPPED, and fails under `LOYALTY_REQUIRE_SERVERS=1`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -23,6 +26,7 @@ use loyalty_testkit::chromium::{Browser, ChromeDriver};
 use loyalty_tests::dashboard_data::{
     self, call, enrol, send, setup, Dataset, Entry, Franchise, Sent,
 };
+use loyalty_tests::demo_history::{announced, applied, start_with_history};
 use loyalty_tests::{DevProcess, TestApp};
 use reqwest::redirect::Policy;
 use reqwest::StatusCode;
@@ -524,16 +528,6 @@ async fn the_dashboard_page_in_a_headless_browser() {
         "screenshot: {}",
         target.join("dashboard-page.png").display()
     );
-    // The README's picture is refreshed on demand only, so that a test run leaves the tree clean.
-    if std::env::var("LOYALTY_UPDATE_SCREENSHOT").is_ok_and(|v| v == "1") {
-        let img = repo_root().join("docs/img");
-        std::fs::create_dir_all(&img).expect("docs/img/");
-        std::fs::write(img.join("dashboard.png"), &png).expect("saved");
-        println!(
-            "screenshot copied to {}",
-            img.join("dashboard.png").display()
-        );
-    }
 
     // On a phone: 390 px wide, nothing wider than the screen but the table's own scroller.
     b.resize(390, 844).await.expect("resized");
@@ -580,6 +574,115 @@ async fn the_dashboard_page_in_a_headless_browser() {
         .await
         .expect("fetched");
     assert_eq!(status, json!(401));
+    b.close().await.expect("closed");
+    drop(driver);
+    drop(dev);
+}
+
+/// The stores `loyalty dev` gives its demo franchise (`services/loyalty/src/demo.rs`).
+const DEMO_STORES: [&str; 3] = [
+    "Demo Coffee Bastille",
+    "Demo Coffee Gare du Nord",
+    "Demo Coffee Opéra",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_franchise_dashboard() {
+    if let Err(reason) = ChromeDriver::available() {
+        println!("SKIPPED: {reason}");
+        return;
+    }
+    // `loyalty dev` as a user starts it, its history applied by the engine.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dev = start_with_history(dir.path()).await;
+    let want = announced(&dev).expect("the first start announces its history");
+    let c = reqwest::Client::new();
+    applied(&c, &dev, &want).await;
+    let base = dev.address.clone();
+    let hq = dev.key("HQ_KEY");
+    assert!(!hq.is_empty(), "the demo HQ key in demo-keys.env");
+
+    let driver = ChromeDriver::start().expect("chromedriver starts");
+    let b = driver.browser().await.expect("a browser");
+    sign_in(&b, &base, &hq).await;
+    // The page's today (the program's time zone) is the default range's end.
+    b.wait_for("return document.body.dataset.state === 'ready'", WAIT)
+        .await
+        .expect("the dashboard");
+    let today: Date = b
+        .execute("return document.getElementById('to').value", vec![])
+        .await
+        .expect("to")
+        .as_str()
+        .expect("a date")
+        .parse()
+        .expect("an ISO date");
+
+    // The last 90 days.
+    let preset = b
+        .find(".presets button[data-days='90']")
+        .await
+        .expect("preset");
+    b.click(&preset).await.expect("clicked");
+    let q = format!("from={}&to={today}", days_before(today, 89));
+    wait_shown(&b, &q).await;
+
+    // The cards: the demo's members buying, as the API counts them.
+    let shown = cards(&b).await;
+    let (s, api) = call(
+        &c,
+        format!(
+            "{base}/v1/franchises/{}/dashboard?{q}",
+            dev.key("FRANCHISE_ID")
+        ),
+        &hq,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    for name in ["member_purchases", "active_members"] {
+        let n = shown[name].as_u64().unwrap_or(0);
+        assert!(n > 0, "card {name} is {}", shown[name]);
+        assert_eq!(shown[name], api["kpis"][name], "card {name}");
+    }
+
+    // The stores table: the demo's three stores, each with member purchases.
+    sort_by(&b, "name").await;
+    let names = column(&b, "name").await;
+    assert_eq!(names, DEMO_STORES.map(|n| json!(n)).to_vec());
+    let purchases = column(&b, "member_purchases").await;
+    assert!(
+        purchases.iter().all(|p| p.as_u64() > Some(0)),
+        "{purchases:?}"
+    );
+    // Back to the page's own order (by member revenue) for the picture.
+    sort_by(&b, "member_revenue_cents").await;
+    assert!(sorted_desc(&column(&b, "member_revenue_cents").await));
+    assert!(
+        !b.find_all("#chart canvas").await.expect("find").is_empty(),
+        "a chart"
+    );
+
+    // The screenshot: the whole page at a desktop width.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let png = b.screenshot_full_page().await.expect("screenshot");
+    let target = repo_root().join("target");
+    std::fs::create_dir_all(&target).expect("target/");
+    std::fs::write(target.join("dashboard-demo.png"), &png).expect("saved");
+    println!(
+        "screenshot: {}",
+        target.join("dashboard-demo.png").display()
+    );
+    // The README's picture is refreshed on demand only, so that a test run leaves the tree clean.
+    if std::env::var("LOYALTY_UPDATE_SCREENSHOT").is_ok_and(|v| v == "1") {
+        let img = repo_root().join("docs/img");
+        std::fs::create_dir_all(&img).expect("docs/img/");
+        std::fs::write(img.join("dashboard.png"), &png).expect("saved");
+        println!(
+            "screenshot copied to {}",
+            img.join("dashboard.png").display()
+        );
+    }
     b.close().await.expect("closed");
     drop(driver);
     drop(dev);
