@@ -22,7 +22,12 @@
 #      after kill -9 of one engine of three (per-partition claims in PostgreSQL) vs the
 #      engines' session timeout + 2 s; the checkout mix through two `loyalty gateway`
 #      processes (loyalty-loadtest pointed at both) next to the dev-mode figures of part 5;
-#      CPU per process, engine stage metrics and pg_stat_statements ("where the time goes").
+#      CPU per process, engine stage metrics and pg_stat_statements ("where the time goes");
+#   8. dashboards (issue 10): the dashboard request for one year × 50 stores × 100 000 members
+#      (tests/tests/dashboard_bench.rs: the history applied by the engine, then p50/p99 of the
+#      API for 5 kinds of range) next to the store read of its rows alone; the projection lag
+#      (loyalty_engine_lag_seconds) during part 5's open-model run; ingestion with projections
+#      on is part 3's dev figure.
 # Writes loadtest/results-<date>.md (and prints it).
 #
 # Usage: loadtest/bench.sh [seconds-per-run]      (default 10; needs wrk, redis-server,
@@ -55,6 +60,7 @@ cargo build --release --locked --bin loyalty >&2
 cargo build --release --locked -p loyalty-loadtest --bins >&2
 cargo test --release --locked -p loyalty-tests --test ingest_bench --no-run >&2
 cargo test --release --locked -p loyalty-tests --test multiprocess_bench --no-run >&2
+cargo test --release --locked -p loyalty-tests --test dashboard_bench --no-run >&2
 BIN=${CARGO_TARGET_DIR:-target}/release
 
 WORK=$(mktemp -d)
@@ -252,7 +258,33 @@ $LT --model closed --users "$CONNS" --ramp-up 2s --duration "${D}s" --out "$WORK
 MAX=$(python3 -c "import json; print(round(json.load(open('$WORK/lt-closed.json'))['total']['throughput']))" 2>/dev/null || echo 0)
 HALF=$((MAX / 2))
 calm; note_load "checkout, open model at half"
+# The projection lag: the dashboards' aggregates are committed with each event's effects, so an
+# event is in the dashboard when its effect is published: loyalty_engine_lag_seconds (receipt by
+# the gateway → effects and aggregates committed and published), over the open-model run.
+curl -sf "$URL"/metrics | grep '^loyalty_engine_lag_seconds_bucket' >"$WORK/lag-before.txt" || true
 $LT --model open --rate "$HALF" --ramp-up 2s --duration "${D}s" --out "$WORK/lt-open.json" >"$WORK/lt-open.md" 2>&1 || true
+curl -sf "$URL"/metrics | grep '^loyalty_engine_lag_seconds_bucket' >"$WORK/lag-after.txt" || true
+read -r LAG_N LAG_P50 LAG_P99 < <(python3 - "$WORK/lag-before.txt" "$WORK/lag-after.txt" <<'PY' || echo "0 n/a n/a"
+import re, sys
+def load(p):
+    out = {}
+    for line in open(p):
+        m = re.search(r'le="([^"]+)"\} ([0-9.e+]+)', line)
+        if m:
+            out[float('inf') if m.group(1) == '+Inf' else float(m.group(1))] = float(m.group(2))
+    return out
+a, b = load(sys.argv[1]), load(sys.argv[2])
+les = sorted(b)
+d = [(le, b[le] - a.get(le, 0)) for le in les]
+n = d[-1][1] if d else 0
+def q(p):
+    for le, c in d:
+        if n and c >= p * n:
+            return f"{le * 1000:.0f}" if le != float('inf') else "inf"
+    return "n/a"
+print(f"{n:.0f} {q(0.5)} {q(0.99)}")
+PY
+)
 read -r O_RATE O_P50 O_P99 O_P999 O_ERR O_CHECK < <(python3 - "$WORK/lt-open.json" <<'PY' || echo "0 0 0 0 0 n/a"
 import json, sys
 r = json.load(open(sys.argv[1]))
@@ -278,6 +310,12 @@ E_LINES=$(grep -E '^(records|raw EmbeddedLog|platform append|engine:)' "$WORK/in
 E_RAW=$(sed -nE 's/.*append→consume \(consumer reading meanwhile\) ([0-9]+)\/s.*/\1/p' "$WORK/ingest-dev.txt" | head -1)
 E_E2E=$(sed -nE 's/.*applied durably by one engine node: ([0-9]+)\/s.*/\1/p' "$WORK/ingest-dev.txt")
 E_PCT=$(sed -nE 's/.*\(([0-9]+) % of raw.*/\1/p' "$WORK/ingest-dev.txt")
+calm; note_load "dashboard, a year of 50 stores and 100 000 members"
+cargo test --release --locked -p loyalty-tests --test dashboard_bench -- --ignored --nocapture >"$WORK/dashboard.txt" 2>&1 || true
+grep -E '^(history|year|dashboard)' "$WORK/dashboard.txt" >&2 || tail -20 "$WORK/dashboard.txt" >&2
+DB_LINES=$(grep -E '^(history|year|dashboard)' "$WORK/dashboard.txt" || true)
+read -r DB_P50 DB_P99 DB_READ50 DB_READ99 < <(sed -nE 's/^dashboard all kinds: p50 ([0-9.]+) ms, p99 ([0-9.]+) ms.*alone: p50 ([0-9.]+) ms, p99 ([0-9.]+) ms.*/\1 \2 \3 \4/p' "$WORK/dashboard.txt" | head -1)
+DB_YEAR=$(sed -nE 's/^dashboard year: (.*) \(.*/\1/p' "$WORK/dashboard.txt" | head -1)
 B_LINES="(skipped)"; B_RAW=0; B_E2E=0; B_PCT=0; B_PROD=0; B_APPEND=0
 if [ -z "${SKIP_BROKER:-}" ]; then
     calm; note_load broker
@@ -339,6 +377,8 @@ echo
 echo "| Measure | Platform | Limit (same run) | Ratio | Target | Verdict |"
 echo "|---|---:|---:|---:|---|---|"
 echo "| \`GET /v1/members/{id}\` (gateway, hot cache) vs plain actix-web, same ${BODY_BYTES}-byte body | $(fmt "$GW") req/s, p99 $(wrk_pct "$WORK/wrk-gw.txt" 99%) (runs: $GW_ALL) | $(fmt "$PL") req/s, p99 $(wrk_pct "$WORK/wrk-plain.txt" 99%) (runs: $PL_ALL) | $GW_PCT % | ≥ 50 % | $(met "$(python3 -c "print(int($GW_PCT >= 50))")") $(python3 -c "d=$GW_PCT-50; print(f'({d:+.0f} points)')") |"
+echo "| Dashboard request, one year × ${DB_STORES:-50} stores × ${DB_MEMBERS:-100 000} members (\`loyalty dev\`, history applied by the engine; 5 kinds of range × 40 requests) vs the store read of its rows alone | p50 ${DB_P50:-n/a} ms, p99 ${DB_P99:-n/a} ms (the year: ${DB_YEAR:-n/a}) | store read p50 ${DB_READ50:-n/a} ms, p99 ${DB_READ99:-n/a} ms | | p99 < 50 ms | $(met "$(python3 -c "print(int(0 < float('${DB_P99:-0}') < 50))")") |"
+echo "| Projection lag under the checkout mix at half its maximum ($HALF req/s): receipt → effects and dashboard aggregates committed (\`loyalty_engine_lag_seconds\`, ${LAG_N:-0} events; bucket bounds) | p50 ≤ ${LAG_P50:-n/a} ms, p99 ≤ ${LAG_P99:-n/a} ms | | | p99 < 1 s | $(met "$(python3 -c "print(int('${LAG_P99:-inf}' not in ('n/a', 'inf') and float('${LAG_P99:-inf}') < 1000))")") |"
 echo "| Redis hot cache: \`RedisCache::status\` (50 tasks, one multiplexed connection) vs redis-benchmark GET (50 clients, 400 B) | $(fmt "$C_GET") gets/s | $(fmt "$R_GET") GET/s | $(ratio "$C_GET" "$R_GET") | (none) | |"
 echo "| Redis hot cache: \`put_statuses\`, 1 status per call (Lua compare-and-set) vs redis-benchmark SET | $(fmt "$C_PUT") puts/s | $(fmt "$R_SET") SET/s | $(ratio "$C_PUT" "$R_SET") | (none) | |"
 echo "| Redis hot cache: \`put_statuses\` in batches of 32 (how the engine writes) vs redis-benchmark SET | $(fmt "$C_BATCH") statuses/s | $(fmt "$R_SET") SET/s | $(ratio "$C_BATCH" "$R_SET") | (none) | |"
@@ -383,6 +423,13 @@ echo "cargo test --release -p loyalty-tests --test ingest_bench -- --ignored --n
 echo "cargo test --release -p loyalty-tests --test ingest_bench -- --ignored --nocapture ingestion_rate_next_to_the_raw_broker_rate"
 echo "cargo test --release -p loyalty-tests --test multiprocess_bench -- --ignored --nocapture --exact multiprocess_ingestion_1_and_3_engines_and_handoff_on_postgres"
 echo "cargo test --release -p loyalty-tests --test multiprocess_bench -- --ignored --nocapture --exact checkout_mix_through_two_gateways_on_postgres   # loyalty-loadtest --url GW1,GW2, closed then open at half"
+echo "cargo test --release -p loyalty-tests --test dashboard_bench -- --ignored --nocapture"
+echo '```'
+echo
+echo "Raw output of the dashboard benchmark:"
+echo
+echo '```'
+echo "$DB_LINES"
 echo '```'
 echo
 echo "Raw output of the ingestion tests:"

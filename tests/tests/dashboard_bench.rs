@@ -230,6 +230,14 @@ async fn dashboard_of_a_year_50_stores_100k_members() {
         .secret;
     let today = loyalty_core::provisioning::now().day();
     let (enrolments, rest) = history(&f, &secret, &stores, members, today);
+    // Purchases of the last 365 days: what the year's dashboard must count once all is applied
+    // (the engine counts an event applied before its batch is committed).
+    let year_from = today.0 - 364;
+    let in_year = rest
+        .iter()
+        .filter(|e| matches!(e.command, PosCommand::Purchase { .. }))
+        .filter(|e| e.at().day().0 >= year_from)
+        .count() as u64;
     let total = (enrolments.len() + rest.len()) as f64;
     let base = applied_or_rejected();
     let t = Instant::now();
@@ -237,6 +245,27 @@ async fn dashboard_of_a_year_50_stores_100k_members() {
     wait_applied(base + enrolments.len() as f64, "enrolments").await;
     append_all(&app.log, &rest).await;
     wait_applied(base + total, "history").await;
+    let year_q = format!("from={}&to={}", Day(year_from).iso(), today.iso());
+    loop {
+        let v: Value = app
+            .get(&format!("/v1/franchises/{fid}/dashboard?{year_q}"), &hq)
+            .await
+            .json()
+            .await
+            .expect("json");
+        let k = &v["kpis"];
+        let counted = k["member_purchases"].as_u64().unwrap_or(0)
+            + k["anonymous_purchases"].as_u64().unwrap_or(0);
+        if counted == in_year {
+            break;
+        }
+        assert!(
+            counted < in_year,
+            "{counted} purchases counted, {in_year} sent"
+        );
+        assert!(t.elapsed() < Duration::from_secs(1800), "not all applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let took = t.elapsed();
     println!(
         "history: {} enrolments and {} other events ({} stores, 365 days) applied with their \

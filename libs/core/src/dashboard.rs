@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use loyalty_domain::dashboard::{DayTotals, Scope, VisitCounts, VisitRow, MAX_RANGE_DAYS};
+use loyalty_domain::dashboard::{DayTotals, PackedRow, Scope, VisitCounts, MAX_RANGE_DAYS};
 use loyalty_domain::kpi::{KpiInput, Kpis};
 use loyalty_domain::{Day, FranchiseId, Program, RewardId, StoreId};
 use serde::Serialize;
@@ -161,7 +161,7 @@ struct Rows {
     by_store: BTreeMap<StoreId, BTreeMap<Day, DayTotals>>,
     /// Totals of every store by day.
     by_day: BTreeMap<Day, DayTotals>,
-    visits: BTreeMap<Scope, BTreeMap<Day, VisitRow>>,
+    visits: BTreeMap<Scope, BTreeMap<Day, PackedRow>>,
 }
 
 impl Rows {
@@ -177,12 +177,14 @@ impl Rows {
                 .or_default()
                 .add(&t);
         }
-        let mut visits: BTreeMap<Scope, BTreeMap<Day, VisitRow>> = BTreeMap::new();
+        let mut visits: BTreeMap<Scope, BTreeMap<Day, PackedRow>> = BTreeMap::new();
         for (scope, day, row) in r.visits {
-            loyalty_domain::dashboard::merge_row(
-                visits.entry(scope).or_default().entry(day).or_default(),
-                &row,
-            );
+            match visits.entry(scope).or_default().entry(day) {
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(row);
+                }
+                std::collections::btree_map::Entry::Occupied(mut e) => e.get_mut().extend(&row),
+            }
         }
         Rows {
             by_store,
@@ -211,10 +213,13 @@ impl Rows {
     }
 
     fn visits(&self, scope: &Scope, from: Day, to: Day) -> VisitCounts {
-        match self.visits.get(scope) {
-            Some(rows) => VisitCounts::of(rows.range(from..=to).map(|(d, r)| (*d, r)), from, to),
-            None => VisitCounts::default(),
+        let mut c = VisitCounts::default();
+        if let Some(rows) = self.visits.get(scope) {
+            for (d, r) in rows.range(from..=to) {
+                c.add_packed(*d, r, from, to);
+            }
         }
+        c
     }
 
     fn kpis(&self, scope: &Scope, from: Day, to: Day, program: &Program) -> Kpis {

@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use loyalty_domain::dashboard::{DashboardDelta, DayTotals, Scope, VisitRow};
+use loyalty_domain::dashboard::{DashboardDelta, DayTotals, PackedRow, Scope};
 use loyalty_domain::{
     Day, EventId, Fingerprint, FranchiseId, LedgerEntry, MemberId, MemberState, ProcessedEvent,
     Program, StoreId,
@@ -152,8 +152,8 @@ impl EffectBatch {
 pub struct DashboardRows {
     /// Daily totals by store: (store, day, totals).
     pub totals: Vec<(StoreId, Day, DayTotals)>,
-    /// Visit rows by scope and day.
-    pub visits: Vec<(Scope, Day, VisitRow)>,
+    /// Visit rows by scope and day, packed (counted without decoding).
+    pub visits: Vec<(Scope, Day, PackedRow)>,
 }
 
 /// Who owns an event id: the command (by fingerprint) that claimed it first.

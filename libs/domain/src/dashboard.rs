@@ -82,6 +82,100 @@ impl DayTotals {
     pub fn is_empty(&self) -> bool {
         *self == DayTotals::default()
     }
+
+    fn counters(&self) -> [u64; 11] {
+        [
+            self.member_purchases,
+            self.anonymous_purchases,
+            self.member_revenue_cents,
+            self.anonymous_revenue_cents,
+            self.refunded_cents,
+            self.enrolments,
+            self.points_issued,
+            self.points_redeemed,
+            self.points_expired,
+            self.redemptions,
+            self.reward_cost_cents,
+        ]
+    }
+
+    /// A compact binary form for storage: a version byte (1), the 11 counters (u64 LE), the
+    /// number of rewards (u16 LE), then each reward as (id length u8, id, count u64 LE).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + 88 + 2 + self.rewards.len() * 24);
+        out.push(TOTALS_V1);
+        for c in self.counters() {
+            out.extend_from_slice(&c.to_le_bytes());
+        }
+        let n = self.rewards.len().min(u16::MAX as usize);
+        out.extend_from_slice(&(n as u16).to_le_bytes());
+        for (r, count) in self.rewards.iter().take(n) {
+            let id = r.as_str().as_bytes();
+            out.push(id.len().min(255) as u8);
+            out.extend_from_slice(&id[..id.len().min(255)]);
+            out.extend_from_slice(&count.to_le_bytes());
+        }
+        out
+    }
+
+    /// The totals of [`DayTotals::encode`]; `None` if the bytes are not such totals.
+    pub fn decode(b: &[u8]) -> Option<DayTotals> {
+        let mut r = Reader(b);
+        if r.take(1)?[0] != TOTALS_V1 {
+            return None;
+        }
+        let mut c = [0u64; 11];
+        for v in &mut c {
+            *v = r.u64()?;
+        }
+        let mut rewards = BTreeMap::new();
+        let n = u16::from_le_bytes(r.take(2)?.try_into().ok()?);
+        for _ in 0..n {
+            let len = r.take(1)?[0] as usize;
+            let id = std::str::from_utf8(r.take(len)?).ok()?;
+            let id = RewardId::parse(id).ok()?;
+            rewards.insert(id, r.u64()?);
+        }
+        if !r.0.is_empty() {
+            return None;
+        }
+        let [member_purchases, anonymous_purchases, member_revenue_cents, anonymous_revenue_cents, refunded_cents, enrolments, points_issued, points_redeemed, points_expired, redemptions, reward_cost_cents] =
+            c;
+        Some(DayTotals {
+            member_purchases,
+            anonymous_purchases,
+            member_revenue_cents,
+            anonymous_revenue_cents,
+            refunded_cents,
+            enrolments,
+            points_issued,
+            points_redeemed,
+            points_expired,
+            redemptions,
+            reward_cost_cents,
+            rewards,
+        })
+    }
+}
+
+/// The version byte of [`DayTotals::encode`] (a JSON object would start with `{`).
+const TOTALS_V1: u8 = 1;
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
 }
 
 /// Whose purchase days a [`VisitKey`] is about: the member's purchases anywhere in the
@@ -425,6 +519,83 @@ pub fn merge_row(row: &mut VisitRow, delta: &VisitRow) {
         *v += n;
         if *v == 0 {
             row.remove(k);
+        }
+    }
+}
+
+/// A visit row as stored and read: packed (key, count) pairs ([`encode_row`]), counted
+/// without being decoded into a map, since a year of a large franchise reads millions of keys.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PackedRow(Vec<u8>);
+
+impl PackedRow {
+    pub fn of(row: &VisitRow) -> PackedRow {
+        PackedRow(encode_row(row))
+    }
+
+    /// The packed bytes of [`encode_row`]; `None` if they are not a row.
+    pub fn from_bytes(bytes: Vec<u8>) -> Option<PackedRow> {
+        bytes.len().is_multiple_of(12).then_some(PackedRow(bytes))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The (key, count) pairs.
+    pub fn entries(&self) -> impl Iterator<Item = (VisitKey, i64)> + '_ {
+        self.0.chunks_exact(12).map(|c| {
+            let mut k = [0u8; 4];
+            let mut n = [0u8; 8];
+            k.copy_from_slice(&c[..4]);
+            n.copy_from_slice(&c[4..]);
+            (
+                VisitKey::unpack(u32::from_le_bytes(k)),
+                i64::from_le_bytes(n),
+            )
+        })
+    }
+
+    /// The row as a map (summing repeated keys).
+    pub fn row(&self) -> VisitRow {
+        let mut row = VisitRow::new();
+        for (k, n) in self.entries() {
+            *row.entry(k).or_default() += n;
+        }
+        row.retain(|_, n| *n != 0);
+        row
+    }
+
+    /// Appends another row's pairs (counting is additive, so a key may appear twice).
+    pub fn extend(&mut self, other: &PackedRow) {
+        self.0.extend_from_slice(&other.0);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<const N: usize> From<[(VisitKey, i64); N]> for PackedRow {
+    fn from(pairs: [(VisitKey, i64); N]) -> PackedRow {
+        PackedRow::of(&pairs.into_iter().collect())
+    }
+}
+
+impl From<&VisitRow> for PackedRow {
+    fn from(row: &VisitRow) -> PackedRow {
+        PackedRow::of(row)
+    }
+}
+
+impl VisitCounts {
+    /// Counts the keys of a packed row of `day` into `[from, to]`.
+    pub fn add_packed(&mut self, day: Day, row: &PackedRow, from: Day, to: Day) {
+        if day < from || day > to {
+            return;
+        }
+        for (k, n) in row.entries() {
+            self.add(day, k, n, from, to);
         }
     }
 }

@@ -4,7 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use loyalty_domain::dashboard::{record_purchase, PurchaseDays, Scope, VisitCounts, VisitRow};
+use loyalty_domain::dashboard::{
+    record_purchase, PackedRow, PurchaseDays, Scope, VisitCounts, VisitRow,
+};
 use loyalty_domain::kpi::{KpiInput, Kpis};
 use loyalty_domain::{dashboard::DayTotals, Day, StoreId};
 use proptest::prelude::*;
@@ -92,6 +94,36 @@ proptest! {
         }
         // No count is ever left negative.
         prop_assert!(rows.values().flat_map(|r| r.values()).all(|n| *n > 0));
+    }
+
+    #[test]
+    fn packed_rows_count_like_maps(events in purchases(), a in 0u32..130, len in 0u32..60) {
+        let rows = project(&events);
+        let (from, to) = (Day(1000 + a), Day(1000 + a + len));
+        let mut packed = VisitCounts::default();
+        for ((scope, day), row) in &rows {
+            if *scope == Scope::Franchise {
+                let p = PackedRow::of(row);
+                prop_assert_eq!(&p.row(), row);
+                packed.add_packed(*day, &p, from, to);
+            }
+        }
+        prop_assert_eq!(packed, counted(&rows, &Scope::Franchise, from, to));
+    }
+
+    #[test]
+    fn totals_round_trip(counts in prop::array::uniform11(any::<u64>()), rewards in prop::collection::btree_map("[a-z]{1,12}", any::<u64>(), 0..4)) {
+        let t = DayTotals {
+            member_purchases: counts[0], anonymous_purchases: counts[1],
+            member_revenue_cents: counts[2], anonymous_revenue_cents: counts[3],
+            refunded_cents: counts[4], enrolments: counts[5], points_issued: counts[6],
+            points_redeemed: counts[7], points_expired: counts[8], redemptions: counts[9],
+            reward_cost_cents: counts[10],
+            rewards: rewards.into_iter().map(|(k, v)| (loyalty_domain::RewardId::parse(&k).expect("id"), v)).collect(),
+        };
+        let bytes = t.encode();
+        prop_assert_eq!(DayTotals::decode(&bytes), Some(t));
+        prop_assert_eq!(DayTotals::decode(&bytes[..bytes.len() - 1]), None);
     }
 
     #[test]

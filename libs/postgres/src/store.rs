@@ -10,7 +10,7 @@ use loyalty_core::metrics::metrics;
 use loyalty_core::model::{Franchise, Principal, Store};
 use loyalty_core::ports::{DashboardRows, EffectBatch, EventClaim, StateStore};
 use loyalty_core::{Error, Result};
-use loyalty_domain::dashboard::{DashboardDelta, DayTotals, Scope, VisitKey, VisitRow};
+use loyalty_domain::dashboard::{DashboardDelta, DayTotals, PackedRow, Scope, VisitKey, VisitRow};
 use loyalty_domain::{
     Day, EventId, Fingerprint, FranchiseId, LedgerEntry, MemberId, MemberState, ProcessedEvent,
     Program, RewardId, StoreId,
@@ -891,7 +891,7 @@ impl StateStore for PostgresStore {
         for ((scope, day), row) in rows {
             let s = Scope::from_key(&scope)
                 .ok_or_else(|| corrupt(what, format!("visit scope {scope:?}")))?;
-            out.visits.push((s, day_of(day)?, row));
+            out.visits.push((s, day_of(day)?, PackedRow::of(&row)));
         }
         Ok(out)
     }

@@ -956,7 +956,8 @@ impl ScyllaStore {
         for (scope, row) in visits {
             let s = Scope::from_key(&scope)
                 .ok_or_else(|| Error::Corrupt(format!("scylla: {what}: scope {scope:?}")))?;
-            out.visits.push((s, d, row));
+            out.visits
+                .push((s, d, loyalty_domain::dashboard::PackedRow::of(&row)));
         }
         Ok(out)
     }

@@ -35,7 +35,7 @@ use loyalty_core::ports::{
     DashboardRows, EffectBatch, EventClaim, MemberWrite, ProcessedWrite, StateStore,
 };
 use loyalty_core::Error;
-use loyalty_domain::dashboard::{DashboardDelta, DayTotals, Scope, VisitKey};
+use loyalty_domain::dashboard::{DashboardDelta, DayTotals, PackedRow, Scope, VisitKey};
 use loyalty_domain::{
     apply, Cents, Day, EventContext, EventId, Fingerprint, FranchiseId, LedgerEntry, MemberCommand,
     MemberId, MemberState, Outcome, Phone, ProcessedEvent, Profile, Program, Rejection, RewardId,
@@ -551,9 +551,11 @@ pub async fn refused_batches_add_nothing_to_dashboards(store: &dyn StateStore) -
         let mut want = before.clone();
         want.totals[0].2.member_purchases += 1;
         want.totals[0].2.member_revenue_cents += 1000;
-        for n in want.visits[0].2.values_mut() {
+        let mut row = want.visits[0].2.row();
+        for n in row.values_mut() {
             *n += 1;
         }
+        want.visits[0].2 = PackedRow::of(&row);
         ensure!(now == want, "the retried batch's delta: {now:?}");
         let mut tiers = tiers_before.clone();
         tiers.push(("retry".into(), 1));

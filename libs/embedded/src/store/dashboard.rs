@@ -5,14 +5,14 @@
 use loyalty_core::ports::DashboardRows;
 use loyalty_core::{Error, Result};
 use loyalty_domain::dashboard::{
-    decode_row, encode_row, merge_row, DashboardDelta, DayTotals, Scope, VisitRow,
+    decode_row, encode_row, merge_row, DashboardDelta, DayTotals, PackedRow, Scope, VisitRow,
 };
 use loyalty_domain::{Day, FranchiseId, StoreId};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
-use super::{decode, encode, unavailable};
+use super::{decode, unavailable};
 
-/// (franchise, day, store) → JSON [`DayTotals`].
+/// (franchise, day, store) → [`DayTotals::encode`] (JSON in stores written before it).
 const TOTALS: TableDefinition<(&str, u32, &str), &[u8]> = TableDefinition::new("dashboard_totals");
 /// (franchise, day, scope key) → packed [`VisitRow`].
 const VISITS: TableDefinition<(&str, u32, &str), &[u8]> = TableDefinition::new("dashboard_visits");
@@ -36,12 +36,12 @@ pub(super) fn apply(tx: &WriteTransaction, delta: &DashboardDelta) -> Result<()>
     for ((f, store, day), add) in &delta.totals {
         let key = (f.as_str(), day.0, store.as_str());
         let mut t: DayTotals = match totals.get(key).map_err(unavailable)? {
-            Some(v) => decode("dashboard totals", v.value())?,
+            Some(v) => totals_of(v.value())?,
             None => DayTotals::default(),
         };
         t.add(add);
         totals
-            .insert(key, encode(&t)?.as_slice())
+            .insert(key, t.encode().as_slice())
             .map_err(unavailable)?;
     }
     let mut visits = tx.open_table(VISITS).map_err(unavailable)?;
@@ -74,6 +74,14 @@ pub(super) fn apply(tx: &WriteTransaction, delta: &DashboardDelta) -> Result<()>
     Ok(())
 }
 
+/// Stored totals: the binary form, or JSON as the first version wrote them.
+fn totals_of(bytes: &[u8]) -> Result<DayTotals> {
+    match bytes.first() {
+        Some(b'{') => decode("dashboard totals", bytes),
+        _ => DayTotals::decode(bytes).ok_or_else(|| Error::Corrupt("dashboard totals".into())),
+    }
+}
+
 fn row_of(bytes: &[u8]) -> Result<VisitRow> {
     decode_row(bytes).ok_or_else(|| Error::Corrupt("dashboard visit row".into()))
 }
@@ -96,8 +104,7 @@ pub(super) fn rows(
         let (k, v) = row.map_err(unavailable)?;
         let (_, day, store) = k.value();
         let store = StoreId::parse(store).map_err(|e| Error::Corrupt(format!("store id: {e}")))?;
-        out.totals
-            .push((store, Day(day), decode("dashboard totals", v.value())?));
+        out.totals.push((store, Day(day), totals_of(v.value())?));
     }
     let visits = tx.open_table(VISITS).map_err(unavailable)?;
     for row in visits
@@ -108,7 +115,9 @@ pub(super) fn rows(
         let (_, day, scope) = k.value();
         let scope = Scope::from_key(scope)
             .ok_or_else(|| Error::Corrupt(format!("dashboard scope {scope:?}")))?;
-        out.visits.push((scope, Day(day), row_of(v.value())?));
+        let row = PackedRow::from_bytes(v.value().to_vec())
+            .ok_or_else(|| Error::Corrupt("dashboard visit row".into()))?;
+        out.visits.push((scope, Day(day), row));
     }
     Ok(out)
 }
