@@ -170,12 +170,12 @@ impl Rows {
         let mut by_day: BTreeMap<Day, DayTotals> = BTreeMap::new();
         for (store, day, t) in r.totals {
             by_day.entry(day).or_default().add(&t);
-            by_store
-                .entry(store)
-                .or_default()
-                .entry(day)
-                .or_default()
-                .add(&t);
+            match by_store.entry(store).or_default().entry(day) {
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(t);
+                }
+                std::collections::btree_map::Entry::Occupied(mut e) => e.get_mut().add(&t),
+            }
         }
         let mut visits: BTreeMap<Scope, BTreeMap<Day, PackedRow>> = BTreeMap::new();
         for (scope, day, row) in r.visits {

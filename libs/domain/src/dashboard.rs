@@ -74,8 +74,12 @@ impl DayTotals {
             *mine = mine.saturating_add(theirs);
         }
         for (r, n) in &other.rewards {
-            let mine = self.rewards.entry(r.clone()).or_default();
-            *mine = mine.saturating_add(*n);
+            match self.rewards.get_mut(r) {
+                Some(mine) => *mine = mine.saturating_add(*n),
+                None => {
+                    self.rewards.insert(r.clone(), *n);
+                }
+            }
         }
     }
 
@@ -523,36 +527,47 @@ pub fn merge_row(row: &mut VisitRow, delta: &VisitRow) {
     }
 }
 
-/// A visit row as stored and read: packed (key, count) pairs ([`encode_row`]), counted
-/// without being decoded into a map, since a year of a large franchise reads millions of keys.
+/// A visit row as read: packed (key u32, count i32) pairs, counted without being decoded into
+/// a map, since a year of a large franchise reads millions of keys.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PackedRow(Vec<u8>);
 
 impl PackedRow {
     pub fn of(row: &VisitRow) -> PackedRow {
-        PackedRow(encode_row(row))
+        let mut out = Vec::with_capacity(row.len() * 8);
+        for (k, n) in row {
+            out.extend_from_slice(&k.pack().to_le_bytes());
+            out.extend_from_slice(&clamp_count(*n).to_le_bytes());
+        }
+        PackedRow(out)
     }
 
-    /// The packed bytes of [`encode_row`]; `None` if they are not a row.
-    pub fn from_bytes(bytes: Vec<u8>) -> Option<PackedRow> {
-        bytes.len().is_multiple_of(12).then_some(PackedRow(bytes))
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+    /// A row as [`encode_row`] stores it (either version); `None` if the bytes are not one.
+    pub fn from_bytes(bytes: &[u8]) -> Option<PackedRow> {
+        match bytes.first() {
+            Some(&ROW_V2) if (bytes.len() - 1).is_multiple_of(8) => {
+                Some(PackedRow(bytes[1..].to_vec()))
+            }
+            _ if bytes.len().is_multiple_of(12) => {
+                // Version 1: (key u32, count i64) pairs, as the first stores wrote them.
+                let mut out = Vec::with_capacity(bytes.len() / 12 * 8);
+                for c in bytes.chunks_exact(12) {
+                    let n = i64::from_le_bytes([c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11]]);
+                    out.extend_from_slice(&c[..4]);
+                    out.extend_from_slice(&clamp_count(n).to_le_bytes());
+                }
+                Some(PackedRow(out))
+            }
+            _ => None,
+        }
     }
 
     /// The (key, count) pairs.
     pub fn entries(&self) -> impl Iterator<Item = (VisitKey, i64)> + '_ {
-        self.0.chunks_exact(12).map(|c| {
-            let mut k = [0u8; 4];
-            let mut n = [0u8; 8];
-            k.copy_from_slice(&c[..4]);
-            n.copy_from_slice(&c[4..]);
-            (
-                VisitKey::unpack(u32::from_le_bytes(k)),
-                i64::from_le_bytes(n),
-            )
+        self.0.chunks_exact(8).map(|c| {
+            let k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            let n = i32::from_le_bytes([c[4], c[5], c[6], c[7]]);
+            (VisitKey::unpack(k), i64::from(n))
         })
     }
 
@@ -576,6 +591,14 @@ impl PackedRow {
     }
 }
 
+/// A stored count in 32 bits (a key of one day never counts 2^31 purchases).
+fn clamp_count(n: i64) -> i32 {
+    n.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
+}
+
+/// The version byte of [`encode_row`]'s current form.
+const ROW_V2: u8 = 2;
+
 impl<const N: usize> From<[(VisitKey, i64); N]> for PackedRow {
     fn from(pairs: [(VisitKey, i64); N]) -> PackedRow {
         PackedRow::of(&pairs.into_iter().collect())
@@ -594,32 +617,44 @@ impl VisitCounts {
         if day < from || day > to {
             return;
         }
-        for (k, n) in row.entries() {
-            self.add(day, k, n, from, to);
+        // `add` on the packed form (each gap + 1, 0 for none), without unpacking: a previous
+        // purchase is before `from` when its gap exceeds `day - from`, i.e. packed > t.
+        let t = day.0 - from.0 + 1;
+        let (mut active, mut repeat, mut new) = (0u64, 0u64, 0u64);
+        for c in row.0.chunks_exact(8) {
+            let k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            let n = i32::from_le_bytes([c[4], c[5], c[6], c[7]]);
+            if n <= 0 {
+                continue;
+            }
+            let n = n as u64;
+            let (p1, p2) = (k >> 16, k & 0xffff);
+            if p1 == 0 {
+                active += n;
+                new += n;
+            } else if p1 > t {
+                active += n;
+            } else if p2 == 0 || p2 > t {
+                repeat += n;
+            }
         }
+        self.active += active;
+        self.repeat += repeat;
+        self.new += new;
     }
 }
 
-/// Packs a visit row as little-endian (key u32, count i64) pairs, for storage.
+/// Packs a visit row for storage: a version byte (2), then little-endian (key u32, count i32)
+/// pairs in key order. (Version 1, still read, was (key u32, count i64) pairs.)
 pub fn encode_row(row: &VisitRow) -> Vec<u8> {
-    let mut out = Vec::with_capacity(row.len() * 12);
-    for (k, n) in row {
-        out.extend_from_slice(&k.pack().to_le_bytes());
-        out.extend_from_slice(&n.to_le_bytes());
-    }
+    let packed = PackedRow::of(row);
+    let mut out = Vec::with_capacity(1 + packed.0.len());
+    out.push(ROW_V2);
+    out.extend_from_slice(&packed.0);
     out
 }
 
-/// The row of [`encode_row`]; `None` if the bytes are not one.
+/// The row of [`encode_row`] (either version); `None` if the bytes are not one.
 pub fn decode_row(bytes: &[u8]) -> Option<VisitRow> {
-    if !bytes.len().is_multiple_of(12) {
-        return None;
-    }
-    let mut row = VisitRow::new();
-    for c in bytes.chunks_exact(12) {
-        let k = u32::from_le_bytes(c[..4].try_into().ok()?);
-        let n = i64::from_le_bytes(c[4..].try_into().ok()?);
-        row.insert(VisitKey::unpack(k), n);
-    }
-    Some(row)
+    PackedRow::from_bytes(bytes).map(|p| p.row())
 }

@@ -210,3 +210,25 @@ fn kpis_follow_the_seed_formulas() {
     assert_eq!(empty.roi_pct, None);
     assert_eq!(empty.customer_retention_rate_pct, None);
 }
+
+#[test]
+fn stored_rows_of_both_versions_read_back() {
+    use loyalty_domain::dashboard::{decode_row, encode_row, VisitKey};
+    let k = |p: Option<u16>, q: Option<u16>| VisitKey { prev: p, prev2: q };
+    let row: VisitRow = [
+        (k(None, None), 3),
+        (k(Some(0), None), 1),
+        (k(Some(7), Some(14)), 12),
+    ]
+    .into();
+    assert_eq!(decode_row(&encode_row(&row)), Some(row.clone()));
+    // Version 1: (key u32, count i64) pairs with no version byte.
+    let mut v1 = Vec::new();
+    for (key, n) in &row {
+        v1.extend_from_slice(&key.pack().to_le_bytes());
+        v1.extend_from_slice(&n.to_le_bytes());
+    }
+    assert_eq!(decode_row(&v1), Some(row.clone()));
+    assert_eq!(PackedRow::from_bytes(&v1), Some(PackedRow::of(&row)));
+    assert_eq!(decode_row(&v1[..5]), None);
+}

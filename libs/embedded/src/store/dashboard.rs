@@ -115,7 +115,7 @@ pub(super) fn rows(
         let (_, day, scope) = k.value();
         let scope = Scope::from_key(scope)
             .ok_or_else(|| Error::Corrupt(format!("dashboard scope {scope:?}")))?;
-        let row = PackedRow::from_bytes(v.value().to_vec())
+        let row = PackedRow::from_bytes(v.value())
             .ok_or_else(|| Error::Corrupt("dashboard visit row".into()))?;
         out.visits.push((scope, Day(day), row));
     }
