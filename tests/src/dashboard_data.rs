@@ -20,14 +20,20 @@ use serde_json::{json, Value};
 /// The franchise's zone in the dataset.
 pub const ZONE: &str = "Europe/Paris";
 
+/// The program's costs and lifespan, which the KPIs below use.
+const MONTHLY_FEE_CENTS: u64 = 30_000;
+const LIFESPAN_YEARS: u32 = 4;
+const COFFEE_COST_CENTS: u64 = 90;
+const PASTRY_COST_CENTS: u64 = 140;
+
 /// The program the dataset's franchise runs: the demo program in Paris, with costs.
 pub fn program() -> Value {
     let mut p = crate::demo_program();
     p["time_zone"] = json!(ZONE);
-    p["monthly_fee_cents"] = json!(30_000);
-    p["expected_lifespan_years"] = json!(4);
-    p["rewards"][0]["cost_cents"] = json!(90);
-    p["rewards"][1]["cost_cents"] = json!(140);
+    p["monthly_fee_cents"] = json!(MONTHLY_FEE_CENTS);
+    p["expected_lifespan_years"] = json!(LIFESPAN_YEARS);
+    p["rewards"][0]["cost_cents"] = json!(COFFEE_COST_CENTS);
+    p["rewards"][1]["cost_cents"] = json!(PASTRY_COST_CENTS);
     p
 }
 
@@ -266,9 +272,8 @@ pub fn expected(
     from: Date,
     to: Date,
     store: Option<usize>,
-    program_fee: f64,
-    lifespan: f64,
 ) -> BTreeMap<&'static str, Value> {
+    let (program_fee, lifespan) = (MONTHLY_FEE_CENTS as f64, f64::from(LIFESPAN_YEARS));
     let in_range = |d: Date, f: Date, t: Date| d >= f && d <= t;
     let at_store = |st: usize| store.is_none_or(|x| x == st);
     let applied = |e: &Event| s.answers.get(&e.id) == Some(&Answer::Applied);
@@ -336,7 +341,11 @@ pub fn expected(
             Kind::Refund { cents, .. } => *k.entry("refunded_cents").or_default() += *cents as u64,
             Kind::Redemption { reward, .. } => {
                 *k.entry("redemptions").or_default() += 1;
-                reward_cost += if *reward == "free-coffee" { 90 } else { 140 };
+                reward_cost += if *reward == "free-coffee" {
+                    COFFEE_COST_CENTS
+                } else {
+                    PASTRY_COST_CENTS
+                };
             }
         }
     }
@@ -555,4 +564,33 @@ pub async fn send(
         .buffer_unordered(8)
         .collect()
         .await
+}
+
+/// Every member's ledger, as HQ reads it, with local days.
+pub async fn ledgers(
+    c: &reqwest::Client,
+    base: &str,
+    f: &Franchise,
+    members: &[String],
+) -> Vec<Vec<Entry>> {
+    let mut out = Vec::new();
+    for m in members {
+        let (s, v) = call(
+            c,
+            format!("{base}/v1/members/{m}/ledger?limit=500"),
+            &f.hq,
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "ledger of {m}: {v}");
+        out.push(
+            v["entries"]
+                .as_array()
+                .expect("entries")
+                .iter()
+                .map(Entry::of)
+                .collect(),
+        );
+    }
+    out
 }

@@ -182,7 +182,7 @@ async fn wait_applied(target: f64, what: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark: run with --ignored --nocapture (release)"]
+#[ignore = "benchmark (about 2 minutes in release): run by loadtest/bench.sh and scripts/run-ignored.sh"]
 async fn dashboard_of_a_year_50_stores_100k_members() {
     let members = env_usize("LOYALTY_BENCH_MEMBERS", 100_000);
     let n_stores = env_usize("LOYALTY_BENCH_STORES", 50);

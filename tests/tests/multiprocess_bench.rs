@@ -1140,7 +1140,7 @@ fn keep_logs(b: &Bench) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark: run by loadtest/bench.sh (about 2 minutes in release; PostgreSQL, tansu, redis-server)"]
+#[ignore = "benchmark: run by loadtest/bench.sh and scripts/run-ignored.sh (about 2 minutes in release; PostgreSQL, tansu, redis-server)"]
 async fn multiprocess_ingestion_1_and_3_engines_and_handoff_on_postgres() {
     let n = events(20_000);
     // `LOYALTY_BENCH_HANDOFF_ONLY=1`: three engines from the start, the handoff rounds only.
@@ -1284,7 +1284,7 @@ async fn loadtest(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark: run by loadtest/bench.sh (about 1 minute in release; PostgreSQL, tansu, redis-server, loyalty-loadtest)"]
+#[ignore = "benchmark: run by loadtest/bench.sh and scripts/run-ignored.sh (about 1 minute in release; PostgreSQL, tansu, redis-server, loyalty-loadtest)"]
 async fn checkout_mix_through_two_gateways_on_postgres() {
     let secs = secs_env("LOYALTY_BENCH_SECS", 10);
     let users = secs_env("LOYALTY_BENCH_USERS", 64);

@@ -315,11 +315,27 @@ pub fn record_purchase(days: &mut PurchaseDays, store: &StoreId, day: Day) -> Ve
     if day < floor {
         return Vec::new();
     }
-    let mut all: Vec<Day> = days.values().flatten().copied().collect();
-    all.sort_unstable();
-    let mut out = insert(&mut all, day, Scope::Franchise);
+    // A member who only ever bought at this store has the same days in both scopes: its
+    // franchise changes are the store's (most members; no merged list to build).
+    let one_store = days.keys().all(|s| s == store);
+    let mut out = Vec::new();
+    if !one_store {
+        let mut all: Vec<Day> = days.values().flatten().copied().collect();
+        all.sort_unstable();
+        out = insert(&mut all, day, Scope::Franchise);
+    }
     let mine = days.entry(store.clone()).or_default();
-    out.extend(insert(mine, day, Scope::Store(store.clone())));
+    let at_store = insert(mine, day, Scope::Store(store.clone()));
+    if one_store {
+        out = at_store
+            .iter()
+            .map(|v| VisitDelta {
+                scope: Scope::Franchise,
+                ..v.clone()
+            })
+            .collect();
+    }
+    out.extend(at_store);
     for list in days.values_mut() {
         prune(list, floor);
     }
@@ -403,7 +419,8 @@ impl DashboardDelta {
             .or_default()
     }
 
-    /// Adds what one applied event changes.
+    /// Adds what one applied event changes. Changes that cancel out may leave zero entries:
+    /// call [`DashboardDelta::tidy`] once the batch is complete.
     pub fn add_event(&mut self, e: &EventFacts<'_>) {
         self.add_outcome(e.franchise, e.store, e.day, e.program, e.outcome);
         self.add_entries(e.franchise, e.program, e.entries);
@@ -412,7 +429,6 @@ impl DashboardDelta {
             self.add_tier(e.franchise, m.from.as_deref(), -1);
             self.add_tier(e.franchise, Some(&m.to), 1);
         }
-        self.tidy();
     }
 
     /// What an event's recorded outcome adds at its store on its day.
@@ -424,6 +440,12 @@ impl DashboardDelta {
         program: &Program,
         outcome: &Outcome,
     ) {
+        if matches!(
+            outcome,
+            Outcome::Enrolled { created: false } | Outcome::Rejected(_)
+        ) {
+            return;
+        }
         let t = self.totals(f, store, day);
         match outcome {
             Outcome::Enrolled { created: true } => t.enrolments += 1,

@@ -488,6 +488,7 @@ impl Shard {
                 expected_version,
             });
         }
+        dashboard.tidy();
         let updates = [
             ("totals", dashboard.totals.len()),
             ("visits", dashboard.visits.len()),
