@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod dashboard_data;
 pub mod demo_history;
 pub mod invariants;
+pub mod otlp;
 pub mod traffic;
 
 use std::io::{BufRead, BufReader};

@@ -51,6 +51,11 @@ fn docs() -> PathBuf {
 }
 
 /// The examples, by file name (sorted: a refund comes after the purchase it refunds).
+/// The platform's clock for the documented examples (their day, 2026-11-25T12:00:00Z): their
+/// `occurred_at` must stay within the accepted horizon (at most 365 days back) whenever the
+/// test runs.
+const EXAMPLES_NOW: Timestamp = Timestamp(1_795_608_000_000);
+
 fn examples() -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
     for entry in std::fs::read_dir(docs().join("examples")).expect("docs/pos-topic/examples") {
@@ -124,7 +129,7 @@ async fn pos_topic_examples_match_the_schema_and_decode() {
         let h = headers(pos_topic::sign(&signing, &payload));
         let directory = &directory;
         async move {
-            pos_topic::decode(directory, &payload, &h, Limits::default(), now())
+            pos_topic::decode(directory, &payload, &h, Limits::default(), EXAMPLES_NOW)
                 .await
                 .expect("the embedded store answers")
         }

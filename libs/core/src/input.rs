@@ -9,13 +9,21 @@
 //! member actor's, and are recorded as the event's outcome.
 
 use loyalty_domain::{
-    Currency, DomainError, MemberId, Phone, Profile, Program, Rejection, RewardId, Timestamp,
+    Cents, Currency, DomainError, MemberId, Phone, Profile, Program, Rejection, RewardId, Timestamp,
 };
 
 use crate::identity;
 
 /// How far in the future a POS clock may be.
 pub const MAX_CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
+
+/// How far in the past an event's `occurred_at` may be, in days: a till offline for up to a
+/// year can still send its sales. Older times are refused rather than applied: the rules would
+/// judge them at the member's latest time (a member's clock never moves back), and the
+/// dashboards would count them on a day long reported.
+pub const MAX_EVENT_AGE_DAYS: i64 = 365;
+
+const MS_PER_DAY: i64 = 86_400_000;
 
 /// The longest member name kept.
 pub const MAX_NAME: usize = 100;
@@ -37,7 +45,8 @@ impl From<DomainError> for InputError {
     }
 }
 
-/// Parses `occurred_at` (RFC 3339): not before 1970, at most [`MAX_CLOCK_SKEW_MS`] after `now`.
+/// Parses `occurred_at` (RFC 3339): at most [`MAX_EVENT_AGE_DAYS`] before `now` (so never before
+/// 1970) and at most [`MAX_CLOCK_SKEW_MS`] after it.
 pub fn occurred_at(s: &str, now: Timestamp) -> Result<Timestamp, InputError> {
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
         .map_err(|_| {
@@ -49,11 +58,18 @@ pub fn occurred_at(s: &str, now: Timestamp) -> Result<Timestamp, InputError> {
     if ms < 0 {
         return Err(InputError::Invalid("occurred_at is before 1970".into()));
     }
+    if ms < i128::from(now.0) - i128::from(MAX_EVENT_AGE_DAYS) * i128::from(MS_PER_DAY) {
+        return Err(InputError::Invalid(format!(
+            "occurred_at is more than {MAX_EVENT_AGE_DAYS} days in the past"
+        )));
+    }
     if ms > i128::from(now.0) + i128::from(MAX_CLOCK_SKEW_MS) {
         return Err(InputError::Invalid("occurred_at is in the future".into()));
     }
-    // Bounded by `now` above, so it fits.
-    Ok(Timestamp(ms as i64))
+    // Within a year of `now`, so it fits.
+    i64::try_from(ms)
+        .map(Timestamp)
+        .map_err(|_| InputError::Invalid("occurred_at is out of range".into()))
 }
 
 /// An optional `occurred_at`.
@@ -122,6 +138,17 @@ pub fn member_ref(
     }
 }
 
+/// A refund must give something back: 0 cents is refused (it would change nothing and use up
+/// its event id).
+pub fn refund_amount(amount: Cents) -> Result<(), InputError> {
+    if amount.get() == 0 {
+        return Err(InputError::Invalid(
+            "amount_cents of a refund must be at least 1".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// A purchase must be in the program's currency.
 pub fn purchase_currency(program: &Program, currency: &Currency) -> Result<(), Rejection> {
     if currency != &program.currency {
@@ -163,6 +190,15 @@ mod tests {
         assert_eq!(future.to_string(), "occurred_at is in the future");
         let old = occurred_at("1969-12-31T23:59:59Z", NOW).unwrap_err();
         assert_eq!(old.to_string(), "occurred_at is before 1970");
+        // The horizon: a year back, to the millisecond.
+        for old in ["1970-01-01T00:00:00Z", "2024-11-25T09:59:59.999Z"] {
+            assert_eq!(
+                occurred_at(old, NOW).unwrap_err().to_string(),
+                "occurred_at is more than 365 days in the past",
+                "{old}"
+            );
+        }
+        assert!(occurred_at("2024-11-25T10:00:00Z", NOW).is_ok());
         for bad in ["yesterday", "2025-11-25", "2025-11-25 10:00:00", ""] {
             assert!(
                 occurred_at(bad, NOW)
@@ -229,6 +265,15 @@ mod tests {
             member_ref("s1", Some("not a member id"), None, None),
             Err(InputError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn a_refund_gives_something_back() {
+        assert!(refund_amount(Cents::new(1).unwrap()).is_ok());
+        assert!(refund_amount(Cents::new(0).unwrap())
+            .unwrap_err()
+            .to_string()
+            .contains("amount_cents"));
     }
 
     #[test]

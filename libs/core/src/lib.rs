@@ -19,5 +19,6 @@ pub mod projections;
 pub mod provisioning;
 pub mod rebuild;
 pub mod replies;
+pub mod trace;
 
 pub use error::{Error, Result};

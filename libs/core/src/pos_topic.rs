@@ -157,7 +157,9 @@ impl From<loyalty_domain::Rejection> for Rejected {
             R::UnknownReward { .. } => Reason::UnknownReward,
             R::UnknownPurchase { .. } => Reason::UnknownPurchase,
             R::UnknownMember => Reason::UnknownMember,
-            R::InsufficientPoints { .. } | R::RefundExceedsPurchase { .. } => Reason::Invalid,
+            R::InsufficientPoints { .. }
+            | R::RefundExceedsPurchase { .. }
+            | R::LimitExceeded { .. } => Reason::Invalid,
         };
         Rejected::new(reason, r.to_string())
     }
@@ -509,6 +511,7 @@ async fn validate(
             ..
         } => {
             let checked = (|| -> Result<_, Rejected> {
+                input::refund_amount(amount_cents)?;
                 let member = input::member_ref(
                     secret,
                     member_id.as_deref(),

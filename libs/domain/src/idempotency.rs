@@ -60,6 +60,11 @@ pub enum Rejection {
     RefundExceedsPurchase { remaining_cents: u64 },
     #[error("the program's currency is {expected}")]
     CurrencyMismatch { expected: String },
+    /// The event would take one of the member's balances or totals (`counter`: `points`,
+    /// `points_earned`, `spend_cents`...) past the largest the platform keeps (`limit`, see
+    /// [`crate::MAX_POINTS_BALANCE`]): refused, nothing changed.
+    #[error("the event would take the member's {counter} past {limit}, the largest kept")]
+    LimitExceeded { counter: String, limit: u64 },
 }
 
 impl Rejection {
@@ -72,6 +77,7 @@ impl Rejection {
             Rejection::UnknownPurchase { .. } => "unknown-purchase",
             Rejection::RefundExceedsPurchase { .. } => "refund-exceeds-purchase",
             Rejection::CurrencyMismatch { .. } => "currency-mismatch",
+            Rejection::LimitExceeded { .. } => "limit-exceeded",
         }
     }
 }

@@ -11,6 +11,7 @@ mod ids;
 pub mod kpi;
 mod ledger;
 mod member;
+pub mod object;
 mod program;
 mod status;
 mod zone;
@@ -21,7 +22,7 @@ pub use idempotency::{
 };
 pub use ids::{
     Cents, Currency, Day, EventId, FranchiseId, MemberId, Phone, Points, RewardId, StoreId,
-    Timestamp,
+    Timestamp, MAX_MEMBER_CENTS, MAX_POINTS_BALANCE,
 };
 pub use ledger::{LedgerEntry, LedgerKind, PointLot};
 pub use member::{apply, Applied, DayActivity, EventContext, MemberCommand, MemberState, Profile};

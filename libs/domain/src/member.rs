@@ -14,7 +14,38 @@ use crate::dashboard::{record_purchase, PurchaseDays, TierMove, VisitDelta};
 use crate::{
     Cents, Currency, Day, EventId, FranchiseId, LedgerEntry, LedgerKind, MemberId, Outcome, Phone,
     PointLot, Points, Program, PurchaseRecord, Rejection, RewardId, StoreId, TierMetric, Timestamp,
+    MAX_MEMBER_CENTS, MAX_POINTS_BALANCE,
 };
+
+/// The refusal of an event that would take `counter` past `limit`.
+fn limit_exceeded(counter: &str, limit: u64) -> Rejection {
+    Rejection::LimitExceeded {
+        counter: counter.to_owned(),
+        limit,
+    }
+}
+
+/// `v + n` if it stays within [`MAX_POINTS_BALANCE`], else the refusal naming `counter`.
+fn add_points(v: Points, n: Points, counter: &str) -> Result<Points, Rejection> {
+    v.checked_add(n)
+        .filter(|s| *s <= MAX_POINTS_BALANCE)
+        .ok_or_else(|| limit_exceeded(counter, MAX_POINTS_BALANCE))
+}
+
+/// `v + 1` for a count of events (visits, stamps, vouchers), which no real member reaches the
+/// end of; checked all the same.
+fn add_one<T: TryFrom<u64> + Into<u64> + Copy>(v: T, counter: &str) -> Result<T, Rejection> {
+    let next = v.into().checked_add(1);
+    next.and_then(|n| T::try_from(n).ok())
+        .ok_or_else(|| limit_exceeded(counter, v.into()))
+}
+
+/// A change of points as a ledger entry's signed amount (within int64 since points are
+/// bounded by [`MAX_POINTS_BALANCE`]).
+fn signed(points: Points, negative: bool) -> Result<i64, Rejection> {
+    let v = i64::try_from(points).map_err(|_| limit_exceeded("points", MAX_POINTS_BALANCE))?;
+    Ok(if negative { -v } else { v })
+}
 
 /// Personal data given at enrolment. Kept with the member, never logged.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,7 +162,7 @@ pub fn apply(
                 franchise_id.clone(),
                 profile.clone(),
                 ctx,
-            );
+            )?;
             *state = Some(s);
             Ok(applied)
         }
@@ -159,7 +190,7 @@ impl MemberState {
         franchise_id: FranchiseId,
         profile: Profile,
         ctx: &EventContext<'_>,
-    ) -> (MemberState, Applied) {
+    ) -> Result<(MemberState, Applied), Rejection> {
         let mut s = MemberState {
             member_id,
             franchise_id,
@@ -187,7 +218,7 @@ impl MemberState {
         let mut entries = Vec::new();
         let bonus = ctx.program.signup_bonus;
         if bonus > 0 {
-            s.earn(ctx, bonus, "signup_bonus", &mut entries);
+            s.earn(ctx, bonus, "signup_bonus", &mut entries)?;
         }
         s.version = 1;
         let applied = Applied {
@@ -200,7 +231,7 @@ impl MemberState {
                 to: s.tier.clone(),
             }),
         };
-        (s, applied)
+        Ok((s, applied))
     }
 
     fn apply_to_member(
@@ -210,7 +241,7 @@ impl MemberState {
     ) -> Result<Applied, Rejection> {
         let mut entries = Vec::new();
         let tier_before = self.tier.clone();
-        self.advance_clock(ctx, &mut entries);
+        self.advance_clock(ctx, &mut entries)?;
         let mut visits = Vec::new();
         let outcome = match cmd {
             MemberCommand::Enrol { .. } => Outcome::Enrolled { created: false },
@@ -222,7 +253,7 @@ impl MemberState {
                 }
                 let local_day = ctx.program.local_day(ctx.at);
                 visits = record_purchase(&mut self.purchase_days, ctx.store_id, local_day);
-                self.purchase(ctx, *amount, &mut entries)
+                self.purchase(ctx, *amount, &mut entries)?
             }
             MemberCommand::Refund {
                 purchase_event_id,
@@ -238,7 +269,7 @@ impl MemberState {
             }
             MemberCommand::Redemption { reward_id } => self.redeem(ctx, reward_id, &mut entries)?,
         };
-        self.version += 1;
+        self.version = add_one(self.version, "version")?;
         let tier = (self.tier != tier_before).then(|| TierMove {
             from: Some(tier_before),
             to: self.tier.clone(),
@@ -257,35 +288,44 @@ impl MemberState {
     /// re-evaluating the tier on what is left, so that the command is judged at the tier the
     /// member has at its time (a purchase after the window slid earns at the lower tier, not
     /// at the one qualified for more than a window ago).
-    fn advance_clock(&mut self, ctx: &EventContext<'_>, entries: &mut Vec<LedgerEntry>) {
+    fn advance_clock(
+        &mut self,
+        ctx: &EventContext<'_>,
+        entries: &mut Vec<LedgerEntry>,
+    ) -> Result<(), Rejection> {
         self.clock = self.clock.max(ctx.at);
         let today = self.clock.day();
         if let Some(days) = ctx.program.points_expiry_days {
             let mut expired: Points = 0;
             while let Some(lot) = self.lots.first() {
                 if lot.day.0.saturating_add(days) <= today.0 {
-                    expired += lot.points;
+                    expired = expired.saturating_add(lot.points);
                     self.lots.remove(0);
                 } else {
                     break;
                 }
             }
-            if expired > 0 {
-                self.points -= expired;
-                self.points_expired += expired;
+            // The lots sum to the balance; the entry is what the balance lost, so the ledger
+            // stays its sum whatever happens.
+            let after = self.points.saturating_sub(expired);
+            let lost = self.points - after;
+            if lost > 0 {
+                self.points_expired = add_points(self.points_expired, lost, "points_expired")?;
+                self.points = after;
                 self.push_entry(
                     ctx,
                     LedgerKind::Expire,
-                    -(expired as i64),
+                    signed(lost, true)?,
                     "expired",
                     entries,
-                );
+                )?;
             }
         }
         let window = ctx.program.tier_qualification.window_days;
         let oldest = today.0.saturating_sub(window.saturating_sub(1));
         self.window.retain(|d| d.day.0 >= oldest);
         self.reevaluate_tier(ctx.program);
+        Ok(())
     }
 
     fn purchase(
@@ -293,7 +333,7 @@ impl MemberState {
         ctx: &EventContext<'_>,
         amount: Cents,
         entries: &mut Vec<LedgerEntry>,
-    ) -> Outcome {
+    ) -> Result<Outcome, Rejection> {
         let program = ctx.program;
         // The tier at the purchase's time, before it counts (re-evaluated by `advance_clock`).
         let tier_before = program
@@ -302,38 +342,50 @@ impl MemberState {
             .position(|t| t.name == self.tier)
             .unwrap_or_else(|| program.tier_for(self.window_metric(program)));
         let earned = program.points_for(amount.get(), tier_before);
+        // Every total is checked before anything moves (on the caller's copy regardless).
+        let spend = amount
+            .get()
+            .checked_add(self.spend_cents)
+            .filter(|s| *s <= MAX_MEMBER_CENTS)
+            .ok_or_else(|| limit_exceeded("spend_cents", MAX_MEMBER_CENTS))?;
         if earned > 0 {
-            self.earn(ctx, earned, "purchase", entries);
+            self.earn(ctx, earned, "purchase", entries)?;
         }
         let positive = amount.get() > 0;
-        self.spend_cents = self.spend_cents.saturating_add(amount.get());
+        self.spend_cents = spend;
         if positive {
-            self.visits += 1;
+            self.visits = add_one(self.visits, "visits")?;
             self.last_visit = Some(self.clock);
         }
         let day = self.clock.day();
-        self.activity(day).spend_cents += amount.get();
-        self.activity(day).points += earned;
+        let activity = self.activity(day);
+        // A day's activity is part of the member's totals, so it fits where they do.
+        activity.spend_cents = activity
+            .spend_cents
+            .checked_add(amount.get())
+            .ok_or_else(|| limit_exceeded("spend_cents", MAX_MEMBER_CENTS))?;
+        activity.points = add_points(activity.points, earned, "points_earned")?;
         if positive {
-            self.activity(day).visits += 1;
+            activity.visits = add_one(activity.visits, "visits")?;
         }
         self.reevaluate_tier(program);
         if positive {
             if let Some(card) = &program.stamp_card {
-                self.stamps += 1;
+                self.stamps = add_one(self.stamps, "stamps")?;
                 if self.stamps >= card.size {
                     self.stamps = 0;
-                    *self.vouchers.entry(card.reward_id.clone()).or_default() += 1;
+                    let n = self.vouchers.entry(card.reward_id.clone()).or_default();
+                    *n = add_one(*n, "vouchers")?;
                 }
             }
         }
-        Outcome::Purchase(PurchaseRecord {
+        Ok(Outcome::Purchase(PurchaseRecord {
             amount_cents: amount,
             points_earned: earned,
             day,
             refunded_cents: 0,
             reversed_points: 0,
-        })
+        }))
     }
 
     fn refund(
@@ -351,7 +403,8 @@ impl MemberState {
                 remaining_cents: remaining,
             });
         }
-        let refunded = purchase.refunded_cents + amount.get();
+        // At most the purchase's amount: `amount` is at most what is left of it.
+        let refunded = purchase.refunded_cents.saturating_add(amount.get());
         let owed_total = if total == 0 {
             0
         } else {
@@ -361,16 +414,16 @@ impl MemberState {
         let taken = owed.min(self.points);
         let forgiven = owed - taken;
         if taken > 0 {
+            self.points_reversed = add_points(self.points_reversed, taken, "points_reversed")?;
             self.take_newest(taken);
             self.points -= taken;
-            self.points_reversed += taken;
             self.push_entry(
                 ctx,
                 LedgerKind::Reverse,
-                -(taken as i64),
+                signed(taken, true)?,
                 &format!("refund:{purchase_event_id}"),
                 entries,
-            );
+            )?;
         }
         self.spend_cents = self.spend_cents.saturating_sub(amount.get());
         if let Some(a) = self.window.iter_mut().find(|d| d.day == purchase.day) {
@@ -413,7 +466,7 @@ impl MemberState {
                 0,
                 &format!("voucher:{reward_id}"),
                 entries,
-            );
+            )?;
             return Ok(Outcome::Redemption {
                 reward_id: reward_id.clone(),
                 used_voucher: true,
@@ -427,16 +480,16 @@ impl MemberState {
                 available: self.points,
             });
         }
+        self.points_redeemed = add_points(self.points_redeemed, cost, "points_redeemed")?;
         self.take_oldest(cost);
         self.points -= cost;
-        self.points_redeemed += cost;
         self.push_entry(
             ctx,
             LedgerKind::Redeem,
-            -(cost as i64),
+            signed(cost, true)?,
             &format!("reward:{reward_id}"),
             entries,
-        );
+        )?;
         Ok(Outcome::Redemption {
             reward_id: reward_id.clone(),
             used_voucher: false,
@@ -450,15 +503,19 @@ impl MemberState {
         points: Points,
         detail: &str,
         entries: &mut Vec<LedgerEntry>,
-    ) {
+    ) -> Result<(), Rejection> {
+        let balance = add_points(self.points, points, "points")?;
+        let earned = add_points(self.points_earned, points, "points_earned")?;
+        let change = signed(points, false)?;
         let day = self.clock.max(ctx.at).day();
         match self.lots.last_mut() {
-            Some(lot) if lot.day == day => lot.points += points,
+            // A lot is part of the balance, so it fits where the balance does.
+            Some(lot) if lot.day == day => lot.points = add_points(lot.points, points, "points")?,
             _ => self.lots.push(PointLot { day, points }),
         }
-        self.points += points;
-        self.points_earned += points;
-        self.push_entry(ctx, LedgerKind::Earn, points as i64, detail, entries);
+        self.points = balance;
+        self.points_earned = earned;
+        self.push_entry(ctx, LedgerKind::Earn, change, detail, entries)
     }
 
     fn push_entry(
@@ -468,8 +525,8 @@ impl MemberState {
         points: i64,
         detail: &str,
         entries: &mut Vec<LedgerEntry>,
-    ) {
-        self.last_seq += 1;
+    ) -> Result<(), Rejection> {
+        self.last_seq = add_one(self.last_seq, "ledger")?;
         entries.push(LedgerEntry {
             seq: self.last_seq,
             event_id: ctx.event_id.clone(),
@@ -480,6 +537,7 @@ impl MemberState {
             at: self.clock.max(ctx.at),
             detail: detail.to_owned(),
         });
+        Ok(())
     }
 
     /// Spends from the oldest lots, so that what is spent is what would expire first.
@@ -542,9 +600,10 @@ impl MemberState {
             .map(|d| match program.tier_qualification.metric {
                 TierMetric::SpendCents => d.spend_cents,
                 TierMetric::PointsEarned => d.points,
-                TierMetric::Visits => d.visits as u64,
+                TierMetric::Visits => u64::from(d.visits),
             })
-            .sum()
+            // Saturating: past every threshold is the top tier either way.
+            .fold(0, u64::saturating_add)
     }
 
     /// Tier is the highest whose threshold the window metric meets: a member moves up as soon

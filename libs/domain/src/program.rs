@@ -2,10 +2,11 @@
 //!
 //! A [`Program`] only exists validated: it is deserialized through [`ProgramSpec`], whose
 //! numbers are signed so that a negative value gets an error naming its field rather than a
-//! generic type error.
+//! generic type error, and whose structs must be written as JSON objects ([`crate::object`]).
 
 use serde::{Deserialize, Serialize};
 
+use crate::object::{self, Object};
 use crate::{Currency, Day, DomainError, Points, RewardId, Timestamp, Zone};
 
 /// The program as a client writes it. Converted to [`Program`] by validation.
@@ -16,10 +17,13 @@ pub struct ProgramSpec {
     pub points_per_unit: i64,
     #[serde(default)]
     pub signup_bonus: i64,
+    #[serde(default, deserialize_with = "object::option")]
     pub stamp_card: Option<StampCardSpec>,
+    #[serde(deserialize_with = "object::one")]
     pub tier_qualification: TierQualificationSpec,
+    #[serde(deserialize_with = "object::list")]
     pub tiers: Vec<TierSpec>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object::list")]
     pub rewards: Vec<RewardSpec>,
     #[serde(default)]
     pub points_expiry_days: Option<i64>,
@@ -80,7 +84,7 @@ pub enum TierMetric {
 /// strictly increasing thresholds and distinct names; reward ids are distinct and the stamp
 /// card's reward exists; every number is within bounds that keep arithmetic in 64 bits.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "ProgramSpec")]
+#[serde(try_from = "Object<ProgramSpec>")]
 pub struct Program {
     pub currency: Currency,
     pub points_per_unit: u64,
@@ -151,6 +155,14 @@ fn name(field: &str, s: &str) -> Result<String, DomainError> {
         )))
     } else {
         Ok(t.to_owned())
+    }
+}
+
+impl TryFrom<Object<ProgramSpec>> for Program {
+    type Error = DomainError;
+
+    fn try_from(s: Object<ProgramSpec>) -> Result<Self, DomainError> {
+        Program::try_from(s.0)
     }
 }
 

@@ -52,6 +52,7 @@ use loyalty_core::{Error, Result};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
+use tracing::Instrument;
 
 pub use group::EmbeddedConsumer;
 use group::Group;
@@ -229,6 +230,31 @@ impl EmbeddedLog {
         Ok(records)
     }
 
+    /// The append itself: a frame to the writer thread, awaited until it is durable.
+    async fn write(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: Bytes,
+        headers: Vec<(String, Bytes)>,
+    ) -> Result<Appended> {
+        let topic = self.topic(topic)?;
+        let p = partition_for(key, topic.partitions.len() as u32);
+        let partition = topic.partition(p)?.clone();
+        let frame = frame::encode(key, &payload, &headers, self.config.max_record_bytes)?;
+        let (ack, done) = oneshot::channel();
+        self.writer
+            .as_ref()
+            .ok_or(Error::ShuttingDown)?
+            .send(AppendRequest {
+                partition,
+                frame,
+                ack,
+            })
+            .map_err(|_| Error::ShuttingDown)?;
+        done.await.map_err(|_| Error::ShuttingDown)?
+    }
+
     fn topic(&self, name: &str) -> Result<Arc<Topic>> {
         self.topics
             .read()
@@ -371,28 +397,23 @@ impl EventLog for EmbeddedLog {
         .await
     }
 
+    /// Appends through the writer thread, durable on return. When traces are on, the append
+    /// is a `send <topic>` span whose W3C trace context goes in the record's headers
+    /// ([`loyalty_core::trace::send_span`]), as with Kafka.
     async fn append(
         &self,
         topic: &str,
         key: &[u8],
         payload: Bytes,
-        headers: Vec<(String, Bytes)>,
+        mut headers: Vec<(String, Bytes)>,
     ) -> Result<Appended> {
-        let topic = self.topic(topic)?;
-        let p = partition_for(key, topic.partitions.len() as u32);
-        let partition = topic.partition(p)?.clone();
-        let frame = frame::encode(key, &payload, &headers, self.config.max_record_bytes)?;
-        let (ack, done) = oneshot::channel();
-        self.writer
-            .as_ref()
-            .ok_or(Error::ShuttingDown)?
-            .send(AppendRequest {
-                partition,
-                frame,
-                ack,
-            })
-            .map_err(|_| Error::ShuttingDown)?;
-        done.await.map_err(|_| Error::ShuttingDown)?
+        let span = loyalty_core::trace::send_span("embedded", topic, &mut headers);
+        let result = self
+            .write(topic, key, payload, headers)
+            .instrument(span.clone())
+            .await;
+        loyalty_core::trace::record_append(&span, &result);
+        result
     }
 
     async fn end_offset(&self, topic: &str, partition: Partition) -> Result<Offset> {

@@ -2,10 +2,13 @@
 //! checkout path. Handlers validate, authenticate and resolve; effects travel the event log to
 //! the member's single writer (see `loyalty_core::engine`).
 
+pub mod json;
 pub mod pages;
 pub mod problem;
 pub mod routes;
+pub mod routing;
 pub mod state;
+pub mod trace;
 
 use std::time::Instant;
 
@@ -14,69 +17,56 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::{from_fn, Next};
 use actix_web::web;
 use actix_web::HttpMessage;
+use tracing::Instrument;
 
 pub use problem::ApiError;
+pub use routing::limit_request_head;
 pub use state::{Gateway, GatewayConfig};
 
-/// Registers every route, with body, query and path errors mapped to problems.
+/// Registers every route, with body, query and path errors mapped to problems. Each path is
+/// one [`routing::endpoint`]: `GET` also answers `HEAD`, and a method the path does not take is
+/// 405 with `Allow`. JSON bodies are read by [`json::JsonObject`] (objects only).
 pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
     use routes::{admin, dashboard, events, members, ops};
-    cfg.app_data(
-        web::JsonConfig::default()
-            .limit(max_body_bytes)
-            .error_handler(problem::json_error),
-    )
-    .app_data(web::QueryConfig::default().error_handler(problem::query_error))
-    .app_data(web::PathConfig::default().error_handler(problem::path_error))
-    .route("/healthz", web::get().to(ops::healthz))
-    .route("/readyz", web::get().to(ops::readyz))
-    .route("/metrics", web::get().to(ops::metrics))
-    .route("/openapi.json", web::get().to(ops::openapi))
-    .service(
-        web::scope("/v1")
-            .wrap(from_fn(authenticate))
-            .route("/franchises", web::post().to(admin::create_franchise))
-            .route("/admin/cache/rebuild", web::post().to(admin::rebuild_cache))
-            .route(
-                "/franchises/{fid}/program",
-                web::put().to(admin::replace_program),
-            )
-            .route(
-                "/franchises/{fid}/program",
-                web::get().to(admin::get_program),
-            )
-            .route(
-                "/franchises/{fid}/stores",
-                web::post().to(admin::create_store),
-            )
-            .route(
-                "/franchises/{fid}/stores/{sid}/pos-signing-secret",
-                web::get().to(admin::pos_signing_secret),
-            )
-            .route(
-                "/franchises/{fid}/dashboard",
-                web::get().to(dashboard::dashboard),
-            )
-            .route(
-                "/franchises/{fid}/dashboard.csv",
-                web::get().to(dashboard::dashboard_csv),
-            )
-            .route("/members", web::post().to(members::enrol))
-            .route("/members/lookup", web::get().to(members::lookup))
-            .route("/members/{member_id}", web::get().to(members::status))
-            .route(
-                "/members/{member_id}/ledger",
-                web::get().to(members::ledger),
-            )
-            .route("/purchases", web::post().to(events::purchase))
-            .route("/refunds", web::post().to(events::refund))
-            .route("/redemptions", web::post().to(events::redemption)),
-    )
-    .configure(pages::configure)
-    .default_service(web::to(not_found));
+    use routing::endpoint;
+    cfg.app_data(json::BodyLimit(max_body_bytes))
+        .app_data(web::QueryConfig::default().error_handler(problem::query_error))
+        .app_data(web::PathConfig::default().error_handler(problem::path_error))
+        .service(endpoint("/healthz").get(ops::healthz))
+        .service(endpoint("/readyz").get(ops::readyz))
+        .service(endpoint("/metrics").get(ops::metrics))
+        .service(endpoint("/openapi.json").get(ops::openapi))
+        .service(
+            web::scope("/v1")
+                .wrap(from_fn(authenticate))
+                .service(endpoint("/franchises").post(admin::create_franchise))
+                .service(endpoint("/admin/cache/rebuild").post(admin::rebuild_cache))
+                .service(
+                    endpoint("/franchises/{fid}/program")
+                        .put(admin::replace_program)
+                        .get(admin::get_program),
+                )
+                .service(endpoint("/franchises/{fid}/stores").post(admin::create_store))
+                .service(
+                    endpoint("/franchises/{fid}/stores/{sid}/pos-signing-secret")
+                        .get(admin::pos_signing_secret),
+                )
+                .service(endpoint("/franchises/{fid}/dashboard").get(dashboard::dashboard))
+                .service(endpoint("/franchises/{fid}/dashboard.csv").get(dashboard::dashboard_csv))
+                .service(endpoint("/members").post(members::enrol))
+                .service(endpoint("/members/lookup").get(members::lookup))
+                .service(endpoint("/members/{member_id}").get(members::status))
+                .service(endpoint("/members/{member_id}/ledger").get(members::ledger))
+                .service(endpoint("/purchases").post(events::purchase))
+                .service(endpoint("/refunds").post(events::refund))
+                .service(endpoint("/redemptions").post(events::redemption)),
+        )
+        .configure(pages::configure)
+        .default_service(web::to(not_found));
 }
 
-async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
+/// No such route: 404, as a problem.
+pub async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
     Err(ApiError::NotFound("no such route".into()))
 }
 
@@ -100,13 +90,21 @@ async fn authenticate(
     }
 }
 
-/// Counts requests by route pattern and status and times them (`loyalty_http_*`).
+/// Counts requests by route pattern and status and times them (`loyalty_http_*`), each in its
+/// span when traces are on ([`trace::request_span`]).
 pub async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let start = Instant::now();
-    let res = next.call(req).await?;
+    let span = trace::request_span(&req);
+    let res = next.call(req).instrument(span.clone()).await;
+    let status = match &res {
+        Ok(r) => r.status(),
+        Err(e) => e.as_response_error().status_code(),
+    };
+    trace::record_status(&span, status);
+    let res = res?;
     let route = res
         .request()
         .match_pattern()

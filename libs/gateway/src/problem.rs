@@ -11,10 +11,25 @@ use serde_json::json;
 pub enum ApiError {
     #[error("a valid `Authorization: Bearer <key>` header is required")]
     Unauthorized,
+    /// More than one `Authorization` header: which one is meant is not for the server to guess
+    /// (RFC 6750 §3.1 `invalid_request`; RFC 9110 §5.3: the field is not a list).
+    #[error("the request has {0} `Authorization` headers; send exactly one")]
+    AmbiguousAuthorization(usize),
     #[error("this key may not do that: {0}")]
     Forbidden(&'static str),
     #[error("{0}")]
     NotFound(String),
+    /// A known path with a method it does not take; `allow` lists those it takes.
+    #[error("{path} does not take {method}; it takes {allow}")]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allow: String,
+    },
+    #[error("the request target is {length} bytes long; at most {limit} are accepted")]
+    UriTooLong { length: usize, limit: usize },
+    #[error("{0}")]
+    HeadersTooLarge(String),
     #[error("the request body is not valid JSON: {0}")]
     MalformedJson(String),
     #[error("{0}")]
@@ -47,8 +62,12 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::Unauthorized => "unauthorized",
+            ApiError::AmbiguousAuthorization(_) => "ambiguous-authorization",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not-found",
+            ApiError::MethodNotAllowed { .. } => "method-not-allowed",
+            ApiError::UriTooLong { .. } => "uri-too-long",
+            ApiError::HeadersTooLarge(_) => "headers-too-large",
             ApiError::MalformedJson(_) => "malformed-json",
             ApiError::Invalid(_) => "invalid-request",
             ApiError::InvalidQuery(_) => "invalid-query",
@@ -66,8 +85,12 @@ impl ApiError {
     fn title(&self) -> &'static str {
         match self {
             ApiError::Unauthorized => "Missing or invalid API key",
+            ApiError::AmbiguousAuthorization(_) => "Ambiguous credentials",
             ApiError::Forbidden(_) => "Not allowed for this key",
             ApiError::NotFound(_) => "Not found",
+            ApiError::MethodNotAllowed { .. } => "Method not allowed",
+            ApiError::UriTooLong { .. } => "URI too long",
+            ApiError::HeadersTooLarge(_) => "Request headers too large",
             ApiError::MalformedJson(_) => "Malformed JSON",
             ApiError::Invalid(_) => "Invalid request",
             ApiError::InvalidQuery(_) => "Invalid query",
@@ -82,6 +105,7 @@ impl ApiError {
                 "Refund exceeds purchase"
             }
             ApiError::Rejected(Rejection::CurrencyMismatch { .. }) => "Wrong currency",
+            ApiError::Rejected(Rejection::LimitExceeded { .. }) => "Limit exceeded",
             ApiError::AnonymousRefund => "Anonymous refund",
             ApiError::ProgramConflict(_) => "Concurrent program update",
             ApiError::Unavailable(_) => "Service unavailable",
@@ -118,7 +142,12 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::MalformedJson(_) | ApiError::InvalidQuery(_) => StatusCode::BAD_REQUEST,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::MalformedJson(_)
+            | ApiError::InvalidQuery(_)
+            | ApiError::AmbiguousAuthorization(_) => StatusCode::BAD_REQUEST,
             ApiError::Invalid(_) | ApiError::AnonymousRefund => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -130,9 +159,9 @@ impl ResponseError for ApiError {
                 Rejection::UnknownMember | Rejection::UnknownPurchase { .. } => {
                     StatusCode::NOT_FOUND
                 }
-                Rejection::UnknownReward { .. } | Rejection::CurrencyMismatch { .. } => {
-                    StatusCode::UNPROCESSABLE_ENTITY
-                }
+                Rejection::UnknownReward { .. }
+                | Rejection::CurrencyMismatch { .. }
+                | Rejection::LimitExceeded { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             },
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -141,13 +170,23 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
+        // ERROR is for the server's own faults only. A backing service down is a warning (it
+        // is retried and alerted on by its own metrics); a client's bad request is DEBUG: it
+        // is the client's to fix, and its rate is in `loyalty_http_requests_total`.
         let detail = match self {
             // Internal details go to the log, not to the client.
             ApiError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
                 "the server failed to handle the request; it has been logged".to_owned()
             }
-            other => other.to_string(),
+            ApiError::Unavailable(m) => {
+                tracing::warn!(error = %m, "answered 503: a backing service is unavailable");
+                self.to_string()
+            }
+            other => {
+                tracing::debug!(status = status.as_u16(), code = other.code(), detail = %other, "client error");
+                other.to_string()
+            }
         };
         let mut body = json!({
             "type": format!("urn:loyalty:problem:{}", self.code()),
@@ -167,29 +206,27 @@ impl ResponseError for ApiError {
         }
         let mut resp = HttpResponse::build(status);
         resp.content_type("application/problem+json");
-        if matches!(self, ApiError::Unauthorized) {
-            resp.insert_header(("WWW-Authenticate", "Bearer"));
+        match self {
+            ApiError::Unauthorized => {
+                resp.insert_header(("WWW-Authenticate", "Bearer"));
+            }
+            ApiError::AmbiguousAuthorization(_) => {
+                resp.insert_header(("WWW-Authenticate", r#"Bearer error="invalid_request""#));
+            }
+            ApiError::MethodNotAllowed { allow, .. } => {
+                resp.insert_header(("Allow", allow.as_str()));
+            }
+            // Like the HTTP codec's own 4xx: the rest of such a request is not worth reading.
+            ApiError::UriTooLong { .. } | ApiError::HeadersTooLarge(_) => {
+                resp.force_close();
+            }
+            _ => {}
         }
         if matches!(self, ApiError::ProgramConflict(_)) {
             resp.insert_header(("Retry-After", "1"));
         }
         resp.body(body.to_string())
     }
-}
-
-/// Maps body extraction failures (size, content type, syntax, field values) to problems.
-pub fn json_error(err: actix_web::error::JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
-    use actix_web::error::JsonPayloadError as J;
-    let e = match err {
-        J::OverflowKnownLength { limit, .. } | J::Overflow { limit } => {
-            ApiError::PayloadTooLarge { limit }
-        }
-        J::ContentType => ApiError::UnsupportedMediaType,
-        J::Deserialize(e) if e.is_data() => ApiError::Invalid(e.to_string()),
-        J::Deserialize(e) => ApiError::MalformedJson(e.to_string()),
-        other => ApiError::MalformedJson(other.to_string()),
-    };
-    e.into()
 }
 
 /// Maps query string failures to problems.

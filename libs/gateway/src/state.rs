@@ -97,13 +97,7 @@ impl Gateway {
         if let Some(p) = req.extensions().get::<Principal>() {
             return Ok(p.clone());
         }
-        let key = req
-            .headers()
-            .get(actix_web::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or(ApiError::Unauthorized)?;
+        let key = bearer_key(req.headers())?;
         self.principal_of_key(key).await
     }
 
@@ -236,6 +230,70 @@ impl Gateway {
     }
 }
 
+/// The key of the request's `Authorization: Bearer <key>` header (RFC 9110 §11.6.2, RFC 6750
+/// §2.1): the scheme in any case, one space, then the key, one run of visible characters (no
+/// space or tab inside; surrounding whitespace is not part of a field value and the HTTP parser
+/// has removed it). Anything else is 401. Two `Authorization` headers are 400
+/// (`ambiguous-authorization`): the field is not a list (RFC 9110 §5.3), and RFC 6750 §3.1
+/// answers `invalid_request` to a request that sends its token more than once; which one was
+/// meant is not for the server to guess.
+pub fn bearer_key(headers: &actix_web::http::header::HeaderMap) -> Result<&str, ApiError> {
+    let mut values = headers.get_all(actix_web::http::header::AUTHORIZATION);
+    let value = values.next().ok_or(ApiError::Unauthorized)?;
+    let more = values.count();
+    if more > 0 {
+        return Err(ApiError::AmbiguousAuthorization(more + 1));
+    }
+    let value = value.to_str().map_err(|_| ApiError::Unauthorized)?;
+    let (scheme, key) = value.split_once(' ').ok_or(ApiError::Unauthorized)?;
+    let visible = |k: &str| !k.is_empty() && k.bytes().all(|b| b.is_ascii_graphic());
+    if scheme.eq_ignore_ascii_case("bearer") && visible(key) {
+        Ok(key)
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::http::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+
+    use super::*;
+
+    fn key_of(values: &[&str]) -> Result<String, &'static str> {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        }
+        bearer_key(&h).map(str::to_owned).map_err(|e| e.code())
+    }
+
+    #[test]
+    fn bearer_keys_are_parsed_by_the_rfc() {
+        for v in ["Bearer k-1", "bearer k-1", "BEARER k-1", "bEaReR k-1"] {
+            assert_eq!(key_of(&[v]), Ok("k-1".to_owned()), "{v:?}");
+        }
+        for v in [
+            "Bearer  k-1",
+            "Bearer\tk-1",
+            "Bearer k-1\tx",
+            "Bearer k 1",
+            "Bearer ",
+            "Bearer",
+            "Basic k-1",
+            "k-1",
+            "",
+        ] {
+            assert_eq!(key_of(&[v]), Err("unauthorized"), "{v:?}");
+        }
+        assert_eq!(key_of(&[]), Err("unauthorized"));
+        assert_eq!(
+            key_of(&["Bearer k-1", "Bearer k-1"]),
+            Err("ambiguous-authorization")
+        );
+    }
 }

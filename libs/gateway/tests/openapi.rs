@@ -104,7 +104,8 @@ fn openapi_path(p: &str) -> String {
 }
 
 /// The `(method, path)` pairs registered by `configure` in lib.rs: every
-/// `.route("…", web::METHOD()` with the prefixes of the `web::scope("…")` it is chained on.
+/// `.route("…", web::METHOD()` and every `.METHOD(handler)` chained on an `endpoint("…")`, with
+/// the prefixes of the `web::scope("…")` it is chained on.
 fn registered(src: &str) -> Vec<(String, String)> {
     let start = src
         .find("pub fn configure")
@@ -117,6 +118,8 @@ fn registered(src: &str) -> Vec<(String, String)> {
     let mut opened = false;
     // (paren depth of the scope's chain, full prefix)
     let mut scopes: Vec<(i32, String)> = Vec::new();
+    // (paren depth of the endpoint's chain, full path)
+    let mut endpoints: Vec<(i32, String)> = Vec::new();
     let mut handlers = 0;
     let mut i = 0;
     while i < bytes.len() {
@@ -134,6 +137,26 @@ fn registered(src: &str) -> Vec<(String, String)> {
             assert_eq!(bytes[i], b')', "web::scope takes one literal");
             i += 1;
             continue;
+        }
+        if rest.starts_with("endpoint(\"") {
+            let (path, next) = string_literal(src, i + "endpoint(".len());
+            let prefix = scopes.last().map_or("", |s| s.1.as_str());
+            endpoints.push((parens, openapi_path(&format!("{prefix}{path}"))));
+            i = next;
+            assert_eq!(bytes[i], b')', "endpoint takes one literal");
+            i += 1;
+            continue;
+        }
+        if let Some((depth, path)) = endpoints.last() {
+            let method = ["get", "post", "put", "delete", "patch"]
+                .into_iter()
+                .find(|m| rest.starts_with(&format!(".{m}(")));
+            if let (Some(m), true) = (method, *depth == parens) {
+                routes.push((m.to_owned(), path.clone()));
+                handlers += 1;
+                i += m.len() + 1;
+                continue;
+            }
         }
         let route_literal = rest
             .strip_prefix(".route(")
@@ -174,6 +197,9 @@ fn registered(src: &str) -> Vec<(String, String)> {
                 while scopes.last().is_some_and(|s| parens < s.0) {
                     scopes.pop();
                 }
+                while endpoints.last().is_some_and(|s| parens < s.0) {
+                    endpoints.pop();
+                }
             }
             b'{' => {
                 braces += 1;
@@ -192,7 +218,7 @@ fn registered(src: &str) -> Vec<(String, String)> {
     assert_eq!(
         handlers,
         routes.len(),
-        "configure registers handlers in a form this test does not read (only `.route(\"…\", web::METHOD().to(…))` is); extend `registered`"
+        "configure registers handlers in a form this test does not read (only `.route(\"…\", web::METHOD().to(…))` and `endpoint(\"…\").METHOD(…)` are); extend `registered`"
     );
     routes
 }
@@ -977,8 +1003,19 @@ fn every_error() -> Vec<ApiError> {
     let event = EventId::parse("pos1-0001").unwrap();
     vec![
         ApiError::Unauthorized,
+        ApiError::AmbiguousAuthorization(2),
         ApiError::Forbidden("a store key cannot do this"),
         ApiError::NotFound("no such franchise".into()),
+        ApiError::MethodNotAllowed {
+            method: "TRACE".into(),
+            path: "/v1/purchases".into(),
+            allow: "POST".into(),
+        },
+        ApiError::UriTooLong {
+            length: 9000,
+            limit: loyalty_gateway::routing::MAX_URI_BYTES,
+        },
+        ApiError::HeadersTooLarge("too many".into()),
         ApiError::MalformedJson("EOF".into()),
         ApiError::Invalid("bad".into()),
         ApiError::InvalidQuery("from is after to".into()),
@@ -1001,33 +1038,52 @@ fn every_error() -> Vec<ApiError> {
         ApiError::Rejected(Rejection::CurrencyMismatch {
             expected: "EUR".into(),
         }),
+        ApiError::Rejected(Rejection::LimitExceeded {
+            counter: "points".into(),
+            limit: loyalty_domain::MAX_POINTS_BALANCE,
+        }),
         ApiError::AnonymousRefund,
         ApiError::Unavailable("down".into()),
         ApiError::Internal("bug".into()),
     ]
 }
 
-/// Every (status, code) of the problem examples of the operations.
+/// Every (status, code) of the problem examples of the operations, and of the shared responses
+/// (`MethodNotAllowed` is answered for the methods an operation does not have).
 fn documented_problems(d: &Value) -> BTreeMap<String, BTreeSet<u16>> {
     let mut out: BTreeMap<String, BTreeSet<u16>> = BTreeMap::new();
-    for (_, _, op) in operations(d) {
-        for (status, r) in op["responses"].as_object().unwrap() {
-            let r = deref(d, r);
-            let Some(examples) = r["content"]["application/problem+json"]["examples"].as_object()
-            else {
-                continue;
-            };
-            for ex in examples.values() {
-                let v = &ex["value"];
-                assert_eq!(
-                    v["status"].as_u64().unwrap().to_string(),
-                    *status,
-                    "example {v} under {status}"
-                );
-                out.entry(v["code"].as_str().unwrap().to_owned())
-                    .or_default()
-                    .insert(status.parse().unwrap());
-            }
+    let shared = d["components"]["responses"].as_object().unwrap();
+    let shared = shared.values().filter_map(|r| {
+        let status = r["content"]["application/problem+json"]["examples"]
+            .as_object()?
+            .values()
+            .next()?["value"]["status"]
+            .as_u64()?;
+        Some((status.to_string(), r))
+    });
+    let responses = operations(d).into_iter().flat_map(|(_, _, op)| {
+        op["responses"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(s, r)| (s.clone(), r))
+    });
+    for (status, r) in responses.chain(shared) {
+        let r = deref(d, r);
+        let Some(examples) = r["content"]["application/problem+json"]["examples"].as_object()
+        else {
+            continue;
+        };
+        for ex in examples.values() {
+            let v = &ex["value"];
+            assert_eq!(
+                v["status"].as_u64().unwrap().to_string(),
+                status,
+                "example {v} under {status}"
+            );
+            out.entry(v["code"].as_str().unwrap().to_owned())
+                .or_default()
+                .insert(status.parse().unwrap());
         }
     }
     out
@@ -1085,6 +1141,32 @@ fn documented_bounds_are_the_codes() {
     let s = &d["components"]["schemas"];
     assert_eq!(s["AmountCents"]["maximum"].as_u64(), Some(Cents::MAX));
     assert_eq!(s["AmountCents"]["minimum"].as_u64(), Some(0));
+    // Refunds give something back; balances and totals stay within their limits (int64).
+    assert_eq!(s["RefundAmountCents"]["maximum"].as_u64(), Some(Cents::MAX));
+    assert_eq!(s["RefundAmountCents"]["minimum"].as_u64(), Some(1));
+    assert_eq!(
+        s["RefundRequest"]["properties"]["amount_cents"]["$ref"],
+        "#/components/schemas/RefundAmountCents"
+    );
+    let max_points = loyalty_domain::MAX_POINTS_BALANCE;
+    assert_eq!(s["Points"]["maximum"].as_u64(), Some(max_points));
+    assert!(i64::try_from(max_points).is_ok());
+    let entry = &s["LedgerEntry"]["properties"]["points"];
+    assert_eq!(entry["maximum"].as_u64(), Some(max_points));
+    assert_eq!(entry["minimum"].as_i64(), Some(-(max_points as i64)));
+    assert_eq!(
+        s["MemberStatus"]["properties"]["spend_cents"]["maximum"].as_u64(),
+        Some(loyalty_domain::MAX_MEMBER_CENTS)
+    );
+    // The horizon of `occurred_at`.
+    assert_eq!(
+        s["OccurredAt"]["x-max-age-days"].as_i64(),
+        Some(loyalty_core::input::MAX_EVENT_AGE_DAYS)
+    );
+    assert_eq!(
+        s["OccurredAt"]["x-max-future-seconds"].as_i64(),
+        Some(loyalty_core::input::MAX_CLOCK_SKEW_MS / 1000)
+    );
     let ev = s["EventId"]["pattern"].as_str().unwrap();
     assert_eq!(ev, format!("^[A-Za-z0-9_.:-]{{1,{}}}$", EventId::MAX_LEN));
     for p in ["WaitMs", "WaitMsDefault"] {
@@ -1120,8 +1202,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::scope("/v2")
                 .route("/items/{id:\d+}", web::delete().to(a::del))
                 .service(web::scope("/inner").route("/x", web::patch().to(b::x)))
-                .route("/after", web::post().to(b::after)),
+                .route("/after", web::post().to(b::after))
+                .service(endpoint("/e/{id}").get(b::one).put(b::replace))
+                .service(endpoint("/f").post(b::f)),
         )
+        .service(endpoint("/top2").get(b::top2))
         .route("/last", web::put().to(b::last))
         .default_service(web::to(nf));
 }
@@ -1133,6 +1218,10 @@ fn other() { x.route("/not-configure", web::get().to(y)); }
         ("delete", "/v2/items/{id}"),
         ("patch", "/v2/inner/x"),
         ("post", "/v2/after"),
+        ("get", "/v2/e/{id}"),
+        ("put", "/v2/e/{id}"),
+        ("post", "/v2/f"),
+        ("get", "/top2"),
         ("put", "/last"),
     ]
     .iter()

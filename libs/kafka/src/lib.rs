@@ -125,6 +125,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use tracing::Instrument;
 
 pub use consumer::KafkaConsumer;
 
@@ -414,6 +415,50 @@ impl KafkaLog {
         let (name, timeout) = (topic.to_string(), self.config.request_timeout);
         blocking(move || metadata_partitions(producer.client(), &name, timeout)).await
     }
+
+    /// The append itself: to the partition [`partition_for`] gives, once acknowledged.
+    async fn produce(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: Bytes,
+        headers: Vec<(String, Bytes)>,
+    ) -> Result<Appended> {
+        let partitions = self.partition_count(topic).await?;
+        let partition = partition_for(key, partitions);
+        let mut owned = OwnedHeaders::new_with_capacity(headers.len());
+        for (k, v) in &headers {
+            owned = owned.insert(Header {
+                key: k.as_str(),
+                value: Some(v.as_ref()),
+            });
+        }
+        let record = FutureRecord::to(topic)
+            .partition(kafka_partition(partition)?)
+            .key(key)
+            .payload(payload.as_ref())
+            .headers(owned);
+        // The queue timeout covers a full local queue; delivery is bounded by message.timeout.ms.
+        match self
+            .producer
+            .send(record, self.config.delivery_timeout)
+            .await
+        {
+            Ok(delivery) => Ok(Appended {
+                partition: delivery.partition as Partition,
+                offset: u64::try_from(delivery.offset).map_err(|_| {
+                    Error::Unavailable(format!(
+                        "kafka: delivery to {topic} without an offset ({})",
+                        delivery.offset
+                    ))
+                })?,
+            }),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
+                Err(Error::Invalid(format!("record too large for {topic}")))
+            }
+            Err((e, _)) => Err(unavailable(&format!("producing to {topic}"), e)),
+        }
+    }
 }
 
 /// The partition count of `topic` from a metadata request.
@@ -501,48 +546,23 @@ impl EventLog for KafkaLog {
     }
 
     /// Produces to the partition [`partition_for`] gives (explicitly, never librdkafka's
-    /// partitioner) and returns once the broker acknowledged it (`acks=all`).
+    /// partitioner) and returns once the broker acknowledged it (`acks=all`). When traces are
+    /// on, the append is a `send <topic>` span whose W3C trace context goes in the record's
+    /// headers ([`loyalty_core::trace::send_span`]).
     async fn append(
         &self,
         topic: &str,
         key: &[u8],
         payload: Bytes,
-        headers: Vec<(String, Bytes)>,
+        mut headers: Vec<(String, Bytes)>,
     ) -> Result<Appended> {
-        let partitions = self.partition_count(topic).await?;
-        let partition = partition_for(key, partitions);
-        let mut owned = OwnedHeaders::new_with_capacity(headers.len());
-        for (k, v) in &headers {
-            owned = owned.insert(Header {
-                key: k.as_str(),
-                value: Some(v.as_ref()),
-            });
-        }
-        let record = FutureRecord::to(topic)
-            .partition(kafka_partition(partition)?)
-            .key(key)
-            .payload(payload.as_ref())
-            .headers(owned);
-        // The queue timeout covers a full local queue; delivery is bounded by message.timeout.ms.
-        match self
-            .producer
-            .send(record, self.config.delivery_timeout)
-            .await
-        {
-            Ok(delivery) => Ok(Appended {
-                partition: delivery.partition as Partition,
-                offset: u64::try_from(delivery.offset).map_err(|_| {
-                    Error::Unavailable(format!(
-                        "kafka: delivery to {topic} without an offset ({})",
-                        delivery.offset
-                    ))
-                })?,
-            }),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
-                Err(Error::Invalid(format!("record too large for {topic}")))
-            }
-            Err((e, _)) => Err(unavailable(&format!("producing to {topic}"), e)),
-        }
+        let span = loyalty_core::trace::send_span("kafka", topic, &mut headers);
+        let result = self
+            .produce(topic, key, payload, headers)
+            .instrument(span.clone())
+            .await;
+        loyalty_core::trace::record_append(&span, &result);
+        result
     }
 
     /// The high watermark of the partition (the offset of the next record).

@@ -101,11 +101,34 @@ enum CacheCommand {
     Rebuild(Common),
 }
 
+impl Command {
+    /// The `service.name` of the process's traces unless `OTEL_SERVICE_NAME` says otherwise.
+    fn service_name(&self) -> &'static str {
+        match self {
+            Command::Dev(_) => "loyalty-dev",
+            Command::Node(_) => "loyalty-node",
+            Command::Gateway(_) => "loyalty-gateway",
+            Command::Engine(_) => "loyalty-engine",
+            Command::Migrate(_) => "loyalty-migrate",
+            Command::Cache { .. } => "loyalty-cache",
+            Command::Projections { .. } => "loyalty-projections",
+        }
+    }
+}
+
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
-    loyalty::telemetry::init();
+    let command = Cli::parse().command;
+    // Flushes the last spans when dropped, whichever way `main` returns.
+    let mut telemetry = loyalty::telemetry::start(command.service_name())?;
+    let result = run(command).await;
+    telemetry.shutdown();
+    result
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
     let mut no_demo_history = false;
-    let (mode, common) = match Cli::parse().command {
+    let (mode, common) = match command {
         Command::Dev(c) => {
             no_demo_history = c.no_demo_history;
             (None, c.common)

@@ -30,6 +30,7 @@ use loyalty_core::engine::{Engine, EngineConfig};
 use loyalty_core::ports::{EventLog, HotCache, StateStore};
 use loyalty_core::programs::ProgramCache;
 use loyalty_core::replies::{ReplySink, ReplyWaiters};
+use loyalty_core::trace::ports::{TracedCache, TracedStore};
 use loyalty_embedded::log::EmbeddedLog;
 use loyalty_embedded::{DataDirLock, EmbeddedCache, EmbeddedStore};
 use loyalty_gateway::{Gateway, GatewayConfig};
@@ -103,6 +104,34 @@ fn redis_cache(config: &DevConfig) -> anyhow::Result<Arc<dyn HotCache>> {
         loyalty_redis::RedisCache::connect_lazy(&url, loyalty_redis::RedisCacheOptions::default())
             .with_context(|| format!("configuring Redis at {}", redact_url(&url)))?;
     Ok(Arc::new(cache))
+}
+
+/// What the adapters of a process are, as traces name them (`messaging.system`,
+/// `db.system.name`).
+struct Systems {
+    log: &'static str,
+    store: &'static str,
+    /// `None`: the in-process cache, whose lookups get no span (they take a microsecond).
+    cache: Option<&'static str>,
+}
+
+/// When this process exports traces ([`crate::telemetry::start`]): turns on the spans of the
+/// log and the engine, and wraps the store and the cache so that each call is a span
+/// (`loyalty_core::trace`). Otherwise the ports as they are.
+fn traced(ports: Ports, systems: Systems) -> Ports {
+    if !crate::telemetry::exporting() {
+        return ports;
+    }
+    loyalty_core::trace::enable(systems.log);
+    let cache = match systems.cache {
+        Some(system) => TracedCache::wrap(ports.cache, system),
+        None => ports.cache,
+    };
+    Ports {
+        log: ports.log,
+        store: TracedStore::wrap(ports.store, systems.store),
+        cache,
+    }
 }
 
 /// Locks the embedded data directory (created if missing) for this process: taken before the
@@ -187,11 +216,18 @@ impl Application {
             .with_context(|| format!("opening the event log in {}", config.data_dir.display()))?;
         let store = open_embedded_store(&config, &lock)?;
         let cache = Arc::new(EmbeddedCache::new(config.cache_capacity));
-        let ports = Ports {
-            log: log.clone(),
-            store: store.clone(),
-            cache: cache.clone(),
-        };
+        let ports = traced(
+            Ports {
+                log: log.clone(),
+                store: store.clone(),
+                cache: cache.clone(),
+            },
+            Systems {
+                log: "embedded",
+                store: "redb",
+                cache: None,
+            },
+        );
         let mut app = Self::build_with(
             config,
             ports,
@@ -238,11 +274,23 @@ impl Application {
                 (store, lock)
             }
         };
-        let ports = Ports {
-            log: kafka_log(&config)?,
-            store,
-            cache: redis_cache(&config)?,
+        let store_system = match &shared {
+            Some(SharedStore::Postgres(_)) => "postgresql",
+            Some(SharedStore::Scylla(_)) => "scylladb",
+            None => "redb",
         };
+        let ports = traced(
+            Ports {
+                log: kafka_log(&config)?,
+                store,
+                cache: redis_cache(&config)?,
+            },
+            Systems {
+                log: "kafka",
+                store: store_system,
+                cache: Some("redis"),
+            },
+        );
         let mut app = Self::build_with(config, ports, None, mode).await?;
         app.lock = lock;
         Ok(app)
@@ -397,18 +445,15 @@ impl Application {
                 health: Arc::clone(&health),
             });
             HttpServer::new(move || {
+                use loyalty_gateway::routing::endpoint;
                 App::new()
                     .app_data(ready.clone())
+                    .wrap(from_fn(loyalty_gateway::limit_request_head))
                     .wrap(from_fn(loyalty_gateway::observe))
-                    .route(
-                        "/healthz",
-                        web::get().to(loyalty_gateway::routes::ops::healthz),
-                    )
-                    .route("/readyz", web::get().to(engine_ready))
-                    .route(
-                        "/metrics",
-                        web::get().to(loyalty_gateway::routes::ops::metrics),
-                    )
+                    .service(endpoint("/healthz").get(loyalty_gateway::routes::ops::healthz))
+                    .service(endpoint("/readyz").get(engine_ready))
+                    .service(endpoint("/metrics").get(loyalty_gateway::routes::ops::metrics))
+                    .default_service(web::to(loyalty_gateway::not_found))
             })
             .workers(1)
             .listen(listener)?
@@ -432,6 +477,7 @@ impl Application {
             HttpServer::new(move || {
                 App::new()
                     .app_data(gateway.clone())
+                    .wrap(from_fn(loyalty_gateway::limit_request_head))
                     .wrap(from_fn(loyalty_gateway::observe))
                     .configure(|c| loyalty_gateway::configure(c, max_body))
             })

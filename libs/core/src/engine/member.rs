@@ -34,6 +34,8 @@ pub struct Apply {
     pub at: Timestamp,
     pub program: Arc<Program>,
     pub command: MemberCommand,
+    /// The parent of the command's `apply` span ([`crate::trace::command_parent`]).
+    pub trace: crate::trace::Context,
 }
 
 pub struct ApplyReply {
@@ -50,6 +52,32 @@ impl Handler<Apply> for MemberActor {
     type Result = MessageResult<Apply>;
 
     fn handle(&mut self, msg: Apply, _ctx: &mut Context<Self>) -> Self::Result {
+        let span = crate::trace::apply_span(&msg.trace, kind(&msg.command));
+        let _entered = span.enter();
+        let reply = self.apply(&msg);
+        crate::trace::record_outcome(
+            &span,
+            match &reply.result {
+                Ok(_) => "applied",
+                Err(rejection) => rejection.code(),
+            },
+        );
+        MessageResult(reply)
+    }
+}
+
+/// A command's kind, as in span names (`apply purchase`).
+fn kind(command: &MemberCommand) -> &'static str {
+    match command {
+        MemberCommand::Enrol { .. } => "enrol",
+        MemberCommand::Purchase { .. } => "purchase",
+        MemberCommand::Refund { .. } => "refund",
+        MemberCommand::Redemption { .. } => "redemption",
+    }
+}
+
+impl MemberActor {
+    fn apply(&mut self, msg: &Apply) -> ApplyReply {
         let ctx = EventContext {
             event_id: &msg.event_id,
             store_id: &msg.store_id,
@@ -62,10 +90,10 @@ impl Handler<Apply> for MemberActor {
             .as_ref()
             .is_some_and(|s| s.franchise_id != msg.franchise_id)
         {
-            return MessageResult(ApplyReply {
+            return ApplyReply {
                 result: Err(Rejection::UnknownMember),
                 state: None,
-            });
+            };
         }
         let result = apply(
             &mut self.state,
@@ -74,10 +102,10 @@ impl Handler<Apply> for MemberActor {
             &msg.command,
             &ctx,
         );
-        MessageResult(ApplyReply {
+        ApplyReply {
             result,
             state: self.state.clone(),
-        })
+        }
     }
 }
 

@@ -165,6 +165,8 @@ impl Shard {
         metrics().engine_batch_records.observe(records.len() as f64);
         let mut dead_letters = Vec::new();
         let mut commands: Vec<(CommandEnvelope, Arc<Program>)> = Vec::with_capacity(records.len());
+        // Each command's trace parent, in the order of `commands`.
+        let mut parents = Vec::with_capacity(records.len());
         for r in records {
             let env = match CommandEnvelope::decode(&r.payload) {
                 Ok(env) => env,
@@ -182,7 +184,10 @@ impl Shard {
                 .get(&env.franchise_id, env.program_version)
                 .await?
             {
-                Some(p) => commands.push((env, p)),
+                Some(p) => {
+                    parents.push(crate::trace::command_parent(r, records.len()));
+                    commands.push((env, p));
+                }
                 None => dead_letters.push(DeadLetter {
                     record: r.clone(),
                     reason: "unknown-program",
@@ -263,7 +268,7 @@ impl Shard {
         // What the new events add to the dashboards, committed with them.
         let mut dashboard = DashboardDelta::default();
 
-        for (env, program) in commands {
+        for ((env, program), parent) in commands.into_iter().zip(parents) {
             let fp = env.fingerprint();
             let key = (env.franchise_id.clone(), env.event_id.clone());
             let delivery = classify(known.get(&key), fp);
@@ -387,6 +392,7 @@ impl Shard {
                             at: env.at(),
                             program: Arc::clone(&program),
                             command,
+                            trace: parent,
                         })
                         .await
                         .map_err(|e| Error::Unavailable(format!("member actor: {e}")))?;

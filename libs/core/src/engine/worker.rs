@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument;
 
 use crate::engine::health::EngineHealth;
 use crate::engine::shard::{BatchOutcome, DeadLetter, Shard, ShardDeps};
@@ -98,9 +99,16 @@ pub async fn run(partition: Partition, deps: WorkerDeps, mut ch: WorkerChannels)
             continue;
         };
         let timer = metrics().engine_batch_seconds.start_timer();
-        match store_batch(&mut shard, &deps, &records, &mut ch.stop).await {
+        let span = crate::trace::process_span(&deps.topic, partition, &records);
+        let attempt = store_batch(&mut shard, &deps, &records, &mut ch.stop)
+            .instrument(span.clone())
+            .await;
+        match attempt {
             Attempt::Stored(outcome) => {
-                if !publish(&deps, partition, outcome, &mut ch.stop).await {
+                let published = publish(&deps, partition, outcome, &mut ch.stop)
+                    .instrument(span)
+                    .await;
+                if !published {
                     break;
                 }
                 timer.observe_duration();

@@ -99,18 +99,20 @@ fn asset_url(path: &str) -> String {
     format!("/dashboard/assets/{path}?v={hash}")
 }
 
-/// Registers the page's routes (outside `/v1`: they are not API operations).
+/// Registers the page's routes (outside `/v1`: they are not API operations), as
+/// [`crate::routing::endpoint`]s (HEAD where GET, 405 for other methods).
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    use crate::routing::endpoint;
     cfg.service(
         web::scope("/dashboard")
             .wrap(from_fn(security_headers))
-            .route("", web::get().to(page))
-            .route("/", web::get().to(to_page))
-            .route("/session", web::post().to(sign_in))
-            .route("/session/end", web::post().to(sign_out))
-            .route("/data", web::get().to(data))
-            .route("/export.csv", web::get().to(export))
-            .route("/assets/{path:.+}", web::get().to(static_asset)),
+            .service(endpoint("").get(page))
+            .service(endpoint("/").get(to_page))
+            .service(endpoint("/session").post(sign_in))
+            .service(endpoint("/session/end").post(sign_out))
+            .service(endpoint("/data").get(data))
+            .service(endpoint("/export.csv").get(export))
+            .service(endpoint("/assets/{path:.+}").get(static_asset)),
     );
 }
 

@@ -11,6 +11,7 @@ use loyalty_domain::{FranchiseId, Program};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::json::JsonObject;
 use crate::problem::ApiError;
 use crate::state::Gateway;
 
@@ -43,7 +44,7 @@ pub struct CreateFranchise {
 pub async fn create_franchise(
     req: HttpRequest,
     gw: web::Data<Gateway>,
-    body: web::Json<CreateFranchise>,
+    body: JsonObject<CreateFranchise>,
 ) -> Result<HttpResponse, ApiError> {
     gw.authorize(&req, &[Role::Admin]).await?;
     let body = body.into_inner();
@@ -101,7 +102,7 @@ pub async fn replace_program(
     req: HttpRequest,
     gw: web::Data<Gateway>,
     path: web::Path<String>,
-    body: web::Json<ReplaceProgram>,
+    body: JsonObject<ReplaceProgram>,
 ) -> Result<HttpResponse, ApiError> {
     let f = own_franchise(&gw, &req, &path).await?;
     let program = parse_program(body.into_inner().program)?;
@@ -168,7 +169,7 @@ pub async fn create_store(
     req: HttpRequest,
     gw: web::Data<Gateway>,
     path: web::Path<String>,
-    body: web::Json<CreateStore>,
+    body: JsonObject<CreateStore>,
 ) -> Result<HttpResponse, ApiError> {
     let f = own_franchise(&gw, &req, &path).await?;
     let name = valid_name("name", &body.name)?;

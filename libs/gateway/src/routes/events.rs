@@ -20,6 +20,7 @@ use loyalty_domain::{Cents, Currency, EventId, MemberId, Outcome, Rejection, Rew
 use serde::Deserialize;
 
 use super::{json_str, WaitQuery};
+use crate::json::JsonObject;
 use crate::problem::ApiError;
 use crate::state::Gateway;
 
@@ -69,7 +70,7 @@ pub async fn purchase(
     req: HttpRequest,
     gw: web::Data<Gateway>,
     q: web::Query<WaitQuery>,
-    body: web::Json<PurchaseBody>,
+    body: JsonObject<PurchaseBody>,
 ) -> Result<HttpResponse, ApiError> {
     let p = gw.authorize(&req, &[Role::Store]).await?;
     let deadline = q.deadline(None)?;
@@ -109,12 +110,14 @@ pub async fn refund(
     req: HttpRequest,
     gw: web::Data<Gateway>,
     q: web::Query<WaitQuery>,
-    body: web::Json<RefundBody>,
+    body: JsonObject<RefundBody>,
 ) -> Result<HttpResponse, ApiError> {
     let p = gw.authorize(&req, &[Role::Store]).await?;
     let deadline = q.deadline(None)?;
     let franchise = gw.franchise_of(&p).await?;
     let body = body.into_inner();
+    input::refund_amount(body.amount_cents).map_err(input_error)?;
+    let occurred_at = occurred_at(&body.occurred_at)?;
     let purchase = gw
         .store
         .processed(&franchise.id, std::slice::from_ref(&body.purchase_event_id))
@@ -138,7 +141,7 @@ pub async fn refund(
         &franchise,
         &p,
         body.event_id,
-        occurred_at(&body.occurred_at)?,
+        occurred_at,
         PosCommand::Refund {
             member_id: member,
             purchase_event_id: body.purchase_event_id,
@@ -152,7 +155,7 @@ pub async fn redemption(
     req: HttpRequest,
     gw: web::Data<Gateway>,
     q: web::Query<WaitQuery>,
-    body: web::Json<RedemptionBody>,
+    body: JsonObject<RedemptionBody>,
 ) -> Result<HttpResponse, ApiError> {
     let p = gw.authorize(&req, &[Role::Store]).await?;
     let deadline = q.deadline(Some(gw.config.default_wait))?;

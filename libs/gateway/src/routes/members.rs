@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use super::events::{envelope, input_error, submit_command, Submitted};
 use super::{json_str, MemberRef, WaitQuery};
+use crate::json::JsonObject;
 use crate::problem::ApiError;
 use crate::state::Gateway;
 
@@ -44,7 +45,7 @@ pub async fn enrol(
     req: HttpRequest,
     gw: web::Data<Gateway>,
     q: web::Query<WaitQuery>,
-    body: web::Json<EnrolBody>,
+    body: JsonObject<EnrolBody>,
 ) -> Result<HttpResponse, ApiError> {
     let p = gw.authorize(&req, &[Role::Store]).await?;
     let deadline = q.deadline(Some(gw.config.default_wait))?;
