@@ -5,11 +5,12 @@
 # This script starts no server: each test starts the servers it needs (PostgreSQL, redis-server,
 # tansu, `loyalty` processes) on free loopback ports through loyalty-testkit, and stops them.
 # Run as root, it installs what is missing from Debian first (postgresql, redis-server, kcat,
-# chromium and chromium-driver for the dashboard page's browser test);
-# tansu comes from scripts/install-tansu.sh (LOYALTY_TANSU_BIN). A test whose server is missing
-# prints `SKIPPED: <reason>`; the last lines of this script list the suites that ran and the
-# tests that were skipped, with their reasons. `LOYALTY_REQUIRE_SERVERS=1` (set by CI) turns
-# every such skip into a failure.
+# chromium and chromium-driver for the dashboard page's browser test, python3-venv for the chart
+# checks); tansu comes from scripts/install-tansu.sh (LOYALTY_TANSU_BIN), PyPI helm-python-sdk
+# and kubernetes-validate go to a venv under the cache dir (deploy_python). A test whose server
+# is missing prints `SKIPPED: <reason>`; the last lines of this script list the suites that ran
+# and the tests that were skipped, with their reasons. `LOYALTY_REQUIRE_SERVERS=1` (set by CI)
+# turns every such skip into a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +27,9 @@ install_missing() {
     # The dashboard page's browser test (tests/tests/dashboard_page.rs): headless Chromium.
     command -v chromium >/dev/null 2>&1 || missing+=(chromium)
     command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+    # The Helm chart and image checks run in a Python venv (deploy_python below).
+    command -v python3 >/dev/null 2>&1 || missing+=(python3)
+    python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
     [ ${#missing[@]} -gt 0 ] || return 0
     if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
         echo "test.sh: not installing ${missing[*]} (needs root and apt-get); the tests that need them will say SKIPPED" >&2
@@ -37,6 +41,28 @@ install_missing() {
         echo "test.sh: apt-get install ${missing[*]} failed; the tests that need them will say SKIPPED" >&2
 }
 install_missing
+
+# The Helm chart and image checks (scripts/check_chart.py, scripts/smoke_image.py) need PyPI
+# helm-python-sdk (Helm's own Go SDK, offline) and kubernetes-validate: a venv under the cache
+# dir, made and filled when they are missing. Sets deploy_skip to the reason when it cannot.
+VENV="${LOYALTY_CACHE_DIR:-$HOME/.cache/loyalty}/venv"
+DEPLOY_PY_PACKAGES=(helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 PyYAML jsonschema)
+deploy_skip=""
+deploy_python() {
+    "$VENV/bin/python" -c 'import helm_python, kubernetes_validate, yaml, jsonschema' \
+        >/dev/null 2>&1 && return 0
+    if ! command -v python3 >/dev/null 2>&1; then
+        deploy_skip="no python3"; return 1
+    fi
+    echo "== installing ${DEPLOY_PY_PACKAGES[*]} into $VENV"
+    if ! { [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"; }; then
+        deploy_skip="python3 -m venv $VENV failed"; return 1
+    fi
+    if ! "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+        "${DEPLOY_PY_PACKAGES[@]}"; then
+        deploy_skip="pip install ${DEPLOY_PY_PACKAGES[*]} failed (PyPI unreachable?)"; return 1
+    fi
+}
 
 # The crash and multi-process tests run the real binary; build it in the same profile as the
 # tests so that the dependencies are compiled once.
@@ -57,6 +83,33 @@ else
     echo "cargo-nextest not found; using cargo test"
     cargo test --locked --workspace --no-fail-fast "$@" -- --show-output 2>&1 | tee "$OUT" ||
         status=$?
+fi
+
+# The Helm chart (lint, render, Kubernetes schemas, values schema) and the image's smoke test (the
+# binary run as the Dockerfile and the chart run it), each with its report in a log.
+CHART_LOG=target/chart-check.log
+IMAGE_LOG=target/image-smoke.log
+if deploy_python; then
+    echo; echo "== Helm chart: scripts/check_chart.py"
+    if "$VENV/bin/python" scripts/check_chart.py 2>&1 | tee "$CHART_LOG"; then
+        chart_result="passed ($(tail -1 "$CHART_LOG" | sed 's/^.*passed: //') checks)"
+    else
+        chart_result="FAILED (see $CHART_LOG)"; [ "$status" -ne 0 ] || status=1
+    fi
+    echo; echo "== image smoke test: scripts/smoke_image.py"
+    if "$VENV/bin/python" scripts/smoke_image.py --binary target/debug/loyalty 2>&1 |
+        tee "$IMAGE_LOG"; then
+        image_result="passed ($(tail -1 "$IMAGE_LOG" | sed 's/^.*passed: //') checks)"
+    else
+        image_result="FAILED (see $IMAGE_LOG)"; [ "$status" -ne 0 ] || status=1
+    fi
+else
+    chart_result="SKIPPED: $deploy_skip"; image_result="SKIPPED: $deploy_skip"
+    echo "test.sh: chart and image checks SKIPPED: $deploy_skip" >&2
+    if [ "${LOYALTY_REQUIRE_SERVERS:-}" = 1 ]; then
+        chart_result="FAILED ($deploy_skip; LOYALTY_REQUIRE_SERVERS=1)"; image_result=$chart_result
+        [ "$status" -ne 0 ] || status=1
+    fi
 fi
 
 # The summary: suites run (with their counts), tests skipped and why, the multi-process report.
@@ -103,6 +156,8 @@ elif echo "$page" | grep -qE 'PASS|\.\.\. ok'; then
 else
     echo "dashboard page (headless Chromium): FAILED"
 fi
+echo "helm chart (lint --strict, render, kubernetes-validate, values schema): $chart_result"
+echo "image smoke test (Dockerfile's ENTRYPOINT/CMD/HEALTHCHECK, chart's commands): $image_result"
 echo "ignored on purpose (benchmarks and probes): scripts/run-ignored.sh"
 if [ -f "$REPORT" ]; then
     echo "multi-process report: $REPORT"
