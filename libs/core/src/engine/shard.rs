@@ -164,7 +164,9 @@ impl Shard {
     ) -> Result<BatchOutcome> {
         metrics().engine_batch_records.observe(records.len() as f64);
         let mut dead_letters = Vec::new();
-        let mut commands: Vec<(CommandEnvelope, Arc<Program>)> = Vec::with_capacity(records.len());
+        // Each command with its program and its fingerprint (computed once: a hash of the command).
+        let mut commands: Vec<(CommandEnvelope, Arc<Program>, Fingerprint)> =
+            Vec::with_capacity(records.len());
         for r in records {
             let env = match CommandEnvelope::decode(&r.payload) {
                 Ok(env) => env,
@@ -182,7 +184,10 @@ impl Shard {
                 .get(&env.franchise_id, env.program_version)
                 .await?
             {
-                Some(p) => commands.push((env, p)),
+                Some(p) => {
+                    let fp = env.fingerprint();
+                    commands.push((env, p, fp))
+                }
                 None => dead_letters.push(DeadLetter {
                     record: r.clone(),
                     reason: "unknown-program",
@@ -196,7 +201,7 @@ impl Shard {
 
         // Idempotency records the batch needs: its own events and the purchases it refunds.
         let mut wanted: HashMap<FranchiseId, Vec<EventId>> = HashMap::new();
-        for (env, _) in &commands {
+        for (env, _, _) in &commands {
             let ids = wanted.entry(env.franchise_id.clone()).or_default();
             ids.push(env.event_id.clone());
             if let PosCommand::Refund {
@@ -222,13 +227,13 @@ impl Shard {
         // replay in another order after a crash cannot change an outcome already told.
         let claims: Vec<EventClaim> = commands
             .iter()
-            .filter(|(env, _)| {
+            .filter(|(env, _, _)| {
                 !known.contains_key(&(env.franchise_id.clone(), env.event_id.clone()))
             })
-            .map(|(env, _)| EventClaim {
+            .map(|(env, _, fp)| EventClaim {
                 franchise_id: env.franchise_id.clone(),
                 event_id: env.event_id.clone(),
-                fingerprint: env.fingerprint(),
+                fingerprint: *fp,
             })
             .collect();
         let owners: HashMap<(FranchiseId, EventId), Fingerprint> = if claims.is_empty() {
@@ -263,8 +268,7 @@ impl Shard {
         // What the new events add to the dashboards, committed with them.
         let mut dashboard = DashboardDelta::default();
 
-        for (env, program) in commands {
-            let fp = env.fingerprint();
+        for (env, program, fp) in commands {
             let key = (env.franchise_id.clone(), env.event_id.clone());
             let delivery = classify(known.get(&key), fp);
             // New here, but claimed by another command: a conflict, for good.
