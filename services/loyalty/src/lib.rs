@@ -1,6 +1,7 @@
 //! `loyalty`: the platform's binary. `loyalty dev` runs gateway, engine and embedded adapters in
 //! one process with no server installed.
 
+pub mod audit;
 pub mod configuration;
 pub mod demo;
 pub mod projections;
