@@ -216,6 +216,54 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (tick(14) + tick(15)) / TICKS
 }
 
+/// CPU seconds of this process's threads so far, summed by thread name (`store-writer`,
+/// `actix-rt|system`, ...): where one process's time goes, whatever else the machine runs.
+pub fn thread_cpu_seconds() -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(path.join("comm")),
+            std::fs::read_to_string(path.join("stat")),
+        ) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let tick = |i: usize| {
+            f.get(i - 3)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        *out.entry(comm.trim().to_string()).or_insert(0.0) += (tick(14) + tick(15)) / TICKS;
+    }
+    out
+}
+
+/// The CPU seconds each thread name spent between two [`thread_cpu_seconds`] readings, one
+/// line, largest first.
+pub fn thread_cpu_report(
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+) -> String {
+    let mut spent: Vec<(&String, f64)> = after
+        .iter()
+        .map(|(name, s)| (name, s - before.get(name).copied().unwrap_or(0.0)))
+        .filter(|(_, s)| *s >= 0.01)
+        .collect();
+    spent.sort_by(|a, b| b.1.total_cmp(&a.1));
+    spent
+        .iter()
+        .map(|(name, s)| format!("{name} {s:.2} s"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Every process id on the machine, with its parent and its command line.
 fn processes() -> Vec<(u32, u32, String)> {
     let Ok(entries) = std::fs::read_dir("/proc") else {

@@ -271,6 +271,43 @@ async fn wait_ready(client: &reqwest::Client, address: &str) -> anyhow::Result<(
 
 /// The `loyalty` binary: `LOYALTY_BIN`, or the one built beside the test executable
 /// (`cargo build --bin loyalty`, which `scripts/test.sh` runs first).
+/// What `loyalty audit` said: whether it exited 0 (nothing differs) and its output.
+#[derive(Debug)]
+pub struct AuditRun {
+    pub clean: bool,
+    pub stdout: String,
+}
+
+/// Runs `loyalty audit` with `args` and the environment `env` (a stopped node's
+/// `--data-dir`, or the shared store's and Redis's URLs), and returns what it said. Anything
+/// but a clean run (exit 0) or differences found (exit 1 after the summary) is an error.
+pub fn run_audit(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<AuditRun> {
+    let out = Command::new(loyalty_bin()?)
+        .arg("audit")
+        .args(args)
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "warn")
+        .output()
+        .context("running loyalty audit")?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    match out.status.code() {
+        Some(0) => Ok(AuditRun {
+            clean: true,
+            stdout,
+        }),
+        // Differences found: the summary was printed (an error exits 1 without it).
+        Some(1) if stdout.contains("audited ") => Ok(AuditRun {
+            clean: false,
+            stdout,
+        }),
+        _ => bail!(
+            "loyalty audit failed ({}): {stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
 pub fn loyalty_bin() -> anyhow::Result<PathBuf> {
     if let Ok(p) = std::env::var("LOYALTY_BIN") {
         return Ok(PathBuf::from(p));
@@ -362,6 +399,17 @@ impl DevProcess {
 
     pub fn key(&self, name: &str) -> String {
         self.keys.get(name).cloned().unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits for the process to exit (its shutdown makes everything durable and
+    /// releases the data directory); `Ok(true)` when it exited with status 0.
+    pub fn stop(mut self) -> anyhow::Result<bool> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .context("sending SIGTERM")?;
+        anyhow::ensure!(status.success(), "kill -TERM failed");
+        Ok(self.child.wait()?.success())
     }
 
     /// SIGKILL: no shutdown code runs.

@@ -285,4 +285,14 @@ async fn acknowledged_purchases_survive_kill_9_exactly_once() {
             assert_eq!(s["points"], points, "member {i} points");
         }
     }
+
+    // Stopped, the data audits clean: each member's state is what its ledger says.
+    assert!(
+        dev.stop().expect("SIGTERM"),
+        "loyalty dev exits 0 on SIGTERM"
+    );
+    let run = loyalty_tests::run_audit(&["--data-dir", &data.path().to_string_lossy()], &[])
+        .expect("loyalty audit runs");
+    println!("{}", run.stdout.trim());
+    assert!(run.clean, "{}", run.stdout);
 }

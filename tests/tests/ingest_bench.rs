@@ -25,7 +25,9 @@ use loyalty_core::metrics::metrics;
 use loyalty_core::ports::{ConsumerEvent, EventLog};
 use loyalty_domain::{Cents, Currency};
 use loyalty_embedded::log::EmbeddedLog;
-use loyalty_tests::bench::{events, raw_kafka_produce_consume, IN_FLIGHT};
+use loyalty_tests::bench::{
+    events, raw_kafka_produce_consume, thread_cpu_report, thread_cpu_seconds, IN_FLIGHT,
+};
 use loyalty_tests::cluster::{Backend, World, PARTITIONS};
 
 const MEMBERS: usize = 1000;
@@ -54,7 +56,10 @@ async fn platform_ingestion(w: &World, n: usize) -> (Duration, Duration) {
     let (records0, batches0) = (batches.get_sample_sum(), batches.get_sample_count());
     let busy = &metrics().engine_batch_seconds;
     let busy0 = busy.get_sample_sum();
+    let writer = &metrics().store_commit_seconds;
+    let writer0 = writer.get_sample_sum();
     let sent = Arc::new(AtomicUsize::new(0));
+    let cpu0 = thread_cpu_seconds();
     let t1 = Instant::now();
     stream::iter(0..n)
         .map(|i| {
@@ -73,6 +78,7 @@ async fn platform_ingestion(w: &World, n: usize) -> (Duration, Duration) {
         .collect();
     w.wait_applied(&per_member).await;
     let e2e = t1.elapsed();
+    let cpu = thread_cpu_report(&cpu0, &thread_cpu_seconds());
     node.stop();
     let polls = batches.get_sample_count() - batches0;
     println!(
@@ -81,6 +87,12 @@ async fn platform_ingestion(w: &World, n: usize) -> (Duration, Duration) {
         busy.get_sample_sum() - busy0,
         e2e.as_secs_f64()
     );
+    println!(
+        "store: group commits busy {:.2} s of {:.2} s",
+        writer.get_sample_sum() - writer0,
+        e2e.as_secs_f64()
+    );
+    println!("CPU by thread (this process): {cpu}");
     assert_eq!(sent.load(Ordering::Relaxed), n);
     (appended, e2e)
 }

@@ -297,6 +297,21 @@ impl Scenario {
             Ok(m) => report.members = m,
             Err(e) => report.other.add("members not checked", format!("{e:#}")),
         }
+        // `loyalty audit` on the cluster's store and Redis agrees.
+        let redis_url = self.cluster.redis.url();
+        let env = [
+            ("LOYALTY_POSTGRES_URL", self.cluster.postgres_url()),
+            ("LOYALTY_REDIS_URL", redis_url.as_str()),
+        ];
+        match loyalty_tests::run_audit(&[], &env) {
+            Ok(run) if run.clean => {}
+            Ok(run) => report
+                .other
+                .add("loyalty audit found differences", run.stdout),
+            Err(e) => report
+                .other
+                .add("loyalty audit did not run", format!("{e:#}")),
+        }
         report.duration = started.elapsed();
         let text = report.text();
         print!("{text}");

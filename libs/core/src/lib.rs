@@ -2,6 +2,7 @@
 //! implements), the wire format of POS commands, the member actors and their shards (the
 //! engine), request-reply, and metrics. No adapter lives here.
 
+pub mod audit;
 pub mod command;
 pub mod dashboard;
 pub mod demo_history;

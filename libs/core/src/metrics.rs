@@ -42,6 +42,7 @@ pub struct Metrics {
     pub engine_partitions_retrying: IntGauge,
     pub event_claims: IntCounterVec,
     pub dashboard_updates: IntCounterVec,
+    pub audit_differences: IntCounter,
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -238,6 +239,11 @@ impl Metrics {
                 "loyalty_dashboard_updates_total",
                 "Dashboard aggregate rows updated with the engine's commits, by kind (totals, visits, tiers).",
                 &["kind"],
+            ),
+            audit_differences: counter(
+                &r,
+                "loyalty_audit_differences_total",
+                "Differences found by audits (a member's state and its ledger, the cache and the store).",
             ),
             pos_records: counter_vec(
                 &r,

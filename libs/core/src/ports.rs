@@ -293,4 +293,7 @@ pub trait HotCache: Send + Sync + 'static {
     async fn status(&self, member: &MemberId) -> Result<Option<CachedStatus>>;
     /// Stores each status unless the cache holds a newer version of it.
     async fn put_statuses(&self, statuses: Vec<(MemberId, CachedStatus)>) -> Result<()>;
+    /// Forgets the statuses of `members` (readers then fall back to the store), for a repair
+    /// of entries that are wrong rather than old (`loyalty audit --repair-cache`).
+    async fn evict(&self, members: &[MemberId]) -> Result<()>;
 }

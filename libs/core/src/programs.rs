@@ -35,6 +35,24 @@ impl ProgramCache {
         Ok(Some(p))
     }
 
+    /// The current program of `franchise` (its `program_version`), `None` with a warning
+    /// when the franchise or that version is missing from the store.
+    pub async fn current(&self, franchise: &FranchiseId) -> Result<Option<Arc<Program>>> {
+        let Some(f) = self.store.franchise(franchise).await? else {
+            tracing::warn!(franchise = %franchise, "unknown franchise");
+            return Ok(None);
+        };
+        let program = self.get(franchise, f.program_version).await?;
+        if program.is_none() {
+            tracing::warn!(
+                franchise = %franchise,
+                version = f.program_version,
+                "the franchise's current program is missing"
+            );
+        }
+        Ok(program)
+    }
+
     /// Records a program just written, so that the next read needs no store round trip.
     pub fn insert(&self, franchise: &FranchiseId, version: u32, program: Arc<Program>) {
         self.programs.insert((franchise.clone(), version), program);

@@ -50,7 +50,7 @@ pub async fn rebuild(
             let program = match current.get(&member.franchise_id) {
                 Some(p) => p.clone(),
                 None => {
-                    let p = current_program(store, programs, &member.franchise_id).await?;
+                    let p = programs.current(&member.franchise_id).await?;
                     current.insert(member.franchise_id.clone(), p.clone());
                     p
                 }
@@ -78,26 +78,4 @@ pub async fn rebuild(
     }
     tracing::info!(written, "hot cache rebuilt from the store");
     Ok(written)
-}
-
-/// The current program of `franchise`, `None` (with a warning) when the franchise or that
-/// program version is not in the store.
-async fn current_program(
-    store: &dyn StateStore,
-    programs: &ProgramCache,
-    franchise: &FranchiseId,
-) -> Result<Option<Arc<Program>>> {
-    let Some(f) = store.franchise(franchise).await? else {
-        tracing::warn!(franchise = %franchise, "cache rebuild: unknown franchise");
-        return Ok(None);
-    };
-    let program = programs.get(franchise, f.program_version).await?;
-    if program.is_none() {
-        tracing::warn!(
-            franchise = %franchise,
-            version = f.program_version,
-            "cache rebuild: the franchise's current program is missing"
-        );
-    }
-    Ok(program)
 }

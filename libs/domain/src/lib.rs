@@ -4,6 +4,7 @@
 //! Money is integer minor units ([`Cents`]), points are integers ([`Points`]); there are no
 //! floats anywhere in the rules.
 
+pub mod audit;
 pub mod dashboard;
 mod error;
 mod idempotency;

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 
+use loyalty_domain::audit::{audit_member, Finding};
 use loyalty_domain::{
     apply, classify, Applied, Delivery, EventContext, EventId, Fingerprint, FranchiseId,
     LedgerEntry, LedgerKind, MemberCommand, MemberId, MemberState, Outcome, Phone, PointLot,
@@ -1060,4 +1061,68 @@ fn bad_programs_by_example() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("bonus"), "unknown fields are refused: {err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The audit (`loyalty_domain::audit`), on the states and ledgers the rules produce
+// ---------------------------------------------------------------------------------------------
+
+proptest! {
+    /// 14. After every step of any history, the audit finds the state to be what its ledger
+    /// says; and one changed entry (its points, its balance or its number) is found.
+    #[test]
+    fn the_audit_finds_nothing_in_any_history_and_finds_a_changed_entry(
+        gen in program_gen(true),
+        steps in steps(true),
+        which in any::<Index>(),
+        change in 0u8..3,
+    ) {
+        let program = gen.program();
+        let mut ledger: Vec<LedgerEntry> = Vec::new();
+        let sim = run(&program, &steps, |_, v| {
+            if let Ok(applied) = v.result {
+                ledger.extend(applied.entries.iter().cloned());
+            }
+            let state = v.after.as_ref().expect("enrolled");
+            let findings = audit_member(state, &ledger, &program);
+            prop_assert!(findings.is_empty(), "{:?}", findings);
+            Ok(())
+        })?;
+        let state = sim.state.as_ref().expect("enrolled");
+        if ledger.is_empty() {
+            return Ok(());
+        }
+        let i = which.index(ledger.len());
+        match change {
+            0 => ledger[i].points += 1,
+            1 => ledger[i].balance_after += 1,
+            _ => ledger[i].seq += 1,
+        }
+        let findings = audit_member(state, &ledger, &program);
+        prop_assert!(!findings.is_empty(), "entry {} changed ({}), nothing found", i, change);
+    }
+}
+
+#[test]
+fn the_audit_names_a_state_that_differs_from_its_ledger() {
+    let program = Program::demo();
+    let mut sim = Sim::new(program.clone());
+    let id = sim.fresh_id();
+    let Delivered::New { result, .. } = sim.deliver(&id, Timestamp(T0), &Pos::Enrol) else {
+        panic!("a fresh id is always new");
+    };
+    let ledger = result.expect("enrolled").entries;
+    let mut state = sim.state.clone().expect("enrolled");
+    assert_eq!(audit_member(&state, &ledger, &program), vec![]);
+    state.points += 5;
+    let found = audit_member(&state, &ledger, &program);
+    assert!(
+        found.contains(&Finding::Balance {
+            state: state.points,
+            ledger: i128::from(state.points - 5)
+        }),
+        "{found:?}"
+    );
+    assert!(found.iter().any(|f| matches!(f, Finding::Lots { .. })));
+    assert!(found.iter().all(|f| !f.to_string().is_empty()));
 }

@@ -67,6 +67,14 @@ impl HotCache for EmbeddedCache {
         }
         Ok(())
     }
+
+    async fn evict(&self, members: &[MemberId]) -> Result<()> {
+        for m in members {
+            let _guard = self.stripe(m).lock();
+            self.entries.remove(m);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

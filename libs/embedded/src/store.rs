@@ -59,7 +59,7 @@ const MAX_GROUP: usize = 256;
 /// What the writer thread is asked to do.
 enum WriteRequest {
     /// Write a batch's effects (visible on reply, durable at the next sync).
-    Commit(EffectBatch, oneshot::Sender<Result<()>>),
+    Commit(EncodedBatch, oneshot::Sender<Result<()>>),
     /// Make every earlier commit durable.
     Sync(oneshot::Sender<Result<()>>),
     /// Claim event ids (durable on reply, like a sync).
@@ -96,6 +96,102 @@ fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
 
 fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
+}
+
+/// The format byte of a member's stored value: then its version (8 bytes, little endian),
+/// then its state as JSON. The writer checks a batch's expected versions on every commit, and
+/// reading 8 bytes costs nothing where decoding the state did. Values written before this
+/// format are the JSON alone, and start with `{`.
+const MEMBER_FORMAT: u8 = 1;
+
+fn encode_member(state: &MemberState) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(512);
+    out.push(MEMBER_FORMAT);
+    out.extend_from_slice(&state.version.to_le_bytes());
+    serde_json::to_writer(&mut out, state).map_err(|e| Error::Corrupt(format!("encoding: {e}")))?;
+    Ok(out)
+}
+
+fn member_json(bytes: &[u8]) -> Result<&[u8]> {
+    match bytes.first() {
+        Some(&MEMBER_FORMAT) => bytes
+            .get(9..)
+            .ok_or_else(|| Error::Corrupt("member: a truncated value".into())),
+        _ => Ok(bytes),
+    }
+}
+
+fn decode_member(bytes: &[u8]) -> Result<MemberState> {
+    decode("member", member_json(bytes)?)
+}
+
+/// The version of a stored member, without decoding its state (but for values of the older
+/// format).
+fn member_version(bytes: &[u8]) -> Result<u64> {
+    match bytes.first() {
+        Some(&MEMBER_FORMAT) => bytes
+            .get(1..9)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_le_bytes)
+            .ok_or_else(|| Error::Corrupt("member: a truncated value".into())),
+        _ => Ok(decode_member(bytes)?.version),
+    }
+}
+
+/// An [`EffectBatch`] encoded by its caller, on the engine's threads: every batch goes through
+/// the one writer thread, which then only checks conditions and inserts bytes.
+struct EncodedBatch {
+    /// (member, expected stored version, new value).
+    members: Vec<(MemberId, u64, Vec<u8>)>,
+    /// (member, sequence, entry).
+    ledger: Vec<(MemberId, u64, Vec<u8>)>,
+    processed: Vec<EncodedProcessed>,
+    dashboard: loyalty_domain::dashboard::DashboardDelta,
+}
+
+struct EncodedProcessed {
+    franchise_id: FranchiseId,
+    event_id: EventId,
+    /// The record must not exist yet (see [`loyalty_core::ports::ProcessedWrite::insert`]).
+    insert: bool,
+    value: Vec<u8>,
+}
+
+impl EncodedBatch {
+    fn encode(batch: EffectBatch) -> Result<EncodedBatch> {
+        let members = batch
+            .members
+            .iter()
+            .map(|w| {
+                let value = encode_member(&w.state)?;
+                Ok((w.state.member_id.clone(), w.expected_version, value))
+            })
+            .collect::<Result<_>>()?;
+        let ledger = batch
+            .ledger
+            .into_iter()
+            .map(|(m, e)| Ok((m, e.seq, encode(&e)?)))
+            .collect::<Result<_>>()?;
+        let processed = batch
+            .processed
+            .into_iter()
+            .map(|p| {
+                let value = encode(&p.record)?;
+                Ok(EncodedProcessed {
+                    franchise_id: p.record.franchise_id,
+                    event_id: p.record.event_id,
+                    insert: p.insert,
+                    value,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(EncodedBatch {
+            members,
+            ledger,
+            processed,
+            dashboard: batch.dashboard,
+        })
+    }
 }
 
 impl EmbeddedStore {
@@ -250,7 +346,7 @@ type GroupResults = (Vec<Result<()>>, Vec<Vec<Fingerprint>>);
 /// was committed.
 fn commit_group(
     db: &Database,
-    group: &[EffectBatch],
+    group: &[EncodedBatch],
     claims: &[Vec<EventClaim>],
     durable: bool,
 ) -> Result<GroupResults> {
@@ -266,13 +362,18 @@ fn commit_group(
             let mut out = Vec::with_capacity(request.len());
             for c in request {
                 let key = (c.franchise_id.as_str(), c.event_id.as_str());
-                let existing = table.get(key).map_err(unavailable)?.map(|v| v.value());
-                match existing {
-                    Some(fp) => out.push(Fingerprint(fp)),
-                    None => {
-                        table.insert(key, c.fingerprint.0).map_err(unavailable)?;
-                        out.push(c.fingerprint);
+                // One B-tree operation when the id is new (the usual case); an owner that the
+                // insert replaced is put back.
+                let previous = table
+                    .insert(key, c.fingerprint.0)
+                    .map_err(unavailable)?
+                    .map(|v| v.value());
+                match previous {
+                    Some(owner) if owner != c.fingerprint.0 => {
+                        table.insert(key, owner).map_err(unavailable)?;
+                        out.push(Fingerprint(owner));
                     }
+                    _ => out.push(c.fingerprint),
                 }
             }
             owners.push(out);
@@ -285,27 +386,23 @@ fn commit_group(
         for batch in group {
             // Conditions first, so that a failing batch writes nothing.
             let mut failed = None;
-            for w in &batch.members {
-                let stored = match members
-                    .get(w.state.member_id.as_str())
-                    .map_err(unavailable)?
-                {
-                    Some(v) => decode::<MemberState>("member", v.value())?.version,
+            for (member, expected, _) in &batch.members {
+                let stored = match members.get(member.as_str()).map_err(unavailable)? {
+                    Some(v) => member_version(v.value())?,
                     None => 0,
                 };
-                if stored != w.expected_version {
+                if stored != *expected {
                     failed = Some(format!(
-                        "member {} is at version {stored}, expected {}",
-                        w.state.member_id, w.expected_version
+                        "member {member} is at version {stored}, expected {expected}"
                     ));
                     break;
                 }
             }
             if failed.is_none() {
                 for p in batch.processed.iter().filter(|p| p.insert) {
-                    let key = (p.record.franchise_id.as_str(), p.record.event_id.as_str());
+                    let key = (p.franchise_id.as_str(), p.event_id.as_str());
                     if processed.get(key).map_err(unavailable)?.is_some() {
-                        failed = Some(format!("event {} is already recorded", p.record.event_id));
+                        failed = Some(format!("event {} is already recorded", p.event_id));
                         break;
                     }
                 }
@@ -315,22 +412,21 @@ fn commit_group(
                 results.push(Err(Error::Conflict(reason)));
                 continue;
             }
-            for w in &batch.members {
-                let v = encode(&w.state)?;
+            for (member, _, value) in &batch.members {
                 members
-                    .insert(w.state.member_id.as_str(), v.as_slice())
+                    .insert(member.as_str(), value.as_slice())
                     .map_err(unavailable)?;
             }
-            for (m, e) in &batch.ledger {
-                let v = encode(e)?;
+            for (member, seq, value) in &batch.ledger {
                 ledger
-                    .insert((m.as_str(), e.seq), v.as_slice())
+                    .insert((member.as_str(), *seq), value.as_slice())
                     .map_err(unavailable)?;
             }
             for p in &batch.processed {
-                let v = encode(&p.record)?;
-                let key = (p.record.franchise_id.as_str(), p.record.event_id.as_str());
-                processed.insert(key, v.as_slice()).map_err(unavailable)?;
+                let key = (p.franchise_id.as_str(), p.event_id.as_str());
+                processed
+                    .insert(key, p.value.as_slice())
+                    .map_err(unavailable)?;
             }
             dashboard::apply(&tx, &batch.dashboard)?;
             results.push(Ok(()));
@@ -408,7 +504,12 @@ impl StateStore for EmbeddedStore {
     }
 
     async fn member(&self, id: &MemberId) -> Result<Option<MemberState>> {
-        self.get(MEMBERS, id.as_str())
+        let tx = self.db.begin_read().map_err(unavailable)?;
+        let t = tx.open_table(MEMBERS).map_err(unavailable)?;
+        match t.get(id.as_str()).map_err(unavailable)? {
+            Some(v) => Ok(Some(decode_member(v.value())?)),
+            None => Ok(None),
+        }
     }
 
     async fn members_after(
@@ -430,7 +531,7 @@ impl StateStore for EmbeddedStore {
             .take(limit)
         {
             let (_, v) = row.map_err(unavailable)?;
-            out.push(decode("member", v.value())?);
+            out.push(decode_member(v.value())?);
         }
         Ok(out)
     }
@@ -545,6 +646,7 @@ impl StateStore for EmbeddedStore {
         if batch.is_empty() {
             return Ok(());
         }
+        let batch = EncodedBatch::encode(batch)?;
         let (tx, rx) = oneshot::channel();
         self.writer()?
             .send(WriteRequest::Commit(batch, tx))
@@ -579,5 +681,60 @@ impl StateStore for EmbeddedStore {
             .await
             .map_err(|_| Error::ShuttingDown)?;
         rx.await.map_err(|_| Error::ShuttingDown)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use loyalty_testkit::store_contract::Scenario;
+
+    /// Members stored before the version prefix (JSON alone) read as before, and a commit
+    /// fenced on their version is checked against it, passing or refused.
+    #[tokio::test]
+    async fn members_of_the_older_format_read_and_fence() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = EmbeddedStore::open(dir.path())?;
+        let mut sc = Scenario::new("legacy")?;
+        let enrol = sc.enrol(&sc.member(1)?)?;
+        store.commit(enrol.batch(0)).await?;
+        let state = enrol.state.ok_or_else(|| anyhow::anyhow!("no state"))?;
+        // Rewrite the member as the older format stored it.
+        let tx = store.db.begin_write()?;
+        {
+            let mut t = tx.open_table(MEMBERS)?;
+            t.insert(
+                state.member_id.as_str(),
+                serde_json::to_vec(&state)?.as_slice(),
+            )?;
+        }
+        tx.commit()?;
+        assert_eq!(store.member(&state.member_id).await?.as_ref(), Some(&state));
+        assert_eq!(store.members_after(None, 10).await?, vec![state.clone()]);
+
+        let bought = sc.purchase(&state, 1_000)?;
+        let stale = store.commit(bought.batch(state.version + 1)).await;
+        assert!(matches!(stale, Err(Error::Conflict(_))), "{stale:?}");
+        store.commit(bought.batch(state.version)).await?;
+        let now = store.member(&state.member_id).await?;
+        assert_eq!(now.as_ref(), bought.state.as_ref());
+        // Written again in the new format: the version is its prefix.
+        let tx = store.db.begin_read()?;
+        let t = tx.open_table(MEMBERS)?;
+        let raw = t
+            .get(state.member_id.as_str())?
+            .map(|v| v.value().to_vec())
+            .unwrap_or_default();
+        assert_eq!(raw.first(), Some(&MEMBER_FORMAT));
+        assert_eq!(member_version(&raw)?, state.version + 1);
+        Ok(())
+    }
+
+    #[test]
+    fn a_truncated_member_value_is_corrupt_not_a_panic() {
+        for raw in [&[MEMBER_FORMAT][..], &[MEMBER_FORMAT, 1, 2, 3][..]] {
+            assert!(matches!(member_version(raw), Err(Error::Corrupt(_))));
+            assert!(matches!(decode_member(raw), Err(Error::Corrupt(_))));
+        }
     }
 }

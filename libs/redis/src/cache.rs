@@ -260,6 +260,18 @@ impl HotCache for RedisCache {
     async fn put_statuses(&self, statuses: Vec<(MemberId, CachedStatus)>) -> Result<()> {
         self.put_statuses_counted(&statuses).await.map(|_| ())
     }
+
+    async fn evict(&self, members: &[MemberId]) -> Result<()> {
+        if members.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = members.iter().map(|m| self.status_key(m)).collect();
+        let mut conn = self.conn.clone();
+        let _removed: i64 = self
+            .bounded(async move { redis::cmd("DEL").arg(&keys).query_async(&mut conn).await })
+            .await?;
+        Ok(())
+    }
 }
 
 /// The stored value of a status: `v1 <version, 20 digits> <franchise id>\n<json>`.

@@ -1,6 +1,7 @@
 //! `loyalty`: the platform's binary. `loyalty dev` runs gateway, engine and embedded adapters in
 //! one process with no server installed.
 
+pub mod audit;
 pub mod client_faults;
 pub mod configuration;
 pub mod demo;

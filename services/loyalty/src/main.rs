@@ -75,6 +75,18 @@ enum Command {
         #[command(subcommand)]
         command: CacheCommand,
     },
+    /// Checks every member's state against its ledger, and Redis (LOYALTY_REDIS_URL) against
+    /// the store; exits 1 when anything differs. Stop an embedded-store node first.
+    Audit {
+        #[command(flatten)]
+        common: Common,
+        /// Only this franchise (default: every franchise).
+        #[arg(long)]
+        franchise: Option<String>,
+        /// Evict and rewrite every cached status that differs from the store.
+        #[arg(long)]
+        repair_cache: bool,
+    },
     /// The dashboards' projections.
     Projections {
         #[command(subcommand)]
@@ -112,6 +124,7 @@ impl Command {
             Command::Migrate(_) => "loyalty-migrate",
             Command::Cache { .. } => "loyalty-cache",
             Command::Projections { .. } => "loyalty-projections",
+            Command::Audit { .. } => "loyalty-audit",
         }
     }
 }
@@ -140,6 +153,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Cache {
             command: CacheCommand::Rebuild(c),
         } => return rebuild(c.load(Profile::Production)?).await,
+        Command::Audit {
+            common,
+            franchise,
+            repair_cache,
+        } => {
+            let c = common.load(Profile::Production)?;
+            if !loyalty::audit::run(&c, franchise.as_deref(), repair_cache).await? {
+                anyhow::bail!("the audit found differences (listed above)");
+            }
+            return Ok(());
+        }
         Command::Projections {
             command: ProjectionsCommand::Rebuild { common, franchise },
         } => {

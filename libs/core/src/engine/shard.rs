@@ -164,7 +164,9 @@ impl Shard {
     ) -> Result<BatchOutcome> {
         metrics().engine_batch_records.observe(records.len() as f64);
         let mut dead_letters = Vec::new();
-        let mut commands: Vec<(CommandEnvelope, Arc<Program>)> = Vec::with_capacity(records.len());
+        // Each command with its program and its fingerprint (computed once: a hash of the command).
+        let mut commands: Vec<(CommandEnvelope, Arc<Program>, Fingerprint)> =
+            Vec::with_capacity(records.len());
         // Each command's trace parent, in the order of `commands`.
         let mut parents = Vec::with_capacity(records.len());
         for r in records {
@@ -186,7 +188,8 @@ impl Shard {
             {
                 Some(p) => {
                     parents.push(crate::trace::command_parent(r, records.len()));
-                    commands.push((env, p));
+                    let fp = env.fingerprint();
+                    commands.push((env, p, fp));
                 }
                 None => dead_letters.push(DeadLetter {
                     record: r.clone(),
@@ -201,7 +204,7 @@ impl Shard {
 
         // Idempotency records the batch needs: its own events and the purchases it refunds.
         let mut wanted: HashMap<FranchiseId, Vec<EventId>> = HashMap::new();
-        for (env, _) in &commands {
+        for (env, _, _) in &commands {
             let ids = wanted.entry(env.franchise_id.clone()).or_default();
             ids.push(env.event_id.clone());
             if let PosCommand::Refund {
@@ -227,13 +230,13 @@ impl Shard {
         // replay in another order after a crash cannot change an outcome already told.
         let claims: Vec<EventClaim> = commands
             .iter()
-            .filter(|(env, _)| {
+            .filter(|(env, _, _)| {
                 !known.contains_key(&(env.franchise_id.clone(), env.event_id.clone()))
             })
-            .map(|(env, _)| EventClaim {
+            .map(|(env, _, fp)| EventClaim {
                 franchise_id: env.franchise_id.clone(),
                 event_id: env.event_id.clone(),
-                fingerprint: env.fingerprint(),
+                fingerprint: *fp,
             })
             .collect();
         let owners: HashMap<(FranchiseId, EventId), Fingerprint> = if claims.is_empty() {
@@ -268,8 +271,7 @@ impl Shard {
         // What the new events add to the dashboards, committed with them.
         let mut dashboard = DashboardDelta::default();
 
-        for ((env, program), parent) in commands.into_iter().zip(parents) {
-            let fp = env.fingerprint();
+        for ((env, program, fp), parent) in commands.into_iter().zip(parents) {
             let key = (env.franchise_id.clone(), env.event_id.clone());
             let delivery = classify(known.get(&key), fp);
             // New here, but claimed by another command: a conflict, for good.

@@ -183,4 +183,7 @@ impl HotCache for TracedCache {
         )
         .await
     }
+    async fn evict(&self, members: &[MemberId]) -> Result<()> {
+        traced(self.system, "evict", self.inner.evict(members)).await
+    }
 }
