@@ -7,7 +7,8 @@
 # Run as root, it installs what is missing from Debian first (postgresql, redis-server, kcat,
 # chromium and chromium-driver for the dashboard page's browser test, python3-venv for the chart
 # checks); tansu comes from scripts/install-tansu.sh (LOYALTY_TANSU_BIN), PyPI helm-python-sdk
-# and kubernetes-validate go to a venv under the cache dir (deploy_python). A test whose server
+# and kubernetes-validate go to a venv under the cache dir (deploy_python), and PyPI schemathesis
+# for the property-based API test to the same venv (api_python). A test whose server
 # is missing prints `SKIPPED: <reason>`; the last lines of this script list the suites that ran
 # and the tests that were skipped, with their reasons. `LOYALTY_REQUIRE_SERVERS=1` (set by CI)
 # turns every such skip into a failure.
@@ -64,6 +65,27 @@ deploy_python() {
     fi
 }
 
+# The property-based API test (scripts/schemathesis.py) needs PyPI schemathesis, pinned, in the
+# same venv. Sets api_skip to the reason when it cannot.
+SCHEMATHESIS_VERSION=4.32.5
+API_PY_PACKAGES=(schemathesis==$SCHEMATHESIS_VERSION)
+api_skip=""
+api_python() {
+    "$VENV/bin/python" -c "import schemathesis, sys, importlib.metadata as m
+sys.exit(m.version('schemathesis') != '$SCHEMATHESIS_VERSION')" >/dev/null 2>&1 && return 0
+    if ! command -v python3 >/dev/null 2>&1; then
+        api_skip="no python3"; return 1
+    fi
+    echo "== installing ${API_PY_PACKAGES[*]} into $VENV"
+    if ! { [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"; }; then
+        api_skip="python3 -m venv $VENV failed"; return 1
+    fi
+    if ! "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+        "${API_PY_PACKAGES[@]}"; then
+        api_skip="pip install ${API_PY_PACKAGES[*]} failed (PyPI unreachable?)"; return 1
+    fi
+}
+
 # The crash and multi-process tests run the real binary; build it in the same profile as the
 # tests so that the dependencies are compiled once.
 cargo build --locked --bin loyalty
@@ -108,6 +130,28 @@ else
     echo "test.sh: chart and image checks SKIPPED: $deploy_skip" >&2
     if [ "${LOYALTY_REQUIRE_SERVERS:-}" = 1 ]; then
         chart_result="FAILED ($deploy_skip; LOYALTY_REQUIRE_SERVERS=1)"; image_result=$chart_result
+        [ "$status" -ne 0 ] || status=1
+    fi
+fi
+
+# The property-based API test: schemathesis generates requests from the OpenAPI document and
+# sends them to `loyalty dev` (every operation, every check, with the store, HQ and admin keys):
+# no 5xx, every answer as documented, nothing valid refused, nothing invalid accepted. Its report
+# in a log (and per key in target/schemathesis/).
+API_LOG=target/schemathesis.log
+if api_python; then
+    echo; echo "== property-based API test: scripts/schemathesis.py"
+    if "$VENV/bin/python" scripts/schemathesis.py --binary target/debug/loyalty 2>&1 |
+        tee "$API_LOG"; then
+        api_result="passed ($(tail -1 "$API_LOG" | sed -E 's/^.*passed: ([0-9]+ operations, [0-9]+ checks).*$/\1/'))"
+    else
+        api_result="FAILED (see $API_LOG)"; [ "$status" -ne 0 ] || status=1
+    fi
+else
+    api_result="SKIPPED: $api_skip"
+    echo "test.sh: property-based API test SKIPPED: $api_skip" >&2
+    if [ "${LOYALTY_REQUIRE_SERVERS:-}" = 1 ]; then
+        api_result="FAILED ($api_skip; LOYALTY_REQUIRE_SERVERS=1)"
         [ "$status" -ne 0 ] || status=1
     fi
 fi
@@ -158,6 +202,7 @@ else
 fi
 echo "helm chart (lint --strict, render, kubernetes-validate, values schema): $chart_result"
 echo "image smoke test (Dockerfile's ENTRYPOINT/CMD/HEALTHCHECK, chart's commands): $image_result"
+echo "schemathesis (OpenAPI document against loyalty dev, all checks, store/HQ/admin keys): $api_result"
 echo "ignored on purpose (benchmarks and probes): scripts/run-ignored.sh"
 if [ -f "$REPORT" ]; then
     echo "multi-process report: $REPORT"

@@ -585,6 +585,9 @@ pub struct PhaseReport {
     pub replays_allowed: bool,
     /// Extra differences found by the scenario (e.g. replays where none may be).
     pub other: Differences,
+    /// What the phase saw that is not a difference of ours (e.g. the broker handing a
+    /// partition to two engines at once, see [`crate::ownership`]).
+    pub notes: Vec<String>,
     pub duration: Duration,
 }
 
@@ -678,6 +681,9 @@ impl PhaseReport {
                 " (must be 0)"
             }
         );
+        for note in &self.notes {
+            let _ = writeln!(t, "   note: {note}");
+        }
         let mut all = self.resend.differences.clone();
         all.extend(self.members.differences.clone());
         all.extend(self.other.clone());

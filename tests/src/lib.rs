@@ -8,6 +8,7 @@ pub mod dashboard_data;
 pub mod demo_history;
 pub mod invariants;
 pub mod otlp;
+pub mod ownership;
 pub mod traffic;
 
 use std::io::{BufRead, BufReader};

@@ -808,3 +808,220 @@ async fn client_errors_are_not_logged_as_server_errors() {
         bad.join("\n")
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Found by the property-based API test (scripts/schemathesis.py): what the OpenAPI document
+// allows, the server must accept; what the server refuses, the document must refuse.
+// ---------------------------------------------------------------------------------------------
+
+/// `1250.0` and `1.25e3` are the integer 1250 in JSON (and in the document's `integer`): an
+/// amount, a program number or a refund written so is taken as that integer, exactly, while a
+/// number with a fraction is still refused. They used to be 422 "invalid type: floating point".
+#[tokio::test]
+async fn integral_numbers_are_integers_however_they_are_written() {
+    let app = spawn_app().await;
+    let f = app.franchise("Café A").await;
+    let m = member(&app, &f, "+33611110021").await;
+    let r = send_raw(
+        &app,
+        Method::POST,
+        "/v1/purchases?wait_ms=5000",
+        &f.store_key,
+        &format!(
+            r#"{{"event_id":"int-p","member_id":"{m}","amount_cents":1250.0,"currency":"EUR"}}"#
+        ),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["outcome"]["points_earned"], 12, "{v}");
+    let r = send_raw(
+        &app,
+        Method::POST,
+        "/v1/refunds?wait_ms=5000",
+        &f.store_key,
+        r#"{"event_id":"int-r","purchase_event_id":"int-p","amount_cents":1.0e2}"#,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["outcome"]["amount_cents"], 100, "{v}");
+    // The same request with the integer spelt otherwise is the same request: a replay.
+    let r = send_raw(
+        &app,
+        Method::POST,
+        "/v1/refunds?wait_ms=5000",
+        &f.store_key,
+        r#"{"event_id":"int-r","purchase_event_id":"int-p","amount_cents":100}"#,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["replayed"], true, "{v}");
+    // A program's numbers too.
+    let mut program = demo_program().to_string();
+    program = program.replace(r#""points_per_unit":1"#, r#""points_per_unit":2.0"#);
+    assert!(program.contains("2.0"), "{program}");
+    let r = send_raw(
+        &app,
+        Method::PUT,
+        &format!("/v1/franchises/{}/program", f.id),
+        &f.hq_key,
+        &format!(r#"{{"program":{program}}}"#),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["program"]["points_per_unit"], 2, "{v}");
+    // Not integers: refused as before, nothing applied.
+    let before = app.status(&f, &m).await;
+    for amount in ["12.5", "1e-2", "-1.0", "1e13"] {
+        let r = send_raw(
+            &app,
+            Method::POST,
+            "/v1/purchases?wait_ms=2000",
+            &f.store_key,
+            &format!(
+                r#"{{"event_id":"int-bad","member_id":"{m}","amount_cents":{amount},"currency":"EUR"}}"#
+            ),
+        )
+        .await;
+        assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid-request").await;
+    }
+    assert_eq!(app.status(&f, &m).await, before, "nothing changed");
+}
+
+/// A ledger cursor is an int64 (`next_before` is one): above 2^63 - 1 is 422, not read as
+/// "from the newest" (it used to answer the first page).
+#[tokio::test]
+async fn a_ledger_cursor_above_int64_is_refused() {
+    let app = spawn_app().await;
+    let f = app.franchise("Café A").await;
+    let m = member(&app, &f, "+33611110022").await;
+    let path = |before: &str| format!("/v1/members/{m}/ledger?before={before}");
+    let p = assert_problem(
+        app.get(&path("9223372036854775808"), &f.hq_key).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid-request",
+    )
+    .await;
+    assert!(p["detail"].as_str().unwrap().contains("before"), "{p}");
+    let r = app.get(&path("9223372036854775807"), &f.hq_key).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["entries"].as_array().map(Vec::len), Some(1), "{v}");
+}
+
+/// Names (franchise, store, tier, reward, member) are checked as sent: a control character
+/// anywhere (a tab or a newline at an edge included, which trimming used to hide, and in tier
+/// and reward names, which were not checked at all) or more than 100 characters is 422, and
+/// nothing is created. Spaces around a name are still trimmed.
+#[tokio::test]
+async fn names_with_control_characters_are_refused() {
+    let app = spawn_app().await;
+    let f = app.franchise("Café A").await;
+    let long = format!("{} ", "x".repeat(100));
+    for name in [
+        "Shop\n",
+        "\tShop",
+        "Sh\u{1}op",
+        "Shop\u{85}",
+        "Shop\u{7f}",
+        &long,
+    ] {
+        let r = app
+            .post(
+                "/v1/franchises",
+                ADMIN_KEY,
+                json!({"name": name, "program": demo_program()}),
+            )
+            .await;
+        assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid-request").await;
+        let r = app
+            .post(
+                &format!("/v1/franchises/{}/stores", f.id),
+                &f.hq_key,
+                json!({"name": name}),
+            )
+            .await;
+        assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid-request").await;
+        for (list, field) in [("tiers", 0), ("rewards", 1)] {
+            let mut program = demo_program();
+            program[list][field]["name"] = json!(name);
+            let r = app
+                .put(
+                    &format!("/v1/franchises/{}/program", f.id),
+                    &f.hq_key,
+                    json!({ "program": program }),
+                )
+                .await;
+            let p = assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid-request").await;
+            assert!(
+                p["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("{list}[{field}].name")),
+                "{p}"
+            );
+        }
+        let r = app
+            .post(
+                "/v1/members?wait_ms=2000",
+                &f.store_key,
+                json!({"phone": "+33611110023", "name": name}),
+            )
+            .await;
+        assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid-request").await;
+    }
+    // Nothing was created: the program is still version 1, the phone is not a member.
+    let r = app
+        .get(&format!("/v1/franchises/{}/program", f.id), &f.hq_key)
+        .await;
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["program_version"], 1, "{v}");
+    let r = app
+        .get("/v1/members/lookup?phone=%2B33611110023", &f.store_key)
+        .await;
+    assert_problem(r, StatusCode::NOT_FOUND, "unknown-member").await;
+    // Printable names, spaces around them trimmed, are accepted.
+    let r = app
+        .post(
+            &format!("/v1/franchises/{}/stores", f.id),
+            &f.hq_key,
+            json!({"name": "  Café de la Gare  "}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["name"], "Café de la Gare");
+}
+
+/// A lookup takes exactly one of `phone` or `qr` and no other query parameter (the document's
+/// `by` object: one property, no others): an unknown parameter used to be ignored.
+#[tokio::test]
+async fn a_lookup_takes_one_of_phone_or_qr_and_nothing_else() {
+    let app = spawn_app().await;
+    let f = app.franchise("Café A").await;
+    let enrolled = app.enrol(&f, "+33611110024").await;
+    let qr = enrolled["qr_token"].as_str().unwrap();
+    let m = enrolled["member_id"].as_str().unwrap();
+    for query in [
+        format!("phone=%2B33611110024&qr={qr}"),
+        format!("member_id={m}"),
+        "phone=%2B33611110024&store=s_1".to_owned(),
+        String::new(),
+    ] {
+        let r = app
+            .get(&format!("/v1/members/lookup?{query}"), &f.store_key)
+            .await;
+        assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid-request").await;
+    }
+    for query in ["phone=%2B33611110024".to_owned(), format!("qr={qr}")] {
+        let r = app
+            .get(&format!("/v1/members/lookup?{query}"), &f.store_key)
+            .await;
+        assert_eq!(r.status(), StatusCode::OK, "{query}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["member_id"], m);
+    }
+}

@@ -64,6 +64,8 @@ struct Scenario {
     /// Engine index → (replayed, applied) at the start of the phase.
     baseline: HashMap<usize, (f64, f64)>,
     phase_started: Option<Instant>,
+    /// The same instant on the wall clock, to compare with the engines' log lines.
+    phase_started_at: jiff::Timestamp,
     text: String,
 }
 
@@ -181,6 +183,7 @@ impl Scenario {
                 reports: Vec::new(),
                 baseline: HashMap::new(),
                 phase_started: None,
+                phase_started_at: jiff::Timestamp::now(),
                 text,
             },
             store_dir,
@@ -208,6 +211,7 @@ impl Scenario {
     async fn begin(&mut self) -> Stream {
         self.baseline = self.engine_counters().await;
         self.phase_started = Some(Instant::now());
+        self.phase_started_at = jiff::Timestamp::now();
         let phase = self.reports.len() + 1;
         Stream::start(
             Arc::clone(&self.traffic),
@@ -270,7 +274,25 @@ impl Scenario {
         }
         // A command a client retried may be in the log twice: its second delivery is a replay.
         let retried_attempts: u32 = sent.iter().map(|s| s.attempts.saturating_sub(1)).sum();
-        if !replays_allowed && report.engine_replays > retried_attempts as f64 {
+        let logs = self.cluster.engine_logs();
+        let logs: Vec<(String, &std::path::Path)> =
+            logs.iter().map(|(n, p)| (n.clone(), p.as_path())).collect();
+        // Only where every engine that left logged its exit (no kill -9 in the phase).
+        let overlaps = if replays_allowed {
+            Vec::new()
+        } else {
+            loyalty_tests::ownership::overlaps(&logs, self.phase_started_at)
+        };
+        for o in &overlaps {
+            report.notes.push(format!(
+                "the broker handed a partition to two engines at once ({o}): their deliveries \
+                 of it may be replays (the store's version fence lets one write through)"
+            ));
+        }
+        if !replays_allowed
+            && report.engine_replays > retried_attempts as f64
+            && overlaps.is_empty()
+        {
             report.other.add(
                 "delivered again after a clean handover",
                 format!(

@@ -77,22 +77,25 @@ pub fn occurred_at_opt(s: Option<&str>, now: Timestamp) -> Result<Option<Timesta
     s.map(|s| occurred_at(s, now)).transpose()
 }
 
-/// The profile of an enrolment: an E.164 phone number, an optional name (trimmed, at most
-/// [`MAX_NAME`] printable characters; blank means none) and an optional `YYYY-MM-DD` birthday.
+/// The profile of an enrolment: an E.164 phone number, an optional name (at most [`MAX_NAME`]
+/// characters as sent, no control character; kept trimmed; blank means none) and an optional
+/// `YYYY-MM-DD` birthday.
 pub fn profile(
     phone: &str,
     name: Option<String>,
     birthday: Option<String>,
 ) -> Result<Profile, InputError> {
     let phone = Phone::parse(phone)?;
-    let name = match name.map(|n| n.trim().to_owned()) {
-        Some(n) if n.is_empty() => None,
+    // Checked as sent (a control character is refused even at an edge, where trimming would
+    // hide it), kept trimmed.
+    let name = match name {
         Some(n) if n.chars().count() > MAX_NAME || n.chars().any(char::is_control) => {
             return Err(InputError::Invalid(format!(
                 "name must be at most {MAX_NAME} printable characters"
             )))
         }
-        other => other,
+        Some(n) if n.trim().is_empty() => None,
+        other => other.map(|n| n.trim().to_owned()),
     };
     if let Some(b) = &birthday {
         let fmt = time::macros::format_description!("[year]-[month]-[day]");
@@ -232,6 +235,17 @@ mod tests {
             .contains("phone"));
         assert!(profile("+33612345678", Some("x".repeat(101)), None).is_err());
         assert!(profile("+33612345678", Some("a\u{7}b".into()), None).is_err());
+        // As sent: a control character at an edge, or 101 characters of which one is a space,
+        // are refused too (the OpenAPI document's pattern and maxLength).
+        assert!(profile("+33612345678", Some("Ana\n".into()), None).is_err());
+        assert!(profile("+33612345678", Some("\tAna".into()), None).is_err());
+        assert!(profile("+33612345678", Some(format!("{} ", "x".repeat(100))), None).is_err());
+        assert_eq!(
+            profile("+33612345678", Some(format!(" {}", "x".repeat(99))), None)
+                .unwrap()
+                .name,
+            Some("x".repeat(99))
+        );
         assert!(profile("+33612345678", None, Some("17/04/1990".into()))
             .unwrap_err()
             .to_string()

@@ -1,12 +1,17 @@
-//! Prometheus metrics of the platform, in one registry served by the gateway at `/metrics`.
-//! Names follow `loyalty_<thing>_<unit>`: counters end in `_total`, durations are `_seconds`
-//! histograms.
+//! Prometheus metrics of the platform, in one registry served at `/metrics` by every process
+//! (`loyalty dev`, `node`, `gateway`, `engine`). Names follow `loyalty_<thing>_<unit>`:
+//! counters end in `_total`, durations are `_seconds` histograms, sizes are in base units
+//! (records, not thousands of them). Labels take bounded values only (route templates, command
+//! kinds, outcome codes, operation names, partitions): never a member id, a phone number or an
+//! event id. README.md ("Observability") lists every metric.
 
 use std::sync::OnceLock;
+use std::time::Instant;
 
+use parking_lot::Mutex;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -43,6 +48,76 @@ pub struct Metrics {
     pub event_claims: IntCounterVec,
     pub dashboard_updates: IntCounterVec,
     pub audit_differences: IntCounter,
+    /// Commands the engine consumed, by kind and result (applied, replayed, ...).
+    pub engine_commands: IntCounterVec,
+    /// From the time a POS says a command happened until its effect is in the store.
+    pub engine_pos_lag_seconds: Histogram,
+    /// Store and hot cache calls, at the ports ([`crate::trace::ports`]).
+    pub ports: PortMetrics,
+    /// The engine's consumer: lag, rebalances, checkpoint age.
+    pub consumer: ConsumerMetrics,
+}
+
+/// Latency and errors of every call to the store and the hot cache, by the port's method.
+pub struct PortMetrics {
+    pub store_seconds: HistogramVec,
+    pub store_errors: IntCounterVec,
+    pub cache_seconds: HistogramVec,
+    pub cache_errors: IntCounterVec,
+}
+
+/// What the engine's consumer group membership looks like from this node.
+pub struct ConsumerMetrics {
+    /// End offset minus committed offset, per owned partition of the command topic.
+    pub lag_records: IntGaugeVec,
+    /// Assignments and revocations delivered to the engine, by event.
+    pub rebalances: IntCounterVec,
+    /// How long each phase of a rebalance took, by phase (`revoke`, `assign`).
+    pub rebalance_seconds: HistogramVec,
+    /// Seconds since the committed offsets were last known current (see [`CheckpointClock`]).
+    pub checkpoint_age_seconds: Gauge,
+    pub checkpoint_clock: CheckpointClock,
+}
+
+/// When the engine's committed offsets were last known to be current: an offset commit, or a
+/// lag sample that found every owned partition committed up to its end. Read at each scrape
+/// into `loyalty_engine_checkpoint_age_seconds`; unset (the gauge stays 0) in a process
+/// without an engine.
+#[derive(Default)]
+pub struct CheckpointClock {
+    last: Mutex<Option<Instant>>,
+}
+
+impl CheckpointClock {
+    /// The offsets are current now.
+    pub fn touch(&self) {
+        *self.last.lock() = Some(Instant::now());
+    }
+
+    /// Seconds since the last [`CheckpointClock::touch`], if any.
+    pub fn age_seconds(&self) -> Option<f64> {
+        self.last.lock().map(|t| t.elapsed().as_secs_f64())
+    }
+}
+
+/// The `class` label of an error: whether retrying can succeed.
+pub fn error_class(e: &crate::Error) -> &'static str {
+    if e.is_transient() {
+        "transient"
+    } else {
+        "permanent"
+    }
+}
+
+/// The status class of an HTTP status (`2xx`, `4xx`...), as the `status_class` label.
+pub fn status_class(status: u16) -> &'static str {
+    match status / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    }
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -54,6 +129,105 @@ fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
+
+/// From milliseconds to a day: a POS that was offline sends its commands hours late.
+const POS_LAG_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0,
+    86400.0,
+];
+
+/// Rebalances take from milliseconds (the embedded log) to a session timeout and more (Kafka).
+const REBALANCE_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    register(r, Box::new(g.clone()));
+    g
+}
+
+fn histogram_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    let h = HistogramVec::new(opts, labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    register(r, Box::new(h.clone()));
+    h
+}
+
+impl PortMetrics {
+    fn new(r: &Registry) -> PortMetrics {
+        const ERROR_LABELS: &[&str] = &["operation", "error", "class"];
+        PortMetrics {
+            store_seconds: histogram_vec(
+                r,
+                "loyalty_store_operation_duration_seconds",
+                "Calls to the durable store, by the port's method (member, processed, claim_events, commit, sync...), failed ones included.",
+                &["operation"],
+                LATENCY_BUCKETS,
+            ),
+            store_errors: counter_vec(
+                r,
+                "loyalty_store_operation_errors_total",
+                "Failed calls to the durable store, by method, error kind (unavailable, conflict, corrupt, invalid, shutting-down) and class (transient, permanent).",
+                ERROR_LABELS,
+            ),
+            cache_seconds: histogram_vec(
+                r,
+                "loyalty_cache_operation_duration_seconds",
+                "Calls to the hot cache (Redis, or the in-process cache of loyalty dev), by method (status, put_statuses, evict), failed ones included.",
+                &["operation"],
+                LATENCY_BUCKETS,
+            ),
+            cache_errors: counter_vec(
+                r,
+                "loyalty_cache_operation_errors_total",
+                "Failed calls to the hot cache, by method, error kind and class (transient, permanent).",
+                ERROR_LABELS,
+            ),
+        }
+    }
+}
+
+impl ConsumerMetrics {
+    fn new(r: &Registry) -> ConsumerMetrics {
+        let age = Gauge::new(
+            "loyalty_engine_checkpoint_age_seconds",
+            "Seconds since the engine's committed offsets were last current: its last offset commit, or a lag sample that found every owned partition committed up to its end.",
+        )
+        .unwrap_or_else(|e| panic!("metric loyalty_engine_checkpoint_age_seconds: {e}"));
+        register(r, Box::new(age.clone()));
+        ConsumerMetrics {
+            lag_records: gauge_vec(
+                r,
+                "loyalty_engine_consumer_lag_records",
+                "Records of the command topic not yet committed by this engine, per owned partition (end offset minus committed offset), sampled every few seconds.",
+                &["partition"],
+            ),
+            rebalances: counter_vec(
+                r,
+                "loyalty_engine_rebalances_total",
+                "Consumer group events delivered to the engine, by event (assigned, revoked).",
+                &["event"],
+            ),
+            rebalance_seconds: histogram_vec(
+                r,
+                "loyalty_engine_rebalance_duration_seconds",
+                "Rebalance phases: revoke (from a revocation until the engine released its partitions: batches in flight stored, offsets committed) and assign (from joining, or a revocation released, until the next assignment).",
+                &["phase"],
+                REBALANCE_BUCKETS,
+            ),
+            checkpoint_age_seconds: age,
+            checkpoint_clock: CheckpointClock::default(),
+        }
+    }
+}
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
@@ -81,6 +255,9 @@ fn register(r: &Registry, c: Box<dyn prometheus::core::Collector>) {
         panic!("registering a metric: {e}");
     }
 }
+
+/// The labels of `loyalty_http_requests_total`, in order.
+pub const HTTP_LABELS: &[&str] = &["route", "method", "status", "status_class"];
 
 impl Metrics {
     fn new() -> Metrics {
@@ -175,22 +352,16 @@ impl Metrics {
             http_requests: counter_vec(
                 &r,
                 "loyalty_http_requests_total",
-                "HTTP requests, by route and status.",
-                &["route", "status"],
+                "HTTP requests, by route template (unmatched for no route), method, status and status class.",
+                HTTP_LABELS,
             ),
-            http_request_seconds: {
-                let h = HistogramVec::new(
-                    HistogramOpts::new(
-                        "loyalty_http_request_duration_seconds",
-                        "HTTP request latency by route.",
-                    )
-                    .buckets(lat),
-                    &["route"],
-                )
-                .unwrap_or_else(|e| panic!("{e}"));
-                register(&r, Box::new(h.clone()));
-                h
-            },
+            http_request_seconds: histogram_vec(
+                &r,
+                "loyalty_http_request_duration_seconds",
+                "HTTP request latency, by route template, method and status class.",
+                &["route", "method", "status_class"],
+                &lat,
+            ),
             cache_lookups: counter_vec(
                 &r,
                 "loyalty_cache_lookups_total",
@@ -269,12 +440,29 @@ impl Metrics {
                 "One poll of POS records, from delivery until forwarded or dead-lettered and committed.",
                 LATENCY_BUCKETS.to_vec(),
             ),
+            engine_commands: counter_vec(
+                &r,
+                "loyalty_engine_commands_total",
+                "Commands consumed by the engine, counted once their batch is in the store, by kind (enrol, purchase, refund, redemption; unknown when undecodable) and result (applied, rejected, replayed, conflict, dead-lettered).",
+                &["kind", "result"],
+            ),
+            engine_pos_lag_seconds: histogram(
+                &r,
+                "loyalty_engine_pos_lag_seconds",
+                "From the time a POS says a command happened (its occurred_at, when it sent one) until the effect is in the store (the POS's clock against the engine's).",
+                POS_LAG_BUCKETS.to_vec(),
+            ),
+            ports: PortMetrics::new(&r),
+            consumer: ConsumerMetrics::new(&r),
             registry: r,
         }
     }
 
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
+        if let Some(age) = self.consumer.checkpoint_clock.age_seconds() {
+            self.consumer.checkpoint_age_seconds.set(age);
+        }
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
@@ -285,4 +473,44 @@ impl Metrics {
 pub fn metrics() -> &'static Metrics {
     static M: OnceLock<Metrics> = OnceLock::new();
     M.get_or_init(Metrics::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_classes() {
+        assert_eq!(status_class(101), "1xx");
+        assert_eq!(status_class(200), "2xx");
+        assert_eq!(status_class(304), "3xx");
+        assert_eq!(status_class(429), "4xx");
+        assert_eq!(status_class(503), "5xx");
+    }
+
+    #[test]
+    fn error_classes() {
+        assert_eq!(
+            error_class(&crate::Error::Unavailable("down".into())),
+            "transient"
+        );
+        assert_eq!(
+            error_class(&crate::Error::Corrupt("bad".into())),
+            "permanent"
+        );
+    }
+
+    #[test]
+    fn the_checkpoint_age_is_read_at_each_scrape() {
+        let m = metrics();
+        m.consumer.checkpoint_clock.touch();
+        let text = m.render();
+        assert!(text.contains("# TYPE loyalty_engine_checkpoint_age_seconds gauge"));
+        let age = m
+            .consumer
+            .checkpoint_clock
+            .age_seconds()
+            .unwrap_or(f64::MAX);
+        assert!(age < 60.0, "{age}");
+    }
 }

@@ -6,7 +6,9 @@
 //! rather than as the syntax error it is. Here a body is read in two passes: the whole text is
 //! checked as JSON first (a syntax error is 400 `malformed-json`, whatever its fields), then it
 //! must be an object (anything else is 422), and only then is it read into the handler's type
-//! (unknown, missing, duplicate or out-of-bounds fields are 422, naming the field). Nested
+//! (unknown, missing, duplicate or out-of-bounds fields are 422, naming the field). A number
+//! with a zero fraction (`1250.0`, `1.25e3`) is the integer it equals, as in JSON Schema
+//! ([`integral_numbers`]). Nested
 //! objects are the types' own business (the program's are checked by the domain,
 //! `loyalty_domain::object`).
 
@@ -108,7 +110,130 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
             "the request body must be a JSON object, not {what}"
         )));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::Invalid(e.to_string()))
+    let body = integral_numbers(body);
+    serde_json::from_slice(&body).map_err(|e| ApiError::Invalid(e.to_string()))
+}
+
+/// The most digits an integral number written with a fraction or an exponent is rewritten to:
+/// beyond that it is above every integer field's maximum anyway (and refused as a float).
+const MAX_INTEGRAL_DIGITS: usize = 40;
+
+/// `body` (valid JSON) with every number that is an integer but not written as one (`1250.0`,
+/// `1.25e3`, `-0.0`) rewritten as an integer literal (`1250`), exactly, from its decimal text.
+///
+/// In JSON's data model (RFC 8259 §6, and JSON Schema's `integer`: "a number with a zero
+/// fractional part") `1250.0` is the integer 1250, so the OpenAPI document cannot tell it from
+/// `1250`; serde reads it as a float, which an integer field refuses. A number that is not an
+/// integer (`12.5`, `1e-3`) is left as it is, and refused by an integer field as before. Strings
+/// are copied untouched. The body is copied only when something is rewritten.
+fn integral_numbers(body: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let mut out: Option<Vec<u8>> = None;
+    let mut copied = 0;
+    let mut i = 0;
+    while i < body.len() {
+        match body[i] {
+            b'"' => {
+                i += 1;
+                while i < body.len() && body[i] != b'"' {
+                    i += if body[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < body.len()
+                    && matches!(body[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+                {
+                    i += 1;
+                }
+                let token = &body[start..i];
+                if token.iter().any(|b| matches!(b, b'.' | b'e' | b'E')) {
+                    if let Some(int) = integral(token) {
+                        let o = out.get_or_insert_with(|| Vec::with_capacity(body.len()));
+                        o.extend_from_slice(&body[copied..start]);
+                        o.extend_from_slice(int.as_bytes());
+                        copied = i;
+                    }
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    match out {
+        None => std::borrow::Cow::Borrowed(body),
+        Some(mut o) => {
+            o.extend_from_slice(&body[copied.min(body.len())..]);
+            std::borrow::Cow::Owned(o)
+        }
+    }
+}
+
+/// The integer literal of the JSON number `token` if it is an integer of at most
+/// [`MAX_INTEGRAL_DIGITS`] digits.
+fn integral(token: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(token).ok()?;
+    let (negative, text) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (mantissa, exponent) = match text.find(['e', 'E']) {
+        Some(at) => (&text[..at], &text[at + 1..]),
+        None => (text, "0"),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits: Vec<u8> = int.bytes().chain(frac.bytes()).collect();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let exp_negative = exponent.starts_with('-');
+    let exp_digits = exponent.trim_start_matches(['-', '+']);
+    if exp_digits.is_empty() || !exp_digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let all_zero = digits.iter().all(|&d| d == b'0');
+    // Where the decimal point falls in `digits` once the exponent is applied.
+    let limit = (MAX_INTEGRAL_DIGITS + digits.len()) as i64;
+    let exp = exp_digits.bytes().try_fold(0i64, |acc, d| {
+        let next = acc * 10 + i64::from(d - b'0');
+        (next <= limit).then_some(next)
+    });
+    let point = match (exp, exp_negative) {
+        (Some(e), false) => int.len() as i64 + e,
+        (Some(e), true) => int.len() as i64 - e,
+        (None, _) if all_zero => 0,
+        (None, _) => return None,
+    };
+    let mut integer: Vec<u8> = if point <= 0 {
+        Vec::new()
+    } else if point as usize >= digits.len() {
+        let mut v = digits.clone();
+        v.resize(point as usize, b'0');
+        v
+    } else {
+        digits[..point as usize].to_vec()
+    };
+    let fraction = if point <= 0 {
+        &digits[..]
+    } else {
+        &digits[(point as usize).min(digits.len())..]
+    };
+    if fraction.iter().any(|&d| d != b'0') {
+        return None;
+    }
+    let leading = integer.iter().take_while(|&&d| d == b'0').count();
+    integer.drain(..leading);
+    if integer.len() > MAX_INTEGRAL_DIGITS {
+        return None;
+    }
+    if integer.is_empty() {
+        return Some("0".to_owned());
+    }
+    let mut s = String::with_capacity(integer.len() + 1);
+    if negative {
+        s.push('-');
+    }
+    s.push_str(std::str::from_utf8(&integer).ok()?);
+    Some(s)
 }
 
 #[cfg(test)]
@@ -159,5 +284,49 @@ mod tests {
         }
         let e = parse::<Body>(b"[1]").unwrap_err().to_string();
         assert!(e.contains("must be a JSON object, not an array"), "{e}");
+    }
+
+    #[test]
+    fn integral_numbers_are_integers_however_written() {
+        let int = |t: &str| integral(t.as_bytes());
+        for (token, want) in [
+            ("1250.0", "1250"),
+            ("1.25e3", "1250"),
+            ("1.25E+3", "1250"),
+            ("125000e-2", "1250"),
+            ("0.0", "0"),
+            ("-0.0", "0"),
+            ("-0e5", "0"),
+            ("0e-99999999999999999999", "0"),
+            ("-12.000", "-12"),
+            ("1e12", "1000000000000"),
+            ("1.5e18", "1500000000000000000"),
+            ("9223372036854775808.0", "9223372036854775808"),
+        ] {
+            assert_eq!(int(token).as_deref(), Some(want), "{token}");
+        }
+        for token in [
+            "12.5",
+            "1e-3",
+            "1.0000000000000000001",
+            "1e41",
+            "1e99999999999999999999",
+        ] {
+            assert_eq!(int(token), None, "{token}");
+        }
+        // Strings are left alone; only what changes is copied.
+        let body = br#"{"a": 2.0, "b": "3.0", "c": "\"4.0", "d": [5e0, 6.5]}"#;
+        assert_eq!(
+            std::str::from_utf8(&integral_numbers(body)).unwrap(),
+            r#"{"a": 2, "b": "3.0", "c": "\"4.0", "d": [5, 6.5]}"#
+        );
+        assert!(matches!(
+            integral_numbers(br#"{"a": 1, "b": 2.5}"#),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(code(r#"{"a": 7.0}"#), "ok");
+        assert_eq!(code(r#"{"a": 7e0, "b": "x"}"#), "ok");
+        assert_eq!(code(r#"{"a": 7.5}"#), "invalid-request");
+        assert_eq!(code(r#"{"a": -1.0}"#), "invalid-request");
     }
 }

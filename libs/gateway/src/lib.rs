@@ -90,13 +90,19 @@ async fn authenticate(
     }
 }
 
-/// Counts requests by route pattern and status and times them (`loyalty_http_*`), each in its
-/// span when traces are on ([`trace::request_span`]).
+/// Counts requests and times them (`loyalty_http_*`) by route template (`unmatched` when no
+/// route matches: never the raw path, which carries ids), method, status and status class;
+/// each in its span when traces are on ([`trace::request_span`]). Requests that end in an
+/// error are counted with the status it answers.
 pub async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let start = Instant::now();
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = trace::method_name(req.method());
     let span = trace::request_span(&req);
     let res = next.call(req).instrument(span.clone()).await;
     let status = match &res {
@@ -104,17 +110,25 @@ pub async fn observe(
         Err(e) => e.as_response_error().status_code(),
     };
     trace::record_status(&span, status);
-    let res = res?;
-    let route = res
-        .request()
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let m = loyalty_core::metrics::metrics();
+    record_request(&route, method, status, start.elapsed());
+    res
+}
+
+/// Counts one request in `loyalty_http_requests_total` and its latency in
+/// `loyalty_http_request_duration_seconds`.
+fn record_request(
+    route: &str,
+    method: &str,
+    status: actix_web::http::StatusCode,
+    elapsed: std::time::Duration,
+) {
+    use loyalty_core::metrics::{metrics, status_class};
+    let m = metrics();
+    let class = status_class(status.as_u16());
     m.http_request_seconds
-        .with_label_values(&[&route])
-        .observe(start.elapsed().as_secs_f64());
+        .with_label_values(&[route, method, class])
+        .observe(elapsed.as_secs_f64());
     m.http_requests
-        .with_label_values(&[&route, res.status().as_str()])
+        .with_label_values(&[route, method, status.as_str(), class])
         .inc();
-    Ok(res)
 }

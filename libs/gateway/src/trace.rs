@@ -29,8 +29,9 @@ impl Extractor for Headers<'_> {
     }
 }
 
-/// The method as the conventions name it: one of the standard methods, else `_OTHER`.
-fn method_name(m: &Method) -> &'static str {
+/// The method as the conventions name it: one of the standard methods, else `_OTHER` (so a
+/// client cannot make up label values).
+pub fn method_name(m: &Method) -> &'static str {
     match m.as_str() {
         "GET" => "GET",
         "POST" => "POST",

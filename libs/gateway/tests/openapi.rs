@@ -1229,3 +1229,168 @@ fn other() { x.route("/not-configure", web::get().to(y)); }
     .collect();
     assert_eq!(got, want);
 }
+
+/// The ranges of a regex character class body such as `\u0000-\u001F\u007F` (only `\uXXXX`
+/// escapes, single or as a range), as inclusive code point ranges.
+fn class_ranges(class: &str) -> Vec<(u32, u32)> {
+    let cps: Vec<(u32, bool)> = {
+        let mut out = Vec::new();
+        let mut rest = class;
+        while !rest.is_empty() {
+            if let Some(r) = rest.strip_prefix('-') {
+                out.push((0, true));
+                rest = r;
+                continue;
+            }
+            let r = rest.strip_prefix("\\u").expect("a \\uXXXX escape");
+            out.push((u32::from_str_radix(&r[..4], 16).unwrap(), false));
+            rest = &r[4..];
+        }
+        out
+    };
+    let mut ranges = Vec::new();
+    let mut i = 0;
+    while i < cps.len() {
+        if cps.get(i + 1).is_some_and(|c| c.1) {
+            ranges.push((cps[i].0, cps[i + 2].0));
+            i += 3;
+        } else {
+            ranges.push((cps[i].0, cps[i].0));
+            i += 1;
+        }
+    }
+    ranges
+}
+
+fn in_ranges(c: char, ranges: &[(u32, u32)]) -> bool {
+    ranges.iter().any(|&(a, b)| (a..=b).contains(&(c as u32)))
+}
+
+/// The document refuses what the server refuses in names: the patterns' classes are exactly
+/// the characters the server's checks see. `^[^C]*$` for a member's name (C: the control
+/// characters, `char::is_control`), `^[^C]*[^CW][^C]*$` for the names of franchises, stores,
+/// tiers and rewards (W: what `str::trim` removes besides, `char::is_whitespace`): no control
+/// character anywhere, not blank, at most 100 characters as sent.
+#[test]
+fn name_patterns_are_the_servers_checks() {
+    let d = doc();
+    let s = &d["components"]["schemas"];
+    let member = &s["EnrolRequest"]["properties"]["name"];
+    let member_pattern = member["pattern"].as_str().unwrap();
+    let control = member_pattern
+        .strip_prefix("^[^")
+        .and_then(|p| p.strip_suffix("]*$"))
+        .expect("^[^C]*$");
+    let control_ranges = class_ranges(control);
+    assert_eq!(member["maxLength"].as_u64(), Some(100));
+    let mut visible = BTreeSet::new();
+    for (schema, field) in [
+        ("CreateFranchiseRequest", "name"),
+        ("CreateStoreRequest", "name"),
+        ("Tier", "name"),
+        ("RewardSpec", "name"),
+    ] {
+        let p = &s[schema]["properties"][field];
+        assert_eq!(p["maxLength"].as_u64(), Some(100), "{schema}.{field}");
+        assert_eq!(p["minLength"].as_u64(), Some(1), "{schema}.{field}");
+        let pattern = p["pattern"].as_str().unwrap();
+        let class = pattern
+            .strip_prefix(&format!("^[^{control}]*[^{control}"))
+            .and_then(|p| p.strip_suffix(&format!("][^{control}]*$")))
+            .unwrap_or_else(|| panic!("{schema}.{field}: ^[^C]*[^CW][^C]*$, got {pattern}"));
+        visible.insert(class.to_owned());
+    }
+    assert_eq!(visible.len(), 1, "one pattern for every name: {visible:?}");
+    let space_ranges = class_ranges(visible.first().unwrap());
+    for c in (0..=0x10FFFF).filter_map(char::from_u32) {
+        assert_eq!(in_ranges(c, &control_ranges), c.is_control(), "{c:?}");
+        if !c.is_control() {
+            assert_eq!(in_ranges(c, &space_ranges), c.is_whitespace(), "{c:?}");
+        }
+    }
+}
+
+/// The other bounds that the property-based API test (scripts/schemathesis.py) found missing
+/// from the document: each is what the server checks.
+#[test]
+fn the_schema_is_as_strict_as_the_server() {
+    let d = doc();
+    let s = &d["components"]["schemas"];
+    // A ledger cursor is an int64, like the `next_before` it comes from.
+    let ledger = &d["paths"]["/v1/members/{member_id}/ledger"]["get"];
+    let before = ledger["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "before")
+        .unwrap();
+    assert_eq!(before["schema"]["maximum"].as_i64(), Some(i64::MAX));
+    assert_eq!(
+        s["LedgerPage"]["properties"]["next_before"]["maximum"].as_i64(),
+        Some(i64::MAX)
+    );
+    // A purchase names its member by at most one of three fields: each branch of the anyOf
+    // lets one of them be a string.
+    let refs = ["member_id", "phone", "qr"];
+    let branches = s["PurchaseRequest"]["anyOf"].as_array().unwrap();
+    assert_eq!(branches.len(), refs.len());
+    for (b, free) in branches.iter().zip(refs) {
+        let nulls: BTreeSet<&str> = b["properties"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(_, v)| v["type"] == "null")
+            .map(|(k, _)| k.as_str())
+            .collect();
+        let others: BTreeSet<&str> = refs.iter().copied().filter(|r| *r != free).collect();
+        assert_eq!(nulls, others, "{b}");
+    }
+    // A lookup: exactly one of phone or qr, nothing else (the server's LookupQuery denies
+    // unknown fields).
+    let lookup = &d["paths"]["/v1/members/lookup"]["get"]["parameters"];
+    assert_eq!(lookup.as_array().map(Vec::len), Some(1));
+    let by = &lookup[0];
+    assert_eq!(
+        (&by["in"], &by["style"], &by["explode"]),
+        (
+            &Value::from("query"),
+            &Value::from("form"),
+            &Value::from(true)
+        )
+    );
+    let schema = &by["schema"];
+    assert_eq!(
+        keys(&schema["properties"]),
+        keys(&serde_json::json!({"phone": 0, "qr": 0}))
+    );
+    assert_eq!(
+        (&schema["minProperties"], &schema["maxProperties"]),
+        (&Value::from(1), &Value::from(1))
+    );
+    assert_eq!(schema["additionalProperties"], false);
+    // Dashboard dates: from 1970 (Day counts from 1970-01-01) to 9999.
+    for p in ["DashboardFrom", "DashboardTo"] {
+        assert_eq!(
+            d["components"]["parameters"][p]["schema"]["pattern"],
+            "^(19[7-9][0-9]|[2-9][0-9]{3})-[0-9]{2}-[0-9]{2}$"
+        );
+    }
+    for (day, ok) in [
+        ("1969-12-31", false),
+        ("1970-01-01", true),
+        ("9999-12-31", true),
+    ] {
+        assert_eq!(Day::parse_iso(day).is_some(), ok, "{day}");
+    }
+    // The first tier is at threshold 0, and a reward's cost_cents may be null (as 0).
+    let first = &s["ProgramSpec"]["properties"]["tiers"]["prefixItems"][0]["allOf"];
+    assert_eq!(first[0]["$ref"], "#/components/schemas/Tier");
+    assert_eq!(first[1]["properties"]["threshold"]["const"], 0);
+    let mut program = serde_json::to_value(Program::demo()).unwrap();
+    program["rewards"][0]["cost_cents"] = Value::Null;
+    let p: Program = serde_json::from_value(program).unwrap();
+    assert_eq!(p.rewards[0].cost_cents, 0);
+    program = serde_json::to_value(Program::demo()).unwrap();
+    program["tiers"][0]["threshold"] = Value::from(1);
+    assert!(serde_json::from_value::<Program>(program).is_err());
+}

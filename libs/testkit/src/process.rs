@@ -735,6 +735,15 @@ impl Cluster {
         self.builder.partitions
     }
 
+    /// Every engine started so far (running or not), by name, with its stderr log.
+    pub fn engine_logs(&self) -> Vec<(String, PathBuf)> {
+        self.engines
+            .iter()
+            .flatten()
+            .map(|e| (e.name().to_string(), e.stderr_path()))
+            .collect()
+    }
+
     /// Where the processes' logs are.
     pub fn log_dir(&self) -> &Path {
         self.dir.as_ref().map_or(Path::new(""), |d| d.path())

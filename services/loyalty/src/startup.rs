@@ -115,22 +115,18 @@ struct Systems {
     cache: Option<&'static str>,
 }
 
-/// When this process exports traces ([`crate::telemetry::start`]): turns on the spans of the
-/// log and the engine, and wraps the store and the cache so that each call is a span
-/// (`loyalty_core::trace`). Otherwise the ports as they are.
-fn traced(ports: Ports, systems: Systems) -> Ports {
-    if !crate::telemetry::exporting() {
-        return ports;
+/// Wraps the store and the cache of every process so that each call is measured (latency and
+/// errors by operation, `loyalty_core::trace::ports`); when this process exports traces
+/// ([`crate::telemetry::start`]), also turns on the spans of the log and the engine, and each
+/// store and cache call is then a span too (`loyalty_core::trace`).
+fn instrumented(ports: Ports, systems: Systems) -> Ports {
+    if crate::telemetry::exporting() {
+        loyalty_core::trace::enable(systems.log);
     }
-    loyalty_core::trace::enable(systems.log);
-    let cache = match systems.cache {
-        Some(system) => TracedCache::wrap(ports.cache, system),
-        None => ports.cache,
-    };
     Ports {
         log: ports.log,
         store: TracedStore::wrap(ports.store, systems.store),
-        cache,
+        cache: TracedCache::wrap(ports.cache, systems.cache),
     }
 }
 
@@ -216,7 +212,7 @@ impl Application {
             .with_context(|| format!("opening the event log in {}", config.data_dir.display()))?;
         let store = open_embedded_store(&config, &lock)?;
         let cache = Arc::new(EmbeddedCache::new(config.cache_capacity));
-        let ports = traced(
+        let ports = instrumented(
             Ports {
                 log: log.clone(),
                 store: store.clone(),
@@ -279,7 +275,7 @@ impl Application {
             Some(SharedStore::Scylla(_)) => "scylladb",
             None => "redb",
         };
-        let ports = traced(
+        let ports = instrumented(
             Ports {
                 log: kafka_log(&config)?,
                 store,

@@ -30,9 +30,13 @@
 //! crash before the next round rolls the store back to its last sync and the log delivers the
 //! records again, which the engine applies again to the same effects, or finds recorded and
 //! treats as replays.
+//!
+//! The engine's consumer lag per partition, checkpoint age and rebalances are in the metrics
+//! ([`observe`]).
 
 pub mod health;
 pub mod member;
+mod observe;
 pub mod shard;
 pub mod worker;
 
@@ -50,6 +54,7 @@ use crate::programs::ProgramCache;
 use crate::replies::ReplySink;
 use crate::{Error, Result};
 use health::EngineHealth;
+use observe::{Positions, RebalanceClock, Sampler, SamplerTask};
 use worker::{Progress, WorkerChannels, WorkerDeps, RETRY_MIN};
 
 /// Settings of an engine node.
@@ -77,6 +82,9 @@ pub struct EngineConfig {
     /// (another engine joined), it stops with an error rather than split members across two
     /// stores.
     pub exclusive: Option<u32>,
+    /// How often the consumer lag of each owned partition is sampled (one end-offset read per
+    /// partition) into `loyalty_engine_consumer_lag_records`.
+    pub lag_every: Duration,
 }
 
 impl Default for EngineConfig {
@@ -91,6 +99,7 @@ impl Default for EngineConfig {
             workers: 0,
             lane_records: 8192,
             exclusive: None,
+            lag_every: Duration::from_secs(5),
         }
     }
 }
@@ -139,6 +148,8 @@ struct Dispatcher<'a> {
     lanes: BTreeMap<Partition, Lane>,
     progress_tx: mpsc::UnboundedSender<Progress>,
     deps: WorkerDeps,
+    /// The committed offsets of the owned partitions, for the lag metrics.
+    positions: Arc<Positions>,
 }
 
 impl Engine {
@@ -154,14 +165,18 @@ impl Engine {
     }
 
     async fn run_inner(&self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+        let mut rebalance = RebalanceClock::joining();
         let consumer: Arc<dyn LogConsumer> = Arc::from(
             self.log
                 .subscribe(&self.config.group, &self.config.topic)
                 .await?,
         );
+        let positions = Arc::new(Positions::default());
+        let _sampler = self.start_sampler(&consumer, &positions);
         let mut checkpoints = Checkpoints::new(
             Arc::clone(&consumer),
             Arc::clone(&self.store),
+            Arc::clone(&positions),
             self.config.checkpoint_every,
         );
         let (progress_tx, mut progress_rx) = mpsc::unbounded_channel();
@@ -183,6 +198,7 @@ impl Engine {
                 dead_letter_topic: self.config.dead_letter_topic.clone(),
                 passivate_after: self.config.passivate_after,
             },
+            positions,
         };
         tracing::info!(topic = %self.config.topic, group = %self.config.group, threads, "engine started");
         let mut failure = None;
@@ -206,6 +222,7 @@ impl Engine {
             match event {
                 Ok(ConsumerEvent::Assigned(ps)) => {
                     tracing::info!(partitions = ?ps, "partitions assigned");
+                    rebalance.assigned();
                     d.assign(&ps);
                     if let Err(e) = d.check_exclusive() {
                         failure = Some(e);
@@ -215,8 +232,10 @@ impl Engine {
                 }
                 Ok(ConsumerEvent::Revoked { partitions, done }) => {
                     tracing::info!(partitions = ?partitions, "partitions revoked");
+                    let at = rebalance.revoked();
                     d.release(&partitions, &mut progress_rx, &mut checkpoints)
                         .await;
+                    rebalance.released(at);
                     let _ = done.send(());
                 }
                 Ok(ConsumerEvent::Records(records)) => {
@@ -251,6 +270,26 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Starts sampling the consumer lag of the partitions in `positions`; it stops when the
+    /// returned task is dropped. The checkpoint age counts from now.
+    fn start_sampler(
+        &self,
+        consumer: &Arc<dyn LogConsumer>,
+        positions: &Arc<Positions>,
+    ) -> SamplerTask {
+        metrics().consumer.checkpoint_clock.touch();
+        let sampler = Sampler {
+            log: Arc::clone(&self.log),
+            consumer: Arc::clone(consumer),
+            topic: self.config.topic.clone(),
+            positions: Arc::clone(positions),
+        };
+        let every = self.config.lag_every.max(Duration::from_millis(10));
+        SamplerTask(tokio::spawn(observe::run_sampler(sampler, every)))
+    }
+}
+
 impl Drop for Dispatcher<'_> {
     /// Stops the worker threads: after a clean release they have nothing left to run; if the
     /// engine's task was dropped mid-way (a simulated crash), their work is dropped with it.
@@ -265,6 +304,7 @@ impl Dispatcher<'_> {
     /// Starts a worker for each newly assigned partition.
     fn assign(&mut self, partitions: &[Partition]) {
         self.engine.health.assigned(partitions);
+        self.positions.assigned(partitions);
         for &p in partitions {
             if self.lanes.contains_key(&p) {
                 continue;
@@ -435,6 +475,7 @@ impl Dispatcher<'_> {
         }
         checkpoints.flush().await;
         self.engine.health.released(partitions);
+        self.positions.released(partitions);
     }
 }
 
@@ -445,6 +486,8 @@ impl Dispatcher<'_> {
 struct Checkpoints {
     consumer: Arc<dyn LogConsumer>,
     store: Arc<dyn StateStore>,
+    /// Told of every committed offset.
+    positions: Arc<Positions>,
     every: Duration,
     pending: BTreeMap<Partition, u64>,
     in_flight: Option<tokio::task::JoinHandle<()>>,
@@ -455,11 +498,13 @@ impl Checkpoints {
     fn new(
         consumer: Arc<dyn LogConsumer>,
         store: Arc<dyn StateStore>,
+        positions: Arc<Positions>,
         every: Duration,
     ) -> Checkpoints {
         Checkpoints {
             consumer,
             store,
+            positions,
             every,
             pending: BTreeMap::new(),
             in_flight: None,
@@ -484,11 +529,12 @@ impl Checkpoints {
         self.last_round = Some(not_before.map_or(now, |t| t.max(now)));
         let commits = std::mem::take(&mut self.pending);
         let (consumer, store) = (Arc::clone(&self.consumer), Arc::clone(&self.store));
+        let positions = Arc::clone(&self.positions);
         self.in_flight = Some(tokio::spawn(async move {
             if let Some(t) = not_before {
                 tokio::time::sleep_until(t).await;
             }
-            checkpoint(consumer.as_ref(), store.as_ref(), commits).await;
+            checkpoint(consumer.as_ref(), store.as_ref(), &positions, commits).await;
         }));
     }
 
@@ -510,16 +556,18 @@ impl Checkpoints {
         }
         let commits = std::mem::take(&mut self.pending);
         if !commits.is_empty() {
-            checkpoint(self.consumer.as_ref(), self.store.as_ref(), commits).await;
+            let (consumer, store) = (self.consumer.as_ref(), self.store.as_ref());
+            checkpoint(consumer, store, &self.positions, commits).await;
         }
     }
 }
 
 /// Makes the store durable, then commits every partition's offset at once (a log can make
-/// concurrent commits durable with one write).
+/// concurrent commits durable with one write), and tells `positions` what was committed.
 async fn checkpoint(
     consumer: &dyn LogConsumer,
     store: &dyn StateStore,
+    positions: &Positions,
     commits: BTreeMap<Partition, u64>,
 ) {
     let timer = metrics().checkpoint_seconds.start_timer();
@@ -530,10 +578,11 @@ async fn checkpoint(
     }
     let done = join_all(commits.iter().map(|(&p, &next)| consumer.commit(p, next))).await;
     timer.observe_duration();
-    for ((partition, _), result) in commits.iter().zip(done) {
-        if let Err(e) = result {
+    for ((&partition, &next), result) in commits.iter().zip(done) {
+        match result {
+            Ok(()) => positions.committed(partition, next),
             // Redelivery is harmless: the events are recorded as processed.
-            tracing::warn!(partition, error = %e, "offset commit failed");
+            Err(e) => tracing::warn!(partition, error = %e, "offset commit failed"),
         }
     }
 }

@@ -17,7 +17,7 @@ use actix::{Actor, Addr};
 use loyalty_domain::dashboard::{DashboardDelta, EventFacts};
 use loyalty_domain::{
     classify, Delivery, EventId, Fingerprint, FranchiseId, MemberCommand, MemberId, MemberState,
-    MemberStatus, Outcome, ProcessedEvent, Program, Rejection,
+    MemberStatus, Outcome, ProcessedEvent, Program, Rejection, Timestamp,
 };
 
 use crate::command::{CommandEnvelope, PosCommand};
@@ -45,6 +45,87 @@ pub struct DeadLetter {
     /// Short machine-readable reason (`undecodable`, `unknown-program`...).
     pub reason: &'static str,
     pub detail: String,
+}
+
+/// What became of a command, as `loyalty_engine_commands_total` counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Counted {
+    Applied,
+    /// Refused by the rules, with the rejection's code.
+    Rejected(&'static str),
+    Replayed,
+    Conflict,
+    DeadLettered,
+}
+
+impl Counted {
+    fn result(self) -> &'static str {
+        match self {
+            Counted::Applied => "applied",
+            Counted::Rejected(_) => "rejected",
+            Counted::Replayed => "replayed",
+            Counted::Conflict => "conflict",
+            Counted::DeadLettered => "dead-lettered",
+        }
+    }
+}
+
+/// What a batch's commands came to, and when they were sent, counted in the metrics only once
+/// the store has the batch: a batch tried again after a failed commit is counted once.
+#[derive(Default)]
+struct Tally {
+    /// (command kind, what became of it, how many).
+    counts: Vec<(&'static str, Counted, u64)>,
+    /// When the gateways received the new commands (the time they entered the log).
+    received: Vec<Timestamp>,
+    /// When the POS says the new commands happened, for those that said.
+    occurred: Vec<Timestamp>,
+}
+
+impl Tally {
+    fn add(&mut self, kind: &'static str, counted: Counted) {
+        match self
+            .counts
+            .iter_mut()
+            .find(|(k, c, _)| *k == kind && *c == counted)
+        {
+            Some((_, _, n)) => *n += 1,
+            None => self.counts.push((kind, counted, 1)),
+        }
+    }
+
+    /// A new command (applied or rejected) whose effect goes in this batch.
+    fn new_command(&mut self, env: &CommandEnvelope, counted: Counted) {
+        self.add(env.command.kind(), counted);
+        self.received.push(env.received_at);
+        self.occurred.extend(env.occurred_at);
+    }
+
+    /// Counts everything, the batch being in the store now.
+    fn publish(self) {
+        let m = metrics();
+        for (kind, counted, n) in self.counts {
+            m.engine_commands
+                .with_label_values(&[kind, counted.result()])
+                .inc_by(n);
+            match counted {
+                Counted::Applied => m.events_applied.with_label_values(&[kind]).inc_by(n),
+                Counted::Rejected(code) => m.events_rejected.with_label_values(&[code]).inc_by(n),
+                Counted::Replayed => m.events_replayed.inc_by(n),
+                Counted::Conflict => m.idempotency_conflicts.inc_by(n),
+                // Counted by reason when appended (`loyalty_dead_letters_total`).
+                Counted::DeadLettered => {}
+            }
+        }
+        let now = crate::provisioning::now();
+        let seconds = |at: Timestamp| (now.0 - at.0).max(0) as f64 / 1000.0;
+        for at in self.received {
+            m.engine_lag_seconds.observe(seconds(at));
+        }
+        for at in self.occurred {
+            m.engine_pos_lag_seconds.observe(seconds(at));
+        }
+    }
 }
 
 /// What processing a batch produced, once the store has it.
@@ -163,6 +244,7 @@ impl Shard {
         touched: &mut Vec<MemberId>,
     ) -> Result<BatchOutcome> {
         metrics().engine_batch_records.observe(records.len() as f64);
+        let mut tally = Tally::default();
         let mut dead_letters = Vec::new();
         // Each command with its program and its fingerprint (computed once: a hash of the command).
         let mut commands: Vec<(CommandEnvelope, Arc<Program>, Fingerprint)> =
@@ -173,6 +255,7 @@ impl Shard {
             let env = match CommandEnvelope::decode(&r.payload) {
                 Ok(env) => env,
                 Err(e) => {
+                    tally.add("unknown", Counted::DeadLettered);
                     dead_letters.push(DeadLetter {
                         record: r.clone(),
                         reason: "undecodable",
@@ -191,14 +274,17 @@ impl Shard {
                     let fp = env.fingerprint();
                     commands.push((env, p, fp));
                 }
-                None => dead_letters.push(DeadLetter {
-                    record: r.clone(),
-                    reason: "unknown-program",
-                    detail: format!(
-                        "franchise {} has no program version {}",
-                        env.franchise_id, env.program_version
-                    ),
-                }),
+                None => {
+                    tally.add(env.command.kind(), Counted::DeadLettered);
+                    dead_letters.push(DeadLetter {
+                        record: r.clone(),
+                        reason: "unknown-program",
+                        detail: format!(
+                            "franchise {} has no program version {}",
+                            env.franchise_id, env.program_version
+                        ),
+                    });
+                }
             }
         }
 
@@ -266,8 +352,6 @@ impl Shard {
         let mut pending_replies: Vec<(EventReply, Option<MemberId>)> = Vec::new();
         // Members only replayed in this batch: their durable state, to republish.
         let mut replayed_states: HashMap<MemberId, (MemberState, Arc<Program>)> = HashMap::new();
-        // When the gateways received the new events, for the engine's lag.
-        let mut received = Vec::new();
         // What the new events add to the dashboards, committed with them.
         let mut dashboard = DashboardDelta::default();
 
@@ -279,7 +363,7 @@ impl Shard {
                 && owners.get(&key).is_some_and(|owner| *owner != fp);
             match delivery {
                 Delivery::Replay(rec) => {
-                    metrics().events_replayed.inc();
+                    tally.add(env.command.kind(), Counted::Replayed);
                     // A store that writes a batch member by member (ScyllaDB) may hold this
                     // effect from an attempt whose status never reached the cache: republish.
                     if let Some(m) = rec.member_id.as_ref().filter(|m| !states.contains_key(*m)) {
@@ -309,7 +393,7 @@ impl Shard {
                 }
                 Delivery::New if !lost_claim => {}
                 Delivery::Conflict(_) | Delivery::New => {
-                    metrics().idempotency_conflicts.inc();
+                    tally.add(env.command.kind(), Counted::Conflict);
                     pending_replies.push((
                         EventReply {
                             franchise_id: env.franchise_id.clone(),
@@ -423,16 +507,11 @@ impl Shard {
                 }
             };
 
-            match &outcome {
-                Outcome::Rejected(r) => metrics()
-                    .events_rejected
-                    .with_label_values(&[r.code()])
-                    .inc(),
-                _ => metrics()
-                    .events_applied
-                    .with_label_values(&[env.command.kind()])
-                    .inc(),
-            }
+            let counted = match &outcome {
+                Outcome::Rejected(r) => Counted::Rejected(r.code()),
+                _ => Counted::Applied,
+            };
+            tally.new_command(&env, counted);
 
             // A refund updates the purchase it refunds, so later refunds see what is left.
             if let Outcome::Refund {
@@ -458,7 +537,6 @@ impl Shard {
                 }
             }
 
-            received.push(env.received_at);
             let record = ProcessedEvent {
                 franchise_id: env.franchise_id.clone(),
                 event_id: env.event_id.clone(),
@@ -515,11 +593,8 @@ impl Shard {
                 .with_label_values(&[kind])
                 .inc_by(n as u64);
         }
-        let now = crate::provisioning::now();
-        for at in received {
-            let lag = (now.0 - at.0).max(0) as f64 / 1000.0;
-            metrics().engine_lag_seconds.observe(lag);
-        }
+        // The dashboards' rows were in the same commit: the projection's lag is the apply lag.
+        tally.publish();
 
         // Written: the actors' memory and the store agree again.
         let mut statuses = Vec::with_capacity(states.len());

@@ -17,9 +17,12 @@ use crate::state::Gateway;
 
 const MAX_NAME: usize = 100;
 
+/// A name as sent: at most [`MAX_NAME`] characters, no control character anywhere (a tab or
+/// a newline included, even at an edge), not blank: what the OpenAPI document's pattern for
+/// names says. Kept trimmed.
 fn valid_name(field: &str, name: &str) -> Result<String, ApiError> {
     let t = name.trim();
-    if t.is_empty() || t.chars().count() > MAX_NAME || t.chars().any(char::is_control) {
+    if t.is_empty() || name.chars().count() > MAX_NAME || name.chars().any(char::is_control) {
         Err(ApiError::Invalid(format!(
             "{field} must be 1 to {MAX_NAME} printable characters"
         )))
@@ -28,8 +31,19 @@ fn valid_name(field: &str, name: &str) -> Result<String, ApiError> {
     }
 }
 
-/// A program is validated on its own, so that its errors name the program's field.
+/// A program is validated on its own, so that its errors name the program's field. The names
+/// of its tiers and rewards follow [`valid_name`] as sent (the domain checks them trimmed, and
+/// keeps accepting the programs it stored before control characters were refused).
 fn parse_program(v: serde_json::Value) -> Result<Program, ApiError> {
+    for list in ["tiers", "rewards"] {
+        if let Some(items) = v.get(list).and_then(|l| l.as_array()) {
+            for (i, item) in items.iter().enumerate() {
+                if let Some(name) = item.get("name").and_then(|n| n.as_str()) {
+                    valid_name(&format!("program: {list}[{i}].name"), name)?;
+                }
+            }
+        }
+    }
     serde_json::from_value::<Program>(v).map_err(|e| ApiError::Invalid(format!("program: {e}")))
 }
 

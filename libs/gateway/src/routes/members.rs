@@ -11,12 +11,14 @@ use loyalty_domain::{EventId, MemberId, Outcome, Profile};
 use serde::Deserialize;
 
 use super::events::{envelope, input_error, submit_command, Submitted};
-use super::{json_str, MemberRef, WaitQuery};
+use super::{json_str, WaitQuery};
 use crate::json::JsonObject;
 use crate::problem::ApiError;
 use crate::state::Gateway;
 
 const MAX_LEDGER_PAGE: usize = 500;
+/// The largest ledger cursor (`before`): `i64::MAX`, the bound of the document's `int64`.
+const MAX_CURSOR: u64 = i64::MAX as u64;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,15 +102,24 @@ pub async fn enrol(
     .body(body))
 }
 
+/// `?phone=…` or `?qr=…`: exactly one, and nothing else (a `member_id` included: that is
+/// `GET /v1/members/{member_id}`), as the OpenAPI document's `by` object says.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookupQuery {
+    pub phone: Option<String>,
+    pub qr: Option<String>,
+}
+
 /// `GET /v1/members/lookup?phone=…|qr=…`
 pub async fn lookup(
     req: HttpRequest,
     gw: web::Data<Gateway>,
-    q: web::Query<MemberRef>,
+    q: web::Query<LookupQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let p = gw.authorize(&req, &[Role::Store, Role::Hq]).await?;
     let franchise = gw.franchise_of(&p).await?;
-    if q.member_id.is_some() || (q.phone.is_none() && q.qr.is_none()) {
+    if q.phone.is_none() && q.qr.is_none() {
         return Err(ApiError::Invalid("look a member up by phone or qr".into()));
     }
     let member = input::member_ref(&franchise.secret, None, q.phone.as_deref(), q.qr.as_deref())
@@ -164,6 +175,13 @@ pub async fn ledger(
     if limit == 0 || limit > MAX_LEDGER_PAGE {
         return Err(ApiError::Invalid(format!(
             "limit must be 1 to {MAX_LEDGER_PAGE}"
+        )));
+    }
+    // A cursor is a `seq` (the `next_before` of a page): an OpenAPI int64, like every integer
+    // of the API, so a larger one is refused rather than read as "from the newest".
+    if q.before.is_some_and(|b| b > MAX_CURSOR) {
+        return Err(ApiError::Invalid(format!(
+            "before must be 0 to {MAX_CURSOR}"
         )));
     }
     let entries = gw.store.ledger(&member, q.before, limit).await?;

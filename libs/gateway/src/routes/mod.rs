@@ -35,15 +35,6 @@ impl WaitQuery {
     }
 }
 
-/// How a POS names a member: exactly one of its id, phone number or QR token (resolved by
-/// `loyalty_core::input::member_ref`, shared with the POS topic).
-#[derive(Debug, Deserialize)]
-pub struct MemberRef {
-    pub member_id: Option<String>,
-    pub phone: Option<String>,
-    pub qr: Option<String>,
-}
-
 /// Writes `s` as a JSON string literal.
 pub fn json_str(s: &str) -> String {
     serde_json::Value::String(s.to_owned()).to_string()

@@ -1,0 +1,87 @@
+"""Schemathesis hooks of scripts/schemathesis.py (loaded through its config's `hooks`).
+
+One check of our own, `valid_input_not_refused_as_invalid`: a request generated from the
+schema (positive data) must not be refused as malformed or invalid (400 `malformed-json` /
+`invalid-query`, 422 `invalid-request`). That is what says the schema is as strict as the
+server. The built-in `positive_data_acceptance` is told to let 422 through (see the config that
+scripts/schemathesis.py writes), because a schema-valid request can still break a rule that
+depends on the franchise's state, which no schema can express: a reward not in the current
+catalogue (`unknown-reward`), a currency other than the program's (`currency-mismatch`), a refund
+of an anonymous sale (`anonymous-refund`), a balance that would pass 10^18 (`limit-exceeded`).
+Those codes, and the few rules listed in NOT_IN_A_SCHEMA below, are all that a 400 or 422 to
+positive data may say.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import schemathesis
+from schemathesis.core.failures import Failure
+
+# 422 codes that depend on state the schema cannot know (README "Errors").
+STATE_DEPENDENT_422 = {"unknown-reward", "currency-mismatch", "anonymous-refund", "limit-exceeded"}
+
+# Rules that no JSON Schema can state, each where it applies: (operations, status, code, the
+# detail's words). Across fields of one object (distinct ids and names, sorted thresholds, the
+# stamp card's reward in the catalogue), across query parameters (`from` not after `to`, at most
+# 1096 days), or data (the IANA time zone database). Everything else a schema can say, so a 400
+# or 422 to positive data for anything else means that the document is laxer than the server.
+PROGRAM_OPS = ("POST /v1/franchises", "PUT /v1/franchises/{fid}/program")
+DASHBOARD_OPS = ("GET /v1/franchises/{fid}/dashboard", "GET /v1/franchises/{fid}/dashboard.csv")
+NOT_IN_A_SCHEMA = [
+    (
+        PROGRAM_OPS,
+        422,
+        "invalid-request",
+        re.compile(
+            r"^program: invalid program: (reward id .* appears twice|tier name .* appears twice"
+            r"|tiers must be sorted by strictly increasing threshold"
+            r"|stamp_card\.reward_id .* is not a reward of the catalogue"
+            r"|time_zone .* is not an IANA time zone name)"
+        ),
+    ),
+    (DASHBOARD_OPS, 400, "invalid-query", re.compile(r"^(from \(.*\) is after to|the range is \d+ days)")),
+]
+
+
+class ValidInputRefused(Failure):
+    code = "ST990"
+    checks = ("valid_input_not_refused_as_invalid",)
+    kind_title = "Schema-valid request refused as invalid"
+
+
+@schemathesis.check
+def valid_input_not_refused_as_invalid(ctx, response, case):
+    meta = case.meta
+    if meta is None or not meta.generation.mode.is_positive:
+        return None
+    if response.status_code not in (400, 422):
+        return None
+    try:
+        problem = json.loads(response.content or b"{}")
+    except ValueError:
+        problem = {}
+    code = problem.get("code") if isinstance(problem, dict) else None
+    if response.status_code == 422 and code in STATE_DEPENDENT_422:
+        return None
+    if response.status_code == 400 and code == "ambiguous-authorization":
+        return None
+    detail = problem.get("detail", "") if isinstance(problem, dict) else ""
+    for operations, status, expected_code, words in NOT_IN_A_SCHEMA:
+        if (
+            case.operation.label in operations
+            and response.status_code == status
+            and code == expected_code
+            and words.search(str(detail))
+        ):
+            return None
+    raise ValidInputRefused(
+        operation=case.operation.label,
+        message=(
+            f"A request valid by the schema was answered {response.status_code} `{code}`: "
+            f"{problem.get('detail') if isinstance(problem, dict) else response.text!r}\n"
+            "The schema must refuse what the server refuses (or the server accept it)."
+        ),
+    )
