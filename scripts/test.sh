@@ -89,6 +89,8 @@ sys.exit(m.version('schemathesis') != '$SCHEMATHESIS_VERSION')" >/dev/null 2>&1 
 # The crash and multi-process tests run the real binary; build it in the same profile as the
 # tests so that the dependencies are compiled once.
 cargo build --locked --bin loyalty
+# Where cargo put it (CARGO_TARGET_DIR, when set, moves the whole target directory).
+LOYALTY_BIN_PATH="${CARGO_TARGET_DIR:-target}/debug/loyalty"
 
 mkdir -p target
 OUT=target/test-output.log
@@ -119,7 +121,7 @@ if deploy_python; then
         chart_result="FAILED (see $CHART_LOG)"; [ "$status" -ne 0 ] || status=1
     fi
     echo; echo "== image smoke test: scripts/smoke_image.py"
-    if "$VENV/bin/python" scripts/smoke_image.py --binary target/debug/loyalty 2>&1 |
+    if "$VENV/bin/python" scripts/smoke_image.py --binary "$LOYALTY_BIN_PATH" 2>&1 |
         tee "$IMAGE_LOG"; then
         image_result="passed ($(tail -1 "$IMAGE_LOG" | sed 's/^.*passed: //') checks)"
     else
@@ -141,7 +143,7 @@ fi
 API_LOG=target/schemathesis.log
 if api_python; then
     echo; echo "== property-based API test: scripts/schemathesis.py"
-    if "$VENV/bin/python" scripts/schemathesis.py --binary target/debug/loyalty 2>&1 |
+    if "$VENV/bin/python" scripts/schemathesis.py --binary "$LOYALTY_BIN_PATH" 2>&1 |
         tee "$API_LOG"; then
         api_result="passed ($(tail -1 "$API_LOG" | sed -E 's/^.*passed: ([0-9]+ operations, [0-9]+ checks).*$/\1/'))"
     else
