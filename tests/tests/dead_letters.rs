@@ -136,3 +136,114 @@ async fn on_kafka_a_poison_record_is_dead_lettered_and_its_partition_keeps_flowi
     reader.close().await.unwrap();
     node.stop();
 }
+
+/// A purchase dead-lettered because its program version did not exist yet is applied once the
+/// version is written and the dead-letter topic replayed; a second replay replays nothing, and
+/// a dry run counts without appending or moving the replay's offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_replayed_after_its_cause_is_fixed_is_applied_once() {
+    use loyalty_core::command::{CommandEnvelope, PosCommand};
+    use loyalty_core::dead_letters::{replay, ReplayOptions};
+    use loyalty_domain::{Cents, Currency, EventId, FranchiseId, MemberId, StoreId};
+
+    let app = spawn_app().await;
+    let f = app.franchise("Café Replay").await;
+    let m = app.enrol(&f, "+33600000011").await["member_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let points_before = app.status(&f, &m).await["points"].as_i64().unwrap();
+
+    // A purchase judged by program version 2, which the franchise does not have yet.
+    let env = CommandEnvelope {
+        franchise_id: FranchiseId::parse(&f.id).unwrap(),
+        store_id: StoreId::parse(&f.store_id).unwrap(),
+        event_id: EventId::parse("replayed-1").unwrap(),
+        program_version: 2,
+        occurred_at: None,
+        received_at: loyalty_core::provisioning::now(),
+        request_id: None,
+        reply_to: None,
+        command: PosCommand::Purchase {
+            member_id: Some(MemberId::parse(&m).unwrap()),
+            amount_cents: Cents::new(2_000).unwrap(),
+            currency: Currency::parse("EUR").unwrap(),
+        },
+    };
+    app.log
+        .append("pos-commands", m.as_bytes(), env.encode(), Vec::new())
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while app
+        .log
+        .read("pos-commands-dlq", 0, 0, 10)
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never dead-lettered"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    let dry = ReplayOptions {
+        dry_run: true,
+        ..ReplayOptions::default()
+    };
+    let counted = replay(app.log.as_ref(), "pos-commands-dlq", &dry)
+        .await
+        .unwrap();
+    assert_eq!(
+        counted.replayed.get("unknown-program"),
+        Some(&1),
+        "{counted:?}"
+    );
+
+    // The cause fixed: version 2 written (the same program).
+    let r = app
+        .put(
+            &format!("/v1/franchises/{}/program", f.id),
+            &f.hq_key,
+            serde_json::json!({ "program": loyalty_tests::demo_program() }),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+
+    let done = replay(
+        app.log.as_ref(),
+        "pos-commands-dlq",
+        &ReplayOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        done.total_replayed(),
+        1,
+        "the dry run replayed nothing: {done:?}"
+    );
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let points = app.status(&f, &m).await["points"].as_i64().unwrap();
+        if points == points_before + 20 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "points {points}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let again = replay(
+        app.log.as_ref(),
+        "pos-commands-dlq",
+        &ReplayOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.total_replayed(), 0, "{again:?}");
+    let entries = app.ledger(&f, &m).await;
+    let replayed: Vec<_> = entries
+        .iter()
+        .filter(|e| e["event_id"] == "replayed-1")
+        .collect();
+    assert_eq!(replayed.len(), 1, "applied once: {entries:?}");
+}

@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod command;
 pub mod dashboard;
+pub mod dead_letters;
 pub mod demo_history;
 pub mod engine;
 pub mod error;

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod client_faults;
 pub mod configuration;
+pub mod dead_letters;
 pub mod demo;
 pub mod projections;
 pub mod startup;

@@ -87,6 +87,11 @@ enum Command {
         #[arg(long)]
         repair_cache: bool,
     },
+    /// The dead-letter topic.
+    DeadLetters {
+        #[command(subcommand)]
+        command: DeadLettersCommand,
+    },
     /// The dashboards' projections.
     Projections {
         #[command(subcommand)]
@@ -103,6 +108,26 @@ enum ProjectionsCommand {
         /// Only this franchise (default: every franchise).
         #[arg(long)]
         franchise: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadLettersCommand {
+    /// Appends every dead letter not replayed yet back to the topic it came from (after its
+    /// cause is fixed). Safe to repeat: applied commands are answered as replays, bad ones are
+    /// dead-lettered again. Stop an embedded-log node first.
+    Replay {
+        #[command(flatten)]
+        common: Common,
+        /// The dead-letter topic (default: LOYALTY_DEAD_LETTER_TOPIC, the command topic's).
+        #[arg(long)]
+        topic: Option<String>,
+        /// Only dead letters of this reason (unknown-program, undecodable, ...).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Count what would be replayed; append and commit nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -125,6 +150,7 @@ impl Command {
             Command::Cache { .. } => "loyalty-cache",
             Command::Projections { .. } => "loyalty-projections",
             Command::Audit { .. } => "loyalty-audit",
+            Command::DeadLetters { .. } => "loyalty-dead-letters",
         }
     }
 }
@@ -163,6 +189,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 anyhow::bail!("the audit found differences (listed above)");
             }
             return Ok(());
+        }
+        Command::DeadLetters {
+            command:
+                DeadLettersCommand::Replay {
+                    common,
+                    topic,
+                    reason,
+                    dry_run,
+                },
+        } => {
+            let c = common.load(Profile::Production)?;
+            let options = loyalty_core::dead_letters::ReplayOptions { reason, dry_run };
+            return loyalty::dead_letters::replay(&c, topic.as_deref(), &options).await;
         }
         Command::Projections {
             command: ProjectionsCommand::Rebuild { common, franchise },

@@ -137,6 +137,19 @@ pub fn lock_data_dir(config: &DevConfig) -> anyhow::Result<DataDirLock> {
     Ok(DataDirLock::acquire(&config.data_dir)?)
 }
 
+/// The configured event log, for the tools that read or write it outside a node (`loyalty
+/// dead-letters replay`): Kafka when `LOYALTY_KAFKA_BROKERS` is set, else the embedded log of
+/// the data directory, locked (so the node must be stopped).
+pub fn open_log(config: &DevConfig) -> anyhow::Result<(Arc<dyn EventLog>, Option<DataDirLock>)> {
+    if config.kafka_brokers.is_some() {
+        return Ok((kafka_log(config)?, None));
+    }
+    let lock = lock_data_dir(config)?;
+    let log = EmbeddedLog::open(config.data_dir.join("log"))
+        .with_context(|| format!("opening the event log in {}", config.data_dir.display()))?;
+    Ok((log, Some(lock)))
+}
+
 /// The embedded store in the data directory, with the configured page cache. The caller holds
 /// the directory's lock.
 fn open_embedded_store(
