@@ -48,23 +48,7 @@ RELEASE = "loyalty"
 _beside = Path(sys.executable).parent / "kubernetes-validate"
 KUBERNETES_VALIDATE = str(_beside) if _beside.exists() else (shutil.which("kubernetes-validate") or "kubernetes-validate")
 
-failures: list[str] = []
-passed = 0
-
-
-def ok(line: str) -> None:
-    global passed
-    passed += 1
-    print(f"  ok    {line}")
-
-
-def bad(line: str) -> None:
-    failures.append(line)
-    print(f"  FAIL  {line}")
-
-
-def check(cond: bool, line: str) -> None:
-    (ok if cond else bad)(line)
+from checklib import bad, check, failures, ok, summary  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -492,12 +476,7 @@ def main() -> int:
     print("the values schema and the templates refuse bad values:")
     rejections(chart_dir, production)
 
-    total = passed + len(failures)
-    if failures:
-        print(f"chart checks FAILED: {len(failures)} of {total} failed")
-        return 1
-    print(f"chart checks passed: {passed} of {total}")
-    return 0
+    return summary("chart checks")
 
 
 if __name__ == "__main__":

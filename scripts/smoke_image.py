@@ -37,23 +37,7 @@ import yaml
 from helm_python import chart as helm_chart
 
 ROOT = Path(__file__).resolve().parent.parent
-failures: list[str] = []
-passed = 0
-
-
-def ok(line: str) -> None:
-    global passed
-    passed += 1
-    print(f"  ok    {line}")
-
-
-def bad(line: str) -> None:
-    failures.append(line)
-    print(f"  FAIL  {line}")
-
-
-def check(cond: bool, line: str) -> None:
-    (ok if cond else bad)(line)
+from checklib import bad, check, failures, ok, summary  # noqa: E402
 
 
 def dockerfile_runtime(path: Path) -> dict:
@@ -272,12 +256,7 @@ def main() -> int:
     smoke_dockerfile(binary, Path(a.dockerfile))
     print("the chart's containers:")
     smoke_chart(binary, Path(a.chart))
-    total = passed + len(failures)
-    if failures:
-        print(f"image smoke checks FAILED: {len(failures)} of {total} failed")
-        return 1
-    print(f"image smoke checks passed: {passed} of {total}")
-    return 0
+    return summary("image smoke checks")
 
 
 if __name__ == "__main__":

@@ -176,7 +176,6 @@ async fn audit_one(
             .differences
             .push(difference(DifferenceKind::Ledger(finding)));
     }
-    let state = &state;
     let Some(cache) = cache else {
         return Ok(());
     };
@@ -185,7 +184,7 @@ async fn audit_one(
         return Ok(());
     };
     report.cache_checked += 1;
-    if same(&cached, &render_status(state, program)) {
+    if same(&cached, &render_status(&state, program)) {
         return Ok(());
     }
     // Read both again: an engine may have committed and published in between.

@@ -13,8 +13,30 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use crate::ports::{ConsumerEvent, EventLog, LogConsumer, Offset, Partition, Record};
 use crate::{Error, Result};
+
+/// A dead letter's headers after the record's own: why it was refused, in detail, and where
+/// it was read (`<topic>/<partition>/<offset>`).
+pub const REASON: &str = "dlq-reason";
+pub const DETAIL: &str = "dlq-detail";
+pub const SOURCE: &str = "dlq-source";
+
+/// The headers of the dead letter of `record`, read at `topic`: the record's own, then
+/// [`REASON`], [`DETAIL`] and [`SOURCE`]. What the engine and the POS ingester append, and
+/// what [`replay`] reads back.
+pub fn headers(record: &Record, topic: &str, reason: &str, detail: String) -> Vec<(String, Bytes)> {
+    let mut headers = record.headers.clone();
+    headers.push((REASON.into(), Bytes::copy_from_slice(reason.as_bytes())));
+    headers.push((DETAIL.into(), Bytes::from(detail)));
+    headers.push((
+        SOURCE.into(),
+        Bytes::from(format!("{topic}/{}/{}", record.partition, record.offset)),
+    ));
+    headers
+}
 
 /// The consumer group whose committed offsets say what was replayed.
 pub const REPLAY_GROUP: &str = "loyalty-dead-letter-replay";
@@ -56,11 +78,11 @@ fn header<'a>(r: &'a Record, name: &str) -> Option<&'a [u8]> {
 
 /// The topic a dead letter came from (`dlq-source` is `<topic>/<partition>/<offset>`).
 fn source_topic(r: &Record) -> Result<String> {
-    let source = header(r, "dlq-source")
+    let source = header(r, SOURCE)
         .and_then(|v| std::str::from_utf8(v).ok())
         .ok_or_else(|| {
             Error::Invalid(format!(
-                "dead letter at offset {} of partition {} has no dlq-source header",
+                "dead letter at offset {} of partition {} has no {SOURCE} header",
                 r.offset, r.partition
             ))
         })?;
@@ -161,7 +183,7 @@ async fn replay_batch(
         if end.get(&r.partition).is_none_or(|e| r.offset >= *e) {
             continue;
         }
-        let reason = header(r, "dlq-reason")
+        let reason = header(r, REASON)
             .map(|v| String::from_utf8_lossy(v).into_owned())
             .unwrap_or_else(|| "unknown".into());
         *report.read.entry(reason.clone()).or_default() += 1;
@@ -170,7 +192,7 @@ async fn replay_batch(
                 let headers = r
                     .headers
                     .iter()
-                    .filter(|(n, _)| !n.starts_with("dlq-"))
+                    .filter(|(n, _)| ![REASON, DETAIL, SOURCE].contains(&n.as_str()))
                     .cloned()
                     .collect();
                 log.append(&source_topic(r)?, &r.key, r.payload.clone(), headers)

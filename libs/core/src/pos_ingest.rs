@@ -28,7 +28,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::future::join_all;
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -419,10 +418,7 @@ impl PosIngest {
             }
             detail.truncate(end);
         }
-        let mut headers = r.headers.clone();
-        headers.push(("dlq-reason".into(), Bytes::from_static(code.as_bytes())));
-        headers.push(("dlq-detail".into(), Bytes::from(detail)));
-        headers.push(("dlq-source".into(), Bytes::from(self.source(r))));
+        let headers = crate::dead_letters::headers(r, &self.config.topic, code, detail);
         let mut delay = self.config.retry_min;
         loop {
             match self

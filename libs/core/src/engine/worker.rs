@@ -17,7 +17,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
@@ -243,19 +242,8 @@ async fn dead_letter(deps: &WorkerDeps, dl: &DeadLetter, stop: &mut watch::Recei
         reason = dl.reason,
         "dead letter"
     );
-    let mut headers = dl.record.headers.clone();
-    headers.push((
-        "dlq-reason".into(),
-        Bytes::from_static(dl.reason.as_bytes()),
-    ));
-    headers.push(("dlq-detail".into(), Bytes::from(dl.detail.clone())));
-    headers.push((
-        "dlq-source".into(),
-        Bytes::from(format!(
-            "{}/{}/{}",
-            deps.topic, dl.record.partition, dl.record.offset
-        )),
-    ));
+    let headers =
+        crate::dead_letters::headers(&dl.record, &deps.topic, dl.reason, dl.detail.clone());
     let mut delay = RETRY_MIN;
     loop {
         match deps
