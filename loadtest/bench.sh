@@ -5,7 +5,7 @@
 #      bytes with no lookup (loadtest/src/bin/plain-http.rs), same wrk client, threads,
 #      connections, duration, same worker count;
 #   2. Redis: redis-benchmark GET/SET vs the hot-cache adapter (loadtest/src/bin/cache-bench.rs);
-#   3. ingestion (the ignored tests of tests/tests/ingest_bench.rs): append→applied by one
+#   3. ingestion (the ignored tests of tests/tests/bench/ingest_bench.rs): append→applied by one
 #      engine node vs the raw append→consume rate of the log behind it, same record size: raw
 #      rdkafka on a tansu broker of its own (distributed mode), the raw embedded log (dev mode);
 #   4. the embedded store: raw redb durable writes (loadtest/src/bin/store-bench.rs) vs
@@ -16,7 +16,7 @@
 #      the store's page cache excluded), with the default cache and with
 #      LOYALTY_CACHE_CAPACITY=1000; and per active actor;
 #   7. many nodes as OS processes on PostgreSQL + tansu + redis-server (issue 9; the ignored
-#      tests of tests/tests/multiprocess_bench.rs, on the testkit's Cluster): purchases appended
+#      tests of tests/tests/bench/multiprocess_bench.rs, on the testkit's Cluster): purchases appended
 #      straight into the command topic → applied by 1 and by 3 `loyalty engine` processes vs
 #      the raw rdkafka produce→consume rate on the same broker, same record size; the handoff
 #      after kill -9 of one engine of three (per-partition claims in PostgreSQL) vs the
@@ -24,7 +24,7 @@
 #      processes (loyalty-loadtest pointed at both) next to the dev-mode figures of part 5;
 #      CPU per process, engine stage metrics and pg_stat_statements ("where the time goes");
 #   8. dashboards (issue 10): the dashboard request for one year × 50 stores × 100 000 members
-#      (tests/tests/dashboard_bench.rs: the history applied by the engine, then p50/p99 of the
+#      (tests/tests/bench/dashboard_bench.rs: the history applied by the engine, then p50/p99 of the
 #      API for 5 kinds of range) next to the store read of its rows alone; the projection lag
 #      (loyalty_engine_lag_seconds) during part 5's open-model run; ingestion with projections
 #      on is part 3's dev figure.
@@ -58,9 +58,7 @@ OUT=${OUT:-loadtest/results-$DATE.md}
 echo "building (release)..." >&2
 cargo build --release --locked --bin loyalty >&2
 cargo build --release --locked -p loyalty-loadtest --bins >&2
-cargo test --release --locked -p loyalty-tests --test ingest_bench --no-run >&2
-cargo test --release --locked -p loyalty-tests --test multiprocess_bench --no-run >&2
-cargo test --release --locked -p loyalty-tests --test dashboard_bench --no-run >&2
+cargo test --release --locked -p loyalty-tests --test bench --no-run >&2
 BIN=${CARGO_TARGET_DIR:-target}/release
 
 WORK=$(mktemp -d)
@@ -141,7 +139,9 @@ start_dev() {
     local port
     port=$(free_port)
     rm -rf "$WORK/data"
-    env LOYALTY_PASSIVATE_AFTER_SECS=$PASSIVATE LOYALTY_HTTP_WORKERS=$WORKERS RUST_LOG=warn "$@" \
+    # The phone-lookup rate limits are off: the mix looks phones up far faster than a till.
+    env LOYALTY_PASSIVATE_AFTER_SECS=$PASSIVATE LOYALTY_HTTP_WORKERS=$WORKERS RUST_LOG=warn \
+        LOYALTY_LOOKUP_LIMIT_PER_MINUTE=0 LOYALTY_LOOKUP_ADDRESS_LIMIT_PER_MINUTE=0 "$@" \
         $BIN/loyalty dev --listen 127.0.0.1:"$port" --data-dir "$WORK/data" >"$WORK/dev.log" 2>&1 &
     PID=$!
     PIDS+=($PID)
@@ -304,14 +304,14 @@ stop_dev
 # ---------------------------------------------------------------- 3. ingestion
 # Dev mode (embedded log and store), then distributed mode (tansu + Redis) unless SKIP_BROKER.
 calm; note_load "ingestion, embedded"
-cargo test --release --locked -p loyalty-tests --test ingest_bench -- --ignored --nocapture dev_ >"$WORK/ingest-dev.txt" 2>&1 || true
+cargo test --release --locked -p loyalty-tests --test bench -- --ignored --nocapture ingest_bench::dev_ >"$WORK/ingest-dev.txt" 2>&1 || true
 grep -E '^(records|raw EmbeddedLog|platform append|engine:)' "$WORK/ingest-dev.txt" >&2 || tail -20 "$WORK/ingest-dev.txt" >&2
 E_LINES=$(grep -E '^(records|raw EmbeddedLog|platform append|engine:)' "$WORK/ingest-dev.txt" || true)
 E_RAW=$(sed -nE 's/.*append→consume \(consumer reading meanwhile\) ([0-9]+)\/s.*/\1/p' "$WORK/ingest-dev.txt" | head -1)
 E_E2E=$(sed -nE 's/.*applied durably by one engine node: ([0-9]+)\/s.*/\1/p' "$WORK/ingest-dev.txt")
 E_PCT=$(sed -nE 's/.*\(([0-9]+) % of raw.*/\1/p' "$WORK/ingest-dev.txt")
 calm; note_load "dashboard, a year of 50 stores and 100 000 members"
-cargo test --release --locked -p loyalty-tests --test dashboard_bench -- --ignored --nocapture >"$WORK/dashboard.txt" 2>&1 || true
+cargo test --release --locked -p loyalty-tests --test bench -- --ignored --nocapture dashboard_bench:: >"$WORK/dashboard.txt" 2>&1 || true
 grep -E '^(history|year|dashboard)' "$WORK/dashboard.txt" >&2 || tail -20 "$WORK/dashboard.txt" >&2
 DB_LINES=$(grep -E '^(history|year|dashboard)' "$WORK/dashboard.txt" || true)
 read -r DB_P50 DB_P99 DB_READ50 DB_READ99 < <(sed -nE 's/^dashboard all kinds: p50 ([0-9.]+) ms, p99 ([0-9.]+) ms.*alone: p50 ([0-9.]+) ms, p99 ([0-9.]+) ms.*/\1 \2 \3 \4/p' "$WORK/dashboard.txt" | head -1)
@@ -319,7 +319,7 @@ DB_YEAR=$(sed -nE 's/^dashboard year: (.*) \(.*/\1/p' "$WORK/dashboard.txt" | he
 B_LINES="(skipped)"; B_RAW=0; B_E2E=0; B_PCT=0; B_PROD=0; B_APPEND=0
 if [ -z "${SKIP_BROKER:-}" ]; then
     calm; note_load broker
-    cargo test --release --locked -p loyalty-tests --test ingest_bench -- --ignored --nocapture ingestion_rate_next_to_the_raw_broker_rate >"$WORK/ingest.txt" 2>&1 || true
+    cargo test --release --locked -p loyalty-tests --test bench -- --ignored --nocapture ingest_bench::ingestion_rate_next_to_the_raw_broker_rate >"$WORK/ingest.txt" 2>&1 || true
     grep -E '^(records|raw rdkafka|platform append|engine:)' "$WORK/ingest.txt" >&2 || tail -20 "$WORK/ingest.txt" >&2
     B_LINES=$(grep -E '^(records|raw rdkafka|platform append|engine:)' "$WORK/ingest.txt" || true)
     B_PROD=$(sed -nE 's/^raw rdkafka: append ([0-9]+)\/s.*/\1/p' "$WORK/ingest.txt")
@@ -340,7 +340,7 @@ if [ -z "${SKIP_MULTIPROCESS:-}" ]; then
     export LOYALTY_BENCH_OUT=$WORK LOYALTY_BENCH_SECS=$D LOYALTY_BENCH_USERS=$CONNS
     command -v perf >/dev/null && export LOYALTY_BENCH_PERF=${LOYALTY_BENCH_PERF:-1}
     calm; note_load "multi-process ingestion and handoff"
-    LOYALTY_BENCH_EVENTS=${MP_EVENTS:-40000} LOYALTY_BENCH_HANDOFF_ROUNDS=${HANDOFF_ROUNDS:-3} cargo test --release --locked -p loyalty-tests --test multiprocess_bench -- --ignored --nocapture --exact multiprocess_ingestion_1_and_3_engines_and_handoff_on_postgres >"$WORK/mp-ingest.txt" 2>&1 || true
+    LOYALTY_BENCH_EVENTS=${MP_EVENTS:-40000} LOYALTY_BENCH_HANDOFF_ROUNDS=${HANDOFF_ROUNDS:-3} cargo test --release --locked -p loyalty-tests --test bench -- --ignored --nocapture --exact multiprocess_bench::multiprocess_ingestion_1_and_3_engines_and_handoff_on_postgres >"$WORK/mp-ingest.txt" 2>&1 || true
     MP_LINES=$(grep -E "$MP_GREP" "$WORK/mp-ingest.txt" || tail -30 "$WORK/mp-ingest.txt")
     echo "$MP_LINES" >&2
     mp_rate() { sed -nE "s/^multiprocess $1: .*append→applied on PostgreSQL: ([0-9]+)\/s.*/\1/p" "$WORK/mp-ingest.txt"; }
@@ -352,7 +352,7 @@ if [ -z "${SKIP_MULTIPROCESS:-}" ]; then
     # shellcheck disable=SC1090
     eval "$(sed -nE 's/^handoff figures: //p' "$WORK/mp-ingest.txt")"
     calm; note_load "checkout through two gateways"
-    cargo test --release --locked -p loyalty-tests --test multiprocess_bench -- --ignored --nocapture --exact checkout_mix_through_two_gateways_on_postgres >"$WORK/mp-checkout.txt" 2>&1 || true
+    cargo test --release --locked -p loyalty-tests --test bench -- --ignored --nocapture --exact multiprocess_bench::checkout_mix_through_two_gateways_on_postgres >"$WORK/mp-checkout.txt" 2>&1 || true
     CO_LINES=$(grep -E "$MP_GREP" "$WORK/mp-checkout.txt" || tail -30 "$WORK/mp-checkout.txt")
     echo "$CO_LINES" >&2
     # shellcheck disable=SC1090
@@ -419,11 +419,11 @@ echo "$WRK http://GATEWAY        # then the same against target/release/plain-ht
 echo "wrk -t2 -c$CONNS -d${D}s --latency -s loadtest/wrk/purchase.lua http://GATEWAY   # until loyalty_events_applied_total{kind=\"purchase\"} stops growing"
 echo "target/release/loyalty-loadtest run --members 10000 --model closed --users $CONNS --ramp-up 2s --duration ${D}s"
 echo "target/release/loyalty-loadtest run --members 10000 --model open --rate $HALF --ramp-up 2s --duration ${D}s"
-echo "cargo test --release -p loyalty-tests --test ingest_bench -- --ignored --nocapture dev_"
-echo "cargo test --release -p loyalty-tests --test ingest_bench -- --ignored --nocapture ingestion_rate_next_to_the_raw_broker_rate"
-echo "cargo test --release -p loyalty-tests --test multiprocess_bench -- --ignored --nocapture --exact multiprocess_ingestion_1_and_3_engines_and_handoff_on_postgres"
-echo "cargo test --release -p loyalty-tests --test multiprocess_bench -- --ignored --nocapture --exact checkout_mix_through_two_gateways_on_postgres   # loyalty-loadtest --url GW1,GW2, closed then open at half"
-echo "cargo test --release -p loyalty-tests --test dashboard_bench -- --ignored --nocapture"
+echo "cargo test --release -p loyalty-tests --test bench -- --ignored --nocapture ingest_bench::dev_"
+echo "cargo test --release -p loyalty-tests --test bench -- --ignored --nocapture ingest_bench::ingestion_rate_next_to_the_raw_broker_rate"
+echo "cargo test --release -p loyalty-tests --test bench -- --ignored --nocapture --exact multiprocess_bench::multiprocess_ingestion_1_and_3_engines_and_handoff_on_postgres"
+echo "cargo test --release -p loyalty-tests --test bench -- --ignored --nocapture --exact multiprocess_bench::checkout_mix_through_two_gateways_on_postgres   # loyalty-loadtest --url GW1,GW2, closed then open at half"
+echo "cargo test --release -p loyalty-tests --test bench -- --ignored --nocapture dashboard_bench::"
 echo '```'
 echo
 echo "Raw output of the dashboard benchmark:"

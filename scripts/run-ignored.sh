@@ -9,9 +9,9 @@ LOYALTY_TANSU_BIN=${LOYALTY_TANSU_BIN:-$(scripts/install-tansu.sh)}
 export LOYALTY_TANSU_BIN
 run() { echo "== $*"; cargo test --release --locked "$@" -- --ignored --nocapture --test-threads=1; }
 run -p loyalty-embedded --lib log_append_throughput
-run -p loyalty-tests --test ingest_bench
-run -p loyalty-tests --test dashboard_bench
+run -p loyalty-tests --test bench ingest_bench::
+run -p loyalty-tests --test bench dashboard_bench::
 # The multi-process benchmarks (PostgreSQL, tansu, redis-server; several minutes).
-run -p loyalty-tests --test multiprocess_bench
+run -p loyalty-tests --test bench multiprocess_bench::
 # A probe: it documents tansu's static membership and may fail against tansu 0.6.0.
 run -p loyalty-kafka --test kafka_log kafka_static_membership_probe || echo "probe failed (expected on tansu 0.6.0, see libs/kafka docs)"

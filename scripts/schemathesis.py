@@ -13,8 +13,15 @@ test.sh fills: `$VENV/bin/python scripts/schemathesis.py`).
    keys (`Authorization: Bearer …`), with a bounded number of examples per operation, a fixed
    seed and no example database (hypothesis and schemathesis write under target/schemathesis).
    Path, query and body fields that name things (franchise, stores, members, QR tokens, phones,
-   purchases, rewards, currency, `occurred_at`) are drawn from the seeded values most of the
-   time (schemathesis dictionaries), so that requests reach the handlers' logic rather than 404.
+   purchases, rewards, currency, `occurred_at`, API keys) are drawn from the seeded values most
+   of the time (schemathesis dictionaries), so that requests reach the handlers' logic rather
+   than 404.
+   API keys: the runs may rotate and revoke keys, so the keys they may name (`{kid}`) are keys
+   created for them (two store keys, a read-only and an HQ key, made with the admin key), and the
+   keys the runs authenticate with (the demo's HQ key and store key 1) are protected: the hooks
+   (scripts/schemathesis_hooks.py, `before_call`) point a rotation or revocation of one of them,
+   however its id was found (a listing, the stateful phase's links), at a key that does not exist
+   (404), so that no run locks itself or the next one out.
 3. Prints a summary (operations, checks, failures) per key and in total, the server's stderr in
    target/schemathesis/loyalty-dev.log. Exits non-zero on any failure or error.
 """
@@ -66,6 +73,11 @@ class Dev:
             LOYALTY_ADMIN_KEY=ADMIN_KEY,
             LOYALTY_DEMO_HISTORY="false",
             LOYALTY_PARTITIONS="4",
+            # Thousands of generated phone lookups from one key: with the default limit most
+            # would be 429 (documented, so accepted) and the 200/404 paths little exercised.
+            # The limit itself is tested in tests/tests/e2e/listener_limits.rs.
+            LOYALTY_LOOKUP_LIMIT_PER_MINUTE="0",
+            LOYALTY_LOOKUP_ADDRESS_LIMIT_PER_MINUTE="0",
             RUST_LOG=env.get("RUST_LOG", "warn"),
             NO_COLOR="1",
         )
@@ -162,6 +174,32 @@ def seed(dev: Dev) -> dict[str, list]:
     }
 
 
+def key_fixtures(dev: Dev) -> tuple[list[str], list[str]]:
+    """Keys the runs may rotate and revoke (created here), and the ids of the keys they use."""
+    base, fid = dev.address, dev.keys["FRANCHISE_ID"]
+    victims = []
+    for body in (
+        {"role": "store", "store_id": dev.keys["STORE2_ID"]},
+        {"role": "store", "store_id": dev.keys["STORE3_ID"]},
+        {"role": "hq_read_only"},
+        {"role": "hq"},
+    ):
+        status, key = http("POST", f"{base}/v1/franchises/{fid}/api-keys", ADMIN_KEY, body)
+        if status != 201:
+            raise RuntimeError(f"seeding: creating a key answered {status} {key}")
+        victims.append(key["id"])
+    status, listed = http("GET", f"{base}/v1/franchises/{fid}/api-keys", ADMIN_KEY)
+    if status != 200:
+        raise RuntimeError(f"seeding: listing the keys answered {status} {listed}")
+    protected = []
+    for name in ("HQ_KEY", "STORE1_KEY"):
+        ids = [k["id"] for k in listed["keys"] if dev.keys[name].startswith(k["prefix"]) and k["id"] not in victims]
+        if not ids:
+            raise RuntimeError(f"seeding: no key listed for {name}")
+        protected += ids
+    return victims, protected
+
+
 def toml_value(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -183,6 +221,7 @@ def write_config(path: Path, data: dict[str, list], args: argparse.Namespace, ho
         "path.fid": "franchises",
         "path.sid": "stores",
         "path.member_id": "members",
+        "path.kid": "keys",
         "query.phone": "phones",
         "query.qr": "qrs",
         "query.store": "stores",
@@ -233,7 +272,9 @@ def write_config(path: Path, data: dict[str, list], args: argparse.Namespace, ho
     path.write_text("\n".join(lines) + "\n")
 
 
-def run_one(role: str, key: str, dev: Dev, config: Path, out_dir: Path, args) -> dict:
+def run_one(
+    role: str, key: str, dev: Dev, config: Path, out_dir: Path, args, protected: list[str]
+) -> dict:
     report = out_dir / f"{role}.ndjson"
     log = out_dir / f"{role}.log"
     cmd = [
@@ -261,7 +302,12 @@ def run_one(role: str, key: str, dev: Dev, config: Path, out_dir: Path, args) ->
     start = time.monotonic()
     with open(log, "w") as f:
         # No __pycache__ of the hooks in scripts/.
-        env = dict(os.environ, NO_COLOR="1", PYTHONDONTWRITEBYTECODE="1")
+        env = dict(
+            os.environ,
+            NO_COLOR="1",
+            PYTHONDONTWRITEBYTECODE="1",
+            LOYALTY_SCHEMATHESIS_PROTECTED_KEYS=",".join(protected),
+        )
         proc = subprocess.run(cmd, cwd=out_dir, stdout=f, stderr=subprocess.STDOUT, env=env)
     elapsed = time.monotonic() - start
     text = log.read_text(errors="replace")
@@ -393,14 +439,23 @@ def main() -> int:
             if m in methods and p != "/openapi.json"
         }
         data = seed(dev)
+        victims, protected = key_fixtures(dev)
+        data["keys"] = victims
         config = out / "schemathesis.toml"
         write_config(config, data, args, ROOT / "scripts/schemathesis_hooks.py")
         keys = {"store": dev.keys["STORE1_KEY"], "hq": dev.keys["HQ_KEY"], "admin": ADMIN_KEY}
         for role in args.roles.split(","):
-            results.append(run_one(role, keys[role], dev, config, out, args))
+            results.append(run_one(role, keys[role], dev, config, out, args, protected))
             if dev.proc.poll() is not None:
                 print(f"loyalty dev exited with {dev.proc.returncode} during the {role} run")
                 break
+        # The keys the runs used were never rotated nor revoked (the hooks saw to it).
+        for role in ("hq", "store"):
+            status, _ = http("GET", f"{dev.address}/v1/members/{data['members'][0]}", keys[role])
+            if status != 200:
+                print(f"the {role} key no longer works after the runs ({status})")
+                results.append({"role": f"{role}-key", "operations": set(), "checks": 0, "failures": 1,
+                                "errors": 0, "failed": [], "exit": 1, "seconds": 0.0, "line": "key lost"})
     finally:
         code = dev.stop()
 

@@ -8,7 +8,8 @@
 # chromium and chromium-driver for the dashboard page's browser test, python3-venv for the chart
 # checks); tansu comes from scripts/install-tansu.sh (LOYALTY_TANSU_BIN), PyPI helm-python-sdk
 # and kubernetes-validate go to a venv under the cache dir (deploy_python), and PyPI schemathesis
-# for the property-based API test to the same venv (api_python). A test whose server
+# for the property-based API test to the same venv (api_python); cargo-deny for the dependency
+# audit from scripts/install-cargo-deny.sh (LOYALTY_CARGO_DENY_BIN). A test whose server
 # is missing prints `SKIPPED: <reason>`; the last lines of this script list the suites that ran
 # and the tests that were skipped, with their reasons. `LOYALTY_REQUIRE_SERVERS=1` (set by CI)
 # turns every such skip into a failure.
@@ -25,7 +26,7 @@ install_missing() {
     have_initdb || missing+=(postgresql)
     command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
     command -v kcat >/dev/null 2>&1 || missing+=(kcat)
-    # The dashboard page's browser test (tests/tests/dashboard_page.rs): headless Chromium.
+    # The dashboard page's browser test (tests/tests/e2e/dashboard_page.rs): headless Chromium.
     command -v chromium >/dev/null 2>&1 || missing+=(chromium)
     command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
     # The Helm chart and image checks run in a Python venv (deploy_python below).
@@ -158,6 +159,53 @@ else
     fi
 fi
 
+# The dependency audit: cargo-deny (LOYALTY_CARGO_DENY_BIN, or built once by
+# scripts/install-cargo-deny.sh) checks licences, bans and sources against deny.toml, and
+# advisories against a snapshot of the RustSec advisory database that is never fetched
+# (--offline): LOYALTY_ADVISORY_DB, by default shared/advisory-db beside the clone (README:
+# "Dependency audit"). Without a snapshot the other checks run and the summary says so.
+DENY_LOG=target/cargo-deny.log
+ADVISORY_DB="${LOYALTY_ADVISORY_DB:-../shared/advisory-db}"
+deny_bin="${LOYALTY_CARGO_DENY_BIN:-}"
+if [ -z "$deny_bin" ]; then
+    echo; echo "== installing cargo-deny (scripts/install-cargo-deny.sh, once)"
+    deny_bin=$(scripts/install-cargo-deny.sh 2>target/cargo-deny-install.log) || deny_bin=""
+fi
+if [ -n "$deny_bin" ] && [ -x "$deny_bin" ]; then
+    echo; echo "== dependency audit: cargo deny check"
+    deny_checks=(licenses bans sources)
+    db_date=$(sed -n 's/^date=//p' "$ADVISORY_DB/SNAPSHOT" 2>/dev/null || true)
+    if [ -d "$ADVISORY_DB/crates" ] && [ -n "$db_date" ] && date -d "$db_date" >/dev/null 2>&1; then
+        # cargo-deny reads the default database from <db-path>/advisory-db-<hash of its URL>/crates
+        # and dates it by .git/FETCH_HEAD's mtime: the snapshot's commit date (deny.toml bounds
+        # its age).
+        db_dir="$PWD/target/advisory-dbs/advisory-db-3157b0e258782691"
+        rm -rf "$PWD/target/advisory-dbs" && mkdir -p "$db_dir/.git"
+        cp -R "$ADVISORY_DB/crates" "$db_dir/" && touch -d "$db_date" "$db_dir/.git/FETCH_HEAD"
+        deny_checks+=(advisories)
+        db_commit=$(sed -n 's/^commit=//p' "$ADVISORY_DB/SNAPSHOT")
+        db_age=$(( ($(date +%s) - $(date -d "$db_date" +%s)) / 86400 ))
+        db_note="advisory DB snapshot of ${db_date%%T*}, commit ${db_commit:0:12}, $db_age days old"
+    else
+        db_note="advisories NOT CHECKED: no advisory DB snapshot (crates/, SNAPSHOT) at $ADVISORY_DB"
+        echo "test.sh: $db_note" >&2
+    fi
+    if LOYALTY_ADVISORY_DBS="$PWD/target/advisory-dbs" "$deny_bin" --color never --offline \
+        --locked check "${deny_checks[@]}" 2>&1 | tee "$DENY_LOG"; then
+        deny_warnings=$(grep -c '^warning\[' "$DENY_LOG" || true)
+        deny_result="passed ($(tail -1 "$DENY_LOG"); $deny_warnings warnings); $db_note"
+    else
+        deny_result="FAILED (see $DENY_LOG); $db_note"; [ "$status" -ne 0 ] || status=1
+    fi
+else
+    deny_result="SKIPPED: no cargo-deny (${deny_bin:-install failed: target/cargo-deny-install.log})"
+    echo "test.sh: dependency audit $deny_result" >&2
+    if [ "${LOYALTY_REQUIRE_SERVERS:-}" = 1 ]; then
+        deny_result="FAILED (no cargo-deny; LOYALTY_REQUIRE_SERVERS=1)"
+        [ "$status" -ne 0 ] || status=1
+    fi
+fi
+
 # The summary: suites run (with their counts), tests skipped and why, the multi-process report.
 echo
 echo "================================ summary ================================"
@@ -169,7 +217,10 @@ if [ "$RUNNER" = nextest ]; then
         # not a result.
         /^ +SLOW +\[/ { cur = $(NF-1) " " $NF; next }
         /^ +[A-Z]+( [0-9]+)?( [A-Z]+)? +\[ *[0-9.]+s\]/ {
-            cur = $(NF-1) " " $NF; status[cur] = $1; suite[cur] = $(NF-1); next
+            cur = $(NF-1) " " $NF; status[cur] = $1; s = $(NF-1)
+            # The end-to-end binary holds one module per scenario file: list each as a suite.
+            if (s ~ /::e2e$/ && index($NF, "::") > 0) s = s "::" substr($NF, 1, index($NF, "::") - 1)
+            suite[cur] = s; next
         }
         /SKIPPED: / && cur != "" {
             r = $0; sub(/.*SKIPPED: /, "", r); skip[cur] = r
@@ -192,7 +243,7 @@ else
     grep -E '^test result:' "$OUT" | awk '{p += $4; f += $6; i += $8} END {printf "cargo test: %d passed, %d failed, %d ignored\n", p, f, i}'
 fi
 # The dashboard page in headless Chromium: its result, and the screenshot it saves.
-page=$(grep -E '(PASS|FAIL|SIGSEGV|TIMEOUT|SIGABRT|SIGKILL) .*dashboard_page the_dashboard_page_in_a_headless_browser|^test the_dashboard_page_in_a_headless_browser ' "$OUT" | tail -1 || true)
+page=$(grep -E '(PASS|FAIL|SIGSEGV|TIMEOUT|SIGABRT|SIGKILL) .*dashboard_page::the_dashboard_page_in_a_headless_browser|^test dashboard_page::the_dashboard_page_in_a_headless_browser ' "$OUT" | tail -1 || true)
 if [ -z "$page" ]; then
     echo "dashboard page (headless Chromium): did not run"
 elif grep -q 'SKIPPED: .*chrom' "$OUT"; then
@@ -205,6 +256,7 @@ fi
 echo "helm chart (lint --strict, render, kubernetes-validate, values schema): $chart_result"
 echo "image smoke test (Dockerfile's ENTRYPOINT/CMD/HEALTHCHECK, chart's commands): $image_result"
 echo "schemathesis (OpenAPI document against loyalty dev, all checks, store/HQ/admin keys): $api_result"
+echo "dependency audit (cargo deny: licences, bans, sources, advisories; deny.toml): $deny_result"
 echo "ignored on purpose (benchmarks and probes): scripts/run-ignored.sh"
 if [ -f "$REPORT" ]; then
     echo "multi-process report: $REPORT"

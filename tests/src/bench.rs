@@ -1,5 +1,5 @@
-//! Shared pieces of the benchmarks (the ignored tests `tests/tests/ingest_bench.rs` and
-//! `tests/tests/multiprocess_bench.rs`, run by `loadtest/bench.sh`): the raw broker rate that
+//! Shared pieces of the benchmarks (the ignored tests `tests/tests/bench/ingest_bench.rs` and
+//! `tests/tests/bench/multiprocess_bench.rs`, run by `loadtest/bench.sh`): the raw broker rate that
 //! the platform's ingestion is compared with, the per-process CPU time that says where the time
 //! goes, and the PostgreSQL queries of the exactly-once checks (through `psql`, the client of
 //! the server the test runs).

@@ -107,7 +107,7 @@ pub async fn audit(
     options: &AuditOptions,
 ) -> Result<AuditReport> {
     let mut report = AuditReport::default();
-    let mut current: HashMap<FranchiseId, Option<Arc<Program>>> = HashMap::new();
+    let mut current: HashMap<FranchiseId, Option<(u32, Arc<Program>)>> = HashMap::new();
     let mut after: Option<MemberId> = None;
     loop {
         let page = store.members_after(after.as_ref(), AUDIT_PAGE).await?;
@@ -125,16 +125,17 @@ pub async fn audit(
             let program = match current.get(&state.franchise_id) {
                 Some(p) => p.clone(),
                 None => {
-                    let p = programs.current(&state.franchise_id).await?;
+                    let p = programs.current_versioned(&state.franchise_id).await?;
                     current.insert(state.franchise_id.clone(), p.clone());
                     p
                 }
             };
             audit_one(
                 store,
+                programs,
                 cache,
                 state,
-                program.as_deref(),
+                program.as_ref().map(|(v, p)| (*v, p.as_ref())),
                 options,
                 &mut report,
             )
@@ -151,9 +152,10 @@ pub async fn audit(
 
 async fn audit_one(
     store: &dyn StateStore,
+    programs: &ProgramCache,
     cache: Option<&dyn HotCache>,
     state: &MemberState,
-    program: Option<&Program>,
+    program: Option<(u32, &Program)>,
     options: &AuditOptions,
     report: &mut AuditReport,
 ) -> Result<()> {
@@ -163,7 +165,7 @@ async fn audit_one(
         member: state.member_id.clone(),
         what,
     };
-    let Some(program) = program else {
+    let Some((version, program)) = program else {
         report
             .differences
             .push(difference(DifferenceKind::NoProgram));
@@ -184,18 +186,24 @@ async fn audit_one(
         return Ok(());
     };
     report.cache_checked += 1;
-    if same(&cached, &render_status(&state, program)) {
+    if same(
+        &cached,
+        &rendered_as(programs, &state, &cached, version, program).await?,
+    ) {
         return Ok(());
     }
     // Read both again: an engine may have committed and published in between.
     let Some(state) = store.member(&state.member_id).await? else {
         return Ok(());
     };
-    let stored = render_status(&state, program);
+    let stored = render_status(&state, program, version);
     let Some(cached) = cache.status(&state.member_id).await? else {
         return Ok(());
     };
-    if same(&cached, &stored) {
+    if same(
+        &cached,
+        &rendered_as(programs, &state, &cached, version, program).await?,
+    ) {
         return Ok(());
     }
     report.differences.push(difference(DifferenceKind::Cache {
@@ -238,6 +246,27 @@ async fn stable_findings(
         }
         attempt += 1;
     }
+}
+
+/// `state` rendered as `cached` should have been: with the program version it names (a status
+/// rendered before the current version is served only after the gateway renders it again, so
+/// it is right if it was right for its own version), or with the current one.
+async fn rendered_as(
+    programs: &ProgramCache,
+    state: &MemberState,
+    cached: &CachedStatus,
+    current: u32,
+    program: &Program,
+) -> Result<CachedStatus> {
+    if cached.program_version != current && cached.program_version != 0 {
+        if let Some(p) = programs
+            .get(&state.franchise_id, cached.program_version)
+            .await?
+        {
+            return Ok(render_status(state, &p, cached.program_version));
+        }
+    }
+    Ok(render_status(state, program, current))
 }
 
 fn same(a: &CachedStatus, b: &CachedStatus) -> bool {

@@ -68,6 +68,59 @@ pub fn member_of_qr(secret: &str, token: &str) -> Option<MemberId> {
     same.then_some(member)
 }
 
+/// Whether `a` and `b` are the same, in time that does not depend on where they differ.
+fn same_tag(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// The token of store `store`'s enrolment URL (the store's printed QR code): a MAC of the store
+/// id under the franchise's secret, 16 base32 characters. The same every time, so a printed
+/// poster never goes stale; nobody without the secret can make one for another store.
+pub fn store_enrolment_token(franchise_secret: &str, store: &StoreId) -> String {
+    b32(&mac(
+        franchise_secret,
+        &[b"enrol-store:v1:", store.as_str().as_bytes()],
+    )[..10])
+}
+
+/// Whether `token` is the enrolment token of `store` under `franchise_secret`.
+pub fn verify_store_enrolment_token(franchise_secret: &str, store: &StoreId, token: &str) -> bool {
+    same_tag(&store_enrolment_token(franchise_secret, store), token)
+}
+
+/// The signature of a link to `member`'s card page valid until `expires` (Unix seconds): a MAC
+/// of both under the franchise's secret, 26 base32 characters. The link is a bearer
+/// credential: whoever holds it sees the card until it expires.
+pub fn card_link_signature(franchise_secret: &str, member: &MemberId, expires: i64) -> String {
+    b32(&mac(
+        franchise_secret,
+        &[
+            b"card-link:v1:",
+            member.as_str().as_bytes(),
+            b":",
+            expires.to_string().as_bytes(),
+        ],
+    )[..16])
+}
+
+/// Whether `signature` signs the card link of `member` until `expires` (whatever the time now:
+/// the caller checks the expiry).
+pub fn verify_card_link(
+    franchise_secret: &str,
+    member: &MemberId,
+    expires: i64,
+    signature: &str,
+) -> bool {
+    same_tag(
+        &card_link_signature(franchise_secret, member, expires),
+        signature,
+    )
+}
+
 /// The secret with which the POS of store `store` signs its records on the POS topic
 /// (`docs/pos-topic.md`): an HMAC of the store id under the franchise's secret, as 64 hex
 /// characters. Nothing is stored for it: the platform derives it again to verify a record, and
@@ -91,6 +144,39 @@ pub fn new_api_key(role: &str) -> String {
 /// The stored form of an API key.
 pub fn hash_api_key(key: &str) -> String {
     HEXLOWER.encode(&Sha256::digest(key.as_bytes()))
+}
+
+/// How many characters of a key are shown ([`api_key_prefix`]) past its `lk_<role>_`.
+const SHOWN_KEY_CHARS: usize = 4;
+
+/// What may be shown of a key: `lk_<role>_` and its first 4 random characters (20 of its 160
+/// random bits), enough to tell a franchise's keys apart, far too little to guess one.
+pub fn api_key_prefix(key: &str) -> String {
+    let head = key.rfind('_').map_or(0, |i| i + 1);
+    key.chars().take(head + SHOWN_KEY_CHARS).collect()
+}
+
+/// A fresh key id, `k_` and 20 hex digits (random): names a key in URLs, listings and logs,
+/// and tells nothing about its secret.
+pub fn new_api_key_id() -> String {
+    format!("k_{}", &uuid::Uuid::new_v4().simple().to_string()[..20])
+}
+
+/// The id of a key stored before keys had ids: derived from its hash under a label of its own
+/// (one-way, like the hash itself), so that every migration of it gives the same id.
+/// `libs/postgres/migrations/0004_api_key_ids.sql` computes the same in SQL.
+pub fn legacy_api_key_id(key_hash: &str) -> String {
+    let d = Sha256::digest(format!("loyalty-key-id:v1:{key_hash}").as_bytes());
+    format!("k_{}", &HEXLOWER.encode(&d)[..20])
+}
+
+/// Whether `id` has the shape of a key id (`k_` and 20 lowercase hex digits).
+pub fn is_api_key_id(id: &str) -> bool {
+    id.len() == 22
+        && id.starts_with("k_")
+        && id[2..]
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 #[cfg(test)]
@@ -129,11 +215,77 @@ mod tests {
     }
 
     #[test]
+    fn store_enrolment_tokens_verify_per_store_and_secret() {
+        let a = StoreId::parse("s_a").unwrap();
+        let b = StoreId::parse("s_b").unwrap();
+        let t = store_enrolment_token("f1", &a);
+        assert_eq!(t, store_enrolment_token("f1", &a), "stable");
+        assert_eq!(t.len(), 16);
+        assert!(verify_store_enrolment_token("f1", &a, &t));
+        assert!(!verify_store_enrolment_token("f1", &b, &t));
+        assert!(!verify_store_enrolment_token("f2", &a, &t));
+        assert!(!verify_store_enrolment_token("f1", &a, "aaaaaaaaaaaaaaaa"));
+        assert!(!verify_store_enrolment_token("f1", &a, ""));
+    }
+
+    #[test]
+    fn card_links_sign_member_and_expiry() {
+        let m = member_id("s1", &Phone::parse("+33612345678").unwrap());
+        let n = member_id("s1", &Phone::parse("+33612345679").unwrap());
+        let sig = card_link_signature("s1", &m, 1_900_000_000);
+        assert_eq!(sig.len(), 26);
+        assert!(verify_card_link("s1", &m, 1_900_000_000, &sig));
+        assert!(
+            !verify_card_link("s1", &m, 1_900_000_001, &sig),
+            "expiry moved"
+        );
+        assert!(
+            !verify_card_link("s1", &n, 1_900_000_000, &sig),
+            "another member"
+        );
+        assert!(
+            !verify_card_link("s2", &m, 1_900_000_000, &sig),
+            "another franchise"
+        );
+        assert!(!verify_card_link("s1", &m, 1_900_000_000, &sig[..25]));
+    }
+
+    #[test]
     fn api_keys_are_random_and_hashed() {
         let a = new_api_key("store");
         assert!(a.starts_with("lk_store_"));
         assert_ne!(a, new_api_key("store"));
         assert_eq!(hash_api_key(&a).len(), 64);
         assert_ne!(hash_api_key(&a), a);
+    }
+
+    #[test]
+    fn key_ids_and_prefixes() {
+        let id = new_api_key_id();
+        assert!(is_api_key_id(&id), "{id}");
+        assert_ne!(id, new_api_key_id());
+        let legacy = legacy_api_key_id(&hash_api_key("lk_hq_x"));
+        assert!(is_api_key_id(&legacy), "{legacy}");
+        assert_eq!(legacy, legacy_api_key_id(&hash_api_key("lk_hq_x")));
+        assert_ne!(legacy, legacy_api_key_id(&hash_api_key("lk_hq_y")));
+        // Also what SQL computes: 'k_' || left(encode(sha256('loyalty-key-id:v1:' || h), 'hex'), 20).
+        assert_eq!(legacy_api_key_id("h"), "k_0c85922b31d2f0b1625c");
+        for bad in [
+            "",
+            "k_",
+            "k_0123456789abcdef012",
+            "k_0123456789ABCDEF0123",
+            "x_0123456789abcdef0123",
+        ] {
+            assert!(!is_api_key_id(bad), "{bad}");
+        }
+        let key = new_api_key("store");
+        let p = api_key_prefix(&key);
+        assert_eq!(p.len(), "lk_store_".len() + 4);
+        assert!(key.starts_with(&p));
+        assert_eq!(
+            api_key_prefix(&new_api_key("hqro")).len(),
+            "lk_hqro_".len() + 4
+        );
     }
 }

@@ -19,6 +19,7 @@ pub mod pos_topic;
 pub mod programs;
 pub mod projections;
 pub mod provisioning;
+pub mod rate_limit;
 pub mod rebuild;
 pub mod replies;
 pub mod trace;

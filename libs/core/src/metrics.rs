@@ -33,8 +33,13 @@ pub struct Metrics {
     pub log_append_seconds: Histogram,
     pub http_requests: IntCounterVec,
     pub http_request_seconds: HistogramVec,
+    pub http_body_timeouts: IntCounter,
+    pub rate_limited: IntCounterVec,
+    pub rate_limit_errors: IntCounter,
     pub cache_lookups: IntCounterVec,
     pub reply_timeouts: IntCounter,
+    /// API keys created, rotated and revoked, by operation and the key's role.
+    pub api_key_operations: IntCounterVec,
     // POS topic ingestion (pos_ingest).
     pub pos_records: IntCounterVec,
     pub pos_dead_letters: IntCounterVec,
@@ -362,16 +367,38 @@ impl Metrics {
                 &["route", "method", "status_class"],
                 &lat,
             ),
+            http_body_timeouts: counter(
+                &r,
+                "loyalty_http_body_timeouts_total",
+                "Request bodies that did not arrive whole within LOYALTY_BODY_TIMEOUT_MS (answered 408, connection closed).",
+            ),
+            rate_limited: counter_vec(
+                &r,
+                "loyalty_rate_limited_total",
+                "Phone lookups refused 429, by the bucket that was empty (key, address).",
+                &["scope"],
+            ),
+            rate_limit_errors: counter(
+                &r,
+                "loyalty_rate_limit_errors_total",
+                "Rate limit checks that could not reach the buckets (the request was let through).",
+            ),
             cache_lookups: counter_vec(
                 &r,
                 "loyalty_cache_lookups_total",
-                "Hot cache lookups, by result (hit, miss, error).",
+                "Hot cache lookups, by result (hit, miss, stale, error).",
                 &["result"],
             ),
             reply_timeouts: counter(
                 &r,
                 "loyalty_reply_timeouts_total",
                 "Requests answered 202 because the reply deadline passed.",
+            ),
+            api_key_operations: counter_vec(
+                &r,
+                "loyalty_api_key_operations_total",
+                "API keys created, rotated and revoked, by operation (create, rotate, revoke) and the key's role.",
+                &["operation", "role"],
             ),
             engine_retries: counter_vec(
                 &r,

@@ -10,7 +10,7 @@ use loyalty_domain::{
 };
 use tokio::sync::oneshot;
 
-use crate::model::{Franchise, Principal, Store};
+use crate::model::{ApiKey, Franchise, Principal, Store};
 use crate::Result;
 
 pub type Partition = u32;
@@ -186,9 +186,22 @@ pub trait StateStore: Send + Sync + 'static {
     async fn program(&self, franchise: &FranchiseId, version: u32) -> Result<Option<Program>>;
     async fn put_store(&self, store: &Store) -> Result<()>;
     async fn store(&self, id: &StoreId) -> Result<Option<Store>>;
-    /// API keys are stored by their hash only.
-    async fn put_api_key(&self, key_hash: &str, principal: &Principal) -> Result<()>;
+    /// Writes the record of API key `key` (by franchise and id) and its hash index, fenced:
+    /// `previous` is the record as the caller read it (`None`: the key must not exist yet), and
+    /// `key.version` must be one more than its version (1 for a new key). Fails with
+    /// [`crate::Error::Conflict`], having changed nothing, when the stored record is not
+    /// `previous` (another gateway changed the key meanwhile).
+    ///
+    /// Afterwards [`StateStore::api_key`] of `key.key_hash` is `key`'s principal, unless the
+    /// key is revoked; a hash the key had before (a rotated secret) and the hash of a revoked
+    /// key resolve to nothing. Secrets are never stored, only their hash.
+    async fn put_api_key(&self, key: &ApiKey, previous: Option<&ApiKey>) -> Result<()>;
+    /// The holder of the active (not revoked, not rotated away) key whose hash is `key_hash`.
     async fn api_key(&self, key_hash: &str) -> Result<Option<Principal>>;
+    /// The record of key `id` of `franchise`, revoked or not.
+    async fn api_key_record(&self, franchise: &FranchiseId, id: &str) -> Result<Option<ApiKey>>;
+    /// Every key record of `franchise`, revoked ones included, in id order.
+    async fn api_keys_of(&self, franchise: &FranchiseId) -> Result<Vec<ApiKey>>;
 
     async fn member(&self, id: &MemberId) -> Result<Option<MemberState>>;
     /// At most `limit` members, in the adapter's scan order, resuming after `after`
@@ -283,6 +296,12 @@ pub trait StateStore: Send + Sync + 'static {
 pub struct CachedStatus {
     pub franchise_id: FranchiseId,
     pub version: u64,
+    /// The program version the status was rendered with. A reader that knows a newer current
+    /// version renders the status again (`loyalty_gateway::state::Gateway::member_status`), so
+    /// a program change shows in every member's status at once, not at their next event. `0`:
+    /// unknown (written before this field existed), always rendered again.
+    #[serde(default)]
+    pub program_version: u32,
     /// The JSON of [`loyalty_domain::MemberStatus`].
     pub json: Bytes,
 }

@@ -38,6 +38,14 @@ impl ProgramCache {
     /// The current program of `franchise` (its `program_version`), `None` with a warning
     /// when the franchise or that version is missing from the store.
     pub async fn current(&self, franchise: &FranchiseId) -> Result<Option<Arc<Program>>> {
+        Ok(self.current_versioned(franchise).await?.map(|(_, p)| p))
+    }
+
+    /// [`ProgramCache::current`] with its version.
+    pub async fn current_versioned(
+        &self,
+        franchise: &FranchiseId,
+    ) -> Result<Option<(u32, Arc<Program>)>> {
         let Some(f) = self.store.franchise(franchise).await? else {
             tracing::warn!(franchise = %franchise, "unknown franchise");
             return Ok(None);
@@ -50,7 +58,7 @@ impl ProgramCache {
                 "the franchise's current program is missing"
             );
         }
-        Ok(program)
+        Ok(program.map(|p| (f.program_version, p)))
     }
 
     /// Records a program just written, so that the next read needs no store round trip.

@@ -34,7 +34,7 @@ pub async fn rebuild(
 ) -> Result<u64> {
     let page = page.max(1);
     let mut after: Option<MemberId> = None;
-    let mut current: HashMap<FranchiseId, Option<Arc<Program>>> = HashMap::new();
+    let mut current: HashMap<FranchiseId, Option<(u32, Arc<Program>)>> = HashMap::new();
     let mut written = 0u64;
     let mut skipped = 0u64;
     loop {
@@ -50,14 +50,17 @@ pub async fn rebuild(
             let program = match current.get(&member.franchise_id) {
                 Some(p) => p.clone(),
                 None => {
-                    let p = programs.current(&member.franchise_id).await?;
+                    let p = programs.current_versioned(&member.franchise_id).await?;
                     current.insert(member.franchise_id.clone(), p.clone());
                     p
                 }
             };
             match program {
-                Some(program) => {
-                    batch.push((member.member_id.clone(), render_status(member, &program)));
+                Some((version, program)) => {
+                    batch.push((
+                        member.member_id.clone(),
+                        render_status(member, &program, version),
+                    ));
                 }
                 None => skipped += 1,
             }

@@ -450,11 +450,10 @@ impl MemberState {
         reward_id: &RewardId,
         entries: &mut Vec<LedgerEntry>,
     ) -> Result<Outcome, Rejection> {
-        let Some(reward) = ctx.program.reward(reward_id) else {
-            return Err(Rejection::UnknownReward {
-                reward_id: reward_id.clone(),
-            });
-        };
+        // A voucher is honoured even when its reward has left the catalogue since it was
+        // issued: the member earned it (the stamps or points it took are gone), and a program
+        // change must not take it back. Only new vouchers and redemptions with points need the
+        // reward in the program.
         if let Some(n) = self.vouchers.get_mut(reward_id).filter(|n| **n > 0) {
             *n -= 1;
             if *n == 0 {
@@ -473,6 +472,11 @@ impl MemberState {
                 points_spent: 0,
             });
         }
+        let Some(reward) = ctx.program.reward(reward_id) else {
+            return Err(Rejection::UnknownReward {
+                reward_id: reward_id.clone(),
+            });
+        };
         let cost = reward.cost_points;
         if self.points < cost {
             return Err(Rejection::InsufficientPoints {

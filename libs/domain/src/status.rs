@@ -27,7 +27,9 @@ pub struct MemberStatus {
     pub next_tier: Option<NextTier>,
     pub stamps: u32,
     pub stamp_card_size: Option<u32>,
-    /// Rewards redeemable right now: a voucher is held, or the points cover the cost.
+    /// Rewards redeemable right now: a voucher is held, or the points cover the cost. The
+    /// catalogue's in its order, then those of vouchers whose reward has left the catalogue
+    /// (still redeemable with the voucher).
     pub rewards_available: Vec<RewardId>,
     pub vouchers: Vec<Voucher>,
     pub visits: u64,
@@ -49,7 +51,7 @@ impl MemberStatus {
             name: t.name.clone(),
             remaining: t.threshold.saturating_sub(metric),
         });
-        let rewards_available = program
+        let mut rewards_available: Vec<RewardId> = program
             .rewards
             .iter()
             .filter(|r| {
@@ -57,6 +59,13 @@ impl MemberStatus {
             })
             .map(|r| r.id.clone())
             .collect();
+        rewards_available.extend(
+            state
+                .vouchers
+                .iter()
+                .filter(|(id, n)| **n > 0 && program.reward(id).is_none())
+                .map(|(id, _)| id.clone()),
+        );
         MemberStatus {
             member_id: state.member_id.clone(),
             franchise_id: state.franchise_id.clone(),

@@ -444,3 +444,43 @@ fn a_purchase_after_the_window_slid_earns_at_the_current_tier() {
     m.redeem(400 * DAY, "free-coffee").unwrap(); // only the 20 000 of day 300 are left in it
     assert_eq!(m.state().tier, "Bronze");
 }
+
+/// Issue 14, defect 8: a reward removed from the catalogue after a member's card earned its
+/// voucher. The voucher stays redeemable (once), the status lists it among the rewards
+/// available, and the reward cannot be bought with points any more.
+#[test]
+fn a_voucher_outlives_its_reward_leaving_the_catalogue() {
+    let mut m = Member::enrolled();
+    for i in 0..10 {
+        m.buy(1000 * (i + 1), 1000).1.unwrap();
+    }
+    let coffee = RewardId::parse("free-coffee").unwrap();
+    assert_eq!(m.state().vouchers.get(&coffee), Some(&1));
+    // The program drops the coffee (its reward and the stamp card that gave it).
+    m.program.rewards.retain(|r| r.id != coffee);
+    m.program.stamp_card = None;
+    let status = loyalty_domain::MemberStatus::of(m.state(), &m.program);
+    assert!(status.rewards_available.contains(&coffee), "{status:?}");
+    assert_eq!(status.stamp_card_size, None);
+    assert_eq!(status.vouchers.len(), 1);
+
+    let applied = m.redeem(20_000, "free-coffee").unwrap();
+    assert_eq!(
+        applied.outcome,
+        Outcome::Redemption {
+            reward_id: coffee.clone(),
+            used_voucher: true,
+            points_spent: 0
+        }
+    );
+    assert!(m.state().vouchers.is_empty());
+    let status = loyalty_domain::MemberStatus::of(m.state(), &m.program);
+    assert!(!status.rewards_available.contains(&coffee));
+    // Without a voucher the reward is unknown, whatever the balance.
+    let before = m.state.clone();
+    assert_eq!(
+        m.redeem(21_000, "free-coffee").unwrap_err(),
+        Rejection::UnknownReward { reward_id: coffee }
+    );
+    assert_eq!(m.state, before);
+}

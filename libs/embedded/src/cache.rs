@@ -84,6 +84,7 @@ mod tests {
 
     fn status(v: u64) -> CachedStatus {
         CachedStatus {
+            program_version: 1,
             franchise_id: FranchiseId::parse("f1").unwrap(),
             version: v,
             json: bytes::Bytes::from(format!("{{\"version\":{v}}}")),

@@ -7,8 +7,10 @@
 pub mod cache;
 pub mod lock;
 pub mod log;
+pub mod rate_limit;
 pub mod store;
 
 pub use cache::EmbeddedCache;
 pub use lock::DataDirLock;
+pub use rate_limit::EmbeddedRateLimiter;
 pub use store::EmbeddedStore;

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::thread;
 
 use async_trait::async_trait;
-use loyalty_core::model::{Franchise, Principal, Store};
+use loyalty_core::model::{ApiKey, Franchise, Principal, Store};
 use loyalty_core::ports::{DashboardRows, EffectBatch, EventClaim, StateStore};
 use loyalty_core::{Error, Result};
 use loyalty_domain::{
@@ -43,7 +43,11 @@ mod dashboard;
 const FRANCHISES: TableDefinition<&str, &[u8]> = TableDefinition::new("franchises");
 const PROGRAMS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("programs");
 const STORES: TableDefinition<&str, &[u8]> = TableDefinition::new("stores");
+/// The hash index of the active keys: key hash → principal (with its key id).
 const API_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_keys");
+/// Key records, revoked ones included: (franchise, key id) → [`ApiKey`].
+const API_KEY_RECORDS: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("api_key_records");
 const MEMBERS: TableDefinition<&str, &[u8]> = TableDefinition::new("members");
 const LEDGER: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("ledger");
 const PROCESSED: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("processed");
@@ -215,6 +219,8 @@ impl EmbeddedStore {
             tx.open_table(PROGRAMS).map_err(unavailable)?;
             tx.open_table(STORES).map_err(unavailable)?;
             tx.open_table(API_KEYS).map_err(unavailable)?;
+            tx.open_table(API_KEY_RECORDS).map_err(unavailable)?;
+            adopt_legacy_keys(&tx)?;
             tx.open_table(MEMBERS).map_err(unavailable)?;
             tx.open_table(LEDGER).map_err(unavailable)?;
             tx.open_table(PROCESSED).map_err(unavailable)?;
@@ -276,6 +282,40 @@ impl EmbeddedStore {
         let t = tx.open_table(MEMBERS).map_err(unavailable)?;
         t.len().map_err(unavailable)
     }
+}
+
+/// Gives every key stored before keys had ids (a principal without `key_id` in the hash index)
+/// its record under its derived id ([`ApiKey::adopted`]), in the opening transaction.
+fn adopt_legacy_keys(tx: &redb::WriteTransaction) -> Result<()> {
+    let mut keys = tx.open_table(API_KEYS).map_err(unavailable)?;
+    let mut legacy = Vec::new();
+    for row in keys.iter().map_err(unavailable)? {
+        let (h, v) = row.map_err(unavailable)?;
+        let p: Principal = decode("api key", v.value())?;
+        if p.key_id.is_none() {
+            legacy.push((h.value().to_owned(), p));
+        }
+    }
+    if legacy.is_empty() {
+        return Ok(());
+    }
+    let mut records = tx.open_table(API_KEY_RECORDS).map_err(unavailable)?;
+    let now = loyalty_core::provisioning::now();
+    for (hash, p) in legacy {
+        let Some(key) = ApiKey::adopted(&hash, &p, now) else {
+            continue;
+        };
+        let id = (key.franchise_id.as_str(), key.id.as_str());
+        if records.get(id).map_err(unavailable)?.is_none() {
+            records
+                .insert(id, encode(&key)?.as_slice())
+                .map_err(unavailable)?;
+        }
+        keys.insert(hash.as_str(), encode(&key.principal())?.as_slice())
+            .map_err(unavailable)?;
+        tracing::info!(key_id = %key.id, franchise = %key.franchise_id, "API key given an id");
+    }
+    Ok(())
 }
 
 /// Applies queued requests in groups: one transaction per group, durable (one fsync) when the
@@ -495,12 +535,66 @@ impl StateStore for EmbeddedStore {
         self.get(STORES, id.as_str())
     }
 
-    async fn put_api_key(&self, key_hash: &str, principal: &Principal) -> Result<()> {
-        self.put_simple(API_KEYS, key_hash, encode(principal)?)
+    async fn put_api_key(&self, key: &ApiKey, previous: Option<&ApiKey>) -> Result<()> {
+        key.check_replaces(previous)?;
+        let (record, principal) = (encode(key)?, encode(&key.principal())?);
+        let tx = self.db.begin_write().map_err(unavailable)?;
+        {
+            let mut records = tx.open_table(API_KEY_RECORDS).map_err(unavailable)?;
+            let mut hashes = tx.open_table(API_KEYS).map_err(unavailable)?;
+            let id = (key.franchise_id.as_str(), key.id.as_str());
+            let stored: Option<ApiKey> = match records.get(id).map_err(unavailable)? {
+                Some(v) => Some(decode("api key record", v.value())?),
+                None => None,
+            };
+            if stored.as_ref().map(|k| k.version) != previous.map(|p| p.version) {
+                return Err(Error::Conflict(format!(
+                    "key {} of {} is at version {:?}, not {:?}",
+                    key.id,
+                    key.franchise_id,
+                    stored.map(|k| k.version),
+                    previous.map(|p| p.version)
+                )));
+            }
+            if let Some(old) = &stored {
+                if old.key_hash != key.key_hash || key.is_revoked() {
+                    hashes.remove(old.key_hash.as_str()).map_err(unavailable)?;
+                }
+            }
+            if !key.is_revoked() {
+                hashes
+                    .insert(key.key_hash.as_str(), principal.as_slice())
+                    .map_err(unavailable)?;
+            }
+            records.insert(id, record.as_slice()).map_err(unavailable)?;
+        }
+        tx.commit().map_err(unavailable)
     }
 
     async fn api_key(&self, key_hash: &str) -> Result<Option<Principal>> {
         self.get(API_KEYS, key_hash)
+    }
+
+    async fn api_key_record(&self, franchise: &FranchiseId, id: &str) -> Result<Option<ApiKey>> {
+        let tx = self.db.begin_read().map_err(unavailable)?;
+        let t = tx.open_table(API_KEY_RECORDS).map_err(unavailable)?;
+        match t.get((franchise.as_str(), id)).map_err(unavailable)? {
+            Some(v) => Ok(Some(decode("api key record", v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn api_keys_of(&self, franchise: &FranchiseId) -> Result<Vec<ApiKey>> {
+        let tx = self.db.begin_read().map_err(unavailable)?;
+        let t = tx.open_table(API_KEY_RECORDS).map_err(unavailable)?;
+        let f = franchise.as_str();
+        let mut out = Vec::new();
+        // Every id of the franchise sorts between "" and the largest character.
+        for row in t.range((f, "")..=(f, "\u{10ffff}")).map_err(unavailable)? {
+            let (_, v) = row.map_err(unavailable)?;
+            out.push(decode("api key record", v.value())?);
+        }
+        Ok(out)
     }
 
     async fn member(&self, id: &MemberId) -> Result<Option<MemberState>> {
@@ -688,6 +782,53 @@ impl StateStore for EmbeddedStore {
 mod tests {
     use super::*;
     use loyalty_testkit::store_contract::Scenario;
+
+    /// A key stored before keys had ids (a principal by its hash, nothing else) gets its
+    /// record under its derived id when the store opens, and works as before: listed, found by
+    /// its hash with its id, and rotatable.
+    #[tokio::test]
+    async fn keys_of_the_older_format_get_an_id_on_open() -> anyhow::Result<()> {
+        use loyalty_core::model::Role;
+        let dir = tempfile::tempdir()?;
+        let sc = Scenario::new("legacy-keys")?;
+        let legacy = serde_json::json!({"role": "store", "franchise_id": sc.franchise, "store_id": sc.store});
+        {
+            let store = EmbeddedStore::open(dir.path())?;
+            let tx = store.db.begin_write()?;
+            {
+                let mut t = tx.open_table(API_KEYS)?;
+                t.insert("legacy-hash", serde_json::to_vec(&legacy)?.as_slice())?;
+            }
+            tx.commit()?;
+        }
+        let store = EmbeddedStore::open(dir.path())?;
+        let id = loyalty_core::identity::legacy_api_key_id("legacy-hash");
+        let p = store
+            .api_key("legacy-hash")
+            .await?
+            .expect("the key still works");
+        assert_eq!(p.key_id.as_deref(), Some(id.as_str()));
+        assert_eq!(
+            (p.role, p.store_id.as_ref()),
+            (Role::Store, Some(&sc.store))
+        );
+        let keys = store.api_keys_of(&sc.franchise).await?;
+        assert_eq!(keys.len(), 1);
+        assert_eq!((keys[0].id.as_str(), keys[0].version), (id.as_str(), 1));
+        assert_eq!(keys[0].key_hash, "legacy-hash");
+        drop(store);
+        // Opening again adopts nothing twice.
+        let store = EmbeddedStore::open(dir.path())?;
+        assert_eq!(store.api_keys_of(&sc.franchise).await?, keys);
+        let rotated = ApiKey {
+            key_hash: "new-hash".into(),
+            version: 2,
+            ..keys[0].clone()
+        };
+        store.put_api_key(&rotated, Some(&keys[0])).await?;
+        assert!(store.api_key("legacy-hash").await?.is_none());
+        Ok(())
+    }
 
     /// Members stored before the version prefix (JSON alone) read as before, and a commit
     /// fenced on their version is checked against it, passing or refused.

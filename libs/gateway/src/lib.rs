@@ -3,8 +3,10 @@
 //! the member's single writer (see `loyalty_core::engine`).
 
 pub mod json;
+pub mod limits;
 pub mod pages;
 pub mod problem;
+pub mod qr;
 pub mod routes;
 pub mod routing;
 pub mod state;
@@ -14,6 +16,7 @@ use std::time::Instant;
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
 use actix_web::middleware::{from_fn, Next};
 use actix_web::web;
 use actix_web::HttpMessage;
@@ -26,10 +29,10 @@ pub use state::{Gateway, GatewayConfig};
 /// Registers every route, with body, query and path errors mapped to problems. Each path is
 /// one [`routing::endpoint`]: `GET` also answers `HEAD`, and a method the path does not take is
 /// 405 with `Allow`. JSON bodies are read by [`json::JsonObject`] (objects only).
-pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
-    use routes::{admin, dashboard, events, members, ops};
+pub fn configure(cfg: &mut web::ServiceConfig, body: json::BodyLimit) {
+    use routes::{admin, dashboard, enrolment, events, keys, members, ops};
     use routing::endpoint;
-    cfg.app_data(json::BodyLimit(max_body_bytes))
+    cfg.app_data(body)
         .app_data(web::QueryConfig::default().error_handler(problem::query_error))
         .app_data(web::PathConfig::default().error_handler(problem::path_error))
         .service(endpoint("/healthz").get(ops::healthz))
@@ -48,8 +51,28 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
                 )
                 .service(endpoint("/franchises/{fid}/stores").post(admin::create_store))
                 .service(
+                    endpoint("/franchises/{fid}/api-keys")
+                        .get(keys::list)
+                        .post(keys::create),
+                )
+                .service(endpoint("/franchises/{fid}/api-keys/{kid}").get(keys::get))
+                .service(endpoint("/franchises/{fid}/api-keys/{kid}/rotate").post(keys::rotate))
+                .service(endpoint("/franchises/{fid}/api-keys/{kid}/revoke").post(keys::revoke))
+                .service(
                     endpoint("/franchises/{fid}/stores/{sid}/pos-signing-secret")
                         .get(admin::pos_signing_secret),
+                )
+                .service(
+                    endpoint("/franchises/{fid}/stores/{sid}/enrolment-qr.svg")
+                        .get(enrolment::qr_svg),
+                )
+                .service(
+                    endpoint("/franchises/{fid}/stores/{sid}/enrolment-qr.png")
+                        .get(enrolment::qr_png),
+                )
+                .service(
+                    endpoint("/franchises/{fid}/stores/{sid}/enrolment-poster")
+                        .get(enrolment::poster),
                 )
                 .service(endpoint("/franchises/{fid}/dashboard").get(dashboard::dashboard))
                 .service(endpoint("/franchises/{fid}/dashboard.csv").get(dashboard::dashboard_csv))
@@ -57,6 +80,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
                 .service(endpoint("/members/lookup").get(members::lookup))
                 .service(endpoint("/members/{member_id}").get(members::status))
                 .service(endpoint("/members/{member_id}/ledger").get(members::ledger))
+                .service(endpoint("/members/{member_id}/card-link").get(enrolment::card_link))
                 .service(endpoint("/purchases").post(events::purchase))
                 .service(endpoint("/refunds").post(events::refund))
                 .service(endpoint("/redemptions").post(events::redemption)),
@@ -80,6 +104,16 @@ async fn authenticate(
         Some(gw) => gw.authenticate(req.request()).await,
         None => Err(ApiError::Internal("gateway state missing".into())),
     };
+    // A read-only HQ key changes nothing, whatever the route (one to come included): any
+    // method but GET and HEAD is 403 before its body is read.
+    let principal = principal.and_then(|p| {
+        let safe = matches!(*req.method(), Method::GET | Method::HEAD);
+        if p.role == loyalty_core::model::Role::HqReadOnly && !safe {
+            Err(ApiError::Forbidden(state::READ_ONLY))
+        } else {
+            Ok(p)
+        }
+    });
     match principal {
         Ok(p) => {
             req.extensions_mut().insert(p);
@@ -112,6 +146,12 @@ pub async fn observe(
     trace::record_status(&span, status);
     record_request(&route, method, status, start.elapsed());
     res
+}
+
+/// Counts a request body that did not arrive in time (`loyalty_http_body_timeouts_total`).
+pub(crate) fn record_body_timeout() {
+    loyalty_core::metrics::metrics().http_body_timeouts.inc();
+    tracing::info!("request body timed out; connection closed");
 }
 
 /// Counts one request in `loyalty_http_requests_total` and its latency in

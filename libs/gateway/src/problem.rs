@@ -39,6 +39,10 @@ pub enum ApiError {
     InvalidQuery(String),
     #[error("the request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// The body did not arrive whole within the configured time (`LOYALTY_BODY_TIMEOUT_MS`):
+    /// a client too slow to send it may not hold the connection. The connection is closed.
+    #[error("the request body did not arrive within {ms} ms")]
+    BodyTimeout { ms: u64 },
     #[error("the request body must be `application/json`")]
     UnsupportedMediaType,
     #[error("the event id {0} was already used for a different request")]
@@ -51,6 +55,16 @@ pub enum ApiError {
     /// another gateway): nothing was changed; read the program and send the update again.
     #[error("{0}")]
     ProgramConflict(String),
+    /// An API key that cannot be changed so: revoked (for ever), or changed by another request
+    /// at the same time (nothing was changed; read the key and try again).
+    #[error("{0}")]
+    KeyConflict(String),
+    /// Too many phone lookups for this key or this client address (`crate::limits`).
+    #[error("too many phone lookups for this {scope}; retry in {} s", retry_after_secs(*retry_after))]
+    RateLimited {
+        scope: &'static str,
+        retry_after: std::time::Duration,
+    },
     #[error("a backing service is unavailable: {0}")]
     Unavailable(String),
     #[error("internal error")]
@@ -72,11 +86,14 @@ impl ApiError {
             ApiError::Invalid(_) => "invalid-request",
             ApiError::InvalidQuery(_) => "invalid-query",
             ApiError::PayloadTooLarge { .. } => "payload-too-large",
+            ApiError::BodyTimeout { .. } => "request-timeout",
             ApiError::UnsupportedMediaType => "unsupported-media-type",
             ApiError::IdempotencyConflict(_) => "idempotency-conflict",
             ApiError::Rejected(r) => r.code(),
             ApiError::AnonymousRefund => "anonymous-refund",
             ApiError::ProgramConflict(_) => "program-conflict",
+            ApiError::KeyConflict(_) => "key-conflict",
+            ApiError::RateLimited { .. } => "rate-limited",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -95,6 +112,7 @@ impl ApiError {
             ApiError::Invalid(_) => "Invalid request",
             ApiError::InvalidQuery(_) => "Invalid query",
             ApiError::PayloadTooLarge { .. } => "Payload too large",
+            ApiError::BodyTimeout { .. } => "Request body timeout",
             ApiError::UnsupportedMediaType => "Unsupported media type",
             ApiError::IdempotencyConflict(_) => "Idempotency key reused",
             ApiError::Rejected(Rejection::InsufficientPoints { .. }) => "Insufficient points",
@@ -108,6 +126,8 @@ impl ApiError {
             ApiError::Rejected(Rejection::LimitExceeded { .. }) => "Limit exceeded",
             ApiError::AnonymousRefund => "Anonymous refund",
             ApiError::ProgramConflict(_) => "Concurrent program update",
+            ApiError::KeyConflict(_) => "API key conflict",
+            ApiError::RateLimited { .. } => "Too many requests",
             ApiError::Unavailable(_) => "Service unavailable",
             ApiError::Internal(_) => "Internal error",
         }
@@ -150,8 +170,11 @@ impl ResponseError for ApiError {
             | ApiError::AmbiguousAuthorization(_) => StatusCode::BAD_REQUEST,
             ApiError::Invalid(_) | ApiError::AnonymousRefund => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::IdempotencyConflict(_) | ApiError::ProgramConflict(_) => StatusCode::CONFLICT,
+            ApiError::IdempotencyConflict(_)
+            | ApiError::ProgramConflict(_)
+            | ApiError::KeyConflict(_) => StatusCode::CONFLICT,
             ApiError::Rejected(r) => match r {
                 Rejection::InsufficientPoints { .. } | Rejection::RefundExceedsPurchase { .. } => {
                     StatusCode::CONFLICT
@@ -163,6 +186,7 @@ impl ResponseError for ApiError {
                 | Rejection::CurrencyMismatch { .. }
                 | Rejection::LimitExceeded { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             },
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -217,16 +241,29 @@ impl ResponseError for ApiError {
                 resp.insert_header(("Allow", allow.as_str()));
             }
             // Like the HTTP codec's own 4xx: the rest of such a request is not worth reading.
-            ApiError::UriTooLong { .. } | ApiError::HeadersTooLarge(_) => {
+            ApiError::UriTooLong { .. }
+            | ApiError::HeadersTooLarge(_)
+            | ApiError::BodyTimeout { .. } => {
                 resp.force_close();
             }
             _ => {}
         }
-        if matches!(self, ApiError::ProgramConflict(_)) {
-            resp.insert_header(("Retry-After", "1"));
+        match self {
+            ApiError::ProgramConflict(_) => {
+                resp.insert_header(("Retry-After", "1"));
+            }
+            ApiError::RateLimited { retry_after, .. } => {
+                resp.insert_header(("Retry-After", retry_after_secs(*retry_after).to_string()));
+            }
+            _ => {}
         }
         resp.body(body.to_string())
     }
+}
+
+/// Whole seconds to wait (`Retry-After` takes no fraction), at least 1.
+fn retry_after_secs(d: std::time::Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 /// Maps query string failures to problems.

@@ -22,6 +22,11 @@ use crate::problem::ApiError;
 /// that a program change made through another gateway applies within this delay.
 const FRANCHISE_TTL: Duration = Duration::from_secs(1);
 
+/// How long the holder of an API key is reused before the store is asked again: the bound on
+/// how long a key rotated or revoked through ANOTHER gateway keeps working on this one (the
+/// gateway that rotates or revokes forgets it at once, before it answers). README "API keys".
+pub const PRINCIPAL_TTL: Duration = Duration::from_secs(1);
+
 /// Settings of a gateway.
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
@@ -33,6 +38,9 @@ pub struct GatewayConfig {
     pub max_body_bytes: usize,
     /// Deadline for enrolments and redemptions when the request does not set `wait_ms`.
     pub default_wait: Duration,
+    /// The base URL members and posters reach the gateway at (no trailing `/`): the enrolment
+    /// QR codes and the card links are made of it.
+    pub public_url: String,
     /// This gateway's reply channel when the engine runs in another process (replies then
     /// travel Redis pub/sub); `None` when both share the process.
     pub reply_to: Option<String>,
@@ -46,6 +54,7 @@ impl Default for GatewayConfig {
             max_body_bytes: 16 * 1024,
             default_wait: Duration::from_millis(2000),
             reply_to: None,
+            public_url: "http://127.0.0.1:8080".into(),
         }
     }
 }
@@ -60,7 +69,11 @@ pub struct Gateway {
     pub config: GatewayConfig,
     /// Set once the engine consumes (dev mode) or the log is reachable.
     pub ready: Arc<AtomicBool>,
-    principals: DashMap<String, Principal>,
+    /// Holders of the keys seen lately, by key hash, with when they were read from the store.
+    principals: DashMap<String, (Principal, Instant)>,
+    /// Keys rotated or revoked through this gateway lately, by hash, with when: a lookup that
+    /// read the store before that does not put its (old) answer back in `principals`.
+    forgotten: DashMap<String, Instant>,
     franchises: DashMap<FranchiseId, (Arc<Franchise>, Instant)>,
 }
 
@@ -83,6 +96,7 @@ impl Gateway {
             config,
             ready,
             principals: DashMap::new(),
+            forgotten: DashMap::new(),
             franchises: DashMap::new(),
         }
     }
@@ -107,24 +121,46 @@ impl Gateway {
         if key.is_empty() || key.len() > 200 {
             return Err(ApiError::Unauthorized);
         }
-        if constant_time_eq(key.as_bytes(), self.config.admin_key.as_bytes()) {
+        if is_admin_key(key, &self.config.admin_key) {
             return Ok(Principal {
                 role: Role::Admin,
                 franchise_id: None,
                 store_id: None,
+                key_id: None,
             });
         }
         let hash = hash_api_key(key);
-        if let Some(p) = self.principals.get(&hash) {
-            return Ok(p.clone());
+        if let Some(e) = self.principals.get(&hash) {
+            if e.1.elapsed() < PRINCIPAL_TTL {
+                return Ok(e.0.clone());
+            }
         }
-        let p = self
-            .store
-            .api_key(&hash)
-            .await?
-            .ok_or(ApiError::Unauthorized)?;
-        self.principals.insert(hash, p.clone());
+        let read_at = Instant::now();
+        let Some(p) = self.store.api_key(&hash).await? else {
+            // Rotated or revoked (through another gateway), or never issued.
+            self.principals.remove(&hash);
+            return Err(ApiError::Unauthorized);
+        };
+        // A rotation or revocation through this gateway while the store was read: the answer
+        // may predate it, and is not kept.
+        if self.forgotten.get(&hash).is_none_or(|at| *at < read_at) {
+            self.principals.insert(hash, (p.clone(), read_at));
+        }
+        // Entries of keys no longer used would stay; drop the expired ones now and then.
+        if self.principals.len() > 10_000 {
+            self.principals
+                .retain(|_, (_, at)| at.elapsed() < PRINCIPAL_TTL);
+        }
         Ok(p)
+    }
+
+    /// Forgets the holder of the key whose hash is `key_hash` (a key just rotated or revoked
+    /// through this gateway): its next request is authenticated against the store.
+    pub fn forget_key(&self, key_hash: &str) {
+        self.forgotten
+            .retain(|_, at| at.elapsed() < PRINCIPAL_TTL * 10);
+        self.forgotten.insert(key_hash.to_owned(), Instant::now());
+        self.principals.remove(key_hash);
     }
 
     /// The caller's principal if its role is one of `roles`: 401 without a valid key, 403 for
@@ -137,12 +173,18 @@ impl Gateway {
         let principal = self.authenticate(req).await?;
         if roles.contains(&principal.role) {
             Ok(principal)
+        } else if principal.role == Role::HqReadOnly && roles.contains(&Role::Hq) {
+            Err(ApiError::Forbidden(READ_ONLY))
         } else {
-            Err(ApiError::Forbidden(match roles.first() {
-                Some(Role::Admin) => "only the platform admin key may do this",
-                Some(Role::Hq) if roles.len() == 1 => "only a franchise HQ key may do this",
-                Some(Role::Store) if roles.len() == 1 => "only a store key may do this",
-                _ => "only a store or HQ key may do this",
+            let hq = roles.iter().any(|r| r.reads_hq());
+            Err(ApiError::Forbidden(match roles {
+                [Role::Admin] => "only the platform admin key may do this",
+                [Role::Store] => "only a store key may do this",
+                _ if roles.contains(&Role::Store) && hq => "only a store or HQ key may do this",
+                _ if roles.contains(&Role::Admin) => {
+                    "only the platform admin key or an HQ key may do this"
+                }
+                _ => "only a franchise HQ key may do this",
             }))
         }
     }
@@ -195,16 +237,26 @@ impl Gateway {
 
     /// The status of `member` as served at the till, if the member exists in `franchise`:
     /// from the hot cache, else rebuilt from the store (and put back in the cache).
+    ///
+    /// A cached status rendered with an older program than the franchise's current one
+    /// (`stale`: the program changed since the member's last event) is rendered again with the
+    /// current program and put back, so that rewards, stamp card and tiers follow a program
+    /// change at once for every member (within [`FRANCHISE_TTL`] on every gateway).
     pub async fn member_status(
         &self,
         franchise: &Franchise,
         member: &MemberId,
     ) -> Result<Option<CachedStatus>, ApiError> {
         match self.cache.status(member).await {
-            Ok(Some(s)) => {
+            Ok(Some(s)) if s.franchise_id != franchise.id => {
                 metrics().cache_lookups.with_label_values(&["hit"]).inc();
-                return Ok((s.franchise_id == franchise.id).then_some(s));
+                return Ok(None);
             }
+            Ok(Some(s)) if s.program_version >= franchise.program_version => {
+                metrics().cache_lookups.with_label_values(&["hit"]).inc();
+                return Ok(Some(s));
+            }
+            Ok(Some(_)) => metrics().cache_lookups.with_label_values(&["stale"]).inc(),
             Ok(None) => metrics().cache_lookups.with_label_values(&["miss"]).inc(),
             Err(e) => {
                 metrics().cache_lookups.with_label_values(&["error"]).inc();
@@ -218,7 +270,7 @@ impl Gateway {
             return Ok(None);
         }
         let program = self.program(franchise).await?;
-        let status = render_status(&state, &program);
+        let status = render_status(&state, &program, franchise.program_version);
         if let Err(e) = self
             .cache
             .put_statuses(vec![(member.clone(), status.clone())])
@@ -254,8 +306,23 @@ pub fn bearer_key(headers: &actix_web::http::header::HeaderMap) -> Result<&str, 
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Why a read-only HQ key is refused.
+pub const READ_ONLY: &str = "this HQ key is read-only: it may read, not change anything";
+
+/// Whether `key` is the admin key, in time that depends on neither key's content nor length:
+/// the SHA-256 digests of both (32 bytes each, whatever the lengths) are compared, every byte.
+fn is_admin_key(key: &str, admin_key: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    let (a, b) = (
+        Sha256::digest(key.as_bytes()),
+        Sha256::digest(admin_key.as_bytes()),
+    );
+    let diff = a
+        .iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    // An empty admin key (a misconfiguration) admits nobody.
+    std::hint::black_box(diff) == 0 && !admin_key.is_empty()
 }
 
 #[cfg(test)]
@@ -270,6 +337,15 @@ mod tests {
             h.append(AUTHORIZATION, HeaderValue::from_str(v).unwrap());
         }
         bearer_key(&h).map(str::to_owned).map_err(|e| e.code())
+    }
+
+    #[test]
+    fn the_admin_key_is_compared_whole() {
+        assert!(is_admin_key("dev-admin-key", "dev-admin-key"));
+        for other in ["", "dev-admin-ke", "dev-admin-keyy", "Dev-admin-key", "x"] {
+            assert!(!is_admin_key(other, "dev-admin-key"), "{other:?}");
+        }
+        assert!(!is_admin_key("", ""), "an empty admin key admits nobody");
     }
 
     #[test]

@@ -37,6 +37,11 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/redemptions"),
     ("get", "/v1/franchises/{fid}/dashboard"),
     ("get", "/v1/franchises/{fid}/dashboard.csv"),
+    ("get", "/v1/franchises/{fid}/api-keys"),
+    ("post", "/v1/franchises/{fid}/api-keys"),
+    ("get", "/v1/franchises/{fid}/api-keys/{kid}"),
+    ("post", "/v1/franchises/{fid}/api-keys/{kid}/rotate"),
+    ("post", "/v1/franchises/{fid}/api-keys/{kid}/revoke"),
 ];
 
 const HTTP_METHODS: &[&str] = &[
@@ -361,7 +366,10 @@ fn api_operations_declare_security_roles_and_errors() {
             let desc = op["description"].as_str().unwrap();
             for r in roles {
                 let r = r.as_str().unwrap();
-                assert!(["admin", "hq", "store"].contains(&r), "{name}: role {r}");
+                assert!(
+                    ["admin", "hq", "hq_read_only", "store"].contains(&r),
+                    "{name}: role {r}"
+                );
                 assert!(
                     desc.contains(r),
                     "{name}: description does not name role {r}"
@@ -1023,6 +1031,7 @@ fn every_error() -> Vec<ApiError> {
         ApiError::UnsupportedMediaType,
         ApiError::IdempotencyConflict("pos1-0001".into()),
         ApiError::ProgramConflict("another update took version 3".into()),
+        ApiError::KeyConflict("key k_9a8b7c6d5e4f3a2b1c0d is revoked".into()),
         ApiError::Rejected(Rejection::InsufficientPoints {
             needed: 100,
             available: 62,

@@ -38,7 +38,8 @@
 //! | `franchises` | `id` | franchise |
 //! | `programs` | `(franchise_id, version)` | program, written once (`ON CONFLICT DO NOTHING`; 0 rows is a `Conflict`) |
 //! | `stores` | `id` (+ `franchise_id`) | store |
-//! | `api_keys` | `key_hash` | principal |
+//! | `api_keys` | `key_hash` | principal (with its `key_id`) of an active key: a rotated or revoked key's hash is deleted |
+//! | `api_key_records` | `(franchise_id, key_id)` (+ `version`, `key_hash`) | API key record (`0004_api_key_ids`), revoked ones included; `version` fences writes |
 //! | `members` | `member_id` (+ `franchise_id`, `version`) | member state; `version` fences writes |
 //! | `ledger` | `(member_id, seq)` (+ `event_id`) | ledger entries, read newest first on the key's index |
 //! | `processed` | `(franchise_id, event_id)` (+ `member_id`, `fingerprint`) | idempotency records; `member_id` is NULL for anonymous sales |

@@ -52,6 +52,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "dashboards",
         sql: include_str!("../migrations/0003_dashboards.sql"),
     },
+    Migration {
+        version: 4,
+        name: "api_key_ids",
+        sql: include_str!("../migrations/0004_api_key_ids.sql"),
+    },
 ];
 
 /// Key of the advisory lock that serializes migrations (any constant; "loyalty" in ASCII).
@@ -248,7 +253,7 @@ mod tests {
             assert_eq!(m.checksum(), m.checksum());
         }
         assert_ne!(MIGRATIONS[0].checksum(), MIGRATIONS[1].checksum());
-        assert_eq!(latest_version(), 3);
+        assert_eq!(latest_version(), 4);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::fmt;
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use loyalty_core::metrics::metrics;
-use loyalty_core::model::{Franchise, Principal, Store};
+use loyalty_core::model::{ApiKey, Franchise, Principal, Store};
 use loyalty_core::ports::{DashboardRows, EffectBatch, EventClaim, StateStore};
 use loyalty_core::{Error, Result};
 use loyalty_domain::dashboard::{DashboardDelta, DayTotals, PackedRow, Scope, VisitKey, VisitRow};
@@ -37,6 +37,16 @@ const GET_STORE: &str = "SELECT body FROM stores WHERE id = $1";
 const PUT_API_KEY: &str = "INSERT INTO api_keys (key_hash, body) VALUES ($1, $2) \
      ON CONFLICT (key_hash) DO UPDATE SET body = EXCLUDED.body";
 const GET_API_KEY: &str = "SELECT body FROM api_keys WHERE key_hash = $1";
+const DELETE_API_KEY: &str = "DELETE FROM api_keys WHERE key_hash = $1";
+const INSERT_KEY_RECORD: &str = "INSERT INTO api_key_records \
+     (franchise_id, key_id, version, key_hash, body) VALUES ($1, $2, $3, $4, $5) \
+     ON CONFLICT (franchise_id, key_id) DO NOTHING";
+const UPDATE_KEY_RECORD: &str = "UPDATE api_key_records SET version = $3, key_hash = $4, \
+     body = $5 WHERE franchise_id = $1 AND key_id = $2 AND version = $6";
+const GET_KEY_RECORD: &str =
+    "SELECT body FROM api_key_records WHERE franchise_id = $1 AND key_id = $2";
+const KEY_RECORDS_OF: &str =
+    "SELECT body FROM api_key_records WHERE franchise_id = $1 ORDER BY key_id";
 const GET_MEMBER: &str = "SELECT state FROM members WHERE member_id = $1";
 const SCAN_MEMBERS: &str = "SELECT state FROM members ORDER BY member_id LIMIT $1";
 const SCAN_MEMBERS_AFTER: &str =
@@ -659,11 +669,84 @@ impl StateStore for PostgresStore {
             .await
     }
 
-    async fn put_api_key(&self, key_hash: &str, principal: &Principal) -> Result<()> {
-        let body = encode(principal)?;
-        self.execute("writing an api key", PUT_API_KEY, &[&key_hash, &body])
-            .await
-            .map(|_| ())
+    /// One transaction: the record's fenced write (0 rows: a `Conflict`, rolled back), then
+    /// the hash index (the old hash deleted, the new one written unless revoked).
+    async fn put_api_key(&self, key: &ApiKey, previous: Option<&ApiKey>) -> Result<()> {
+        key.check_replaces(previous)?;
+        let what = "writing an api key";
+        let (record, principal) = (encode(key)?, encode(&key.principal())?);
+        let version = i64::try_from(key.version).map_err(|_| corrupt(what, "version"))?;
+        let (fid, id) = (key.franchise_id.as_str(), key.id.as_str());
+        let mut client = self.client(what).await?;
+        let tx = client.transaction().await.map_err(|e| pg(what, &e))?;
+        let written = match previous {
+            None => {
+                let st = tx
+                    .prepare_cached(INSERT_KEY_RECORD)
+                    .await
+                    .map_err(|e| pg(what, &e))?;
+                tx.execute(&st, &[&fid, &id, &version, &key.key_hash, &record])
+                    .await
+            }
+            Some(p) => {
+                let expected = i64::try_from(p.version).map_err(|_| corrupt(what, "version"))?;
+                let st = tx
+                    .prepare_cached(UPDATE_KEY_RECORD)
+                    .await
+                    .map_err(|e| pg(what, &e))?;
+                tx.execute(
+                    &st,
+                    &[&fid, &id, &version, &key.key_hash, &record, &expected],
+                )
+                .await
+            }
+        }
+        .map_err(|e| pg(what, &e))?;
+        if written != 1 {
+            return Err(Error::Conflict(format!(
+                "key {id} of {fid} is not at version {:?}",
+                previous.map(|p| p.version)
+            )));
+        }
+        if let Some(p) = previous {
+            if p.key_hash != key.key_hash || key.is_revoked() {
+                let st = tx
+                    .prepare_cached(DELETE_API_KEY)
+                    .await
+                    .map_err(|e| pg(what, &e))?;
+                tx.execute(&st, &[&p.key_hash])
+                    .await
+                    .map_err(|e| pg(what, &e))?;
+            }
+        }
+        if !key.is_revoked() {
+            let st = tx
+                .prepare_cached(PUT_API_KEY)
+                .await
+                .map_err(|e| pg(what, &e))?;
+            tx.execute(&st, &[&key.key_hash, &principal])
+                .await
+                .map_err(|e| pg(what, &e))?;
+        }
+        tx.commit().await.map_err(|e| pg(what, &e))
+    }
+
+    async fn api_key_record(&self, franchise: &FranchiseId, id: &str) -> Result<Option<ApiKey>> {
+        self.get_json(
+            "reading an api key record",
+            GET_KEY_RECORD,
+            &[&franchise.as_str(), &id],
+        )
+        .await
+    }
+
+    async fn api_keys_of(&self, franchise: &FranchiseId) -> Result<Vec<ApiKey>> {
+        self.decode_all(
+            "listing a franchise's api keys",
+            KEY_RECORDS_OF,
+            &[&franchise.as_str()],
+        )
+        .await
     }
 
     async fn api_key(&self, key_hash: &str) -> Result<Option<Principal>> {

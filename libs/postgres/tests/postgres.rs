@@ -110,13 +110,15 @@ async fn a_partly_migrated_or_edited_schema_is_refused() -> anyhow::Result<()> {
     migrate(&config).await?;
     let client = raw(&config).await?;
 
-    // As if this build were newer than the schema: the last migration is pending.
+    // As if this build were newer than the schema: the last migration (0004_api_key_ids) is
+    // pending, and a key was stored the way the schema before it stored them.
     let last = MIGRATIONS.last().context("no migrations")?;
+    ensure!(last.name == "api_key_ids", "undo {} here", last.label());
     client
         .batch_execute(&format!(
-            "DROP TABLE dashboard_totals, dashboard_rewards, dashboard_visits, \
-             dashboard_tiers; DROP FUNCTION loyalty_drop_zero_visit(); \
-             DROP INDEX stores_by_franchise; DELETE FROM schema_migrations WHERE version = {}",
+            "DROP TABLE api_key_records; DELETE FROM schema_migrations WHERE version = {}; \
+             INSERT INTO api_keys (key_hash, body) VALUES ('legacy-hash', \
+             convert_to('{{\"role\":\"store\",\"franchise_id\":\"f_legacy\",\"store_id\":\"s_legacy\"}}', 'UTF8'))",
             last.version
         ))
         .await?;
@@ -130,7 +132,24 @@ async fn a_partly_migrated_or_edited_schema_is_refused() -> anyhow::Result<()> {
         "{err}"
     );
     ensure!(migrate(&config).await? == vec![last.version]);
-    PostgresStore::connect(&config).await?;
+    let store = PostgresStore::connect(&config).await?;
+    // The older key got its record under the id the other stores derive for it, and works.
+    let id = loyalty_core::identity::legacy_api_key_id("legacy-hash");
+    let p = store
+        .api_key("legacy-hash")
+        .await?
+        .context("the older key no longer works")?;
+    ensure!(p.key_id.as_deref() == Some(id.as_str()), "{p:?}");
+    ensure!(p.role == loyalty_core::model::Role::Store, "{p:?}");
+    let franchise = FranchiseId::parse("f_legacy")?;
+    let keys = store.api_keys_of(&franchise).await?;
+    ensure!(keys.len() == 1, "{keys:?}");
+    ensure!(keys[0].id == id && keys[0].key_hash == "legacy-hash" && keys[0].version == 1);
+    ensure!(
+        keys[0].prefix == "lk_store_"
+            && keys[0].store_id.as_ref().map(|s| s.as_str()) == Some("s_legacy")
+    );
+    drop(store);
 
     // A recorded migration whose text changed is refused by migrate and by connect.
     client

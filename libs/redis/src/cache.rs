@@ -13,7 +13,11 @@ use loyalty_domain::{FranchiseId, MemberId};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 /// The format tag that starts every value this adapter writes.
-const TAG: &[u8] = b"v1 ";
+const TAG: &[u8] = b"v2 ";
+/// The first format's tag (no program version), still read.
+const TAG_V1: &[u8] = b"v1 ";
+/// Digits of the program version in a `v2` header.
+const PROGRAM_DIGITS: usize = 10;
 /// Digits of the zero-padded version (`u64::MAX` has 20).
 const VERSION_DIGITS: usize = 20;
 /// Where the version starts and ends in a value.
@@ -26,7 +30,8 @@ const VERSION_AT: std::ops::Range<usize> = TAG.len()..TAG.len() + VERSION_DIGITS
 const PUT_IF_NOT_OLDER: &str = r#"
 local new = ARGV[1]
 local old = redis.call('GET', KEYS[1])
-if old and string.sub(old, 1, 3) == 'v1 ' and string.sub(old, 4, 23) > string.sub(new, 4, 23) then
+local tag = old and string.sub(old, 1, 3)
+if (tag == 'v1 ' or tag == 'v2 ') and string.sub(old, 4, 23) > string.sub(new, 4, 23) then
   return 0
 end
 local ttl = tonumber(ARGV[2])
@@ -138,6 +143,16 @@ impl RedisCache {
         })
     }
 
+    /// The shared connection, for the other adapters on the same server (rate limits).
+    pub(crate) fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// The prefix of every key this cache writes.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// The key of a member's status.
     pub fn status_key(&self, member: &MemberId) -> String {
         format!("{}status:{}", self.prefix, member.as_str())
@@ -231,7 +246,10 @@ impl RedisCache {
 
     /// Runs one Redis operation within the cache's timeout, mapping every failure onto
     /// [`Error::Unavailable`].
-    async fn bounded<T>(&self, op: impl Future<Output = redis::RedisResult<T>>) -> Result<T> {
+    pub(crate) async fn bounded<T>(
+        &self,
+        op: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T> {
         match tokio::time::timeout(self.timeout, op).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
@@ -274,13 +292,17 @@ impl HotCache for RedisCache {
     }
 }
 
-/// The stored value of a status: `v1 <version, 20 digits> <franchise id>\n<json>`.
+/// The stored value of a status:
+/// `v2 <version, 20 digits> <program version, 10 digits> <franchise id>\n<json>`.
 fn encode(status: &CachedStatus) -> Vec<u8> {
     let franchise = status.franchise_id.as_str().as_bytes();
-    let mut v =
-        Vec::with_capacity(TAG.len() + VERSION_DIGITS + 2 + franchise.len() + status.json.len());
+    let mut v = Vec::with_capacity(
+        TAG.len() + VERSION_DIGITS + PROGRAM_DIGITS + 3 + franchise.len() + status.json.len(),
+    );
     v.extend_from_slice(TAG);
     v.extend_from_slice(format!("{:020}", status.version).as_bytes());
+    v.push(b' ');
+    v.extend_from_slice(format!("{:010}", status.program_version).as_bytes());
     v.push(b' ');
     v.extend_from_slice(franchise);
     v.push(b'\n');
@@ -292,7 +314,8 @@ fn encode(status: &CachedStatus) -> Vec<u8> {
 /// is not parsed (it is served as it is) and shares the buffer read from Redis.
 fn decode(raw: Bytes) -> Result<CachedStatus> {
     let corrupt = |why: &str| Error::Corrupt(format!("redis status value: {why}"));
-    if !raw.starts_with(TAG) {
+    let v2 = raw.starts_with(TAG);
+    if !v2 && !raw.starts_with(TAG_V1) {
         return Err(corrupt("unknown format tag"));
     }
     let digits = raw
@@ -308,7 +331,23 @@ fn decode(raw: Bytes) -> Result<CachedStatus> {
     if raw.get(VERSION_AT.end) != Some(&b' ') {
         return Err(corrupt("no separator after the version"));
     }
-    let franchise_at = VERSION_AT.end + 1;
+    let mut franchise_at = VERSION_AT.end + 1;
+    let mut program_version = 0;
+    if v2 {
+        let end = franchise_at + PROGRAM_DIGITS;
+        let digits = raw
+            .get(franchise_at..end)
+            .ok_or_else(|| corrupt("truncated header"))?;
+        program_version = std::str::from_utf8(digits)
+            .ok()
+            .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|d| d.parse::<u32>().ok())
+            .ok_or_else(|| corrupt("program version is not a number"))?;
+        if raw.get(end) != Some(&b' ') {
+            return Err(corrupt("no separator after the program version"));
+        }
+        franchise_at = end + 1;
+    }
     let newline = raw[franchise_at..]
         .iter()
         .position(|b| *b == b'\n')
@@ -321,6 +360,7 @@ fn decode(raw: Bytes) -> Result<CachedStatus> {
     Ok(CachedStatus {
         franchise_id: franchise,
         version,
+        program_version,
         json: raw.slice(newline + 1..),
     })
 }
@@ -345,6 +385,7 @@ mod tests {
         CachedStatus {
             franchise_id: FranchiseId::parse(franchise).unwrap(),
             version,
+            program_version: 7,
             json: Bytes::from(json.to_owned()),
         }
     }
@@ -352,11 +393,28 @@ mod tests {
     #[test]
     fn values_round_trip_with_exact_versions() {
         for v in [0, 1, 42, 1 << 53, (1 << 53) + 1, u64::MAX] {
-            let s = status(v, "f-1:a.b_c", "{\"points\":12}\n{}");
-            let raw = encode(&s);
-            assert_eq!(raw.len(), TAG.len() + VERSION_DIGITS + 2 + 9 + s.json.len());
-            assert_eq!(decode(Bytes::from(raw)).unwrap(), s);
+            for pv in [0, 1, u32::MAX] {
+                let s = CachedStatus {
+                    program_version: pv,
+                    ..status(v, "f-1:a.b_c", "{\"points\":12}\n{}")
+                };
+                let raw = encode(&s);
+                assert_eq!(
+                    raw.len(),
+                    TAG.len() + VERSION_DIGITS + PROGRAM_DIGITS + 3 + 9 + s.json.len()
+                );
+                assert_eq!(decode(Bytes::from(raw)).unwrap(), s);
+            }
         }
+    }
+
+    #[test]
+    fn first_format_values_are_read_with_an_unknown_program() {
+        let raw = Bytes::from_static(b"v1 00000000000000000042 f-1\n{\"points\":1}");
+        let s = decode(raw).unwrap();
+        assert_eq!((s.version, s.program_version), (42, 0));
+        assert_eq!(s.franchise_id.as_str(), "f-1");
+        assert_eq!(&s.json[..], b"{\"points\":1}");
     }
 
     #[test]
@@ -380,6 +438,10 @@ mod tests {
             b"v1 00000000000000000001f\n{}",
             b"v1 00000000000000000001 f{}",
             b"v1 00000000000000000001 bad id!\n{}",
+            b"v2 00000000000000000001 f\n{}",
+            b"v2 00000000000000000001 000000000x f\n{}",
+            b"v2 00000000000000000001 9999999999 f\n{}",
+            b"v3 00000000000000000001 f\n{}",
         ] {
             assert!(
                 matches!(decode(Bytes::from_static(raw)), Err(Error::Corrupt(_))),

@@ -12,12 +12,15 @@
 //! at the till:
 //!
 //! ```text
-//! v1 00000000000000000042 franchise-id\n{"member_id":...}
-//! ^^ ^^^^^^^^^^^^^^^^^^^^ ^^^^^^^^^^^^  ^^^^^^^^^^^^^^^^^
-//! |  version: 20 digits,  the member's  the JSON of MemberStatus, byte for byte
-//! |  zero-padded u64      franchise id
-//! format tag
+//! v2 00000000000000000042 0000000003 franchise-id\n{"member_id":...}
+//! ^^ ^^^^^^^^^^^^^^^^^^^^ ^^^^^^^^^^ ^^^^^^^^^^^^  ^^^^^^^^^^^^^^^^^
+//! |  version: 20 digits,  program    the member's  the JSON of MemberStatus, byte for byte
+//! |  zero-padded u64      version    franchise id
+//! format tag              (10 digits, the one the status was rendered with)
 //! ```
+//!
+//! Values of the first format (`v1 <version> <franchise>`, without the program version) are
+//! still read, as rendered with an unknown program (version 0: rendered again on read).
 //!
 //! One value (not a hash) so that a read is one `GET` that can never see the version of one
 //! write with the JSON of another, and a TTL covers the whole entry. The version is zero-padded
@@ -35,11 +38,13 @@
 //! count.
 
 mod cache;
+mod rate_limit;
 pub mod replies;
 
 pub use cache::{RedisCache, RedisCacheOptions};
 /// Rebuilding works on any hot cache; it lives with the ports.
 pub use loyalty_core::rebuild::{rebuild, DEFAULT_REBUILD_PAGE};
+pub use rate_limit::RedisRateLimiter;
 
 #[doc(no_inline)]
 pub use loyalty_core::ports::HotCache;

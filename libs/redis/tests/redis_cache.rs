@@ -51,6 +51,7 @@ fn member(id: &str) -> MemberId {
 
 fn status(franchise: &str, version: u64) -> CachedStatus {
     CachedStatus {
+        program_version: 1,
         franchise_id: FranchiseId::parse(franchise).unwrap(),
         version,
         json: Bytes::from(format!(
@@ -93,7 +94,7 @@ async fn a_status_round_trips_with_its_key_layout() {
         .query_async(&mut raw(&server).await)
         .await
         .unwrap();
-    let mut expected = b"v1 00000000000000000003 fr-a\n".to_vec();
+    let mut expected = b"v2 00000000000000000003 0000000001 fr-a\n".to_vec();
     expected.extend_from_slice(&s.json);
     assert_eq!(stored, expected);
 
@@ -372,7 +373,7 @@ async fn clear_empties_the_cache_and_rebuild_restores_every_status() {
         for i in 0..12u32 {
             let m = member(&format!("{f}-m{i:02}"));
             let state = enrol(&store, &id, &program, &m, i % 4).await;
-            expected.push((m, render_status(&state, &program)));
+            expected.push((m, render_status(&state, &program, version)));
         }
     }
     // A member whose franchise is unknown cannot be rendered: skipped, not counted.
@@ -491,4 +492,76 @@ async fn an_outage_fails_fast_and_the_connection_comes_back() {
         .await
         .unwrap();
     assert_eq!(version_of(&cache, &m).await, Some(3));
+}
+
+/// Two gateways (two limiters, two connections) on one Redis share one budget per bucket: a
+/// key spread over both gets its burst once, not once per gateway; a refusal names the wait.
+#[tokio::test]
+async fn rate_limit_buckets_are_shared_by_every_gateway() {
+    use loyalty_core::rate_limit::{RateLimit, RateLimiter};
+    use loyalty_redis::RedisRateLimiter;
+    let Some(server) = server() else { return };
+    let a = RedisRateLimiter::new(&connect(&server, "rl-test:").await);
+    let b = RedisRateLimiter::new(&connect(&server, "rl-test:").await);
+    let limit = RateLimit {
+        per_minute: 60,
+        burst: 5,
+    };
+    let mut allowed = 0;
+    let mut refused = Vec::new();
+    for i in 0..20 {
+        let limiter: &dyn RateLimiter = if i % 2 == 0 { &a } else { &b };
+        let d = limiter.take("lookup:key:k1", &limit).await.expect("take");
+        match d.retry_after {
+            None => allowed += 1,
+            Some(w) => refused.push(w),
+        }
+    }
+    // One token a second: at most one more may have come back while the loop ran.
+    assert!((5..=6).contains(&allowed), "allowed {allowed} of 20");
+    assert!(refused
+        .iter()
+        .all(|w| *w > Duration::ZERO && *w <= Duration::from_secs(1)));
+    // Another bucket is untouched.
+    assert!(a
+        .take("lookup:key:k2", &limit)
+        .await
+        .expect("take")
+        .allowed());
+    // The buckets expire once they would be full again (no key left behind for ever).
+    let mut conn = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("rl-test:rl:lookup:key:k1")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 6_000, "ttl {ttl} ms");
+}
+
+/// With Redis down the limiter says so (an error, which the gateway turns into letting the
+/// request through): it never blocks on a dead server.
+#[tokio::test]
+async fn rate_limit_on_a_dead_redis_is_an_error_not_a_hang() {
+    use loyalty_core::rate_limit::{RateLimit, RateLimiter};
+    use loyalty_redis::RedisRateLimiter;
+    let Some(mut server) = server() else { return };
+    let cache = connect(&server, "rl-dead:").await;
+    let limiter = RedisRateLimiter::new(&cache);
+    server.stop();
+    let start = Instant::now();
+    let r = limiter
+        .take(
+            "lookup:key:k",
+            &RateLimit {
+                per_minute: 60,
+                burst: 5,
+            },
+        )
+        .await;
+    assert!(matches!(r, Err(Error::Unavailable(_))), "{r:?}");
+    assert!(start.elapsed() < Duration::from_secs(10));
 }

@@ -58,6 +58,7 @@ async fn a_reply_reaches_only_the_gateway_it_names() {
         request_id: Some("r1".into()),
         reply_to: Some(to.into()),
         status: Some(CachedStatus {
+            program_version: 1,
             franchise_id: f.clone(),
             version: 7,
             json: bytes::Bytes::from_static(b"{\"points\":50}"),

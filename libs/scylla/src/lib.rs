@@ -31,7 +31,7 @@
 //! | `stores_of` | `stores_by_franchise`, written by `put_store` with `stores` (a move deletes the old franchise's row) and filled by `migrate` | index on `stores (franchise_id, id)` | `stores_of_lists_the_franchise_stores` |
 //!
 //! The engine is written for the weaker column: after a failed commit it re-reads the store and
-//! treats the events it finds recorded as replays (`tests/tests/engine_faults.rs` runs it on a
+//! treats the events it finds recorded as replays (`tests/tests/e2e/engine_faults.rs` runs it on a
 //! store that writes every third batch only in part).
 //!
 //! [`StateStore`]: loyalty_core::ports::StateStore

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::TryStreamExt;
-use loyalty_core::model::Store;
+use loyalty_core::model::{ApiKey, Principal, Store};
 use loyalty_core::{Error, Result};
 use scylla::client::session::Session;
 use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
@@ -47,7 +47,16 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "dashboards",
         cql: include_str!("../migrations/0003_dashboards.cql"),
     },
+    Migration {
+        version: 4,
+        name: "api_key_ids",
+        cql: include_str!("../migrations/0004_api_key_ids.cql"),
+    },
 ];
+
+/// The migration that creates `api_key_records`, which [`migrate`] then fills from the keys of
+/// `api_keys` that have no id yet (before recording it: an interrupted fill is done again).
+const API_KEY_IDS: u32 = 4;
 
 /// The migration that creates `stores_by_franchise`, which [`migrate`] then fills from
 /// `stores` (before recording it: an interrupted fill is done again).
@@ -180,6 +189,9 @@ pub async fn migrate(session: &Session, config: &ScyllaConfig) -> Result<Vec<u32
         if m.version == STORES_BY_FRANCHISE {
             index_stores(session, ks).await?;
         }
+        if m.version == API_KEY_IDS {
+            adopt_legacy_keys(session, ks).await?;
+        }
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
@@ -236,6 +248,64 @@ async fn index_stores(session: &Session, ks: &str) -> Result<()> {
     Ok(())
 }
 
+/// Gives every key of `api_keys` without an id its record under its derived id
+/// ([`ApiKey::adopted`]; `IF NOT EXISTS`, so a second run changes nothing) and its principal
+/// the id.
+async fn adopt_legacy_keys(session: &Session, ks: &str) -> Result<()> {
+    let what = "giving API keys an id";
+    let insert = session
+        .prepare(format!(
+            "INSERT INTO {ks}.api_key_records (franchise_id, key_id, version, key_hash, body) \
+             VALUES (?, ?, ?, ?, ?) IF NOT EXISTS"
+        ))
+        .await
+        .map_err(|e| unavailable(what, e))?;
+    let index = session
+        .prepare(format!(
+            "INSERT INTO {ks}.api_keys (key_hash, body) VALUES (?, ?)"
+        ))
+        .await
+        .map_err(|e| unavailable(what, e))?;
+    let mut rows = session
+        .query_iter(format!("SELECT key_hash, body FROM {ks}.api_keys"), ())
+        .await
+        .map_err(|e| unavailable(what, e))?
+        .rows_stream::<(String, Option<Vec<u8>>)>()
+        .map_err(|e| unavailable(what, e))?;
+    let now = loyalty_core::provisioning::now();
+    while let Some((hash, body)) = rows.try_next().await.map_err(|e| unavailable(what, e))? {
+        let Some(body) = body else { continue };
+        let p: Principal = serde_json::from_slice(&body)
+            .map_err(|e| Error::Corrupt(format!("scylla migrate: {what}: a principal: {e}")))?;
+        if p.key_id.is_some() {
+            continue;
+        }
+        let Some(key) = ApiKey::adopted(&hash, &p, now) else {
+            continue;
+        };
+        let record = serde_json::to_vec(&key).map_err(|e| unavailable(what, e))?;
+        let principal = serde_json::to_vec(&key.principal()).map_err(|e| unavailable(what, e))?;
+        session
+            .execute_unpaged(
+                &insert,
+                (
+                    key.franchise_id.as_str(),
+                    key.id.as_str(),
+                    1i64,
+                    hash.as_str(),
+                    record.as_slice(),
+                ),
+            )
+            .await
+            .map_err(|e| unavailable(what, e))?;
+        session
+            .execute_unpaged(&index, (hash.as_str(), principal.as_slice()))
+            .await
+            .map_err(|e| unavailable(what, e))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,6 +332,18 @@ mod tests {
             assert!(s.starts_with("CREATE TABLE IF NOT EXISTS ks1."), "{s}");
         }
         assert!(stmts[0].contains("ks1.stores_by_franchise"), "{}", stmts[0]);
+    }
+
+    #[test]
+    fn the_key_ids_migration_creates_the_key_records() {
+        let m = MIGRATIONS
+            .iter()
+            .find(|m| m.version == API_KEY_IDS)
+            .expect("migration 4");
+        let stmts = m.statements("ks1");
+        assert_eq!(stmts.len(), 1, "{stmts:#?}");
+        assert!(stmts[0].starts_with("CREATE TABLE IF NOT EXISTS ks1.api_key_records"));
+        assert!(stmts[0].contains("PRIMARY KEY ((franchise_id), key_id)"));
     }
 
     #[test]

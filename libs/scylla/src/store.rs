@@ -7,7 +7,8 @@
 //! | `franchises` | `id` | | franchise JSON |
 //! | `programs` | `franchise_id` | `version DESC` | program JSON, written once (`IF NOT EXISTS`) |
 //! | `stores` | `id` | | store JSON |
-//! | `api_keys` | `key_hash` | | principal JSON |
+//! | `api_keys` | `key_hash` | | principal JSON of an active key (a lookup checks it against the key's record) |
+//! | `api_key_records` | `franchise_id` | `key_id` | `version`, `key_hash`, API key record JSON; `version` fences writes (LWT) (`migrations/0004_api_key_ids.cql`) |
 //! | `member_events` | `pk` (member id) | `kind, seq DESC, event_id` | static `version` + `state`; ledger rows (`kind = 1`, by `seq`); idempotency records (`kind = 2`, by `franchise/event`) |
 //! | `processed_by_event` | `(franchise_id, event_id)` | | `pk` of the `member_events` partition holding the record |
 //! | `event_claims` | `(franchise_id, event_id)` | | the owning command's fingerprint, first claim wins (`migrations/0002_event_claims.cql`) |
@@ -102,7 +103,7 @@ use async_trait::async_trait;
 use futures::future::{join_all, try_join_all};
 use futures::{stream, StreamExt, TryStreamExt};
 use loyalty_core::metrics::metrics;
-use loyalty_core::model::{Franchise, Principal, Store};
+use loyalty_core::model::{ApiKey, Franchise, Principal, Store};
 use loyalty_core::ports::{DashboardRows, EffectBatch, EventClaim, StateStore};
 use loyalty_core::{Error, Result};
 use loyalty_domain::dashboard::{DashboardDelta, DayTotals, Scope, VisitKey, VisitRow};
@@ -225,6 +226,11 @@ struct Statements {
     get_store: PreparedStatement,
     put_api_key: PreparedStatement,
     get_api_key: PreparedStatement,
+    delete_api_key: PreparedStatement,
+    insert_key_record: PreparedStatement,
+    update_key_record: PreparedStatement,
+    get_key_record: PreparedStatement,
+    key_records_of: PreparedStatement,
     get_member: PreparedStatement,
     scan_members: PreparedStatement,
     scan_members_after: PreparedStatement,
@@ -352,6 +358,25 @@ impl Statements {
             ))
             .await?,
             get_api_key: prep(format!("SELECT body FROM {ks}.api_keys WHERE key_hash = ?")).await?,
+            delete_api_key: prep(format!("DELETE FROM {ks}.api_keys WHERE key_hash = ?")).await?,
+            insert_key_record: prep(format!(
+                "INSERT INTO {ks}.api_key_records (franchise_id, key_id, version, key_hash, body) \
+                 VALUES (?, ?, ?, ?, ?) IF NOT EXISTS"
+            ))
+            .await?,
+            update_key_record: prep(format!(
+                "UPDATE {ks}.api_key_records SET version = ?, key_hash = ?, body = ? \
+                 WHERE franchise_id = ? AND key_id = ? IF version = ?"
+            ))
+            .await?,
+            get_key_record: prep(format!(
+                "SELECT body FROM {ks}.api_key_records WHERE franchise_id = ? AND key_id = ?"
+            ))
+            .await?,
+            key_records_of: prep(format!(
+                "SELECT body FROM {ks}.api_key_records WHERE franchise_id = ?"
+            ))
+            .await?,
             get_member: prep(format!("SELECT state FROM {me} WHERE pk = ? LIMIT 1")).await?,
             scan_members: prep(format!("SELECT DISTINCT pk, state FROM {me}")).await?,
             scan_members_after: prep(format!(
@@ -1133,18 +1158,113 @@ impl StateStore for ScyllaStore {
             .await
     }
 
-    async fn put_api_key(&self, key_hash: &str, principal: &Principal) -> Result<()> {
-        self.put(
-            "writing an api key",
-            &self.st.put_api_key,
-            (key_hash, encode(principal)?),
+    /// The record and the hash index live in two partitions, so the writes are ordered to
+    /// fail safe: a revocation deletes the hash first; a new hash is indexed before the record's
+    /// conditional write names it, and the old one deleted after. A lookup checks the hash it
+    /// found against the record ([`ScyllaStore::api_key`]), so a hash left behind by a write
+    /// that failed half-way authenticates nothing.
+    async fn put_api_key(&self, key: &ApiKey, previous: Option<&ApiKey>) -> Result<()> {
+        key.check_replaces(previous)?;
+        let what = "writing an api key";
+        let (record, principal) = (encode(key)?, encode(&key.principal())?);
+        let version = i64::try_from(key.version).map_err(|_| unavailable(what, "version"))?;
+        let (fid, id) = (key.franchise_id.as_str(), key.id.as_str());
+        let old_hash = previous.map(|p| p.key_hash.as_str());
+        let new_hash = (!key.is_revoked()).then_some(key.key_hash.as_str());
+        if key.is_revoked() {
+            if let Some(h) = old_hash {
+                self.put(what, &self.st.delete_api_key, (h,)).await?;
+            }
+        } else if old_hash != new_hash {
+            self.put(
+                what,
+                &self.st.put_api_key,
+                (key.key_hash.as_str(), &principal),
+            )
+            .await?;
+        }
+        let result = match previous {
+            None => {
+                self.session
+                    .execute_unpaged(
+                        &self.st.insert_key_record,
+                        (fid, id, version, key.key_hash.as_str(), &record),
+                    )
+                    .await
+            }
+            Some(p) => {
+                let expected =
+                    i64::try_from(p.version).map_err(|_| unavailable(what, "version"))?;
+                self.session
+                    .execute_unpaged(
+                        &self.st.update_key_record,
+                        (version, key.key_hash.as_str(), &record, fid, id, expected),
+                    )
+                    .await
+            }
+        }
+        .map_err(|e| unavailable(what, e))?;
+        if !Lwt::of(result)?.applied {
+            if let Some(h) = new_hash.filter(|h| Some(*h) != old_hash) {
+                self.put(what, &self.st.delete_api_key, (h,)).await?;
+            }
+            return Err(Error::Conflict(format!(
+                "key {id} of {fid} is not at version {:?}",
+                previous.map(|p| p.version)
+            )));
+        }
+        match (old_hash, new_hash) {
+            (Some(old), Some(new)) if old != new => {
+                self.put(what, &self.st.delete_api_key, (old,)).await
+            }
+            // The principal of a key written again under the same hash.
+            (Some(_), Some(h)) => self.put(what, &self.st.put_api_key, (h, &principal)).await,
+            _ => Ok(()),
+        }
+    }
+
+    async fn api_key(&self, key_hash: &str) -> Result<Option<Principal>> {
+        let Some(p): Option<Principal> = self
+            .get_json("api key", &self.st.get_api_key, (key_hash,))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let (Some(fid), Some(id)) = (&p.franchise_id, &p.key_id) else {
+            return Ok(Some(p));
+        };
+        Ok(match self.api_key_record(fid, id).await? {
+            Some(k) if k.key_hash == key_hash && !k.is_revoked() => Some(p),
+            _ => None,
+        })
+    }
+
+    async fn api_key_record(&self, franchise: &FranchiseId, id: &str) -> Result<Option<ApiKey>> {
+        self.get_json(
+            "api key record",
+            &self.st.get_key_record,
+            (franchise.as_str(), id),
         )
         .await
     }
 
-    async fn api_key(&self, key_hash: &str) -> Result<Option<Principal>> {
-        self.get_json("api key", &self.st.get_api_key, (key_hash,))
+    async fn api_keys_of(&self, franchise: &FranchiseId) -> Result<Vec<ApiKey>> {
+        let what = "listing a franchise's api keys";
+        let mut rows = self
+            .session
+            .execute_iter(self.st.key_records_of.clone(), (franchise.as_str(),))
             .await
+            .map_err(|e| unavailable(what, e))?
+            .rows_stream::<(Option<Vec<u8>>,)>()
+            .map_err(|e| unavailable(what, e))?;
+        let mut out = Vec::new();
+        while let Some((body,)) = rows.try_next().await.map_err(|e| unavailable(what, e))? {
+            if let Some(body) = body {
+                out.push(decode("api key record", &body)?);
+            }
+        }
+        // The clustering order is the id's (text, byte order), like the other stores'.
+        Ok(out)
     }
 
     async fn member(&self, id: &MemberId) -> Result<Option<MemberState>> {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use loyalty_core::model::{Franchise, Principal, Store};
+use loyalty_core::model::{ApiKey, Franchise, Principal, Store};
 use loyalty_core::ports::{DashboardRows, EffectBatch, EventClaim, StateStore};
 use loyalty_core::{Error, Result};
 use loyalty_domain::{
@@ -137,11 +137,17 @@ impl StateStore for FaultyStore {
     async fn store(&self, id: &StoreId) -> Result<Option<Store>> {
         self.inner.store(id).await
     }
-    async fn put_api_key(&self, h: &str, p: &Principal) -> Result<()> {
-        self.inner.put_api_key(h, p).await
+    async fn put_api_key(&self, k: &ApiKey, previous: Option<&ApiKey>) -> Result<()> {
+        self.inner.put_api_key(k, previous).await
     }
     async fn api_key(&self, h: &str) -> Result<Option<Principal>> {
         self.inner.api_key(h).await
+    }
+    async fn api_key_record(&self, f: &FranchiseId, id: &str) -> Result<Option<ApiKey>> {
+        self.inner.api_key_record(f, id).await
+    }
+    async fn api_keys_of(&self, f: &FranchiseId) -> Result<Vec<ApiKey>> {
+        self.inner.api_keys_of(f).await
     }
     async fn member(&self, id: &MemberId) -> Result<Option<MemberState>> {
         if self.fault_of(id) == Some(Fault::Corrupt) {

@@ -30,7 +30,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, ensure, Context};
-use loyalty_core::model::{Franchise, Principal, Role, Store};
+use loyalty_core::model::{ApiKey, Franchise, Principal, Role, Store};
 use loyalty_core::ports::{
     DashboardRows, EffectBatch, EventClaim, MemberWrite, ProcessedWrite, StateStore,
 };
@@ -87,6 +87,121 @@ pub async fn run_all(store: Arc<dyn StateStore>) -> R {
     rebuild_scans_and_replaces(s)
         .await
         .context("rebuild_scans_and_replaces")?;
+    api_keys_rotate_and_revoke(s)
+        .await
+        .context("api_keys_rotate_and_revoke")?;
+    Ok(())
+}
+
+/// A key of the scenario's franchise, version 1.
+fn contract_key(sc: &Scenario, id: &str, role: Role, hash: &str) -> ApiKey {
+    ApiKey {
+        id: id.to_owned(),
+        franchise_id: sc.franchise.clone(),
+        role,
+        store_id: (role == Role::Store).then(|| sc.store.clone()),
+        key_hash: hash.to_owned(),
+        prefix: "lk_store_abcd".into(),
+        created_at: Timestamp(T0),
+        rotated_at: None,
+        revoked_at: None,
+        version: 1,
+    }
+}
+
+/// API keys: a key is found by its current hash only (never by a rotated one, nor once
+/// revoked, revoked for good), listed with its franchise's keys only, named by its id; every
+/// write is fenced by the version the writer read (a stale writer changes nothing, so a
+/// rotation racing a revocation cannot bring the key back).
+pub async fn api_keys_rotate_and_revoke(store: &dyn StateStore) -> R {
+    let sc = Scenario::new("keys")?;
+    let other = Scenario::new("keys-other")?;
+    let (id1, id2, id3) = (
+        "k_00000000000000000001",
+        "k_00000000000000000002",
+        "k_00000000000000000003",
+    );
+    let k1 = contract_key(&sc, id1, Role::Store, "hash-keys-1");
+    store.put_api_key(&k1, None).await?;
+    ensure!(store.api_key("hash-keys-1").await? == Some(k1.principal()));
+    ensure!(
+        store.api_key("hash-keys-1").await?.and_then(|p| p.key_id) == Some(id1.to_owned()),
+        "a principal names its key"
+    );
+    ensure!(store.api_key_record(&sc.franchise, id1).await? == Some(k1.clone()));
+    ensure!(
+        store.api_key_record(&other.franchise, id1).await?.is_none(),
+        "a key is found under its own franchise only"
+    );
+    // A second creation of the same id is a conflict that changes nothing.
+    let again = ApiKey {
+        key_hash: "hash-keys-1b".into(),
+        ..k1.clone()
+    };
+    ensure!(is_conflict(&store.put_api_key(&again, None).await));
+    ensure!(store.api_key("hash-keys-1b").await?.is_none());
+    ensure!(store.api_key("hash-keys-1").await? == Some(k1.principal()));
+
+    let k2 = contract_key(&sc, id2, Role::HqReadOnly, "hash-keys-2");
+    store.put_api_key(&k2, None).await?;
+    let k3 = contract_key(&other, id3, Role::Hq, "hash-keys-3");
+    store.put_api_key(&k3, None).await?;
+    let listed = store.api_keys_of(&sc.franchise).await?;
+    ensure!(listed == vec![k1.clone(), k2.clone()], "listed {listed:?}");
+    ensure!(store.api_keys_of(&other.franchise).await? == vec![k3.clone()]);
+
+    // Rotation: the new hash works, the old one no longer does.
+    let rotated = ApiKey {
+        key_hash: "hash-keys-1r".into(),
+        prefix: "lk_store_wxyz".into(),
+        rotated_at: Some(Timestamp(T0 + 1)),
+        version: 2,
+        ..k1.clone()
+    };
+    store.put_api_key(&rotated, Some(&k1)).await?;
+    ensure!(
+        store.api_key("hash-keys-1").await?.is_none(),
+        "the rotated secret still works"
+    );
+    ensure!(store.api_key("hash-keys-1r").await? == Some(rotated.principal()));
+    ensure!(store.api_key_record(&sc.franchise, id1).await? == Some(rotated.clone()));
+
+    // A writer that read version 1 (a revocation racing the rotation) is refused whole.
+    let stale = ApiKey {
+        revoked_at: Some(Timestamp(T0 + 2)),
+        version: 2,
+        ..k1.clone()
+    };
+    ensure!(is_conflict(&store.put_api_key(&stale, Some(&k1)).await));
+    ensure!(store.api_key("hash-keys-1r").await? == Some(rotated.principal()));
+    ensure!(store.api_key_record(&sc.franchise, id1).await? == Some(rotated.clone()));
+    // A version that does not follow the one read is the caller's bug.
+    let skipped = ApiKey {
+        version: 5,
+        ..rotated.clone()
+    };
+    ensure!(matches!(
+        store.put_api_key(&skipped, Some(&rotated)).await,
+        Err(Error::Invalid(_))
+    ));
+
+    // Revocation: the key authenticates nothing, its record stays, listed as revoked.
+    let revoked = ApiKey {
+        revoked_at: Some(Timestamp(T0 + 3)),
+        version: 3,
+        ..rotated.clone()
+    };
+    store.put_api_key(&revoked, Some(&rotated)).await?;
+    ensure!(
+        store.api_key("hash-keys-1r").await?.is_none(),
+        "a revoked key still works"
+    );
+    ensure!(store.api_key("hash-keys-1").await?.is_none());
+    ensure!(store.api_key_record(&sc.franchise, id1).await? == Some(revoked.clone()));
+    ensure!(store.api_keys_of(&sc.franchise).await? == vec![revoked.clone(), k2.clone()]);
+    // The other keys are untouched.
+    ensure!(store.api_key("hash-keys-2").await? == Some(k2.principal()));
+    ensure!(store.api_key("hash-keys-3").await? == Some(k3.principal()));
     Ok(())
 }
 
@@ -997,12 +1112,19 @@ pub async fn config_round_trips(store: &dyn StateStore) -> R {
         .await?
         .is_none());
 
+    let key = contract_key(
+        &sc,
+        "k_00000000000000000c01",
+        Role::Store,
+        "hash-contract-1",
+    );
+    store.put_api_key(&key, None).await?;
     let principal = Principal {
         role: Role::Store,
         franchise_id: Some(sc.franchise.clone()),
         store_id: Some(sc.store.clone()),
+        key_id: Some(key.id.clone()),
     };
-    store.put_api_key("hash-contract-1", &principal).await?;
     ensure!(store.api_key("hash-contract-1").await?.as_ref() == Some(&principal));
     ensure!(store.api_key("hash-contract-none").await?.is_none());
     Ok(())

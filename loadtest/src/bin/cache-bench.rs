@@ -123,6 +123,7 @@ async fn main() -> anyhow::Result<()> {
             async move {
                 let m = (task * 7919 + n as usize * 31) % i.len();
                 let status = CachedStatus {
+                    program_version: 1,
                     franchise_id: f,
                     version: v.fetch_add(1, Ordering::Relaxed),
                     json: b[m].clone(),
@@ -164,6 +165,7 @@ async fn main() -> anyhow::Result<()> {
                     .map(|k| {
                         let m = (task * 7919 + n as usize * 31 * 32 + k) % i.len();
                         let status = CachedStatus {
+                            program_version: 1,
                             franchise_id: f.clone(),
                             version: v.fetch_add(1, Ordering::Relaxed),
                             json: b[m].clone(),

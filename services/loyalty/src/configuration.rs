@@ -90,8 +90,33 @@ pub struct DevConfig {
     /// Page cache of the embedded store, in MiB (`LOYALTY_STORE_CACHE_MIB`): memory it takes
     /// however many members there are; the OS page cache serves the rest.
     pub store_cache_mib: usize,
+    /// The address members and printed posters reach the gateway at (`LOYALTY_PUBLIC_URL`),
+    /// `http(s)://host[:port][/path]`: the base of the URLs in the stores' enrolment QR codes and
+    /// of the links to members' card pages. Unset: `http://` and the address the API listens on
+    /// (right on a laptop; behind a load balancer or on a phone, set it).
+    pub public_url: Option<String>,
     /// Largest request body in bytes (`LOYALTY_MAX_BODY_BYTES`).
     pub max_body_bytes: usize,
+    /// Milliseconds a client has to send a whole request body (`LOYALTY_BODY_TIMEOUT_MS`); a
+    /// slower one is answered 408 and its connection closed, so it cannot hold connections.
+    pub body_timeout_ms: u64,
+    /// An internal listener that alone serves `/metrics` (`LOYALTY_METRICS_LISTEN`); the API
+    /// listener then answers 404 for it. Unset: `/metrics` is on the API listener.
+    pub metrics_listen: Option<SocketAddr>,
+    /// A key `/metrics` asks for as `Authorization: Bearer <key>` (`LOYALTY_METRICS_KEY`, at
+    /// least 16 characters). Unset: no key.
+    pub metrics_key: Option<String>,
+    /// Phone lookups a minute per API key (`LOYALTY_LOOKUP_LIMIT_PER_MINUTE`; 0: no limit).
+    pub lookup_limit_per_minute: u32,
+    /// Phone lookups a minute per client address (`LOYALTY_LOOKUP_ADDRESS_LIMIT_PER_MINUTE`;
+    /// 0: no limit).
+    pub lookup_address_limit_per_minute: u32,
+    /// Lookups a key or an address may make at once after a quiet spell (`LOYALTY_LOOKUP_BURST`).
+    pub lookup_burst: u32,
+    /// The header in which a trusted proxy in front writes the client's address
+    /// (`LOYALTY_CLIENT_ADDRESS_HEADER`, e.g. `x-forwarded-for`; its last value counts). Unset:
+    /// the TCP peer's address.
+    pub client_address_header: Option<String>,
     /// Create a demo franchise with three stores on first start (`LOYALTY_DEMO`).
     pub demo: bool,
     /// Give the demo franchise a few months of generated history when `loyalty dev` creates
@@ -148,7 +173,15 @@ impl Default for DevConfig {
             checkpoint_ms: 10,
             cache_capacity: 20_000,
             store_cache_mib: 64,
+            public_url: None,
             max_body_bytes: 16 * 1024,
+            body_timeout_ms: 10_000,
+            metrics_listen: None,
+            metrics_key: None,
+            lookup_limit_per_minute: 300,
+            lookup_address_limit_per_minute: 600,
+            lookup_burst: 30,
+            client_address_header: None,
             demo: true,
             demo_history: true,
             kafka_brokers: None,
@@ -164,6 +197,61 @@ impl Default for DevConfig {
             scylla_replication: "datacenter1=3".into(),
         }
     }
+}
+
+/// Refuses a `public_url` that is not `http(s)://host[:port][/path]`: a scheme, a host of
+/// letters, digits, `.` and `-` (or an IPv6 literal in brackets), an optional port, an optional
+/// path; no user, query or fragment, no space.
+fn check_public_url(url: &str) -> anyhow::Result<()> {
+    let fail = |why: &str| {
+        anyhow::anyhow!(
+            "public_url (LOYALTY_PUBLIC_URL) must be http(s)://host[:port][/path], got {url:?}: {why}"
+        )
+    };
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| fail("the scheme must be http or https"))?;
+    if url.len() > 200 {
+        return Err(fail("at most 200 characters"));
+    }
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| fail("an unclosed IPv6 literal"))?;
+        if h.is_empty() || !h.bytes().all(|b| b.is_ascii_hexdigit() || b == b':') {
+            return Err(fail("not an IPv6 literal"));
+        }
+        (h, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    let host_ok = !host.is_empty()
+        && (authority.starts_with('[')
+            || host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-')));
+    if !host_ok {
+        return Err(fail("the host must be a name or an address"));
+    }
+    if let Some(p) = port {
+        if p.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(fail("the port must be 1 to 65535"));
+        }
+    }
+    let path_ok = path
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'.' | b'_' | b'~' | b'%'));
+    if !path_ok {
+        return Err(fail(
+            "no query, fragment or space; the path of [A-Za-z0-9/._~%-] only",
+        ));
+    }
+    Ok(())
 }
 
 fn env_parse<T: std::str::FromStr>(name: &str, into: &mut T) -> anyhow::Result<()>
@@ -202,7 +290,18 @@ impl std::fmt::Debug for DevConfig {
             .field("checkpoint_ms", &self.checkpoint_ms)
             .field("cache_capacity", &self.cache_capacity)
             .field("store_cache_mib", &self.store_cache_mib)
+            .field("public_url", &self.public_url)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("body_timeout_ms", &self.body_timeout_ms)
+            .field("metrics_listen", &self.metrics_listen)
+            .field("metrics_key", &self.metrics_key.as_ref().map(|_| "(set)"))
+            .field("lookup_limit_per_minute", &self.lookup_limit_per_minute)
+            .field(
+                "lookup_address_limit_per_minute",
+                &self.lookup_address_limit_per_minute,
+            )
+            .field("lookup_burst", &self.lookup_burst)
+            .field("client_address_header", &self.client_address_header)
             .field("demo", &self.demo)
             .field("demo_history", &self.demo_history)
             .field("kafka_brokers", &self.kafka_brokers)
@@ -279,7 +378,31 @@ impl DevConfig {
         env_parse("LOYALTY_CHECKPOINT_MS", &mut c.checkpoint_ms)?;
         env_parse("LOYALTY_CACHE_CAPACITY", &mut c.cache_capacity)?;
         env_parse("LOYALTY_STORE_CACHE_MIB", &mut c.store_cache_mib)?;
+        if let Ok(v) = std::env::var("LOYALTY_PUBLIC_URL") {
+            c.public_url = Some(v).filter(|v| !v.trim().is_empty());
+        }
         env_parse("LOYALTY_MAX_BODY_BYTES", &mut c.max_body_bytes)?;
+        env_parse("LOYALTY_BODY_TIMEOUT_MS", &mut c.body_timeout_ms)?;
+        if let Ok(v) = std::env::var("LOYALTY_METRICS_LISTEN") {
+            c.metrics_listen = Some(v.parse().map_err(|e| {
+                anyhow::anyhow!("environment variable LOYALTY_METRICS_LISTEN={v:?} is invalid: {e}")
+            })?);
+        }
+        if let Ok(v) = std::env::var("LOYALTY_METRICS_KEY") {
+            c.metrics_key = Some(v);
+        }
+        env_parse(
+            "LOYALTY_LOOKUP_LIMIT_PER_MINUTE",
+            &mut c.lookup_limit_per_minute,
+        )?;
+        env_parse(
+            "LOYALTY_LOOKUP_ADDRESS_LIMIT_PER_MINUTE",
+            &mut c.lookup_address_limit_per_minute,
+        )?;
+        env_parse("LOYALTY_LOOKUP_BURST", &mut c.lookup_burst)?;
+        if let Ok(v) = std::env::var("LOYALTY_CLIENT_ADDRESS_HEADER") {
+            c.client_address_header = Some(v);
+        }
         env_parse("LOYALTY_DEMO", &mut c.demo)?;
         env_parse("LOYALTY_DEMO_HISTORY", &mut c.demo_history)?;
         if let Ok(v) = std::env::var("LOYALTY_KAFKA_BROKERS") {
@@ -381,8 +504,37 @@ impl DevConfig {
         if self.cache_capacity == 0 {
             bail!("cache_capacity (LOYALTY_CACHE_CAPACITY) must be at least 1");
         }
+        if let Some(url) = &self.public_url {
+            check_public_url(url)?;
+        }
         if !(1024..=1024 * 1024).contains(&self.max_body_bytes) {
             bail!("max_body_bytes (LOYALTY_MAX_BODY_BYTES) must be between 1024 and 1048576");
+        }
+        if !(100..=300_000).contains(&self.body_timeout_ms) {
+            bail!("body_timeout_ms (LOYALTY_BODY_TIMEOUT_MS) must be between 100 and 300000");
+        }
+        if !(1..=100_000).contains(&self.lookup_burst) {
+            bail!("lookup_burst (LOYALTY_LOOKUP_BURST) must be between 1 and 100000");
+        }
+        if let Some(h) = &self.client_address_header {
+            if actix_web::http::header::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                bail!("client_address_header (LOYALTY_CLIENT_ADDRESS_HEADER) {h:?} is not a header name");
+            }
+        }
+        if self
+            .metrics_key
+            .as_ref()
+            .is_some_and(|k| k.trim().len() < 16)
+        {
+            bail!("metrics_key (LOYALTY_METRICS_KEY) must be at least 16 characters");
+        }
+        if let Some(m) = self.metrics_listen {
+            if m == self.listen && m.port() != 0 {
+                bail!(
+                    "metrics_listen (LOYALTY_METRICS_LISTEN) must differ from listen \
+                     (LOYALTY_LISTEN): it is the internal listener of /metrics"
+                );
+            }
         }
         self.shared_store()?;
         Ok(())
@@ -514,6 +666,25 @@ impl DevConfig {
         (!self.pos_topic.is_empty()).then(|| format!("{}-dlq", self.pos_topic))
     }
 
+    /// The base of the URLs handed to members ([`DevConfig::public_url`]), without a trailing
+    /// `/`: the configured one, else `http://` and `listening` (the API's bound address; the
+    /// loopback address for a wildcard one such as `0.0.0.0`, which no browser can open).
+    pub fn public_base_url(&self, listening: SocketAddr) -> String {
+        match &self.public_url {
+            Some(u) => u.trim().trim_end_matches('/').to_owned(),
+            None => {
+                let mut addr = listening;
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(match addr {
+                        SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                        SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                    });
+                }
+                format!("http://{addr}")
+            }
+        }
+    }
+
     pub fn checkpoint_every(&self) -> Duration {
         Duration::from_millis(self.checkpoint_ms)
     }
@@ -637,6 +808,49 @@ mod tests {
             };
             let e = c.validate().unwrap_err().to_string();
             assert!(e.contains("LOYALTY_POS_TOPIC"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn public_url_is_checked_and_defaults_to_the_listen_address() {
+        let addr: SocketAddr = "127.0.0.1:4321".parse().unwrap();
+        let c = DevConfig::default();
+        assert_eq!(c.public_base_url(addr), "http://127.0.0.1:4321");
+        let any: SocketAddr = "0.0.0.0:4321".parse().unwrap();
+        assert_eq!(c.public_base_url(any), "http://127.0.0.1:4321");
+        let any6: SocketAddr = "[::]:4321".parse().unwrap();
+        assert_eq!(c.public_base_url(any6), "http://[::1]:4321");
+        for ok in [
+            "https://loyalty.example.com",
+            "https://loyalty.example.com/",
+            "http://127.0.0.1:8080",
+            "http://[::1]:8080/loyalty",
+        ] {
+            let c = DevConfig {
+                public_url: Some(ok.into()),
+                ..DevConfig::default()
+            };
+            c.validate().unwrap_or_else(|e| panic!("{ok}: {e}"));
+            assert!(!c.public_base_url(addr).ends_with('/'), "{ok}");
+        }
+        for bad in [
+            "loyalty.example.com",
+            "ftp://example.com",
+            "https://",
+            "https://exa mple.com",
+            "https://example.com:0",
+            "https://example.com:99999",
+            "https://user@example.com",
+            "https://example.com/?a=1",
+            "https://example.com/#x",
+            "https://[zz]:80",
+        ] {
+            let c = DevConfig {
+                public_url: Some(bad.into()),
+                ..DevConfig::default()
+            };
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("LOYALTY_PUBLIC_URL"), "{bad}: {e}");
         }
     }
 

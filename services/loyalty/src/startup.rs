@@ -20,6 +20,7 @@ use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
@@ -104,6 +105,46 @@ fn redis_cache(config: &DevConfig) -> anyhow::Result<Arc<dyn HotCache>> {
         loyalty_redis::RedisCache::connect_lazy(&url, loyalty_redis::RedisCacheOptions::default())
             .with_context(|| format!("configuring Redis at {}", redact_url(&url)))?;
     Ok(Arc::new(cache))
+}
+
+/// The phone-lookup rate limits ([`loyalty_gateway::limits`]): buckets in Redis when several
+/// gateways share them (`distributed`), in process otherwise.
+fn lookup_limits(
+    config: &DevConfig,
+    distributed: bool,
+) -> anyhow::Result<loyalty_gateway::limits::LookupLimits> {
+    use loyalty_core::rate_limit::{RateLimit, RateLimiter};
+    let limiter: Arc<dyn RateLimiter> = match (&config.redis_url, distributed) {
+        (Some(url), true) => {
+            let cache = loyalty_redis::RedisCache::connect_lazy(
+                url,
+                loyalty_redis::RedisCacheOptions::default(),
+            )
+            .with_context(|| format!("configuring Redis at {}", redact_url(url)))?;
+            Arc::new(loyalty_redis::RedisRateLimiter::new(&cache))
+        }
+        // A bucket is about 100 bytes: 100 000 of them bound the memory to ~10 MB.
+        _ => Arc::new(loyalty_embedded::EmbeddedRateLimiter::new(100_000)),
+    };
+    let address_header = match &config.client_address_header {
+        Some(h) => Some(
+            actix_web::http::header::HeaderName::from_bytes(h.as_bytes())
+                .with_context(|| format!("client_address_header {h:?}"))?,
+        ),
+        None => None,
+    };
+    Ok(loyalty_gateway::limits::LookupLimits {
+        limiter,
+        per_key: RateLimit {
+            per_minute: config.lookup_limit_per_minute,
+            burst: config.lookup_burst,
+        },
+        per_address: RateLimit {
+            per_minute: config.lookup_address_limit_per_minute,
+            burst: config.lookup_burst,
+        },
+        address_header,
+    })
 }
 
 /// What the adapters of a process are, as traces name them (`messaging.system`,
@@ -443,7 +484,25 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .with_context(|| format!("binding {}", config.listen))?;
         let port = listener.local_addr()?.port();
-        let max_body = config.max_body_bytes;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .with_context(|| format!("binding metrics listener {addr}"))?,
+            ),
+            None => None,
+        };
+        let metrics_access = loyalty_gateway::routes::ops::MetricsAccess {
+            listener_port: match &metrics_listener {
+                Some(l) => Some(l.local_addr()?.port()),
+                None => None,
+            },
+            key: config.metrics_key.clone(),
+        };
+        let lookup_limits = web::Data::new(lookup_limits(&config, embedded.is_none())?);
+        let body_limit = loyalty_gateway::json::BodyLimit {
+            max_bytes: config.max_body_bytes,
+            timeout: Duration::from_millis(config.body_timeout_ms),
+        };
         let workers = match config.http_workers {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
@@ -453,10 +512,12 @@ impl Application {
                 ready: Arc::clone(&ready),
                 health: Arc::clone(&health),
             });
-            HttpServer::new(move || {
+            let server = HttpServer::new(move || {
                 use loyalty_gateway::routing::endpoint;
                 App::new()
                     .app_data(ready.clone())
+                    .app_data(metrics_access.clone())
+                    .wrap(from_fn(loyalty_gateway::routes::ops::metrics_listener))
                     .wrap(from_fn(loyalty_gateway::limit_request_head))
                     .wrap(from_fn(loyalty_gateway::observe))
                     .service(endpoint("/healthz").get(loyalty_gateway::routes::ops::healthz))
@@ -465,8 +526,11 @@ impl Application {
                     .default_service(web::to(loyalty_gateway::not_found))
             })
             .workers(1)
-            .listen(listener)?
-            .run()
+            .listen(listener)?;
+            match metrics_listener {
+                Some(l) => server.listen(l)?.run(),
+                None => server.run(),
+            }
         } else {
             let gateway = web::Data::new(Gateway::new(
                 store,
@@ -479,20 +543,27 @@ impl Application {
                     topic: engine_config.topic.clone(),
                     max_body_bytes: config.max_body_bytes,
                     reply_to,
+                    public_url: config.public_base_url(listener.local_addr()?),
                     ..GatewayConfig::default()
                 },
                 ready,
             ));
-            HttpServer::new(move || {
+            let server = HttpServer::new(move || {
                 App::new()
                     .app_data(gateway.clone())
+                    .app_data(lookup_limits.clone())
+                    .app_data(metrics_access.clone())
+                    .wrap(from_fn(loyalty_gateway::routes::ops::metrics_listener))
                     .wrap(from_fn(loyalty_gateway::limit_request_head))
                     .wrap(from_fn(loyalty_gateway::observe))
-                    .configure(|c| loyalty_gateway::configure(c, max_body))
+                    .configure(|c| loyalty_gateway::configure(c, body_limit))
             })
             .workers(workers)
-            .listen(listener)?
-            .run()
+            .listen(listener)?;
+            match metrics_listener {
+                Some(l) => server.listen(l)?.run(),
+                None => server.run(),
+            }
         };
         Ok(Application {
             port,

@@ -348,10 +348,12 @@ impl Shard {
         let mut writes: Vec<ProcessedWrite> = Vec::new();
         let mut write_index: HashMap<(FranchiseId, EventId), usize> = HashMap::new();
         let mut ledger = Vec::new();
-        let mut states: HashMap<MemberId, (MemberState, Arc<Program>)> = HashMap::new();
+        // Each changed member with the program (and its version) of its last command.
+        let mut states: HashMap<MemberId, (MemberState, Arc<Program>, u32)> = HashMap::new();
         let mut pending_replies: Vec<(EventReply, Option<MemberId>)> = Vec::new();
         // Members only replayed in this batch: their durable state, to republish.
-        let mut replayed_states: HashMap<MemberId, (MemberState, Arc<Program>)> = HashMap::new();
+        let mut replayed_states: HashMap<MemberId, (MemberState, Arc<Program>, u32)> =
+            HashMap::new();
         // What the new events add to the dashboards, committed with them.
         let mut dashboard = DashboardDelta::default();
 
@@ -374,7 +376,10 @@ impl Shard {
                             .await
                             .map_err(|e| Error::Unavailable(format!("member actor: {e}")))?;
                         if let Some(state) = state {
-                            replayed_states.insert(m.clone(), (state, Arc::clone(&program)));
+                            replayed_states.insert(
+                                m.clone(),
+                                (state, Arc::clone(&program), env.program_version),
+                            );
                         }
                     }
                     pending_replies.push((
@@ -496,7 +501,10 @@ impl Shard {
                             });
                             if applied.changed {
                                 if let Some(s) = reply.state {
-                                    states.insert(m.clone(), (s, Arc::clone(&program)));
+                                    states.insert(
+                                        m.clone(),
+                                        (s, Arc::clone(&program), env.program_version),
+                                    );
                                 }
                             }
                             ledger.extend(applied.entries.into_iter().map(|e| (m.clone(), e)));
@@ -567,7 +575,7 @@ impl Shard {
         }
 
         let mut members = Vec::with_capacity(states.len());
-        for (m, (state, _)) in &states {
+        for (m, (state, _, _)) in &states {
             let expected_version = self.members.get(m).map_or(0, |s| s.stored_version);
             members.push(MemberWrite {
                 state: state.clone(),
@@ -599,17 +607,17 @@ impl Shard {
         // Written: the actors' memory and the store agree again.
         let mut statuses = Vec::with_capacity(states.len());
         let mut rendered: HashMap<MemberId, CachedStatus> = HashMap::new();
-        for (m, (state, program)) in states {
+        for (m, (state, program, version)) in states {
             if let Some(slot) = self.members.get_mut(&m) {
                 slot.stored_version = state.version;
             }
             replayed_states.remove(&m);
-            let status = render_status(&state, &program);
+            let status = render_status(&state, &program, version);
             rendered.insert(m.clone(), status.clone());
             statuses.push((m, status));
         }
-        for (m, (state, program)) in replayed_states {
-            let status = render_status(&state, &program);
+        for (m, (state, program, version)) in replayed_states {
+            let status = render_status(&state, &program, version);
             rendered.insert(m.clone(), status.clone());
             statuses.push((m, status));
         }
@@ -628,12 +636,14 @@ impl Shard {
     }
 }
 
-/// The bytes served at the till for a member.
-pub fn render_status(state: &MemberState, program: &Program) -> CachedStatus {
+/// The bytes served at the till for a member, rendered with version `program_version` of its
+/// franchise's program.
+pub fn render_status(state: &MemberState, program: &Program, program_version: u32) -> CachedStatus {
     let status = MemberStatus::of(state, program);
     CachedStatus {
         franchise_id: state.franchise_id.clone(),
         version: state.version,
+        program_version,
         // Serializing a plain struct cannot fail.
         json: bytes::Bytes::from(serde_json::to_vec(&status).unwrap_or_default()),
     }

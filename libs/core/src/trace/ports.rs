@@ -32,7 +32,7 @@ use tracing::field::Empty;
 use tracing::Instrument;
 
 use crate::metrics::{error_class, metrics};
-use crate::model::{Franchise, Principal, Store};
+use crate::model::{ApiKey, Franchise, Principal, Store};
 use crate::ports::{CachedStatus, DashboardRows, EffectBatch, EventClaim, HotCache, StateStore};
 use crate::Result;
 
@@ -164,11 +164,27 @@ impl StateStore for TracedStore {
     async fn store(&self, id: &StoreId) -> Result<Option<Store>> {
         store(self.system, "store", self.inner.store(id)).await
     }
-    async fn put_api_key(&self, h: &str, p: &Principal) -> Result<()> {
-        store(self.system, "put_api_key", self.inner.put_api_key(h, p)).await
+    async fn put_api_key(&self, k: &ApiKey, previous: Option<&ApiKey>) -> Result<()> {
+        store(
+            self.system,
+            "put_api_key",
+            self.inner.put_api_key(k, previous),
+        )
+        .await
     }
     async fn api_key(&self, h: &str) -> Result<Option<Principal>> {
         store(self.system, "api_key", self.inner.api_key(h)).await
+    }
+    async fn api_key_record(&self, f: &FranchiseId, id: &str) -> Result<Option<ApiKey>> {
+        store(
+            self.system,
+            "api_key_record",
+            self.inner.api_key_record(f, id),
+        )
+        .await
+    }
+    async fn api_keys_of(&self, f: &FranchiseId) -> Result<Vec<ApiKey>> {
+        store(self.system, "api_keys_of", self.inner.api_keys_of(f)).await
     }
     async fn member(&self, id: &MemberId) -> Result<Option<MemberState>> {
         store(self.system, "member", self.inner.member(id)).await

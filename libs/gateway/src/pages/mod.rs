@@ -8,6 +8,8 @@
 //! fetched from another origin: the Content-Security-Policy allows this origin only, and no
 //! inline script.
 
+pub mod member;
+
 use std::sync::LazyLock;
 
 use actix_web::body::MessageBody;
@@ -112,21 +114,27 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(endpoint("/session/end").post(sign_out))
             .service(endpoint("/data").get(data))
             .service(endpoint("/export.csv").get(export))
-            .service(endpoint("/assets/{path:.+}").get(static_asset)),
-    );
+            .service(endpoint("/assets/{path:.+}").get(static_asset))
+            .service(endpoint("/stores/{sid}/poster").get(member::dashboard_poster)),
+    )
+    .configure(member::configure);
 }
 
-/// The page's security headers, on every answer under `/dashboard` (errors included).
-async fn security_headers(
+/// The page's security headers, on every answer under `/dashboard` (errors included), and
+/// under the members' pages ([`member`]). A page that sets its own Content-Security-Policy
+/// (a stricter one, with the hash of its inline style) keeps it.
+pub(crate) async fn security_headers(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let mut res = next.call(req).await?;
     let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
+    if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CSP),
+        );
+    }
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -167,7 +175,7 @@ fn session_key(req: &HttpRequest) -> Option<String> {
 async fn session(gw: &Gateway, req: &HttpRequest) -> Result<std::sync::Arc<Franchise>, ApiError> {
     let key = session_key(req).ok_or(ApiError::Unauthorized)?;
     let p = gw.principal_of_key(&key).await?;
-    if p.role != Role::Hq {
+    if !p.role.reads_hq() {
         return Err(ApiError::Unauthorized);
     }
     gw.franchise_of(&p).await
@@ -223,7 +231,7 @@ fn see_other() -> actix_web::HttpResponseBuilder {
 }
 
 /// Escapes text for HTML content and attribute values.
-fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -319,6 +327,18 @@ async fn page(req: HttpRequest, gw: web::Data<Gateway>) -> Result<HttpResponse, 
             )
         })
         .collect();
+    let posters: String = stores
+        .iter()
+        .map(|s| {
+            let url = format!("/dashboard/stores/{}/poster", escape(s.id.as_str()));
+            format!(
+                "<li data-store-id=\"{}\">{}: <a href=\"{url}\">A5</a> · \
+                 <a href=\"{url}?size=a6\">A6</a> · <a href=\"{url}?lang=en\">English</a></li>",
+                escape(s.id.as_str()),
+                escape(&s.name)
+            )
+        })
+        .collect();
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
@@ -350,6 +370,7 @@ async fn page(req: HttpRequest, gw: web::Data<Gateway>) -> Result<HttpResponse, 
                 ("favicon", &asset_url("favicon.svg")),
                 ("franchise", &escape(&f.name)),
                 ("stores", &options),
+                ("posters", &posters),
                 ("config", &config),
             ],
         ),
@@ -392,7 +413,7 @@ async fn sign_in(
         Err(e) => return Err(e),
     };
     match p.role {
-        Role::Hq => {
+        Role::Hq | Role::HqReadOnly => {
             gw.franchise_of(&p).await?;
             Ok(see_other()
                 .insert_header(set_cookie(key, SESSION_SECONDS))

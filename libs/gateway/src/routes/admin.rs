@@ -64,23 +64,47 @@ pub async fn create_franchise(
     let body = body.into_inner();
     let name = valid_name("name", &body.name)?;
     let program = parse_program(body.program)?;
-    let (f, key) = provisioning::create_franchise(gw.store.as_ref(), &name, &program).await?;
+    let (f, record, key) =
+        provisioning::create_franchise_keyed(gw.store.as_ref(), &name, &program).await?;
     tracing::info!(franchise = %f.id, "franchise created");
-    Ok(HttpResponse::Created().json(json!({
-        "id": f.id,
-        "name": f.name,
-        "program_version": f.program_version,
-        "hq_api_key": key,
-    })))
+    Ok(HttpResponse::Created()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(json!({
+            "id": f.id,
+            "name": f.name,
+            "program_version": f.program_version,
+            "hq_api_key": key,
+            "hq_api_key_id": record.id,
+        })))
 }
 
-/// The franchise named in the path, if it is the caller's; any other is 404.
+/// The franchise named in the path, if it is the caller's (an HQ key, to change it); any
+/// other is 404.
 pub(crate) async fn own_franchise(
     gw: &Gateway,
     req: &HttpRequest,
     fid: &str,
 ) -> Result<std::sync::Arc<loyalty_core::model::Franchise>, ApiError> {
-    let p = gw.authorize(req, &[Role::Hq]).await?;
+    franchise_of_caller(gw, req, fid, &[Role::Hq]).await
+}
+
+/// The franchise named in the path, if it is the caller's (an HQ key or a read-only one, to
+/// read it); any other is 404.
+pub(crate) async fn own_franchise_reading(
+    gw: &Gateway,
+    req: &HttpRequest,
+    fid: &str,
+) -> Result<std::sync::Arc<loyalty_core::model::Franchise>, ApiError> {
+    franchise_of_caller(gw, req, fid, &[Role::Hq, Role::HqReadOnly]).await
+}
+
+async fn franchise_of_caller(
+    gw: &Gateway,
+    req: &HttpRequest,
+    fid: &str,
+    roles: &[Role],
+) -> Result<std::sync::Arc<loyalty_core::model::Franchise>, ApiError> {
+    let p = gw.authorize(req, roles).await?;
     let not_found = || ApiError::NotFound("no such franchise".into());
     let fid = FranchiseId::parse(fid).map_err(|_| not_found())?;
     if p.franchise_id.as_ref() != Some(&fid) {
@@ -160,13 +184,13 @@ pub async fn replace_program(
         .json(json!({ "id": f.id, "program_version": version, "program": program })))
 }
 
-/// `GET /v1/franchises/{fid}/program` (hq).
+/// `GET /v1/franchises/{fid}/program` (hq, hq_read_only).
 pub async fn get_program(
     req: HttpRequest,
     gw: web::Data<Gateway>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let f = own_franchise(&gw, &req, &path).await?;
+    let f = own_franchise_reading(&gw, &req, &path).await?;
     let program = gw.program(&f).await?;
     Ok(HttpResponse::Ok()
         .json(json!({ "id": f.id, "program_version": f.program_version, "program": *program })))
@@ -187,9 +211,12 @@ pub async fn create_store(
 ) -> Result<HttpResponse, ApiError> {
     let f = own_franchise(&gw, &req, &path).await?;
     let name = valid_name("name", &body.name)?;
-    let (s, key) = provisioning::create_store(gw.store.as_ref(), &f.id, &name).await?;
+    let (s, record, key) =
+        provisioning::create_store_keyed(gw.store.as_ref(), &f.id, &name).await?;
     tracing::info!(franchise = %f.id, store = %s.id, "store created");
-    Ok(HttpResponse::Created().json(json!({ "id": s.id, "name": s.name, "api_key": key })))
+    Ok(HttpResponse::Created()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(json!({ "id": s.id, "name": s.name, "api_key": key, "api_key_id": record.id })))
 }
 
 /// `GET /v1/franchises/{fid}/stores/{sid}/pos-signing-secret` (hq): the secret that store's

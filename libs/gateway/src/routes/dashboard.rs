@@ -11,7 +11,7 @@ use loyalty_domain::{Program, StoreId};
 use serde::Deserialize;
 
 use crate::problem::ApiError;
-use crate::routes::admin::own_franchise;
+use crate::routes::admin::own_franchise_reading;
 use crate::state::Gateway;
 
 /// `?from=YYYY-MM-DD&to=YYYY-MM-DD[&store=ID][&compare=previous]`.
@@ -32,7 +32,7 @@ async fn resolve(
     p: Result<web::Query<DashboardParams>, actix_web::Error>,
 ) -> Result<(Arc<Franchise>, Arc<Program>, DashboardQuery), ApiError> {
     // Who asks comes first: a store key or another franchise learns nothing from its query.
-    let f = own_franchise(gw, req, fid).await?;
+    let f = own_franchise_reading(gw, req, fid).await?;
     let (program, q) = query_of(gw, &f, p).await?;
     Ok((f, program, q))
 }

@@ -162,11 +162,16 @@ pub async fn redemption(
     let franchise = gw.franchise_of(&p).await?;
     let body = body.into_inner();
     let program = gw.program(&franchise).await?;
-    input::reward(&program, &body.reward_id)?;
     // The member must be enrolled in this franchise (the id is already validated).
-    gw.member_status(&franchise, &body.member_id)
+    let status = gw
+        .member_status(&franchise, &body.member_id)
         .await?
         .ok_or_else(ApiError::unknown_member)?;
+    // A reward that left the catalogue is still redeemed with a voucher issued before
+    // (`MemberState::redeem`); without one it is unknown.
+    if !holds_voucher(&status.json, &body.reward_id) {
+        input::reward(&program, &body.reward_id)?;
+    }
     let env = envelope(
         &gw,
         &franchise,
@@ -179,6 +184,15 @@ pub async fn redemption(
         },
     )?;
     submit(&gw, &franchise, env, deadline).await
+}
+
+/// Whether the status served at the till (`MemberStatus` JSON) lists a voucher for `reward`.
+fn holds_voucher(status: &[u8], reward: &RewardId) -> bool {
+    serde_json::from_slice::<loyalty_domain::MemberStatus>(status).is_ok_and(|s| {
+        s.vouchers
+            .iter()
+            .any(|v| v.reward_id == *reward && v.count > 0)
+    })
 }
 
 /// The envelope of a command from the store key `p`.

@@ -2,7 +2,9 @@
 
 pub mod admin;
 pub mod dashboard;
+pub mod enrolment;
 pub mod events;
+pub mod keys;
 pub mod members;
 pub mod ops;
 

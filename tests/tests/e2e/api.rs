@@ -835,6 +835,26 @@ async fn documented_franchise_reads_are_isolated_by_tenant_and_role() {
             .clone(),
         None => p.clone(),
     };
+    // The id of each franchise's store key, for the paths that name a key (`{kid}`).
+    let mut kids = std::collections::HashMap::new();
+    for f in [&a, &b] {
+        let keys: Value = app
+            .get(&format!("/v1/franchises/{}/api-keys", f.id), &f.hq_key)
+            .await
+            .json()
+            .await
+            .unwrap();
+        let kid = keys["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["role"] == "store")
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        kids.insert(f.id.clone(), kid);
+    }
     let mut tested = Vec::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
         let Some(op) = item.get("get").filter(|_| path.contains("{fid}")) else {
@@ -865,7 +885,10 @@ async fn documented_franchise_reads_are_isolated_by_tenant_and_role() {
             if store != f.store_id && has_store_query {
                 query.push(format!("store={store}"));
             }
-            let mut url = path.replace("{fid}", &f.id).replace("{sid}", store);
+            let mut url = path
+                .replace("{fid}", &f.id)
+                .replace("{sid}", store)
+                .replace("{kid}", &kids[&f.id]);
             if !query.is_empty() {
                 url = format!("{url}?{}", query.join("&"));
             }

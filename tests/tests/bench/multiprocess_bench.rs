@@ -164,6 +164,9 @@ impl Bench {
                 "LOYALTY_KAFKA_HEARTBEAT_MS",
                 &heartbeat().as_millis().to_string(),
             )
+            // The checkout mix looks phones up far faster than a till: limits off.
+            .env("LOYALTY_LOOKUP_LIMIT_PER_MINUTE", "0")
+            .env("LOYALTY_LOOKUP_ADDRESS_LIMIT_PER_MINUTE", "0")
             .start()
             .await
             .expect("cluster starts");

@@ -61,8 +61,10 @@ const COMMON: [&str; 4] = [
     "loyalty_cache_operation_duration_seconds",
 ];
 
-/// What a gateway exposes after the traffic (besides [`COMMON`]).
-const GATEWAY: [&str; 4] = [
+/// What a gateway exposes after the traffic (besides [`COMMON`]); the franchise and store it
+/// provisioned made their keys.
+const GATEWAY: [&str; 5] = [
+    "loyalty_api_key_operations_total",
     "loyalty_cache_lookups_total",
     "loyalty_log_append_seconds",
     "loyalty_events_replayed_total",

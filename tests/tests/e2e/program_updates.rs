@@ -125,3 +125,59 @@ async fn an_update_that_loses_its_version_to_another_writer_is_a_409() {
     assert_eq!(current["program_version"], 1);
     assert_eq!(current["program"]["signup_bonus"], 50);
 }
+
+/// Issue 14, defect 8: after a program change, every member's status follows it at once (not
+/// at their next event), and a voucher for a reward that left the catalogue is still honoured.
+#[tokio::test]
+async fn statuses_follow_a_program_change_and_vouchers_outlive_their_reward() {
+    let app = spawn_app().await;
+    let f = app.franchise("Café Changing").await;
+    let member = app.enrol(&f, "+33655555555").await;
+    let id = member["member_id"].as_str().expect("member id").to_owned();
+    for i in 0..10 {
+        let r = app.purchase(&f, &format!("p-{i}"), &id, 500).await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let before = app.status(&f, &id).await;
+    assert_eq!(before["stamp_card_size"], 10, "{before}");
+    assert_eq!(
+        before["vouchers"],
+        json!([{"reward_id": "free-coffee", "count": 1}])
+    );
+
+    // The coffee leaves the catalogue; the card now gives a pastry after 6 stamps.
+    let mut program = demo_program();
+    program["rewards"] = json!([{"id": "free-pastry", "name": "Free pastry", "cost_points": 150}]);
+    program["stamp_card"] = json!({"size": 6, "reward_id": "free-pastry"});
+    let path = format!("/v1/franchises/{}/program", f.id);
+    let r = app
+        .put(&path, &f.hq_key, &json!({ "program": program }))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // No event since: the status follows the program anyway.
+    let after = app.status(&f, &id).await;
+    assert_eq!(after["stamp_card_size"], 6, "{after}");
+    assert_eq!(after["version"], before["version"], "no event was applied");
+    let available: Vec<&str> = after["rewards_available"]
+        .as_array()
+        .expect("rewards_available")
+        .iter()
+        .filter_map(|r| r.as_str())
+        .collect();
+    assert_eq!(available, vec!["free-coffee"], "{after}");
+
+    // The voucher is redeemed once; then the coffee is unknown.
+    let redeem =
+        |event: &str| json!({"event_id": event, "member_id": id, "reward_id": "free-coffee"});
+    let r = app
+        .post("/v1/redemptions?wait_ms=5000", &f.store_key, &redeem("r-1"))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK, "{:?}", r.text().await);
+    let r = app
+        .post("/v1/redemptions?wait_ms=5000", &f.store_key, &redeem("r-2"))
+        .await;
+    assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "unknown-reward").await;
+    let last = app.status(&f, &id).await;
+    assert_eq!(last["vouchers"], json!([]), "{last}");
+}

@@ -141,11 +141,11 @@ async fn a_wrong_cached_status_is_found_and_repaired_in_redis() -> anyhow::Resul
     let cache = RedisCache::connect(&redis.url(), RedisCacheOptions::default()).await?;
     let programs = ProgramCache::new(Arc::clone(&store));
     // a's status is right; b's claims a newer version with a balance the store never had.
-    let right = render_status(&states[0], &sc.program);
+    let right = render_status(&states[0], &sc.program, 1);
     let mut forged_state = states[1].clone();
     forged_state.version += 5;
     forged_state.points += 1_000;
-    let forged = render_status(&forged_state, &sc.program);
+    let forged = render_status(&forged_state, &sc.program, 1);
     cache
         .put_statuses(vec![(a.clone(), right), (b.clone(), forged)])
         .await?;
@@ -188,7 +188,7 @@ async fn a_wrong_cached_status_is_found_and_repaired_in_redis() -> anyhow::Resul
         .status(&b)
         .await?
         .ok_or_else(|| anyhow::anyhow!("cached"))?;
-    assert_eq!(cached.json, render_status(&states[1], &sc.program).json);
+    assert_eq!(cached.json, render_status(&states[1], &sc.program, 1).json);
     // A difference between a state and its ledger is not the cache's, and is not repaired.
     assert!(!again
         .differences

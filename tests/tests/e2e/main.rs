@@ -1,0 +1,28 @@
+//! The end-to-end suite, one test binary (one link instead of one per file, and a fraction of
+//! the disk): each module is a scenario file of its own; `cargo nextest run -p loyalty-tests
+//! --test e2e crash::` runs one.
+
+mod api;
+mod api_keys;
+mod audit;
+mod checkpoint;
+mod crash;
+mod dashboard;
+mod dashboard_page;
+mod datadir_lock;
+mod dead_letters;
+mod demo_history;
+mod distributed;
+mod engine_exit;
+mod engine_faults;
+mod hostile_input;
+mod listener_limits;
+mod member_pages;
+mod metrics_scrape;
+mod multiprocess;
+mod pos_topic;
+mod program_updates;
+mod repo_hygiene;
+mod sharding;
+mod tenant_isolation;
+mod tracing_otlp;
