@@ -156,8 +156,15 @@ def seed(dev: Dev) -> dict[str, list]:
         if status != 200:
             raise RuntimeError(f"seeding: purchase answered {status} {body}")
         purchases.append(event)
+    # A member of its own for the erasure (README "Privacy"): the hooks send every erasure of a
+    # seeded member for this one instead, so the runs never erase a member they rely on.
+    status, body = http("POST", f"{base}/v1/members?wait_ms=5000", store_key, {"phone": "+33610000009"})
+    if status not in (200, 201):
+        raise RuntimeError(f"seeding: enrolment answered {status} {body}")
+    erasable = body["member_id"]
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     return {
+        "erasable": [erasable],
         "franchises": [dev.keys["FRANCHISE_ID"]],
         "stores": [dev.keys[k] for k in ("STORE1_ID", "STORE2_ID", "STORE3_ID")],
         "members": members,
@@ -439,6 +446,9 @@ def main() -> int:
             if m in methods and p != "/openapi.json"
         }
         data = seed(dev)
+        # The members the runs rely on are never erased (schemathesis_hooks.before_call).
+        os.environ["LOYALTY_SCHEMATHESIS_PROTECTED_MEMBERS"] = ",".join(data["members"])
+        os.environ["LOYALTY_SCHEMATHESIS_ERASABLE_MEMBER"] = data["erasable"][0]
         victims, protected = key_fixtures(dev)
         data["keys"] = victims
         config = out / "schemathesis.toml"
@@ -451,7 +461,10 @@ def main() -> int:
                 break
         # The keys the runs used were never rotated nor revoked (the hooks saw to it).
         for role in ("hq", "store"):
-            status, _ = http("GET", f"{dev.address}/v1/members/{data['members'][0]}", keys[role])
+            status, body = http("GET", f"{dev.address}/v1/members/{data['members'][0]}", keys[role])
+            if status == 200 and isinstance(body, dict) and body.get("erased"):
+                print(f"a seeded member was erased during the runs ({data['members'][0]})")
+                status = 0
             if status != 200:
                 print(f"the {role} key no longer works after the runs ({status})")
                 results.append({"role": f"{role}-key", "operations": set(), "checks": 0, "failures": 1,

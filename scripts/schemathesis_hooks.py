@@ -13,7 +13,10 @@ positive data may say.
 
 And one hook, `before_call`: the runs must not rotate or revoke the keys they authenticate with
 (scripts/schemathesis.py passes their ids in LOYALTY_SCHEMATHESIS_PROTECTED_KEYS); such a call,
-however its key id was found, is sent for a key that does not exist instead (404).
+however its key id was found, is sent for a key that does not exist instead (404). Nor may they
+erase the members they rely on (README "Privacy"; LOYALTY_SCHEMATHESIS_PROTECTED_MEMBERS): an
+erasure of one of them is sent for the member seeded to be erased instead
+(LOYALTY_SCHEMATHESIS_ERASABLE_MEMBER), so the erasure is still exercised.
 """
 
 from __future__ import annotations
@@ -99,6 +102,10 @@ KEY_CHANGES = (
 )
 PROTECTED_KEYS = set(filter(None, os.environ.get("LOYALTY_SCHEMATHESIS_PROTECTED_KEYS", "").split(",")))
 UNKNOWN_KEY = "k_00000000000000000000"
+ERASURE = "POST /v1/members/{member_id}/erasure"
+PROTECTED_MEMBERS = set(filter(None, os.environ.get("LOYALTY_SCHEMATHESIS_PROTECTED_MEMBERS", "").split(",")))
+# No erasable member given: a member id no franchise has (404).
+ERASABLE_MEMBER = os.environ.get("LOYALTY_SCHEMATHESIS_ERASABLE_MEMBER") or "m0000000000000000000000000"
 
 
 @schemathesis.hook
@@ -106,3 +113,5 @@ def before_call(context, case, kwargs):
     params = case.path_parameters
     if case.operation.label in KEY_CHANGES and params and params.get("kid") in PROTECTED_KEYS:
         params["kid"] = UNKNOWN_KEY
+    if case.operation.label == ERASURE and params and params.get("member_id") in PROTECTED_MEMBERS:
+        params["member_id"] = ERASABLE_MEMBER

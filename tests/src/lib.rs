@@ -47,6 +47,8 @@ pub struct TestApp {
     pub store: std::sync::Arc<loyalty_embedded::EmbeddedStore>,
     pub cache: std::sync::Arc<loyalty_embedded::EmbeddedCache>,
     pub log: std::sync::Arc<loyalty_embedded::log::EmbeddedLog>,
+    /// The `dev` notifier: the one-time codes the platform "sent".
+    pub notifier: std::sync::Arc<loyalty_embedded::EmbeddedNotifier>,
 }
 
 /// A franchise set up through the API, with its HQ key and one store key.
@@ -85,6 +87,10 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut DevConfig)) -> TestApp {
         .clone()
         .expect("dev mode runs the embedded adapters");
     let (store, cache, log) = (embedded.store, embedded.cache, embedded.log);
+    let notifier = app
+        .notifier
+        .clone()
+        .expect("dev mode runs the dev notifier");
     tokio::spawn(app.run_until_stopped());
     let t = TestApp {
         address,
@@ -93,6 +99,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut DevConfig)) -> TestApp {
         store,
         cache,
         log,
+        notifier,
     };
     t.wait_ready().await;
     t
@@ -426,4 +433,21 @@ impl Drop for DevProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The balance (`data-points`) the member's card page shows in `b`, once it is loaded.
+pub async fn card_page_points(
+    b: &loyalty_testkit::chromium::Browser,
+    wait: std::time::Duration,
+) -> u64 {
+    let v = b
+        .wait_for(
+            "const e = document.getElementById('balance'); return e && e.dataset.points",
+            wait,
+        )
+        .await
+        .expect("the balance");
+    v.as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("data-points is a number")
 }

@@ -35,15 +35,22 @@ pub enum PosCommand {
         member_id: MemberId,
         reward_id: RewardId,
     },
+    /// Erase the member's personal data (README "Privacy"), sent by the franchise's HQ through
+    /// the API with the event id `erase.<member>` and the store id [`HQ_STORE`].
+    Erase { member_id: MemberId },
 }
+
+/// The store id of commands headquarters send (an erasure): no store's, since store ids are
+/// made `s_…` by provisioning.
+pub const HQ_STORE: &str = "hq";
 
 impl PosCommand {
     /// The member this command is for; `None` for an anonymous sale or its refund.
     pub fn member_id(&self) -> Option<&MemberId> {
         match self {
-            PosCommand::Enrol { member_id, .. } | PosCommand::Redemption { member_id, .. } => {
-                Some(member_id)
-            }
+            PosCommand::Enrol { member_id, .. }
+            | PosCommand::Redemption { member_id, .. }
+            | PosCommand::Erase { member_id } => Some(member_id),
             PosCommand::Purchase { member_id, .. } | PosCommand::Refund { member_id, .. } => {
                 member_id.as_ref()
             }
@@ -56,6 +63,7 @@ impl PosCommand {
             PosCommand::Purchase { .. } => "purchase",
             PosCommand::Refund { .. } => "refund",
             PosCommand::Redemption { .. } => "redemption",
+            PosCommand::Erase { .. } => "erase",
         }
     }
 }

@@ -456,6 +456,8 @@ impl Generator<'_> {
             } => self.counts.anonymous_purchases += 1,
             PosCommand::Refund { .. } => self.counts.refunds += 1,
             PosCommand::Redemption { .. } => self.counts.redemptions += 1,
+            // The generator sends none.
+            PosCommand::Erase { .. } => {}
         }
         self.out.push(CommandEnvelope {
             franchise_id: self.franchise.id.clone(),
@@ -971,6 +973,7 @@ mod tests {
                 PosCommand::Redemption { reward_id, .. } => MemberCommand::Redemption {
                     reward_id: reward_id.clone(),
                 },
+                PosCommand::Erase { .. } => MemberCommand::Erase,
             };
             let ctx = EventContext {
                 event_id: &e.event_id,

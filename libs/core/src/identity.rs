@@ -92,6 +92,46 @@ pub fn verify_store_enrolment_token(franchise_secret: &str, store: &StoreId, tok
     same_tag(&store_enrolment_token(franchise_secret, store), token)
 }
 
+/// The anti-forgery token of the self-enrolment form of `store` issued at `issued` (Unix
+/// seconds): `<issued>.<mac>`, the MAC of both under the franchise's secret. A form post must
+/// carry one (a hidden field) that this franchise made for this store, recently
+/// ([`verify_enrolment_form_token`]).
+pub fn enrolment_form_token(franchise_secret: &str, store: &StoreId, issued: i64) -> String {
+    let tag = b32(&mac(
+        franchise_secret,
+        &[
+            b"enrol-form:v1:",
+            store.as_str().as_bytes(),
+            b":",
+            issued.to_string().as_bytes(),
+        ],
+    )[..16]);
+    format!("{issued}.{tag}")
+}
+
+/// Whether `token` is a form token of `store` issued no more than `max_age_secs` before `now`
+/// (and not in the future).
+pub fn verify_enrolment_form_token(
+    franchise_secret: &str,
+    store: &StoreId,
+    token: &str,
+    now: i64,
+    max_age_secs: i64,
+) -> bool {
+    let Some(issued) = token
+        .split_once('.')
+        .and_then(|(i, _)| i.parse::<i64>().ok())
+    else {
+        return false;
+    };
+    issued <= now + 60
+        && now - issued <= max_age_secs
+        && same_tag(
+            &enrolment_form_token(franchise_secret, store, issued),
+            token,
+        )
+}
+
 /// The signature of a link to `member`'s card page valid until `expires` (Unix seconds): a MAC
 /// of both under the franchise's secret, 26 base32 characters. The link is a bearer
 /// credential: whoever holds it sees the card until it expires.
@@ -226,6 +266,27 @@ mod tests {
         assert!(!verify_store_enrolment_token("f2", &a, &t));
         assert!(!verify_store_enrolment_token("f1", &a, "aaaaaaaaaaaaaaaa"));
         assert!(!verify_store_enrolment_token("f1", &a, ""));
+    }
+
+    #[test]
+    fn enrolment_form_tokens_are_per_store_and_expire() {
+        let a = StoreId::parse("s_a").unwrap();
+        let b = StoreId::parse("s_b").unwrap();
+        let t = enrolment_form_token("f1", &a, 1_000);
+        assert!(verify_enrolment_form_token("f1", &a, &t, 1_500, 3600));
+        assert!(
+            !verify_enrolment_form_token("f1", &a, &t, 5_000, 3600),
+            "too old"
+        );
+        assert!(
+            !verify_enrolment_form_token("f1", &a, &t, 500, 3600),
+            "from the future"
+        );
+        assert!(!verify_enrolment_form_token("f1", &b, &t, 1_500, 3600));
+        assert!(!verify_enrolment_form_token("f2", &a, &t, 1_500, 3600));
+        let forged = t.replacen("1000", "1400", 1);
+        assert!(!verify_enrolment_form_token("f1", &a, &forged, 1_500, 3600));
+        assert!(!verify_enrolment_form_token("f1", &a, "", 1_500, 3600));
     }
 
     #[test]

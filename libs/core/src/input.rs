@@ -86,6 +86,13 @@ pub fn profile(
     birthday: Option<String>,
 ) -> Result<Profile, InputError> {
     let phone = Phone::parse(phone)?;
+    if phone.is_erased() {
+        // The placeholder of erased members' phones (README "Privacy") is no one's number.
+        return Err(InputError::Invalid(format!(
+            "{} is reserved and cannot be enrolled",
+            Phone::ERASED
+        )));
+    }
     // Checked as sent (a control character is refused even at an edge, where trimming would
     // hide it), kept trimmed.
     let name = match name {

@@ -13,6 +13,7 @@ pub mod identity;
 pub mod input;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod ports;
 pub mod pos_ingest;
 pub mod pos_topic;

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub http_body_timeouts: IntCounter,
     pub rate_limited: IntCounterVec,
     pub rate_limit_errors: IntCounter,
+    /// One-time codes of the self-enrolment page, by what became of them.
+    pub enrolment_codes: IntCounterVec,
     pub cache_lookups: IntCounterVec,
     pub reply_timeouts: IntCounter,
     /// API keys created, rotated and revoked, by operation and the key's role.
@@ -53,6 +55,8 @@ pub struct Metrics {
     pub event_claims: IntCounterVec,
     pub dashboard_updates: IntCounterVec,
     pub audit_differences: IntCounter,
+    /// Members whose personal data was erased (README "Privacy"), counted once the store has it.
+    pub member_erasures: IntCounter,
     /// Commands the engine consumed, by kind and result (applied, replayed, ...).
     pub engine_commands: IntCounterVec,
     /// From the time a POS says a command happened until its effect is in the store.
@@ -275,6 +279,11 @@ impl Metrics {
                 "POS events applied, by kind.",
                 &["kind"],
             ),
+            member_erasures: counter(
+                &r,
+                "loyalty_member_erasures_total",
+                "Members whose personal data was erased (README \"Privacy\").",
+            ),
             events_replayed: counter(
                 &r,
                 "loyalty_events_replayed_total",
@@ -382,6 +391,12 @@ impl Metrics {
                 &r,
                 "loyalty_rate_limit_errors_total",
                 "Rate limit checks that could not reach the buckets (the request was let through).",
+            ),
+            enrolment_codes: counter_vec(
+                &r,
+                "loyalty_enrolment_codes_total",
+                "One-time codes of the self-enrolment page, by result (sent, send_failed, no_notifier, rate_limited, confirmed, wrong, expired, too_many_attempts).",
+                &["result"],
             ),
             cache_lookups: counter_vec(
                 &r,

@@ -159,7 +159,8 @@ impl From<loyalty_domain::Rejection> for Rejected {
             R::UnknownMember => Reason::UnknownMember,
             R::InsufficientPoints { .. }
             | R::RefundExceedsPurchase { .. }
-            | R::LimitExceeded { .. } => Reason::Invalid,
+            | R::LimitExceeded { .. }
+            | R::MemberErased => Reason::Invalid,
         };
         Rejected::new(reason, r.to_string())
     }

@@ -12,7 +12,8 @@
 //! member's activity window with the program, and stamps are checked against the stamp card
 //! (fewer than its size: a full card becomes a voucher at once). A voucher may name a reward
 //! the program no longer has: vouchers outlive their reward (see `MemberState::redeem`), so
-//! that is not a finding. Nothing here reads a clock or a store.
+//! that is not a finding. An erased member (README "Privacy") is audited like any other, and its
+//! profile must hold no personal data any more. Nothing here reads a clock or a store.
 
 use std::fmt;
 
@@ -49,6 +50,8 @@ pub enum Finding {
     Tier { state: String, recomputed: String },
     /// More stamps than a card holds (a full card becomes a voucher at once).
     Stamps { stamps: u32, card_size: u32 },
+    /// A member marked erased whose profile still holds personal data (README "Privacy").
+    NotErased,
 }
 
 impl fmt::Display for Finding {
@@ -98,6 +101,9 @@ impl fmt::Display for Finding {
             Finding::Stamps { stamps, card_size } => {
                 write!(f, "{stamps} stamps on a card of {card_size}")
             }
+            Finding::NotErased => {
+                write!(f, "erased, but its profile still holds personal data")
+            }
         }
     }
 }
@@ -119,6 +125,12 @@ pub fn audit_member(
         });
     }
     audit_program(state, program, &mut findings);
+    let p = &state.profile;
+    if state.erased_at.is_some()
+        && (!p.phone.is_erased() || p.name.is_some() || p.birthday.is_some())
+    {
+        findings.push(Finding::NotErased);
+    }
     findings
 }
 

@@ -442,7 +442,7 @@ impl DashboardDelta {
     ) {
         if matches!(
             outcome,
-            Outcome::Enrolled { created: false } | Outcome::Rejected(_)
+            Outcome::Enrolled { created: false } | Outcome::Erased { .. } | Outcome::Rejected(_)
         ) {
             return;
         }
@@ -468,7 +468,9 @@ impl DashboardDelta {
                 let cost = program.reward(reward_id).map_or(0, |r| r.cost_cents);
                 t.reward_cost_cents = t.reward_cost_cents.saturating_add(cost);
             }
-            Outcome::Enrolled { created: false } | Outcome::Rejected(_) => {}
+            Outcome::Enrolled { created: false }
+            | Outcome::Erased { .. }
+            | Outcome::Rejected(_) => {}
         }
     }
 

@@ -65,6 +65,10 @@ pub enum Rejection {
     /// [`crate::MAX_POINTS_BALANCE`]): refused, nothing changed.
     #[error("the event would take the member's {counter} past {limit}, the largest kept")]
     LimitExceeded { counter: String, limit: u64 },
+    /// The member's personal data was erased (README "Privacy"): the member takes no command
+    /// any more, a new enrolment of the same phone included.
+    #[error("this member's personal data was erased: the member takes no more commands")]
+    MemberErased,
 }
 
 impl Rejection {
@@ -78,6 +82,7 @@ impl Rejection {
             Rejection::RefundExceedsPurchase { .. } => "refund-exceeds-purchase",
             Rejection::CurrencyMismatch { .. } => "currency-mismatch",
             Rejection::LimitExceeded { .. } => "limit-exceeded",
+            Rejection::MemberErased => "member-erased",
         }
     }
 }
@@ -107,6 +112,10 @@ pub enum Outcome {
         reward_id: RewardId,
         used_voucher: bool,
         points_spent: Points,
+    },
+    /// The member's personal data erased (README "Privacy"), at `erased_at`.
+    Erased {
+        erased_at: Timestamp,
     },
     Rejected(Rejection),
 }

@@ -113,6 +113,21 @@ impl Phone {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// What an erased member's profile holds in place of the phone (README "Privacy"): a
+    /// number of the ITU's reserved country code 999, never a subscriber's. Enrolment refuses
+    /// it, so no member is ever enrolled with it.
+    pub const ERASED: &'static str = "+999000000000";
+
+    /// The placeholder of an erased member's phone ([`Phone::ERASED`]).
+    pub fn erased() -> Phone {
+        Phone(Self::ERASED.to_owned())
+    }
+
+    /// Whether this is the placeholder of an erased member's phone.
+    pub fn is_erased(&self) -> bool {
+        self.0 == Self::ERASED
+    }
 }
 
 /// Phone numbers are personal data: debug output never shows them.

@@ -1,5 +1,5 @@
 //! A member's state and the rules that move it: enrolment, purchases (points, window, tier,
-//! stamps), refunds, redemptions and expiry.
+//! stamps), refunds, redemptions, expiry, and the erasure of the member's personal data.
 //!
 //! [`apply`] is the single entry point. It either applies a command completely, returning the
 //! ledger entries it wrote and its outcome, or refuses it and leaves the state untouched.
@@ -48,12 +48,25 @@ fn signed(points: Points, negative: bool) -> Result<i64, Rejection> {
 }
 
 /// Personal data given at enrolment. Kept with the member, never logged.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Profile {
     pub phone: Phone,
     pub name: Option<String>,
     /// `YYYY-MM-DD`.
     pub birthday: Option<String>,
+}
+
+/// Personal data: debug output (of a state, a command, an envelope) never shows it, only
+/// whether a name or a birthday is there.
+impl std::fmt::Debug for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let given = |v: &Option<String>| if v.is_some() { "Some(***)" } else { "None" };
+        f.debug_struct("Profile")
+            .field("phone", &self.phone)
+            .field("name", &format_args!("{}", given(&self.name)))
+            .field("birthday", &format_args!("{}", given(&self.birthday)))
+            .finish()
+    }
 }
 
 /// Activity of one day, summed for tier qualification over the program's window.
@@ -101,6 +114,12 @@ pub struct MemberState {
     /// Local days of the member's purchases by store, for the dashboards' member counts.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub purchase_days: PurchaseDays,
+    /// When the member's personal data was erased ([`MemberCommand::Erase`]): the profile then
+    /// holds [`Phone::ERASED`] and no name or birthday, and the member takes no more commands.
+    /// Absent from states stored before erasure existed (and from every state not erased), so
+    /// those read as they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erased_at: Option<Timestamp>,
 }
 
 /// A command aimed at one member.
@@ -122,6 +141,10 @@ pub enum MemberCommand {
     Redemption {
         reward_id: RewardId,
     },
+    /// Erase the member's personal data (README "Privacy"): phone, name and birthday go, the
+    /// balance, counters and ledger (which hold none) stay. Once erased, a member refuses
+    /// every other command with [`Rejection::MemberErased`]; erasing again changes nothing.
+    Erase,
 }
 
 /// Where and when an event happened, and the program version it is judged by.
@@ -166,6 +189,9 @@ pub fn apply(
             *state = Some(s);
             Ok(applied)
         }
+        (Some(s), MemberCommand::Enrol { .. }) if s.erased_at.is_some() => {
+            Err(Rejection::MemberErased)
+        }
         (Some(_), MemberCommand::Enrol { .. }) => Ok(Applied {
             entries: Vec::new(),
             outcome: Outcome::Enrolled { created: false },
@@ -174,6 +200,8 @@ pub fn apply(
             tier: None,
         }),
         (None, _) => Err(Rejection::UnknownMember),
+        (Some(s), MemberCommand::Erase) => Ok(s.erase(ctx)),
+        (Some(s), _) if s.erased_at.is_some() => Err(Rejection::MemberErased),
         (Some(s), cmd) => {
             // Apply on a copy so a refusal found half-way leaves no trace.
             let mut next = s.clone();
@@ -214,6 +242,7 @@ impl MemberState {
             last_visit: None,
             last_seq: 0,
             purchase_days: PurchaseDays::new(),
+            erased_at: None,
         };
         let mut entries = Vec::new();
         let bonus = ctx.program.signup_bonus;
@@ -268,6 +297,8 @@ impl MemberState {
                 self.refund(ctx, purchase_event_id, purchase, *amount, &mut entries)?
             }
             MemberCommand::Redemption { reward_id } => self.redeem(ctx, reward_id, &mut entries)?,
+            // Handled by `apply` before any clock moves.
+            MemberCommand::Erase => return Ok(self.erase(ctx)),
         };
         self.version = add_one(self.version, "version")?;
         let tier = (self.tier != tier_before).then(|| TierMove {
@@ -281,6 +312,34 @@ impl MemberState {
             visits,
             tier,
         })
+    }
+
+    /// Erases the member's personal data: the phone becomes [`Phone::ERASED`], name and
+    /// birthday go, `erased_at` is the event's time. Nothing else moves: not the clock (no
+    /// points expire, no tier changes on an erasure), not the balance, not the ledger (whose
+    /// entries hold no personal data), and no ledger entry is written. A member already erased
+    /// is unchanged (the outcome names the first erasure's time).
+    fn erase(&mut self, ctx: &EventContext<'_>) -> Applied {
+        let changed = self.erased_at.is_none();
+        if changed {
+            self.profile = Profile {
+                phone: Phone::erased(),
+                name: None,
+                birthday: None,
+            };
+            self.erased_at = Some(ctx.at);
+            // A version past `u64::MAX` cannot be reached by one change per command.
+            self.version = self.version.saturating_add(1);
+        }
+        Applied {
+            entries: Vec::new(),
+            outcome: Outcome::Erased {
+                erased_at: self.erased_at.unwrap_or(ctx.at),
+            },
+            changed,
+            visits: Vec::new(),
+            tier: None,
+        }
     }
 
     /// Moves the member's clock to the event's time (never backwards), expiring points that

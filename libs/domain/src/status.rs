@@ -37,6 +37,10 @@ pub struct MemberStatus {
     pub points_earned: Points,
     /// Increases with every change; a cache never replaces a newer status by an older one.
     pub version: u64,
+    /// The member's personal data was erased (README "Privacy"): the member takes no more
+    /// commands. Only present when true, so the status of every other member is unchanged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub erased: bool,
 }
 
 impl MemberStatus {
@@ -87,6 +91,7 @@ impl MemberStatus {
             spend_cents: state.spend_cents,
             points_earned: state.points_earned,
             version: state.version,
+            erased: state.erased_at.is_some(),
         }
     }
 }

@@ -30,7 +30,7 @@ pub use state::{Gateway, GatewayConfig};
 /// one [`routing::endpoint`]: `GET` also answers `HEAD`, and a method the path does not take is
 /// 405 with `Allow`. JSON bodies are read by [`json::JsonObject`] (objects only).
 pub fn configure(cfg: &mut web::ServiceConfig, body: json::BodyLimit) {
-    use routes::{admin, dashboard, enrolment, events, keys, members, ops};
+    use routes::{admin, dashboard, enrolment, events, keys, members, ops, privacy};
     use routing::endpoint;
     cfg.app_data(body)
         .app_data(web::QueryConfig::default().error_handler(problem::query_error))
@@ -81,6 +81,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, body: json::BodyLimit) {
                 .service(endpoint("/members/{member_id}").get(members::status))
                 .service(endpoint("/members/{member_id}/ledger").get(members::ledger))
                 .service(endpoint("/members/{member_id}/card-link").get(enrolment::card_link))
+                .service(endpoint("/members/{member_id}/export").get(privacy::export))
+                .service(endpoint("/members/{member_id}/erasure").post(privacy::erase))
                 .service(endpoint("/purchases").post(events::purchase))
                 .service(endpoint("/refunds").post(events::refund))
                 .service(endpoint("/redemptions").post(events::redemption)),

@@ -76,7 +76,7 @@ impl LookupLimits {
         }
     }
 
-    fn client_address(&self, req: &HttpRequest) -> Option<IpAddr> {
+    pub(crate) fn client_address(&self, req: &HttpRequest) -> Option<IpAddr> {
         if let Some(h) = &self.address_header {
             let last = req.headers().get_all(h).last()?.to_str().ok()?;
             let hop = last.rsplit(',').next()?.trim();
@@ -87,7 +87,7 @@ impl LookupLimits {
 }
 
 /// The bucket name of an address: an IPv4 address whole, an IPv6 address by its /64.
-fn address_bucket(addr: IpAddr) -> String {
+pub(crate) fn address_bucket(addr: IpAddr) -> String {
     match addr {
         IpAddr::V4(a) => a.to_string(),
         IpAddr::V6(a) => match a.to_ipv4_mapped() {

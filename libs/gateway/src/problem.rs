@@ -124,6 +124,7 @@ impl ApiError {
             }
             ApiError::Rejected(Rejection::CurrencyMismatch { .. }) => "Wrong currency",
             ApiError::Rejected(Rejection::LimitExceeded { .. }) => "Limit exceeded",
+            ApiError::Rejected(Rejection::MemberErased) => "Member erased",
             ApiError::AnonymousRefund => "Anonymous refund",
             ApiError::ProgramConflict(_) => "Concurrent program update",
             ApiError::KeyConflict(_) => "API key conflict",
@@ -176,9 +177,9 @@ impl ResponseError for ApiError {
             | ApiError::ProgramConflict(_)
             | ApiError::KeyConflict(_) => StatusCode::CONFLICT,
             ApiError::Rejected(r) => match r {
-                Rejection::InsufficientPoints { .. } | Rejection::RefundExceedsPurchase { .. } => {
-                    StatusCode::CONFLICT
-                }
+                Rejection::InsufficientPoints { .. }
+                | Rejection::RefundExceedsPurchase { .. }
+                | Rejection::MemberErased => StatusCode::CONFLICT,
                 Rejection::UnknownMember | Rejection::UnknownPurchase { .. } => {
                     StatusCode::NOT_FOUND
                 }

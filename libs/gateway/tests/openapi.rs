@@ -445,7 +445,23 @@ fn member_status_and_ledger_match_the_domain_types() {
         serde_json::from_value(ex.clone()).expect("example is a MemberStatus");
     let back = serde_json::to_value(&typed).unwrap();
     assert_eq!(back, ex);
-    assert_exact_shape(&d, "MemberStatus", &back);
+    // `erased` is only emitted when true (README "Privacy"): documented, not required.
+    let status = serde_json::json!({ "$ref": "#/components/schemas/MemberStatus" });
+    let mut emitted = keys(&back);
+    assert_eq!(
+        required(&d, &status),
+        emitted,
+        "MemberStatus: every emitted field is required"
+    );
+    emitted.insert("erased".to_owned());
+    assert_eq!(
+        properties(&d, &status),
+        emitted,
+        "MemberStatus: documented properties"
+    );
+    let mut erased = typed.clone();
+    erased.erased = true;
+    assert_eq!(serde_json::to_value(&erased).unwrap()["erased"], true);
     assert_exact_shape(&d, "NextTier", &back["next_tier"]);
 
     let ex = schema_example(&d, "LedgerEntry");
@@ -1051,6 +1067,7 @@ fn every_error() -> Vec<ApiError> {
             counter: "points".into(),
             limit: loyalty_domain::MAX_POINTS_BALANCE,
         }),
+        ApiError::Rejected(Rejection::MemberErased),
         ApiError::AnonymousRefund,
         ApiError::Unavailable("down".into()),
         ApiError::Internal("bug".into()),

@@ -90,6 +90,43 @@ pub async fn run_all(store: Arc<dyn StateStore>) -> R {
     api_keys_rotate_and_revoke(s)
         .await
         .context("api_keys_rotate_and_revoke")?;
+    erasures_persist(s).await.context("erasures_persist")?;
+    Ok(())
+}
+
+/// An erasure (README "Privacy") goes through the ordinary state write: the erased state reads
+/// back as written (no phone, name or birthday; `erased_at` set; the books as they were), the
+/// ledger is untouched, and the erasure's record reads back with its outcome.
+pub async fn erasures_persist(store: &dyn StateStore) -> R {
+    let mut sc = Scenario::new("erasure")?;
+    let m = sc.member(1)?;
+    let state = sc.enrolled(store, &m).await?;
+    let state = sc.bought(store, &state, 2_500).await?;
+    let ledger = store.ledger(&m, None, 100).await?;
+    let erase = sc.apply(Some(&state), &m, MemberCommand::Erase)?;
+    let erased = erase
+        .state
+        .clone()
+        .ok_or_else(|| anyhow!("an erasure changed no state"))?;
+    ensure!(erased.profile.phone.is_erased() && erased.profile.name.is_none());
+    ensure!(erased.erased_at.is_some() && erased.points == state.points);
+    store.commit(erase.batch(state.version)).await?;
+    ensure!(
+        store.member(&m).await?.as_ref() == Some(&erased),
+        "the erased state reads back"
+    );
+    ensure!(
+        store.ledger(&m, None, 100).await? == ledger,
+        "the ledger is kept"
+    );
+    let found = store
+        .processed(&sc.franchise, std::slice::from_ref(&erase.record.event_id))
+        .await?;
+    ensure!(
+        found == vec![Some(erase.record.clone())]
+            && matches!(erase.record.outcome, Outcome::Erased { .. }),
+        "the erasure's record: {found:?}"
+    );
     Ok(())
 }
 

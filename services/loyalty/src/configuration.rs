@@ -113,6 +113,9 @@ pub struct DevConfig {
     pub lookup_address_limit_per_minute: u32,
     /// Lookups a key or an address may make at once after a quiet spell (`LOYALTY_LOOKUP_BURST`).
     pub lookup_burst: u32,
+    /// How long a one-time code of the self-enrolment page is valid, in seconds
+    /// (`LOYALTY_ENROLMENT_CODE_TTL_SECS`, 1 to 3600).
+    pub enrolment_code_ttl_secs: u64,
     /// The header in which a trusted proxy in front writes the client's address
     /// (`LOYALTY_CLIENT_ADDRESS_HEADER`, e.g. `x-forwarded-for`; its last value counts). Unset:
     /// the TCP peer's address.
@@ -181,6 +184,7 @@ impl Default for DevConfig {
             lookup_limit_per_minute: 300,
             lookup_address_limit_per_minute: 600,
             lookup_burst: 30,
+            enrolment_code_ttl_secs: 600,
             client_address_header: None,
             demo: true,
             demo_history: true,
@@ -301,6 +305,7 @@ impl std::fmt::Debug for DevConfig {
                 &self.lookup_address_limit_per_minute,
             )
             .field("lookup_burst", &self.lookup_burst)
+            .field("enrolment_code_ttl_secs", &self.enrolment_code_ttl_secs)
             .field("client_address_header", &self.client_address_header)
             .field("demo", &self.demo)
             .field("demo_history", &self.demo_history)
@@ -400,6 +405,10 @@ impl DevConfig {
             &mut c.lookup_address_limit_per_minute,
         )?;
         env_parse("LOYALTY_LOOKUP_BURST", &mut c.lookup_burst)?;
+        env_parse(
+            "LOYALTY_ENROLMENT_CODE_TTL_SECS",
+            &mut c.enrolment_code_ttl_secs,
+        )?;
         if let Ok(v) = std::env::var("LOYALTY_CLIENT_ADDRESS_HEADER") {
             c.client_address_header = Some(v);
         }
@@ -515,6 +524,12 @@ impl DevConfig {
         }
         if !(1..=100_000).contains(&self.lookup_burst) {
             bail!("lookup_burst (LOYALTY_LOOKUP_BURST) must be between 1 and 100000");
+        }
+        if !(1..=3600).contains(&self.enrolment_code_ttl_secs) {
+            bail!(
+                "enrolment_code_ttl_secs (LOYALTY_ENROLMENT_CODE_TTL_SECS) must be between 1 and \
+                 3600"
+            );
         }
         if let Some(h) = &self.client_address_header {
             if actix_web::http::header::HeaderName::from_bytes(h.as_bytes()).is_err() {

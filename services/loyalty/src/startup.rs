@@ -67,6 +67,9 @@ pub struct Application {
     /// The embedded adapters behind the ports, when they are the embedded ones (tests look
     /// under the hood through them).
     pub embedded: Option<Embedded>,
+    /// The `dev` notifier, when this process runs it (tests read the one-time codes it
+    /// "sent" through it).
+    pub notifier: Option<Arc<loyalty_embedded::EmbeddedNotifier>>,
     /// The lock of the embedded data directory, held as long as this process runs on it.
     lock: Option<DataDirLock>,
 }
@@ -499,6 +502,17 @@ impl Application {
             key: config.metrics_key.clone(),
         };
         let lookup_limits = web::Data::new(lookup_limits(&config, embedded.is_none())?);
+        // The self-enrolment page's one-time codes: the `dev` notifier where the adapters are
+        // embedded; elsewhere no SMS adapter exists yet, and the page says codes cannot be sent.
+        let notifier = embedded
+            .as_ref()
+            .map(|_| Arc::new(loyalty_embedded::EmbeddedNotifier::new()));
+        let self_enrolment = web::Data::new(loyalty_gateway::pages::join::SelfEnrolment::new(
+            notifier
+                .clone()
+                .map(|n| n as Arc<dyn loyalty_core::notify::Notifier>),
+            Duration::from_secs(config.enrolment_code_ttl_secs),
+        ));
         let body_limit = loyalty_gateway::json::BodyLimit {
             max_bytes: config.max_body_bytes,
             timeout: Duration::from_millis(config.body_timeout_ms),
@@ -552,6 +566,7 @@ impl Application {
                 App::new()
                     .app_data(gateway.clone())
                     .app_data(lookup_limits.clone())
+                    .app_data(self_enrolment.clone())
                     .app_data(metrics_access.clone())
                     .wrap(from_fn(loyalty_gateway::routes::ops::metrics_listener))
                     .wrap(from_fn(loyalty_gateway::limit_request_head))
@@ -575,6 +590,7 @@ impl Application {
             shutdown,
             ports,
             embedded,
+            notifier,
             lock: None,
         })
     }

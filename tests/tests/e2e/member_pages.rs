@@ -509,18 +509,6 @@ async fn sign_in(b: &Browser, base: &str, key: &str) {
         .expect("answered");
 }
 
-/// The `data-points` the card page shows, once it is loaded.
-async fn shown_points(b: &Browser) -> u64 {
-    let v = b
-        .wait_for(
-            "const e = document.getElementById('balance'); return e && e.dataset.points",
-            WAIT,
-        )
-        .await
-        .expect("the balance");
-    v.as_str().unwrap().parse().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_card_page_and_the_poster_in_a_headless_browser() {
     if let Err(reason) = ChromeDriver::available() {
@@ -550,7 +538,7 @@ async fn the_card_page_and_the_poster_in_a_headless_browser() {
     let b = driver.browser().await.expect("a browser");
     b.resize(390, 844).await.expect("a phone's size");
     b.goto(&format!("{url}&lang=fr")).await.expect("loaded");
-    assert_eq!(shown_points(&b).await, first);
+    assert_eq!(loyalty_tests::card_page_points(&b, WAIT).await, first);
     let shown = b
         .execute(
             "return [document.getElementById('balance').textContent, \
@@ -609,7 +597,7 @@ async fn the_card_page_and_the_poster_in_a_headless_browser() {
     let second = app.status(&f, &m).await["points"].as_u64().unwrap();
     assert!(second > first);
     b.goto(&url).await.expect("reloaded");
-    assert_eq!(shown_points(&b).await, second);
+    assert_eq!(loyalty_tests::card_page_points(&b, WAIT).await, second);
     let after = b
         .execute(
             "return [document.querySelectorAll('#activity li').length, \

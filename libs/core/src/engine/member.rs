@@ -73,6 +73,7 @@ fn kind(command: &MemberCommand) -> &'static str {
         MemberCommand::Purchase { .. } => "purchase",
         MemberCommand::Refund { .. } => "refund",
         MemberCommand::Redemption { .. } => "redemption",
+        MemberCommand::Erase => "erase",
     }
 }
 

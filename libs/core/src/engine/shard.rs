@@ -356,6 +356,8 @@ impl Shard {
             HashMap::new();
         // What the new events add to the dashboards, committed with them.
         let mut dashboard = DashboardDelta::default();
+        // Members erased by this batch (README "Privacy"), counted and logged once committed.
+        let mut erased: Vec<MemberId> = Vec::new();
 
         for ((env, program, fp), parent) in commands.into_iter().zip(parents) {
             let key = (env.franchise_id.clone(), env.event_id.clone());
@@ -469,6 +471,7 @@ impl Shard {
                         PosCommand::Redemption { reward_id, .. } => MemberCommand::Redemption {
                             reward_id: reward_id.clone(),
                         },
+                        PosCommand::Erase { .. } => MemberCommand::Erase,
                     };
                     if !touched.contains(m) {
                         touched.push(m.clone());
@@ -499,6 +502,10 @@ impl Shard {
                                 visits: &applied.visits,
                                 tier: applied.tier.as_ref(),
                             });
+                            if applied.changed && matches!(applied.outcome, Outcome::Erased { .. })
+                            {
+                                erased.push(m.clone());
+                            }
                             if applied.changed {
                                 if let Some(s) = reply.state {
                                     states.insert(
@@ -603,6 +610,11 @@ impl Shard {
         }
         // The dashboards' rows were in the same commit: the projection's lag is the apply lag.
         tally.publish();
+        for m in &erased {
+            metrics().member_erasures.inc();
+            // The member id only: the personal data is gone, and never logged anyway.
+            tracing::info!(member = %m, "member's personal data erased");
+        }
 
         // Written: the actors' memory and the store agree again.
         let mut statuses = Vec::with_capacity(states.len());

@@ -7,8 +7,8 @@
 //!
 //! - A store's enrolment URL is `<public_url>/join/<store_id>/<token>`, the token a MAC of the
 //!   store id under the franchise's secret ([`identity::store_enrolment_token`]): stable (a
-//!   printed poster never goes stale) and verifiable (a forged one is 404). Until the
-//!   self-enrolment form lands, `/join/…` says where the member is and how to join at the till.
+//!   printed poster never goes stale) and verifiable (a forged one is 404). It opens the
+//!   self-enrolment form ([`super::join`]).
 //! - A card link is `<public_url>/card/<franchise_id>/<member_id>?expires=<unix>&sig=<mac>`
 //!   ([`identity::card_link_signature`]); a forged or expired one is 403, an unknown franchise
 //!   or member 404, each as a page that says so.
@@ -35,7 +35,7 @@ use crate::problem::ApiError;
 use crate::state::Gateway;
 
 /// The style of the card and of the other member pages.
-const CARD_CSS: &str = include_str!("templates/card.css");
+pub(super) const CARD_CSS: &str = include_str!("templates/card.css");
 /// The style of the poster; `{{page}}` is its `@page` size.
 const POSTER_CSS: &str = include_str!("templates/poster.css");
 
@@ -98,7 +98,7 @@ impl Lang {
         best.map_or(Lang::Fr, |(_, l)| l)
     }
 
-    fn pick(self, fr: &'static str, en: &'static str) -> &'static str {
+    pub(super) fn pick(self, fr: &'static str, en: &'static str) -> &'static str {
         match self {
             Lang::Fr => fr,
             Lang::En => en,
@@ -218,7 +218,13 @@ fn csp(css: &str) -> String {
 }
 
 /// A whole page: `body` (already escaped) under `title`, in `lang`, styled by `css` only.
-fn page(status: StatusCode, lang: Lang, title: &str, css: &str, body: &str) -> HttpResponse {
+pub(super) fn page(
+    status: StatusCode,
+    lang: Lang,
+    title: &str,
+    css: &str,
+    body: &str,
+) -> HttpResponse {
     let html = format!(
         "<!doctype html>\n<html lang=\"{lang}\">\n<head>\n<meta charset=\"utf-8\">\n\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
@@ -238,7 +244,12 @@ fn page(status: StatusCode, lang: Lang, title: &str, css: &str, body: &str) -> H
 }
 
 /// A page that says why it cannot show what was asked, with `status`.
-fn error_page(status: StatusCode, lang: Lang, title: &str, message: &str) -> HttpResponse {
+pub(super) fn error_page(
+    status: StatusCode,
+    lang: Lang,
+    title: &str,
+    message: &str,
+) -> HttpResponse {
     let body = format!(
         "<main class=\"error\" id=\"error\" data-status=\"{}\">\n<h1>{}</h1>\n<p>{}</p>\n</main>",
         status.as_u16(),
@@ -249,7 +260,7 @@ fn error_page(status: StatusCode, lang: Lang, title: &str, message: &str) -> Htt
 }
 
 /// The error page of a failure of the platform (a backing service down…).
-fn failure_page(lang: Lang, e: &ApiError) -> HttpResponse {
+pub(super) fn failure_page(lang: Lang, e: &ApiError) -> HttpResponse {
     tracing::warn!(error = %e, "member page failed");
     error_page(
         e.status_code(),
@@ -273,7 +284,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::scope("/join")
             .wrap(from_fn(super::security_headers))
-            .service(endpoint("/{sid}/{token}").get(join)),
+            .service(
+                endpoint("/{sid}/{token}")
+                    .get(super::join::form)
+                    .post(super::join::request_code),
+            )
+            .service(endpoint("/{sid}/{token}/code").post(super::join::confirm)),
     );
 }
 
@@ -291,7 +307,7 @@ pub fn enrolment_url(gw: &Gateway, f: &Franchise, store: &StoreId) -> String {
 }
 
 /// Unix seconds now.
-fn now_secs() -> i64 {
+pub(super) fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
@@ -489,7 +505,12 @@ async fn card_page(
     lang: Lang,
     req: &HttpRequest,
 ) -> Result<Option<HttpResponse>, ApiError> {
-    let Some(cached) = gw.member_status(f, member).await? else {
+    // An erased member has no card any more (README "Privacy").
+    let Some(cached) = gw
+        .member_status(f, member)
+        .await?
+        .filter(|s| !crate::routes::privacy::status_is_erased(&s.json))
+    else {
         return Ok(None);
     };
     let status: MemberStatus = serde_json::from_slice(&cached.json)
@@ -948,78 +969,27 @@ pub async fn caller_store(
     Ok((f, store))
 }
 
-#[derive(Debug, Deserialize)]
-struct JoinQuery {
-    lang: Option<String>,
-}
-
-/// `GET /join/{sid}/{token}`: where a store's QR code leads. A forged token, or a store we do
-/// not know, is 404. Until the self-enrolment form lands, the page welcomes the member to the
-/// franchise's program and says how to join at the till.
-async fn join(
-    req: HttpRequest,
-    gw: web::Data<Gateway>,
-    path: web::Path<(String, String)>,
-) -> HttpResponse {
-    let q = web::Query::<JoinQuery>::from_query(req.query_string()).ok();
-    let lang = Lang::of(&req, q.as_ref().and_then(|q| q.lang.as_deref()));
-    let (sid, token) = path.into_inner();
-    let unknown = || {
-        error_page(
-            StatusCode::NOT_FOUND,
-            lang,
-            lang.pick("Code inconnu", "Unknown code"),
-            lang.pick(
-                "Ce code ne correspond à aucun magasin. Demandez en caisse pour rejoindre le \
-                 programme.",
-                "This code matches no store. Ask at the till to join the program.",
-            ),
-        )
+/// The franchise, store and program of an enrolment URL `/join/{sid}/{token}`; `None` for a
+/// forged token or a store we do not know (404).
+pub(super) async fn enrolment_store(
+    gw: &Gateway,
+    sid: &str,
+    token: &str,
+) -> Result<Option<(std::sync::Arc<Franchise>, Store, std::sync::Arc<Program>)>, ApiError> {
+    let Ok(sid) = StoreId::parse(sid) else {
+        return Ok(None);
     };
-    let found = async {
-        let Ok(sid) = StoreId::parse(&sid) else {
-            return Ok(None);
-        };
-        let Some(store) = gw.store.store(&sid).await? else {
-            return Ok(None);
-        };
-        let Some(f) = gw.franchise(&store.franchise_id).await? else {
-            return Ok(None);
-        };
-        if !identity::verify_store_enrolment_token(&f.secret, &sid, &token) {
-            return Ok(None);
-        }
-        let program = gw.program(&f).await?;
-        Ok::<_, ApiError>(Some((f, store, program)))
+    let Some(store) = gw.store.store(&sid).await? else {
+        return Ok(None);
     };
-    let (f, store, program) = match found.await {
-        Ok(Some(v)) => v,
-        Ok(None) => return unknown(),
-        Err(e) => return failure_page(lang, &e),
+    let Some(f) = gw.franchise(&store.franchise_id).await? else {
+        return Ok(None);
     };
-    let mut b = String::new();
-    let _ = write!(
-        b,
-        "<main class=\"card join\" id=\"join\" data-store=\"{}\">\n<header><p class=\"brand\" \
-         id=\"franchise\">{}</p></header>\n<section>\n<h1>{}</h1>\n<ul class=\"promises\">",
-        escape(store.id.as_str()),
-        escape(&f.name),
-        lang.pick("Rejoignez le programme", "Join the program"),
-    );
-    for p in promises(&program, lang) {
-        let _ = write!(b, "<li>{}</li>", escape(&p));
+    if !identity::verify_store_enrolment_token(&f.secret, &sid, token) {
+        return Ok(None);
     }
-    let _ = write!(
-        b,
-        "</ul>\n<p id=\"store\">{}</p>\n<p>{}</p>\n</section>\n</main>",
-        escape(&store.name),
-        lang.pick(
-            "Donnez votre numéro de téléphone en caisse\u{a0}: c’est fait en quelques \
-             secondes, sans application.",
-            "Give your phone number at the till: it takes seconds, and no app."
-        ),
-    );
-    page(StatusCode::OK, lang, &f.name, CARD_CSS, &b)
+    let program = gw.program(&f).await?;
+    Ok(Some((f, store, program)))
 }
 
 #[cfg(test)]

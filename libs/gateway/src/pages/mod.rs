@@ -8,6 +8,7 @@
 //! fetched from another origin: the Content-Security-Policy allows this origin only, and no
 //! inline script.
 
+pub mod join;
 pub mod member;
 
 use std::sync::LazyLock;

@@ -120,9 +120,14 @@ pub async fn card_link(
             "valid_days must be 1 to {MAX_LINK_DAYS}, got {days}"
         )));
     }
-    gw.member_status(&f, &member)
+    let status = gw
+        .member_status(&f, &member)
         .await?
         .ok_or_else(ApiError::unknown_member)?;
+    // An erased member has no card any more (README "Privacy"): as unknown as any other.
+    if super::privacy::status_is_erased(&status.json) {
+        return Err(ApiError::unknown_member());
+    }
     let (url, expires) = member::card_link(&gw, &f, &member, days as u32);
     let expires_at = time::OffsetDateTime::from_unix_timestamp(expires)
         .ok()

@@ -85,11 +85,13 @@ pub async fn purchase(
         body.qr.as_deref(),
     )
     .map_err(input_error)?;
-    // The member must be enrolled in this franchise.
+    // The member must be enrolled in this franchise, and not erased.
     if let Some(m) = &member {
-        gw.member_status(&franchise, m)
+        let status = gw
+            .member_status(&franchise, m)
             .await?
             .ok_or_else(ApiError::unknown_member)?;
+        refuse_erased(&status)?;
     }
     let env = envelope(
         &gw,
@@ -136,6 +138,11 @@ pub async fn refund(
         },
         None => return Err(unknown().into()),
     };
+    if let Some(m) = &member {
+        if let Some(status) = gw.member_status(&franchise, m).await? {
+            refuse_erased(&status)?;
+        }
+    }
     let env = envelope(
         &gw,
         &franchise,
@@ -167,6 +174,7 @@ pub async fn redemption(
         .member_status(&franchise, &body.member_id)
         .await?
         .ok_or_else(ApiError::unknown_member)?;
+    refuse_erased(&status)?;
     // A reward that left the catalogue is still redeemed with a voucher issued before
     // (`MemberState::redeem`); without one it is unknown.
     if !holds_voucher(&status.json, &body.reward_id) {
@@ -184,6 +192,16 @@ pub async fn redemption(
         },
     )?;
     submit(&gw, &franchise, env, deadline).await
+}
+
+/// An erased member takes no more commands (README "Privacy"): refused before the log, as the
+/// member's actor would (`Rejection::MemberErased`).
+fn refuse_erased(status: &loyalty_core::ports::CachedStatus) -> Result<(), ApiError> {
+    if super::privacy::status_is_erased(&status.json) {
+        Err(Rejection::MemberErased.into())
+    } else {
+        Ok(())
+    }
 }
 
 /// Whether the status served at the till (`MemberStatus` JSON) lists a voucher for `reward`.

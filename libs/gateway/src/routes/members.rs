@@ -5,7 +5,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use loyalty_core::command::PosCommand;
 use loyalty_core::identity::{member_id, qr_token};
 use loyalty_core::input;
-use loyalty_core::model::Role;
+use loyalty_core::model::{Franchise, Principal, Role};
 use loyalty_core::replies::ReplyResult;
 use loyalty_domain::{EventId, MemberId, Outcome, Profile};
 use serde::Deserialize;
@@ -43,6 +43,80 @@ fn enrolment_body(member: &MemberId, qr: &str, created: bool, status: &[u8]) -> 
     )
 }
 
+/// What an enrolment became: the member, and `created` (`None` when the deadline passed and
+/// the enrolment is durable but not yet applied: then there is no `status` yet either).
+pub struct Enrolment {
+    pub member: MemberId,
+    pub qr: String,
+    pub created: Option<bool>,
+    pub status: Option<bytes::Bytes>,
+}
+
+/// Enrols `profile` in `franchise` on behalf of the store of `p` (its key at the till, or the
+/// store whose enrolment QR code was scanned): the existing member for a known phone, else
+/// one enrolment command through the log to the member's actor, awaited up to `deadline`.
+pub async fn enrol_member(
+    gw: &Gateway,
+    franchise: &Franchise,
+    p: &Principal,
+    profile: Profile,
+    deadline: Option<std::time::Duration>,
+) -> Result<Enrolment, ApiError> {
+    let member = member_id(&franchise.secret, &profile.phone);
+    let qr = qr_token(&franchise.secret, &member);
+    if let Some(s) = gw.member_status(franchise, &member).await? {
+        // The phone of an erased member (README "Privacy"): its member id is retired.
+        if super::privacy::status_is_erased(&s.json) {
+            return Err(loyalty_domain::Rejection::MemberErased.into());
+        }
+        return Ok(Enrolment {
+            member,
+            qr,
+            created: Some(false),
+            status: Some(s.json),
+        });
+    }
+    // One enrolment event per member: a second enrolment of the same phone is its replay.
+    let event_id = EventId::parse(&format!("enrol.{member}"))?;
+    let env = envelope(
+        gw,
+        franchise,
+        p,
+        event_id,
+        None,
+        PosCommand::Enrol {
+            member_id: member.clone(),
+            profile,
+        },
+    )?;
+    let created = match submit_command(gw, &env, deadline).await? {
+        Submitted::Accepted => {
+            return Ok(Enrolment {
+                member,
+                qr,
+                created: None,
+                status: None,
+            })
+        }
+        Submitted::AlreadyApplied(..) => false,
+        Submitted::Replied(r) => match &r.result {
+            ReplyResult::Applied(Outcome::Enrolled { created }) => *created,
+            ReplyResult::Applied(Outcome::Rejected(rej)) => return Err(rej.clone().into()),
+            _ => false,
+        },
+    };
+    let status = gw
+        .member_status(franchise, &member)
+        .await?
+        .ok_or_else(|| ApiError::Internal("enrolled member has no state".into()))?;
+    Ok(Enrolment {
+        member,
+        qr,
+        created: Some(created),
+        status: Some(status.json),
+    })
+}
+
 /// `POST /v1/members`: 201 for a new member, 200 with the existing one for a known phone.
 pub async fn enrol(
     req: HttpRequest,
@@ -54,46 +128,15 @@ pub async fn enrol(
     let deadline = q.deadline(Some(gw.config.default_wait))?;
     let franchise = gw.franchise_of(&p).await?;
     let profile = validate_profile(body.into_inner())?;
-    let member = member_id(&franchise.secret, &profile.phone);
-    let qr = qr_token(&franchise.secret, &member);
-    if let Some(s) = gw.member_status(&franchise, &member).await? {
-        return Ok(HttpResponse::Ok()
-            .content_type("application/json")
-            .body(enrolment_body(&member, &qr, false, &s.json)));
-    }
-    // One enrolment event per member: a second enrolment of the same phone is its replay.
-    let event_id = EventId::parse(&format!("enrol.{member}"))?;
-    let env = envelope(
-        &gw,
-        &franchise,
-        &p,
-        event_id,
-        None,
-        PosCommand::Enrol {
-            member_id: member.clone(),
-            profile,
-        },
-    )?;
-    let created = match submit_command(&gw, &env, deadline).await? {
-        Submitted::Accepted => {
-            return Ok(HttpResponse::Accepted().content_type("application/json").body(format!(
-                r#"{{"member_id":{},"qr_token":{},"created":null,"status":null,"state":"accepted"}}"#,
-                json_str(member.as_str()),
-                json_str(&qr)
-            )))
-        }
-        Submitted::AlreadyApplied(..) => false,
-        Submitted::Replied(r) => match &r.result {
-            ReplyResult::Applied(Outcome::Enrolled { created }) => *created,
-            ReplyResult::Applied(Outcome::Rejected(rej)) => return Err(rej.clone().into()),
-            _ => false,
-        },
+    let e = enrol_member(&gw, &franchise, &p, profile, deadline).await?;
+    let (Some(created), Some(status)) = (e.created, e.status) else {
+        return Ok(HttpResponse::Accepted().content_type("application/json").body(format!(
+            r#"{{"member_id":{},"qr_token":{},"created":null,"status":null,"state":"accepted"}}"#,
+            json_str(e.member.as_str()),
+            json_str(&e.qr)
+        )));
     };
-    let status = gw
-        .member_status(&franchise, &member)
-        .await?
-        .ok_or_else(|| ApiError::Internal("enrolled member has no state".into()))?;
-    let body = enrolment_body(&member, &qr, created, &status.json);
+    let body = enrolment_body(&e.member, &e.qr, created, &status);
     Ok(if created {
         HttpResponse::Created()
     } else {
@@ -135,6 +178,8 @@ pub async fn lookup(
     let status = gw
         .member_status(&franchise, &member)
         .await?
+        // An erased member's phone or card is no one's any more (README "Privacy").
+        .filter(|s| !super::privacy::status_is_erased(&s.json))
         .ok_or_else(ApiError::unknown_member)?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")

@@ -7,6 +7,7 @@ pub mod events;
 pub mod keys;
 pub mod members;
 pub mod ops;
+pub mod privacy;
 
 use std::time::Duration;
 
