@@ -606,3 +606,40 @@ proptest! {
         prop_assert_eq!(m.state().visits, before.visits + visit);
     }
 }
+
+/// At the validator's bounds a purchase earns 10^18 points (the balance limit), computed
+/// without overflow; the next purchase that would earn is refused and changes nothing.
+#[test]
+fn the_largest_schedule_stays_within_the_balance_limit() {
+    let p = valid(json!({
+        "points_per_unit": 10_000,
+        "signup_bonus": 0,
+        "tiers": [{ "name": "Only", "threshold": 0, "multiplier_pct": 10_000 }],
+        "rounding": "up",
+        "bonus_multipliers": [{ "name": "Always", "multiplier_pct": 10_000 }],
+    }));
+    let s = store("s-1");
+    let when = at(2026, 3, 3, 12, 0);
+    assert_eq!(
+        p.purchase_points(Cents::MAX, 0, when, &s),
+        loyalty_domain::MAX_POINTS_BALANCE
+    );
+    assert_eq!(
+        p.purchase_points(u64::MAX, 0, when, &s),
+        u64::MAX,
+        "saturated, not wrapped"
+    );
+    let mut m = Member::enrolled(&p, when);
+    let (_, earned) = m.buy(when, "s-1", Cents::MAX);
+    assert_eq!(earned, loyalty_domain::MAX_POINTS_BALANCE);
+    let before = m.state.clone();
+    let cmd = MemberCommand::Purchase {
+        amount: Cents::new(1).unwrap(),
+        currency: p.currency.clone(),
+    };
+    assert!(matches!(
+        m.send(when, "s-1", cmd),
+        Err(Rejection::LimitExceeded { .. })
+    ));
+    assert_eq!(m.state, before);
+}
