@@ -231,10 +231,11 @@ pub type Points = u64;
 
 /// The largest balance a member may hold, and the largest value of each of a member's points
 /// counters (`points_earned`, `points_redeemed`, `points_expired`, `points_reversed`): 10^18,
-/// within the int64 of the API. One event earns at most 10^16 points (10^12 cents × 10 000
-/// points per unit × a 10 000 % multiplier / 10 000, the program validator's bounds), so a
-/// member reaches it only after a hundred of the largest purchases; an event that would take
-/// a balance or counter past it is refused (`limit-exceeded`) and changes nothing.
+/// within the int64 of the API. One event earns at most 10^18 points (10^12 cents × 10 000
+/// points per unit × a 10 000 % tier multiplier × a 10 000 % schedule multiplier / 10^6, the
+/// program validator's bounds; without a schedule 10^16, a hundred of the largest purchases);
+/// an event that would take a balance or counter past it is refused (`limit-exceeded`) and
+/// changes nothing.
 pub const MAX_POINTS_BALANCE: Points = 1_000_000_000_000_000_000;
 
 /// The largest net spend of a member, all time, in minor units: 10^18 (within int64). A

@@ -28,8 +28,9 @@ pub use ids::{
 pub use ledger::{LedgerEntry, LedgerKind, PointLot};
 pub use member::{apply, Applied, DayActivity, EventContext, MemberCommand, MemberState, Profile};
 pub use program::{
-    Program, ProgramSpec, Reward, RewardSpec, StampCard, StampCardSpec, Tier, TierMetric,
-    TierQualification, TierQualificationSpec, TierSpec,
+    BonusMultiplier, BonusMultiplierSpec, Program, ProgramSpec, Reward, RewardSpec, Rounding,
+    StampCard, StampCardSpec, Tier, TierMetric, TierQualification, TierQualificationSpec, TierSpec,
+    Weekday,
 };
 pub use status::{MemberStatus, NextTier, Voucher};
 pub use zone::Zone;

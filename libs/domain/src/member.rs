@@ -400,7 +400,7 @@ impl MemberState {
             .iter()
             .position(|t| t.name == self.tier)
             .unwrap_or_else(|| program.tier_for(self.window_metric(program)));
-        let earned = program.points_for(amount.get(), tier_before);
+        let earned = program.purchase_points(amount.get(), tier_before, ctx.at, ctx.store_id);
         // Every total is checked before anything moves (on the caller's copy regardless).
         let spend = amount
             .get()

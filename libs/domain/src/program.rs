@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::object::{self, Object};
-use crate::{Currency, Day, DomainError, Points, RewardId, Timestamp, Zone};
+use crate::{Currency, Day, DomainError, Points, RewardId, StoreId, Timestamp, Zone};
 
 /// The program as a client writes it. Converted to [`Program`] by validation.
 #[derive(Clone, Debug, Deserialize)]
@@ -36,6 +36,161 @@ pub struct ProgramSpec {
     /// What the program costs a month, for the dashboards' return on investment (none: no ROI).
     #[serde(default)]
     pub monthly_fee_cents: Option<i64>,
+    /// How earned points are rounded to a whole point (floor by default).
+    #[serde(default)]
+    pub rounding: Option<Rounding>,
+    /// A purchase below this amount earns no points (0 by default: every purchase earns).
+    #[serde(default)]
+    pub min_basket_cents: Option<i64>,
+    /// Multipliers by schedule; the best one matching a purchase applies (see [`Program::earn_pct`]).
+    #[serde(default, deserialize_with = "object::list")]
+    pub bonus_multipliers: Vec<BonusMultiplierSpec>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BonusMultiplierSpec {
+    pub name: String,
+    pub multiplier_pct: i64,
+    #[serde(default)]
+    pub days_of_week: Option<Vec<Weekday>>,
+    #[serde(default)]
+    pub from_date: Option<String>,
+    #[serde(default)]
+    pub to_date: Option<String>,
+    #[serde(default)]
+    pub from_time: Option<String>,
+    #[serde(default)]
+    pub to_time: Option<String>,
+    #[serde(default)]
+    pub stores: Option<Vec<String>>,
+}
+
+/// How a purchase's points are rounded to a whole point.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rounding {
+    /// Down (today's behaviour, the default).
+    #[default]
+    Floor,
+    /// To the nearest point, a half point up.
+    Nearest,
+    /// Up: any fraction of a point earns a point.
+    Up,
+}
+
+impl Rounding {
+    /// `n / d` rounded this way (`d > 0`).
+    pub fn divide(self, n: u128, d: u128) -> u128 {
+        match self {
+            Rounding::Floor => n / d,
+            Rounding::Nearest => (n + d / 2) / d,
+            Rounding::Up => n.div_ceil(d),
+        }
+    }
+}
+
+/// A day of the week, in the program's time zone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Weekday {
+    Monday,
+    Tuesday,
+    Wednesday,
+    Thursday,
+    Friday,
+    Saturday,
+    Sunday,
+}
+
+impl Weekday {
+    /// The day of the week of `day` (1970-01-01 was a Thursday).
+    pub fn of(day: Day) -> Weekday {
+        const ALL: [Weekday; 7] = [
+            Weekday::Monday,
+            Weekday::Tuesday,
+            Weekday::Wednesday,
+            Weekday::Thursday,
+            Weekday::Friday,
+            Weekday::Saturday,
+            Weekday::Sunday,
+        ];
+        ALL[((day.0 as u64 + 3) % 7) as usize]
+    }
+}
+
+/// A multiplier by schedule: it matches a purchase whose local day, date, time of day and store
+/// meet every condition it sets (a condition left out matches everything).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BonusMultiplier {
+    pub name: String,
+    pub multiplier_pct: u64,
+    pub days_of_week: Option<Vec<Weekday>>,
+    #[serde(serialize_with = "ser_date")]
+    pub from_date: Option<Day>,
+    #[serde(serialize_with = "ser_date")]
+    pub to_date: Option<Day>,
+    /// Minutes after local midnight, inclusive.
+    #[serde(serialize_with = "ser_time")]
+    pub from_time: Option<u32>,
+    /// Minutes after local midnight, exclusive (1440 is `24:00`, the end of the day).
+    #[serde(serialize_with = "ser_time")]
+    pub to_time: Option<u32>,
+    pub stores: Option<Vec<StoreId>>,
+}
+
+fn ser_date<S: serde::Serializer>(d: &Option<Day>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_str(&d.iso()),
+        None => s.serialize_none(),
+    }
+}
+
+fn ser_time<S: serde::Serializer>(t: &Option<u32>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&format!("{:02}:{:02}", t / 60, t % 60)),
+        None => s.serialize_none(),
+    }
+}
+
+/// `HH:MM`, 00:00 to 23:59, or 24:00 when `end` (the end of the day).
+fn parse_time(field: &str, v: &str, end: bool) -> Result<u32, DomainError> {
+    let b = v.as_bytes();
+    let ok = b.len() == 5
+        && b[2] == b':'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 2 || c.is_ascii_digit());
+    let t = ok.then(|| {
+        let h: u32 = v[0..2].parse().unwrap_or(99);
+        let m: u32 = v[3..5].parse().unwrap_or(99);
+        (h, m)
+    });
+    match t {
+        Some((h, m)) if h < 24 && m < 60 => Ok(h * 60 + m),
+        Some((24, 0)) if end => Ok(1440),
+        _ => Err(DomainError::invalid_program(format!(
+            "{field} must be a local time of day HH:MM (00:00 to {}), got {v:?}",
+            if end { "24:00" } else { "23:59" }
+        ))),
+    }
+}
+
+impl BonusMultiplier {
+    /// Whether this schedule applies to a purchase at local time `local` (see [`Zone::local`])
+    /// in `store`.
+    pub fn matches(&self, local: Timestamp, store: &StoreId) -> bool {
+        let day = local.day();
+        let minute = (local.0.rem_euclid(86_400_000) / 60_000) as u32;
+        self.days_of_week
+            .as_ref()
+            .is_none_or(|d| d.contains(&Weekday::of(day)))
+            && self.from_date.is_none_or(|f| day >= f)
+            && self.to_date.is_none_or(|t| day <= t)
+            && self.from_time.is_none_or(|f| minute >= f)
+            && self.to_time.is_none_or(|t| minute < t)
+            && self.stores.as_ref().is_none_or(|s| s.contains(store))
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -97,6 +252,9 @@ pub struct Program {
     pub time_zone: Zone,
     pub expected_lifespan_years: u32,
     pub monthly_fee_cents: Option<u64>,
+    pub rounding: Rounding,
+    pub min_basket_cents: u64,
+    pub bonus_multipliers: Vec<BonusMultiplier>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -134,6 +292,8 @@ const MAX_CARD: i64 = 1_000;
 const MAX_TIERS: usize = 32;
 const MAX_REWARDS: usize = 256;
 const MAX_NAME: usize = 100;
+const MAX_BONUS_MULTIPLIERS: usize = 32;
+const MAX_BONUS_STORES: usize = 1_000;
 /// Money settings up to 10^12 cents (10 billion in the currency's unit).
 const MAX_CENTS: i64 = 1_000_000_000_000;
 
@@ -303,6 +463,117 @@ impl TryFrom<ProgramSpec> for Program {
             Some(c) => Some(bounded("monthly_fee_cents", c, 0, MAX_CENTS)?),
         };
 
+        let rounding = s.rounding.unwrap_or_default();
+        let min_basket_cents = bounded(
+            "min_basket_cents",
+            s.min_basket_cents.unwrap_or(0),
+            0,
+            MAX_CENTS,
+        )?;
+        if s.bonus_multipliers.len() > MAX_BONUS_MULTIPLIERS {
+            return Err(DomainError::invalid_program(format!(
+                "at most {MAX_BONUS_MULTIPLIERS} bonus_multipliers"
+            )));
+        }
+        let mut bonus_multipliers: Vec<BonusMultiplier> =
+            Vec::with_capacity(s.bonus_multipliers.len());
+        for (i, b) in s.bonus_multipliers.iter().enumerate() {
+            let f = |field: &str| format!("bonus_multipliers[{i}].{field}");
+            let date = |field: &str, v: &Option<String>| -> Result<Option<Day>, DomainError> {
+                match v {
+                    None => Ok(None),
+                    Some(v) => Day::parse_iso(v).map(Some).ok_or_else(|| {
+                        DomainError::invalid_program(format!(
+                            "{} must be a local date YYYY-MM-DD (1970 or later), got {v:?}",
+                            f(field)
+                        ))
+                    }),
+                }
+            };
+            let days_of_week = match &b.days_of_week {
+                Some(d) if d.is_empty() || d.len() > 7 => {
+                    return Err(DomainError::invalid_program(format!(
+                        "{} must list 1 to 7 days, or be left out (every day)",
+                        f("days_of_week")
+                    )))
+                }
+                d => d.clone(),
+            };
+            let from_date = date("from_date", &b.from_date)?;
+            let to_date = date("to_date", &b.to_date)?;
+            if let (Some(a), Some(z)) = (from_date, to_date) {
+                if a > z {
+                    return Err(DomainError::invalid_program(format!(
+                        "{} ({}) is after {} ({})",
+                        f("from_date"),
+                        a.iso(),
+                        f("to_date"),
+                        z.iso()
+                    )));
+                }
+            }
+            let from_time = match &b.from_time {
+                None => None,
+                Some(v) => Some(parse_time(&f("from_time"), v, false)?),
+            };
+            let to_time = match &b.to_time {
+                None => None,
+                Some(v) => Some(parse_time(&f("to_time"), v, true)?),
+            };
+            if let (Some(a), Some(z)) = (from_time, to_time) {
+                if a >= z {
+                    return Err(DomainError::invalid_program(format!(
+                        "{} must be before {} (an overnight window is two schedules)",
+                        f("from_time"),
+                        f("to_time")
+                    )));
+                }
+            }
+            let stores = match &b.stores {
+                None => None,
+                Some(v) if v.is_empty() || v.len() > MAX_BONUS_STORES => {
+                    return Err(DomainError::invalid_program(format!(
+                        "{} must list 1 to {MAX_BONUS_STORES} store ids, or be left out (every store)",
+                        f("stores")
+                    )))
+                }
+                Some(v) => Some(
+                    v.iter()
+                        .map(|id| {
+                            StoreId::parse(id).map_err(|_| {
+                                DomainError::invalid_program(format!(
+                                    "{} has an invalid store id {id:?}",
+                                    f("stores")
+                                ))
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()?,
+                ),
+            };
+            let bonus = BonusMultiplier {
+                name: name(&f("name"), &b.name)?,
+                multiplier_pct: bounded(
+                    &f("multiplier_pct"),
+                    b.multiplier_pct,
+                    0,
+                    MAX_MULTIPLIER_PCT,
+                )?,
+                days_of_week,
+                from_date,
+                to_date,
+                from_time,
+                to_time,
+                stores,
+            };
+            if bonus_multipliers.iter().any(|x| x.name == bonus.name) {
+                return Err(DomainError::invalid_program(format!(
+                    "bonus multiplier name {:?} appears twice",
+                    bonus.name
+                )));
+            }
+            bonus_multipliers.push(bonus);
+        }
+
         Ok(Program {
             currency,
             points_per_unit,
@@ -315,6 +586,9 @@ impl TryFrom<ProgramSpec> for Program {
             time_zone,
             expected_lifespan_years,
             monthly_fee_cents,
+            rounding,
+            min_basket_cents,
+            bonus_multipliers,
         })
     }
 }
@@ -337,11 +611,49 @@ impl Program {
         self.tiers.iter().position(|t| t.name == name).unwrap_or(0)
     }
 
-    /// Points earned by a purchase of `amount_cents` at the tier `tier`:
-    /// `floor(amount × points_per_unit × multiplier_pct / 10000)`.
+    /// Points earned by a purchase of `amount_cents` at the tier `tier` when no bonus
+    /// multiplier matches: [`Program::purchase_points`] with a schedule multiplier of 100 %.
     pub fn points_for(&self, amount_cents: u64, tier: usize) -> Points {
+        self.points_with(amount_cents, tier, 100)
+    }
+
+    /// The best (highest) `multiplier_pct` of the bonus multipliers matching a purchase at `at`
+    /// in `store`, in the program's time zone; 100 when none matches.
+    pub fn bonus_pct(&self, at: Timestamp, store: &StoreId) -> u64 {
+        let local = self.time_zone.local(at);
+        self.bonus_multipliers
+            .iter()
+            .filter(|b| b.matches(local, store))
+            .map(|b| b.multiplier_pct)
+            .max()
+            .unwrap_or(100)
+    }
+
+    /// Points earned by a purchase of `amount_cents` at `at` in `store` by a member at the tier
+    /// `tier`: nothing below `min_basket_cents`, else
+    /// `round(amount × points_per_unit × tier multiplier_pct × bonus_pct / 1 000 000)` with the
+    /// program's rounding, where `bonus_pct` is [`Program::bonus_pct`] (the multipliers
+    /// multiply). At most 10^18 with the validator's bounds.
+    pub fn purchase_points(
+        &self,
+        amount_cents: u64,
+        tier: usize,
+        at: Timestamp,
+        store: &StoreId,
+    ) -> Points {
+        self.points_with(amount_cents, tier, self.bonus_pct(at, store))
+    }
+
+    fn points_with(&self, amount_cents: u64, tier: usize, bonus_pct: u64) -> Points {
+        if amount_cents < self.min_basket_cents {
+            return 0;
+        }
         let pct = self.tiers.get(tier).map_or(100, |t| t.multiplier_pct);
-        let p = amount_cents as u128 * self.points_per_unit as u128 * pct as u128 / 10_000;
+        // The amount is below 2^64 and each percentage or rate at most 10 000 (< 2^14): the
+        // product is below 2^106, no overflow in 128 bits.
+        let n =
+            amount_cents as u128 * self.points_per_unit as u128 * pct as u128 * bonus_pct as u128;
+        let p = self.rounding.divide(n, 1_000_000);
         u64::try_from(p).unwrap_or(u64::MAX)
     }
 
@@ -394,6 +706,9 @@ impl Program {
             time_zone: Zone::utc(),
             expected_lifespan_years: 3,
             monthly_fee_cents: None,
+            rounding: Rounding::Floor,
+            min_basket_cents: 0,
+            bonus_multipliers: Vec::new(),
         }
     }
 

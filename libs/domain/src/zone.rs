@@ -43,10 +43,16 @@ impl Zone {
 
     /// The local calendar day of `at` in this zone, counted like [`Day`] from 1970-01-01.
     pub fn day(&self, at: Timestamp) -> Day {
+        self.local(at).day()
+    }
+
+    /// The wall-clock time of `at` in this zone, as milliseconds since 1970-01-01 00:00 local:
+    /// its [`Timestamp::day`] is the local day, its remainder in a day the local time of day.
+    pub fn local(&self, at: Timestamp) -> Timestamp {
         let offset_ms = jiff::Timestamp::from_millisecond(at.0)
             .map(|t| i64::from(self.tz.to_offset(t).seconds()) * 1000)
             .unwrap_or(0);
-        Timestamp(at.0.saturating_add(offset_ms)).day()
+        Timestamp(at.0.saturating_add(offset_ms))
     }
 }
 

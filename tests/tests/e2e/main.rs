@@ -13,6 +13,7 @@ mod datadir_lock;
 mod dead_letters;
 mod demo_history;
 mod distributed;
+mod earn_rules;
 mod engine_exit;
 mod engine_faults;
 mod hostile_input;
