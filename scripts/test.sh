@@ -95,7 +95,8 @@ LOYALTY_BIN_PATH="${CARGO_TARGET_DIR:-target}/debug/loyalty"
 
 mkdir -p target
 OUT=target/test-output.log
-REPORT=target/multiprocess-report.txt
+# The multi-process test writes its table beside its profile directory (CARGO_TARGET_DIR).
+REPORT="${CARGO_TARGET_DIR:-target}/multiprocess-report.txt"
 rm -f "$REPORT"
 status=0
 if cargo nextest --version >/dev/null 2>&1; then

@@ -15,12 +15,11 @@ use std::sync::Arc;
 
 use actix_web::http::header::HeaderName;
 use actix_web::HttpRequest;
-use loyalty_core::identity::hash_api_key;
 use loyalty_core::metrics::metrics;
+use loyalty_core::model::Principal;
 use loyalty_core::rate_limit::{RateLimit, RateLimiter};
 
 use crate::problem::ApiError;
-use crate::state::bearer_key;
 
 /// The phone-lookup limits of a gateway, registered as app data by the service.
 pub struct LookupLimits {
@@ -38,11 +37,11 @@ pub struct LookupLimits {
 impl LookupLimits {
     /// Takes a token from the request's key bucket and address bucket: 429 when either is
     /// empty.
-    pub async fn check(&self, req: &HttpRequest) -> Result<(), ApiError> {
-        if let Ok(key) = bearer_key(req.headers()) {
-            let bucket = format!("lookup:key:{}", &hash_api_key(key)[..24]);
-            self.take(&bucket, &self.per_key, "key").await?;
-        }
+    pub async fn check(&self, req: &HttpRequest, caller: &Principal) -> Result<(), ApiError> {
+        // The caller's key by its id (a rotated key keeps its budget), not by hashing it again.
+        let key = caller.key_id.as_deref().unwrap_or("admin");
+        self.take(&format!("lookup:key:{key}"), &self.per_key, "key")
+            .await?;
         if let Some(addr) = self.client_address(req) {
             let bucket = format!("lookup:addr:{}", address_bucket(addr));
             self.take(&bucket, &self.per_address, "address").await?;
@@ -101,9 +100,9 @@ pub(crate) fn address_bucket(addr: IpAddr) -> String {
 }
 
 /// The limits of the request's app, if the service registered them.
-pub async fn check_lookup(req: &HttpRequest) -> Result<(), ApiError> {
+pub async fn check_lookup(req: &HttpRequest, caller: &Principal) -> Result<(), ApiError> {
     match req.app_data::<actix_web::web::Data<LookupLimits>>() {
-        Some(l) => l.check(req).await,
+        Some(l) => l.check(req, caller).await,
         None => Ok(()),
     }
 }

@@ -55,7 +55,8 @@ async fn trickle_purchase(addr: &str, key: &str) -> (String, bool, Duration) {
     )
 }
 
-async fn metric(app: &TestApp, name: &str) -> f64 {
+/// The sum of the series of `name` with `labels` on the app's `/metrics`.
+async fn metric(app: &TestApp, name: &str, labels: &str) -> f64 {
     let text = app
         .client
         .get(app.url("/metrics"))
@@ -65,16 +66,14 @@ async fn metric(app: &TestApp, name: &str) -> f64 {
         .text()
         .await
         .expect("metrics text");
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0.0)
+    loyalty_testkit::process::metric_matching(&text, name, labels)
 }
 
 #[tokio::test]
 async fn slow_bodies_are_answered_408_and_their_connections_closed() {
     let app = spawn_app_with(|c| c.body_timeout_ms = BODY_TIMEOUT_MS).await;
     let f = app.franchise("Slow Café").await;
-    let before = metric(&app, "loyalty_http_body_timeouts_total").await;
+    let before = metric(&app, "loyalty_http_body_timeouts_total", "").await;
     let addr = app.address.trim_start_matches("http://").to_owned();
 
     let slow = join_all((0..SLOW_CLIENTS).map(|_| trickle_purchase(&addr, &f.store_key)));
@@ -106,7 +105,7 @@ async fn slow_bodies_are_answered_408_and_their_connections_closed() {
             "a slow client held its connection {took:?}"
         );
     }
-    let after = metric(&app, "loyalty_http_body_timeouts_total").await;
+    let after = metric(&app, "loyalty_http_body_timeouts_total", "").await;
     assert_eq!(after - before, SLOW_CLIENTS as f64, "every timeout counted");
 }
 
@@ -254,7 +253,7 @@ async fn phone_lookups_are_rate_limited_per_key() {
     let f = app.franchise("Counted Café").await;
     let g = app.franchise("Other Café").await;
     let member = app.enrol(&f, "+33633333333").await;
-    let before = metric(&app, "loyalty_rate_limited_total{scope=\"key\"}").await;
+    let before = metric(&app, "loyalty_rate_limited_total", "scope=\"key\"").await;
     let mut statuses = Vec::new();
     for i in 0..40 {
         let r = lookup(&app, &f.store_key, &format!("+336000000{i:02}"), None).await;
@@ -279,7 +278,7 @@ async fn phone_lookups_are_rate_limited_per_key() {
     assert!((5..=6).contains(&answered), "{statuses:?}");
     assert!(statuses[..5].iter().all(|s| *s == StatusCode::NOT_FOUND));
     let limited = statuses.len() - answered;
-    let after = metric(&app, "loyalty_rate_limited_total{scope=\"key\"}").await;
+    let after = metric(&app, "loyalty_rate_limited_total", "scope=\"key\"").await;
     assert_eq!(after - before, limited as f64);
 
     // The member is still found by QR, and by another franchise's key (its own bucket) not at all.

@@ -176,9 +176,11 @@ pub async fn redemption(
         .ok_or_else(ApiError::unknown_member)?;
     refuse_erased(&status)?;
     // A reward that left the catalogue is still redeemed with a voucher issued before
-    // (`MemberState::redeem`); without one it is unknown.
-    if !holds_voucher(&status.json, &body.reward_id) {
-        input::reward(&program, &body.reward_id)?;
+    // (`MemberState::redeem`); without one it is unknown. The status is read only then.
+    if let Err(unknown) = input::reward(&program, &body.reward_id) {
+        if !holds_voucher(&status.json, &body.reward_id) {
+            return Err(unknown.into());
+        }
     }
     let env = envelope(
         &gw,

@@ -166,7 +166,7 @@ pub async fn lookup(
         .await?;
     // A QR token cannot be guessed (it carries a MAC); a phone number can.
     if q.phone.is_some() {
-        check_lookup(&req).await?;
+        check_lookup(&req, &p).await?;
     }
     let franchise = gw.franchise_of(&p).await?;
     if q.phone.is_none() && q.qr.is_none() {
