@@ -1,0 +1,348 @@
+//! A member's state and the rules that move it: enrolment, purchases (points, window, tier,
+//! stamps), refunds, redemptions, expiry, and the erasure of the member's personal data.
+//!
+//! [`apply`] is the single entry point. It either applies a command completely, returning the
+//! ledger entries it wrote and its outcome, or refuses it and leaves the state untouched.
+//! Time only moves forward for a member: the member's clock is the latest event time seen, so
+//! a late-arriving POS event cannot expire points or shrink a window retroactively.
+
+mod clock;
+mod lots;
+mod purchase;
+mod redeem;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::dashboard::{record_purchase, PurchaseDays, TierMove, VisitDelta};
+use crate::{
+    Cents, Currency, Day, EventId, FranchiseId, LedgerEntry, MemberId, Outcome, Phone, PointLot,
+    Points, Program, PurchaseRecord, Rejection, RewardId, StoreId, Timestamp, MAX_POINTS_BALANCE,
+};
+
+/// The refusal of an event that would take `counter` past `limit`.
+fn limit_exceeded(counter: &str, limit: u64) -> Rejection {
+    Rejection::LimitExceeded {
+        counter: counter.to_owned(),
+        limit,
+    }
+}
+
+/// `v + n` if it stays within [`MAX_POINTS_BALANCE`], else the refusal naming `counter`.
+fn add_points(v: Points, n: Points, counter: &str) -> Result<Points, Rejection> {
+    v.checked_add(n)
+        .filter(|s| *s <= MAX_POINTS_BALANCE)
+        .ok_or_else(|| limit_exceeded(counter, MAX_POINTS_BALANCE))
+}
+
+/// `v + 1` for a count of events (visits, stamps, vouchers), which no real member reaches the
+/// end of; checked all the same.
+fn add_one<T: TryFrom<u64> + Into<u64> + Copy>(v: T, counter: &str) -> Result<T, Rejection> {
+    let next = v.into().checked_add(1);
+    next.and_then(|n| T::try_from(n).ok())
+        .ok_or_else(|| limit_exceeded(counter, v.into()))
+}
+
+/// A change of points as a ledger entry's signed amount (within int64 since points are
+/// bounded by [`MAX_POINTS_BALANCE`]).
+fn signed(points: Points, negative: bool) -> Result<i64, Rejection> {
+    let v = i64::try_from(points).map_err(|_| limit_exceeded("points", MAX_POINTS_BALANCE))?;
+    Ok(if negative { -v } else { v })
+}
+
+/// Personal data given at enrolment. Kept with the member, never logged.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Profile {
+    pub phone: Phone,
+    pub name: Option<String>,
+    /// `YYYY-MM-DD`.
+    pub birthday: Option<String>,
+}
+
+/// Personal data: debug output (of a state, a command, an envelope) never shows it, only
+/// whether a name or a birthday is there.
+impl std::fmt::Debug for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let given = |v: &Option<String>| if v.is_some() { "Some(***)" } else { "None" };
+        f.debug_struct("Profile")
+            .field("phone", &self.phone)
+            .field("name", &format_args!("{}", given(&self.name)))
+            .field("birthday", &format_args!("{}", given(&self.birthday)))
+            .finish()
+    }
+}
+
+/// Activity of one day, summed for tier qualification over the program's window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DayActivity {
+    pub day: Day,
+    pub spend_cents: u64,
+    pub points: Points,
+    pub visits: u32,
+}
+
+/// Everything the platform knows about one member, rebuilt from the store when the member's
+/// actor is activated.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberState {
+    pub member_id: MemberId,
+    pub franchise_id: FranchiseId,
+    /// Number of state changes applied; the store refuses a write whose expected version is
+    /// not the stored one, which fences a stale writer.
+    pub version: u64,
+    pub enrolled_at: Timestamp,
+    pub enrolled_store: StoreId,
+    pub profile: Profile,
+    /// Current balance: the sum of the ledger, and of `lots`.
+    pub points: Points,
+    /// Unspent points by the day they were earned, oldest first.
+    pub lots: Vec<PointLot>,
+    pub points_earned: Points,
+    pub points_redeemed: Points,
+    pub points_expired: Points,
+    pub points_reversed: Points,
+    pub tier: String,
+    pub stamps: u32,
+    pub vouchers: BTreeMap<RewardId, u32>,
+    pub visits: u64,
+    /// Net spend (purchases minus refunds), all time.
+    pub spend_cents: u64,
+    /// Daily activity inside the tier window, oldest first.
+    pub window: Vec<DayActivity>,
+    /// Latest event time applied.
+    pub clock: Timestamp,
+    pub last_visit: Option<Timestamp>,
+    /// The `seq` of the last ledger entry.
+    pub last_seq: u64,
+    /// Local days of the member's purchases by store, for the dashboards' member counts.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub purchase_days: PurchaseDays,
+    /// When the member's personal data was erased ([`MemberCommand::Erase`]): the profile then
+    /// holds [`Phone::ERASED`] and no name or birthday, and the member takes no more commands.
+    /// Absent from states stored before erasure existed (and from every state not erased), so
+    /// those read as they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erased_at: Option<Timestamp>,
+}
+
+/// A command aimed at one member.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberCommand {
+    Enrol {
+        profile: Profile,
+    },
+    Purchase {
+        amount: Cents,
+        currency: Currency,
+    },
+    Refund {
+        purchase_event_id: EventId,
+        amount: Cents,
+        /// The purchase being refunded as currently recorded, if it is this member's.
+        purchase: Option<PurchaseRecord>,
+    },
+    Redemption {
+        reward_id: RewardId,
+    },
+    /// Erase the member's personal data (README "Privacy"): phone, name and birthday go, the
+    /// balance, counters and ledger (which hold none) stay. Once erased, a member refuses
+    /// every other command with [`Rejection::MemberErased`]; erasing again changes nothing.
+    Erase,
+}
+
+/// Where and when an event happened, and the program version it is judged by.
+#[derive(Clone, Copy, Debug)]
+pub struct EventContext<'a> {
+    pub event_id: &'a EventId,
+    pub store_id: &'a StoreId,
+    pub at: Timestamp,
+    pub program: &'a Program,
+}
+
+/// The effect of an applied command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    pub entries: Vec<LedgerEntry>,
+    pub outcome: Outcome,
+    /// Whether the member state changed (an enrolment of an existing member does not).
+    pub changed: bool,
+    /// The changes of the dashboards' member counts (a purchase's).
+    pub visits: Vec<VisitDelta>,
+    /// The member's move between tiers, if any (an enrolment enters the first tier).
+    pub tier: Option<TierMove>,
+}
+
+/// Applies `cmd` to the member `member_id`, whose current state is `state` (`None` if not
+/// enrolled). On `Err`, `state` is unchanged.
+pub fn apply(
+    state: &mut Option<MemberState>,
+    member_id: &MemberId,
+    franchise_id: &FranchiseId,
+    cmd: &MemberCommand,
+    ctx: &EventContext<'_>,
+) -> Result<Applied, Rejection> {
+    match (state.as_mut(), cmd) {
+        (None, MemberCommand::Enrol { profile }) => {
+            let (s, applied) = MemberState::enrol(
+                member_id.clone(),
+                franchise_id.clone(),
+                profile.clone(),
+                ctx,
+            )?;
+            *state = Some(s);
+            Ok(applied)
+        }
+        (Some(s), MemberCommand::Enrol { .. }) if s.erased_at.is_some() => {
+            Err(Rejection::MemberErased)
+        }
+        (Some(_), MemberCommand::Enrol { .. }) => Ok(Applied {
+            entries: Vec::new(),
+            outcome: Outcome::Enrolled { created: false },
+            changed: false,
+            visits: Vec::new(),
+            tier: None,
+        }),
+        (None, _) => Err(Rejection::UnknownMember),
+        (Some(s), MemberCommand::Erase) => Ok(s.erase(ctx)),
+        (Some(s), _) if s.erased_at.is_some() => Err(Rejection::MemberErased),
+        (Some(s), cmd) => {
+            // Apply on a copy so a refusal found half-way leaves no trace.
+            let mut next = s.clone();
+            let applied = next.apply_to_member(cmd, ctx)?;
+            *s = next;
+            Ok(applied)
+        }
+    }
+}
+
+impl MemberState {
+    fn enrol(
+        member_id: MemberId,
+        franchise_id: FranchiseId,
+        profile: Profile,
+        ctx: &EventContext<'_>,
+    ) -> Result<(MemberState, Applied), Rejection> {
+        let mut s = MemberState {
+            member_id,
+            franchise_id,
+            version: 0,
+            enrolled_at: ctx.at,
+            enrolled_store: ctx.store_id.clone(),
+            profile,
+            points: 0,
+            lots: Vec::new(),
+            points_earned: 0,
+            points_redeemed: 0,
+            points_expired: 0,
+            points_reversed: 0,
+            tier: ctx.program.tiers[0].name.clone(),
+            stamps: 0,
+            vouchers: BTreeMap::new(),
+            visits: 0,
+            spend_cents: 0,
+            window: Vec::new(),
+            clock: ctx.at,
+            last_visit: None,
+            last_seq: 0,
+            purchase_days: PurchaseDays::new(),
+            erased_at: None,
+        };
+        let mut entries = Vec::new();
+        let bonus = ctx.program.signup_bonus;
+        if bonus > 0 {
+            s.earn(ctx, bonus, "signup_bonus", &mut entries)?;
+        }
+        s.version = 1;
+        let applied = Applied {
+            entries,
+            outcome: Outcome::Enrolled { created: true },
+            changed: true,
+            visits: Vec::new(),
+            tier: Some(TierMove {
+                from: None,
+                to: s.tier.clone(),
+            }),
+        };
+        Ok((s, applied))
+    }
+
+    fn apply_to_member(
+        &mut self,
+        cmd: &MemberCommand,
+        ctx: &EventContext<'_>,
+    ) -> Result<Applied, Rejection> {
+        let mut entries = Vec::new();
+        let tier_before = self.tier.clone();
+        self.advance_clock(ctx, &mut entries)?;
+        let mut visits = Vec::new();
+        let outcome = match cmd {
+            MemberCommand::Enrol { .. } => Outcome::Enrolled { created: false },
+            MemberCommand::Purchase { amount, currency } => {
+                if currency != &ctx.program.currency {
+                    return Err(Rejection::CurrencyMismatch {
+                        expected: ctx.program.currency.to_string(),
+                    });
+                }
+                let local_day = ctx.program.local_day(ctx.at);
+                visits = record_purchase(&mut self.purchase_days, ctx.store_id, local_day);
+                self.purchase(ctx, *amount, &mut entries)?
+            }
+            MemberCommand::Refund {
+                purchase_event_id,
+                amount,
+                purchase,
+            } => {
+                let Some(purchase) = purchase else {
+                    return Err(Rejection::UnknownPurchase {
+                        purchase_event_id: purchase_event_id.clone(),
+                    });
+                };
+                self.refund(ctx, purchase_event_id, purchase, *amount, &mut entries)?
+            }
+            MemberCommand::Redemption { reward_id } => self.redeem(ctx, reward_id, &mut entries)?,
+            // Handled by `apply` before any clock moves.
+            MemberCommand::Erase => return Ok(self.erase(ctx)),
+        };
+        self.version = add_one(self.version, "version")?;
+        let tier = (self.tier != tier_before).then(|| TierMove {
+            from: Some(tier_before),
+            to: self.tier.clone(),
+        });
+        Ok(Applied {
+            entries,
+            outcome,
+            changed: true,
+            visits,
+            tier,
+        })
+    }
+
+    /// Erases the member's personal data: the phone becomes [`Phone::ERASED`], name and
+    /// birthday go, `erased_at` is the event's time. Nothing else moves: not the clock (no
+    /// points expire, no tier changes on an erasure), not the balance, not the ledger (whose
+    /// entries hold no personal data), and no ledger entry is written. A member already erased
+    /// is unchanged (the outcome names the first erasure's time).
+    fn erase(&mut self, ctx: &EventContext<'_>) -> Applied {
+        let changed = self.erased_at.is_none();
+        if changed {
+            self.profile = Profile {
+                phone: Phone::erased(),
+                name: None,
+                birthday: None,
+            };
+            self.erased_at = Some(ctx.at);
+            // A version past `u64::MAX` cannot be reached by one change per command.
+            self.version = self.version.saturating_add(1);
+        }
+        Applied {
+            entries: Vec::new(),
+            outcome: Outcome::Erased {
+                erased_at: self.erased_at.unwrap_or(ctx.at),
+            },
+            changed,
+            visits: Vec::new(),
+            tier: None,
+        }
+    }
+}
