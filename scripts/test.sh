@@ -97,7 +97,8 @@ mkdir -p target
 OUT=target/test-output.log
 # The multi-process test writes its table beside its profile directory (CARGO_TARGET_DIR).
 REPORT="${CARGO_TARGET_DIR:-target}/multiprocess-report.txt"
-rm -f "$REPORT"
+MATRIX="${CARGO_TARGET_DIR:-target}/fault-matrix-report.txt"
+rm -f "$REPORT" "$MATRIX"
 status=0
 if cargo nextest --version >/dev/null 2>&1; then
     RUNNER=nextest
@@ -262,6 +263,10 @@ echo "ignored on purpose (benchmarks and probes): scripts/run-ignored.sh"
 if [ -f "$REPORT" ]; then
     echo "multi-process report: $REPORT"
     grep -E '^\| (phase|total)' "$REPORT" || true
+fi
+if [ -f "$MATRIX" ]; then
+    echo "fault matrix (servers): $MATRIX"
+    grep -E '^\| (fault|phase)' "$MATRIX" || true
 fi
 echo "full output: $OUT"
 exit "$status"

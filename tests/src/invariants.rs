@@ -79,6 +79,9 @@ pub struct ResendReport {
     pub unanswered_applied_before: usize,
     pub unanswered_applied_now: usize,
     pub unanswered_rejected: usize,
+    /// Acknowledged with a 202 (no outcome promised), then refused by the rules (e.g. not
+    /// enough points by the time the engine applied it): an outcome, not a loss.
+    pub accepted_then_refused: usize,
     pub differences: Differences,
 }
 
@@ -177,6 +180,7 @@ pub async fn resend(
             (Some(Answer::Accepted), Some(Answer::Rejected { .. })) => {
                 // A 202 promises no effect; the rule decided (e.g. not enough points).
                 r.acked_replayed += 1;
+                r.accepted_then_refused += 1;
             }
             (Some(Answer::Applied { outcome, .. }), Some(Answer::Rejected { status, code })) => {
                 r.differences.add(
@@ -589,11 +593,31 @@ pub struct PhaseReport {
     /// partition to two engines at once, see [`crate::ownership`]).
     pub notes: Vec<String>,
     pub duration: Duration,
+    /// From the end of the fault until every partition applied again, when measured.
+    pub recovery: Option<Duration>,
+}
+
+fn count(d: &Differences, what: &str) -> usize {
+    d.count.get(what).copied().unwrap_or(0)
 }
 
 impl PhaseReport {
     pub fn differences(&self) -> usize {
         self.resend.differences.total() + self.members.differences.total() + self.other.total()
+    }
+
+    /// Acknowledged commands missing from their member's ledger, applied only by their resend,
+    /// or whose resend no longer answers what the client was told (always 0).
+    pub fn lost(&self) -> usize {
+        count(&self.members.differences, "missing entry")
+            + count(&self.resend.differences, "lost")
+            + count(&self.resend.differences, "outcome changed")
+    }
+
+    /// Commands applied more than once (always 0).
+    pub fn doubled(&self) -> usize {
+        count(&self.members.differences, "applied twice")
+            + count(&self.resend.differences, "applied twice")
     }
 
     pub fn text(&self) -> String {

@@ -396,13 +396,28 @@ impl LoyaltyProcess {
 
     /// SIGTERM: the process finishes its work and exits (see [`LoyaltyProcess::wait_exit`]).
     pub fn sigterm(&mut self) -> anyhow::Result<()> {
+        self.signal(libc::SIGTERM, "TERM")
+    }
+
+    /// SIGSTOP: the process is frozen where it stands (no heartbeat, no write, no reply), as
+    /// when its host is cut off the network or stalls; [`LoyaltyProcess::resume`] thaws it.
+    pub fn pause(&mut self) -> anyhow::Result<()> {
+        self.signal(libc::SIGSTOP, "STOP")
+    }
+
+    /// SIGCONT: a paused process goes on from where it stood, with whatever it held in flight.
+    pub fn resume(&mut self) -> anyhow::Result<()> {
+        self.signal(libc::SIGCONT, "CONT")
+    }
+
+    fn signal(&mut self, signal: libc::c_int, name: &str) -> anyhow::Result<()> {
         if !self.is_running() {
             bail!("{} is not running", self.name);
         }
         let pid = libc::pid_t::try_from(self.child.id()).context("pid")?;
         // SAFETY: kill(2) with a pid this handle owns and has not reaped.
-        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
-            bail!("kill -TERM {pid}: {}", std::io::Error::last_os_error());
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            bail!("kill -{name} {pid}: {}", std::io::Error::last_os_error());
         }
         Ok(())
     }

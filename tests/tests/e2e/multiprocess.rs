@@ -17,7 +17,14 @@
 //! applied command exactly once with its outcome's points, its balance is the ledger's sum, the
 //! store holds what the outcomes add up to, and Redis equals the store. Each phase prints its
 //! counts (sent, acknowledged, applied, differences), and the whole report is written to
-//! `target/multiprocess-report.txt`. Without PostgreSQL, redis-server, tansu or the `loyalty`
+//! `target/multiprocess-report.txt`.
+//!
+//! A second scenario, [`server_faults_lose_and_double_nothing`], is the fault matrix of the
+//! servers on 2 gateways and 2 engines: Redis flushed, Redis restarted empty, PostgreSQL killed
+//! and restarted, PostgreSQL unavailable for 10 s, the broker killed and restarted, an engine
+//! frozen past its session timeout (cut off: it loses its partitions and comes back a zombie).
+//! Same checks; its table (fault, sent, acknowledged, applied, lost, doubled, recovery) goes to
+//! `target/fault-matrix-report.txt`. Without PostgreSQL, redis-server, tansu or the `loyalty`
 //! binary the test prints `SKIPPED: <reason>` (it fails instead with
 //! `LOYALTY_REQUIRE_SERVERS=1`).
 
@@ -67,6 +74,14 @@ struct Scenario {
     /// The same instant on the wall clock, to compare with the engines' log lines.
     phase_started_at: jiff::Timestamp,
     text: String,
+    /// Set by a phase that emptied Redis: before the checks, Redis is refilled as the runbook
+    /// says (`POST /v1/admin/cache/rebuild`, docs/operations.md "Rebuilding Redis").
+    rebuild_cache: bool,
+    /// Set by a phase that measured it: from the end of its fault until every partition applied
+    /// again.
+    recovery: Option<Duration>,
+    /// Where the report is written, under the target directory.
+    report_file: &'static str,
 }
 
 /// The shared store, opened the way `loyalty` opens it (`postgres_url` in a configuration
@@ -98,7 +113,10 @@ async fn open_shared_store(
 }
 
 impl Scenario {
-    async fn start() -> anyhow::Result<Option<(Scenario, Option<tempfile::TempDir>)>> {
+    async fn start(
+        engines: usize,
+        report_file: &'static str,
+    ) -> anyhow::Result<Option<(Scenario, Option<tempfile::TempDir>)>> {
         if let Err(reason) = Cluster::available() {
             println!("SKIPPED: {reason}");
             return Ok(None);
@@ -106,7 +124,7 @@ impl Scenario {
         let started = Instant::now();
         let mut cluster = Cluster::builder()
             .gateways(2)
-            .engines(1)
+            .engines(engines)
             .partitions(PARTITIONS)
             .start()
             .await?;
@@ -185,6 +203,9 @@ impl Scenario {
                 phase_started: None,
                 phase_started_at: jiff::Timestamp::now(),
                 text,
+                rebuild_cache: false,
+                recovery: None,
+                report_file,
             },
             store_dir,
         )))
@@ -238,8 +259,15 @@ impl Scenario {
             stream: StreamCounts::of(&sent),
             replays_allowed,
             other: found,
+            recovery: self.recovery.take(),
             ..PhaseReport::default()
         };
+        if std::mem::take(&mut self.rebuild_cache) {
+            match self.rebuild_cache().await {
+                Ok(note) => report.notes.push(note),
+                Err(e) => report.other.add("Redis not rebuilt", format!("{e:#}")),
+            }
+        }
         // The engines catch up: every partition's committed offset reaches its end.
         let (lag, waited) = wait_lag_zero(
             &self.cluster.broker.brokers(),
@@ -306,16 +334,31 @@ impl Scenario {
         report.resend = r;
         self.sent.extend(sent);
         self.finals.extend(finals);
-        match check_members(
-            &self.traffic,
-            &gateways[0],
-            &self.sent,
-            &self.finals,
-            self.store.as_ref(),
-            &self.redis,
-        )
-        .await
-        {
+        // The test's own Redis connection may have been cut by the phase's fault (a restart):
+        // its first use fails and it reconnects, so the check is tried again, a few times.
+        let mut attempts = 0;
+        let checked = loop {
+            attempts += 1;
+            let r = check_members(
+                &self.traffic,
+                &gateways[0],
+                &self.sent,
+                &self.finals,
+                self.store.as_ref(),
+                &self.redis,
+            )
+            .await;
+            match r {
+                Err(e) if attempts < 3 => {
+                    report
+                        .notes
+                        .push(format!("members check attempt {attempts} failed: {e:#}"));
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                r => break r,
+            }
+        };
+        match checked {
             Ok(m) => report.members = m,
             Err(e) => report.other.add("members not checked", format!("{e:#}")),
         }
@@ -339,8 +382,69 @@ impl Scenario {
         print!("{text}");
         self.text.push_str(&text);
         // Written after every phase, so a run that stops half-way still leaves its report.
-        write_report(&self.text, false);
+        write_report(self.report_file, &self.text, false);
         self.reports.push(report);
+    }
+
+    /// The runbook's refill of an emptied Redis, through the first live gateway.
+    async fn rebuild_cache(&mut self) -> anyhow::Result<String> {
+        let gateway = self
+            .cluster
+            .gateway_urls()
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("no gateway left"))?;
+        let t = Instant::now();
+        let r = http_client()
+            .post(format!("{gateway}/v1/admin/cache/rebuild"))
+            .bearer_auth(self.cluster.admin_key())
+            .send()
+            .await?;
+        let status = r.status();
+        let body: serde_json::Value = r.json().await.unwrap_or_default();
+        anyhow::ensure!(status == 200, "cache rebuild answered {status}: {body}");
+        Ok(format!(
+            "Redis refilled by POST /v1/admin/cache/rebuild in {:.2} s: {body}",
+            t.elapsed().as_secs_f64()
+        ))
+    }
+
+    /// The fault matrix's table: fault, sent, acknowledged, applied, lost, doubled, recovery.
+    fn matrix(&self) -> String {
+        let mut t = String::from(
+            "\n| fault | sent | acknowledged | applied | refused after 202 | lost | doubled | \
+             recovery |\n|---|---|---|---|---|---|---|---|\n",
+        );
+        // The ledger check counts every phase so far, enrolments included: a phase's share is
+        // the difference.
+        let mut before = self.traffic.members.len();
+        for r in &self.reports {
+            let so_far = r.members.applied_once + r.members.applied_without_entry;
+            let applied = so_far.saturating_sub(before);
+            before = so_far;
+            let recovery = r.recovery.map_or("not measured".to_owned(), |d| {
+                format!("{:.1} s", d.as_secs_f64())
+            });
+            t.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                r.name,
+                r.stream.sent,
+                r.stream.acked(),
+                applied,
+                r.resend.accepted_then_refused,
+                r.lost(),
+                r.doubled(),
+                recovery
+            ));
+        }
+        t.push_str(
+            "applied: the phase's commands found once in their member's ledger (with refunds that \
+             forgave every point); refused after 202: acknowledged without an outcome, then \
+             refused by the rules; lost: acknowledged commands missing from the ledger, applied \
+             only by their resend, or answering otherwise than told; doubled: applied twice; \
+             recovery: from the end of the fault until every partition applied again\n",
+        );
+        t
     }
 
     fn summary(&self) -> String {
@@ -388,8 +492,8 @@ impl Scenario {
     }
 }
 
-/// `target/multiprocess-report.txt`, beside the test executable's profile directory.
-fn write_report(text: &str, say: bool) {
+/// `target/<file>`, beside the test executable's profile directory.
+fn write_report(file: &str, text: &str, say: bool) {
     let Ok(exe) = std::env::current_exe() else {
         return;
     };
@@ -398,7 +502,7 @@ fn write_report(text: &str, say: bool) {
         .and_then(|d| d.parent())
         .and_then(|d| d.parent())
     {
-        let path = target.join("multiprocess-report.txt");
+        let path = target.join(file);
         if std::fs::write(&path, text).is_ok() && say {
             println!("report written to {}", path.display());
         }
@@ -407,7 +511,10 @@ fn write_report(text: &str, say: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multiprocess_faults_one_at_a_time_apply_every_acknowledged_command_exactly_once() {
-    let Some((mut sc, _store_dir)) = Scenario::start().await.expect("cluster starts") else {
+    let Some((mut sc, _store_dir)) = Scenario::start(1, "multiprocess-report.txt")
+        .await
+        .expect("cluster starts")
+    else {
         return;
     };
     let long = Duration::from_secs(120);
@@ -634,7 +741,168 @@ async fn multiprocess_faults_one_at_a_time_apply_every_acknowledged_command_exac
     let summary = sc.summary();
     print!("{summary}");
     sc.text.push_str(&summary);
-    write_report(&sc.text, true);
+    write_report(sc.report_file, &sc.text, true);
+    let failed: Vec<String> = sc
+        .reports
+        .iter()
+        .filter(|r| r.differences() > 0)
+        .map(|r| r.name.clone())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "differences in {failed:?} (see the report above)"
+    );
+}
+
+/// A fault of the fault matrix: what it does to the cluster, returning what it did.
+type Fault = for<'a> fn(&'a mut Cluster) -> futures::future::BoxFuture<'a, anyhow::Result<String>>;
+
+/// One phase of the fault matrix: the stream flows, `fault` runs, then every partition must
+/// apply again (the time that takes is the phase's recovery) and the stream goes on; the
+/// phase's checks follow (Redis is refilled first as the runbook says if `empties_redis`).
+async fn matrix_phase(sc: &mut Scenario, name: &str, empties_redis: bool, fault: Fault) {
+    let long = Duration::from_secs(120);
+    let s = sc.begin().await;
+    s.wait_acked(BEFORE_FAULT, long)
+        .await
+        .expect("stream flows");
+    let at = s.elapsed();
+    let did = match fault(&mut sc.cluster).await {
+        Ok(did) => did,
+        Err(e) => panic!("fault {name:?} could not be made: {e:#}"),
+    };
+    let fault_end = s.elapsed();
+    let mut found = Differences::default();
+    match s.wait_partitions_applied_since(fault_end, long).await {
+        Ok(recovery) => sc.recovery = Some(recovery),
+        Err(e) => found.add("no recovery", format!("{e:#}")),
+    }
+    let acked = s.counters.acked.load(std::sync::atomic::Ordering::Relaxed);
+    if let Err(e) = s.wait_acked(acked + AFTER_FAULT, long).await {
+        found.add("stream stalled after the fault", format!("{e:#}"));
+    }
+    sc.rebuild_cache = empties_redis;
+    let fault_text = format!(
+        "{did} at {:.1} s into the stream (the fault took {:.1} s)",
+        at.as_secs_f64(),
+        (fault_end - at).as_secs_f64()
+    );
+    // A server fault can fail a write after it reached the server: the engine's retry is then
+    // a replay of its own write, so replays are allowed here.
+    sc.end(name, s, fault_text, true, found).await;
+}
+
+/// Blocks the calling worker thread for a server's own synchronous start or stop (`pg_ctl -w`)
+/// without starving the clients' tasks on the other workers.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+fn redis_flush(c: &mut Cluster) -> futures::future::BoxFuture<'_, anyhow::Result<String>> {
+    Box::pin(async move {
+        let client = redis::Client::open(c.redis.url())?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let () = redis::cmd("FLUSHALL").query_async(&mut conn).await?;
+        Ok("FLUSHALL of Redis".to_owned())
+    })
+}
+
+fn redis_restart(c: &mut Cluster) -> futures::future::BoxFuture<'_, anyhow::Result<String>> {
+    Box::pin(async move {
+        c.redis.kill();
+        // The outage lasts as long as a restart of a real Redis may take.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        blocking(|| c.redis.restart())?;
+        Ok("kill -9 of redis-server, down for 3 s, started again empty".to_owned())
+    })
+}
+
+fn postgres_crash(c: &mut Cluster) -> futures::future::BoxFuture<'_, anyhow::Result<String>> {
+    Box::pin(async move {
+        blocking(|| c.postgres.kill());
+        blocking(|| c.postgres.restart())?;
+        Ok("kill -9 of PostgreSQL, restarted at once (crash recovery from the WAL)".to_owned())
+    })
+}
+
+fn postgres_down(c: &mut Cluster) -> futures::future::BoxFuture<'_, anyhow::Result<String>> {
+    Box::pin(async move {
+        blocking(|| c.postgres.stop())?;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        blocking(|| c.postgres.restart())?;
+        Ok("PostgreSQL stopped (pg_ctl stop -m fast), unavailable for 10 s, started".to_owned())
+    })
+}
+
+fn broker_restart(c: &mut Cluster) -> futures::future::BoxFuture<'_, anyhow::Result<String>> {
+    Box::pin(async move {
+        c.broker.kill9();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        c.broker.restart().await?;
+        Ok("kill -9 of the broker (tansu), down for 3 s, restarted on its data".to_owned())
+    })
+}
+
+/// An engine cut off from everything long enough to lose its partitions: frozen (SIGSTOP) past
+/// the broker's session timeout, so that the group hands its partitions to the other engine,
+/// then thawed (SIGCONT) with its in-flight batch still in hand. It comes back as a zombie: its
+/// writes of partitions it no longer owns must be fenced by the store, and it must rejoin.
+fn engine_cut_off(c: &mut Cluster) -> futures::future::BoxFuture<'_, anyhow::Result<String>> {
+    Box::pin(async move {
+        let e = *c
+            .live_engines()
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("no engine"))?;
+        c.engine(e).pause()?;
+        // The broker's session timeout is 10 s; 15 s makes the loss of the partitions certain.
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        c.engine(e).resume()?;
+        Ok(format!(
+            "engine-{e} frozen (SIGSTOP) for 15 s, past the broker's 10 s session timeout, then \
+             thawed (SIGCONT)"
+        ))
+    })
+}
+
+/// The fault matrix on the servers (issue "Faults, audit and bad input"): 2 gateways and 2
+/// engines while the stream runs, one fault per phase: Redis flushed, Redis restarted empty,
+/// PostgreSQL killed and restarted, PostgreSQL unavailable for 10 s, the broker killed and
+/// restarted, an engine cut off past its session timeout. After each, the checks of
+/// [`Scenario::end`] (lag 0, resends answer as told, every acknowledged command once in its
+/// member's ledger, balances the ledger's sum, Redis equal to the store, `loyalty audit` clean).
+/// The table (fault, sent, acknowledged, applied, lost, doubled, recovery) is written to
+/// `target/fault-matrix-report.txt`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_faults_lose_and_double_nothing() {
+    let Some((mut sc, _store_dir)) = Scenario::start(2, "fault-matrix-report.txt")
+        .await
+        .expect("cluster starts")
+    else {
+        return;
+    };
+    matrix_phase(&mut sc, "Redis flush", true, redis_flush).await;
+    matrix_phase(&mut sc, "Redis restart", true, redis_restart).await;
+    matrix_phase(
+        &mut sc,
+        "PostgreSQL crash and restart",
+        false,
+        postgres_crash,
+    )
+    .await;
+    matrix_phase(&mut sc, "PostgreSQL unavailable 10 s", false, postgres_down).await;
+    matrix_phase(&mut sc, "broker restart", false, broker_restart).await;
+    matrix_phase(
+        &mut sc,
+        "engine cut off (lost its partitions)",
+        false,
+        engine_cut_off,
+    )
+    .await;
+
+    let matrix = sc.matrix();
+    print!("{matrix}");
+    sc.text.push_str(&matrix);
+    write_report(sc.report_file, &sc.text, true);
     let failed: Vec<String> = sc
         .reports
         .iter()
