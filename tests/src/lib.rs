@@ -409,6 +409,11 @@ impl DevProcess {
         self.keys.get(name).cloned().unwrap_or_default()
     }
 
+    /// The process id (to signal it, or to change its resource limits).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGTERM, then waits for the process to exit (its shutdown makes everything durable and
     /// releases the data directory); `Ok(true)` when it exited with status 0.
     pub fn stop(mut self) -> anyhow::Result<bool> {

@@ -33,12 +33,15 @@ use loyalty_domain::{
     Day, EventId, Fingerprint, FranchiseId, LedgerEntry, MemberId, MemberState, ProcessedEvent,
     Program, StoreId,
 };
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Durability, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 mod dashboard;
+mod slot;
+
+use slot::DbSlot;
 
 const FRANCHISES: TableDefinition<&str, &[u8]> = TableDefinition::new("franchises");
 const PROGRAMS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("programs");
@@ -72,7 +75,7 @@ enum WriteRequest {
 
 /// The embedded [`StateStore`]: one redb file.
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    db: Arc<DbSlot>,
     /// The database file, for flushing its dirty pages outside the writer thread.
     file: Arc<std::fs::File>,
     writer: Option<mpsc::Sender<WriteRequest>>,
@@ -208,10 +211,7 @@ impl EmbeddedStore {
     /// members there are; the OS page cache serves the rest).
     pub fn open_with(dir: &Path, cache_bytes: usize) -> Result<Arc<EmbeddedStore>> {
         std::fs::create_dir_all(dir).map_err(unavailable)?;
-        let db = redb::Builder::new()
-            .set_cache_size(cache_bytes)
-            .create(dir.join("state.redb"))
-            .map_err(unavailable)?;
+        let db = DbSlot::open(dir.join("state.redb"), cache_bytes).map_err(unavailable)?;
         // Create every table once so that readers never meet a missing table.
         let tx = db.begin_write().map_err(unavailable)?;
         {
@@ -320,8 +320,13 @@ fn adopt_legacy_keys(tx: &redb::WriteTransaction) -> Result<()> {
 
 /// Applies queued requests in groups: one transaction per group, durable (one fsync) when the
 /// group holds a sync or a claim. When every handle is gone, makes the last commits durable.
-fn writer_loop(db: &Database, mut rx: mpsc::Receiver<WriteRequest>) {
+fn writer_loop(db: &DbSlot, mut rx: mpsc::Receiver<WriteRequest>) {
+    // Whether a group was committed since the last durable one: a reopen would lose it.
+    let mut unsynced = false;
     while let Some(first) = rx.blocking_recv() {
+        if db.awaits_reopen() {
+            db.reopen();
+        }
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
@@ -352,6 +357,7 @@ fn writer_loop(db: &Database, mut rx: mpsc::Receiver<WriteRequest>) {
         match commit_group(db, &batches, &claims, durable) {
             Ok((results, owners)) => {
                 timer.observe_duration();
+                unsynced = !durable;
                 for (reply, result) in commit_replies.into_iter().zip(results) {
                     let _ = reply.send(result);
                 }
@@ -370,6 +376,15 @@ fn writer_loop(db: &Database, mut rx: mpsc::Receiver<WriteRequest>) {
                 for reply in claim_replies {
                     let _ = reply.send(Err(Error::Unavailable(msg.clone())));
                 }
+                // After an I/O error redb refuses everything until it is opened again, which
+                // is only safe when no commit would be lost by it (see `slot`).
+                if db.poisoned() {
+                    if unsynced {
+                        db.close_for_good(&msg);
+                    } else {
+                        db.reopen();
+                    }
+                }
             }
         }
     }
@@ -385,7 +400,7 @@ type GroupResults = (Vec<Result<()>>, Vec<Vec<Fingerprint>>);
 /// batch's result and each claim request's owners. `Err` of the whole function means nothing
 /// was committed.
 fn commit_group(
-    db: &Database,
+    db: &DbSlot,
     group: &[EncodedBatch],
     claims: &[Vec<EventClaim>],
     durable: bool,
@@ -680,11 +695,11 @@ impl StateStore for EmbeddedStore {
         from: Day,
         to: Day,
     ) -> Result<DashboardRows> {
-        dashboard::rows(&self.db, franchise, from, to)
+        dashboard::rows(&*self.db.get().map_err(unavailable)?, franchise, from, to)
     }
 
     async fn tier_counts(&self, franchise: &FranchiseId) -> Result<Vec<(String, i64)>> {
-        dashboard::tiers(&self.db, franchise)
+        dashboard::tiers(&*self.db.get().map_err(unavailable)?, franchise)
     }
 
     async fn processed_after(
@@ -719,7 +734,7 @@ impl StateStore for EmbeddedStore {
         franchise: &FranchiseId,
         rows: &loyalty_domain::dashboard::DashboardDelta,
     ) -> Result<()> {
-        dashboard::replace(&self.db, franchise, rows)
+        dashboard::replace(&*self.db.get().map_err(unavailable)?, franchise, rows)
     }
 
     async fn stores_of(&self, franchise: &FranchiseId) -> Result<Vec<Store>> {

@@ -250,7 +250,9 @@ impl ResponseError for ApiError {
             _ => {}
         }
         match self {
-            ApiError::ProgramConflict(_) => {
+            // A backing service down (the store, the log, the cache) or a conflict to redo:
+            // the client retries the same command, with the same event id, shortly.
+            ApiError::ProgramConflict(_) | ApiError::Unavailable(_) => {
                 resp.insert_header(("Retry-After", "1"));
             }
             ApiError::RateLimited { retry_after, .. } => {

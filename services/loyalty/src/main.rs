@@ -160,6 +160,7 @@ async fn main() -> anyhow::Result<()> {
     let command = Cli::parse().command;
     // Flushes the last spans when dropped, whichever way `main` returns.
     let mut telemetry = loyalty::telemetry::start(command.service_name())?;
+    loyalty::startup::survive_file_size_limit()?;
     let result = run(command).await;
     telemetry.shutdown();
     result

@@ -174,6 +174,27 @@ fn instrumented(ports: Ports, systems: Systems) -> Ports {
     }
 }
 
+/// Keeps the process alive when a write goes past its file size limit (`RLIMIT_FSIZE`, which
+/// some hosts set as a quota): the kernel then raises SIGXFSZ, whose default action kills the
+/// process in the middle of the write. Like PostgreSQL, the process takes the signal instead
+/// (logged at WARN): the write fails with EFBIG, as on a full disk (ENOSPC), and the store or
+/// the log reports it as an error, so the engine retries and the gateway answers 503 rather
+/// than the process dying. Must run inside the runtime; the handler stays for the process's
+/// life.
+pub fn survive_file_size_limit() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut signals =
+        signal(SignalKind::from_raw(libc::SIGXFSZ)).context("installing the SIGXFSZ handler")?;
+    tokio::spawn(async move {
+        while signals.recv().await.is_some() {
+            tracing::warn!(
+                "a write went past the file size limit (SIGXFSZ): it failed as on a full disk"
+            );
+        }
+    });
+    Ok(())
+}
+
 /// Locks the embedded data directory (created if missing) for this process: taken before the
 /// log or the store is opened, so that a second process on the same directory stops here,
 /// having changed nothing.

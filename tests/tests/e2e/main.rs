@@ -12,6 +12,7 @@ mod dashboard_page;
 mod datadir_lock;
 mod dead_letters;
 mod demo_history;
+mod disk_full;
 mod distributed;
 mod earn_rules;
 mod engine_exit;
