@@ -864,10 +864,32 @@ fn engine_cut_off(c: &mut Cluster) -> futures::future::BoxFuture<'_, anyhow::Res
     })
 }
 
+/// Several faults at once: a gateway killed (its clients move to the other one), Redis killed
+/// and PostgreSQL killed together, both restarted after 3 s.
+fn mixed(c: &mut Cluster) -> futures::future::BoxFuture<'_, anyhow::Result<String>> {
+    Box::pin(async move {
+        let g = *c
+            .live_gateways()
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("no gateway"))?;
+        c.kill9_gateway(g);
+        c.redis.kill();
+        blocking(|| c.postgres.kill());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        blocking(|| c.redis.restart())?;
+        blocking(|| c.postgres.restart())?;
+        Ok(format!(
+            "at once: kill -9 of gateway-{g}, of redis-server and of PostgreSQL; both servers \
+             restarted 3 s later (Redis empty, PostgreSQL from its WAL)"
+        ))
+    })
+}
+
 /// The fault matrix on the servers (issue "Faults, audit and bad input"): 2 gateways and 2
 /// engines while the stream runs, one fault per phase: Redis flushed, Redis restarted empty,
 /// PostgreSQL killed and restarted, PostgreSQL unavailable for 10 s, the broker killed and
-/// restarted, an engine cut off past its session timeout. After each, the checks of
+/// restarted, an engine cut off past its session timeout, then a gateway, Redis and PostgreSQL
+/// killed at once. After each, the checks of
 /// [`Scenario::end`] (lag 0, resends answer as told, every acknowledged command once in its
 /// member's ledger, balances the ledger's sum, Redis equal to the store, `loyalty audit` clean).
 /// The table (fault, sent, acknowledged, applied, lost, doubled, recovery) is written to
@@ -896,6 +918,13 @@ async fn server_faults_lose_and_double_nothing() {
         "engine cut off (lost its partitions)",
         false,
         engine_cut_off,
+    )
+    .await;
+    matrix_phase(
+        &mut sc,
+        "mixed: a gateway, Redis and PostgreSQL killed at once",
+        true,
+        mixed,
     )
     .await;
 
