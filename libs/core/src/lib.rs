@@ -11,6 +11,7 @@ pub mod engine;
 pub mod error;
 pub mod identity;
 pub mod input;
+pub mod key_changes;
 pub mod metrics;
 pub mod model;
 pub mod notify;

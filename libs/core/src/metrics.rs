@@ -34,6 +34,8 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     pub http_request_seconds: HistogramVec,
     pub http_body_timeouts: IntCounter,
+    /// API key changes announced to the other gateways, and heard from them.
+    pub key_changes: IntCounterVec,
     pub rate_limited: IntCounterVec,
     pub rate_limit_errors: IntCounter,
     /// One-time codes of the self-enrolment page, by what became of them.
@@ -380,6 +382,14 @@ impl Metrics {
                 &r,
                 "loyalty_http_body_timeouts_total",
                 "Request bodies that did not arrive whole within LOYALTY_BODY_TIMEOUT_MS (answered 408, connection closed).",
+            ),
+            key_changes: counter_vec(
+                &r,
+                "loyalty_key_changes_total",
+                "API key rotations and revocations announced to the other gateways (announced), \
+                 announcements heard (received), and re-subscriptions that forgot every key \
+                 (resubscribed).",
+                &["event"],
             ),
             rate_limited: counter_vec(
                 &r,

@@ -9,6 +9,7 @@ use actix_web::{HttpMessage, HttpRequest};
 use dashmap::DashMap;
 use loyalty_core::engine::shard::render_status;
 use loyalty_core::identity::hash_api_key;
+use loyalty_core::key_changes::{KeyChanges, NoOtherGateway};
 use loyalty_core::metrics::metrics;
 use loyalty_core::model::{Franchise, Principal, Role};
 use loyalty_core::ports::{CachedStatus, EventLog, HotCache, StateStore};
@@ -44,6 +45,10 @@ pub struct GatewayConfig {
     /// This gateway's reply channel when the engine runs in another process (replies then
     /// travel Redis pub/sub); `None` when both share the process.
     pub reply_to: Option<String>,
+    /// How long a key's principal is taken from memory before the store is asked again
+    /// (`LOYALTY_PRINCIPAL_TTL_MS`): the bound on how long another gateway may take a key
+    /// rotated or revoked elsewhere if the announcement of the change is lost.
+    pub principal_ttl: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -55,6 +60,7 @@ impl Default for GatewayConfig {
             default_wait: Duration::from_millis(2000),
             reply_to: None,
             public_url: "http://127.0.0.1:8080".into(),
+            principal_ttl: PRINCIPAL_TTL,
         }
     }
 }
@@ -75,6 +81,8 @@ pub struct Gateway {
     /// read the store before that does not put its (old) answer back in `principals`.
     forgotten: DashMap<String, Instant>,
     franchises: DashMap<FranchiseId, (Arc<Franchise>, Instant)>,
+    /// Where this gateway announces the keys it rotates or revokes, for the other gateways.
+    key_changes: Arc<dyn KeyChanges>,
 }
 
 impl Gateway {
@@ -98,7 +106,15 @@ impl Gateway {
             principals: DashMap::new(),
             forgotten: DashMap::new(),
             franchises: DashMap::new(),
+            key_changes: Arc::new(NoOtherGateway),
         }
+    }
+
+    /// Announces the keys this gateway rotates or revokes through `key_changes` (Redis
+    /// pub/sub when other gateways run), so that they forget them at once.
+    pub fn announcing_key_changes(mut self, key_changes: Arc<dyn KeyChanges>) -> Gateway {
+        self.key_changes = key_changes;
+        self
     }
 
     pub fn is_ready(&self) -> bool {
@@ -130,8 +146,9 @@ impl Gateway {
             });
         }
         let hash = hash_api_key(key);
+        let ttl = self.config.principal_ttl;
         if let Some(e) = self.principals.get(&hash) {
-            if e.1.elapsed() < PRINCIPAL_TTL {
+            if e.1.elapsed() < ttl {
                 return Ok(e.0.clone());
             }
         }
@@ -148,17 +165,31 @@ impl Gateway {
         }
         // Entries of keys no longer used would stay; drop the expired ones now and then.
         if self.principals.len() > 10_000 {
-            self.principals
-                .retain(|_, (_, at)| at.elapsed() < PRINCIPAL_TTL);
+            self.principals.retain(|_, (_, at)| at.elapsed() < ttl);
         }
         Ok(p)
     }
 
     /// Forgets the holder of the key whose hash is `key_hash` (a key just rotated or revoked
     /// through this gateway): its next request is authenticated against the store.
+    /// The other gateways are told to forget it too.
     pub fn forget_key(&self, key_hash: &str) {
-        self.forgotten
-            .retain(|_, at| at.elapsed() < PRINCIPAL_TTL * 10);
+        self.forget_here(key_hash);
+        self.key_changes.announce(key_hash);
+    }
+
+    /// Forgets what another gateway announced: the key whose hash is `key_hash`, or every key
+    /// (`None`: announcements may have been missed).
+    pub fn forget_announced(&self, key_hash: Option<&str>) {
+        match key_hash {
+            Some(hash) => self.forget_here(hash),
+            None => self.principals.clear(),
+        }
+    }
+
+    fn forget_here(&self, key_hash: &str) {
+        let keep = self.config.principal_ttl * 10;
+        self.forgotten.retain(|_, at| at.elapsed() < keep);
         self.forgotten.insert(key_hash.to_owned(), Instant::now());
         self.principals.remove(key_hash);
     }

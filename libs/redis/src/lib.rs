@@ -38,6 +38,7 @@
 //! count.
 
 mod cache;
+pub mod key_changes;
 mod rate_limit;
 pub mod replies;
 

@@ -30,16 +30,19 @@ pub struct RedisReplySink {
 impl RedisReplySink {
     /// A sink on `url` with the key prefix the gateways use.
     pub async fn connect(url: &str, prefix: &str) -> Result<RedisReplySink> {
-        let client =
-            redis::Client::open(url).map_err(|e| Error::Invalid(format!("redis url: {e}")))?;
-        let conn = ConnectionManager::new(client)
-            .await
-            .map_err(|e| Error::Unavailable(format!("redis: {e}")))?;
         Ok(RedisReplySink {
-            conn,
+            conn: publisher(url).await?,
             prefix: prefix.to_owned(),
         })
     }
+}
+
+/// A reconnecting connection to publish on.
+pub(crate) async fn publisher(url: &str) -> Result<ConnectionManager> {
+    let client = redis::Client::open(url).map_err(|e| Error::Invalid(format!("redis url: {e}")))?;
+    ConnectionManager::new(client)
+        .await
+        .map_err(|e| Error::Unavailable(format!("redis: {e}")))
 }
 
 impl ReplySink for RedisReplySink {
@@ -75,39 +78,63 @@ pub async fn serve_replies(
     prefix: String,
     reply_to: String,
     waiters: Arc<ReplyWaiters>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let channel = reply_channel(&prefix, &reply_to);
+    subscribe_loop(&url, &channel, shutdown, |received| {
+        if let Received::Message(payload) = received {
+            match serde_json::from_slice::<EventReply>(payload) {
+                Ok(reply) => waiters.publish(vec![reply]),
+                Err(e) => tracing::warn!(error = %e, "undecodable reply"),
+            }
+        }
+    })
+    .await;
+}
+
+/// What a subscription hands its handler.
+pub(crate) enum Received<'a> {
+    /// Subscribed (again, after a loss: what was published meanwhile was missed).
+    Subscribed,
+    Message(&'a [u8]),
+}
+
+/// Subscribes to `channel` and hands `on` every message until `shutdown` turns true,
+/// resubscribing (after 500 ms) whenever the connection is lost.
+pub(crate) async fn subscribe_loop(
+    url: &str,
+    channel: &str,
+    mut shutdown: watch::Receiver<bool>,
+    on: impl Fn(Received<'_>),
+) {
     while !*shutdown.borrow() {
         let subscribed = async {
-            let client = redis::Client::open(url.as_str())?;
+            let client = redis::Client::open(url)?;
             let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
+            pubsub.subscribe(channel).await?;
             Ok::<_, redis::RedisError>(pubsub)
         }
         .await;
         let mut stream = match subscribed {
             Ok(p) => p.into_on_message(),
             Err(e) => {
-                tracing::warn!(error = %e, "reply channel subscription failed; retrying");
+                tracing::warn!(error = %e, channel, "subscription failed; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
                     _ = shutdown.changed() => return,
                 }
             }
         };
+        on(Received::Subscribed);
         loop {
             tokio::select! {
                 msg = stream.next() => match msg {
-                    Some(m) => match serde_json::from_slice::<EventReply>(m.get_payload_bytes()) {
-                        Ok(reply) => waiters.publish(vec![reply]),
-                        Err(e) => tracing::warn!(error = %e, "undecodable reply"),
-                    },
+                    Some(m) => on(Received::Message(m.get_payload_bytes())),
                     None => break,
                 },
                 _ = shutdown.changed() => return,
             }
         }
-        tracing::warn!("reply channel lost; resubscribing");
+        tracing::warn!(channel, "subscription lost; resubscribing");
     }
 }

@@ -100,6 +100,11 @@ pub struct DevConfig {
     /// Milliseconds a client has to send a whole request body (`LOYALTY_BODY_TIMEOUT_MS`); a
     /// slower one is answered 408 and its connection closed, so it cannot hold connections.
     pub body_timeout_ms: u64,
+    /// Milliseconds a gateway takes an API key's holder from memory before asking the store
+    /// again (`LOYALTY_PRINCIPAL_TTL_MS`, 0 to 300000). A key rotated or revoked through
+    /// another gateway is forgotten at once when that gateway's announcement arrives (Redis
+    /// pub/sub); this is the bound when it does not.
+    pub principal_ttl_ms: u64,
     /// An internal listener that alone serves `/metrics` (`LOYALTY_METRICS_LISTEN`); the API
     /// listener then answers 404 for it. Unset: `/metrics` is on the API listener.
     pub metrics_listen: Option<SocketAddr>,
@@ -179,6 +184,7 @@ impl Default for DevConfig {
             public_url: None,
             max_body_bytes: 16 * 1024,
             body_timeout_ms: 10_000,
+            principal_ttl_ms: 1_000,
             metrics_listen: None,
             metrics_key: None,
             lookup_limit_per_minute: 300,
@@ -297,6 +303,7 @@ impl std::fmt::Debug for DevConfig {
             .field("public_url", &self.public_url)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("body_timeout_ms", &self.body_timeout_ms)
+            .field("principal_ttl_ms", &self.principal_ttl_ms)
             .field("metrics_listen", &self.metrics_listen)
             .field("metrics_key", &self.metrics_key.as_ref().map(|_| "(set)"))
             .field("lookup_limit_per_minute", &self.lookup_limit_per_minute)
@@ -388,6 +395,7 @@ impl DevConfig {
         }
         env_parse("LOYALTY_MAX_BODY_BYTES", &mut c.max_body_bytes)?;
         env_parse("LOYALTY_BODY_TIMEOUT_MS", &mut c.body_timeout_ms)?;
+        env_parse("LOYALTY_PRINCIPAL_TTL_MS", &mut c.principal_ttl_ms)?;
         if let Ok(v) = std::env::var("LOYALTY_METRICS_LISTEN") {
             c.metrics_listen = Some(v.parse().map_err(|e| {
                 anyhow::anyhow!("environment variable LOYALTY_METRICS_LISTEN={v:?} is invalid: {e}")
@@ -521,6 +529,9 @@ impl DevConfig {
         }
         if !(100..=300_000).contains(&self.body_timeout_ms) {
             bail!("body_timeout_ms (LOYALTY_BODY_TIMEOUT_MS) must be between 100 and 300000");
+        }
+        if self.principal_ttl_ms > 300_000 {
+            bail!("principal_ttl_ms (LOYALTY_PRINCIPAL_TTL_MS) must be between 0 and 300000");
         }
         if !(1..=100_000).contains(&self.lookup_burst) {
             bail!("lookup_burst (LOYALTY_LOOKUP_BURST) must be between 1 and 100000");

@@ -174,6 +174,35 @@ fn instrumented(ports: Ports, systems: Systems) -> Ports {
     }
 }
 
+/// Where the gateways share Redis, each announces the keys it rotates or revokes and forgets
+/// those the others announce (see `loyalty_core::key_changes`).
+async fn announce_key_changes(
+    gateway: Gateway,
+    redis_url: &str,
+    prefix: &str,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<web::Data<Gateway>> {
+    let changes = loyalty_redis::key_changes::RedisKeyChanges::connect(redis_url, prefix)
+        .await
+        .with_context(|| {
+            format!(
+                "connecting to Redis at {} for key changes",
+                redact_url(redis_url)
+            )
+        })?;
+    let gateway = web::Data::new(gateway.announcing_key_changes(Arc::new(changes)));
+    let listener = gateway.clone();
+    let forget: loyalty_redis::key_changes::Forget =
+        Arc::new(move |hash| listener.forget_announced(hash));
+    tokio::spawn(loyalty_redis::key_changes::serve_key_changes(
+        redis_url.to_owned(),
+        prefix.to_owned(),
+        forget,
+        shutdown,
+    ));
+    Ok(gateway)
+}
+
 /// Keeps the process alive when a write goes past its file size limit (`RLIMIT_FSIZE`, which
 /// some hosts set as a quota): the kernel then raises SIGXFSZ, whose default action kills the
 /// process in the middle of the write. Like PostgreSQL, the process takes the signal instead
@@ -567,7 +596,7 @@ impl Application {
                 None => server.run(),
             }
         } else {
-            let gateway = web::Data::new(Gateway::new(
+            let gateway = Gateway::new(
                 store,
                 cache,
                 log,
@@ -579,10 +608,16 @@ impl Application {
                     max_body_bytes: config.max_body_bytes,
                     reply_to,
                     public_url: config.public_base_url(listener.local_addr()?),
+                    principal_ttl: Duration::from_millis(config.principal_ttl_ms),
                     ..GatewayConfig::default()
                 },
                 ready,
-            ));
+            );
+            let gateway = if redis_url.is_empty() {
+                web::Data::new(gateway)
+            } else {
+                announce_key_changes(gateway, &redis_url, &prefix, shutdown_rx.clone()).await?
+            };
             let server = HttpServer::new(move || {
                 App::new()
                     .app_data(gateway.clone())

@@ -615,3 +615,83 @@ async fn a_revocation_holds_on_every_gateway_within_the_ttl() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+/// `GET {gateway}/v1/franchises/{fid}/program` with `key`: the status.
+async fn program_status(client: &reqwest::Client, gateway: &str, fid: &str, key: &str) -> u16 {
+    client
+        .get(format!("{gateway}/v1/franchises/{fid}/program"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16())
+}
+
+/// Real `loyalty gateway` processes sharing Redis: a key revoked through one is refused by the
+/// other at once, by the announcement of the change, not at the end of the other's principal
+/// cache. The gateways keep principals for 5 minutes here (`LOYALTY_PRINCIPAL_TTL_MS`), so a
+/// refusal within the test's 10 s can only come from the announcement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_is_refused_at_once_by_every_gateway_process() -> anyhow::Result<()> {
+    use loyalty_testkit::process::Cluster;
+    if let Err(reason) = Cluster::available() {
+        println!("SKIPPED: {reason}");
+        return Ok(());
+    }
+    let mut cluster = Cluster::builder()
+        .gateways(2)
+        .engines(1)
+        .partitions(2)
+        .env("LOYALTY_PRINCIPAL_TTL_MS", "300000")
+        .start()
+        .await?;
+    let f = cluster
+        .provision("Announced", loyalty_tests::demo_program(), 1)
+        .await?;
+    let gateways = cluster.gateway_urls();
+    let (first, other) = (&gateways[0], &gateways[1]);
+    let client = reqwest::Client::new();
+    // A read-only HQ key, to revoke.
+    let r = client
+        .post(format!("{first}/v1/franchises/{}/api-keys", f.id))
+        .bearer_auth(&f.hq_key)
+        .json(&json!({"role": "hq_read_only"}))
+        .send()
+        .await?;
+    anyhow::ensure!(r.status() == 201, "key creation answered {}", r.status());
+    let created: Value = r.json().await?;
+    let (kid, key) = (
+        created["id"].as_str().unwrap_or_default().to_owned(),
+        created["api_key"].as_str().unwrap_or_default().to_owned(),
+    );
+    // The other gateway takes the key, and keeps its holder for 5 minutes.
+    assert_eq!(program_status(&client, other, &f.id, &key).await, 200);
+
+    let r = client
+        .post(format!(
+            "{first}/v1/franchises/{}/api-keys/{kid}/revoke",
+            f.id
+        ))
+        .bearer_auth(&f.hq_key)
+        .send()
+        .await?;
+    anyhow::ensure!(r.status() == 200, "revocation answered {}", r.status());
+    let revoked_at = Instant::now();
+    assert_eq!(program_status(&client, first, &f.id, &key).await, 401);
+    loop {
+        match program_status(&client, other, &f.id, &key).await {
+            401 => break,
+            200 => anyhow::ensure!(
+                revoked_at.elapsed() < Duration::from_secs(10),
+                "the other gateway still takes the revoked key after {:?}",
+                revoked_at.elapsed()
+            ),
+            s => anyhow::bail!("the other gateway answered {s}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "the other gateway refused the revoked key {:?} after the revocation",
+        revoked_at.elapsed()
+    );
+    Ok(())
+}

@@ -5,7 +5,8 @@
 //! nothing. Another franchise is answered as unknown (404).
 //!
 //! A change through this gateway is effective on it at once (it forgets the key before it
-//! answers); on every other gateway within [`crate::state::PRINCIPAL_TTL`].
+//! answers); every other gateway forgets the key when the change's announcement reaches it
+//! (`loyalty_core::key_changes`), and within its principal cache's TTL if it is lost.
 
 use std::sync::Arc;
 
