@@ -279,7 +279,8 @@ enum PosRecord {
         event_id: EventId,
         occurred_at: String,
         purchase_event_id: EventId,
-        amount_cents: Cents,
+        /// Absent or null: a void (all that is left of the purchase).
+        amount_cents: Option<Cents>,
         member_id: Option<String>,
         phone: Option<String>,
         qr: Option<String>,
@@ -512,7 +513,9 @@ async fn validate(
             ..
         } => {
             let checked = (|| -> Result<_, Rejected> {
-                input::refund_amount(amount_cents)?;
+                if let Some(a) = amount_cents {
+                    input::refund_amount(a)?;
+                }
                 let member = input::member_ref(
                     secret,
                     member_id.as_deref(),

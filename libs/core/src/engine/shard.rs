@@ -455,8 +455,9 @@ impl Shard {
                             amount_cents,
                             ..
                         } => {
-                            let purchase = known
-                                .get(&(env.franchise_id.clone(), purchase_event_id.clone()))
+                            let recorded =
+                                known.get(&(env.franchise_id.clone(), purchase_event_id.clone()));
+                            let purchase = recorded
                                 .filter(|r| r.member_id.as_ref() == Some(m))
                                 .and_then(|r| match &r.outcome {
                                     Outcome::Purchase(p) => Some(p.clone()),
@@ -466,6 +467,9 @@ impl Shard {
                                 purchase_event_id: purchase_event_id.clone(),
                                 amount: *amount_cents,
                                 purchase,
+                                // No event has the id yet: held for the purchase (offline
+                                // tills); an id of another event is refused.
+                                purchase_unseen: recorded.is_none(),
                             }
                         }
                         PosCommand::Redemption { reward_id, .. } => MemberCommand::Redemption {
@@ -485,6 +489,7 @@ impl Shard {
                             store_id: env.store_id.clone(),
                             at: env.at(),
                             program: Arc::clone(&program),
+                            program_version: env.program_version,
                             command,
                             trace: parent,
                         })
