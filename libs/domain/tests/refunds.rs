@@ -604,19 +604,31 @@ fn run(program: Program, steps: &[Step]) -> Result<Till, TestCaseError> {
 }
 
 /// The member's counters a purchase and its refund move (not the ledger's history totals).
-fn counters(t: &Till) -> (u64, u32, u32, u64, u64, String, u64, Vec<(u32, u64)>) {
+#[derive(Debug, PartialEq)]
+struct Counters {
+    points: u64,
+    stamps: u32,
+    vouchers: u32,
+    visits: u64,
+    spend_cents: u64,
+    tier: String,
+    window_metric: u64,
+    /// The lots (day, points), oldest first.
+    lots: Vec<(u32, u64)>,
+}
+
+fn counters(t: &Till) -> Counters {
     let s = t.state();
-    let lots = s.lots.iter().map(|l| (l.day.0, l.points)).collect();
-    (
-        s.points,
-        s.stamps,
-        t.vouchers(),
-        s.visits,
-        s.spend_cents,
-        s.tier.clone(),
-        s.window_metric(&t.program),
-        lots,
-    )
+    Counters {
+        points: s.points,
+        stamps: s.stamps,
+        vouchers: t.vouchers(),
+        visits: s.visits,
+        spend_cents: s.spend_cents,
+        tier: s.tier.clone(),
+        window_metric: s.window_metric(&t.program),
+        lots: s.lots.iter().map(|l| (l.day.0, l.points)).collect(),
+    }
 }
 
 proptest! {
