@@ -457,7 +457,7 @@ impl DashboardDelta {
                 t.member_revenue_cents =
                     t.member_revenue_cents.saturating_add(p.amount_cents.get());
                 // Refunds held for it (an offline till's) apply within the purchase.
-                t.refunded_cents = t.refunded_cents.saturating_add(p.refunded_cents);
+                t.refunded_cents = t.refunded_cents.saturating_add(p.held_refunded_cents);
             }
             Outcome::AnonymousSale { amount_cents } => {
                 t.anonymous_purchases += 1;

@@ -58,6 +58,11 @@ pub struct PurchaseRecord {
     /// A refund in full took the visit, stamp and voucher back already (once only).
     #[serde(default)]
     pub reversed_in_full: bool,
+    /// The part of `refunded_cents` that refunds held for the purchase (an offline till's)
+    /// refunded when it arrived: the dashboards count it as refunded with the purchase, since
+    /// those refunds' own outcomes are `held`. Later refunds leave it as it is.
+    #[serde(default)]
+    pub held_refunded_cents: u64,
 }
 
 /// Why a well-formed event was refused. A rejection changes no balance; it is recorded so

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 
+use loyalty_domain::dashboard::DashboardDelta;
 use loyalty_domain::{
     apply, Applied, Cents, EventContext, EventId, FranchiseId, LedgerEntry, LedgerKind,
     MemberCommand, MemberId, MemberState, Outcome, Phone, Profile, Program, PurchaseRecord,
@@ -375,6 +376,7 @@ fn a_refund_before_its_purchase_is_held_and_applied_within_the_purchase() {
         panic!("a purchase")
     };
     assert_eq!((rec.refunded_cents, rec.reversed_points), (400, 4));
+    assert_eq!(rec.held_refunded_cents, 400);
     let kinds: Vec<(LedgerKind, i64, &str, u32)> = a
         .entries
         .iter()
@@ -398,6 +400,22 @@ fn a_refund_before_its_purchase_is_held_and_applied_within_the_purchase() {
             remaining_cents: 600
         }
     );
+    // A later refund adds to what is refunded, not to what the held ones refunded: the
+    // dashboards count each refunded cent once, live or rebuilt from the records.
+    let later = t.refund(&purchase, Some(100)).unwrap();
+    let rec = t.purchases[&purchase].clone();
+    assert_eq!((rec.refunded_cents, rec.held_refunded_cents), (500, 400));
+    let (f, store) = (
+        FranchiseId::parse("f-1").unwrap(),
+        StoreId::parse("s-1").unwrap(),
+    );
+    let mut rebuilt = DashboardDelta::default();
+    let day = t.program.local_day(Timestamp(T0));
+    for o in [&Outcome::Purchase(rec), &held.outcome, &later.outcome] {
+        rebuilt.add_outcome(&f, &store, day, &t.program, o);
+    }
+    let refunded: u64 = rebuilt.totals.values().map(|t| t.refunded_cents).sum();
+    assert_eq!(refunded, 500);
 }
 
 #[test]

@@ -1443,6 +1443,7 @@ fn refund_outcomes_match_the_domain_types() {
         voucher: Some(RewardId::parse("free-coffee").unwrap()),
         card_size: 10,
         reversed_in_full: true,
+        held_refunded_cents: 0,
     };
     let refund = serde_json::to_value(Outcome::Refund {
         purchase_event_id: EventId::parse("pos2-0001").unwrap(),

@@ -141,7 +141,7 @@ impl HeldTally {
     fn add(&mut self, outcome: &Outcome) {
         match outcome {
             Outcome::Held { .. } => self.held += 1,
-            Outcome::Purchase(p) if p.refunded_cents > 0 => self.applied += 1,
+            Outcome::Purchase(p) if p.held_refunded_cents > 0 => self.applied += 1,
             _ => {}
         }
     }

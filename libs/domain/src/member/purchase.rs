@@ -58,6 +58,7 @@ impl MemberState {
             voucher: None,
             card_size: 0,
             reversed_in_full: false,
+            held_refunded_cents: 0,
         };
         if positive {
             if let Some(card) = &program.stamp_card {

@@ -255,6 +255,7 @@ impl MemberState {
                 record = purchase;
             }
         }
+        record.held_refunded_cents = record.refunded_cents;
         Ok(record)
     }
 }
