@@ -68,7 +68,15 @@ pub fn http_bodies(data: &[u8]) {
         );
     }));
     check(parse::<events::RefundBody>(data).map(|b| {
-        let _ = input::refund_amount(b.amount_cents);
+        if let Some(a) = b.amount_cents {
+            let _ = input::refund_amount(a);
+        }
+        let _ = input::member_ref(
+            "fuzz-secret",
+            b.member_id.as_deref(),
+            b.phone.as_deref(),
+            b.qr.as_deref(),
+        );
     }));
     check(parse::<events::RedemptionBody>(data).map(|_| ()));
     check(parse::<members::EnrolBody>(data).map(|b| {
@@ -139,6 +147,7 @@ fn live_a_member(program: &Program, seed: &[u8]) {
             store_id: &store,
             at: Timestamp(1_700_000_000_000 + i as i64 * 86_400_000),
             program,
+            program_version: 1,
         };
         if let Ok(applied) = apply(&mut state, &member, &franchise, cmd, &ctx) {
             if let loyalty_domain::Outcome::Purchase(p) = &applied.outcome {
@@ -154,11 +163,13 @@ fn live_a_member(program: &Program, seed: &[u8]) {
             store_id: &store,
             at: Timestamp(1_700_000_000_000 + 40 * 86_400_000),
             program,
+            program_version: 1,
         };
         let refund = MemberCommand::Refund {
             purchase_event_id,
-            amount: Cents::new(1).expect("amount"),
+            amount: Some(Cents::new(1).expect("amount")),
             purchase: Some(record),
+            purchase_unseen: false,
         };
         if let Ok(applied) = apply(&mut state, &member, &franchise, &refund, &ctx) {
             ledger.extend(applied.entries);

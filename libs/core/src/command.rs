@@ -29,7 +29,10 @@ pub enum PosCommand {
     Refund {
         member_id: Option<MemberId>,
         purchase_event_id: EventId,
-        amount_cents: Cents,
+        /// `None`: a void, all that is left of the purchase. Left out of the record then, so
+        /// that a refund with an amount encodes (and fingerprints) as it always did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        amount_cents: Option<Cents>,
     },
     Redemption {
         member_id: MemberId,

@@ -659,11 +659,23 @@ impl Generator<'_> {
                         .unwrap_or(0)
                         + 1;
                     wallet.take_newest(owed);
+                    // A refund in full takes the purchase's stamp back: off the card, or (at
+                    // worst, for a lower bound) a voucher of the card.
+                    if let Some(card) = program.stamp_card.as_ref().filter(|_| amount == v.amount) {
+                        if wallet.stamps > 0 {
+                            wallet.stamps -= 1;
+                        } else if let Some(n) = wallet.vouchers.get_mut(&card.reward_id) {
+                            *n = n.saturating_sub(1);
+                            if *n == 0 {
+                                wallet.vouchers.remove(&card.reward_id);
+                            }
+                        }
+                    }
                     let event_id = self.event_id()?;
                     let command = PosCommand::Refund {
                         member_id: Some(member.clone()),
                         purchase_event_id: purchase,
-                        amount_cents: cents(amount)?,
+                        amount_cents: Some(cents(amount)?),
                     };
                     self.push(v.store, event_id, at, command);
                 }
@@ -875,7 +887,7 @@ mod tests {
                             assert_eq!(owner, m, "a refund of another member's purchase");
                             assert!(e.at() > *at);
                             let r = refunded.entry(purchase_event_id.clone()).or_default();
-                            *r += amount_cents.get();
+                            *r += amount_cents.map_or(0, |a| a.get());
                             assert!(*r <= *amount, "refunded more than bought");
                         }
                         _ => {}
@@ -969,6 +981,7 @@ mod tests {
                     purchase_event_id: purchase_event_id.clone(),
                     amount: *amount_cents,
                     purchase: purchases.get(purchase_event_id).cloned(),
+                    purchase_unseen: false,
                 },
                 PosCommand::Redemption { reward_id, .. } => MemberCommand::Redemption {
                     reward_id: reward_id.clone(),
@@ -980,6 +993,7 @@ mod tests {
                 store_id: &e.store_id,
                 at: e.at(),
                 program: &p,
+                program_version: e.program_version,
             };
             let state = states.entry(m.clone()).or_default();
             match apply(state, m, &f.id, &cmd, &ctx) {

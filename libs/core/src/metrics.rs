@@ -59,6 +59,9 @@ pub struct Metrics {
     pub audit_differences: IntCounter,
     /// Members whose personal data was erased (README "Privacy"), counted once the store has it.
     pub member_erasures: IntCounter,
+    /// Refunds of purchases not seen yet (README "Refunds and voids"), counted once the store
+    /// has them: `held` when held, `applied` when their purchase arrived and took them.
+    pub held_refunds: IntCounterVec,
     /// Commands the engine consumed, by kind and result (applied, replayed, ...).
     pub engine_commands: IntCounterVec,
     /// From the time a POS says a command happened until its effect is in the store.
@@ -285,6 +288,12 @@ impl Metrics {
                 &r,
                 "loyalty_member_erasures_total",
                 "Members whose personal data was erased (README \"Privacy\").",
+            ),
+            held_refunds: counter_vec(
+                &r,
+                "loyalty_held_refunds_total",
+                "Refunds of purchases not seen yet: held, or applied with their purchase.",
+                &["event"],
             ),
             events_replayed: counter(
                 &r,

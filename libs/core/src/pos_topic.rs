@@ -279,7 +279,8 @@ enum PosRecord {
         event_id: EventId,
         occurred_at: String,
         purchase_event_id: EventId,
-        amount_cents: Cents,
+        /// Absent or null: a void (all that is left of the purchase).
+        amount_cents: Option<Cents>,
         member_id: Option<String>,
         phone: Option<String>,
         qr: Option<String>,
@@ -512,7 +513,9 @@ async fn validate(
             ..
         } => {
             let checked = (|| -> Result<_, Rejected> {
-                input::refund_amount(amount_cents)?;
+                if let Some(a) = amount_cents {
+                    input::refund_amount(a)?;
+                }
                 let member = input::member_ref(
                     secret,
                     member_id.as_deref(),
@@ -1241,6 +1244,26 @@ mod tests {
         let named = with(refund.clone(), "phone", json!("+33698765432"));
         let env2 = f.decode(&named).await.unwrap();
         assert_eq!(env2.fingerprint(), env.fingerprint());
+        // Without an amount, or with a null one: a void (all that is left of the purchase).
+        for void in [
+            without(named.clone(), "amount_cents"),
+            with(named.clone(), "amount_cents", Value::Null),
+        ] {
+            let env = f.decode(&void).await.unwrap();
+            assert!(matches!(
+                env.command,
+                PosCommand::Refund {
+                    amount_cents: None,
+                    ..
+                }
+            ));
+            assert_ne!(env.fingerprint(), env2.fingerprint());
+        }
+        // Named, of a purchase not applied yet (an offline till's): sent to the member's
+        // actor, which holds it (README "Refunds and voids").
+        let offline = with(named.clone(), "purchase_event_id", json!("till-1:0099"));
+        let env = f.decode(&offline).await.unwrap();
+        assert_eq!(env.command.member_id(), Some(&member()));
         f.purchases.insert(
             EventId::parse("till-1:0001").unwrap(),
             PurchaseOwner::Anonymous,

@@ -442,7 +442,10 @@ impl DashboardDelta {
     ) {
         if matches!(
             outcome,
-            Outcome::Enrolled { created: false } | Outcome::Erased { .. } | Outcome::Rejected(_)
+            Outcome::Enrolled { created: false }
+                | Outcome::Erased { .. }
+                | Outcome::Held { .. }
+                | Outcome::Rejected(_)
         ) {
             return;
         }
@@ -453,6 +456,8 @@ impl DashboardDelta {
                 t.member_purchases += 1;
                 t.member_revenue_cents =
                     t.member_revenue_cents.saturating_add(p.amount_cents.get());
+                // Refunds held for it (an offline till's) apply within the purchase.
+                t.refunded_cents = t.refunded_cents.saturating_add(p.held_refunded_cents);
             }
             Outcome::AnonymousSale { amount_cents } => {
                 t.anonymous_purchases += 1;
@@ -470,6 +475,7 @@ impl DashboardDelta {
             }
             Outcome::Enrolled { created: false }
             | Outcome::Erased { .. }
+            | Outcome::Held { .. }
             | Outcome::Rejected(_) => {}
         }
     }

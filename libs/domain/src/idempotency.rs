@@ -28,7 +28,10 @@ impl Fingerprint {
     }
 }
 
-/// What a purchase did, kept so that refunds can reverse it proportionally.
+/// What a purchase did, kept so that refunds can reverse exactly that: its points pro rata,
+/// and its visit, stamp and voucher once it is refunded in full. The fields after
+/// `reversed_points` read as `false`/`None` in records stored before they existed, so a full
+/// refund of such a purchase reverses its points and spend only, as it did then.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PurchaseRecord {
     pub amount_cents: Cents,
@@ -39,6 +42,27 @@ pub struct PurchaseRecord {
     /// Cumulative points owed back by refunds (taken back or, when already spent, forgiven);
     /// `floor(points_earned × refunded_cents / amount_cents)`.
     pub reversed_points: Points,
+    /// The purchase counted a visit (its amount was positive).
+    #[serde(default)]
+    pub visit: bool,
+    /// The purchase gave a stamp of the program's card.
+    #[serde(default)]
+    pub stamp: bool,
+    /// The voucher the purchase's stamp completed the card for, if it did.
+    #[serde(default)]
+    pub voucher: Option<RewardId>,
+    /// The size of the card that stamp completed (0 when it completed none): a reversal of the
+    /// voucher gives that card's other stamps back.
+    #[serde(default)]
+    pub card_size: u32,
+    /// A refund in full took the visit, stamp and voucher back already (once only).
+    #[serde(default)]
+    pub reversed_in_full: bool,
+    /// The part of `refunded_cents` that refunds held for the purchase (an offline till's)
+    /// refunded when it arrived: the dashboards count it as refunded with the purchase, since
+    /// those refunds' own outcomes are `held`. Later refunds leave it as it is.
+    #[serde(default)]
+    pub held_refunded_cents: u64,
 }
 
 /// Why a well-formed event was refused. A rejection changes no balance; it is recorded so
@@ -107,6 +131,28 @@ pub enum Outcome {
         points_forgiven: Points,
         /// The purchase as it stands after this refund.
         purchase: PurchaseRecord,
+        /// The refund completed the purchase's refund and took back the visit it counted.
+        #[serde(default)]
+        visit_reversed: bool,
+        /// ... and the stamp it gave (false if that stamp is spent: see `voucher_kept`).
+        #[serde(default)]
+        stamp_reversed: bool,
+        /// ... and the voucher its stamp completed the card for, still unused.
+        #[serde(default)]
+        voucher_reversed: Option<RewardId>,
+        /// The voucher the purchase's stamp completed the card for, already used: it stays used
+        /// (the reward was given) and its stamps stay spent; nothing else is taken for it.
+        #[serde(default)]
+        voucher_kept: Option<RewardId>,
+    },
+    /// A refund of a purchase not seen yet (an offline till's, replaying its queue): held in
+    /// the member's state and applied within the purchase's own command when it arrives, if it
+    /// arrives before `lapses_at`; after that, the hold lapses and the refund does nothing.
+    Held {
+        purchase_event_id: EventId,
+        /// What is held; `None`: everything the purchase has left (a void).
+        amount_cents: Option<Cents>,
+        lapses_at: Timestamp,
     },
     Redemption {
         reward_id: RewardId,

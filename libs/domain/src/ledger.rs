@@ -38,6 +38,12 @@ pub struct LedgerEntry {
     /// A short machine-readable reason (`purchase`, `signup_bonus`, `reward:free-coffee`,
     /// `voucher:free-coffee`, `refund:<event>`...). Never personal data.
     pub detail: String,
+    /// The version of the franchise's program the entry was judged by (the one current when
+    /// the gateway accepted its command): a program change applies to later events only, and
+    /// the ledger shows which rules gave each entry. 0 in entries stored before the version
+    /// was recorded.
+    #[serde(default)]
+    pub program_version: u32,
 }
 
 /// Points earned on one day, kept so that the oldest points are spent (and expire) first.

@@ -26,11 +26,14 @@ pub use ids::{
     Timestamp, MAX_MEMBER_CENTS, MAX_POINTS_BALANCE,
 };
 pub use ledger::{LedgerEntry, LedgerKind, PointLot};
-pub use member::{apply, Applied, DayActivity, EventContext, MemberCommand, MemberState, Profile};
+pub use member::{
+    apply, Applied, DayActivity, EventContext, HeldRefund, MemberCommand, MemberState, Profile,
+    MAX_HELD_REFUNDS,
+};
 pub use program::{
     BonusMultiplier, BonusMultiplierSpec, Program, ProgramSpec, Reward, RewardSpec, Rounding,
     StampCard, StampCardSpec, Tier, TierMetric, TierQualification, TierQualificationSpec, TierSpec,
-    Weekday,
+    Weekday, DEFAULT_HELD_REFUND_HORIZON_DAYS,
 };
 pub use status::{MemberStatus, NextTier, Voucher};
 pub use zone::Zone;

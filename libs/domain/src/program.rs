@@ -45,6 +45,10 @@ pub struct ProgramSpec {
     /// Multipliers by schedule; the best one matching a purchase applies (see [`Program::earn_pct`]).
     #[serde(default, deserialize_with = "object::list")]
     pub bonus_multipliers: Vec<BonusMultiplierSpec>,
+    /// How long a refund of a purchase not seen yet (an offline till's) is held for it, in days
+    /// ([`DEFAULT_HELD_REFUND_HORIZON_DAYS`] by default; 0: such a refund is refused).
+    #[serde(default)]
+    pub held_refund_horizon_days: Option<i64>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -255,7 +259,15 @@ pub struct Program {
     pub rounding: Rounding,
     pub min_basket_cents: u64,
     pub bonus_multipliers: Vec<BonusMultiplier>,
+    /// Days a refund of a purchase not seen yet is held for it (0: refused instead); see
+    /// `MemberState::hold_refund`.
+    pub held_refund_horizon_days: u32,
 }
+
+/// The default of [`Program::held_refund_horizon_days`]: a till offline for up to a month.
+pub const DEFAULT_HELD_REFUND_HORIZON_DAYS: i64 = 30;
+/// The largest [`Program::held_refund_horizon_days`].
+const MAX_HELD_REFUND_HORIZON_DAYS: i64 = 365;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct StampCard {
@@ -574,6 +586,14 @@ impl TryFrom<ProgramSpec> for Program {
             bonus_multipliers.push(bonus);
         }
 
+        let held_refund_horizon_days = bounded(
+            "held_refund_horizon_days",
+            s.held_refund_horizon_days
+                .unwrap_or(DEFAULT_HELD_REFUND_HORIZON_DAYS),
+            0,
+            MAX_HELD_REFUND_HORIZON_DAYS,
+        )? as u32;
+
         Ok(Program {
             currency,
             points_per_unit,
@@ -589,6 +609,7 @@ impl TryFrom<ProgramSpec> for Program {
             rounding,
             min_basket_cents,
             bonus_multipliers,
+            held_refund_horizon_days,
         })
     }
 }
@@ -709,6 +730,7 @@ impl Program {
             rounding: Rounding::Floor,
             min_basket_cents: 0,
             bonus_multipliers: Vec::new(),
+            held_refund_horizon_days: DEFAULT_HELD_REFUND_HORIZON_DAYS as u32,
         }
     }
 

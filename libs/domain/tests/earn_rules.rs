@@ -78,6 +78,7 @@ impl<'p> Member<'p> {
             store_id: &store_id,
             at: when,
             program: self.program,
+            program_version: 1,
         };
         apply(
             &mut self.state,

@@ -38,6 +38,7 @@ impl Member {
             store_id: &store,
             at: Timestamp(T0 + at_ms),
             program: &self.program,
+            program_version: 1,
         };
         let r = apply(
             &mut self.state,
@@ -138,8 +139,9 @@ fn an_erased_member_takes_no_more_commands_and_erasing_again_changes_nothing() {
         },
         MemberCommand::Refund {
             purchase_event_id: EventId::parse("e-2").unwrap(),
-            amount: Cents::new(100).unwrap(),
+            amount: Some(Cents::new(100).unwrap()),
             purchase: None,
+            purchase_unseen: false,
         },
     ] {
         assert_eq!(m.send(3 * DAY, cmd), Err(Rejection::MemberErased));

@@ -155,8 +155,9 @@ fn run(program: &Program, ops: &[Op]) -> Result<bool, TestCaseError> {
                     let left = rec.amount_cents.get() - rec.refunded_cents;
                     MemberCommand::Refund {
                         purchase_event_id: id.clone(),
-                        amount: Cents::new((left * permille / 1000) as i64).unwrap(),
+                        amount: Some(Cents::new((left * permille / 1000) as i64).unwrap()),
                         purchase: Some(rec.clone()),
+                        purchase_unseen: false,
                     }
                 }
                 Op::Redeem => MemberCommand::Redemption {
@@ -173,6 +174,7 @@ fn run(program: &Program, ops: &[Op]) -> Result<bool, TestCaseError> {
             store_id: &store,
             at: Timestamp(at),
             program,
+            program_version: 1,
         };
         let before = m.state.clone();
         match apply(&mut m.state, &member, &franchise, &cmd, &ctx) {

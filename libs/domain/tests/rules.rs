@@ -52,6 +52,7 @@ impl Member {
             store_id: &store,
             at: Timestamp(T0 + at_ms),
             program: &self.program,
+            program_version: 1,
         };
         let result = apply(
             &mut self.state,
@@ -116,8 +117,9 @@ impl Member {
     fn refund(&mut self, at_ms: i64, purchase: &EventId, cents: i64) -> Result<Applied, Rejection> {
         let cmd = MemberCommand::Refund {
             purchase_event_id: purchase.clone(),
-            amount: Cents::new(cents).unwrap(),
+            amount: Some(Cents::new(cents).unwrap()),
             purchase: self.purchases.get(purchase).cloned(),
+            purchase_unseen: false,
         };
         self.send(at_ms, cmd).1
     }

@@ -1170,9 +1170,14 @@ fn documented_bounds_are_the_codes() {
     // Refunds give something back; balances and totals stay within their limits (int64).
     assert_eq!(s["RefundAmountCents"]["maximum"].as_u64(), Some(Cents::MAX));
     assert_eq!(s["RefundAmountCents"]["minimum"].as_u64(), Some(1));
+    // Optional since a refund without it is a void (all that is left).
     assert_eq!(
-        s["RefundRequest"]["properties"]["amount_cents"]["$ref"],
+        s["RefundRequest"]["properties"]["amount_cents"]["oneOf"][0]["$ref"],
         "#/components/schemas/RefundAmountCents"
+    );
+    assert_eq!(
+        s["RefundRequest"]["properties"]["amount_cents"]["oneOf"][1]["type"],
+        "null"
     );
     let max_points = loyalty_domain::MAX_POINTS_BALANCE;
     assert_eq!(s["Points"]["maximum"].as_u64(), Some(max_points));
@@ -1419,4 +1424,56 @@ fn the_schema_is_as_strict_as_the_server() {
     program = serde_json::to_value(Program::demo()).unwrap();
     program["tiers"][0]["threshold"] = Value::from(1);
     assert!(serde_json::from_value::<Program>(program).is_err());
+}
+
+/// The outcomes of refunds (README "Refunds and voids"): a refund with what it reversed, the
+/// purchase record with what it gave, and a refund held for a purchase not seen yet, have
+/// exactly the documented shapes; the examples of `/v1/refunds` are such outcomes.
+#[test]
+fn refund_outcomes_match_the_domain_types() {
+    let d = doc();
+    let record = loyalty_domain::PurchaseRecord {
+        amount_cents: Cents::new(1200).unwrap(),
+        points_earned: 12,
+        day: Day(20_782),
+        refunded_cents: 1200,
+        reversed_points: 12,
+        visit: true,
+        stamp: true,
+        voucher: Some(RewardId::parse("free-coffee").unwrap()),
+        card_size: 10,
+        reversed_in_full: true,
+        held_refunded_cents: 0,
+    };
+    let refund = serde_json::to_value(Outcome::Refund {
+        purchase_event_id: EventId::parse("pos2-0001").unwrap(),
+        amount_cents: Cents::new(1200).unwrap(),
+        points_reversed: 12,
+        points_forgiven: 0,
+        purchase: record.clone(),
+        visit_reversed: true,
+        stamp_reversed: true,
+        voucher_reversed: Some(RewardId::parse("free-coffee").unwrap()),
+        voucher_kept: None,
+    })
+    .unwrap();
+    assert_exact_shape(&d, "RefundOutcome", &refund);
+    assert_exact_shape(&d, "PurchaseRecord", &refund["purchase"]);
+    let held = serde_json::to_value(Outcome::Held {
+        purchase_event_id: EventId::parse("till3-0004").unwrap(),
+        amount_cents: None,
+        lapses_at: loyalty_domain::Timestamp(1_798_799_999_000),
+    })
+    .unwrap();
+    assert_exact_shape(&d, "HeldOutcome", &held);
+    let mapping = &d["components"]["schemas"]["Outcome"]["discriminator"]["mapping"];
+    assert_eq!(mapping["held"], "#/components/schemas/HeldOutcome");
+    let examples = &d["paths"]["/v1/refunds"]["post"]["responses"]["200"]["content"]
+        ["application/json"]["examples"];
+    for name in ["applied", "held"] {
+        let outcome = &examples[name]["value"]["outcome"];
+        let typed: Outcome = serde_json::from_value(outcome.clone())
+            .unwrap_or_else(|e| panic!("example {name} is an outcome: {e}"));
+        assert_eq!(&serde_json::to_value(&typed).unwrap(), outcome, "{name}");
+    }
 }

@@ -324,6 +324,7 @@ async fn enrol(
             store_id: &store_id,
             at: Timestamp(1_760_000_000_000 + i as i64 * 60_000),
             program,
+            program_version: 1,
         };
         let expected_version = state.as_ref().map_or(0, |s| s.version);
         let applied = apply(&mut state, m, franchise, cmd, &ctx).unwrap();

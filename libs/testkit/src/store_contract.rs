@@ -1037,6 +1037,7 @@ impl Scenario {
             store_id: &self.store,
             at,
             program: &self.program,
+            program_version: 1,
         };
         let (entries, outcome, changed) =
             match apply(&mut next, member, &self.franchise, &cmd, &ctx) {

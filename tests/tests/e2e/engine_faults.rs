@@ -346,7 +346,7 @@ async fn workers_keep_each_members_order() {
             PosCommand::Refund {
                 member_id: Some(w.member(i)),
                 purchase_event_id: EventId::parse(&format!("buy-{i}")).unwrap(),
-                amount_cents: Cents::new(1000).unwrap(),
+                amount_cents: Some(Cents::new(1000).unwrap()),
             },
         ))
         .await;

@@ -25,6 +25,7 @@ mod multiprocess;
 mod pos_topic;
 mod privacy;
 mod program_updates;
+mod refunds;
 mod repo_hygiene;
 mod self_enrolment;
 mod sharding;

@@ -33,6 +33,8 @@ pub struct Apply {
     pub store_id: StoreId,
     pub at: Timestamp,
     pub program: Arc<Program>,
+    /// The version of `program`, recorded in the ledger entries.
+    pub program_version: u32,
     pub command: MemberCommand,
     /// The parent of the command's `apply` span ([`crate::trace::command_parent`]).
     pub trace: crate::trace::Context,
@@ -84,6 +86,7 @@ impl MemberActor {
             store_id: &msg.store_id,
             at: msg.at,
             program: &msg.program,
+            program_version: msg.program_version,
         };
         // A member id maps to one franchise; a command naming another is for no known member.
         if self

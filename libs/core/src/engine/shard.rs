@@ -128,6 +128,41 @@ impl Tally {
     }
 }
 
+/// Refunds of purchases not seen yet in a batch (README "Refunds and voids"): how many were
+/// held, and how many purchases arrived with refunds held for them (their record shows a
+/// refunded amount as soon as they are applied).
+#[derive(Default)]
+struct HeldTally {
+    held: u64,
+    applied: u64,
+}
+
+impl HeldTally {
+    fn add(&mut self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Held { .. } => self.held += 1,
+            Outcome::Purchase(p) if p.held_refunded_cents > 0 => self.applied += 1,
+            _ => {}
+        }
+    }
+
+    /// Counts them, the batch being in the store now; logs carry no personal data (counts).
+    fn publish(self) {
+        let m = &metrics().held_refunds;
+        if self.held > 0 {
+            m.with_label_values(&["held"]).inc_by(self.held);
+            tracing::info!(held = self.held, "refunds held for purchases not seen yet");
+        }
+        if self.applied > 0 {
+            m.with_label_values(&["applied"]).inc_by(self.applied);
+            tracing::info!(
+                purchases = self.applied,
+                "purchases applied with the refunds held for them"
+            );
+        }
+    }
+}
+
 /// What processing a batch produced, once the store has it.
 pub struct BatchOutcome {
     pub replies: Vec<EventReply>,
@@ -358,6 +393,8 @@ impl Shard {
         let mut dashboard = DashboardDelta::default();
         // Members erased by this batch (README "Privacy"), counted and logged once committed.
         let mut erased: Vec<MemberId> = Vec::new();
+        // Refunds held, and purchases that took held refunds, counted once committed.
+        let mut held = HeldTally::default();
 
         for ((env, program, fp), parent) in commands.into_iter().zip(parents) {
             let key = (env.franchise_id.clone(), env.event_id.clone());
@@ -455,8 +492,9 @@ impl Shard {
                             amount_cents,
                             ..
                         } => {
-                            let purchase = known
-                                .get(&(env.franchise_id.clone(), purchase_event_id.clone()))
+                            let recorded =
+                                known.get(&(env.franchise_id.clone(), purchase_event_id.clone()));
+                            let purchase = recorded
                                 .filter(|r| r.member_id.as_ref() == Some(m))
                                 .and_then(|r| match &r.outcome {
                                     Outcome::Purchase(p) => Some(p.clone()),
@@ -466,6 +504,9 @@ impl Shard {
                                 purchase_event_id: purchase_event_id.clone(),
                                 amount: *amount_cents,
                                 purchase,
+                                // No event has the id yet: held for the purchase (offline
+                                // tills); an id of another event is refused.
+                                purchase_unseen: recorded.is_none(),
                             }
                         }
                         PosCommand::Redemption { reward_id, .. } => MemberCommand::Redemption {
@@ -485,6 +526,7 @@ impl Shard {
                             store_id: env.store_id.clone(),
                             at: env.at(),
                             program: Arc::clone(&program),
+                            program_version: env.program_version,
                             command,
                             trace: parent,
                         })
@@ -522,6 +564,7 @@ impl Shard {
                 }
             };
 
+            held.add(&outcome);
             let counted = match &outcome {
                 Outcome::Rejected(r) => Counted::Rejected(r.code()),
                 _ => Counted::Applied,
@@ -610,6 +653,7 @@ impl Shard {
         }
         // The dashboards' rows were in the same commit: the projection's lag is the apply lag.
         tally.publish();
+        held.publish();
         for m in &erased {
             metrics().member_erasures.inc();
             // The member id only: the personal data is gone, and never logged anyway.

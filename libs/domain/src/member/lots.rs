@@ -43,6 +43,7 @@ impl MemberState {
             store_id: ctx.store_id.clone(),
             at: self.clock.max(ctx.at),
             detail: detail.to_owned(),
+            program_version: ctx.program_version,
         });
         Ok(())
     }

@@ -10,6 +10,9 @@ mod clock;
 mod lots;
 mod purchase;
 mod redeem;
+mod refund;
+
+pub use refund::{HeldRefund, MAX_HELD_REFUNDS};
 
 use std::collections::BTreeMap;
 
@@ -124,6 +127,11 @@ pub struct MemberState {
     /// those read as they were.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub erased_at: Option<Timestamp>,
+    /// Refunds of purchases not seen yet, in arrival order (at most [`MAX_HELD_REFUNDS`]):
+    /// applied when their purchase arrives, dropped at their horizon. Absent from states
+    /// stored before refunds were held.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held_refunds: Vec<HeldRefund>,
 }
 
 /// A command aimed at one member.
@@ -138,9 +146,15 @@ pub enum MemberCommand {
     },
     Refund {
         purchase_event_id: EventId,
-        amount: Cents,
+        /// `None`: all that is left of the purchase (a void).
+        amount: Option<Cents>,
         /// The purchase being refunded as currently recorded, if it is this member's.
         purchase: Option<PurchaseRecord>,
+        /// No event `purchase_event_id` is recorded at all (not yet: an offline till's
+        /// purchase): the refund is held for it rather than refused. Ignored when `purchase`
+        /// is given; when the id names another event (another member's purchase, an
+        /// anonymous sale, a refund...) it is false and the refund is refused.
+        purchase_unseen: bool,
     },
     Redemption {
         reward_id: RewardId,
@@ -158,6 +172,9 @@ pub struct EventContext<'a> {
     pub store_id: &'a StoreId,
     pub at: Timestamp,
     pub program: &'a Program,
+    /// The version of `program` (stamped on the command by the gateway), recorded in every
+    /// ledger entry the event writes.
+    pub program_version: u32,
 }
 
 /// The effect of an applied command.
@@ -247,6 +264,7 @@ impl MemberState {
             last_seq: 0,
             purchase_days: PurchaseDays::new(),
             erased_at: None,
+            held_refunds: Vec::new(),
         };
         let mut entries = Vec::new();
         let bonus = ctx.program.signup_bonus;
@@ -275,6 +293,7 @@ impl MemberState {
         let mut entries = Vec::new();
         let tier_before = self.tier.clone();
         self.advance_clock(ctx, &mut entries)?;
+        self.lapse_held_refunds();
         let mut visits = Vec::new();
         let outcome = match cmd {
             MemberCommand::Enrol { .. } => Outcome::Enrolled { created: false },
@@ -292,14 +311,16 @@ impl MemberState {
                 purchase_event_id,
                 amount,
                 purchase,
-            } => {
-                let Some(purchase) = purchase else {
+                purchase_unseen,
+            } => match purchase {
+                Some(p) => self.refund(ctx, purchase_event_id, p, *amount, &mut entries)?,
+                None if *purchase_unseen => self.hold_refund(ctx, purchase_event_id, *amount)?,
+                None => {
                     return Err(Rejection::UnknownPurchase {
                         purchase_event_id: purchase_event_id.clone(),
-                    });
-                };
-                self.refund(ctx, purchase_event_id, purchase, *amount, &mut entries)?
-            }
+                    })
+                }
+            },
             MemberCommand::Redemption { reward_id } => self.redeem(ctx, reward_id, &mut entries)?,
             // Handled by `apply` before any clock moves.
             MemberCommand::Erase => return Ok(self.erase(ctx)),

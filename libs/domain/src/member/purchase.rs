@@ -1,9 +1,8 @@
-//! Purchases (points, window, stamps) and refunds (what a purchase earned, taken back).
+//! Purchases (points, window, stamps); their refunds are in `refund.rs`.
 
-use super::{add_one, add_points, limit_exceeded, signed, MemberState};
+use super::{add_one, add_points, limit_exceeded, MemberState};
 use crate::{
-    Cents, EventContext, EventId, LedgerEntry, LedgerKind, Outcome, PurchaseRecord, Rejection,
-    MAX_MEMBER_CENTS,
+    Cents, EventContext, LedgerEntry, Outcome, PurchaseRecord, Rejection, MAX_MEMBER_CENTS,
 };
 
 impl MemberState {
@@ -48,78 +47,34 @@ impl MemberState {
             activity.visits = add_one(activity.visits, "visits")?;
         }
         self.reevaluate_tier(program);
-        if positive {
-            if let Some(card) = &program.stamp_card {
-                self.stamps = add_one(self.stamps, "stamps")?;
-                if self.stamps >= card.size {
-                    self.stamps = 0;
-                    let n = self.vouchers.entry(card.reward_id.clone()).or_default();
-                    *n = add_one(*n, "vouchers")?;
-                }
-            }
-        }
-        Ok(Outcome::Purchase(PurchaseRecord {
+        let mut record = PurchaseRecord {
             amount_cents: amount,
             points_earned: earned,
             day,
             refunded_cents: 0,
             reversed_points: 0,
-        }))
-    }
-
-    pub(super) fn refund(
-        &mut self,
-        ctx: &EventContext<'_>,
-        purchase_event_id: &EventId,
-        purchase: &PurchaseRecord,
-        amount: Cents,
-        entries: &mut Vec<LedgerEntry>,
-    ) -> Result<Outcome, Rejection> {
-        let total = purchase.amount_cents.get();
-        let remaining = total.saturating_sub(purchase.refunded_cents);
-        if amount.get() > remaining {
-            return Err(Rejection::RefundExceedsPurchase {
-                remaining_cents: remaining,
-            });
-        }
-        // At most the purchase's amount: `amount` is at most what is left of it.
-        let refunded = purchase.refunded_cents.saturating_add(amount.get());
-        let owed_total = if total == 0 {
-            0
-        } else {
-            (purchase.points_earned as u128 * refunded as u128 / total as u128) as u64
+            visit: positive,
+            stamp: false,
+            voucher: None,
+            card_size: 0,
+            reversed_in_full: false,
+            held_refunded_cents: 0,
         };
-        let owed = owed_total.saturating_sub(purchase.reversed_points);
-        let taken = owed.min(self.points);
-        let forgiven = owed - taken;
-        if taken > 0 {
-            self.points_reversed = add_points(self.points_reversed, taken, "points_reversed")?;
-            self.take_newest(taken);
-            self.points -= taken;
-            self.push_entry(
-                ctx,
-                LedgerKind::Reverse,
-                signed(taken, true)?,
-                &format!("refund:{purchase_event_id}"),
-                entries,
-            )?;
+        if positive {
+            if let Some(card) = &program.stamp_card {
+                self.stamps = add_one(self.stamps, "stamps")?;
+                record.stamp = true;
+                if self.stamps >= card.size {
+                    self.stamps = 0;
+                    let n = self.vouchers.entry(card.reward_id.clone()).or_default();
+                    *n = add_one(*n, "vouchers")?;
+                    record.voucher = Some(card.reward_id.clone());
+                    record.card_size = card.size;
+                }
+            }
         }
-        self.spend_cents = self.spend_cents.saturating_sub(amount.get());
-        if let Some(a) = self.window.iter_mut().find(|d| d.day == purchase.day) {
-            a.spend_cents = a.spend_cents.saturating_sub(amount.get());
-            a.points = a.points.saturating_sub(owed);
-        }
-        self.reevaluate_tier(ctx.program);
-        Ok(Outcome::Refund {
-            purchase_event_id: purchase_event_id.clone(),
-            amount_cents: amount,
-            points_reversed: taken,
-            points_forgiven: forgiven,
-            purchase: PurchaseRecord {
-                refunded_cents: refunded,
-                reversed_points: owed_total,
-                ..purchase.clone()
-            },
-        })
+        // Refunds that arrived before this purchase (an offline till's) apply now, within it.
+        let record = self.apply_held_refunds(ctx, record, entries)?;
+        Ok(Outcome::Purchase(record))
     }
 }

@@ -41,8 +41,14 @@ pub struct PurchaseBody {
 pub struct RefundBody {
     pub event_id: EventId,
     pub purchase_event_id: EventId,
-    pub amount_cents: Cents,
+    /// Absent or null: a void, all that is left of the purchase.
+    pub amount_cents: Option<Cents>,
     pub occurred_at: Option<String>,
+    /// The member (at most one of the three), needed only for a purchase not applied yet
+    /// (an offline till's): the refund is then held for it.
+    pub member_id: Option<String>,
+    pub phone: Option<String>,
+    pub qr: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -118,31 +124,18 @@ pub async fn refund(
     let deadline = q.deadline(None)?;
     let franchise = gw.franchise_of(&p).await?;
     let body = body.into_inner();
-    input::refund_amount(body.amount_cents).map_err(input_error)?;
-    let occurred_at = occurred_at(&body.occurred_at)?;
-    let purchase = gw
-        .store
-        .processed(&franchise.id, std::slice::from_ref(&body.purchase_event_id))
-        .await?
-        .into_iter()
-        .next()
-        .flatten();
-    let unknown = || Rejection::UnknownPurchase {
-        purchase_event_id: body.purchase_event_id.clone(),
-    };
-    let member = match purchase {
-        Some(rec) => match rec.outcome {
-            Outcome::Purchase(_) => rec.member_id,
-            Outcome::AnonymousSale { .. } => return Err(ApiError::AnonymousRefund),
-            _ => return Err(unknown().into()),
-        },
-        None => return Err(unknown().into()),
-    };
-    if let Some(m) = &member {
-        if let Some(status) = gw.member_status(&franchise, m).await? {
-            refuse_erased(&status)?;
-        }
+    if let Some(amount) = body.amount_cents {
+        input::refund_amount(amount).map_err(input_error)?;
     }
+    let occurred_at = occurred_at(&body.occurred_at)?;
+    let named = input::member_ref(
+        &franchise.secret,
+        body.member_id.as_deref(),
+        body.phone.as_deref(),
+        body.qr.as_deref(),
+    )
+    .map_err(input_error)?;
+    let member = refund_member(&gw, &franchise, &body.purchase_event_id, named).await?;
     let env = envelope(
         &gw,
         &franchise,
@@ -150,12 +143,52 @@ pub async fn refund(
         body.event_id,
         occurred_at,
         PosCommand::Refund {
-            member_id: member,
+            member_id: Some(member),
             purchase_event_id: body.purchase_event_id,
             amount_cents: body.amount_cents,
         },
     )?;
     submit(&gw, &franchise, env, deadline).await
+}
+
+/// The member a refund of `purchase` is for: the purchase's member if it is applied (the
+/// member named, if any, must be that one), else the member named, whose actor holds the
+/// refund until the purchase arrives (README "Refunds and voids"). Refused: a purchase not
+/// applied with no member named, an event that is not a member purchase, an anonymous sale,
+/// a member not enrolled or erased.
+async fn refund_member(
+    gw: &Gateway,
+    franchise: &Franchise,
+    purchase: &EventId,
+    named: Option<MemberId>,
+) -> Result<MemberId, ApiError> {
+    let recorded = gw
+        .store
+        .processed(&franchise.id, std::slice::from_ref(purchase))
+        .await?
+        .into_iter()
+        .next()
+        .flatten();
+    let unknown = || -> ApiError {
+        Rejection::UnknownPurchase {
+            purchase_event_id: purchase.clone(),
+        }
+        .into()
+    };
+    let member = match (recorded, named) {
+        (Some(rec), named) => match (rec.outcome, rec.member_id) {
+            (Outcome::AnonymousSale { .. }, _) => return Err(ApiError::AnonymousRefund),
+            (Outcome::Purchase(_), Some(m)) if named.as_ref().is_none_or(|n| *n == m) => m,
+            _ => return Err(unknown()),
+        },
+        (None, Some(m)) => m,
+        (None, None) => return Err(unknown()),
+    };
+    match gw.member_status(franchise, &member).await? {
+        Some(status) => refuse_erased(&status)?,
+        None => return Err(ApiError::unknown_member()),
+    }
+    Ok(member)
 }
 
 pub async fn redemption(
