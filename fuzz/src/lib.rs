@@ -120,6 +120,7 @@ fn live_a_member(program: &Program, seed: &[u8]) {
             0..=2 => MemberCommand::Purchase {
                 amount: Cents::new(amount).expect("amount"),
                 currency: program.currency.clone(),
+                items: Vec::new(),
             },
             _ => match program
                 .rewards

@@ -610,6 +610,7 @@ impl Generator<'_> {
                         member_id: Some(member.clone()),
                         amount_cents: cents(v.amount)?,
                         currency: program.currency.clone(),
+                        items: Vec::new(),
                     };
                     self.push(v.store, event_id, at, command);
                     // A reward at the till, strictly before the member's next step.
@@ -721,6 +722,7 @@ impl Generator<'_> {
                         member_id: None,
                         amount_cents: cents(amount)?,
                         currency: self.program.currency.clone(),
+                        items: Vec::new(),
                     };
                     self.push(store, event_id, at, command);
                 }
@@ -956,10 +958,12 @@ mod tests {
                 PosCommand::Purchase {
                     amount_cents,
                     currency,
+                    items,
                     ..
                 } => MemberCommand::Purchase {
                     amount: *amount_cents,
                     currency: currency.clone(),
+                    items: items.clone(),
                 },
                 PosCommand::Refund {
                     purchase_event_id,

@@ -26,7 +26,8 @@ use dashmap::DashMap;
 use data_encoding::{HEXLOWER, HEXLOWER_PERMISSIVE};
 use hmac::{Hmac, KeyInit, Mac};
 use loyalty_domain::{
-    Cents, Currency, EventId, FranchiseId, MemberId, Outcome, Program, RewardId, StoreId, Timestamp,
+    Cents, Currency, EventId, FranchiseId, MemberId, Outcome, Program, PurchaseItemSpec, RewardId,
+    StoreId, Timestamp,
 };
 use serde::Deserialize;
 use sha2::Sha256;
@@ -270,6 +271,8 @@ enum PosRecord {
         qr: Option<String>,
         amount_cents: Cents,
         currency: Currency,
+        #[serde(default, deserialize_with = "loyalty_domain::items::item_specs")]
+        items: Option<Vec<PurchaseItemSpec>>,
     },
     Refund {
         // Checked against the store before the signature.
@@ -472,10 +475,12 @@ async fn validate(
             qr,
             amount_cents,
             currency,
+            items,
             ..
         } => {
             let checked = (|| -> Result<_, Rejected> {
                 input::purchase_currency(program, &currency)?;
+                let items = input::purchase_items(items.as_deref(), amount_cents)?;
                 let member = input::member_ref(
                     secret,
                     member_id.as_deref(),
@@ -483,9 +488,9 @@ async fn validate(
                     qr.as_deref(),
                 )?;
                 let at = input::occurred_at(&occurred_at, now)?;
-                Ok((member, at))
+                Ok((member, at, items))
             })();
-            let (member, at) = match checked {
+            let (member, at, items) = match checked {
                 Ok(x) => x,
                 Err(r) => return Ok(Err(r)),
             };
@@ -497,6 +502,7 @@ async fn validate(
                     member_id: member,
                     amount_cents,
                     currency,
+                    items,
                 },
             )
         }
@@ -889,6 +895,7 @@ mod tests {
                 member_id: Some(member()),
                 amount_cents: Cents::new(1250).unwrap(),
                 currency: Currency::parse("EUR").unwrap(),
+                items: Vec::new(),
             }
         );
         assert_eq!(env.key(), member().as_str().as_bytes());

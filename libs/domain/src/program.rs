@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::items::{ItemBonus, ItemBonusSpec};
 use crate::object::{self, Object};
 use crate::{Currency, Day, DomainError, Points, RewardId, StoreId, Timestamp, Zone};
 
@@ -45,6 +46,9 @@ pub struct ProgramSpec {
     /// Multipliers by schedule; the best one matching a purchase applies (see [`Program::earn_pct`]).
     #[serde(default, deserialize_with = "object::list")]
     pub bonus_multipliers: Vec<BonusMultiplierSpec>,
+    /// Bonus points for SKUs or categories in a purchase's line items ([`crate::items`]).
+    #[serde(default, deserialize_with = "object::list")]
+    pub item_bonuses: Vec<ItemBonusSpec>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -255,6 +259,7 @@ pub struct Program {
     pub rounding: Rounding,
     pub min_basket_cents: u64,
     pub bonus_multipliers: Vec<BonusMultiplier>,
+    pub item_bonuses: Vec<ItemBonus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -297,7 +302,7 @@ const MAX_BONUS_STORES: usize = 1_000;
 /// Money settings up to 10^12 cents (10 billion in the currency's unit).
 const MAX_CENTS: i64 = 1_000_000_000_000;
 
-fn bounded(field: &str, v: i64, min: i64, max: i64) -> Result<u64, DomainError> {
+pub(crate) fn bounded(field: &str, v: i64, min: i64, max: i64) -> Result<u64, DomainError> {
     if v < min || v > max {
         Err(DomainError::invalid_program(format!(
             "{field} must be between {min} and {max}, got {v}"
@@ -307,7 +312,7 @@ fn bounded(field: &str, v: i64, min: i64, max: i64) -> Result<u64, DomainError> 
     }
 }
 
-fn name(field: &str, s: &str) -> Result<String, DomainError> {
+pub(crate) fn name(field: &str, s: &str) -> Result<String, DomainError> {
     let t = s.trim();
     if t.is_empty() || t.chars().count() > MAX_NAME {
         Err(DomainError::invalid_program(format!(
@@ -574,6 +579,8 @@ impl TryFrom<ProgramSpec> for Program {
             bonus_multipliers.push(bonus);
         }
 
+        let item_bonuses = crate::items::item_bonuses(&s.item_bonuses)?;
+
         Ok(Program {
             currency,
             points_per_unit,
@@ -589,6 +596,7 @@ impl TryFrom<ProgramSpec> for Program {
             rounding,
             min_basket_cents,
             bonus_multipliers,
+            item_bonuses,
         })
     }
 }
@@ -709,6 +717,7 @@ impl Program {
             rounding: Rounding::Floor,
             min_basket_cents: 0,
             bonus_multipliers: Vec::new(),
+            item_bonuses: Vec::new(),
         }
     }
 
