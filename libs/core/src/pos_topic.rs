@@ -928,6 +928,68 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn line_items_are_carried_and_validated_like_http_input() {
+        let f = Fixture::new();
+        let lines = json!([
+            { "sku": "CROI-AMANDE", "category": "pastry", "quantity": 2, "amount_cents": 500 },
+            { "sku": "LATTE", "quantity": 1, "amount_cents": 450 },
+        ]);
+        let env = f.decode(&with(purchase(), "items", lines)).await.unwrap();
+        let PosCommand::Purchase { items, .. } = &env.command else {
+            panic!("a purchase")
+        };
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[0].sku.as_str(), "CROI-AMANDE");
+        assert_eq!(
+            items[0].category.as_ref().map(|c| c.as_str()),
+            Some("pastry")
+        );
+        assert_eq!((items[0].quantity, items[0].amount_cents.get()), (2, 500));
+        assert_eq!(items[1].category, None);
+        // Null is none, as over HTTP.
+        assert!(f
+            .decode(&with(purchase(), "items", Value::Null))
+            .await
+            .is_ok());
+        let line =
+            |q: i64, cents: i64| json!([{ "sku": "A", "quantity": q, "amount_cents": cents }]);
+        for (items, detail) in [
+            (
+                line(0, 100),
+                "items[0].quantity must be between 1 and 10000, got 0",
+            ),
+            (line(1, -1), "items[0].amount_cents must be between 0 and"),
+            (
+                line(1, 1251),
+                "the items' amounts add up to 1251 cents, more than",
+            ),
+            (
+                json!([{ "sku": "a b", "quantity": 1, "amount_cents": 1 }]),
+                "items[0].sku",
+            ),
+            (json!([["A", null, 1, 100]]), "expected a JSON object"),
+            (
+                json!([{ "sku": "A", "quantity": 1, "amount_cents": 1, "price": 1 }]),
+                "unknown field",
+            ),
+            (
+                json!(vec![
+                    json!({ "sku": "A", "quantity": 1, "amount_cents": 0 });
+                    201
+                ]),
+                "at most 200 items",
+            ),
+        ] {
+            let r = f
+                .decode(&with(purchase(), "items", items.clone()))
+                .await
+                .unwrap_err();
+            assert_eq!(r.reason, Reason::Invalid, "{items}");
+            assert!(r.detail.contains(detail), "{items}: {}", r.detail);
+        }
+    }
+
+    #[tokio::test]
     async fn the_fingerprint_is_the_records_whenever_it_arrives() {
         let f = Fixture::new();
         let payload = serde_json::to_vec(&purchase()).unwrap();
