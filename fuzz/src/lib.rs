@@ -102,7 +102,11 @@ pub fn program(data: &[u8]) {
 /// between the lines (so they add up to at most the purchase's).
 fn bonus_lines(program: &Program, b: u8, amount: i64) -> Vec<PurchaseItem> {
     let n = program.item_bonuses.len() as i64;
-    let quantity = if b.is_multiple_of(2) { 10_000 } else { i64::from(b) + 1 };
+    let quantity = if b.is_multiple_of(2) {
+        10_000
+    } else {
+        i64::from(b) + 1
+    };
     let specs: Vec<PurchaseItemSpec> = program
         .item_bonuses
         .iter()
