@@ -33,7 +33,8 @@ STATE_DEPENDENT_422 = {"unknown-reward", "currency-mismatch", "anonymous-refund"
 
 # Rules that no JSON Schema can state, each where it applies: (operations, status, code, the
 # detail's words). Across fields of one object (distinct ids and names, sorted thresholds, the
-# stamp card's reward in the catalogue, a schedule's dates and times in order), across query parameters (`from` not after `to`, at most
+# stamp card's reward in the catalogue, a schedule's dates and times in order, a purchase's line
+# items adding up to at most its amount), across query parameters (`from` not after `to`, at most
 # 1096 days), or data (the IANA time zone database). Everything else a schema can say, so a 400
 # or 422 to positive data for anything else means that the document is laxer than the server.
 PROGRAM_OPS = ("POST /v1/franchises", "PUT /v1/franchises/{fid}/program")
@@ -50,8 +51,16 @@ NOT_IN_A_SCHEMA = [
             r"|time_zone .* is not an IANA time zone name"
             r"|bonus multiplier name .* appears twice"
             r"|bonus_multipliers\[\d+\]\.from_date \(.*\) is after bonus_multipliers\[\d+\]\.to_date"
-            r"|bonus_multipliers\[\d+\]\.from_time must be before bonus_multipliers\[\d+\]\.to_time)"
+            r"|bonus_multipliers\[\d+\]\.from_time must be before bonus_multipliers\[\d+\]\.to_time"
+            r"|item bonus name .* appears twice)"
         ),
+    ),
+    # A purchase's line items add up to at most its amount (README "Item bonuses").
+    (
+        ("POST /v1/purchases",),
+        422,
+        "invalid-request",
+        re.compile(r"^invalid items: the items' amounts add up to \d+ cents, more than the purchase's amount_cents"),
     ),
     (DASHBOARD_OPS, 400, "invalid-query", re.compile(r"^(from \(.*\) is after to|the range is \d+ days)")),
 ]

@@ -12,7 +12,7 @@ use loyalty_core::input;
 use loyalty_domain::audit::audit_member;
 use loyalty_domain::{
     apply, Cents, EventContext, EventId, FranchiseId, LedgerEntry, MemberCommand, MemberId,
-    MemberState, Phone, Profile, Program, StoreId, Timestamp,
+    MemberState, Phone, Profile, Program, PurchaseItem, PurchaseItemSpec, StoreId, Timestamp,
 };
 use loyalty_gateway::json::parse;
 use loyalty_gateway::routes::{admin, events, members};
@@ -66,6 +66,7 @@ pub fn http_bodies(data: &[u8]) {
             b.phone.as_deref(),
             b.qr.as_deref(),
         );
+        let _ = input::purchase_items(b.items.as_deref(), b.amount_cents);
     }));
     check(parse::<events::RefundBody>(data).map(|b| {
         if let Some(a) = b.amount_cents {
@@ -104,6 +105,38 @@ pub fn program(data: &[u8]) {
     live_a_member(&program, data);
 }
 
+/// Lines of a purchase of `amount` that the program's item bonuses match: for each bonus, its
+/// first sku or category, a quantity chosen by `b` (up to the largest), the amount split
+/// between the lines (so they add up to at most the purchase's).
+fn bonus_lines(program: &Program, b: u8, amount: i64) -> Vec<PurchaseItem> {
+    let n = program.item_bonuses.len() as i64;
+    let quantity = if b.is_multiple_of(2) {
+        10_000
+    } else {
+        i64::from(b) + 1
+    };
+    let specs: Vec<PurchaseItemSpec> = program
+        .item_bonuses
+        .iter()
+        .map(|bonus| PurchaseItemSpec {
+            sku: bonus
+                .skus
+                .as_ref()
+                .and_then(|s| s.first())
+                .map_or("none".into(), |s| s.to_string()),
+            category: bonus
+                .categories
+                .as_ref()
+                .and_then(|c| c.first())
+                .map(|c| c.to_string()),
+            quantity,
+            amount_cents: amount / n.max(1),
+        })
+        .collect();
+    let amount = Cents::new(amount).expect("amount");
+    loyalty_domain::items::parse_items(&specs, amount).expect("lines within the purchase")
+}
+
 /// A member of `program` through a few events chosen by `seed`'s bytes.
 fn live_a_member(program: &Program, seed: &[u8]) {
     let member = MemberId::parse("m-fuzz").expect("member id");
@@ -128,6 +161,7 @@ fn live_a_member(program: &Program, seed: &[u8]) {
             0..=2 => MemberCommand::Purchase {
                 amount: Cents::new(amount).expect("amount"),
                 currency: program.currency.clone(),
+                items: bonus_lines(program, *b, amount),
             },
             _ => match program
                 .rewards

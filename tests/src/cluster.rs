@@ -294,6 +294,7 @@ impl World {
                 member_id: Some(self.member(i)),
                 amount_cents: Cents::new(cents).unwrap(),
                 currency: Currency::parse("EUR").unwrap(),
+                items: Vec::new(),
             },
         ))
         .await;

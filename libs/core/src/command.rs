@@ -6,8 +6,8 @@
 
 use bytes::Bytes;
 use loyalty_domain::{
-    Cents, Currency, EventId, Fingerprint, FranchiseId, MemberId, Profile, RewardId, StoreId,
-    Timestamp,
+    Cents, Currency, EventId, Fingerprint, FranchiseId, MemberId, Profile, PurchaseItem, RewardId,
+    StoreId, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +25,12 @@ pub enum PosCommand {
         member_id: Option<MemberId>,
         amount_cents: Cents,
         currency: Currency,
+        /// The purchase's line items (validated, [`loyalty_domain::items::parse_items`]).
+        /// Absent from envelopes logged before items existed, and left out when empty, so a
+        /// purchase without items encodes, and is fingerprinted, as before; with items they
+        /// are part of the fingerprint (the same event id with other items is a conflict).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        items: Vec<PurchaseItem>,
     },
     Refund {
         member_id: Option<MemberId>,
@@ -147,5 +153,83 @@ impl CommandEnvelope {
 
     pub fn decode(bytes: &[u8]) -> Result<CommandEnvelope> {
         serde_json::from_slice(bytes).map_err(|e| Error::Corrupt(format!("command: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use loyalty_domain::items::parse_items;
+    use loyalty_domain::PurchaseItemSpec;
+
+    /// An envelope of a purchase as logged before line items existed.
+    const OLD: &str = r#"{"franchise_id":"f_a","store_id":"s_a1","event_id":"till-1:0001",
+        "program_version":3,"occurred_at":1764064680000,"received_at":1764064800000,
+        "command":{"type":"purchase","member_id":"m-1","amount_cents":1250,"currency":"EUR"}}"#;
+
+    fn with_items(env: &CommandEnvelope, specs: &[(&str, i64)]) -> CommandEnvelope {
+        let specs: Vec<PurchaseItemSpec> = specs
+            .iter()
+            .map(|(sku, q)| PurchaseItemSpec {
+                sku: (*sku).into(),
+                category: Some("pastry".into()),
+                quantity: *q,
+                amount_cents: 100,
+            })
+            .collect();
+        let mut env = env.clone();
+        if let PosCommand::Purchase {
+            items,
+            amount_cents,
+            ..
+        } = &mut env.command
+        {
+            *items = parse_items(&specs, *amount_cents).unwrap();
+        }
+        env
+    }
+
+    #[test]
+    fn an_envelope_logged_before_items_decodes_and_keeps_its_fingerprint() {
+        let env = CommandEnvelope::decode(OLD.as_bytes()).unwrap();
+        let PosCommand::Purchase { items, .. } = &env.command else {
+            panic!("a purchase")
+        };
+        assert!(items.is_empty());
+        // Encoded again without `items`, and fingerprinted over the same body as before.
+        let body = br#"{"type":"purchase","member_id":"m-1","amount_cents":1250,"currency":"EUR"}"#;
+        assert!(!String::from_utf8_lossy(&env.encode()).contains("items"));
+        let before = Fingerprint::of(&[
+            b"f_a",
+            b"s_a1",
+            b"till-1:0001",
+            b"purchase",
+            &1_764_064_680_000i64.to_le_bytes(),
+            body,
+        ]);
+        assert_eq!(env.fingerprint(), before);
+    }
+
+    #[test]
+    fn items_are_part_of_the_fingerprint() {
+        let env = CommandEnvelope::decode(OLD.as_bytes()).unwrap();
+        let a = with_items(&env, &[("CROI", 1)]);
+        let b = with_items(&env, &[("CROI", 2)]);
+        let c = with_items(&env, &[("PAIN", 1)]);
+        let fps = [
+            env.fingerprint(),
+            a.fingerprint(),
+            b.fingerprint(),
+            c.fingerprint(),
+        ];
+        for i in 0..fps.len() {
+            for j in i + 1..fps.len() {
+                assert_ne!(fps[i], fps[j], "{i} {j}");
+            }
+        }
+        // Through the log and back: the same command, the same fingerprint.
+        let again = CommandEnvelope::decode(&a.encode()).unwrap();
+        assert_eq!(again, a);
+        assert_eq!(again.fingerprint(), a.fingerprint());
     }
 }

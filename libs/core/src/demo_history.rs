@@ -610,6 +610,7 @@ impl Generator<'_> {
                         member_id: Some(member.clone()),
                         amount_cents: cents(v.amount)?,
                         currency: program.currency.clone(),
+                        items: Vec::new(),
                     };
                     self.push(v.store, event_id, at, command);
                     // A reward at the till, strictly before the member's next step.
@@ -733,6 +734,7 @@ impl Generator<'_> {
                         member_id: None,
                         amount_cents: cents(amount)?,
                         currency: self.program.currency.clone(),
+                        items: Vec::new(),
                     };
                     self.push(store, event_id, at, command);
                 }
@@ -968,10 +970,12 @@ mod tests {
                 PosCommand::Purchase {
                     amount_cents,
                     currency,
+                    items,
                     ..
                 } => MemberCommand::Purchase {
                     amount: *amount_cents,
                     currency: currency.clone(),
+                    items: items.clone(),
                 },
                 PosCommand::Refund {
                     purchase_event_id,

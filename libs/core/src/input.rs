@@ -9,7 +9,8 @@
 //! member actor's, and are recorded as the event's outcome.
 
 use loyalty_domain::{
-    Cents, Currency, DomainError, MemberId, Phone, Profile, Program, Rejection, RewardId, Timestamp,
+    Cents, Currency, DomainError, MemberId, Phone, Profile, Program, PurchaseItem,
+    PurchaseItemSpec, Rejection, RewardId, Timestamp,
 };
 
 use crate::identity;
@@ -157,6 +158,20 @@ pub fn refund_amount(amount: Cents) -> Result<(), InputError> {
         ));
     }
     Ok(())
+}
+
+/// A purchase's optional line items (README "Item bonuses"): at most
+/// [`loyalty_domain::items::MAX_ITEMS`], each with a valid sku (and category), a quantity of at
+/// least 1 and an amount of 0 or more, their amounts together not above the purchase's
+/// `amount`. Absent is none.
+pub fn purchase_items(
+    items: Option<&[PurchaseItemSpec]>,
+    amount: Cents,
+) -> Result<Vec<PurchaseItem>, InputError> {
+    Ok(loyalty_domain::items::parse_items(
+        items.unwrap_or_default(),
+        amount,
+    )?)
 }
 
 /// A purchase must be in the program's currency.

@@ -26,7 +26,8 @@ use dashmap::DashMap;
 use data_encoding::{HEXLOWER, HEXLOWER_PERMISSIVE};
 use hmac::{Hmac, KeyInit, Mac};
 use loyalty_domain::{
-    Cents, Currency, EventId, FranchiseId, MemberId, Outcome, Program, RewardId, StoreId, Timestamp,
+    Cents, Currency, EventId, FranchiseId, MemberId, Outcome, Program, PurchaseItemSpec, RewardId,
+    StoreId, Timestamp,
 };
 use serde::Deserialize;
 use sha2::Sha256;
@@ -270,6 +271,8 @@ enum PosRecord {
         qr: Option<String>,
         amount_cents: Cents,
         currency: Currency,
+        #[serde(default, deserialize_with = "loyalty_domain::items::item_specs")]
+        items: Option<Vec<PurchaseItemSpec>>,
     },
     Refund {
         // Checked against the store before the signature.
@@ -473,10 +476,12 @@ async fn validate(
             qr,
             amount_cents,
             currency,
+            items,
             ..
         } => {
             let checked = (|| -> Result<_, Rejected> {
                 input::purchase_currency(program, &currency)?;
+                let items = input::purchase_items(items.as_deref(), amount_cents)?;
                 let member = input::member_ref(
                     secret,
                     member_id.as_deref(),
@@ -484,9 +489,9 @@ async fn validate(
                     qr.as_deref(),
                 )?;
                 let at = input::occurred_at(&occurred_at, now)?;
-                Ok((member, at))
+                Ok((member, at, items))
             })();
-            let (member, at) = match checked {
+            let (member, at, items) = match checked {
                 Ok(x) => x,
                 Err(r) => return Ok(Err(r)),
             };
@@ -498,6 +503,7 @@ async fn validate(
                     member_id: member,
                     amount_cents,
                     currency,
+                    items,
                 },
             )
         }
@@ -892,6 +898,7 @@ mod tests {
                 member_id: Some(member()),
                 amount_cents: Cents::new(1250).unwrap(),
                 currency: Currency::parse("EUR").unwrap(),
+                items: Vec::new(),
             }
         );
         assert_eq!(env.key(), member().as_str().as_bytes());
@@ -921,6 +928,68 @@ mod tests {
             Value::Null,
         );
         assert!(f.decode(&nulls).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn line_items_are_carried_and_validated_like_http_input() {
+        let f = Fixture::new();
+        let lines = json!([
+            { "sku": "CROI-AMANDE", "category": "pastry", "quantity": 2, "amount_cents": 500 },
+            { "sku": "LATTE", "quantity": 1, "amount_cents": 450 },
+        ]);
+        let env = f.decode(&with(purchase(), "items", lines)).await.unwrap();
+        let PosCommand::Purchase { items, .. } = &env.command else {
+            panic!("a purchase")
+        };
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[0].sku.as_str(), "CROI-AMANDE");
+        assert_eq!(
+            items[0].category.as_ref().map(|c| c.as_str()),
+            Some("pastry")
+        );
+        assert_eq!((items[0].quantity, items[0].amount_cents.get()), (2, 500));
+        assert_eq!(items[1].category, None);
+        // Null is none, as over HTTP.
+        assert!(f
+            .decode(&with(purchase(), "items", Value::Null))
+            .await
+            .is_ok());
+        let line =
+            |q: i64, cents: i64| json!([{ "sku": "A", "quantity": q, "amount_cents": cents }]);
+        for (items, detail) in [
+            (
+                line(0, 100),
+                "items[0].quantity must be between 1 and 10000, got 0",
+            ),
+            (line(1, -1), "items[0].amount_cents must be between 0 and"),
+            (
+                line(1, 1251),
+                "the items' amounts add up to 1251 cents, more than",
+            ),
+            (
+                json!([{ "sku": "a b", "quantity": 1, "amount_cents": 1 }]),
+                "items[0].sku",
+            ),
+            (json!([["A", null, 1, 100]]), "expected a JSON object"),
+            (
+                json!([{ "sku": "A", "quantity": 1, "amount_cents": 1, "price": 1 }]),
+                "unknown field",
+            ),
+            (
+                json!(vec![
+                    json!({ "sku": "A", "quantity": 1, "amount_cents": 0 });
+                    201
+                ]),
+                "at most 200 items",
+            ),
+        ] {
+            let r = f
+                .decode(&with(purchase(), "items", items.clone()))
+                .await
+                .unwrap_err();
+            assert_eq!(r.reason, Reason::Invalid, "{items}");
+            assert!(r.detail.contains(detail), "{items}: {}", r.detail);
+        }
     }
 
     #[tokio::test]

@@ -88,6 +88,18 @@ string_id!(
     "reward_id",
     64
 );
+string_id!(
+    /// A product's stock-keeping unit, as the POS names it in a purchase's line items.
+    Sku,
+    "sku",
+    64
+);
+string_id!(
+    /// A product category, as the POS names it in a purchase's line items.
+    ItemCategory,
+    "category",
+    64
+);
 
 /// A phone number in E.164 form: `+` then 8 to 15 digits, the first not zero.
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -9,6 +9,7 @@ pub mod dashboard;
 mod error;
 mod idempotency;
 mod ids;
+pub mod items;
 pub mod kpi;
 mod ledger;
 mod member;
@@ -22,9 +23,10 @@ pub use idempotency::{
     classify, Delivery, Fingerprint, Outcome, ProcessedEvent, PurchaseRecord, Rejection,
 };
 pub use ids::{
-    Cents, Currency, Day, EventId, FranchiseId, MemberId, Phone, Points, RewardId, StoreId,
-    Timestamp, MAX_MEMBER_CENTS, MAX_POINTS_BALANCE,
+    Cents, Currency, Day, EventId, FranchiseId, ItemCategory, MemberId, Phone, Points, RewardId,
+    Sku, StoreId, Timestamp, MAX_MEMBER_CENTS, MAX_POINTS_BALANCE,
 };
+pub use items::{ItemBonus, ItemBonusSpec, PurchaseItem, PurchaseItemSpec};
 pub use ledger::{LedgerEntry, LedgerKind, PointLot};
 pub use member::{
     apply, Applied, DayActivity, EventContext, HeldRefund, MemberCommand, MemberState, Profile,

@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::items::{ItemBonus, ItemBonusSpec};
 use crate::object::{self, Object};
 use crate::{Currency, Day, DomainError, Points, RewardId, StoreId, Timestamp, Zone};
 
@@ -49,6 +50,9 @@ pub struct ProgramSpec {
     /// ([`DEFAULT_HELD_REFUND_HORIZON_DAYS`] by default; 0: such a refund is refused).
     #[serde(default)]
     pub held_refund_horizon_days: Option<i64>,
+    /// Bonus points for SKUs or categories in a purchase's line items ([`crate::items`]).
+    #[serde(default, deserialize_with = "object::list")]
+    pub item_bonuses: Vec<ItemBonusSpec>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -262,6 +266,7 @@ pub struct Program {
     /// Days a refund of a purchase not seen yet is held for it (0: refused instead); see
     /// `MemberState::hold_refund`.
     pub held_refund_horizon_days: u32,
+    pub item_bonuses: Vec<ItemBonus>,
 }
 
 /// The default of [`Program::held_refund_horizon_days`]: a till offline for up to a month.
@@ -309,7 +314,7 @@ const MAX_BONUS_STORES: usize = 1_000;
 /// Money settings up to 10^12 cents (10 billion in the currency's unit).
 const MAX_CENTS: i64 = 1_000_000_000_000;
 
-fn bounded(field: &str, v: i64, min: i64, max: i64) -> Result<u64, DomainError> {
+pub(crate) fn bounded(field: &str, v: i64, min: i64, max: i64) -> Result<u64, DomainError> {
     if v < min || v > max {
         Err(DomainError::invalid_program(format!(
             "{field} must be between {min} and {max}, got {v}"
@@ -319,7 +324,7 @@ fn bounded(field: &str, v: i64, min: i64, max: i64) -> Result<u64, DomainError> 
     }
 }
 
-fn name(field: &str, s: &str) -> Result<String, DomainError> {
+pub(crate) fn name(field: &str, s: &str) -> Result<String, DomainError> {
     let t = s.trim();
     if t.is_empty() || t.chars().count() > MAX_NAME {
         Err(DomainError::invalid_program(format!(
@@ -593,6 +598,7 @@ impl TryFrom<ProgramSpec> for Program {
             0,
             MAX_HELD_REFUND_HORIZON_DAYS,
         )? as u32;
+        let item_bonuses = crate::items::item_bonuses(&s.item_bonuses)?;
 
         Ok(Program {
             currency,
@@ -610,6 +616,7 @@ impl TryFrom<ProgramSpec> for Program {
             min_basket_cents,
             bonus_multipliers,
             held_refund_horizon_days,
+            item_bonuses,
         })
     }
 }
@@ -731,6 +738,7 @@ impl Program {
             min_basket_cents: 0,
             bonus_multipliers: Vec::new(),
             held_refund_horizon_days: DEFAULT_HELD_REFUND_HORIZON_DAYS as u32,
+            item_bonuses: Vec::new(),
         }
     }
 

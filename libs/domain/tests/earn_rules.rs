@@ -94,6 +94,7 @@ impl<'p> Member<'p> {
         let cmd = MemberCommand::Purchase {
             amount: Cents::new(cents as i64).unwrap(),
             currency: self.program.currency.clone(),
+            items: Vec::new(),
         };
         let applied = self
             .send(when, store_id, cmd)
@@ -637,6 +638,7 @@ fn the_largest_schedule_stays_within_the_balance_limit() {
     let cmd = MemberCommand::Purchase {
         amount: Cents::new(1).unwrap(),
         currency: p.currency.clone(),
+        items: Vec::new(),
     };
     assert!(matches!(
         m.send(when, "s-1", cmd),

@@ -72,6 +72,7 @@ fn purchase(cents: i64) -> MemberCommand {
     MemberCommand::Purchase {
         amount: Cents::new(cents).unwrap(),
         currency: Program::demo().currency,
+        items: Vec::new(),
     }
 }
 

@@ -147,6 +147,7 @@ fn run(program: &Program, ops: &[Op]) -> Result<bool, TestCaseError> {
                 Op::Purchase(a) => MemberCommand::Purchase {
                     amount: Cents::new(*a as i64).unwrap(),
                     currency: Currency::parse("EUR").unwrap(),
+                    items: Vec::new(),
                 },
                 Op::Refund(permille) => {
                     let Some((id, rec)) = &m.purchase else {

@@ -366,6 +366,7 @@ impl Sim {
             Pos::Purchase(a) => MemberCommand::Purchase {
                 amount: loyalty_domain::Cents::new(*a as i64).unwrap(),
                 currency: self.program.currency.clone(),
+                items: Vec::new(),
             },
             Pos::Refund { purchase, amount } => MemberCommand::Refund {
                 purchase_event_id: purchase.clone(),

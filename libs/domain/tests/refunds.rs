@@ -134,6 +134,7 @@ impl Till {
         let cmd = MemberCommand::Purchase {
             amount: Cents::new(cents).unwrap(),
             currency: self.program.currency.clone(),
+            items: Vec::new(),
         };
         self.send_as(id, cmd)
     }

@@ -101,6 +101,7 @@ impl Member {
             MemberCommand::Purchase {
                 amount: Cents::new(cents).unwrap(),
                 currency,
+                items: Vec::new(),
             },
         )
     }
@@ -284,6 +285,7 @@ fn commands_for_no_member_and_in_another_currency_are_refused() {
     let cmd = MemberCommand::Purchase {
         amount: Cents::new(1000).unwrap(),
         currency: Currency::parse("USD").unwrap(),
+        items: Vec::new(),
     };
     assert_eq!(
         m.send(1000, cmd).1.unwrap_err(),

@@ -1477,3 +1477,48 @@ fn refund_outcomes_match_the_domain_types() {
         assert_eq!(&serde_json::to_value(&typed).unwrap(), outcome, "{name}");
     }
 }
+
+/// The line items and item bonuses are documented with the bounds the domain checks, and a
+/// program with item bonuses is answered in the documented exact shape.
+#[test]
+fn item_bounds_and_shapes_are_the_codes() {
+    use loyalty_domain::items::{
+        MAX_BONUS_PRODUCTS, MAX_ITEMS, MAX_ITEM_BONUSES, MAX_ITEM_QUANTITY,
+    };
+    let d = doc();
+    let s = &d["components"]["schemas"];
+    let items = &s["PurchaseRequest"]["properties"]["items"]["oneOf"][0];
+    assert_eq!(items["maxItems"].as_u64(), Some(MAX_ITEMS as u64));
+    assert_eq!(items["items"]["$ref"], "#/components/schemas/PurchaseItem");
+    let line = &s["PurchaseItem"]["properties"];
+    assert_eq!(
+        line["quantity"]["maximum"].as_i64(),
+        Some(MAX_ITEM_QUANTITY)
+    );
+    assert_eq!(line["quantity"]["minimum"].as_i64(), Some(1));
+    let token = format!("^[A-Za-z0-9_.:-]{{1,{}}}$", loyalty_domain::Sku::MAX_LEN);
+    assert_eq!(line["sku"]["pattern"].as_str(), Some(token.as_str()));
+    assert_eq!(line["category"]["pattern"].as_str(), Some(token.as_str()));
+    let spec = &s["ProgramSpec"]["properties"]["item_bonuses"];
+    assert_eq!(spec["maxItems"].as_u64(), Some(MAX_ITEM_BONUSES as u64));
+    for list in ["skus", "categories"] {
+        let l = &s["ItemBonusSpec"]["properties"][list]["oneOf"][0];
+        assert_eq!(l["maxItems"].as_u64(), Some(MAX_BONUS_PRODUCTS as u64));
+    }
+    // What the server answers for each documented example of a bonus spec.
+    let p: Program = serde_json::from_value(serde_json::json!({
+        "currency": "EUR", "points_per_unit": 1,
+        "tier_qualification": {"metric": "visits", "window_days": 30},
+        "tiers": [{"name": "Only", "threshold": 0, "multiplier_pct": 100}],
+        "item_bonuses": s["ItemBonusSpec"]["examples"].clone(),
+    }))
+    .expect("the documented item bonus is valid");
+    let answered = serde_json::to_value(&p).unwrap();
+    assert_exact_shape(&d, "ItemBonus", &answered["item_bonuses"][0]);
+    // A line as documented decodes.
+    let example = s["PurchaseItem"]["examples"][0].clone();
+    let spec: loyalty_domain::PurchaseItemSpec = serde_json::from_value(example).unwrap();
+    let parsed =
+        loyalty_domain::items::parse_items(&[spec], loyalty_domain::Cents::new(1200).unwrap());
+    assert!(parsed.is_ok(), "{parsed:?}");
+}

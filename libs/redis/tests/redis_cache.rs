@@ -315,6 +315,7 @@ async fn enrol(
         commands.push(MemberCommand::Purchase {
             amount: Cents::new(1250).unwrap(),
             currency: program.currency.clone(),
+            items: Vec::new(),
         });
     }
     for (i, cmd) in commands.iter().enumerate() {

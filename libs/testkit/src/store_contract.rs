@@ -1078,6 +1078,7 @@ impl Scenario {
             MemberCommand::Purchase {
                 amount: id(Cents::new(cents))?,
                 currency: self.program.currency.clone(),
+                items: Vec::new(),
             },
         )
     }
@@ -1419,6 +1420,7 @@ pub async fn anonymous_records(store: &dyn StateStore) -> R {
         MemberCommand::Purchase {
             amount: id(Cents::new(100))?,
             currency: sc.program.currency.clone(),
+            items: Vec::new(),
         },
     )?;
     ensure!(rejected.state.is_none());
@@ -1524,6 +1526,7 @@ pub async fn members_scan_once(store: &dyn StateStore) -> R {
         MemberCommand::Purchase {
             amount: id(Cents::new(100))?,
             currency: sc.program.currency.clone(),
+            items: Vec::new(),
         },
     )?;
     store.commit(rejected.batch(0)).await?;

@@ -108,6 +108,7 @@ fn history(
                     member_id: Some(member_id.clone()),
                     amount_cents: Cents::new(rng.random_range(300..9_000)).expect("amount"),
                     currency: eur.clone(),
+                    items: Vec::new(),
                 },
                 &mut rng,
             ));
@@ -135,6 +136,7 @@ fn history(
                         member_id: None,
                         amount_cents: Cents::new(rng.random_range(200..6_000)).expect("amount"),
                         currency: eur.clone(),
+                        items: Vec::new(),
                     },
                     &mut rng,
                 ));

@@ -40,6 +40,7 @@ fn sample(w: &World) -> Bytes {
             member_id: Some(w.member(999)),
             amount_cents: Cents::new(1234).unwrap(),
             currency: Currency::parse("EUR").unwrap(),
+            items: Vec::new(),
         },
     )
     .encode()

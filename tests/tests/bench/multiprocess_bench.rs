@@ -109,6 +109,7 @@ impl Sender {
                 member_id: Some(member.clone()),
                 amount_cents: Cents::new(cents).unwrap(),
                 currency: Currency::parse("EUR").unwrap(),
+                items: Vec::new(),
             },
         }
     }

@@ -168,6 +168,7 @@ async fn a_dead_letter_replayed_after_its_cause_is_fixed_is_applied_once() {
             member_id: Some(MemberId::parse(&m).unwrap()),
             amount_cents: Cents::new(2_000).unwrap(),
             currency: Currency::parse("EUR").unwrap(),
+            items: Vec::new(),
         },
     };
     app.log

@@ -68,6 +68,7 @@ fn purchase(
             member_id: Some(w.member(i)),
             amount_cents: Cents::new(cents).unwrap(),
             currency: Currency::parse("EUR").unwrap(),
+            items: Vec::new(),
         },
     )
 }

@@ -1025,3 +1025,103 @@ async fn a_lookup_takes_one_of_phone_or_qr_and_nothing_else() {
         assert_eq!(v["member_id"], m);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Line items of a purchase
+// ---------------------------------------------------------------------------------------------
+
+/// A purchase's `items` that are not a list of line objects, too many, out of bounds, with an
+/// unknown field, or adding up past the purchase (even past 64 bits of cents) are 422
+/// `invalid-request` and change nothing; the event id stays free.
+#[tokio::test]
+async fn purchase_items_out_of_shape_or_bounds_are_refused() {
+    let app = spawn_app().await;
+    let f = app.franchise("Café A").await;
+    let m = member(&app, &f, "+33611110020").await;
+    let before = app.status(&f, &m).await;
+    let line = |q: Value, cents: Value| json!({"sku": "A", "quantity": q, "amount_cents": cents});
+    let many: Vec<Value> = (0..201).map(|_| line(json!(1), json!(0))).collect();
+    for (amount, items, detail) in [
+        (100, json!("A"), "invalid type: string"),
+        (100, json!({"sku": "A"}), "invalid type: map"),
+        (100, json!([["A", null, 1, 0]]), "expected a JSON object"),
+        (
+            100,
+            json!([{"sku": "A", "quantity": 1, "amount_cents": 0, "price": 1}]),
+            "unknown field `price`",
+        ),
+        (
+            100,
+            json!([{"quantity": 1, "amount_cents": 0}]),
+            "missing field `sku`",
+        ),
+        (
+            100,
+            json!([line(json!(1e30), json!(0))]),
+            "invalid type: floating point",
+        ),
+        (
+            100,
+            json!([line(json!(1.5), json!(0))]),
+            "invalid type: floating point",
+        ),
+        (
+            100,
+            json!([line(json!("1"), json!(0))]),
+            "invalid type: string",
+        ),
+        (
+            100,
+            json!([line(json!(-1), json!(0))]),
+            "items[0].quantity must be between 1 and 10000, got -1",
+        ),
+        (
+            100,
+            json!([line(json!(1), json!(MAX_CENTS + 1))]),
+            "items[0].amount_cents must be between 0 and 1000000000000",
+        ),
+        (
+            100,
+            json!(many),
+            "a purchase has at most 200 items, got 201",
+        ),
+        (
+            MAX_CENTS,
+            json!([
+                line(json!(1), json!(MAX_CENTS)),
+                line(json!(1), json!(MAX_CENTS))
+            ]),
+            "the items' amounts add up to 2000000000000 cents",
+        ),
+    ] {
+        let r = app
+            .post(
+                "/v1/purchases?wait_ms=2000",
+                &f.store_key,
+                json!({"event_id": "hi-items", "member_id": m, "amount_cents": amount,
+                       "currency": "EUR", "items": items}),
+            )
+            .await;
+        let p = assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid-request").await;
+        assert!(
+            p["detail"].as_str().unwrap().contains(detail),
+            "{items}: {p}"
+        );
+    }
+    assert_eq!(app.status(&f, &m).await, before, "nothing changed");
+    // An empty list or null is no items; the event id was not used up.
+    for (id, items) in [("hi-items", json!([])), ("hi-items-2", Value::Null)] {
+        let r = app
+            .post(
+                "/v1/purchases?wait_ms=2000",
+                &f.store_key,
+                json!({"event_id": id, "member_id": m, "amount_cents": 1000,
+                       "currency": "EUR", "items": items}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::OK, "{id}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["replayed"], false, "{v}");
+        assert_eq!(v["outcome"]["points_earned"], 10, "{v}");
+    }
+}

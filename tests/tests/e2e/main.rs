@@ -18,6 +18,7 @@ mod earn_rules;
 mod engine_exit;
 mod engine_faults;
 mod hostile_input;
+mod item_bonuses;
 mod listener_limits;
 mod member_pages;
 mod metrics_scrape;

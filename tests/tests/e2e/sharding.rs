@@ -157,6 +157,7 @@ async fn a_zombie_owner_cannot_overwrite_the_new_owners_state() {
                 member_id: Some(m.clone()),
                 amount_cents: Cents::new(cents).unwrap(),
                 currency: Currency::parse("EUR").unwrap(),
+                items: Vec::new(),
             },
         )
     };

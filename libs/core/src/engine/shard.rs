@@ -482,10 +482,12 @@ impl Shard {
                         PosCommand::Purchase {
                             amount_cents,
                             currency,
+                            items,
                             ..
                         } => MemberCommand::Purchase {
                             amount: *amount_cents,
                             currency: currency.clone(),
+                            items: items.clone(),
                         },
                         PosCommand::Refund {
                             purchase_event_id,

@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 use crate::dashboard::{record_purchase, PurchaseDays, TierMove, VisitDelta};
 use crate::{
     Cents, Currency, Day, EventId, FranchiseId, LedgerEntry, MemberId, Outcome, Phone, PointLot,
-    Points, Program, PurchaseRecord, Rejection, RewardId, StoreId, Timestamp, MAX_POINTS_BALANCE,
+    Points, Program, PurchaseItem, PurchaseRecord, Rejection, RewardId, StoreId, Timestamp,
+    MAX_POINTS_BALANCE,
 };
 
 /// The refusal of an event that would take `counter` past `limit`.
@@ -143,6 +144,9 @@ pub enum MemberCommand {
     Purchase {
         amount: Cents,
         currency: Currency,
+        /// The purchase's line items, if the POS sent them (validated by
+        /// [`crate::items::parse_items`]); they can only add item bonuses.
+        items: Vec<PurchaseItem>,
     },
     Refund {
         purchase_event_id: EventId,
@@ -297,7 +301,11 @@ impl MemberState {
         let mut visits = Vec::new();
         let outcome = match cmd {
             MemberCommand::Enrol { .. } => Outcome::Enrolled { created: false },
-            MemberCommand::Purchase { amount, currency } => {
+            MemberCommand::Purchase {
+                amount,
+                currency,
+                items,
+            } => {
                 if currency != &ctx.program.currency {
                     return Err(Rejection::CurrencyMismatch {
                         expected: ctx.program.currency.to_string(),
@@ -305,7 +313,7 @@ impl MemberState {
                 }
                 let local_day = ctx.program.local_day(ctx.at);
                 visits = record_purchase(&mut self.purchase_days, ctx.store_id, local_day);
-                self.purchase(ctx, *amount, &mut entries)?
+                self.purchase(ctx, *amount, items, &mut entries)?
             }
             MemberCommand::Refund {
                 purchase_event_id,

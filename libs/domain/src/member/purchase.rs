@@ -2,7 +2,8 @@
 
 use super::{add_one, add_points, limit_exceeded, MemberState};
 use crate::{
-    Cents, EventContext, LedgerEntry, Outcome, PurchaseRecord, Rejection, MAX_MEMBER_CENTS,
+    Cents, EventContext, LedgerEntry, Outcome, PurchaseItem, PurchaseRecord, Rejection,
+    MAX_MEMBER_CENTS,
 };
 
 impl MemberState {
@@ -10,6 +11,7 @@ impl MemberState {
         &mut self,
         ctx: &EventContext<'_>,
         amount: Cents,
+        items: &[PurchaseItem],
         entries: &mut Vec<LedgerEntry>,
     ) -> Result<Outcome, Rejection> {
         let program = ctx.program;
@@ -19,15 +21,24 @@ impl MemberState {
             .iter()
             .position(|t| t.name == self.tier)
             .unwrap_or_else(|| program.tier_for(self.window_metric(program)));
-        let earned = program.purchase_points(amount.get(), tier_before, ctx.at, ctx.store_id);
+        let base = program.purchase_points(amount.get(), tier_before, ctx.at, ctx.store_id);
+        let bonuses =
+            program.item_bonus_points(items, amount.get(), tier_before, ctx.at, ctx.store_id);
+        // What the purchase earned, its item bonuses included (a refund reverses it pro rata).
+        let earned = bonuses
+            .iter()
+            .try_fold(base, |t, (_, p)| add_points(t, *p, "points_earned"))?;
         // Every total is checked before anything moves (on the caller's copy regardless).
         let spend = amount
             .get()
             .checked_add(self.spend_cents)
             .filter(|s| *s <= MAX_MEMBER_CENTS)
             .ok_or_else(|| limit_exceeded("spend_cents", MAX_MEMBER_CENTS))?;
-        if earned > 0 {
-            self.earn(ctx, earned, "purchase", entries)?;
+        if base > 0 {
+            self.earn(ctx, base, "purchase", entries)?;
+        }
+        for (bonus, points) in bonuses {
+            self.earn(ctx, points, &format!("item_bonus:{}", bonus.name), entries)?;
         }
         let positive = amount.get() > 0;
         self.spend_cents = spend;

@@ -16,7 +16,9 @@ use loyalty_core::metrics::metrics;
 use loyalty_core::model::{Franchise, Role};
 use loyalty_core::provisioning::now;
 use loyalty_core::replies::{EventReply, ReplyResult};
-use loyalty_domain::{Cents, Currency, EventId, MemberId, Outcome, Rejection, RewardId, Timestamp};
+use loyalty_domain::{
+    Cents, Currency, EventId, MemberId, Outcome, PurchaseItemSpec, Rejection, RewardId, Timestamp,
+};
 use serde::Deserialize;
 
 use super::{json_str, WaitQuery};
@@ -34,6 +36,9 @@ pub struct PurchaseBody {
     pub amount_cents: Cents,
     pub currency: Currency,
     pub occurred_at: Option<String>,
+    /// Line items, for the program's item bonuses (README "Item bonuses").
+    #[serde(default, deserialize_with = "loyalty_domain::items::item_specs")]
+    pub items: Option<Vec<PurchaseItemSpec>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,6 +89,8 @@ pub async fn purchase(
     let body = body.into_inner();
     let program = gw.program(&franchise).await?;
     input::purchase_currency(&program, &body.currency)?;
+    let items =
+        input::purchase_items(body.items.as_deref(), body.amount_cents).map_err(input_error)?;
     let member = input::member_ref(
         &franchise.secret,
         body.member_id.as_deref(),
@@ -109,6 +116,7 @@ pub async fn purchase(
             member_id: member,
             amount_cents: body.amount_cents,
             currency: body.currency,
+            items,
         },
     )?;
     submit(&gw, &franchise, env, deadline).await
