@@ -442,7 +442,10 @@ impl DashboardDelta {
     ) {
         if matches!(
             outcome,
-            Outcome::Enrolled { created: false } | Outcome::Erased { .. } | Outcome::Rejected(_)
+            Outcome::Enrolled { created: false }
+                | Outcome::Erased { .. }
+                | Outcome::Advanced { .. }
+                | Outcome::Rejected(_)
         ) {
             return;
         }
@@ -470,6 +473,7 @@ impl DashboardDelta {
             }
             Outcome::Enrolled { created: false }
             | Outcome::Erased { .. }
+            | Outcome::Advanced { .. }
             | Outcome::Rejected(_) => {}
         }
     }

@@ -26,11 +26,13 @@ pub use ids::{
     Timestamp, MAX_MEMBER_CENTS, MAX_POINTS_BALANCE,
 };
 pub use ledger::{LedgerEntry, LedgerKind, PointLot};
-pub use member::{apply, Applied, DayActivity, EventContext, MemberCommand, MemberState, Profile};
+pub use member::{
+    apply, day_start, Applied, DayActivity, EventContext, MemberCommand, MemberState, Profile,
+};
 pub use program::{
     BonusMultiplier, BonusMultiplierSpec, Program, ProgramSpec, Reward, RewardSpec, Rounding,
     StampCard, StampCardSpec, Tier, TierMetric, TierQualification, TierQualificationSpec, TierSpec,
     Weekday,
 };
-pub use status::{MemberStatus, NextTier, Voucher};
+pub use status::{MemberStatus, NextExpiry, NextTier, Voucher};
 pub use zone::Zone;
