@@ -74,6 +74,7 @@ fn kind(command: &MemberCommand) -> &'static str {
         MemberCommand::Refund { .. } => "refund",
         MemberCommand::Redemption { .. } => "redemption",
         MemberCommand::Erase => "erase",
+        MemberCommand::Advance => "advance",
     }
 }
 
