@@ -333,6 +333,7 @@ async fn enrol(
                 members: vec![MemberWrite {
                     state: s,
                     expected_version,
+                    due: None,
                 }],
                 ledger: applied
                     .entries
