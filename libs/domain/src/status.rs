@@ -46,14 +46,15 @@ pub struct MemberStatus {
     pub points_earned: Points,
     /// Increases with every change; a cache never replaces a newer status by an older one.
     pub version: u64,
+    /// What expires next and when, if the program expires points and the member has any.
+    /// Absent otherwise (and from statuses cached before it existed). Before `erased`, which
+    /// stays the last field (the gateway checks the status's last bytes for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_expiry: Option<NextExpiry>,
     /// The member's personal data was erased (README "Privacy"): the member takes no more
     /// commands. Only present when true, so the status of every other member is unchanged.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub erased: bool,
-    /// What expires next and when, if the program expires points and the member has any.
-    /// Absent otherwise (and from statuses cached before it existed).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_expiry: Option<NextExpiry>,
 }
 
 impl MemberStatus {

@@ -37,7 +37,7 @@ impl MemberState {
     /// Expires, oldest first (FIFO), every lot that reached the program's expiry age by
     /// `today`, writing one `expire` entry per lot (its detail names the lot's day,
     /// `expired:YYYY-MM-DD`), so that the ledger shows what expired and when it was earned.
-    fn expire_lots(
+    pub(super) fn expire_lots(
         &mut self,
         ctx: &EventContext<'_>,
         days: u32,
@@ -104,6 +104,12 @@ impl MemberState {
         let days = program.points_expiry_days?;
         let lot = self.lots.first()?;
         Some((lot.points, Day(lot.day.0.saturating_add(days))))
+    }
+
+    /// Whether `day` is inside the tier window ending on the clock's day.
+    pub(super) fn in_window(&self, program: &Program, day: Day) -> bool {
+        let window = program.tier_qualification.window_days;
+        day.0 >= self.clock.day().0.saturating_sub(window.saturating_sub(1))
     }
 
     pub(super) fn activity(&mut self, day: Day) -> &mut DayActivity {
