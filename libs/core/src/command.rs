@@ -47,6 +47,12 @@ pub enum PosCommand {
     /// Erase the member's personal data (README "Privacy"), sent by the franchise's HQ through
     /// the API with the event id `erase.<member>` and the store id [`HQ_STORE`].
     Erase { member_id: MemberId },
+    /// Time only: move the member's clock to the envelope's `occurred_at` (expiring lots,
+    /// dropping window days). Built by the engine's scheduler
+    /// ([`crate::engine::scheduler`]) for a due member, never by a POS or the gateway, and
+    /// applied directly by the member's shard (it does not travel the log), with the event id
+    /// [`crate::engine::scheduler::event_id`] and the store id [`HQ_STORE`].
+    Advance { member_id: MemberId },
 }
 
 /// The store id of commands headquarters send (an erasure): no store's, since store ids are
@@ -59,7 +65,8 @@ impl PosCommand {
         match self {
             PosCommand::Enrol { member_id, .. }
             | PosCommand::Redemption { member_id, .. }
-            | PosCommand::Erase { member_id } => Some(member_id),
+            | PosCommand::Erase { member_id }
+            | PosCommand::Advance { member_id } => Some(member_id),
             PosCommand::Purchase { member_id, .. } | PosCommand::Refund { member_id, .. } => {
                 member_id.as_ref()
             }
@@ -73,6 +80,7 @@ impl PosCommand {
             PosCommand::Refund { .. } => "refund",
             PosCommand::Redemption { .. } => "redemption",
             PosCommand::Erase { .. } => "erase",
+            PosCommand::Advance { .. } => "advance",
         }
     }
 }

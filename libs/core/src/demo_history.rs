@@ -457,7 +457,7 @@ impl Generator<'_> {
             PosCommand::Refund { .. } => self.counts.refunds += 1,
             PosCommand::Redemption { .. } => self.counts.redemptions += 1,
             // The generator sends none.
-            PosCommand::Erase { .. } => {}
+            PosCommand::Erase { .. } | PosCommand::Advance { .. } => {}
         }
         self.out.push(CommandEnvelope {
             franchise_id: self.franchise.id.clone(),
@@ -991,6 +991,7 @@ mod tests {
                     reward_id: reward_id.clone(),
                 },
                 PosCommand::Erase { .. } => MemberCommand::Erase,
+                PosCommand::Advance { .. } => MemberCommand::Advance,
             };
             let ctx = EventContext {
                 event_id: &e.event_id,

@@ -70,6 +70,49 @@ pub struct Metrics {
     pub ports: PortMetrics,
     /// The engine's consumer: lag, rebalances, checkpoint age.
     pub consumer: ConsumerMetrics,
+    /// The scheduler of expiry and tier re-evaluation ([`crate::engine::scheduler`]).
+    pub scheduler: SchedulerMetrics,
+}
+
+/// What the scheduler of each owned partition did, counted once the store has it.
+pub struct SchedulerMetrics {
+    /// Runs (one per partition and interval), by result (`ok`, `error`).
+    pub runs: IntCounterVec,
+    /// Members whose clock a run moved (an advance that changed them).
+    pub members_applied: IntCounter,
+    /// Points the scheduler's advances expired.
+    pub points_expired: IntCounter,
+    /// From a member's due time until its advance was in the store.
+    pub due_lag_seconds: Histogram,
+}
+
+impl SchedulerMetrics {
+    fn new(r: &Registry) -> SchedulerMetrics {
+        SchedulerMetrics {
+            runs: counter_vec(
+                r,
+                "loyalty_scheduler_runs_total",
+                "Scheduler runs (one per owned partition and interval: read the members due, advance them), by result (ok, error).",
+                &["result"],
+            ),
+            members_applied: counter(
+                r,
+                "loyalty_scheduler_members_applied_total",
+                "Members whose clock the scheduler moved (expiring lots, dropping window days, re-evaluating the tier), counted once the store has it.",
+            ),
+            points_expired: counter(
+                r,
+                "loyalty_scheduler_points_expired_total",
+                "Points expired by the scheduler's advances.",
+            ),
+            due_lag_seconds: histogram(
+                r,
+                "loyalty_scheduler_due_lag_seconds",
+                "From a member's due time (next expiry or window day leaving) until the scheduler's advance was in the store.",
+                POS_LAG_BUCKETS.to_vec(),
+            ),
+        }
+    }
 }
 
 /// Latency and errors of every call to the store and the hot cache, by the port's method.
@@ -515,6 +558,7 @@ impl Metrics {
             ),
             ports: PortMetrics::new(&r),
             consumer: ConsumerMetrics::new(&r),
+            scheduler: SchedulerMetrics::new(&r),
             registry: r,
         }
     }

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use loyalty_domain::dashboard::{DashboardDelta, DayTotals, PackedRow, Scope};
 use loyalty_domain::{
     Day, EventId, Fingerprint, FranchiseId, LedgerEntry, MemberId, MemberState, ProcessedEvent,
-    Program, StoreId,
+    Program, StoreId, Timestamp,
 };
 use tokio::sync::oneshot;
 
@@ -109,12 +109,70 @@ pub trait LogConsumer: Send + Sync {
     async fn close(&self) -> Result<()>;
 }
 
+/// The time the engine's scheduler reads: [`SystemClock`] in production, a [`ManualClock`]
+/// in tests (so that a test moves time by days without sleeping).
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> Timestamp;
+}
+
+/// The system's clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        crate::provisioning::now()
+    }
+}
+
+/// A clock that moves only when told to.
+#[derive(Debug, Default)]
+pub struct ManualClock(std::sync::atomic::AtomicI64);
+
+impl ManualClock {
+    pub fn new(at: Timestamp) -> ManualClock {
+        ManualClock(std::sync::atomic::AtomicI64::new(at.0))
+    }
+
+    pub fn set(&self, at: Timestamp) {
+        self.0.store(at.0, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.0.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
+
 /// A member's state to write, fenced by the version the writer read.
 #[derive(Clone, Debug)]
 pub struct MemberWrite {
     pub state: MemberState,
     /// The stored version this write replaces; 0 when the member must not exist yet.
     pub expected_version: u64,
+    /// The member's entry in the due index, written with the state (so the index never
+    /// disagrees with it); `None` leaves the entry as it is (a rewrite that moves no time,
+    /// such as a rebuilt projection).
+    pub due: Option<Due>,
+}
+
+/// A member's entry in the due index: when the scheduler of `partition` must next move the
+/// member's clock ([`loyalty_domain::MemberState::next_due`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Due {
+    /// The log partition of the member (its shard's).
+    pub partition: Partition,
+    /// `None`: nothing is due; the member leaves the index.
+    pub at: Option<Timestamp>,
+}
+
+/// A member the due index names as due, as [`StateStore::due_members`] returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DueMember {
+    pub member_id: MemberId,
+    pub franchise_id: FranchiseId,
+    pub at: Timestamp,
 }
 
 /// An idempotency record to write.
@@ -241,6 +299,16 @@ pub trait StateStore: Send + Sync + 'static {
         from: Day,
         to: Day,
     ) -> Result<DashboardRows>;
+
+    /// At most `limit` members of `partition` whose due time ([`MemberWrite::due`]) is at or
+    /// before `until`, earliest first (then by member id): what the scheduler of that
+    /// partition's shard must advance now.
+    async fn due_members(
+        &self,
+        partition: Partition,
+        until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<DueMember>>;
 
     /// Members of `franchise` by tier, as of each member's latest event.
     async fn tier_counts(&self, franchise: &FranchiseId) -> Result<Vec<(String, i64)>>;

@@ -92,6 +92,7 @@ pub async fn rebuild_dashboards(
                 writes.push(MemberWrite {
                     state: next,
                     expected_version: state.version,
+                    due: None,
                 });
             }
             if writes.len() >= MEMBER_WRITES {

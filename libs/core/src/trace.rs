@@ -203,6 +203,29 @@ pub fn command_parent(record: &Record, batch_len: usize) -> Context {
     }
 }
 
+/// The span of one scheduler run of `partition` (an internal span: the members it advances
+/// are counted, never named).
+pub fn scheduler_span(partition: Partition) -> Span {
+    if !enabled() {
+        return Span::none();
+    }
+    tracing::info_span!(
+        "scheduler run",
+        otel.name = "scheduler run",
+        messaging.destination.partition.id = partition,
+        loyalty.scheduler.due = Empty,
+    )
+}
+
+/// The parent of the `apply` spans of a scheduler run: the run's span (the current one).
+pub fn current_parent() -> Context {
+    if enabled() {
+        Span::current().context()
+    } else {
+        Context::new()
+    }
+}
+
 /// The member actor's span of one command of kind `kind` (`purchase`...), the child of
 /// `parent` (see [`command_parent`]). Its outcome goes in `loyalty.outcome` ([`record_outcome`]).
 pub fn apply_span(parent: &Context, kind: &'static str) -> Span {

@@ -445,6 +445,7 @@ impl DashboardDelta {
             Outcome::Enrolled { created: false }
                 | Outcome::Erased { .. }
                 | Outcome::Held { .. }
+                | Outcome::Advanced { .. }
                 | Outcome::Rejected(_)
         ) {
             return;
@@ -476,6 +477,7 @@ impl DashboardDelta {
             Outcome::Enrolled { created: false }
             | Outcome::Erased { .. }
             | Outcome::Held { .. }
+            | Outcome::Advanced { .. }
             | Outcome::Rejected(_) => {}
         }
     }

@@ -163,6 +163,12 @@ pub enum Outcome {
     Erased {
         erased_at: Timestamp,
     },
+    /// The member's clock moved by the scheduler ([`crate::MemberCommand::Advance`]): the
+    /// points that expired and the tier after it.
+    Advanced {
+        points_expired: Points,
+        tier: String,
+    },
     Rejected(Rejection),
 }
 

@@ -11,6 +11,15 @@ pub struct NextTier {
     pub remaining: u64,
 }
 
+/// The member's next expiry: the points of their oldest lot and the day they expire (at the
+/// start of that day, UTC, the scheduler takes them).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NextExpiry {
+    pub points: Points,
+    /// `YYYY-MM-DD`.
+    pub date: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Voucher {
     pub reward_id: RewardId,
@@ -37,6 +46,11 @@ pub struct MemberStatus {
     pub points_earned: Points,
     /// Increases with every change; a cache never replaces a newer status by an older one.
     pub version: u64,
+    /// What expires next and when, if the program expires points and the member has any.
+    /// Absent otherwise (and from statuses cached before it existed). Before `erased`, which
+    /// stays the last field (the gateway checks the status's last bytes for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_expiry: Option<NextExpiry>,
     /// The member's personal data was erased (README "Privacy"): the member takes no more
     /// commands. Only present when true, so the status of every other member is unchanged.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -92,6 +106,10 @@ impl MemberStatus {
             points_earned: state.points_earned,
             version: state.version,
             erased: state.erased_at.is_some(),
+            next_expiry: state.next_expiry(program).map(|(points, day)| NextExpiry {
+                points,
+                date: day.iso(),
+            }),
         }
     }
 }

@@ -27,11 +27,13 @@ use std::thread;
 
 use async_trait::async_trait;
 use loyalty_core::model::{ApiKey, Franchise, Principal, Store};
-use loyalty_core::ports::{DashboardRows, EffectBatch, EventClaim, StateStore};
+use loyalty_core::ports::{
+    DashboardRows, Due, DueMember, EffectBatch, EventClaim, Partition, StateStore,
+};
 use loyalty_core::{Error, Result};
 use loyalty_domain::{
-    Day, EventId, Fingerprint, FranchiseId, LedgerEntry, MemberId, MemberState, ProcessedEvent,
-    Program, StoreId,
+    Day, DomainError, EventId, Fingerprint, FranchiseId, LedgerEntry, MemberId, MemberState,
+    ProcessedEvent, Program, StoreId, Timestamp,
 };
 use redb::{Durability, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
@@ -56,6 +58,11 @@ const LEDGER: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("ledger
 const PROCESSED: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("processed");
 /// Event id claims: (franchise, event id) → the owning command's fingerprint.
 const CLAIMS: TableDefinition<(&str, &str), [u8; 16]> = TableDefinition::new("event_claims");
+
+/// The due index of the scheduler: (partition, due time in ms, member) → franchise.
+const DUE: TableDefinition<(u32, i64, &str), &str> = TableDefinition::new("due");
+/// Each indexed member's entry in [`DUE`]: member → (partition, due time), to replace it.
+const DUE_OF: TableDefinition<&str, (u32, i64)> = TableDefinition::new("due_of");
 
 /// Page cache of the store unless configured otherwise.
 pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
@@ -148,13 +155,16 @@ fn member_version(bytes: &[u8]) -> Result<u64> {
 /// An [`EffectBatch`] encoded by its caller, on the engine's threads: every batch goes through
 /// the one writer thread, which then only checks conditions and inserts bytes.
 struct EncodedBatch {
-    /// (member, expected stored version, new value).
-    members: Vec<(MemberId, u64, Vec<u8>)>,
+    /// (member, expected stored version, new value, due index entry and franchise).
+    members: Vec<(MemberId, u64, Vec<u8>, Option<DueEntry>)>,
     /// (member, sequence, entry).
     ledger: Vec<(MemberId, u64, Vec<u8>)>,
     processed: Vec<EncodedProcessed>,
     dashboard: loyalty_domain::dashboard::DashboardDelta,
 }
+
+/// A member's due index entry and its franchise (the index names both).
+type DueEntry = (Due, FranchiseId);
 
 struct EncodedProcessed {
     franchise_id: FranchiseId,
@@ -171,7 +181,8 @@ impl EncodedBatch {
             .iter()
             .map(|w| {
                 let value = encode_member(&w.state)?;
-                Ok((w.state.member_id.clone(), w.expected_version, value))
+                let due = w.due.map(|d| (d, w.state.franchise_id.clone()));
+                Ok((w.state.member_id.clone(), w.expected_version, value, due))
             })
             .collect::<Result<_>>()?;
         let ledger = batch
@@ -225,6 +236,8 @@ impl EmbeddedStore {
             tx.open_table(LEDGER).map_err(unavailable)?;
             tx.open_table(PROCESSED).map_err(unavailable)?;
             tx.open_table(CLAIMS).map_err(unavailable)?;
+            tx.open_table(DUE).map_err(unavailable)?;
+            tx.open_table(DUE_OF).map_err(unavailable)?;
             dashboard::create_tables(&tx)?;
         }
         tx.commit().map_err(unavailable)?;
@@ -441,7 +454,7 @@ fn commit_group(
         for batch in group {
             // Conditions first, so that a failing batch writes nothing.
             let mut failed = None;
-            for (member, expected, _) in &batch.members {
+            for (member, expected, _, _) in &batch.members {
                 let stored = match members.get(member.as_str()).map_err(unavailable)? {
                     Some(v) => member_version(v.value())?,
                     None => 0,
@@ -467,10 +480,13 @@ fn commit_group(
                 results.push(Err(Error::Conflict(reason)));
                 continue;
             }
-            for (member, _, value) in &batch.members {
+            for (member, _, value, due) in &batch.members {
                 members
                     .insert(member.as_str(), value.as_slice())
                     .map_err(unavailable)?;
+                if let Some((due, franchise)) = due {
+                    index_due(&tx, member, *due, franchise)?;
+                }
             }
             for (member, seq, value) in &batch.ledger {
                 ledger
@@ -489,6 +505,38 @@ fn commit_group(
     }
     tx.commit().map_err(unavailable)?;
     Ok((results, owners))
+}
+
+/// An identifier read back from the store, which only ever wrote valid ones.
+fn parse_id<T>(
+    what: &str,
+    s: &str,
+    parse: fn(&str) -> std::result::Result<T, DomainError>,
+) -> Result<T> {
+    parse(s).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
+}
+
+/// Replaces `member`'s entry in the due index (in the batch's transaction).
+fn index_due(
+    tx: &redb::WriteTransaction,
+    member: &MemberId,
+    due: Due,
+    franchise: &FranchiseId,
+) -> Result<()> {
+    let mut index = tx.open_table(DUE).map_err(unavailable)?;
+    let mut of = tx.open_table(DUE_OF).map_err(unavailable)?;
+    let m = member.as_str();
+    let old = of.remove(m).map_err(unavailable)?.map(|v| v.value());
+    if let Some((p, at)) = old {
+        index.remove((p, at, m)).map_err(unavailable)?;
+    }
+    if let Some(at) = due.at {
+        index
+            .insert((due.partition, at.0, m), franchise.as_str())
+            .map_err(unavailable)?;
+        of.insert(m, (due.partition, at.0)).map_err(unavailable)?;
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -700,6 +748,28 @@ impl StateStore for EmbeddedStore {
 
     async fn tier_counts(&self, franchise: &FranchiseId) -> Result<Vec<(String, i64)>> {
         dashboard::tiers(&*self.db.get().map_err(unavailable)?, franchise)
+    }
+
+    async fn due_members(
+        &self,
+        partition: Partition,
+        until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<DueMember>> {
+        let tx = self.db.begin_read().map_err(unavailable)?;
+        let t = tx.open_table(DUE).map_err(unavailable)?;
+        let mut out = Vec::new();
+        let range = (partition, i64::MIN, "")..=(partition, until.0, "\u{10ffff}");
+        for row in t.range(range).map_err(unavailable)?.take(limit) {
+            let (k, v) = row.map_err(unavailable)?;
+            let (_, at, member) = k.value();
+            out.push(DueMember {
+                member_id: parse_id("due member", member, MemberId::parse)?,
+                franchise_id: parse_id("due franchise", v.value(), FranchiseId::parse)?,
+                at: Timestamp(at),
+            });
+        }
+        Ok(out)
     }
 
     async fn processed_after(

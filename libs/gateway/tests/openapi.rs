@@ -445,7 +445,9 @@ fn member_status_and_ledger_match_the_domain_types() {
         serde_json::from_value(ex.clone()).expect("example is a MemberStatus");
     let back = serde_json::to_value(&typed).unwrap();
     assert_eq!(back, ex);
-    // `erased` is only emitted when true (README "Privacy"): documented, not required.
+    // `erased` is only emitted when true (README "Privacy"), `next_expiry` only when the
+    // program expires points and the member has some (README "The scheduler"): documented,
+    // not required.
     let status = serde_json::json!({ "$ref": "#/components/schemas/MemberStatus" });
     let mut emitted = keys(&back);
     assert_eq!(
@@ -454,6 +456,7 @@ fn member_status_and_ledger_match_the_domain_types() {
         "MemberStatus: every emitted field is required"
     );
     emitted.insert("erased".to_owned());
+    emitted.insert("next_expiry".to_owned());
     assert_eq!(
         properties(&d, &status),
         emitted,

@@ -57,6 +57,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "api_key_ids",
         sql: include_str!("../migrations/0004_api_key_ids.sql"),
     },
+    Migration {
+        version: 5,
+        name: "member_due",
+        sql: include_str!("../migrations/0005_member_due.sql"),
+    },
 ];
 
 /// Key of the advisory lock that serializes migrations (any constant; "loyalty" in ASCII).
@@ -253,7 +258,7 @@ mod tests {
             assert_eq!(m.checksum(), m.checksum());
         }
         assert_ne!(MIGRATIONS[0].checksum(), MIGRATIONS[1].checksum());
-        assert_eq!(latest_version(), 4);
+        assert_eq!(latest_version(), 5);
     }
 
     #[test]

@@ -8,12 +8,14 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use loyalty_core::metrics::metrics;
 use loyalty_core::model::{ApiKey, Franchise, Principal, Store};
-use loyalty_core::ports::{DashboardRows, EffectBatch, EventClaim, StateStore};
+use loyalty_core::ports::{
+    DashboardRows, Due, DueMember, EffectBatch, EventClaim, Partition, StateStore,
+};
 use loyalty_core::{Error, Result};
 use loyalty_domain::dashboard::{DashboardDelta, DayTotals, PackedRow, Scope, VisitKey, VisitRow};
 use loyalty_domain::{
     Day, EventId, Fingerprint, FranchiseId, LedgerEntry, MemberId, MemberState, ProcessedEvent,
-    Program, RewardId, StoreId,
+    Program, RewardId, StoreId, Timestamp,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -121,11 +123,23 @@ WITH created AS (
     INSERT INTO dashboard_tiers AS t (franchise_id, tier, n)
     SELECT * FROM unnest($47::text[], $48::text[], $49::int8[])
     ON CONFLICT (franchise_id, tier) DO UPDATE SET n = t.n + EXCLUDED.n
+), due_set AS (
+    INSERT INTO member_due (member_id, franchise_id, partition, due_at)
+    SELECT * FROM unnest($50::text[], $51::text[], $52::int4[], $53::int8[])
+    ON CONFLICT (member_id) DO UPDATE SET franchise_id = EXCLUDED.franchise_id,
+        partition = EXCLUDED.partition, due_at = EXCLUDED.due_at
+), due_cleared AS (
+    DELETE FROM member_due WHERE member_id = ANY($54::text[])
 )
 SELECT loyalty_fence(
     (SELECT count(*) FROM created), cardinality($1::text[]),
     (SELECT count(*) FROM updated), cardinality($5::text[]),
     (SELECT count(*) FROM recorded), cardinality($13::text[]))";
+
+/// A partition's members due by a time, earliest first (the scheduler's read), on the
+/// `member_due_by_partition` index.
+const DUE_MEMBERS: &str = "SELECT member_id, franchise_id, due_at FROM member_due \
+    WHERE partition = $1 AND due_at <= $2 ORDER BY due_at, member_id LIMIT $3";
 
 /// The stores of a franchise, on the `stores_by_franchise` index.
 const STORES_OF: &str = "SELECT body FROM stores WHERE franchise_id = $1 ORDER BY id";
@@ -333,6 +347,36 @@ struct CommitParams {
     ins: RecordColumns,
     rep: RecordColumns,
     dash: DashboardColumns,
+    due: DueColumns,
+}
+
+/// The due index changes of [`COMMIT`] (members whose write sets their due entry).
+#[derive(Default)]
+struct DueColumns {
+    set_members: Vec<String>,
+    set_franchises: Vec<String>,
+    set_partitions: Vec<i32>,
+    set_at: Vec<i64>,
+    cleared: Vec<String>,
+}
+
+impl DueColumns {
+    fn push(&mut self, s: &MemberState, due: Due) -> Result<()> {
+        let member = s.member_id.as_str().to_owned();
+        match due.at {
+            Some(at) => {
+                self.set_members.push(member);
+                self.set_franchises.push(s.franchise_id.as_str().to_owned());
+                self.set_partitions.push(
+                    i32::try_from(due.partition)
+                        .map_err(|_| Error::Invalid(format!("partition {}", due.partition)))?,
+                );
+                self.set_at.push(at.0);
+            }
+            None => self.cleared.push(member),
+        }
+        Ok(())
+    }
 }
 
 /// The dashboard increments of [`COMMIT`], one array per column, rows sorted by primary key
@@ -504,6 +548,9 @@ impl CommitParams {
         }
         for w in members {
             let s = &w.state;
+            if let Some(due) = w.due {
+                p.due.push(s, due)?;
+            }
             let version = to_i64("member version", s.version)?;
             if w.expected_version == 0 {
                 p.new_ids.push(s.member_id.as_str().to_owned());
@@ -543,7 +590,7 @@ impl CommitParams {
         Ok(p)
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 49] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 54] {
         let d = &self.dash;
         let t = &d.t_counters;
         [
@@ -596,6 +643,11 @@ impl CommitParams {
             &d.g_franchises,
             &d.g_tiers,
             &d.g_ns,
+            &self.due.set_members,
+            &self.due.set_franchises,
+            &self.due.set_partitions,
+            &self.due.set_at,
+            &self.due.cleared,
         ]
     }
 }
@@ -977,6 +1029,32 @@ impl StateStore for PostgresStore {
             out.visits.push((s, day_of(day)?, PackedRow::of(&row)));
         }
         Ok(out)
+    }
+
+    async fn due_members(
+        &self,
+        partition: Partition,
+        until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<DueMember>> {
+        let what = "reading the due index";
+        let p = i32::try_from(partition).unwrap_or(i32::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let parse = |kind: &str, v: &str| Error::Corrupt(format!("postgres: due {kind} {v:?}"));
+        self.query(what, DUE_MEMBERS, &[&p, &until.0, &limit])
+            .await?
+            .iter()
+            .map(|row| {
+                let m: String = row.try_get(0).map_err(|e| pg(what, &e))?;
+                let f: String = row.try_get(1).map_err(|e| pg(what, &e))?;
+                let at: i64 = row.try_get(2).map_err(|e| pg(what, &e))?;
+                Ok(DueMember {
+                    member_id: MemberId::parse(&m).map_err(|_| parse("member", &m))?,
+                    franchise_id: FranchiseId::parse(&f).map_err(|_| parse("franchise", &f))?,
+                    at: Timestamp(at),
+                })
+            })
+            .collect()
     }
 
     async fn tier_counts(&self, franchise: &FranchiseId) -> Result<Vec<(String, i64)>> {

@@ -335,6 +335,7 @@ async fn enrol(
                 members: vec![MemberWrite {
                     state: s,
                     expected_version,
+                    due: None,
                 }],
                 ledger: applied
                     .entries

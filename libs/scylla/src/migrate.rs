@@ -52,7 +52,16 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "api_key_ids",
         cql: include_str!("../migrations/0004_api_key_ids.cql"),
     },
+    Migration {
+        version: 5,
+        name: "member_due",
+        cql: include_str!("../migrations/0005_member_due.cql"),
+    },
 ];
+
+/// The migration of the due index, after which [`migrate`] adds the static due columns of
+/// `member_events` (before recording it: an interrupted migration adds what is missing).
+const MEMBER_DUE: u32 = 5;
 
 /// The migration that creates `api_key_records`, which [`migrate`] then fills from the keys of
 /// `api_keys` that have no id yet (before recording it: an interrupted fill is done again).
@@ -192,6 +201,9 @@ pub async fn migrate(session: &Session, config: &ScyllaConfig) -> Result<Vec<u32
         if m.version == API_KEY_IDS {
             adopt_legacy_keys(session, ks).await?;
         }
+        if m.version == MEMBER_DUE {
+            add_due_columns(session, ks).await?;
+        }
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
@@ -212,6 +224,30 @@ pub async fn migrate(session: &Session, config: &ScyllaConfig) -> Result<Vec<u32
         .await
         .map_err(|e| unavailable("waiting for schema agreement", e))?;
     Ok(done)
+}
+
+/// Adds the static columns `due_partition int` and `due_at bigint` to `member_events`, each
+/// unless `system_schema` shows it there already (CQL has no `ADD IF NOT EXISTS`).
+async fn add_due_columns(session: &Session, ks: &str) -> Result<()> {
+    let what = "adding the due columns of member_events";
+    for (column, kind) in [("due_partition", "int"), ("due_at", "bigint")] {
+        let found = session
+            .query_unpaged(
+                "SELECT column_name FROM system_schema.columns WHERE keyspace_name = ? \
+                 AND table_name = 'member_events' AND column_name = ?",
+                (ks, column),
+            )
+            .await
+            .map_err(|e| unavailable(what, e))?
+            .into_rows_result()
+            .map_err(|e| unavailable(what, e))?
+            .rows_num();
+        if found == 0 {
+            let alter = format!("ALTER TABLE {ks}.member_events ADD {column} {kind} static");
+            run(session, what, &alter).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Fills `stores_by_franchise` from `stores` (idempotent: the same rows again).

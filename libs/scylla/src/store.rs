@@ -104,12 +104,14 @@ use futures::future::{join_all, try_join_all};
 use futures::{stream, StreamExt, TryStreamExt};
 use loyalty_core::metrics::metrics;
 use loyalty_core::model::{ApiKey, Franchise, Principal, Store};
-use loyalty_core::ports::{DashboardRows, EffectBatch, EventClaim, StateStore};
+use loyalty_core::ports::{
+    DashboardRows, DueMember, EffectBatch, EventClaim, Partition, StateStore,
+};
 use loyalty_core::{Error, Result};
 use loyalty_domain::dashboard::{DashboardDelta, DayTotals, Scope, VisitKey, VisitRow};
 use loyalty_domain::{
     Day, EventId, Fingerprint, FranchiseId, LedgerEntry, MemberId, MemberState, ProcessedEvent,
-    Program, RewardId, StoreId,
+    Program, RewardId, StoreId, Timestamp,
 };
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
@@ -258,6 +260,12 @@ struct Statements {
     read_rewards: PreparedStatement,
     read_visits: PreparedStatement,
     read_tiers: PreparedStatement,
+    member_due: PreparedStatement,
+    member_due_clear: PreparedStatement,
+    due_insert: PreparedStatement,
+    due_read: PreparedStatement,
+    due_of: PreparedStatement,
+    due_delete: PreparedStatement,
 }
 
 /// The counter columns of `dashboard_totals`, in the order of [`totals_counters`].
@@ -500,6 +508,33 @@ impl Statements {
                 "SELECT tier, n FROM {ks}.dashboard_tiers WHERE franchise_id = ?"
             ))
             .await?,
+            member_due: prep(format!(
+                "UPDATE {me} SET due_partition = ?, due_at = ? WHERE pk = ?"
+            ))
+            .await?,
+            member_due_clear: prep(format!(
+                "UPDATE {me} SET due_partition = null, due_at = null WHERE pk = ?"
+            ))
+            .await?,
+            due_insert: prep(format!(
+                "INSERT INTO {ks}.due_by_partition (partition, due_at, member_id, franchise_id) \
+                 VALUES (?, ?, ?, ?)"
+            ))
+            .await?,
+            due_read: prep(format!(
+                "SELECT due_at, member_id, franchise_id FROM {ks}.due_by_partition \
+                 WHERE partition = ? AND due_at <= ? LIMIT ?"
+            ))
+            .await?,
+            due_of: prep(format!(
+                "SELECT due_partition, due_at FROM {me} WHERE pk = ? LIMIT 1"
+            ))
+            .await?,
+            due_delete: prep(format!(
+                "DELETE FROM {ks}.due_by_partition WHERE partition = ? AND due_at = ? \
+                 AND member_id = ?"
+            ))
+            .await?,
         })
     }
 }
@@ -513,6 +548,8 @@ struct PartitionWrite {
     ledger: Vec<(i64, Vec<u8>)>,
     /// Record key → (must not exist yet, record JSON).
     records: BTreeMap<String, (bool, Vec<u8>)>,
+    /// The member's due entry (partition, due time), `None` to leave it.
+    due: Option<(i32, Option<i64>)>,
 }
 
 /// The outcome of a conditional statement: `[applied]` and the row the server sent with it
@@ -1016,6 +1053,25 @@ impl ScyllaStore {
                 ]);
             }
         }
+        match w.due {
+            Some((partition, Some(at))) => {
+                batch.append_statement(BatchStatement::PreparedStatement(
+                    self.st.member_due.clone(),
+                ));
+                values.push(vec![
+                    CqlValue::Int(partition),
+                    CqlValue::BigInt(at),
+                    pk_value(),
+                ]);
+            }
+            Some((_, None)) => {
+                batch.append_statement(BatchStatement::PreparedStatement(
+                    self.st.member_due_clear.clone(),
+                ));
+                values.push(vec![pk_value()]);
+            }
+            None => {}
+        }
         for (seq, body) in w.ledger {
             batch.append_statement(BatchStatement::PreparedStatement(
                 self.st.ledger_insert.clone(),
@@ -1407,6 +1463,54 @@ impl StateStore for ScyllaStore {
         Ok(out)
     }
 
+    /// Reads the partition's rows due by `until` and keeps those that their member's static
+    /// due columns confirm; the others (left by a refused batch or an older due time) are
+    /// deleted, so they are read once.
+    async fn due_members(
+        &self,
+        partition: Partition,
+        until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<DueMember>> {
+        let what = "reading the due index";
+        let p = i32::try_from(partition).unwrap_or(i32::MAX);
+        let n = i32::try_from(limit).unwrap_or(i32::MAX);
+        let rows: Vec<(i64, String, String)> = self
+            .session
+            .execute_iter(self.st.due_read.clone(), (p, until.0, n))
+            .await
+            .map_err(|e| unavailable(what, e))?
+            .rows_stream::<(i64, String, String)>()
+            .map_err(|e| unavailable(what, e))?
+            .try_collect()
+            .await
+            .map_err(|e| unavailable(what, e))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (at, m, f) in rows {
+            let truth = self
+                .session
+                .execute_unpaged(&self.st.due_of, (m.as_str(),))
+                .await
+                .map_err(|e| unavailable(what, e))?
+                .into_rows_result()
+                .map_err(|e| unavailable(what, e))?
+                .maybe_first_row::<(Option<i32>, Option<i64>)>()
+                .map_err(|e| unavailable(what, e))?;
+            if truth != Some((Some(p), Some(at))) {
+                self.put(what, &self.st.due_delete, (p, at, m.as_str()))
+                    .await?;
+                continue;
+            }
+            let corrupt = |k: &str, v: &str| Error::Corrupt(format!("scylla: due {k} {v:?}"));
+            out.push(DueMember {
+                member_id: MemberId::parse(&m).map_err(|_| corrupt("member", &m))?,
+                franchise_id: FranchiseId::parse(&f).map_err(|_| corrupt("franchise", &f))?,
+                at: Timestamp(at),
+            });
+        }
+        Ok(out)
+    }
+
     async fn tier_counts(&self, franchise: &FranchiseId) -> Result<Vec<(String, i64)>> {
         let what = "reading tier counts";
         let rows: Vec<(String, Option<Counter>)> = self
@@ -1481,6 +1585,7 @@ impl StateStore for ScyllaStore {
         }
         let timer = metrics().store_commit_seconds.start_timer();
         let mut parts: BTreeMap<String, PartitionWrite> = BTreeMap::new();
+        let mut due_rows = Vec::new();
         for w in &batch.members {
             let part = parts
                 .entry(w.state.member_id.as_str().to_owned())
@@ -1496,6 +1601,14 @@ impl StateStore for ScyllaStore {
                 encode(&w.state)?,
                 w.expected_version,
             ));
+            if let Some(due) = w.due {
+                let partition = i32::try_from(due.partition)
+                    .map_err(|_| Error::Invalid(format!("partition {}", due.partition)))?;
+                part.due = Some((partition, due.at.map(|t| t.0)));
+                if let Some(at) = due.at {
+                    due_rows.push((partition, at.0, &w.state));
+                }
+            }
         }
         for (m, e) in &batch.ledger {
             parts
@@ -1529,6 +1642,19 @@ impl StateStore for ScyllaStore {
             }
             return Err(e);
         }
+
+        // 1b. The due index's rows, before the states that make them true (a row whose member
+        // batch then fails is stale, and its reader deletes it; see `due_members`).
+        try_join_all(due_rows.iter().map(|(p, at, state)| {
+            let values = (
+                *p,
+                *at,
+                state.member_id.as_str(),
+                state.franchise_id.as_str(),
+            );
+            self.put("due index", &self.st.due_insert, values)
+        }))
+        .await?;
 
         // 2. Each partition's share in one conditional batch, all partitions at once.
         let results = join_all(

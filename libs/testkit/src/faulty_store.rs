@@ -186,6 +186,14 @@ impl StateStore for FaultyStore {
     async fn tier_counts(&self, f: &FranchiseId) -> Result<Vec<(String, i64)>> {
         self.inner.tier_counts(f).await
     }
+    async fn due_members(
+        &self,
+        p: loyalty_core::ports::Partition,
+        until: loyalty_domain::Timestamp,
+        limit: usize,
+    ) -> Result<Vec<loyalty_core::ports::DueMember>> {
+        self.inner.due_members(p, until, limit).await
+    }
     async fn stores_of(&self, f: &FranchiseId) -> Result<Vec<Store>> {
         self.inner.stores_of(f).await
     }

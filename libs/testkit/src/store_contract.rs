@@ -24,7 +24,9 @@
 //! - dashboards: the deltas of commits add up (counters added, visit keys added and a key that
 //!   reaches 0 gone, tiers added), `dashboard_rows` answers exactly the days of its range and
 //!   the franchise asked; a refused batch adds nothing to them; `stores_of` lists the
-//!   franchise's stores only.
+//!   franchise's stores only;
+//! - the scheduler's due index: written with the member's state, replaced, read by partition
+//!   and time, untouched by a refused batch.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -32,7 +34,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, ensure, Context};
 use loyalty_core::model::{ApiKey, Franchise, Principal, Role, Store};
 use loyalty_core::ports::{
-    DashboardRows, EffectBatch, EventClaim, MemberWrite, ProcessedWrite, StateStore,
+    DashboardRows, Due, DueMember, EffectBatch, EventClaim, MemberWrite, ProcessedWrite, StateStore,
 };
 use loyalty_core::Error;
 use loyalty_domain::dashboard::{DashboardDelta, DayTotals, PackedRow, Scope, VisitKey};
@@ -91,6 +93,117 @@ pub async fn run_all(store: Arc<dyn StateStore>) -> R {
         .await
         .context("api_keys_rotate_and_revoke")?;
     erasures_persist(s).await.context("erasures_persist")?;
+    due_index_follows_the_state(s)
+        .await
+        .context("due_index_follows_the_state")?;
+    Ok(())
+}
+
+const DAY: i64 = 86_400_000;
+
+/// `batch` with each member's due entry set to `at` in `partition`.
+fn due_in(mut batch: EffectBatch, partition: u32, at: Option<i64>) -> EffectBatch {
+    for w in &mut batch.members {
+        w.due = Some(Due {
+            partition,
+            at: at.map(Timestamp),
+        });
+    }
+    batch
+}
+
+/// The scheduler's due index ([`StateStore::due_members`]): written in the member's commit,
+/// one entry per member (a new due time replaces the old one), read by partition, up to and
+/// including `until`, earliest first, at most `limit`; a refused batch leaves it as it was;
+/// `due: None` leaves an entry, a due time of `None` removes it.
+pub async fn due_index_follows_the_state(store: &dyn StateStore) -> R {
+    let (p, other) = (7_001, 7_002);
+    let mut sc = Scenario::new("due")?;
+    let dues = [
+        (1, p, Some(10)),
+        (2, p, Some(5)),
+        (3, p, None),
+        (4, other, Some(1)),
+    ];
+    let mut states = Vec::new();
+    for (n, partition, day) in dues {
+        let m = sc.member(n)?;
+        let e = sc.enrol(&m)?;
+        let at = day.map(|d| T0 + d * DAY);
+        store.commit(due_in(e.batch(0), partition, at)).await?;
+        states.push(e.state.ok_or_else(|| anyhow!("no state"))?);
+    }
+    let franchise = sc.franchise.clone();
+    let due = |n: u32, day: i64| -> anyhow::Result<DueMember> {
+        Ok(DueMember {
+            member_id: id(MemberId::parse(&format!("{franchise}-m{n:05}")))?,
+            franchise_id: franchise.clone(),
+            at: Timestamp(T0 + day * DAY),
+        })
+    };
+    let read = |partition: u32, day: i64, limit: usize| {
+        store.due_members(partition, Timestamp(T0 + day * DAY), limit)
+    };
+    ensure!(
+        read(p, 20, 10).await? == vec![due(2, 5)?, due(1, 10)?],
+        "earliest first"
+    );
+    ensure!(
+        read(p, 5, 10).await? == vec![due(2, 5)?],
+        "until is inclusive"
+    );
+    ensure!(
+        read(p, 4, 10).await?.is_empty(),
+        "nothing due before the first"
+    );
+    ensure!(read(p, 20, 1).await? == vec![due(2, 5)?], "limit");
+    ensure!(
+        read(other, 20, 10).await? == vec![due(4, 1)?],
+        "by partition"
+    );
+
+    // A new due time replaces the member's entry.
+    let bought = sc.purchase(&states[1], 100)?;
+    store
+        .commit(due_in(
+            bought.batch(states[1].version),
+            p,
+            Some(T0 + 30 * DAY),
+        ))
+        .await?;
+    ensure!(
+        read(p, 20, 10).await? == vec![due(1, 10)?],
+        "old entry left behind"
+    );
+    ensure!(read(p, 40, 10).await? == vec![due(1, 10)?, due(2, 30)?]);
+
+    // A refused batch moves nothing; `due: None` leaves the entry; `at: None` removes it.
+    let m1 = &states[0];
+    let stale = sc.purchase(m1, 100)?;
+    let r = store
+        .commit(due_in(stale.batch(m1.version + 3), p, Some(T0 + DAY)))
+        .await;
+    ensure!(is_conflict(&r), "stale write: {r:?}");
+    ensure!(
+        read(p, 20, 10).await? == vec![due(1, 10)?],
+        "a refused batch moved the index"
+    );
+    let kept = sc.purchase(m1, 100)?;
+    store.commit(kept.batch(m1.version)).await?;
+    ensure!(
+        read(p, 20, 10).await? == vec![due(1, 10)?],
+        "due: None removed the entry"
+    );
+    let m1 = kept.state.ok_or_else(|| anyhow!("no state"))?;
+    let cleared = sc.purchase(&m1, 100)?;
+    store
+        .commit(due_in(cleared.batch(m1.version), p, None))
+        .await?;
+    ensure!(
+        read(p, 20, 10).await?.is_empty(),
+        "a cleared entry is still due"
+    );
+    ensure!(read(p, 40, 10).await? == vec![due(2, 30)?]);
     Ok(())
 }
 
@@ -944,6 +1057,7 @@ impl Effect {
                 .map(|s| MemberWrite {
                     state: s.clone(),
                     expected_version,
+                    due: None,
                 })
                 .collect(),
             ledger: match member_id {

@@ -83,6 +83,12 @@ pub struct DevConfig {
     /// made durable, then the offsets committed. Shorter: less delivered again after a crash;
     /// longer: fewer fsyncs of the store.
     pub checkpoint_ms: u64,
+    /// Seconds between two runs of the scheduler of each owned partition
+    /// (`LOYALTY_SCHEDULER_SECS`): how late, at most, a dormant member's points expire or
+    /// their tier drops (README "The scheduler"). 0 turns the scheduler off.
+    pub scheduler_secs: u64,
+    /// Most members one commit of the scheduler advances (`LOYALTY_SCHEDULER_BATCH`).
+    pub scheduler_batch: usize,
     /// Member statuses kept in the in-process hot cache (`LOYALTY_CACHE_CAPACITY`): the most
     /// used ones (a miss reads the store and fills the cache). Each costs about 800 bytes, so
     /// this bounds the cache's memory whatever the member count.
@@ -179,6 +185,8 @@ impl Default for DevConfig {
             engine_workers: 0,
             passivate_after_secs: 300,
             checkpoint_ms: 10,
+            scheduler_secs: 60,
+            scheduler_batch: 512,
             cache_capacity: 20_000,
             store_cache_mib: 64,
             public_url: None,
@@ -298,6 +306,8 @@ impl std::fmt::Debug for DevConfig {
             .field("engine_workers", &self.engine_workers)
             .field("passivate_after_secs", &self.passivate_after_secs)
             .field("checkpoint_ms", &self.checkpoint_ms)
+            .field("scheduler_secs", &self.scheduler_secs)
+            .field("scheduler_batch", &self.scheduler_batch)
             .field("cache_capacity", &self.cache_capacity)
             .field("store_cache_mib", &self.store_cache_mib)
             .field("public_url", &self.public_url)
@@ -388,6 +398,8 @@ impl DevConfig {
         env_parse("LOYALTY_ENGINE_WORKERS", &mut c.engine_workers)?;
         env_parse("LOYALTY_PASSIVATE_AFTER_SECS", &mut c.passivate_after_secs)?;
         env_parse("LOYALTY_CHECKPOINT_MS", &mut c.checkpoint_ms)?;
+        env_parse("LOYALTY_SCHEDULER_SECS", &mut c.scheduler_secs)?;
+        env_parse("LOYALTY_SCHEDULER_BATCH", &mut c.scheduler_batch)?;
         env_parse("LOYALTY_CACHE_CAPACITY", &mut c.cache_capacity)?;
         env_parse("LOYALTY_STORE_CACHE_MIB", &mut c.store_cache_mib)?;
         if let Ok(v) = std::env::var("LOYALTY_PUBLIC_URL") {
@@ -511,6 +523,12 @@ impl DevConfig {
         }
         if !(1..=60_000).contains(&self.checkpoint_ms) {
             bail!("checkpoint_ms (LOYALTY_CHECKPOINT_MS) must be between 1 and 60000");
+        }
+        if self.scheduler_secs > 86_400 {
+            bail!("scheduler_secs (LOYALTY_SCHEDULER_SECS) must be at most 86400 (0: off)");
+        }
+        if !(1..=10_000).contains(&self.scheduler_batch) {
+            bail!("scheduler_batch (LOYALTY_SCHEDULER_BATCH) must be between 1 and 10000");
         }
         if self.passivate_after_secs == 0 {
             bail!("passivate_after_secs (LOYALTY_PASSIVATE_AFTER_SECS) must be at least 1");
@@ -717,6 +735,15 @@ impl DevConfig {
 
     pub fn passivate_after(&self) -> Duration {
         Duration::from_secs(self.passivate_after_secs)
+    }
+
+    /// The engine's scheduler settings, on the system clock.
+    pub fn scheduler(&self) -> loyalty_core::engine::scheduler::SchedulerConfig {
+        loyalty_core::engine::scheduler::SchedulerConfig {
+            every: Duration::from_secs(self.scheduler_secs),
+            batch: self.scheduler_batch,
+            ..Default::default()
+        }
     }
 }
 

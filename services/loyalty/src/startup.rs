@@ -411,6 +411,7 @@ impl Application {
         let mut engine_config = EngineConfig {
             passivate_after: config.passivate_after(),
             checkpoint_every: config.checkpoint_every(),
+            scheduler: config.scheduler(),
             topic: config.topic.clone(),
             dead_letter_topic: config.dead_letter_topic.clone(),
             workers: config.engine_workers,

@@ -83,6 +83,7 @@ async fn a_stopped_nodes_data_audits_clean_and_a_forged_balance_is_found() -> an
                 members: vec![MemberWrite {
                     state,
                     expected_version,
+                    due: None,
                 }],
                 ..EffectBatch::default()
             })

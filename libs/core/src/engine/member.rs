@@ -76,6 +76,7 @@ fn kind(command: &MemberCommand) -> &'static str {
         MemberCommand::Refund { .. } => "refund",
         MemberCommand::Redemption { .. } => "redemption",
         MemberCommand::Erase => "erase",
+        MemberCommand::Advance => "advance",
     }
 }
 

@@ -37,6 +37,7 @@
 pub mod health;
 pub mod member;
 mod observe;
+pub mod scheduler;
 pub mod shard;
 pub mod worker;
 
@@ -85,6 +86,9 @@ pub struct EngineConfig {
     /// How often the consumer lag of each owned partition is sampled (one end-offset read per
     /// partition) into `loyalty_engine_consumer_lag_records`.
     pub lag_every: Duration,
+    /// The scheduler of expiry and tier re-evaluation of each owned partition
+    /// ([`scheduler`]).
+    pub scheduler: scheduler::SchedulerConfig,
 }
 
 impl Default for EngineConfig {
@@ -100,6 +104,7 @@ impl Default for EngineConfig {
             lane_records: 8192,
             exclusive: None,
             lag_every: Duration::from_secs(5),
+            scheduler: scheduler::SchedulerConfig::default(),
         }
     }
 }
@@ -197,6 +202,7 @@ impl Engine {
                 topic: self.config.topic.clone(),
                 dead_letter_topic: self.config.dead_letter_topic.clone(),
                 passivate_after: self.config.passivate_after,
+                scheduler: self.config.scheduler.clone(),
             },
             positions,
         };

@@ -24,7 +24,7 @@ use crate::command::{CommandEnvelope, PosCommand};
 use crate::engine::member::{Apply, MemberActor, Passivate, Snapshot};
 use crate::metrics::metrics;
 use crate::ports::{
-    CachedStatus, EffectBatch, EventClaim, MemberWrite, Partition, ProcessedWrite, Record,
+    CachedStatus, Due, EffectBatch, EventClaim, MemberWrite, Partition, ProcessedWrite, Record,
     StateStore,
 };
 use crate::programs::ProgramCache;
@@ -168,6 +168,8 @@ pub struct BatchOutcome {
     pub replies: Vec<EventReply>,
     pub dead_letters: Vec<DeadLetter>,
     pub statuses: Vec<(MemberId, CachedStatus)>,
+    /// Members whose state the batch wrote.
+    pub changed_members: usize,
 }
 
 /// The member actors of one partition.
@@ -323,6 +325,57 @@ impl Shard {
             }
         }
 
+        self.apply_commands(deps, commands, parents, tally, dead_letters, touched)
+            .await
+    }
+
+    /// Runs the scheduler's time-only commands (built by [`crate::engine::scheduler`], one
+    /// per due member) through the same path as the log's commands: idempotency by their
+    /// event id, the member actors, one fenced commit with the due index. On `Err`, the
+    /// actors it touched are stopped, as for [`Shard::process`].
+    pub async fn process_scheduled(
+        &mut self,
+        deps: &ShardDeps<'_>,
+        commands: Vec<(CommandEnvelope, Arc<Program>)>,
+    ) -> Result<BatchOutcome> {
+        let mut touched: Vec<MemberId> = Vec::new();
+        let parents = commands
+            .iter()
+            .map(|_| crate::trace::current_parent())
+            .collect();
+        let commands = commands
+            .into_iter()
+            .map(|(env, p)| {
+                let fp = env.fingerprint();
+                (env, p, fp)
+            })
+            .collect();
+        let result = self
+            .apply_commands(
+                deps,
+                commands,
+                parents,
+                Tally::default(),
+                Vec::new(),
+                &mut touched,
+            )
+            .await;
+        if result.is_err() {
+            self.forget(&touched);
+        }
+        result
+    }
+
+    /// Applies decoded commands (in log order) and commits their effects in one batch.
+    async fn apply_commands(
+        &mut self,
+        deps: &ShardDeps<'_>,
+        commands: Vec<(CommandEnvelope, Arc<Program>, Fingerprint)>,
+        parents: Vec<crate::trace::Context>,
+        mut tally: Tally,
+        dead_letters: Vec<DeadLetter>,
+        touched: &mut Vec<MemberId>,
+    ) -> Result<BatchOutcome> {
         // Idempotency records the batch needs: its own events and the purchases it refunds.
         let mut wanted: HashMap<FranchiseId, Vec<EventId>> = HashMap::new();
         for (env, _, _) in &commands {
@@ -515,6 +568,7 @@ impl Shard {
                             reward_id: reward_id.clone(),
                         },
                         PosCommand::Erase { .. } => MemberCommand::Erase,
+                        PosCommand::Advance { .. } => MemberCommand::Advance,
                     };
                     if !touched.contains(m) {
                         touched.push(m.clone());
@@ -627,11 +681,16 @@ impl Shard {
         }
 
         let mut members = Vec::with_capacity(states.len());
-        for (m, (state, _, _)) in &states {
+        for (m, (state, program, _)) in &states {
             let expected_version = self.members.get(m).map_or(0, |s| s.stored_version);
             members.push(MemberWrite {
                 state: state.clone(),
                 expected_version,
+                // The member's next due time, from the state written with it.
+                due: Some(Due {
+                    partition: self.partition,
+                    at: state.next_due(program),
+                }),
             });
         }
         dashboard.tidy();
@@ -663,6 +722,7 @@ impl Shard {
         }
 
         // Written: the actors' memory and the store agree again.
+        let changed_members = states.len();
         let mut statuses = Vec::with_capacity(states.len());
         let mut rendered: HashMap<MemberId, CachedStatus> = HashMap::new();
         for (m, (state, program, version)) in states {
@@ -690,6 +750,7 @@ impl Shard {
             replies,
             dead_letters,
             statuses,
+            changed_members,
         })
     }
 }

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
 use crate::engine::health::EngineHealth;
+use crate::engine::scheduler::{self, SchedulerConfig};
 use crate::engine::shard::{BatchOutcome, DeadLetter, Shard, ShardDeps};
 use crate::metrics::metrics;
 use crate::ports::{EventLog, HotCache, Partition, Record, StateStore};
@@ -58,6 +59,7 @@ pub struct WorkerDeps {
     pub topic: String,
     pub dead_letter_topic: String,
     pub passivate_after: Duration,
+    pub scheduler: SchedulerConfig,
 }
 
 /// A worker's inputs.
@@ -75,10 +77,19 @@ pub async fn run(partition: Partition, deps: WorkerDeps, mut ch: WorkerChannels)
     let sweep_every = (deps.passivate_after / 4).max(Duration::from_millis(50));
     let mut sweep = tokio::time::interval(sweep_every);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let scheduling = !deps.scheduler.every.is_zero();
+    let mut schedule = tokio::time::interval(deps.scheduler.every.max(Duration::from_millis(1)));
+    schedule.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let records = tokio::select! {
             biased;
             _ = ch.stop.changed() => break,
+            // Before the records (it is ready once per interval, so it cannot hold them up),
+            // so that a steady stream of records cannot hold the scheduler up either.
+            _ = schedule.tick(), if scheduling => {
+                schedule_run(&mut shard, &deps).await;
+                continue;
+            }
             r = ch.records.recv() => match r {
                 Some(r) => r,
                 None => break,
@@ -132,6 +143,55 @@ pub async fn run(partition: Partition, deps: WorkerDeps, mut ch: WorkerChannels)
     }
     shard.stop_all();
     drop(ch.exited);
+}
+
+/// One run of the partition's scheduler: advances its due members, makes them durable, then
+/// publishes their statuses. A failed run changes nothing the next run cannot redo (see
+/// [`crate::engine::scheduler`]): it is counted, logged, and left to the next interval.
+async fn schedule_run(shard: &mut Shard, deps: &WorkerDeps) {
+    let partition = shard.partition;
+    let span = crate::trace::scheduler_span(partition);
+    let shard_deps = ShardDeps {
+        store: &deps.store,
+        programs: &deps.programs,
+    };
+    let run = async {
+        let (report, outcomes) = scheduler::run_once(shard, &shard_deps, &deps.scheduler).await?;
+        // Durable before visible: the statuses go out only once the store has the effects.
+        if report.applied > 0 {
+            deps.store.sync().await?;
+        }
+        Ok::<_, Error>((report, outcomes))
+    };
+    let m = &metrics().scheduler;
+    match run.instrument(span.clone()).await {
+        Ok((report, outcomes)) => {
+            m.runs.with_label_values(&["ok"]).inc();
+            m.members_applied.inc_by(report.applied as u64);
+            m.points_expired.inc_by(report.points_expired);
+            span.record("loyalty.scheduler.due", report.due);
+            if report.due > 0 {
+                tracing::info!(
+                    partition,
+                    due = report.due,
+                    applied = report.applied,
+                    points_expired = report.points_expired,
+                    "scheduler run"
+                );
+            }
+            for outcome in outcomes {
+                if !outcome.statuses.is_empty() {
+                    if let Err(e) = deps.cache.put_statuses(outcome.statuses).await {
+                        tracing::warn!(partition, error = %e, "hot cache update failed");
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            m.runs.with_label_values(&["error"]).inc();
+            tracing::warn!(partition, error = %e, "scheduler run failed; the next run redoes it");
+        }
+    }
 }
 
 enum Attempt {

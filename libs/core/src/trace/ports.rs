@@ -222,6 +222,15 @@ impl StateStore for TracedStore {
     async fn tier_counts(&self, f: &FranchiseId) -> Result<Vec<(String, i64)>> {
         store(self.system, "tier_counts", self.inner.tier_counts(f)).await
     }
+    async fn due_members(
+        &self,
+        p: crate::ports::Partition,
+        until: loyalty_domain::Timestamp,
+        limit: usize,
+    ) -> Result<Vec<crate::ports::DueMember>> {
+        let call = self.inner.due_members(p, until, limit);
+        store(self.system, "due_members", call).await
+    }
     async fn stores_of(&self, f: &FranchiseId) -> Result<Vec<Store>> {
         store(self.system, "stores_of", self.inner.stores_of(f)).await
     }

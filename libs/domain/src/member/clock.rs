@@ -2,8 +2,14 @@
 
 use super::{add_points, signed, MemberState};
 use crate::{
-    Day, DayActivity, EventContext, LedgerEntry, LedgerKind, Points, Program, Rejection, TierMetric,
+    Day, DayActivity, EventContext, LedgerEntry, LedgerKind, Points, Program, Rejection,
+    TierMetric, Timestamp,
 };
+
+/// The first moment of `day` (UTC).
+pub fn day_start(day: Day) -> Timestamp {
+    Timestamp(i64::from(day.0) * 86_400_000)
+}
 
 impl MemberState {
     /// Moves the member's clock to the event's time (never backwards), expiring points that
@@ -19,36 +25,91 @@ impl MemberState {
         self.clock = self.clock.max(ctx.at);
         let today = self.clock.day();
         if let Some(days) = ctx.program.points_expiry_days {
-            let mut expired: Points = 0;
-            while let Some(lot) = self.lots.first() {
-                if lot.day.0.saturating_add(days) <= today.0 {
-                    expired = expired.saturating_add(lot.points);
-                    self.lots.remove(0);
-                } else {
-                    break;
-                }
-            }
-            // The lots sum to the balance; the entry is what the balance lost, so the ledger
-            // stays its sum whatever happens.
-            let after = self.points.saturating_sub(expired);
-            let lost = self.points - after;
-            if lost > 0 {
-                self.points_expired = add_points(self.points_expired, lost, "points_expired")?;
-                self.points = after;
-                self.push_entry(
-                    ctx,
-                    LedgerKind::Expire,
-                    signed(lost, true)?,
-                    "expired",
-                    entries,
-                )?;
-            }
+            self.expire_lots(ctx, days, today, entries)?;
         }
         let window = ctx.program.tier_qualification.window_days;
         let oldest = today.0.saturating_sub(window.saturating_sub(1));
         self.window.retain(|d| d.day.0 >= oldest);
         self.reevaluate_tier(ctx.program);
         Ok(())
+    }
+
+    /// Expires, oldest first (FIFO), every lot that reached the program's expiry age by
+    /// `today`, writing one `expire` entry per lot (its detail names the lot's day,
+    /// `expired:YYYY-MM-DD`), so that the ledger shows what expired and when it was earned.
+    pub(super) fn expire_lots(
+        &mut self,
+        ctx: &EventContext<'_>,
+        days: u32,
+        today: Day,
+        entries: &mut Vec<LedgerEntry>,
+    ) -> Result<(), Rejection> {
+        while let Some(lot) = self.lots.first().copied() {
+            if lot.day.0.saturating_add(days) > today.0 {
+                break;
+            }
+            self.lots.remove(0);
+            // The lots sum to the balance; the entry is what the balance lost, so the ledger
+            // stays its sum whatever happens.
+            let lost = lot.points.min(self.points);
+            if lost == 0 {
+                continue;
+            }
+            self.points_expired = add_points(self.points_expired, lost, "points_expired")?;
+            self.points -= lost;
+            let detail = format!("expired:{}", lot.day.iso());
+            self.push_entry(
+                ctx,
+                LedgerKind::Expire,
+                signed(lost, true)?,
+                &detail,
+                entries,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// When this member next needs the clock moved without an event of theirs (the
+    /// scheduler's due time): the earliest of the day its oldest lot expires and, above the
+    /// first tier, the day its oldest counted activity leaves the tier window (which may
+    /// lower the tier). `None` when nothing is due (no lot that can expire, first tier, or the
+    /// member's personal data erased: an erased member takes no more commands).
+    pub fn next_due(&self, program: &Program) -> Option<Timestamp> {
+        if self.erased_at.is_some() {
+            return None;
+        }
+        let expiry = program
+            .points_expiry_days
+            .and_then(|days| self.lots.first().map(|lot| lot.day.0.saturating_add(days)));
+        let idx = program.tier_index(&self.tier);
+        let window = program.tier_qualification.window_days;
+        let drop = (idx > 0)
+            .then(|| {
+                self.window
+                    .iter()
+                    .find(|d| d.spend_cents > 0 || d.points > 0 || d.visits > 0)
+                    .map(|d| d.day.0.saturating_add(window))
+            })
+            .flatten();
+        let day = match (expiry, drop) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        Some(day_start(Day(day)))
+    }
+
+    /// The points of the member's next expiry and the day they expire (the oldest lot's), if
+    /// the program expires points.
+    pub fn next_expiry(&self, program: &Program) -> Option<(Points, Day)> {
+        let days = program.points_expiry_days?;
+        let lot = self.lots.first()?;
+        Some((lot.points, Day(lot.day.0.saturating_add(days))))
+    }
+
+    /// Whether `day` is inside the tier window ending on the clock's day.
+    pub(super) fn in_window(&self, program: &Program, day: Day) -> bool {
+        let window = program.tier_qualification.window_days;
+        day.0 >= self.clock.day().0.saturating_sub(window.saturating_sub(1))
     }
 
     pub(super) fn activity(&mut self, day: Day) -> &mut DayActivity {

@@ -14,11 +14,14 @@ impl MemberState {
         let balance = add_points(self.points, points, "points")?;
         let earned = add_points(self.points_earned, points, "points_earned")?;
         let change = signed(points, false)?;
-        let day = self.clock.max(ctx.at).day();
-        match self.lots.last_mut() {
+        // The lot of the event's own day (a late event's too, kept in day order so that the
+        // oldest points still expire and are spent first).
+        let day = ctx.at.day();
+        let pos = self.lots.partition_point(|l| l.day < day);
+        match self.lots.get_mut(pos) {
             // A lot is part of the balance, so it fits where the balance does.
             Some(lot) if lot.day == day => lot.points = add_points(lot.points, points, "points")?,
-            _ => self.lots.push(PointLot { day, points }),
+            _ => self.lots.insert(pos, PointLot { day, points }),
         }
         self.points = balance;
         self.points_earned = earned;

@@ -14,6 +14,8 @@ mod refund;
 
 pub use refund::{HeldRefund, MAX_HELD_REFUNDS};
 
+pub use clock::day_start;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -167,6 +169,12 @@ pub enum MemberCommand {
     /// balance, counters and ledger (which hold none) stay. Once erased, a member refuses
     /// every other command with [`Rejection::MemberErased`]; erasing again changes nothing.
     Erase,
+    /// Time only, sent by the scheduler at the member's due time
+    /// ([`MemberState::next_due`]): moves the clock to the event's time, expiring the lots
+    /// that reached their age and dropping window days (which may lower the tier), as the
+    /// member's next event would. Idempotent: advancing to a time the clock already passed,
+    /// with nothing due at the clock, changes nothing (no version, no entry).
+    Advance,
 }
 
 /// Where and when an event happened, and the program version it is judged by.
@@ -227,6 +235,14 @@ pub fn apply(
         (None, _) => Err(Rejection::UnknownMember),
         (Some(s), MemberCommand::Erase) => Ok(s.erase(ctx)),
         (Some(s), _) if s.erased_at.is_some() => Err(Rejection::MemberErased),
+        (Some(s), MemberCommand::Advance) => {
+            let mut next = s.clone();
+            let applied = next.advance(ctx)?;
+            if applied.changed {
+                *s = next;
+            }
+            Ok(applied)
+        }
         (Some(s), cmd) => {
             // Apply on a copy so a refusal found half-way leaves no trace.
             let mut next = s.clone();
@@ -332,6 +348,7 @@ impl MemberState {
             MemberCommand::Redemption { reward_id } => self.redeem(ctx, reward_id, &mut entries)?,
             // Handled by `apply` before any clock moves.
             MemberCommand::Erase => return Ok(self.erase(ctx)),
+            MemberCommand::Advance => return self.advance(ctx),
         };
         self.version = add_one(self.version, "version")?;
         let tier = (self.tier != tier_before).then(|| TierMove {
@@ -343,6 +360,33 @@ impl MemberState {
             outcome,
             changed: true,
             visits,
+            tier,
+        })
+    }
+
+    /// [`MemberCommand::Advance`]: the clock moves to the event's time; `changed` only when
+    /// that moved anything (the clock, a lot, a window day, the tier).
+    fn advance(&mut self, ctx: &EventContext<'_>) -> Result<Applied, Rejection> {
+        let before = self.clone();
+        let mut entries = Vec::new();
+        self.advance_clock(ctx, &mut entries)?;
+        let changed = *self != before;
+        if changed {
+            self.version = add_one(self.version, "version")?;
+        }
+        let points_expired = self.points_expired - before.points_expired;
+        let tier = (self.tier != before.tier).then(|| TierMove {
+            from: Some(before.tier.clone()),
+            to: self.tier.clone(),
+        });
+        Ok(Applied {
+            entries,
+            outcome: Outcome::Advanced {
+                points_expired,
+                tier: self.tier.clone(),
+            },
+            changed,
+            visits: Vec::new(),
             tier,
         })
     }

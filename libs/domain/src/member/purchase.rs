@@ -44,20 +44,28 @@ impl MemberState {
         self.spend_cents = spend;
         if positive {
             self.visits = add_one(self.visits, "visits")?;
-            self.last_visit = Some(self.clock);
+            self.last_visit = Some(self.last_visit.map_or(ctx.at, |v| v.max(ctx.at)));
         }
-        let day = self.clock.day();
-        let activity = self.activity(day);
-        // A day's activity is part of the member's totals, so it fits where they do.
-        activity.spend_cents = activity
-            .spend_cents
-            .checked_add(amount.get())
-            .ok_or_else(|| limit_exceeded("spend_cents", MAX_MEMBER_CENTS))?;
-        activity.points = add_points(activity.points, earned, "points_earned")?;
-        if positive {
-            activity.visits = add_one(activity.visits, "visits")?;
+        // Booked on the event's own day (a late event's too), if that day is still inside the
+        // tier window ending on the clock's day; older activity would have left it already.
+        let day = ctx.at.day();
+        if self.in_window(ctx.program, day) {
+            let activity = self.activity(day);
+            // A day's activity is part of the member's totals, so it fits where they do.
+            activity.spend_cents = activity
+                .spend_cents
+                .checked_add(amount.get())
+                .ok_or_else(|| limit_exceeded("spend_cents", MAX_MEMBER_CENTS))?;
+            activity.points = add_points(activity.points, earned, "points_earned")?;
+            if positive {
+                activity.visits = add_one(activity.visits, "visits")?;
+            }
         }
         self.reevaluate_tier(program);
+        // A late event's lot may be past its age already: it expires now, as it would have.
+        if let Some(days) = program.points_expiry_days {
+            self.expire_lots(ctx, days, self.clock.day(), entries)?;
+        }
         let mut record = PurchaseRecord {
             amount_cents: amount,
             points_earned: earned,

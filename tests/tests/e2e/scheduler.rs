@@ -1,0 +1,278 @@
+//! The scheduler of expiry and tier re-evaluation (`loyalty_core::engine::scheduler`): a
+//! dormant member's points expire, and a tier held by old activity is lost, on time and
+//! without any event of theirs; the status shows it; a crash or restart during or after a run
+//! neither skips nor repeats an expiry; several engine nodes never expire a lot twice.
+//!
+//! Time is a manual clock given to the engines' schedulers: the test moves it a year ahead
+//! instead of sleeping.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use loyalty_core::command::PosCommand;
+use loyalty_core::engine::scheduler::{event_id, SchedulerConfig};
+use loyalty_core::engine::EngineConfig;
+use loyalty_core::metrics::metrics;
+use loyalty_core::ports::{ManualClock, StateStore};
+use loyalty_core::provisioning::now;
+use loyalty_domain::{day_start, Cents, Currency, Day, LedgerKind, MemberId, Timestamp};
+use loyalty_tests::cluster::{Backend, EngineNode, World, PARTITIONS};
+
+const DAY: i64 = 86_400_000;
+
+/// A node whose scheduler runs every 10 ms on `clock`, committing `batch` members at a time.
+fn node(w: &World, name: &str, clock: &Arc<ManualClock>, batch: usize) -> EngineNode {
+    w.node_with(
+        name,
+        EngineConfig {
+            max_batch: 256,
+            scheduler: SchedulerConfig {
+                every: Duration::from_millis(10),
+                batch,
+                clock: Arc::clone(clock) as _,
+            },
+            ..EngineConfig::default()
+        },
+    )
+}
+
+/// Polls `check` until it holds (the engine's effects land asynchronously), for at most 60 s.
+async fn until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The member's status as the till reads it (from the hot cache).
+async fn status(w: &World, m: &MemberId) -> Option<serde_json::Value> {
+    let cached = w.cache.status(m).await.unwrap()?;
+    Some(serde_json::from_slice(&cached.json).unwrap())
+}
+
+async fn expire_entries(w: &World, m: &MemberId) -> Vec<loyalty_domain::LedgerEntry> {
+    let ledger = w.store.ledger(m, None, 10_000).await.unwrap();
+    let points: i64 = ledger.iter().map(|e| e.points).sum();
+    let state = w.store.member(m).await.unwrap().expect("enrolled");
+    assert_eq!(
+        points, state.points as i64,
+        "{m}: balance is not the ledger's sum"
+    );
+    ledger
+        .into_iter()
+        .filter(|e| e.kind == LedgerKind::Expire)
+        .collect()
+}
+
+/// Sends a purchase of `cents` by member `i` that happened at `at`.
+async fn purchase_at(w: &World, i: usize, n: usize, cents: i64, at: Timestamp) {
+    let mut env = w.envelope(
+        format!("p-{i}-{n}"),
+        PosCommand::Purchase {
+            member_id: Some(w.member(i)),
+            amount_cents: Cents::new(cents).unwrap(),
+            currency: Currency::parse("EUR").unwrap(),
+            items: Vec::new(),
+        },
+    );
+    env.occurred_at = Some(at);
+    w.send(env).await;
+}
+
+/// Whether no member of any partition is due by the clock's now.
+async fn nothing_due(w: &World, clock: &ManualClock) -> bool {
+    for p in 0..PARTITIONS {
+        if !w
+            .store
+            .due_members(p, clock_now(clock), 1)
+            .await
+            .unwrap()
+            .is_empty()
+        {
+            return false;
+        }
+    }
+    true
+}
+
+fn clock_now(clock: &ManualClock) -> Timestamp {
+    use loyalty_core::ports::Clock;
+    clock.now()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dormant_members_points_expire_and_tier_drops_without_an_event() {
+    let w = World::new(Backend::Embedded).await.unwrap();
+    let t0 = now();
+    let clock = Arc::new(ManualClock::new(t0));
+    let mut a = node(&w, "a", &clock, 64);
+    // Member 0: the signup lot today and a lot of 9 points two days later (the demo program
+    // expires points after 365 days). Member 1: Silver by a 300 € purchase today.
+    w.enrol(2).await;
+    purchase_at(&w, 0, 0, 900, Timestamp(t0.0 + 2 * DAY)).await;
+    purchase_at(&w, 1, 0, 30_000, t0).await;
+    let (m0, m1) = (w.member(0), w.member(1));
+    until("both purchases applied", || async {
+        let v0 = status(&w, &m0).await.map(|s| s["visits"].clone());
+        let v1 = status(&w, &m1).await.map(|s| s["visits"].clone());
+        v0 == Some(1.into()) && v1 == Some(1.into())
+    })
+    .await;
+    let day0 = t0.day();
+    let s = status(&w, &m0).await.unwrap();
+    assert_eq!(s["points"], 59);
+    let first = Day(day0.0 + 365);
+    assert_eq!(s["next_expiry"]["points"], 50);
+    assert_eq!(s["next_expiry"]["date"], first.iso());
+    assert_eq!(status(&w, &m1).await.unwrap()["tier"], "Silver");
+
+    // A year later, with no event: the first lot expires, the second is next.
+    clock.set(Timestamp(t0.0 + 366 * DAY));
+    until("the first lot expired", || async {
+        status(&w, &m0).await.unwrap()["points"] == 9
+    })
+    .await;
+    let s = status(&w, &m0).await.unwrap();
+    assert_eq!(s["next_expiry"]["points"], 9);
+    assert_eq!(s["next_expiry"]["date"], Day(day0.0 + 367).iso());
+    // Member 1's purchase left the 365-day window: back to Bronze, its points gone with it.
+    until("member 1 lost Silver", || async {
+        status(&w, &m1).await.unwrap()["tier"] == "Bronze"
+    })
+    .await;
+    assert_eq!(status(&w, &m1).await.unwrap()["points"], 0);
+
+    clock.set(Timestamp(t0.0 + 368 * DAY));
+    until("the second lot expired", || async {
+        status(&w, &m0).await.unwrap()["points"] == 0
+    })
+    .await;
+    assert!(status(&w, &m0).await.unwrap().get("next_expiry").is_none());
+    let entries = expire_entries(&w, &m0).await;
+    let got: Vec<(i64, &str, String)> = entries
+        .iter()
+        .map(|e| (e.points, e.detail.as_str(), e.event_id.to_string()))
+        .collect();
+    let id = |day: u32| event_id(&m0, day_start(Day(day))).unwrap().to_string();
+    assert_eq!(
+        got,
+        [
+            (
+                -9,
+                &*format!("expired:{}", Day(day0.0 + 2).iso()),
+                id(day0.0 + 367)
+            ),
+            (-50, &*format!("expired:{}", day0.iso()), id(first.0)),
+        ],
+        "newest first: one entry per lot, named by the scheduler's event"
+    );
+    assert!(metrics().scheduler.members_applied.get() >= 3);
+    a.stop();
+}
+
+/// Enrols `members` (each a signup lot of 50 points today), then moves the clock a year on.
+async fn members_due(w: &World, members: usize, clock: &ManualClock, t0: Timestamp) {
+    w.enrol(members).await;
+    w.wait_enrolled(members).await;
+    clock.set(Timestamp(t0.0 + 366 * DAY));
+}
+
+/// Every member's signup lot expired exactly once, by the scheduler's event.
+async fn each_expired_once(w: &World, members: usize, t0: Timestamp) {
+    let due = day_start(Day(t0.day().0 + 365));
+    for i in 0..members {
+        let m = w.member(i);
+        let entries = expire_entries(w, &m).await;
+        assert_eq!(entries.len(), 1, "member {i}: {entries:?}");
+        assert_eq!(entries[0].points, -50, "member {i}");
+        assert_eq!(
+            entries[0].event_id,
+            event_id(&m, due).unwrap(),
+            "member {i}"
+        );
+    }
+}
+
+async fn wait_all_expired(w: &World, members: usize, clock: &ManualClock) {
+    until("every member's lot expired", || async {
+        if !nothing_due(w, clock).await {
+            return false;
+        }
+        for i in 0..members {
+            let s = w.store.member(&w.member(i)).await.unwrap().unwrap();
+            if s.points != 0 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_during_or_after_a_run_neither_skips_nor_repeats() {
+    const MEMBERS: usize = 600;
+    let w = World::new(Backend::Embedded).await.unwrap();
+    let t0 = now();
+    let clock = Arc::new(ManualClock::new(t0));
+    let mut a = node(&w, "a", &clock, 8);
+    members_due(&w, MEMBERS, &clock, t0).await;
+    // Killed as soon as its first advances are in the store, mid-run most likely.
+    until("a's first advances", || async {
+        metrics().scheduler.members_applied.get() > 0
+    })
+    .await;
+    a.kill();
+    let at_kill = metrics().scheduler.members_applied.get();
+    println!("killed after {at_kill} of {MEMBERS} members advanced");
+    let mut b = node(&w, "b", &clock, 8);
+    wait_all_expired(&w, MEMBERS, &clock).await;
+    b.kill();
+    // And after a run: a restart finds nothing to do again.
+    let mut c = node(&w, "c", &clock, 8);
+    let runs = metrics().scheduler.runs.with_label_values(&["ok"]).get();
+    until("c's scheduler ran", || async {
+        metrics().scheduler.runs.with_label_values(&["ok"]).get() > runs + PARTITIONS as u64
+    })
+    .await;
+    each_expired_once(&w, MEMBERS, t0).await;
+    c.stop();
+}
+
+async fn two_nodes_never_expire_a_lot_twice(backend: Backend) {
+    const MEMBERS: usize = 600;
+    let Some(w) = World::new(backend).await else {
+        return;
+    };
+    let t0 = now();
+    let clock = Arc::new(ManualClock::new(t0));
+    let mut a = node(&w, "a", &clock, 16);
+    let mut b = node(&w, "b", &clock, 16);
+    members_due(&w, MEMBERS, &clock, t0).await;
+    // A third node joins mid-run: partitions move between schedulers while they advance.
+    until("the first advances", || async {
+        metrics().scheduler.members_applied.get() > 0
+    })
+    .await;
+    let mut c = node(&w, "c", &clock, 16);
+    wait_all_expired(&w, MEMBERS, &clock).await;
+    each_expired_once(&w, MEMBERS, t0).await;
+    for n in [&mut a, &mut b, &mut c] {
+        n.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_never_expire_a_lot_twice_embedded() {
+    two_nodes_never_expire_a_lot_twice(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_never_expire_a_lot_twice_kafka() {
+    two_nodes_never_expire_a_lot_twice(Backend::KafkaRedis).await;
+}
