@@ -468,8 +468,11 @@ impl DashboardDelta {
                 let cost = program.reward(reward_id).map_or(0, |r| r.cost_cents);
                 t.reward_cost_cents = t.reward_cost_cents.saturating_add(cost);
             }
+            // A cancelled redemption stays counted on its day (the totals only grow); the
+            // points it gives back are an `adjust` entry, which the totals do not count.
             Outcome::Enrolled { created: false }
             | Outcome::Erased { .. }
+            | Outcome::RedemptionCancelled { .. }
             | Outcome::Rejected(_) => {}
         }
     }

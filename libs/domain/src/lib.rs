@@ -26,7 +26,9 @@ pub use ids::{
     Timestamp, MAX_MEMBER_CENTS, MAX_POINTS_BALANCE,
 };
 pub use ledger::{LedgerEntry, LedgerKind, PointLot};
-pub use member::{apply, Applied, DayActivity, EventContext, MemberCommand, MemberState, Profile};
+pub use member::{
+    apply, Applied, DayActivity, EventContext, MemberCommand, MemberState, Profile, RedemptionRecord,
+};
 pub use program::{
     BonusMultiplier, BonusMultiplierSpec, Program, ProgramSpec, Reward, RewardSpec, Rounding,
     StampCard, StampCardSpec, Tier, TierMetric, TierQualification, TierQualificationSpec, TierSpec,

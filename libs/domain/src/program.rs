@@ -45,6 +45,9 @@ pub struct ProgramSpec {
     /// Multipliers by schedule; the best one matching a purchase applies (see [`Program::earn_pct`]).
     #[serde(default, deserialize_with = "object::list")]
     pub bonus_multipliers: Vec<BonusMultiplierSpec>,
+    /// Minutes after a redemption during which it can be cancelled (0 by default: never).
+    #[serde(default)]
+    pub redemption_cancel_minutes: Option<i64>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -224,6 +227,15 @@ pub struct RewardSpec {
     /// What one redemption costs the franchise (the goods given), for the dashboards' ROI.
     #[serde(default)]
     pub cost_cents: Option<i64>,
+    /// First local day (`YYYY-MM-DD`, program's time zone) it can be redeemed with points.
+    #[serde(default)]
+    pub valid_from: Option<String>,
+    /// Last local day (inclusive) it can be redeemed with points.
+    #[serde(default)]
+    pub valid_to: Option<String>,
+    /// How many times one member may redeem it with points, over the member's lifetime.
+    #[serde(default)]
+    pub limit_per_member: Option<i64>,
 }
 
 /// What tier qualification counts over its window.
@@ -255,6 +267,9 @@ pub struct Program {
     pub rounding: Rounding,
     pub min_basket_cents: u64,
     pub bonus_multipliers: Vec<BonusMultiplier>,
+    /// Minutes after a redemption (by the member's clock) during which it can be cancelled;
+    /// 0: never (see `MemberCommand::CancelRedemption`).
+    pub redemption_cancel_minutes: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -282,6 +297,70 @@ pub struct Reward {
     pub name: String,
     pub cost_points: Points,
     pub cost_cents: u64,
+    /// First local day (in the program's time zone) the reward can be redeemed with points;
+    /// `None`: since always. A voucher the member holds is honoured whatever the dates.
+    #[serde(serialize_with = "ser_date")]
+    pub valid_from: Option<Day>,
+    /// Last local day (inclusive) the reward can be redeemed with points; `None`: for ever.
+    #[serde(serialize_with = "ser_date")]
+    pub valid_to: Option<Day>,
+    /// How many times one member may redeem the reward with points over the member's lifetime
+    /// (a cancelled redemption does not count); `None`: no limit. Vouchers do not count.
+    pub limit_per_member: Option<u32>,
+}
+
+impl Reward {
+    /// Whether the reward can be redeemed with points on the local day `day`.
+    pub fn valid_on(&self, day: Day) -> bool {
+        self.valid_from.is_none_or(|f| day >= f) && self.valid_to.is_none_or(|t| day <= t)
+    }
+
+    /// Whether a member who redeemed it `redeemed` times (with points) may redeem it again.
+    pub fn within_limit(&self, redeemed: u32) -> bool {
+        self.limit_per_member.is_none_or(|l| redeemed < l)
+    }
+}
+
+/// The largest `limit_per_member`.
+const MAX_LIMIT_PER_MEMBER: i64 = 1_000_000;
+/// The longest `redemption_cancel_minutes`: a week.
+const MAX_CANCEL_MINUTES: i64 = 10_080;
+
+/// The validity dates and limit of `rewards[i]`, validated: the dates are local dates, the
+/// first not after the last; the limit from 1 to [`MAX_LIMIT_PER_MEMBER`].
+type RewardTerms = (Option<Day>, Option<Day>, Option<u32>);
+
+fn reward_terms(i: usize, r: &RewardSpec) -> Result<RewardTerms, DomainError> {
+    let f = |field: &str| format!("rewards[{i}].{field}");
+    let date = |field: &str, v: &Option<String>| -> Result<Option<Day>, DomainError> {
+        match v {
+            None => Ok(None),
+            Some(v) => Day::parse_iso(v).map(Some).ok_or_else(|| {
+                DomainError::invalid_program(format!(
+                    "{} must be a local date YYYY-MM-DD (1970 or later), got {v:?}",
+                    f(field)
+                ))
+            }),
+        }
+    };
+    let from = date("valid_from", &r.valid_from)?;
+    let to = date("valid_to", &r.valid_to)?;
+    if let (Some(a), Some(z)) = (from, to) {
+        if a > z {
+            return Err(DomainError::invalid_program(format!(
+                "{} ({}) is after {} ({})",
+                f("valid_from"),
+                a.iso(),
+                f("valid_to"),
+                z.iso()
+            )));
+        }
+    }
+    let limit = match r.limit_per_member {
+        None => None,
+        Some(l) => Some(bounded(&f("limit_per_member"), l, 1, MAX_LIMIT_PER_MEMBER)? as u32),
+    };
+    Ok((from, to, limit))
 }
 
 const MAX_POINTS_PER_UNIT: i64 = 10_000;
@@ -348,6 +427,7 @@ impl TryFrom<ProgramSpec> for Program {
                     "rewards[{i}].id must be 1 to 64 characters of [A-Za-z0-9_.:-]"
                 ))
             })?;
+            let (valid_from, valid_to, limit_per_member) = reward_terms(i, r)?;
             if rewards.iter().any(|x| x.id == id) {
                 return Err(DomainError::invalid_program(format!(
                     "reward id {id} appears twice"
@@ -368,6 +448,9 @@ impl TryFrom<ProgramSpec> for Program {
                     0,
                     MAX_CENTS,
                 )?,
+                valid_from,
+                valid_to,
+                limit_per_member,
             });
         }
 
@@ -573,6 +656,12 @@ impl TryFrom<ProgramSpec> for Program {
             }
             bonus_multipliers.push(bonus);
         }
+        let redemption_cancel_minutes = bounded(
+            "redemption_cancel_minutes",
+            s.redemption_cancel_minutes.unwrap_or(0),
+            0,
+            MAX_CANCEL_MINUTES,
+        )? as u32;
 
         Ok(Program {
             currency,
@@ -589,6 +678,7 @@ impl TryFrom<ProgramSpec> for Program {
             rounding,
             min_basket_cents,
             bonus_multipliers,
+            redemption_cancel_minutes,
         })
     }
 }
@@ -694,12 +784,18 @@ impl Program {
                     name: "Free coffee".into(),
                     cost_points: 100,
                     cost_cents: 80,
+                    valid_from: None,
+                    valid_to: None,
+                    limit_per_member: None,
                 },
                 Reward {
                     id: RewardId::parse("free-pastry").expect("static id"),
                     name: "Free pastry".into(),
                     cost_points: 150,
                     cost_cents: 120,
+                    valid_from: None,
+                    valid_to: None,
+                    limit_per_member: None,
                 },
             ],
             points_expiry_days: Some(365),
@@ -709,6 +805,7 @@ impl Program {
             rounding: Rounding::Floor,
             min_basket_cents: 0,
             bonus_multipliers: Vec::new(),
+            redemption_cancel_minutes: 0,
         }
     }
 

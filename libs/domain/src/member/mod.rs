@@ -11,6 +11,8 @@ mod lots;
 mod purchase;
 mod redeem;
 
+pub use redeem::RedemptionRecord;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -124,6 +126,10 @@ pub struct MemberState {
     /// those read as they were.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub erased_at: Option<Timestamp>,
+    /// Redemptions paid with points, by reward, net of cancellations: what a reward's
+    /// `limit_per_member` caps. Absent from states stored before limits existed (read as none).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub redemptions: BTreeMap<RewardId, u32>,
 }
 
 /// A command aimed at one member.
@@ -144,6 +150,13 @@ pub enum MemberCommand {
     },
     Redemption {
         reward_id: RewardId,
+    },
+    /// Cancel the redemption `redemption_event_id` within the program's
+    /// `redemption_cancel_minutes`, giving back what it took, once.
+    CancelRedemption {
+        redemption_event_id: EventId,
+        /// The redemption as currently recorded, if it is this member's.
+        redemption: Option<RedemptionRecord>,
     },
     /// Erase the member's personal data (README "Privacy"): phone, name and birthday go, the
     /// balance, counters and ledger (which hold none) stay. Once erased, a member refuses
@@ -247,6 +260,7 @@ impl MemberState {
             last_seq: 0,
             purchase_days: PurchaseDays::new(),
             erased_at: None,
+            redemptions: BTreeMap::new(),
         };
         let mut entries = Vec::new();
         let bonus = ctx.program.signup_bonus;
@@ -301,6 +315,17 @@ impl MemberState {
                 self.refund(ctx, purchase_event_id, purchase, *amount, &mut entries)?
             }
             MemberCommand::Redemption { reward_id } => self.redeem(ctx, reward_id, &mut entries)?,
+            MemberCommand::CancelRedemption {
+                redemption_event_id,
+                redemption,
+            } => {
+                let Some(redemption) = redemption else {
+                    return Err(Rejection::UnknownRedemption {
+                        redemption_event_id: redemption_event_id.clone(),
+                    });
+                };
+                self.cancel_redemption(ctx, redemption_event_id, redemption, &mut entries)?
+            }
             // Handled by `apply` before any clock moves.
             MemberCommand::Erase => return Ok(self.erase(ctx)),
         };
