@@ -6,7 +6,9 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::{Cents, EventId, FranchiseId, MemberId, PointLot, Points, RewardId, StoreId, Timestamp};
+use crate::{
+    Cents, EventId, FranchiseId, MemberId, PointLot, Points, RewardId, StoreId, Timestamp,
+};
 
 /// A digest of an event's content, excluding everything the system adds (arrival time,
 /// program version), so that a resend of the same request has the same fingerprint.

@@ -27,7 +27,8 @@ pub use ids::{
 };
 pub use ledger::{LedgerEntry, LedgerKind, PointLot};
 pub use member::{
-    apply, Applied, DayActivity, EventContext, MemberCommand, MemberState, Profile, RedemptionRecord,
+    apply, Applied, DayActivity, EventContext, MemberCommand, MemberState, Profile,
+    RedemptionRecord,
 };
 pub use program::{
     BonusMultiplier, BonusMultiplierSpec, Program, ProgramSpec, Reward, RewardSpec, Rounding,

@@ -84,7 +84,10 @@ impl MemberState {
             });
         }
         let redeemed_before = self.redemptions.get(reward_id).copied().unwrap_or(0);
-        if let Some(limit) = reward.limit_per_member.filter(|_| !reward.within_limit(redeemed_before)) {
+        if let Some(limit) = reward
+            .limit_per_member
+            .filter(|_| !reward.within_limit(redeemed_before))
+        {
             return Err(Rejection::RedemptionLimitReached {
                 reward_id: reward_id.clone(),
                 limit_per_member: limit,
