@@ -457,7 +457,7 @@ impl Generator<'_> {
             PosCommand::Refund { .. } => self.counts.refunds += 1,
             PosCommand::Redemption { .. } => self.counts.redemptions += 1,
             // The generator sends none.
-            PosCommand::Erase { .. } => {}
+            PosCommand::Erase { .. } | PosCommand::CancelRedemption { .. } => {}
         }
         self.out.push(CommandEnvelope {
             franchise_id: self.franchise.id.clone(),
@@ -974,6 +974,14 @@ mod tests {
                     reward_id: reward_id.clone(),
                 },
                 PosCommand::Erase { .. } => MemberCommand::Erase,
+                // The generator sends none: refused as naming no redemption.
+                PosCommand::CancelRedemption {
+                    redemption_event_id,
+                    ..
+                } => MemberCommand::CancelRedemption {
+                    redemption_event_id: redemption_event_id.clone(),
+                    redemption: None,
+                },
             };
             let ctx = EventContext {
                 event_id: &e.event_id,
