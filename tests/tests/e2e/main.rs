@@ -25,6 +25,7 @@ mod pos_topic;
 mod privacy;
 mod program_updates;
 mod repo_hygiene;
+mod rewards;
 mod self_enrolment;
 mod sharding;
 mod tenant_isolation;
