@@ -154,6 +154,9 @@ fn assert_ledger_truth(m: &Member) {
         s.points as i128
     );
     assert!(s.lots.windows(2).all(|w| w[0].day < w[1].day));
+    // What `loyalty audit` recomputes from the ledger agrees (redeemed net of cancellations).
+    let findings = loyalty_domain::audit::audit_member(s, &m.ledger, &m.program);
+    assert!(findings.is_empty(), "{findings:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -389,7 +392,7 @@ fn a_cancellation_gives_the_points_back_into_their_lots_once() {
         }
     );
     let e = &applied.entries[0];
-    assert_eq!((e.kind, e.points), (LedgerKind::Adjust, 150));
+    assert_eq!((e.kind, e.points), (LedgerKind::Redeem, 150));
     assert_eq!(e.detail, format!("cancel:{redemption}"));
     let s = m.state();
     assert_eq!(

@@ -138,8 +138,9 @@ impl MemberState {
     /// once. A voucher comes back as a voucher; points come back into the lots they were taken
     /// from (same days, so they expire when they would have; a lot past its age then expires at
     /// the member's next event), `points_redeemed` and the reward's count for its limit go down
-    /// by what the redemption added. The ledger entry is an `adjust` with the detail
-    /// `cancel:<redemption event id>` (0 points for a voucher).
+    /// by what the redemption added. The ledger entry is a `redeem` entry giving the points
+    /// back (positive; 0 for a voucher) with the detail `cancel:<redemption event id>`, so the
+    /// redeem entries always sum to minus `points_redeemed`.
     pub(super) fn cancel_redemption(
         &mut self,
         ctx: &EventContext<'_>,
@@ -164,7 +165,7 @@ impl MemberState {
         if r.used_voucher {
             let n = self.vouchers.entry(r.reward_id.clone()).or_default();
             *n = add_one(*n, "vouchers")?;
-            self.push_entry(ctx, LedgerKind::Adjust, 0, &detail, entries)?;
+            self.push_entry(ctx, LedgerKind::Redeem, 0, &detail, entries)?;
         } else {
             self.points = add_points(self.points, r.points_spent, "points")?;
             self.points_redeemed = self.points_redeemed.saturating_sub(r.points_spent);
@@ -176,7 +177,7 @@ impl MemberState {
                 }
             }
             let change = signed(r.points_spent, false)?;
-            self.push_entry(ctx, LedgerKind::Adjust, change, &detail, entries)?;
+            self.push_entry(ctx, LedgerKind::Redeem, change, &detail, entries)?;
         }
         Ok(Outcome::RedemptionCancelled {
             redemption_event_id: redemption_event_id.clone(),
