@@ -31,9 +31,9 @@ pub use member::{
     RedemptionRecord,
 };
 pub use program::{
-    BonusMultiplier, BonusMultiplierSpec, Program, ProgramSpec, Reward, RewardSpec, Rounding,
-    StampCard, StampCardSpec, Tier, TierMetric, TierQualification, TierQualificationSpec, TierSpec,
-    Weekday,
+    AutoVoucher, AutoVoucherSpec, BonusMultiplier, BonusMultiplierSpec, Program, ProgramSpec,
+    Reward, RewardSpec, Rounding, StampCard, StampCardSpec, Tier, TierMetric, TierQualification,
+    TierQualificationSpec, TierSpec, Weekday,
 };
 pub use status::{MemberStatus, NextTier, Voucher};
 pub use zone::Zone;

@@ -48,6 +48,68 @@ pub struct ProgramSpec {
     /// Minutes after a redemption during which it can be cancelled (0 by default: never).
     #[serde(default)]
     pub redemption_cancel_minutes: Option<i64>,
+    /// Points converted into vouchers at thresholds ("at 500 points a 5 € voucher").
+    #[serde(default, deserialize_with = "object::list")]
+    pub auto_vouchers: Vec<AutoVoucherSpec>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoVoucherSpec {
+    pub at_points: i64,
+    pub reward_id: String,
+}
+
+/// An automatic voucher: once an earn takes the balance to `at_points` or more, that many
+/// points become a voucher for `reward_id`, as often as the balance allows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AutoVoucher {
+    pub at_points: Points,
+    pub reward_id: RewardId,
+}
+
+/// At most this many automatic vouchers in a program.
+const MAX_AUTO_VOUCHERS: usize = 16;
+
+/// The automatic vouchers, validated: at most [`MAX_AUTO_VOUCHERS`], thresholds from 1 to
+/// 10^9 and distinct, each for a reward of the catalogue.
+fn auto_vouchers(
+    specs: &[AutoVoucherSpec],
+    rewards: &[Reward],
+) -> Result<Vec<AutoVoucher>, DomainError> {
+    if specs.len() > MAX_AUTO_VOUCHERS {
+        return Err(DomainError::invalid_program(format!(
+            "at most {MAX_AUTO_VOUCHERS} auto_vouchers"
+        )));
+    }
+    let mut out: Vec<AutoVoucher> = Vec::with_capacity(specs.len());
+    for (i, a) in specs.iter().enumerate() {
+        let at_points = bounded(
+            &format!("auto_vouchers[{i}].at_points"),
+            a.at_points,
+            1,
+            MAX_POINTS,
+        )?;
+        let reward_id = RewardId::parse(&a.reward_id)
+            .ok()
+            .filter(|id| rewards.iter().any(|r| &r.id == id))
+            .ok_or_else(|| {
+                DomainError::invalid_program(format!(
+                    "auto_vouchers[{i}].reward_id {:?} is not a reward of the catalogue",
+                    a.reward_id
+                ))
+            })?;
+        if out.iter().any(|x| x.at_points == at_points) {
+            return Err(DomainError::invalid_program(format!(
+                "auto_vouchers[{i}].at_points {at_points} appears twice"
+            )));
+        }
+        out.push(AutoVoucher {
+            at_points,
+            reward_id,
+        });
+    }
+    Ok(out)
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -270,6 +332,8 @@ pub struct Program {
     /// Minutes after a redemption (by the member's clock) during which it can be cancelled;
     /// 0: never (see `MemberCommand::CancelRedemption`).
     pub redemption_cancel_minutes: u32,
+    /// Points converted into vouchers at thresholds after each earn (README "Rewards").
+    pub auto_vouchers: Vec<AutoVoucher>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -662,6 +726,7 @@ impl TryFrom<ProgramSpec> for Program {
             0,
             MAX_CANCEL_MINUTES,
         )? as u32;
+        let auto_vouchers = auto_vouchers(&s.auto_vouchers, &rewards)?;
 
         Ok(Program {
             currency,
@@ -679,6 +744,7 @@ impl TryFrom<ProgramSpec> for Program {
             min_basket_cents,
             bonus_multipliers,
             redemption_cancel_minutes,
+            auto_vouchers,
         })
     }
 }
@@ -806,6 +872,7 @@ impl Program {
             min_basket_cents: 0,
             bonus_multipliers: Vec::new(),
             redemption_cancel_minutes: 0,
+            auto_vouchers: Vec::new(),
         }
     }
 

@@ -634,3 +634,177 @@ proptest! {
         prop_assert_eq!(m.state(), &once);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Automatic vouchers
+// ---------------------------------------------------------------------------------------------
+
+/// The demo program with a 5 € voucher at 500 points and a 12 € one at 1 000.
+fn voucher_program() -> Program {
+    let mut v = serde_json::to_value(program()).unwrap();
+    let rewards = v["rewards"].as_array_mut().unwrap();
+    rewards.push(json!({ "id": "voucher-5", "name": "5 € off", "cost_points": 600 }));
+    rewards.push(json!({ "id": "voucher-12", "name": "12 € off", "cost_points": 1200 }));
+    v["auto_vouchers"] = json!([
+        { "at_points": 500, "reward_id": "voucher-5" },
+        { "at_points": 1000, "reward_id": "voucher-12" },
+    ]);
+    serde_json::from_value(v).unwrap()
+}
+
+#[test]
+fn an_earn_converts_points_into_vouchers_highest_threshold_first() {
+    let mut m = Member::enrolled(voucher_program());
+    // 50 of signup bonus: below every threshold.
+    assert_eq!(m.state().points, 50);
+    // 16.50 € earn 16 points (66), then 1 650 € make 1 716: a 12 € voucher and a 5 € one.
+    m.buy(MINUTE, 1_650);
+    m.buy(2 * MINUTE, 165_000);
+    let s = m.state();
+    assert_eq!(s.points, 1_716 - 1_500);
+    assert_eq!(s.vouchers.get(&rid("voucher-12")), Some(&1));
+    assert_eq!(s.vouchers.get(&rid("voucher-5")), Some(&1));
+    assert_eq!(s.points_redeemed, 1_500);
+    let auto: Vec<(&str, i64)> = m
+        .ledger
+        .iter()
+        .filter(|e| e.detail.starts_with("auto_voucher:"))
+        .map(|e| (e.detail.as_str(), e.points))
+        .collect();
+    assert_eq!(
+        auto,
+        [
+            ("auto_voucher:voucher-12", -1_000),
+            ("auto_voucher:voucher-5", -500)
+        ]
+    );
+    assert_ledger_truth(&m);
+
+    // Repeatedly, when the balance allows: 1 000 € at Gold (×2, reached by 1 666.50 € of
+    // spend) are 2 000 more points, two 12 € vouchers and no 5 €.
+    m.buy(3 * MINUTE, 100_000);
+    let s = m.state();
+    assert_eq!(s.vouchers.get(&rid("voucher-12")), Some(&3));
+    assert_eq!(s.vouchers.get(&rid("voucher-5")), Some(&1));
+    assert_eq!(s.tier, "Gold");
+    assert_eq!(s.points, 216 + 2_000 - 2_000);
+    let status = MemberStatus::of(s, &m.program);
+    assert!(status.rewards_available.contains(&rid("voucher-12")));
+
+    // The voucher is redeemed as a voucher (0 points).
+    let (_, r) = m.redeem(4 * MINUTE, "voucher-5");
+    assert!(matches!(
+        r.unwrap().outcome,
+        Outcome::Redemption {
+            used_voucher: true,
+            points_spent: 0,
+            ..
+        }
+    ));
+    assert_ledger_truth(&m);
+}
+
+#[test]
+fn a_refund_after_an_automatic_voucher_forgives_what_was_converted() {
+    let mut m = Member::enrolled(voucher_program());
+    let currency = m.program.currency.clone();
+    let (purchase, r) = m.send(
+        MINUTE,
+        MemberCommand::Purchase {
+            amount: Cents::new(60_000).unwrap(),
+            currency,
+        },
+    );
+    let Outcome::Purchase(record) = r.unwrap().outcome else {
+        panic!("a purchase")
+    };
+    // 650 points: a 5 € voucher, 150 left.
+    assert_eq!(m.state().points, 150);
+    let cmd = MemberCommand::Refund {
+        purchase_event_id: purchase,
+        amount: Cents::new(60_000).unwrap(),
+        purchase: Some(record),
+    };
+    let applied = m.send(2 * MINUTE, cmd).1.unwrap();
+    let Outcome::Refund {
+        points_reversed,
+        points_forgiven,
+        ..
+    } = applied.outcome
+    else {
+        panic!("a refund")
+    };
+    // The refund owes 600: what is left is taken back, the converted rest is forgiven, and
+    // the voucher stays the member's.
+    assert_eq!((points_reversed, points_forgiven), (150, 450));
+    assert_eq!(m.state().points, 0);
+    assert_eq!(m.state().vouchers.get(&rid("voucher-5")), Some(&1));
+    assert_ledger_truth(&m);
+}
+
+#[test]
+fn the_program_names_a_bad_automatic_voucher() {
+    let base = serde_json::to_value(voucher_program()).unwrap();
+    let bad = |i: usize, field: &str, v: serde_json::Value| {
+        let mut p = base.clone();
+        p["auto_vouchers"][i][field] = v;
+        serde_json::from_value::<Program>(p)
+            .unwrap_err()
+            .to_string()
+    };
+    let e = bad(0, "reward_id", json!("free-car"));
+    assert!(
+        e.contains("auto_vouchers[0].reward_id \"free-car\" is not a reward"),
+        "{e}"
+    );
+    let e = bad(1, "at_points", json!(0));
+    assert!(
+        e.contains("auto_vouchers[1].at_points must be between 1 and"),
+        "{e}"
+    );
+    let e = bad(1, "at_points", json!(500));
+    assert!(
+        e.contains("auto_vouchers[1].at_points 500 appears twice"),
+        "{e}"
+    );
+    // As written, it reads back the same (a program stored with it reads again).
+    let p: Program = serde_json::from_value(base.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&p).unwrap(), base);
+}
+
+proptest! {
+    /// Whatever the purchases, refunds and redemptions, after each command the balance is
+    /// below every automatic threshold, each conversion took exactly its vouchers' points, and
+    /// the ledger (and the audit) agree with the state.
+    #[test]
+    fn automatic_vouchers_leave_the_balance_below_every_threshold(
+        thresholds in prop::collection::btree_set(1i64..700, 1..3),
+        steps in prop::collection::vec((0i64..DAY, 0i64..80_000, any::<bool>()), 1..40),
+    ) {
+        let mut v = serde_json::to_value(program()).unwrap();
+        v["auto_vouchers"] = json!(thresholds.iter().enumerate()
+            .map(|(i, t)| {
+                let reward = ["free-coffee", "free-pastry"][i % 2];
+                json!({ "at_points": t, "reward_id": reward })
+            })
+            .collect::<Vec<_>>());
+        let p: Program = serde_json::from_value(v).unwrap();
+        let lowest = *thresholds.iter().next().unwrap() as u64;
+        let mut m = Member::enrolled(p);
+        let mut t = 0;
+        for (dt, cents, redeem) in steps {
+            t += dt;
+            if redeem {
+                let _ = m.redeem(t, "free-coffee");
+            } else {
+                m.buy(t, cents);
+            }
+            prop_assert!(m.state().points < lowest, "{} left", m.state().points);
+            for e in m.ledger.iter().filter(|e| e.detail.starts_with("auto_voucher:")) {
+                let at = thresholds.iter().any(|t| e.points % t == 0 && e.points < 0);
+                prop_assert!(at, "{:?}", e);
+            }
+            assert_ledger_truth(&m);
+        }
+    }
+}

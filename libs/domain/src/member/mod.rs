@@ -266,6 +266,7 @@ impl MemberState {
         let bonus = ctx.program.signup_bonus;
         if bonus > 0 {
             s.earn(ctx, bonus, "signup_bonus", &mut entries)?;
+            s.apply_auto_vouchers(ctx, &mut entries)?;
         }
         s.version = 1;
         let applied = Applied {
@@ -300,7 +301,9 @@ impl MemberState {
                 }
                 let local_day = ctx.program.local_day(ctx.at);
                 visits = record_purchase(&mut self.purchase_days, ctx.store_id, local_day);
-                self.purchase(ctx, *amount, &mut entries)?
+                let outcome = self.purchase(ctx, *amount, &mut entries)?;
+                self.apply_auto_vouchers(ctx, &mut entries)?;
+                outcome
             }
             MemberCommand::Refund {
                 purchase_event_id,

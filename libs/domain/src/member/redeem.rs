@@ -210,6 +210,46 @@ impl MemberState {
     }
 }
 
+impl MemberState {
+    /// Converts points into the program's automatic vouchers after an earn: the highest
+    /// threshold the balance meets first, as many vouchers of it as the balance allows, then
+    /// the next, spending the oldest points (one `redeem` entry `auto_voucher:<reward>` per
+    /// threshold, for all its vouchers). A member holds at most `u32::MAX` vouchers of a
+    /// reward: points beyond stay points.
+    pub(super) fn apply_auto_vouchers(
+        &mut self,
+        ctx: &EventContext<'_>,
+        entries: &mut Vec<LedgerEntry>,
+    ) -> Result<(), Rejection> {
+        let mut rules: Vec<_> = ctx.program.auto_vouchers.iter().collect();
+        rules.sort_by(|a, b| b.at_points.cmp(&a.at_points));
+        for rule in rules {
+            let held = self.vouchers.get(&rule.reward_id).copied().unwrap_or(0);
+            let n = (self.points / rule.at_points).min(u64::from(u32::MAX - held));
+            if n == 0 {
+                continue;
+            }
+            // At most the balance: n ≤ points / at_points.
+            let cost = n * rule.at_points;
+            self.points_redeemed = add_points(self.points_redeemed, cost, "points_redeemed")?;
+            self.take_oldest(cost);
+            self.points -= cost;
+            // At most u32::MAX by the `min` above.
+            self.vouchers
+                .insert(rule.reward_id.clone(), held + n as u32);
+            let detail = format!("auto_voucher:{}", rule.reward_id);
+            self.push_entry(
+                ctx,
+                LedgerKind::Redeem,
+                signed(cost, true)?,
+                &detail,
+                entries,
+            )?;
+        }
+        Ok(())
+    }
+}
+
 fn redeemed(
     reward_id: &RewardId,
     used_voucher: bool,
