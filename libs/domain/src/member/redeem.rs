@@ -222,7 +222,7 @@ impl MemberState {
         entries: &mut Vec<LedgerEntry>,
     ) -> Result<(), Rejection> {
         let mut rules: Vec<_> = ctx.program.auto_vouchers.iter().collect();
-        rules.sort_by(|a, b| b.at_points.cmp(&a.at_points));
+        rules.sort_by_key(|r| std::cmp::Reverse(r.at_points));
         for rule in rules {
             let held = self.vouchers.get(&rule.reward_id).copied().unwrap_or(0);
             let n = (self.points / rule.at_points).min(u64::from(u32::MAX - held));
