@@ -227,3 +227,63 @@ async fn a_cancellation_gives_the_points_back_once_and_only_within_the_window() 
         .await;
     assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid-request").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_automatic_voucher_is_credited_at_its_threshold_and_redeemed_for_no_points() {
+    let app = spawn_app().await;
+    let mut p = loyalty_tests::demo_program();
+    p["rewards"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({ "id": "voucher-5", "name": "5 € off", "cost_points": 600 }));
+    p["auto_vouchers"] = json!([{ "at_points": 500, "reward_id": "voucher-5" }]);
+    let f = app.franchise_with("Boutique Bons", p).await;
+    let m = app.enrol(&f, "+33612340103").await["member_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // 50 + 1 200 points: two vouchers, 250 points left.
+    let r = app.purchase(&f, "buy-1", &m, 120_000).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["outcome"]["points_earned"], 1_200);
+    assert_eq!(v["member"]["points"], 250);
+    let vouchers = v["member"]["vouchers"].as_array().unwrap();
+    assert!(
+        vouchers.contains(&json!({ "reward_id": "voucher-5", "count": 2 })),
+        "{vouchers:?}"
+    );
+    let ledger = app.ledger(&f, &m).await;
+    let auto: Vec<&Value> = ledger
+        .iter()
+        .filter(|e| e["detail"] == "auto_voucher:voucher-5")
+        .collect();
+    assert_eq!(auto.len(), 1, "{ledger:?}");
+    assert_eq!(
+        (&auto[0]["kind"], &auto[0]["points"]),
+        (&json!("redeem"), &json!(-1_000))
+    );
+
+    let r = redeem(&app, &f, "red-1", &m, "voucher-5").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        (&v["outcome"]["used_voucher"], &v["outcome"]["points_spent"]),
+        (&json!(true), &json!(0))
+    );
+    assert_eq!(v["member"]["points"], 250);
+
+    // A program naming a reward it does not have is refused, the field named.
+    let mut bad = loyalty_tests::demo_program();
+    bad["auto_vouchers"] = json!([{ "at_points": 500, "reward_id": "voucher-5" }]);
+    let path = format!("/v1/franchises/{}/program", f.id);
+    let r = app.put(&path, &f.hq_key, &json!({ "program": bad })).await;
+    let p = assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid-request").await;
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("auto_vouchers[0].reward_id"),
+        "{p}"
+    );
+}

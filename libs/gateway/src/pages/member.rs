@@ -449,6 +449,9 @@ fn activity_label(lang: Lang, e: &LedgerEntry, program: &Program) -> String {
         (LedgerKind::Redeem, d) => {
             let (what, id) = match d.split_once(':') {
                 Some(("voucher", id)) => (lang.pick("Bon utilisé", "Voucher used"), id),
+                Some(("auto_voucher", id)) => {
+                    (lang.pick("Bon automatique", "Automatic voucher"), id)
+                }
                 Some((_, id)) => (lang.pick("Récompense", "Reward"), id),
                 None => (lang.pick("Récompense", "Reward"), d),
             };
