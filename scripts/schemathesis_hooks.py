@@ -50,7 +50,10 @@ NOT_IN_A_SCHEMA = [
             r"|time_zone .* is not an IANA time zone name"
             r"|bonus multiplier name .* appears twice"
             r"|bonus_multipliers\[\d+\]\.from_date \(.*\) is after bonus_multipliers\[\d+\]\.to_date"
-            r"|bonus_multipliers\[\d+\]\.from_time must be before bonus_multipliers\[\d+\]\.to_time)"
+            r"|bonus_multipliers\[\d+\]\.from_time must be before bonus_multipliers\[\d+\]\.to_time"
+            r"|rewards\[\d+\]\.valid_from \(.*\) is after rewards\[\d+\]\.valid_to"
+            r"|auto_vouchers\[\d+\]\.reward_id .* is not a reward of the catalogue"
+            r"|auto_vouchers\[\d+\]\.at_points \d+ appears twice)"
         ),
     ),
     (DASHBOARD_OPS, 400, "invalid-query", re.compile(r"^(from \(.*\) is after to|the range is \d+ days)")),
