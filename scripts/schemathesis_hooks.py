@@ -52,7 +52,10 @@ NOT_IN_A_SCHEMA = [
             r"|bonus multiplier name .* appears twice"
             r"|bonus_multipliers\[\d+\]\.from_date \(.*\) is after bonus_multipliers\[\d+\]\.to_date"
             r"|bonus_multipliers\[\d+\]\.from_time must be before bonus_multipliers\[\d+\]\.to_time"
-            r"|item bonus name .* appears twice)"
+            r"|item bonus name .* appears twice"
+            r"|rewards\[\d+\]\.valid_from \(.*\) is after rewards\[\d+\]\.valid_to"
+            r"|auto_vouchers\[\d+\]\.reward_id .* is not a reward of the catalogue"
+            r"|auto_vouchers\[\d+\]\.at_points \d+ appears twice)"
         ),
     ),
     # A purchase's line items add up to at most its amount (README "Item bonuses").

@@ -44,6 +44,12 @@ pub enum PosCommand {
         member_id: MemberId,
         reward_id: RewardId,
     },
+    /// Cancel the member's redemption `redemption_event_id` within the program's window
+    /// (README "Rewards"): what it took is given back, once.
+    CancelRedemption {
+        member_id: MemberId,
+        redemption_event_id: EventId,
+    },
     /// Erase the member's personal data (README "Privacy"), sent by the franchise's HQ through
     /// the API with the event id `erase.<member>` and the store id [`HQ_STORE`].
     Erase { member_id: MemberId },
@@ -65,6 +71,7 @@ impl PosCommand {
         match self {
             PosCommand::Enrol { member_id, .. }
             | PosCommand::Redemption { member_id, .. }
+            | PosCommand::CancelRedemption { member_id, .. }
             | PosCommand::Erase { member_id }
             | PosCommand::Advance { member_id } => Some(member_id),
             PosCommand::Purchase { member_id, .. } | PosCommand::Refund { member_id, .. } => {
@@ -79,6 +86,7 @@ impl PosCommand {
             PosCommand::Purchase { .. } => "purchase",
             PosCommand::Refund { .. } => "refund",
             PosCommand::Redemption { .. } => "redemption",
+            PosCommand::CancelRedemption { .. } => "cancel_redemption",
             PosCommand::Erase { .. } => "erase",
             PosCommand::Advance { .. } => "advance",
         }

@@ -457,7 +457,9 @@ impl Generator<'_> {
             PosCommand::Refund { .. } => self.counts.refunds += 1,
             PosCommand::Redemption { .. } => self.counts.redemptions += 1,
             // The generator sends none.
-            PosCommand::Erase { .. } | PosCommand::Advance { .. } => {}
+            PosCommand::Erase { .. }
+            | PosCommand::Advance { .. }
+            | PosCommand::CancelRedemption { .. } => {}
         }
         self.out.push(CommandEnvelope {
             franchise_id: self.franchise.id.clone(),
@@ -992,6 +994,14 @@ mod tests {
                 },
                 PosCommand::Erase { .. } => MemberCommand::Erase,
                 PosCommand::Advance { .. } => MemberCommand::Advance,
+                // The generator sends none: refused as naming no redemption.
+                PosCommand::CancelRedemption {
+                    redemption_event_id,
+                    ..
+                } => MemberCommand::CancelRedemption {
+                    redemption_event_id: redemption_event_id.clone(),
+                    redemption: None,
+                },
             };
             let ctx = EventContext {
                 event_id: &e.event_id,

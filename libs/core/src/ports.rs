@@ -180,7 +180,7 @@ pub struct DueMember {
 pub struct ProcessedWrite {
     pub record: ProcessedEvent,
     /// `true`: the record must not exist yet (a new event). `false`: replace it (a purchase
-    /// record updated by a refund).
+    /// record updated by a refund, a redemption's marked by its cancellation).
     pub insert: bool,
 }
 

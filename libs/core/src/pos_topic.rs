@@ -161,7 +161,12 @@ impl From<loyalty_domain::Rejection> for Rejected {
             R::InsufficientPoints { .. }
             | R::RefundExceedsPurchase { .. }
             | R::LimitExceeded { .. }
-            | R::MemberErased => Reason::Invalid,
+            | R::MemberErased
+            | R::RewardNotValid { .. }
+            | R::RedemptionLimitReached { .. }
+            | R::UnknownRedemption { .. }
+            | R::RedemptionAlreadyCancelled { .. }
+            | R::CancellationWindowClosed { .. } => Reason::Invalid,
         };
         Rejected::new(reason, r.to_string())
     }

@@ -6,7 +6,8 @@
 //! - each entry's `balance_after` is the previous one plus its points (checked arithmetic: an
 //!   overflow is a finding, not a wrap), and no balance is ever negative;
 //! - the state's balance is the last `balance_after`, and the sum of its point lots;
-//! - earned, redeemed, expired and reversed points are the sums of the entries of each kind.
+//! - earned, redeemed, expired and reversed points are the sums of the entries of each kind
+//!   (redeemed net of the points a cancellation gave back).
 //!
 //! Stamps, vouchers and the tier are not in the ledger: the tier is recomputed from the
 //! member's activity window with the program, and stamps are checked against the stamp card
@@ -166,6 +167,8 @@ fn audit_ledger(state: &MemberState, ledger: &[LedgerEntry]) -> Vec<Finding> {
         let magnitude = u128::from(e.points.unsigned_abs());
         match e.kind {
             LedgerKind::Earn if e.points > 0 => sums[0] += magnitude,
+            // A cancellation gives redeemed points back (a positive entry after its redemption).
+            LedgerKind::Redeem if e.points > 0 => sums[1] = sums[1].saturating_sub(magnitude),
             LedgerKind::Redeem => sums[1] += magnitude,
             LedgerKind::Expire => sums[2] += magnitude,
             LedgerKind::Reverse => sums[3] += magnitude,

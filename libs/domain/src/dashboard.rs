@@ -474,10 +474,13 @@ impl DashboardDelta {
                 let cost = program.reward(reward_id).map_or(0, |r| r.cost_cents);
                 t.reward_cost_cents = t.reward_cost_cents.saturating_add(cost);
             }
+            // A cancelled redemption stays counted on its day (the totals only grow), and so do
+            // its points: the `redeem` entry giving them back is not counted.
             Outcome::Enrolled { created: false }
             | Outcome::Erased { .. }
             | Outcome::Held { .. }
             | Outcome::Advanced { .. }
+            | Outcome::RedemptionCancelled { .. }
             | Outcome::Rejected(_) => {}
         }
     }
@@ -493,7 +496,9 @@ impl DashboardDelta {
                 LedgerKind::Earn if entry.points > 0 => {
                     t.points_issued = t.points_issued.saturating_add(magnitude)
                 }
-                LedgerKind::Redeem => {
+                // A cancellation's entry gives points back: the totals only grow, so the
+                // redemption stays counted on its day.
+                LedgerKind::Redeem if entry.points < 0 => {
                     t.points_redeemed = t.points_redeemed.saturating_add(magnitude)
                 }
                 LedgerKind::Expire => t.points_expired = t.points_expired.saturating_add(magnitude),

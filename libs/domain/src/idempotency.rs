@@ -6,7 +6,9 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::{Cents, EventId, FranchiseId, MemberId, Points, RewardId, StoreId, Timestamp};
+use crate::{
+    Cents, EventId, FranchiseId, MemberId, PointLot, Points, RewardId, StoreId, Timestamp,
+};
 
 /// A digest of an event's content, excluding everything the system adds (arrival time,
 /// program version), so that a resend of the same request has the same fingerprint.
@@ -93,6 +95,32 @@ pub enum Rejection {
     /// any more, a new enrolment of the same phone included.
     #[error("this member's personal data was erased: the member takes no more commands")]
     MemberErased,
+    /// The reward cannot be redeemed with points on this local day (its `valid_from` to
+    /// `valid_to`, `YYYY-MM-DD`, either open).
+    #[error("the reward {reward_id} cannot be redeemed with points today (valid from {} to {})", valid_from.as_deref().unwrap_or("always"), valid_to.as_deref().unwrap_or("for ever"))]
+    RewardNotValid {
+        reward_id: RewardId,
+        valid_from: Option<String>,
+        valid_to: Option<String>,
+    },
+    /// The member already redeemed the reward with points as many times as the program allows.
+    #[error("the member already redeemed {reward_id} {limit_per_member} times, the most allowed")]
+    RedemptionLimitReached {
+        reward_id: RewardId,
+        limit_per_member: u32,
+    },
+    /// A cancellation names no applied redemption of this member.
+    #[error("no applied redemption {redemption_event_id} of this member")]
+    UnknownRedemption { redemption_event_id: EventId },
+    /// The redemption was already cancelled, by the event `cancelled_by`.
+    #[error("the redemption {redemption_event_id} was already cancelled by {cancelled_by}")]
+    RedemptionAlreadyCancelled {
+        redemption_event_id: EventId,
+        cancelled_by: EventId,
+    },
+    /// The redemption is older than the program's cancellation window (0: none allowed).
+    #[error("a redemption can be cancelled within {cancel_minutes} minutes; this one no longer")]
+    CancellationWindowClosed { cancel_minutes: u32 },
 }
 
 impl Rejection {
@@ -107,6 +135,11 @@ impl Rejection {
             Rejection::CurrencyMismatch { .. } => "currency-mismatch",
             Rejection::LimitExceeded { .. } => "limit-exceeded",
             Rejection::MemberErased => "member-erased",
+            Rejection::RewardNotValid { .. } => "reward-not-valid",
+            Rejection::RedemptionLimitReached { .. } => "redemption-limit-reached",
+            Rejection::UnknownRedemption { .. } => "unknown-redemption",
+            Rejection::RedemptionAlreadyCancelled { .. } => "redemption-already-cancelled",
+            Rejection::CancellationWindowClosed { .. } => "cancellation-window-closed",
         }
     }
 }
@@ -158,6 +191,23 @@ pub enum Outcome {
         reward_id: RewardId,
         used_voucher: bool,
         points_spent: Points,
+        /// The points taken from each lot (by the day they were earned), so that a cancellation
+        /// gives them back where they were. Empty for a voucher (and in records kept before).
+        #[serde(default)]
+        lots_taken: Vec<PointLot>,
+        /// The event that cancelled this redemption, once one did (a cancellation updates the
+        /// redemption's record, as a refund updates its purchase's).
+        #[serde(default)]
+        cancelled_by: Option<EventId>,
+    },
+    /// A redemption cancelled within the program's window: what it took is given back.
+    RedemptionCancelled {
+        redemption_event_id: EventId,
+        reward_id: RewardId,
+        /// Points given back into the lots they came from (0 for a voucher).
+        points_returned: Points,
+        /// Whether the voucher the redemption used is the member's again.
+        voucher_returned: bool,
     },
     /// The member's personal data erased (README "Privacy"), at `erased_at`.
     Erased {

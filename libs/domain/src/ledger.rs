@@ -11,7 +11,8 @@ use crate::{EventId, Points, StoreId, Timestamp};
 pub enum LedgerKind {
     /// Points earned by a purchase or a bonus.
     Earn,
-    /// Points (or a voucher, with zero points) spent on a reward.
+    /// Points (or a voucher, with zero points) spent on a reward; positive (or zero, for a
+    /// voucher) when a cancellation gives them back (detail `cancel:<redemption event id>`).
     Redeem,
     /// Points that reached the program's expiry age.
     Expire,
@@ -36,7 +37,7 @@ pub struct LedgerEntry {
     pub store_id: StoreId,
     pub at: Timestamp,
     /// A short machine-readable reason (`purchase`, `signup_bonus`, `reward:free-coffee`,
-    /// `voucher:free-coffee`, `refund:<event>`...). Never personal data.
+    /// `voucher:free-coffee`, `refund:<event>`, `cancel:<event>`...). Never personal data.
     pub detail: String,
     /// The version of the franchise's program the entry was judged by (the one current when
     /// the gateway accepted its command): a program change applies to later events only, and

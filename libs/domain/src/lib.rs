@@ -30,12 +30,12 @@ pub use items::{ItemBonus, ItemBonusSpec, PurchaseItem, PurchaseItemSpec};
 pub use ledger::{LedgerEntry, LedgerKind, PointLot};
 pub use member::{
     apply, day_start, Applied, DayActivity, EventContext, HeldRefund, MemberCommand, MemberState,
-    Profile, MAX_HELD_REFUNDS,
+    Profile, RedemptionRecord, MAX_HELD_REFUNDS,
 };
 pub use program::{
-    BonusMultiplier, BonusMultiplierSpec, Program, ProgramSpec, Reward, RewardSpec, Rounding,
-    StampCard, StampCardSpec, Tier, TierMetric, TierQualification, TierQualificationSpec, TierSpec,
-    Weekday, DEFAULT_HELD_REFUND_HORIZON_DAYS,
+    AutoVoucher, AutoVoucherSpec, BonusMultiplier, BonusMultiplierSpec, Program, ProgramSpec,
+    Reward, RewardSpec, Rounding, StampCard, StampCardSpec, Tier, TierMetric, TierQualification,
+    TierQualificationSpec, TierSpec, Weekday, DEFAULT_HELD_REFUND_HORIZON_DAYS,
 };
 pub use status::{MemberStatus, NextExpiry, NextTier, Voucher};
 pub use zone::Zone;

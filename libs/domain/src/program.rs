@@ -53,6 +53,71 @@ pub struct ProgramSpec {
     /// Bonus points for SKUs or categories in a purchase's line items ([`crate::items`]).
     #[serde(default, deserialize_with = "object::list")]
     pub item_bonuses: Vec<ItemBonusSpec>,
+    /// Minutes after a redemption during which it can be cancelled (0 by default: never).
+    #[serde(default)]
+    pub redemption_cancel_minutes: Option<i64>,
+    /// Points converted into vouchers at thresholds ("at 500 points a 5 € voucher").
+    #[serde(default, deserialize_with = "object::list")]
+    pub auto_vouchers: Vec<AutoVoucherSpec>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoVoucherSpec {
+    pub at_points: i64,
+    pub reward_id: String,
+}
+
+/// An automatic voucher: once an earn takes the balance to `at_points` or more, that many
+/// points become a voucher for `reward_id`, as often as the balance allows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AutoVoucher {
+    pub at_points: Points,
+    pub reward_id: RewardId,
+}
+
+/// At most this many automatic vouchers in a program.
+const MAX_AUTO_VOUCHERS: usize = 16;
+
+/// The automatic vouchers, validated: at most [`MAX_AUTO_VOUCHERS`], thresholds from 1 to
+/// 10^9 and distinct, each for a reward of the catalogue.
+fn auto_vouchers(
+    specs: &[AutoVoucherSpec],
+    rewards: &[Reward],
+) -> Result<Vec<AutoVoucher>, DomainError> {
+    if specs.len() > MAX_AUTO_VOUCHERS {
+        return Err(DomainError::invalid_program(format!(
+            "at most {MAX_AUTO_VOUCHERS} auto_vouchers"
+        )));
+    }
+    let mut out: Vec<AutoVoucher> = Vec::with_capacity(specs.len());
+    for (i, a) in specs.iter().enumerate() {
+        let at_points = bounded(
+            &format!("auto_vouchers[{i}].at_points"),
+            a.at_points,
+            1,
+            MAX_POINTS,
+        )?;
+        let reward_id = RewardId::parse(&a.reward_id)
+            .ok()
+            .filter(|id| rewards.iter().any(|r| &r.id == id))
+            .ok_or_else(|| {
+                DomainError::invalid_program(format!(
+                    "auto_vouchers[{i}].reward_id {:?} is not a reward of the catalogue",
+                    a.reward_id
+                ))
+            })?;
+        if out.iter().any(|x| x.at_points == at_points) {
+            return Err(DomainError::invalid_program(format!(
+                "auto_vouchers[{i}].at_points {at_points} appears twice"
+            )));
+        }
+        out.push(AutoVoucher {
+            at_points,
+            reward_id,
+        });
+    }
+    Ok(out)
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -232,6 +297,15 @@ pub struct RewardSpec {
     /// What one redemption costs the franchise (the goods given), for the dashboards' ROI.
     #[serde(default)]
     pub cost_cents: Option<i64>,
+    /// First local day (`YYYY-MM-DD`, program's time zone) it can be redeemed with points.
+    #[serde(default)]
+    pub valid_from: Option<String>,
+    /// Last local day (inclusive) it can be redeemed with points.
+    #[serde(default)]
+    pub valid_to: Option<String>,
+    /// How many times one member may redeem it with points, over the member's lifetime.
+    #[serde(default)]
+    pub limit_per_member: Option<i64>,
 }
 
 /// What tier qualification counts over its window.
@@ -267,6 +341,11 @@ pub struct Program {
     /// `MemberState::hold_refund`.
     pub held_refund_horizon_days: u32,
     pub item_bonuses: Vec<ItemBonus>,
+    /// Minutes after a redemption (by the member's clock) during which it can be cancelled;
+    /// 0: never (see `MemberCommand::CancelRedemption`).
+    pub redemption_cancel_minutes: u32,
+    /// Points converted into vouchers at thresholds after each earn (README "Rewards").
+    pub auto_vouchers: Vec<AutoVoucher>,
 }
 
 /// The default of [`Program::held_refund_horizon_days`]: a till offline for up to a month.
@@ -299,6 +378,70 @@ pub struct Reward {
     pub name: String,
     pub cost_points: Points,
     pub cost_cents: u64,
+    /// First local day (in the program's time zone) the reward can be redeemed with points;
+    /// `None`: since always. A voucher the member holds is honoured whatever the dates.
+    #[serde(serialize_with = "ser_date")]
+    pub valid_from: Option<Day>,
+    /// Last local day (inclusive) the reward can be redeemed with points; `None`: for ever.
+    #[serde(serialize_with = "ser_date")]
+    pub valid_to: Option<Day>,
+    /// How many times one member may redeem the reward with points over the member's lifetime
+    /// (a cancelled redemption does not count); `None`: no limit. Vouchers do not count.
+    pub limit_per_member: Option<u32>,
+}
+
+impl Reward {
+    /// Whether the reward can be redeemed with points on the local day `day`.
+    pub fn valid_on(&self, day: Day) -> bool {
+        self.valid_from.is_none_or(|f| day >= f) && self.valid_to.is_none_or(|t| day <= t)
+    }
+
+    /// Whether a member who redeemed it `redeemed` times (with points) may redeem it again.
+    pub fn within_limit(&self, redeemed: u32) -> bool {
+        self.limit_per_member.is_none_or(|l| redeemed < l)
+    }
+}
+
+/// The largest `limit_per_member`.
+const MAX_LIMIT_PER_MEMBER: i64 = 1_000_000;
+/// The longest `redemption_cancel_minutes`: a week.
+const MAX_CANCEL_MINUTES: i64 = 10_080;
+
+/// The validity dates and limit of `rewards[i]`, validated: the dates are local dates, the
+/// first not after the last; the limit from 1 to [`MAX_LIMIT_PER_MEMBER`].
+type RewardTerms = (Option<Day>, Option<Day>, Option<u32>);
+
+fn reward_terms(i: usize, r: &RewardSpec) -> Result<RewardTerms, DomainError> {
+    let f = |field: &str| format!("rewards[{i}].{field}");
+    let date = |field: &str, v: &Option<String>| -> Result<Option<Day>, DomainError> {
+        match v {
+            None => Ok(None),
+            Some(v) => Day::parse_iso(v).map(Some).ok_or_else(|| {
+                DomainError::invalid_program(format!(
+                    "{} must be a local date YYYY-MM-DD (1970 or later), got {v:?}",
+                    f(field)
+                ))
+            }),
+        }
+    };
+    let from = date("valid_from", &r.valid_from)?;
+    let to = date("valid_to", &r.valid_to)?;
+    if let (Some(a), Some(z)) = (from, to) {
+        if a > z {
+            return Err(DomainError::invalid_program(format!(
+                "{} ({}) is after {} ({})",
+                f("valid_from"),
+                a.iso(),
+                f("valid_to"),
+                z.iso()
+            )));
+        }
+    }
+    let limit = match r.limit_per_member {
+        None => None,
+        Some(l) => Some(bounded(&f("limit_per_member"), l, 1, MAX_LIMIT_PER_MEMBER)? as u32),
+    };
+    Ok((from, to, limit))
 }
 
 const MAX_POINTS_PER_UNIT: i64 = 10_000;
@@ -365,6 +508,7 @@ impl TryFrom<ProgramSpec> for Program {
                     "rewards[{i}].id must be 1 to 64 characters of [A-Za-z0-9_.:-]"
                 ))
             })?;
+            let (valid_from, valid_to, limit_per_member) = reward_terms(i, r)?;
             if rewards.iter().any(|x| x.id == id) {
                 return Err(DomainError::invalid_program(format!(
                     "reward id {id} appears twice"
@@ -385,6 +529,9 @@ impl TryFrom<ProgramSpec> for Program {
                     0,
                     MAX_CENTS,
                 )?,
+                valid_from,
+                valid_to,
+                limit_per_member,
             });
         }
 
@@ -590,6 +737,13 @@ impl TryFrom<ProgramSpec> for Program {
             }
             bonus_multipliers.push(bonus);
         }
+        let redemption_cancel_minutes = bounded(
+            "redemption_cancel_minutes",
+            s.redemption_cancel_minutes.unwrap_or(0),
+            0,
+            MAX_CANCEL_MINUTES,
+        )? as u32;
+        let auto_vouchers = auto_vouchers(&s.auto_vouchers, &rewards)?;
 
         let held_refund_horizon_days = bounded(
             "held_refund_horizon_days",
@@ -617,6 +771,8 @@ impl TryFrom<ProgramSpec> for Program {
             bonus_multipliers,
             held_refund_horizon_days,
             item_bonuses,
+            redemption_cancel_minutes,
+            auto_vouchers,
         })
     }
 }
@@ -722,12 +878,18 @@ impl Program {
                     name: "Free coffee".into(),
                     cost_points: 100,
                     cost_cents: 80,
+                    valid_from: None,
+                    valid_to: None,
+                    limit_per_member: None,
                 },
                 Reward {
                     id: RewardId::parse("free-pastry").expect("static id"),
                     name: "Free pastry".into(),
                     cost_points: 150,
                     cost_cents: 120,
+                    valid_from: None,
+                    valid_to: None,
+                    limit_per_member: None,
                 },
             ],
             points_expiry_days: Some(365),
@@ -739,6 +901,8 @@ impl Program {
             bonus_multipliers: Vec::new(),
             held_refund_horizon_days: DEFAULT_HELD_REFUND_HORIZON_DAYS as u32,
             item_bonuses: Vec::new(),
+            redemption_cancel_minutes: 0,
+            auto_vouchers: Vec::new(),
         }
     }
 

@@ -36,9 +36,10 @@ pub struct MemberStatus {
     pub next_tier: Option<NextTier>,
     pub stamps: u32,
     pub stamp_card_size: Option<u32>,
-    /// Rewards redeemable right now: a voucher is held, or the points cover the cost. The
-    /// catalogue's in its order, then those of vouchers whose reward has left the catalogue
-    /// (still redeemable with the voucher).
+    /// Rewards redeemable right now: a voucher is held, or the points cover the cost of a
+    /// reward valid on the local day of the member's latest event and within its limit for the
+    /// member. The catalogue's in its order, then those of vouchers whose reward has left the
+    /// catalogue (still redeemable with the voucher).
     pub rewards_available: Vec<RewardId>,
     pub vouchers: Vec<Voucher>,
     pub visits: u64,
@@ -73,7 +74,11 @@ impl MemberStatus {
             .rewards
             .iter()
             .filter(|r| {
-                state.points >= r.cost_points || state.vouchers.get(&r.id).is_some_and(|n| *n > 0)
+                let redeemed = state.redemptions.get(&r.id).copied().unwrap_or(0);
+                let with_points = state.points >= r.cost_points
+                    && r.valid_on(program.local_day(state.clock))
+                    && r.within_limit(redeemed);
+                with_points || state.vouchers.get(&r.id).is_some_and(|n| *n > 0)
             })
             .map(|r| r.id.clone())
             .collect();

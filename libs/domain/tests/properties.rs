@@ -589,7 +589,7 @@ proptest! {
                             prop_assert!(!applied.changed);
                             prop_assert_eq!(v.before, v.after, "a second enrolment changes nothing");
                         }
-                        (Outcome::Redemption { used_voucher, points_spent, reward_id }, _) => {
+                        (Outcome::Redemption { used_voucher, points_spent, reward_id, .. }, _) => {
                             let cost = program.reward(reward_id).unwrap().cost_points;
                             if *used_voucher {
                                 prop_assert_eq!(*points_spent, 0);

@@ -252,7 +252,9 @@ fn a_voucher_is_used_before_points() {
         Outcome::Redemption {
             reward_id: RewardId::parse("free-coffee").unwrap(),
             used_voucher: true,
-            points_spent: 0
+            points_spent: 0,
+            lots_taken: Vec::new(),
+            cancelled_by: None,
         }
     );
     let e = only(&applied.entries);
@@ -474,7 +476,9 @@ fn a_voucher_outlives_its_reward_leaving_the_catalogue() {
         Outcome::Redemption {
             reward_id: coffee.clone(),
             used_voucher: true,
-            points_spent: 0
+            points_spent: 0,
+            lots_taken: Vec::new(),
+            cancelled_by: None,
         }
     );
     assert!(m.state().vouchers.is_empty());

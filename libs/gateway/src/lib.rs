@@ -85,7 +85,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, body: json::BodyLimit) {
                 .service(endpoint("/members/{member_id}/erasure").post(privacy::erase))
                 .service(endpoint("/purchases").post(events::purchase))
                 .service(endpoint("/refunds").post(events::refund))
-                .service(endpoint("/redemptions").post(events::redemption)),
+                .service(endpoint("/redemptions").post(events::redemption))
+                .service(endpoint("/redemption-cancellations").post(events::cancel_redemption)),
         )
         .configure(pages::configure)
         .default_service(web::to(not_found));

@@ -125,6 +125,17 @@ impl ApiError {
             ApiError::Rejected(Rejection::CurrencyMismatch { .. }) => "Wrong currency",
             ApiError::Rejected(Rejection::LimitExceeded { .. }) => "Limit exceeded",
             ApiError::Rejected(Rejection::MemberErased) => "Member erased",
+            ApiError::Rejected(Rejection::RewardNotValid { .. }) => "Reward not valid today",
+            ApiError::Rejected(Rejection::RedemptionLimitReached { .. }) => {
+                "Redemption limit reached"
+            }
+            ApiError::Rejected(Rejection::UnknownRedemption { .. }) => "Unknown redemption",
+            ApiError::Rejected(Rejection::RedemptionAlreadyCancelled { .. }) => {
+                "Redemption already cancelled"
+            }
+            ApiError::Rejected(Rejection::CancellationWindowClosed { .. }) => {
+                "Cancellation window closed"
+            }
             ApiError::AnonymousRefund => "Anonymous refund",
             ApiError::ProgramConflict(_) => "Concurrent program update",
             ApiError::KeyConflict(_) => "API key conflict",
@@ -179,10 +190,14 @@ impl ResponseError for ApiError {
             ApiError::Rejected(r) => match r {
                 Rejection::InsufficientPoints { .. }
                 | Rejection::RefundExceedsPurchase { .. }
-                | Rejection::MemberErased => StatusCode::CONFLICT,
-                Rejection::UnknownMember | Rejection::UnknownPurchase { .. } => {
-                    StatusCode::NOT_FOUND
-                }
+                | Rejection::MemberErased
+                | Rejection::RewardNotValid { .. }
+                | Rejection::RedemptionLimitReached { .. }
+                | Rejection::RedemptionAlreadyCancelled { .. }
+                | Rejection::CancellationWindowClosed { .. } => StatusCode::CONFLICT,
+                Rejection::UnknownMember
+                | Rejection::UnknownPurchase { .. }
+                | Rejection::UnknownRedemption { .. } => StatusCode::NOT_FOUND,
                 Rejection::UnknownReward { .. }
                 | Rejection::CurrencyMismatch { .. }
                 | Rejection::LimitExceeded { .. } => StatusCode::UNPROCESSABLE_ENTITY,

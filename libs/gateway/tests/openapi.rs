@@ -35,6 +35,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/purchases"),
     ("post", "/v1/refunds"),
     ("post", "/v1/redemptions"),
+    ("post", "/v1/redemption-cancellations"),
     ("get", "/v1/franchises/{fid}/dashboard"),
     ("get", "/v1/franchises/{fid}/dashboard.csv"),
     ("get", "/v1/franchises/{fid}/api-keys"),
@@ -1020,7 +1021,13 @@ fn outcomes_match_the_domain_type() {
         assert_eq!(required(&d, &schema), keys(&back), "outcome {t}");
         types.insert(t);
     }
-    for t in ["purchase", "anonymous_sale", "refund", "redemption"] {
+    for t in [
+        "purchase",
+        "anonymous_sale",
+        "refund",
+        "redemption",
+        "redemption_cancelled",
+    ] {
         assert!(types.contains(t), "no example of a {t} outcome");
     }
 }
@@ -1071,6 +1078,23 @@ fn every_error() -> Vec<ApiError> {
             limit: loyalty_domain::MAX_POINTS_BALANCE,
         }),
         ApiError::Rejected(Rejection::MemberErased),
+        ApiError::Rejected(Rejection::RewardNotValid {
+            reward_id: RewardId::parse("free-pastry").unwrap(),
+            valid_from: Some("2026-12-01".into()),
+            valid_to: None,
+        }),
+        ApiError::Rejected(Rejection::RedemptionLimitReached {
+            reward_id: RewardId::parse("free-pastry").unwrap(),
+            limit_per_member: 2,
+        }),
+        ApiError::Rejected(Rejection::UnknownRedemption {
+            redemption_event_id: EventId::parse("pos1-0009").unwrap(),
+        }),
+        ApiError::Rejected(Rejection::RedemptionAlreadyCancelled {
+            redemption_event_id: EventId::parse("pos1-0003").unwrap(),
+            cancelled_by: EventId::parse("pos1-0004").unwrap(),
+        }),
+        ApiError::Rejected(Rejection::CancellationWindowClosed { cancel_minutes: 15 }),
         ApiError::AnonymousRefund,
         ApiError::Unavailable("down".into()),
         ApiError::Internal("bug".into()),

@@ -28,6 +28,7 @@ mod privacy;
 mod program_updates;
 mod refunds;
 mod repo_hygiene;
+mod rewards;
 mod scheduler;
 mod self_enrolment;
 mod sharding;

@@ -75,6 +75,7 @@ fn kind(command: &MemberCommand) -> &'static str {
         MemberCommand::Purchase { .. } => "purchase",
         MemberCommand::Refund { .. } => "refund",
         MemberCommand::Redemption { .. } => "redemption",
+        MemberCommand::CancelRedemption { .. } => "cancel_redemption",
         MemberCommand::Erase => "erase",
         MemberCommand::Advance => "advance",
     }

@@ -17,7 +17,7 @@ use actix::{Actor, Addr};
 use loyalty_domain::dashboard::{DashboardDelta, EventFacts};
 use loyalty_domain::{
     classify, Delivery, EventId, Fingerprint, FranchiseId, MemberCommand, MemberId, MemberState,
-    MemberStatus, Outcome, ProcessedEvent, Program, Rejection, Timestamp,
+    MemberStatus, Outcome, ProcessedEvent, Program, RedemptionRecord, Rejection, Timestamp,
 };
 
 use crate::command::{CommandEnvelope, PosCommand};
@@ -387,6 +387,13 @@ impl Shard {
             {
                 ids.push(purchase_event_id.clone());
             }
+            if let PosCommand::CancelRedemption {
+                redemption_event_id,
+                ..
+            } = &env.command
+            {
+                ids.push(redemption_event_id.clone());
+            }
         }
         let mut known: HashMap<(FranchiseId, EventId), ProcessedEvent> = HashMap::new();
         for (f, ids) in wanted {
@@ -567,6 +574,16 @@ impl Shard {
                         PosCommand::Redemption { reward_id, .. } => MemberCommand::Redemption {
                             reward_id: reward_id.clone(),
                         },
+                        PosCommand::CancelRedemption {
+                            redemption_event_id,
+                            ..
+                        } => MemberCommand::CancelRedemption {
+                            redemption_event_id: redemption_event_id.clone(),
+                            redemption: known
+                                .get(&(env.franchise_id.clone(), redemption_event_id.clone()))
+                                .filter(|r| r.member_id.as_ref() == Some(m))
+                                .and_then(RedemptionRecord::of),
+                        },
                         PosCommand::Erase { .. } => MemberCommand::Erase,
                         PosCommand::Advance { .. } => MemberCommand::Advance,
                     };
@@ -649,6 +666,22 @@ impl Shard {
                         }
                     }
                 }
+            }
+
+            // A cancellation marks the redemption it cancels, so a second one is refused.
+            if let Outcome::RedemptionCancelled {
+                redemption_event_id,
+                ..
+            } = &outcome
+            {
+                let rkey = (env.franchise_id.clone(), redemption_event_id.clone());
+                mark_cancelled(
+                    &mut known,
+                    &mut writes,
+                    &mut write_index,
+                    rkey,
+                    &env.event_id,
+                );
             }
 
             let record = ProcessedEvent {
@@ -752,6 +785,34 @@ impl Shard {
             statuses,
             changed_members,
         })
+    }
+}
+
+/// Marks the redemption recorded under `key` as cancelled by `by`, in the batch's view of the
+/// records and in its writes (an update of the record, or of the batch's insert of it).
+fn mark_cancelled(
+    known: &mut HashMap<(FranchiseId, EventId), ProcessedEvent>,
+    writes: &mut Vec<ProcessedWrite>,
+    write_index: &mut HashMap<(FranchiseId, EventId), usize>,
+    key: (FranchiseId, EventId),
+    by: &EventId,
+) {
+    let Some(rec) = known.get_mut(&key) else {
+        return;
+    };
+    if let Outcome::Redemption { cancelled_by, .. } = &mut rec.outcome {
+        *cancelled_by = Some(by.clone());
+    }
+    let rec = rec.clone();
+    match write_index.get(&key) {
+        Some(&i) => writes[i].record = rec,
+        None => {
+            write_index.insert(key, writes.len());
+            writes.push(ProcessedWrite {
+                record: rec,
+                insert: false,
+            });
+        }
     }
 }
 

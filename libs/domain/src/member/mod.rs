@@ -16,6 +16,8 @@ pub use refund::{HeldRefund, MAX_HELD_REFUNDS};
 
 pub use clock::day_start;
 
+pub use redeem::RedemptionRecord;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -135,6 +137,10 @@ pub struct MemberState {
     /// stored before refunds were held.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub held_refunds: Vec<HeldRefund>,
+    /// Redemptions paid with points, by reward, net of cancellations: what a reward's
+    /// `limit_per_member` caps. Absent from states stored before limits existed (read as none).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub redemptions: BTreeMap<RewardId, u32>,
 }
 
 /// A command aimed at one member.
@@ -164,6 +170,13 @@ pub enum MemberCommand {
     },
     Redemption {
         reward_id: RewardId,
+    },
+    /// Cancel the redemption `redemption_event_id` within the program's
+    /// `redemption_cancel_minutes`, giving back what it took, once.
+    CancelRedemption {
+        redemption_event_id: EventId,
+        /// The redemption as currently recorded, if it is this member's.
+        redemption: Option<RedemptionRecord>,
     },
     /// Erase the member's personal data (README "Privacy"): phone, name and birthday go, the
     /// balance, counters and ledger (which hold none) stay. Once erased, a member refuses
@@ -285,11 +298,13 @@ impl MemberState {
             purchase_days: PurchaseDays::new(),
             erased_at: None,
             held_refunds: Vec::new(),
+            redemptions: BTreeMap::new(),
         };
         let mut entries = Vec::new();
         let bonus = ctx.program.signup_bonus;
         if bonus > 0 {
             s.earn(ctx, bonus, "signup_bonus", &mut entries)?;
+            s.apply_auto_vouchers(ctx, &mut entries)?;
         }
         s.version = 1;
         let applied = Applied {
@@ -329,7 +344,9 @@ impl MemberState {
                 }
                 let local_day = ctx.program.local_day(ctx.at);
                 visits = record_purchase(&mut self.purchase_days, ctx.store_id, local_day);
-                self.purchase(ctx, *amount, items, &mut entries)?
+                let outcome = self.purchase(ctx, *amount, items, &mut entries)?;
+                self.apply_auto_vouchers(ctx, &mut entries)?;
+                outcome
             }
             MemberCommand::Refund {
                 purchase_event_id,
@@ -346,6 +363,17 @@ impl MemberState {
                 }
             },
             MemberCommand::Redemption { reward_id } => self.redeem(ctx, reward_id, &mut entries)?,
+            MemberCommand::CancelRedemption {
+                redemption_event_id,
+                redemption,
+            } => {
+                let Some(redemption) = redemption else {
+                    return Err(Rejection::UnknownRedemption {
+                        redemption_event_id: redemption_event_id.clone(),
+                    });
+                };
+                self.cancel_redemption(ctx, redemption_event_id, redemption, &mut entries)?
+            }
             // Handled by `apply` before any clock moves.
             MemberCommand::Erase => return Ok(self.erase(ctx)),
             MemberCommand::Advance => return self.advance(ctx),

@@ -443,9 +443,15 @@ fn activity_label(lang: Lang, e: &LedgerEntry, program: &Program) -> String {
             lang.pick("Bonus de bienvenue", "Welcome bonus").into()
         }
         (LedgerKind::Earn, _) => lang.pick("Achat", "Purchase").into(),
+        (LedgerKind::Redeem, d) if d.starts_with("cancel:") => {
+            lang.pick("Échange annulé", "Redemption cancelled").into()
+        }
         (LedgerKind::Redeem, d) => {
             let (what, id) = match d.split_once(':') {
                 Some(("voucher", id)) => (lang.pick("Bon utilisé", "Voucher used"), id),
+                Some(("auto_voucher", id)) => {
+                    (lang.pick("Bon automatique", "Automatic voucher"), id)
+                }
                 Some((_, id)) => (lang.pick("Récompense", "Reward"), id),
                 None => (lang.pick("Récompense", "Reward"), d),
             };

@@ -1,4 +1,4 @@
-//! POS events: purchases (and anonymous sales), refunds and redemptions.
+//! POS events: purchases (and anonymous sales), refunds, redemptions and their cancellations.
 //!
 //! Each is validated and resolved here, stamped with the franchise's current program version,
 //! and appended to the log keyed by the member, so the member's single writer applies it. The
@@ -62,6 +62,14 @@ pub struct RedemptionBody {
     pub event_id: EventId,
     pub member_id: MemberId,
     pub reward_id: RewardId,
+    pub occurred_at: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancellationBody {
+    pub event_id: EventId,
+    pub redemption_event_id: EventId,
     pub occurred_at: Option<String>,
 }
 
@@ -232,6 +240,54 @@ pub async fn redemption(
         PosCommand::Redemption {
             member_id: body.member_id,
             reward_id: body.reward_id,
+        },
+    )?;
+    submit(&gw, &franchise, env, deadline).await
+}
+
+/// Cancels a redemption of this franchise within the program's window (README "Rewards"): the
+/// redemption's record names its member, and the cancellation travels the log to that member's
+/// actor like every command, which gives back what the redemption took, once. Awaited like a
+/// redemption.
+pub async fn cancel_redemption(
+    req: HttpRequest,
+    gw: web::Data<Gateway>,
+    q: web::Query<WaitQuery>,
+    body: JsonObject<CancellationBody>,
+) -> Result<HttpResponse, ApiError> {
+    let p = gw.authorize(&req, &[Role::Store]).await?;
+    let deadline = q.deadline(Some(gw.config.default_wait))?;
+    let franchise = gw.franchise_of(&p).await?;
+    let body = body.into_inner();
+    let occurred_at = occurred_at(&body.occurred_at)?;
+    let redemption = gw
+        .store
+        .processed(
+            &franchise.id,
+            std::slice::from_ref(&body.redemption_event_id),
+        )
+        .await?
+        .into_iter()
+        .next()
+        .flatten();
+    let member = redemption
+        .filter(|rec| matches!(rec.outcome, Outcome::Redemption { .. }))
+        .and_then(|rec| rec.member_id)
+        .ok_or_else(|| Rejection::UnknownRedemption {
+            redemption_event_id: body.redemption_event_id.clone(),
+        })?;
+    if let Some(status) = gw.member_status(&franchise, &member).await? {
+        refuse_erased(&status)?;
+    }
+    let env = envelope(
+        &gw,
+        &franchise,
+        &p,
+        body.event_id,
+        occurred_at,
+        PosCommand::CancelRedemption {
+            member_id: member,
+            redemption_event_id: body.redemption_event_id,
         },
     )?;
     submit(&gw, &franchise, env, deadline).await
