@@ -407,36 +407,45 @@ const MAX_LIMIT_PER_MEMBER: i64 = 1_000_000;
 /// The longest `redemption_cancel_minutes`: a week.
 const MAX_CANCEL_MINUTES: i64 = 10_080;
 
+/// A range of local dates as a program writes it, each `(field name, value)`: either end may
+/// be left out, each is `YYYY-MM-DD` (1970 or later), and the first is not after the last.
+fn date_range(
+    from: (&str, &Option<String>),
+    to: (&str, &Option<String>),
+) -> Result<(Option<Day>, Option<Day>), DomainError> {
+    let date = |(field, v): (&str, &Option<String>)| match v {
+        None => Ok(None),
+        Some(v) => Day::parse_iso(v).map(Some).ok_or_else(|| {
+            DomainError::invalid_program(format!(
+                "{field} must be a local date YYYY-MM-DD (1970 or later), got {v:?}"
+            ))
+        }),
+    };
+    let (a, z) = (date(from)?, date(to)?);
+    if let (Some(a), Some(z)) = (a, z) {
+        if a > z {
+            return Err(DomainError::invalid_program(format!(
+                "{} ({}) is after {} ({})",
+                from.0,
+                a.iso(),
+                to.0,
+                z.iso()
+            )));
+        }
+    }
+    Ok((a, z))
+}
+
 /// The validity dates and limit of `rewards[i]`, validated: the dates are local dates, the
 /// first not after the last; the limit from 1 to [`MAX_LIMIT_PER_MEMBER`].
 type RewardTerms = (Option<Day>, Option<Day>, Option<u32>);
 
 fn reward_terms(i: usize, r: &RewardSpec) -> Result<RewardTerms, DomainError> {
     let f = |field: &str| format!("rewards[{i}].{field}");
-    let date = |field: &str, v: &Option<String>| -> Result<Option<Day>, DomainError> {
-        match v {
-            None => Ok(None),
-            Some(v) => Day::parse_iso(v).map(Some).ok_or_else(|| {
-                DomainError::invalid_program(format!(
-                    "{} must be a local date YYYY-MM-DD (1970 or later), got {v:?}",
-                    f(field)
-                ))
-            }),
-        }
-    };
-    let from = date("valid_from", &r.valid_from)?;
-    let to = date("valid_to", &r.valid_to)?;
-    if let (Some(a), Some(z)) = (from, to) {
-        if a > z {
-            return Err(DomainError::invalid_program(format!(
-                "{} ({}) is after {} ({})",
-                f("valid_from"),
-                a.iso(),
-                f("valid_to"),
-                z.iso()
-            )));
-        }
-    }
+    let (from, to) = date_range(
+        (&f("valid_from"), &r.valid_from),
+        (&f("valid_to"), &r.valid_to),
+    )?;
     let limit = match r.limit_per_member {
         None => None,
         Some(l) => Some(bounded(&f("limit_per_member"), l, 1, MAX_LIMIT_PER_MEMBER)? as u32),
@@ -643,17 +652,6 @@ impl TryFrom<ProgramSpec> for Program {
             Vec::with_capacity(s.bonus_multipliers.len());
         for (i, b) in s.bonus_multipliers.iter().enumerate() {
             let f = |field: &str| format!("bonus_multipliers[{i}].{field}");
-            let date = |field: &str, v: &Option<String>| -> Result<Option<Day>, DomainError> {
-                match v {
-                    None => Ok(None),
-                    Some(v) => Day::parse_iso(v).map(Some).ok_or_else(|| {
-                        DomainError::invalid_program(format!(
-                            "{} must be a local date YYYY-MM-DD (1970 or later), got {v:?}",
-                            f(field)
-                        ))
-                    }),
-                }
-            };
             let days_of_week = match &b.days_of_week {
                 Some(d) if d.is_empty() || d.len() > 7 => {
                     return Err(DomainError::invalid_program(format!(
@@ -663,19 +661,10 @@ impl TryFrom<ProgramSpec> for Program {
                 }
                 d => d.clone(),
             };
-            let from_date = date("from_date", &b.from_date)?;
-            let to_date = date("to_date", &b.to_date)?;
-            if let (Some(a), Some(z)) = (from_date, to_date) {
-                if a > z {
-                    return Err(DomainError::invalid_program(format!(
-                        "{} ({}) is after {} ({})",
-                        f("from_date"),
-                        a.iso(),
-                        f("to_date"),
-                        z.iso()
-                    )));
-                }
-            }
+            let (from_date, to_date) = date_range(
+                (&f("from_date"), &b.from_date),
+                (&f("to_date"), &b.to_date),
+            )?;
             let from_time = match &b.from_time {
                 None => None,
                 Some(v) => Some(parse_time(&f("from_time"), v, false)?),
