@@ -386,6 +386,24 @@ impl Scenario {
         self.reports.push(report);
     }
 
+    /// Prints `table` after the phases, writes the whole report, and fails on any phase with a
+    /// difference.
+    fn finish(&mut self, table: &str) {
+        print!("{table}");
+        self.text.push_str(table);
+        write_report(self.report_file, &self.text, true);
+        let failed: Vec<String> = self
+            .reports
+            .iter()
+            .filter(|r| r.differences() > 0)
+            .map(|r| r.name.clone())
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "differences in {failed:?} (see the report above)"
+        );
+    }
+
     /// The runbook's refill of an emptied Redis, through the first live gateway.
     async fn rebuild_cache(&mut self) -> anyhow::Result<String> {
         let gateway = self
@@ -739,19 +757,7 @@ async fn multiprocess_faults_one_at_a_time_apply_every_acknowledged_command_exac
     }
 
     let summary = sc.summary();
-    print!("{summary}");
-    sc.text.push_str(&summary);
-    write_report(sc.report_file, &sc.text, true);
-    let failed: Vec<String> = sc
-        .reports
-        .iter()
-        .filter(|r| r.differences() > 0)
-        .map(|r| r.name.clone())
-        .collect();
-    assert!(
-        failed.is_empty(),
-        "differences in {failed:?} (see the report above)"
-    );
+    sc.finish(&summary);
 }
 
 /// A fault of the fault matrix: what it does to the cluster, returning what it did.
@@ -929,17 +935,5 @@ async fn server_faults_lose_and_double_nothing() {
     .await;
 
     let matrix = sc.matrix();
-    print!("{matrix}");
-    sc.text.push_str(&matrix);
-    write_report(sc.report_file, &sc.text, true);
-    let failed: Vec<String> = sc
-        .reports
-        .iter()
-        .filter(|r| r.differences() > 0)
-        .map(|r| r.name.clone())
-        .collect();
-    assert!(
-        failed.is_empty(),
-        "differences in {failed:?} (see the report above)"
-    );
+    sc.finish(&matrix);
 }
