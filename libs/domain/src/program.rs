@@ -661,10 +661,8 @@ impl TryFrom<ProgramSpec> for Program {
                 }
                 d => d.clone(),
             };
-            let (from_date, to_date) = date_range(
-                (&f("from_date"), &b.from_date),
-                (&f("to_date"), &b.to_date),
-            )?;
+            let (from_date, to_date) =
+                date_range((&f("from_date"), &b.from_date), (&f("to_date"), &b.to_date))?;
             let from_time = match &b.from_time {
                 None => None,
                 Some(v) => Some(parse_time(&f("from_time"), v, false)?),

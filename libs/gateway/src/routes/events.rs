@@ -13,7 +13,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use loyalty_core::command::{CommandEnvelope, PosCommand};
 use loyalty_core::input::{self, InputError};
 use loyalty_core::metrics::metrics;
-use loyalty_core::model::{Franchise, Role};
+use loyalty_core::model::{Franchise, Principal, Role};
 use loyalty_core::provisioning::now;
 use loyalty_core::replies::{EventReply, ReplyResult};
 use loyalty_domain::{
@@ -85,15 +85,27 @@ fn occurred_at(s: &Option<String>) -> Result<Option<Timestamp>, ApiError> {
     input::occurred_at_opt(s.as_deref(), now()).map_err(input_error)
 }
 
+/// The preamble of every till command: the caller is a store's key, the request's deadline
+/// (`wait_ms`, else `default_wait`) is valid, and the store's franchise.
+async fn till_request(
+    gw: &Gateway,
+    req: &HttpRequest,
+    q: &WaitQuery,
+    default_wait: Option<Duration>,
+) -> Result<(Principal, Option<Duration>, Arc<Franchise>), ApiError> {
+    let p = gw.authorize(req, &[Role::Store]).await?;
+    let deadline = q.deadline(default_wait)?;
+    let franchise = gw.franchise_of(&p).await?;
+    Ok((p, deadline, franchise))
+}
+
 pub async fn purchase(
     req: HttpRequest,
     gw: web::Data<Gateway>,
     q: web::Query<WaitQuery>,
     body: JsonObject<PurchaseBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let p = gw.authorize(&req, &[Role::Store]).await?;
-    let deadline = q.deadline(None)?;
-    let franchise = gw.franchise_of(&p).await?;
+    let (p, deadline, franchise) = till_request(&gw, &req, &q, None).await?;
     let body = body.into_inner();
     let program = gw.program(&franchise).await?;
     input::purchase_currency(&program, &body.currency)?;
@@ -136,9 +148,7 @@ pub async fn refund(
     q: web::Query<WaitQuery>,
     body: JsonObject<RefundBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let p = gw.authorize(&req, &[Role::Store]).await?;
-    let deadline = q.deadline(None)?;
-    let franchise = gw.franchise_of(&p).await?;
+    let (p, deadline, franchise) = till_request(&gw, &req, &q, None).await?;
     let body = body.into_inner();
     if let Some(amount) = body.amount_cents {
         input::refund_amount(amount).map_err(input_error)?;
@@ -213,9 +223,8 @@ pub async fn redemption(
     q: web::Query<WaitQuery>,
     body: JsonObject<RedemptionBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let p = gw.authorize(&req, &[Role::Store]).await?;
-    let deadline = q.deadline(Some(gw.config.default_wait))?;
-    let franchise = gw.franchise_of(&p).await?;
+    let (p, deadline, franchise) =
+        till_request(&gw, &req, &q, Some(gw.config.default_wait)).await?;
     let body = body.into_inner();
     let program = gw.program(&franchise).await?;
     // The member must be enrolled in this franchise (the id is already validated).
@@ -255,9 +264,8 @@ pub async fn cancel_redemption(
     q: web::Query<WaitQuery>,
     body: JsonObject<CancellationBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let p = gw.authorize(&req, &[Role::Store]).await?;
-    let deadline = q.deadline(Some(gw.config.default_wait))?;
-    let franchise = gw.franchise_of(&p).await?;
+    let (p, deadline, franchise) =
+        till_request(&gw, &req, &q, Some(gw.config.default_wait)).await?;
     let body = body.into_inner();
     let occurred_at = occurred_at(&body.occurred_at)?;
     let redemption = gw
