@@ -389,7 +389,11 @@ def main() -> int:
     parser.add_argument(
         "--seed", type=int, default=int(env("LOYALTY_SCHEMATHESIS_SEED", 20261201))
     )
-    parser.add_argument("--workers", default="2")
+    # One worker: with two threads, hypothesis 6.170's lambda descriptions (AST parsing, not
+    # thread-safe) now and then raise "AST constructor recursion depth mismatch" inside
+    # schemathesis' coverage phase, an error of the tool's, not of the API (seen in 1 of 4
+    # runs with two workers here).
+    parser.add_argument("--workers", default="1")
     parser.add_argument(
         "--max-time", type=int, default=0, help="a time budget per key (seconds); none by default"
     )
