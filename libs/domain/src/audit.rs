@@ -172,7 +172,7 @@ fn audit_ledger(state: &MemberState, ledger: &[LedgerEntry]) -> Vec<Finding> {
             LedgerKind::Redeem => sums[1] += magnitude,
             LedgerKind::Expire => sums[2] += magnitude,
             LedgerKind::Reverse => sums[3] += magnitude,
-            LedgerKind::Earn | LedgerKind::Adjust => {}
+            LedgerKind::Earn | LedgerKind::Adjust | LedgerKind::Tier => {}
         }
     }
     let last = ledger.last().map_or(0, |e| e.seq);

@@ -20,6 +20,8 @@ pub enum LedgerKind {
     Adjust,
     /// Points taken back by a refund.
     Reverse,
+    /// The member's tier moved (0 points); `tier_change` says from what, to what and why.
+    Tier,
 }
 
 /// One movement of a member's points.
@@ -45,6 +47,9 @@ pub struct LedgerEntry {
     /// was recorded.
     #[serde(default)]
     pub program_version: u32,
+    /// On a `tier` entry: the move and its reason (README "Tiers"). Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier_change: Option<crate::TierChange>,
 }
 
 /// Points earned on one day, kept so that the oldest points are spent (and expire) first.

@@ -16,6 +16,7 @@ mod member;
 pub mod object;
 mod program;
 mod status;
+pub mod tiers;
 mod zone;
 
 pub use error::DomainError;
@@ -30,12 +31,13 @@ pub use items::{ItemBonus, ItemBonusSpec, PurchaseItem, PurchaseItemSpec};
 pub use ledger::{LedgerEntry, LedgerKind, PointLot};
 pub use member::{
     apply, day_start, Applied, DayActivity, EventContext, HeldRefund, MemberCommand, MemberState,
-    Profile, RedemptionRecord, MAX_HELD_REFUNDS,
+    Profile, RedemptionRecord, TierChange, TierDowngrade, TierReason, MAX_HELD_REFUNDS,
 };
 pub use program::{
     AutoVoucher, AutoVoucherSpec, BonusMultiplier, BonusMultiplierSpec, Program, ProgramSpec,
-    Reward, RewardSpec, Rounding, StampCard, StampCardSpec, Tier, TierMetric, TierQualification,
-    TierQualificationSpec, TierSpec, Weekday, DEFAULT_HELD_REFUND_HORIZON_DAYS,
+    Reward, RewardSpec, Rounding, StampCard, StampCardSpec, Tier, TierSpec, Weekday,
+    DEFAULT_HELD_REFUND_HORIZON_DAYS,
 };
-pub use status::{MemberStatus, NextExpiry, NextTier, Voucher};
+pub use status::{MemberStatus, NextExpiry, NextTier, TierDowngradeDue, Voucher};
+pub use tiers::{TierMetric, TierPeriod, TierQualification, TierQualificationSpec};
 pub use zone::Zone;

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::items::{ItemBonus, ItemBonusSpec};
 use crate::object::{self, Object};
+use crate::tiers::{TierMetric, TierQualification, TierQualificationSpec};
 use crate::{Currency, Day, DomainError, Points, RewardId, StoreId, Timestamp, Zone};
 
 /// The program as a client writes it. Converted to [`Program`] by validation.
@@ -275,13 +276,6 @@ pub struct StampCardSpec {
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TierQualificationSpec {
-    pub metric: TierMetric,
-    pub window_days: i64,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TierSpec {
     pub name: String,
     pub threshold: i64,
@@ -306,15 +300,6 @@ pub struct RewardSpec {
     /// How many times one member may redeem it with points, over the member's lifetime.
     #[serde(default)]
     pub limit_per_member: Option<i64>,
-}
-
-/// What tier qualification counts over its window.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TierMetric {
-    SpendCents,
-    PointsEarned,
-    Visits,
 }
 
 /// A validated program. Its invariants: tiers are non-empty, start at threshold 0 and have
@@ -357,12 +342,6 @@ const MAX_HELD_REFUND_HORIZON_DAYS: i64 = 365;
 pub struct StampCard {
     pub size: u32,
     pub reward_id: RewardId,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct TierQualification {
-    pub metric: TierMetric,
-    pub window_days: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -561,15 +540,7 @@ impl TryFrom<ProgramSpec> for Program {
             }
         };
 
-        let tier_qualification = TierQualification {
-            metric: s.tier_qualification.metric,
-            window_days: bounded(
-                "tier_qualification.window_days",
-                s.tier_qualification.window_days,
-                1,
-                MAX_DAYS,
-            )? as u32,
-        };
+        let tier_qualification = TierQualification::from_spec(&s.tier_qualification)?;
 
         if s.tiers.is_empty() || s.tiers.len() > MAX_TIERS {
             return Err(DomainError::invalid_program(format!(
@@ -838,10 +809,7 @@ impl Program {
                 size: 10,
                 reward_id: RewardId::parse("free-coffee").expect("static id"),
             }),
-            tier_qualification: TierQualification {
-                metric: TierMetric::SpendCents,
-                window_days: 365,
-            },
+            tier_qualification: TierQualification::rolling(TierMetric::SpendCents, 365),
             tiers: vec![
                 Tier {
                     name: "Bronze".into(),

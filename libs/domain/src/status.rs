@@ -20,6 +20,15 @@ pub struct NextExpiry {
     pub date: String,
 }
 
+/// A downgrade the member's tier is due for after a grace period (README "Tiers"): the tier
+/// it lowers them to and the day, unless they qualify again before.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TierDowngradeDue {
+    pub tier: String,
+    /// `YYYY-MM-DD` (UTC).
+    pub date: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Voucher {
     pub reward_id: RewardId,
@@ -52,6 +61,10 @@ pub struct MemberStatus {
     /// stays the last field (the gateway checks the status's last bytes for it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_expiry: Option<NextExpiry>,
+    /// The downgrade due, if the member is in a grace period. Absent otherwise (and from
+    /// statuses cached before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier_downgrade: Option<TierDowngradeDue>,
     /// The member's personal data was erased (README "Privacy"): the member takes no more
     /// commands. Only present when true, so the status of every other member is unchanged.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -111,6 +124,10 @@ impl MemberStatus {
             points_earned: state.points_earned,
             version: state.version,
             erased: state.erased_at.is_some(),
+            tier_downgrade: state.tier_downgrade.as_ref().map(|d| TierDowngradeDue {
+                tier: d.to.clone(),
+                date: d.on.iso(),
+            }),
             next_expiry: state.next_expiry(program).map(|(points, day)| NextExpiry {
                 points,
                 date: day.iso(),

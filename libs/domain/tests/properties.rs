@@ -504,6 +504,11 @@ proptest! {
                         LedgerKind::Expire | LedgerKind::Reverse => prop_assert!(e.points < 0),
                         LedgerKind::Redeem => prop_assert!(e.points <= 0),
                         LedgerKind::Adjust => prop_assert!(false, "no command adjusts"),
+                        LedgerKind::Tier => {
+                            prop_assert_eq!(e.points, 0, "a tier entry moves no points");
+                            let c = e.tier_change.as_ref().expect("a tier entry names its move");
+                            prop_assert!(c.from != c.to, "a tier entry is a move");
+                        }
                     }
                     ledger.push(e.clone());
                 }
@@ -817,7 +822,8 @@ proptest! {
             }
             prop_assert_eq!(s.clock, clock, "the member's clock is the latest applied event time");
             let today = clock.day().0;
-            let oldest = today.saturating_sub(program.tier_qualification.window_days - 1);
+            let window = program.tier_qualification.window_days.expect("a rolling window");
+            let oldest = today.saturating_sub(window - 1);
             let in_window = model.iter().filter(|p| p.1 >= oldest);
             let metric: u64 = match program.tier_qualification.metric {
                 TierMetric::SpendCents => in_window.map(|p| p.2 - p.3).sum(),

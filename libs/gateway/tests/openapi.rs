@@ -458,6 +458,8 @@ fn member_status_and_ledger_match_the_domain_types() {
     );
     emitted.insert("erased".to_owned());
     emitted.insert("next_expiry".to_owned());
+    // `tier_downgrade` only while a downgrade is due after a grace period (README "Tiers").
+    emitted.insert("tier_downgrade".to_owned());
     assert_eq!(
         properties(&d, &status),
         emitted,
@@ -467,12 +469,35 @@ fn member_status_and_ledger_match_the_domain_types() {
     erased.erased = true;
     assert_eq!(serde_json::to_value(&erased).unwrap()["erased"], true);
     assert_exact_shape(&d, "NextTier", &back["next_tier"]);
+    let mut due = typed.clone();
+    due.tier_downgrade = serde_json::from_value(schema_example(&d, "TierDowngradeDue")).ok();
+    assert!(due.tier_downgrade.is_some(), "the TierDowngradeDue example is one");
+    assert_exact_shape(
+        &d,
+        "TierDowngradeDue",
+        &serde_json::to_value(&due).unwrap()["tier_downgrade"],
+    );
 
     let ex = schema_example(&d, "LedgerEntry");
     let typed: LedgerEntry = serde_json::from_value(ex.clone()).expect("example is a LedgerEntry");
     let back = serde_json::to_value(&typed).unwrap();
     assert_eq!(back, ex);
-    assert_exact_shape(&d, "LedgerEntry", &back);
+    // `tier_change` is on `tier` entries only: documented, not required.
+    let ledger = serde_json::json!({ "$ref": "#/components/schemas/LedgerEntry" });
+    assert_eq!(required(&d, &ledger), keys(&back), "LedgerEntry: required");
+    let mut documented = keys(&back);
+    documented.insert("tier_change".to_owned());
+    assert_eq!(properties(&d, &ledger), documented, "LedgerEntry: documented");
+    let tier_entry = LedgerEntry {
+        kind: loyalty_domain::LedgerKind::Tier,
+        points: 0,
+        detail: "tier:period_end".into(),
+        tier_change: serde_json::from_value(schema_example(&d, "TierChange")).ok(),
+        ..typed
+    };
+    assert!(tier_entry.tier_change.is_some(), "the TierChange example is one");
+    let tier_entry = serde_json::to_value(&tier_entry).unwrap();
+    assert_exact_shape(&d, "TierChange", &tier_entry["tier_change"]);
     let kinds = d["components"]["schemas"]["LedgerKind"]["enum"]
         .as_array()
         .unwrap();

@@ -1,9 +1,11 @@
-//! Time for a member: the clock, expiry of points, the tier window and the tier it gives.
+//! Time for a member: the clock, expiry of points, and the tier evaluations it brings
+//! (`tiers.rs`).
 
 use super::{add_points, signed, MemberState};
+use super::tiers::TierReason;
 use crate::{
     Day, DayActivity, EventContext, LedgerEntry, LedgerKind, Points, Program, Rejection,
-    TierMetric, Timestamp,
+    Timestamp,
 };
 
 /// The first moment of `day` (UTC).
@@ -22,16 +24,18 @@ impl MemberState {
         ctx: &EventContext<'_>,
         entries: &mut Vec<LedgerEntry>,
     ) -> Result<(), Rejection> {
+        let from = self.clock.day();
         self.clock = self.clock.max(ctx.at);
         let today = self.clock.day();
         if let Some(days) = ctx.program.points_expiry_days {
             self.expire_lots(ctx, days, today, entries)?;
         }
-        let window = ctx.program.tier_qualification.window_days;
-        let oldest = today.0.saturating_sub(window.saturating_sub(1));
-        self.window.retain(|d| d.day.0 >= oldest);
-        self.reevaluate_tier(ctx.program);
-        Ok(())
+        self.evaluate_tiers(ctx, from, today, entries)?;
+        let first = ctx.program.tier_qualification.span_start(today);
+        self.window.retain(|d| d.day >= first);
+        // What no evaluation moves: a program change (thresholds, rules, tiers renamed).
+        self.settle_tier(ctx, TierReason::Program, entries)
+
     }
 
     /// Expires, oldest first (FIFO), every lot that reached the program's expiry age by
@@ -70,9 +74,9 @@ impl MemberState {
     }
 
     /// When this member next needs the clock moved without an event of theirs (the
-    /// scheduler's due time): the earliest of the day its oldest lot expires and, above the
-    /// first tier, the day its oldest counted activity leaves the tier window (which may
-    /// lower the tier). `None` when nothing is due (no lot that can expire, first tier, or the
+    /// scheduler's due time): the earliest of the day its oldest lot expires and the day of
+    /// its next tier evaluation ([`MemberState::next_tier_evaluation`]). `None` when nothing
+    /// is due (no lot that can expire and nothing a tier evaluation could move, or the
     /// member's personal data erased: an erased member takes no more commands).
     pub fn next_due(&self, program: &Program) -> Option<Timestamp> {
         if self.erased_at.is_some() {
@@ -80,22 +84,13 @@ impl MemberState {
         }
         let expiry = program
             .points_expiry_days
-            .and_then(|days| self.lots.first().map(|lot| lot.day.0.saturating_add(days)));
-        let idx = program.tier_index(&self.tier);
-        let window = program.tier_qualification.window_days;
-        let drop = (idx > 0)
-            .then(|| {
-                self.window
-                    .iter()
-                    .find(|d| d.spend_cents > 0 || d.points > 0 || d.visits > 0)
-                    .map(|d| d.day.0.saturating_add(window))
-            })
-            .flatten();
-        let day = match (expiry, drop) {
+            .and_then(|days| self.lots.first().map(|lot| Day(lot.day.0.saturating_add(days))));
+        let tier = self.next_tier_evaluation(program, self.clock.day());
+        let day = match (expiry, tier) {
             (Some(a), Some(b)) => a.min(b),
             (a, b) => a.or(b)?,
         };
-        Some(day_start(Day(day)))
+        Some(day_start(day))
     }
 
     /// The points of the member's next expiry and the day they expire (the oldest lot's), if
@@ -104,12 +99,6 @@ impl MemberState {
         let days = program.points_expiry_days?;
         let lot = self.lots.first()?;
         Some((lot.points, Day(lot.day.0.saturating_add(days))))
-    }
-
-    /// Whether `day` is inside the tier window ending on the clock's day.
-    pub(super) fn in_window(&self, program: &Program, day: Day) -> bool {
-        let window = program.tier_qualification.window_days;
-        day.0 >= self.clock.day().0.saturating_sub(window.saturating_sub(1))
     }
 
     pub(super) fn activity(&mut self, day: Day) -> &mut DayActivity {
@@ -130,29 +119,5 @@ impl MemberState {
             }
         };
         &mut self.window[idx]
-    }
-
-    /// The tier metric summed over the window ending on the member's clock day.
-    pub fn window_metric(&self, program: &Program) -> u64 {
-        let today = self.clock.day().0;
-        let oldest = today.saturating_sub(program.tier_qualification.window_days.saturating_sub(1));
-        self.window
-            .iter()
-            .filter(|d| d.day.0 >= oldest)
-            .map(|d| match program.tier_qualification.metric {
-                TierMetric::SpendCents => d.spend_cents,
-                TierMetric::PointsEarned => d.points,
-                TierMetric::Visits => u64::from(d.visits),
-            })
-            // Saturating: past every threshold is the top tier either way.
-            .fold(0, u64::saturating_add)
-    }
-
-    /// Tier is the highest whose threshold the window metric meets: a member moves up as soon
-    /// as they qualify and down when activity leaves the window (or is refunded), evaluated at
-    /// each event.
-    pub(super) fn reevaluate_tier(&mut self, program: &Program) {
-        let idx = program.tier_for(self.window_metric(program));
-        self.tier = program.tiers[idx].name.clone();
     }
 }

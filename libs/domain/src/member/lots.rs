@@ -47,6 +47,7 @@ impl MemberState {
             at: self.clock.max(ctx.at),
             detail: detail.to_owned(),
             program_version: ctx.program_version,
+            tier_change: None,
         });
         Ok(())
     }

@@ -11,12 +11,15 @@ mod lots;
 mod purchase;
 mod redeem;
 mod refund;
+mod tiers;
 
 pub use refund::{HeldRefund, MAX_HELD_REFUNDS};
 
 pub use clock::day_start;
 
 pub use redeem::RedemptionRecord;
+
+pub use tiers::{TierChange, TierDowngrade, TierReason};
 
 use std::collections::BTreeMap;
 
@@ -141,6 +144,14 @@ pub struct MemberState {
     /// `limit_per_member` caps. Absent from states stored before limits existed (read as none).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub redemptions: BTreeMap<RewardId, u32>,
+    /// The tier the downgrade rule keeps the member at (README "Tiers"): the tier earned in
+    /// the last calendar period, or the one held through a grace period. The member's tier
+    /// is never below it. Absent: none (activity alone decides), as in states stored before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier_kept: Option<String>,
+    /// A downgrade decided by an evaluation and due after the program's grace period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier_downgrade: Option<TierDowngrade>,
 }
 
 /// A command aimed at one member.
@@ -299,6 +310,8 @@ impl MemberState {
             erased_at: None,
             held_refunds: Vec::new(),
             redemptions: BTreeMap::new(),
+            tier_kept: None,
+            tier_downgrade: None,
         };
         let mut entries = Vec::new();
         let bonus = ctx.program.signup_bonus;

@@ -1,5 +1,6 @@
 //! Purchases (points, window, stamps); their refunds are in `refund.rs`.
 
+use super::tiers::TierReason;
 use super::{add_one, add_points, limit_exceeded, MemberState};
 use crate::{
     Cents, EventContext, LedgerEntry, Outcome, PurchaseItem, PurchaseRecord, Rejection,
@@ -15,7 +16,7 @@ impl MemberState {
         entries: &mut Vec<LedgerEntry>,
     ) -> Result<Outcome, Rejection> {
         let program = ctx.program;
-        // The tier at the purchase's time, before it counts (re-evaluated by `advance_clock`).
+        // The tier at the purchase's time, before it counts (evaluated by `advance_clock`).
         let tier_before = program
             .tiers
             .iter()
@@ -61,7 +62,7 @@ impl MemberState {
                 activity.visits = add_one(activity.visits, "visits")?;
             }
         }
-        self.reevaluate_tier(program);
+        self.settle_tier(ctx, TierReason::Qualified, entries)?;
         // A late event's lot may be past its age already: it expires now, as it would have.
         if let Some(days) = program.points_expiry_days {
             self.expire_lots(ctx, days, self.clock.day(), entries)?;

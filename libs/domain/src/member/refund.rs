@@ -12,6 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::tiers::TierReason;
 use super::{add_points, limit_exceeded, signed, MemberState};
 use crate::{
     Cents, EventContext, EventId, LedgerEntry, LedgerKind, Outcome, PurchaseRecord, Rejection,
@@ -103,7 +104,7 @@ impl MemberState {
         } else {
             Reversal::default()
         };
-        self.reevaluate_tier(ctx.program);
+        self.settle_tier(ctx, TierReason::Refund, entries)?;
         Ok(Outcome::Refund {
             purchase_event_id: purchase_event_id.clone(),
             amount_cents: cents(amount)?,

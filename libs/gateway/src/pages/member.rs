@@ -24,8 +24,8 @@ use data_encoding::BASE64;
 use loyalty_core::identity;
 use loyalty_core::model::{Franchise, Role, Store};
 use loyalty_domain::{
-    FranchiseId, LedgerEntry, LedgerKind, MemberId, MemberStatus, Program, StoreId, TierMetric,
-    Timestamp,
+    Day, FranchiseId, LedgerEntry, LedgerKind, MemberId, MemberStatus, Program, StoreId,
+    TierMetric, TierPeriod, TierQualification, Timestamp,
 };
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -460,6 +460,25 @@ fn activity_label(lang: Lang, e: &LedgerEntry, program: &Program) -> String {
         (LedgerKind::Expire, _) => lang.pick("Points expirés", "Points expired").into(),
         (LedgerKind::Adjust, _) => lang.pick("Ajustement", "Adjustment").into(),
         (LedgerKind::Reverse, _) => lang.pick("Remboursement", "Refund").into(),
+        (LedgerKind::Tier, _) => match &e.tier_change {
+            Some(c) => format!("{}{} {}", lang.pick("Niveau", "Tier"), lang.pick("\u{a0}:", ":"), c.to),
+            None => lang.pick("Niveau", "Tier").into(),
+        },
+    }
+}
+
+/// The span tiers are qualified over, in words: "over a rolling 365 days", "this year".
+fn span_words(lang: Lang, q: &TierQualification) -> String {
+    match (q.period, lang) {
+        (TierPeriod::Rolling, Lang::Fr) => {
+            format!("sur {}\u{a0}jours glissants", q.window_days.unwrap_or(1))
+        }
+        (TierPeriod::Rolling, Lang::En) => {
+            format!("over a rolling {} days", q.window_days.unwrap_or(1))
+        }
+        (TierPeriod::Month, _) => lang.pick("ce mois-ci", "this month").into(),
+        (TierPeriod::Quarter, _) => lang.pick("ce trimestre", "this quarter").into(),
+        (TierPeriod::Year, _) => lang.pick("cette année", "this year").into(),
     }
 }
 
@@ -605,7 +624,7 @@ async fn card_page(
         let reached = target.saturating_sub(next.remaining);
         let span = target.saturating_sub(current).max(1);
         let value = reached.saturating_sub(current).min(span);
-        let window = program.tier_qualification.window_days;
+        let over = span_words(lang, &program.tier_qualification);
         let _ = write!(
             b,
             "<div class=\"next-tier\" id=\"next-tier\" data-remaining=\"{}\">\n\
@@ -615,12 +634,12 @@ async fn card_page(
             value * 100 / span,
             escape(&match lang {
                 Lang::Fr => format!(
-                    "Encore {} pour atteindre {} (sur {window}\u{a0}jours glissants).",
+                    "Encore {} pour atteindre {} ({over}).",
                     metric_amount(lang, metric, currency, next.remaining),
                     next.name
                 ),
                 Lang::En => format!(
-                    "{} more to reach {} (over a rolling {window} days).",
+                    "{} more to reach {} ({over}).",
                     metric_amount(lang, metric, currency, next.remaining),
                     next.name
                 ),
@@ -634,6 +653,30 @@ async fn card_page(
                 "Vous êtes au niveau le plus élevé.",
                 "You are at the top tier."
             )
+        );
+    }
+    if let Some(due) = &status.tier_downgrade {
+        let day = Day::parse_iso(&due.date).map_or_else(|| due.date.clone(), |d| {
+            let (y, m, dd) = d.ymd();
+            match lang {
+                Lang::Fr => format!("{dd:02}/{m:02}/{y}"),
+                Lang::En => format!("{y:04}-{m:02}-{dd:02}"),
+            }
+        });
+        let _ = writeln!(
+            b,
+            "<p class=\"tier-downgrade\" id=\"tier-downgrade\" data-date=\"{}\">{}</p>",
+            escape(&due.date),
+            escape(&match lang {
+                Lang::Fr => format!(
+                    "Votre niveau passera à {} le {day}, sauf si vous le requalifiez d'ici là.",
+                    due.tier
+                ),
+                Lang::En => format!(
+                    "Your tier becomes {} on {day} unless you qualify again before.",
+                    due.tier
+                ),
+            })
         );
     }
     b.push_str("</section>\n");
