@@ -416,16 +416,19 @@ pub fn psql_number(url: &str, sql: &str) -> anyhow::Result<f64> {
     Ok(v.trim().parse::<f64>()?)
 }
 
-/// Exactly once, from the store: of the ledger entries whose event id starts with `prefix`,
-/// (entries, distinct event ids, idempotency records), and the members whose balance is not
-/// the sum of their ledger.
+/// Exactly once, from the store: of the ledger entries (tier moves aside) whose event id starts
+/// with `prefix`, (entries, distinct event ids, idempotency records), and the members whose
+/// balance is not the sum of their ledger.
 pub fn applied_once(url: &str, prefix: &str) -> anyhow::Result<(u64, u64, u64, u64)> {
     let like = format!("{}%", prefix.replace('\'', "''"));
+    // A tier move (0 points) names the command that caused it: not a second entry of it.
+    let not_tier = "convert_from(body, 'UTF8')::jsonb->>'kind' <> 'tier'";
     let row = psql(
         url,
         &format!(
-            "SELECT (SELECT count(*) FROM ledger WHERE event_id LIKE '{like}'), \
-                    (SELECT count(DISTINCT event_id) FROM ledger WHERE event_id LIKE '{like}'), \
+            "SELECT (SELECT count(*) FROM ledger WHERE event_id LIKE '{like}' AND {not_tier}), \
+                    (SELECT count(DISTINCT event_id) FROM ledger \
+                        WHERE event_id LIKE '{like}' AND {not_tier}), \
                     (SELECT count(*) FROM processed WHERE event_id LIKE '{like}'), \
                     (SELECT count(*) FROM members m WHERE \
                         (convert_from(m.state, 'UTF8')::jsonb->>'points')::bigint <> \

@@ -351,7 +351,12 @@ impl World {
                 points, s.points as i64,
                 "member {i}: balance is not the sum of its ledger"
             );
-            let mut ids: Vec<&str> = ledger.iter().map(|e| e.event_id.as_str()).collect();
+            // A tier move (0 points) names the purchase that caused it: not a second entry of it.
+            let mut ids: Vec<&str> = ledger
+                .iter()
+                .filter(|e| e.kind != loyalty_domain::LedgerKind::Tier)
+                .map(|e| e.event_id.as_str())
+                .collect();
             ids.sort();
             let n = ids.len();
             ids.dedup();

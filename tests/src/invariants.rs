@@ -357,6 +357,14 @@ pub async fn check_members(
             let id = entry["event_id"].as_str().unwrap_or("");
             let points = entry["points"].as_i64().unwrap_or(0);
             sum += points;
+            // A tier move is an entry of its own (0 points) naming the command that caused it
+            // (README "Tiers"): not a second application of that command.
+            if entry["kind"] == "tier" {
+                if points != 0 {
+                    d.add("wrong points", format!("member {m}: tier entry of {id} moves {points}"));
+                }
+                continue;
+            }
             if !seen.insert(id) {
                 d.add(
                     "applied twice",

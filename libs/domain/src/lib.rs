@@ -5,6 +5,7 @@
 //! floats anywhere in the rules.
 
 pub mod audit;
+pub mod birthday;
 pub mod dashboard;
 mod error;
 mod idempotency;

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::items::{ItemBonus, ItemBonusSpec};
+use crate::birthday::{BirthdayReward, BirthdayRewardSpec};
 use crate::object::{self, Object};
 use crate::tiers::{TierMetric, TierQualification, TierQualificationSpec};
 use crate::{Currency, Day, DomainError, Points, RewardId, StoreId, Timestamp, Zone};
@@ -60,6 +61,9 @@ pub struct ProgramSpec {
     /// Points converted into vouchers at thresholds ("at 500 points a 5 € voucher").
     #[serde(default, deserialize_with = "object::list")]
     pub auto_vouchers: Vec<AutoVoucherSpec>,
+    /// Points or a voucher once a year around the member's birthday (README "Birthdays").
+    #[serde(default, deserialize_with = "object::option")]
+    pub birthday_reward: Option<BirthdayRewardSpec>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -331,6 +335,7 @@ pub struct Program {
     pub redemption_cancel_minutes: u32,
     /// Points converted into vouchers at thresholds after each earn (README "Rewards").
     pub auto_vouchers: Vec<AutoVoucher>,
+    pub birthday_reward: Option<BirthdayReward>,
 }
 
 /// The default of [`Program::held_refund_horizon_days`]: a till offline for up to a month.
@@ -702,6 +707,10 @@ impl TryFrom<ProgramSpec> for Program {
             MAX_CANCEL_MINUTES,
         )? as u32;
         let auto_vouchers = auto_vouchers(&s.auto_vouchers, &rewards)?;
+        let birthday_reward = match &s.birthday_reward {
+            Some(b) => Some(BirthdayReward::from_spec(b, &rewards)?),
+            None => None,
+        };
 
         let held_refund_horizon_days = bounded(
             "held_refund_horizon_days",
@@ -731,6 +740,7 @@ impl TryFrom<ProgramSpec> for Program {
             item_bonuses,
             redemption_cancel_minutes,
             auto_vouchers,
+            birthday_reward,
         })
     }
 }
@@ -858,6 +868,7 @@ impl Program {
             item_bonuses: Vec::new(),
             redemption_cancel_minutes: 0,
             auto_vouchers: Vec::new(),
+            birthday_reward: None,
         }
     }
 

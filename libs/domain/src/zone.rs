@@ -46,6 +46,20 @@ impl Zone {
         self.local(at).day()
     }
 
+    /// The first instant of the local day `day` in this zone (its local midnight, or the
+    /// first time after it on a day a clock change skips midnight).
+    pub fn start_of(&self, day: Day) -> Timestamp {
+        let (y, m, d) = day.ymd();
+        let start = i16::try_from(y).ok().and_then(|y| {
+            let midnight = jiff::civil::Date::new(y, m as i8, d as i8).ok()?.at(0, 0, 0, 0);
+            // A midnight a clock change skips is the first instant after it (`compatible`).
+            self.tz.to_ambiguous_timestamp(midnight).compatible().ok()
+        });
+        start.map_or(Timestamp(i64::from(day.0) * 86_400_000), |t| {
+            Timestamp(t.as_millisecond())
+        })
+    }
+
     /// The wall-clock time of `at` in this zone, as milliseconds since 1970-01-01 00:00 local:
     /// its [`Timestamp::day`] is the local day, its remainder in a day the local time of day.
     pub fn local(&self, at: Timestamp) -> Timestamp {

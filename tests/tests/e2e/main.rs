@@ -33,4 +33,5 @@ mod scheduler;
 mod self_enrolment;
 mod sharding;
 mod tenant_isolation;
+mod tiers;
 mod tracing_otlp;

@@ -276,3 +276,104 @@ async fn two_nodes_never_expire_a_lot_twice_embedded() {
 async fn two_nodes_never_expire_a_lot_twice_kafka() {
     two_nodes_never_expire_a_lot_twice(Backend::KafkaRedis).await;
 }
+
+/// The first moment of the month `months` after the one holding `t`, plus an hour.
+fn month_start_after(t: Timestamp, months: u32) -> Timestamp {
+    let (y, m, _) = t.day().ymd();
+    let next = m - 1 + months;
+    let day = Day::from_ymd(y + (next / 12) as i32, next % 12 + 1, 1).unwrap();
+    Timestamp(day_start(day).0 + 3_600_000)
+}
+
+/// A monthly tier program with 5 days of grace: Gold earned this month is kept through the
+/// next month; at the end of that one (no activity) a downgrade is due after the grace, shown
+/// in the status, and applied by the scheduler on its day, once: a `tier` entry per move,
+/// named by the scheduler's event, and a restarted node repeats nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_calendar_tier_is_kept_through_the_next_period_then_reviewed_on_time() {
+    let mut w = World::new(Backend::Embedded).await.unwrap();
+    let mut program = serde_json::to_value(loyalty_domain::Program::demo()).unwrap();
+    program["tier_qualification"] =
+        serde_json::json!({ "metric": "spend_cents", "period": "month", "grace_days": 5 });
+    let program: loyalty_domain::Program = serde_json::from_value(program).unwrap();
+    w.franchise = loyalty_core::provisioning::replace_program(w.store.as_ref(), &w.franchise, &program)
+        .await
+        .unwrap();
+    let t0 = now();
+    let clock = Arc::new(ManualClock::new(t0));
+    let mut a = node(&w, "a", &clock, 64);
+    w.enrol(1).await;
+    let m = w.member(0);
+    let mut env = w.envelope(
+        "gold".into(),
+        PosCommand::Purchase {
+            member_id: Some(m.clone()),
+            amount_cents: Cents::new(100_000).unwrap(),
+            currency: Currency::parse("EUR").unwrap(),
+            items: Vec::new(),
+        },
+    );
+    env.program_version = w.franchise.program_version;
+    w.send(env).await;
+    until("Gold by the purchase", || async {
+        status(&w, &m).await.is_some_and(|s| s["tier"] == "Gold")
+    })
+    .await;
+
+    // The month ends: Gold was qualified for, so it is kept through the next month.
+    let next = month_start_after(t0, 1);
+    clock.set(next);
+    until("the first review", || async {
+        let s = w.store.member(&m).await.unwrap().unwrap();
+        // Advanced to its due time: the month's first instant.
+        s.clock.day() >= next.day() && s.tier_kept.as_deref() == Some("Gold")
+    })
+    .await;
+    assert_eq!(status(&w, &m).await.unwrap()["tier"], "Gold");
+
+    // The next month ends with nothing spent: Bronze is due after 5 days of grace.
+    let review = month_start_after(t0, 2);
+    clock.set(review);
+    let due = Day(review.day().0 + 5);
+    until("the downgrade is due", || async {
+        status(&w, &m).await.unwrap()["tier_downgrade"]
+            == serde_json::json!({ "tier": "Bronze", "date": due.iso() })
+    })
+    .await;
+    assert_eq!(status(&w, &m).await.unwrap()["tier"], "Gold", "kept in the grace");
+
+    clock.set(Timestamp(day_start(due).0 + 60_000));
+    until("Bronze after the grace", || async {
+        status(&w, &m).await.unwrap()["tier"] == "Bronze"
+    })
+    .await;
+    assert!(status(&w, &m).await.unwrap().get("tier_downgrade").is_none());
+    a.stop();
+    // A restarted node runs its scheduler again and finds nothing to do.
+    let runs = metrics().scheduler.runs.with_label_values(&["ok"]).get();
+    let mut b = node(&w, "b", &clock, 64);
+    until("b's scheduler ran", || async {
+        metrics().scheduler.runs.with_label_values(&["ok"]).get() > runs + PARTITIONS as u64
+    })
+    .await;
+    b.stop();
+    let ledger = w.store.ledger(&m, None, 100).await.unwrap();
+    let moves: Vec<(String, String, String, String)> = ledger
+        .iter()
+        .rev()
+        .filter(|e| e.kind == LedgerKind::Tier)
+        .map(|e| {
+            let c = e.tier_change.as_ref().unwrap();
+            (c.from.clone(), c.to.clone(), e.detail.clone(), e.event_id.to_string())
+        })
+        .collect();
+    let sched = event_id(&m, day_start(due)).unwrap().to_string();
+    assert_eq!(
+        moves,
+        [
+            ("Bronze".into(), "Gold".into(), "tier:qualified".into(), "gold".into()),
+            ("Gold".into(), "Bronze".into(), "tier:grace_end".into(), sched),
+        ],
+        "one entry per move, the downgrade by the scheduler's event of its day"
+    );
+}

@@ -34,7 +34,8 @@ impl MemberState {
         let first = ctx.program.tier_qualification.span_start(today);
         self.window.retain(|d| d.day >= first);
         // What no evaluation moves: a program change (thresholds, rules, tiers renamed).
-        self.settle_tier(ctx, TierReason::Program, entries)
+        self.settle_tier(ctx, TierReason::Program, entries)?;
+        self.give_birthday_reward(ctx, entries)
 
     }
 
@@ -75,8 +76,8 @@ impl MemberState {
 
     /// When this member next needs the clock moved without an event of theirs (the
     /// scheduler's due time): the earliest of the day its oldest lot expires and the day of
-    /// its next tier evaluation ([`MemberState::next_tier_evaluation`]). `None` when nothing
-    /// is due (no lot that can expire and nothing a tier evaluation could move, or the
+    /// its next tier evaluation ([`MemberState::next_tier_evaluation`]) and the start of its
+    /// next birthday reward's window (local midnight). `None` when nothing is due (no lot that can expire and nothing a tier evaluation could move, or the
     /// member's personal data erased: an erased member takes no more commands).
     pub fn next_due(&self, program: &Program) -> Option<Timestamp> {
         if self.erased_at.is_some() {
@@ -87,10 +88,14 @@ impl MemberState {
             .and_then(|days| self.lots.first().map(|lot| Day(lot.day.0.saturating_add(days))));
         let tier = self.next_tier_evaluation(program, self.clock.day());
         let day = match (expiry, tier) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => a.or(b)?,
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
-        Some(day_start(day))
+        let at = day.map(day_start);
+        match (at, self.next_birthday_due(program)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The points of the member's next expiry and the day they expire (the oldest lot's), if

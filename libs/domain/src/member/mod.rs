@@ -6,6 +6,7 @@
 //! Time only moves forward for a member: the member's clock is the latest event time seen, so
 //! a late-arriving POS event cannot expire points or shrink a window retroactively.
 
+mod birthday;
 mod clock;
 mod lots;
 mod purchase;
@@ -152,6 +153,9 @@ pub struct MemberState {
     /// A downgrade decided by an evaluation and due after the program's grace period.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier_downgrade: Option<TierDowngrade>,
+    /// The birthday year last rewarded (README "Birthdays"): one reward per year.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub birthday_rewarded: Option<i32>,
 }
 
 /// A command aimed at one member.
@@ -312,6 +316,7 @@ impl MemberState {
             redemptions: BTreeMap::new(),
             tier_kept: None,
             tier_downgrade: None,
+            birthday_rewarded: None,
         };
         let mut entries = Vec::new();
         let bonus = ctx.program.signup_bonus;
@@ -319,6 +324,7 @@ impl MemberState {
             s.earn(ctx, bonus, "signup_bonus", &mut entries)?;
             s.apply_auto_vouchers(ctx, &mut entries)?;
         }
+        s.give_birthday_reward(ctx, &mut entries)?;
         s.version = 1;
         let applied = Applied {
             entries,
