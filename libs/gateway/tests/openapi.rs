@@ -568,6 +568,9 @@ fn program_matches_the_domain_type() {
     let replaced: Program = serde_json::from_value(sent[1]["value"]["program"].clone()).unwrap();
     assert_ne!(replaced.time_zone, Program::demo().time_zone);
     assert!(replaced.monthly_fee_cents.is_some());
+    let replaced_json = serde_json::to_value(&replaced).unwrap();
+    assert_exact_shape(&d, "BirthdayReward", &replaced_json["birthday_reward"]);
+    assert_eq!(replaced_json["tier_qualification"]["period"], "year");
     assert_eq!(
         serde_json::to_value(&replaced).unwrap(),
         answered[1]["value"]["program"]

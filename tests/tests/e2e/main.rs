@@ -5,6 +5,7 @@
 mod api;
 mod api_keys;
 mod audit;
+mod birthdays;
 mod checkpoint;
 mod crash;
 mod dashboard;
