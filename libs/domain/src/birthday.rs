@@ -50,7 +50,8 @@ const MAX_MIN_DAYS: i64 = 3_650;
 impl BirthdayReward {
     pub fn from_spec(s: &BirthdayRewardSpec, rewards: &[Reward]) -> Result<Self, DomainError> {
         let points = match s.points {
-            Some(p) => bounded("birthday_reward.points", p, 1, MAX_POINTS)?,
+            // 0 is none: the stored form says so.
+            Some(p) => bounded("birthday_reward.points", p, 0, MAX_POINTS)?,
             None => 0,
         };
         let reward_id = match &s.reward_id {

@@ -141,7 +141,8 @@ fn a_voucher_a_month_window_and_the_enrolment_age() {
 fn bad_settings_are_refused_with_their_field() {
     for (reward, field) in [
         (json!({}), "needs points, a reward_id"),
-        (json!({ "points": 0 }), "birthday_reward.points"),
+        (json!({ "points": 0 }), "needs points, a reward_id"),
+        (json!({ "points": -1 }), "birthday_reward.points"),
         (json!({ "reward_id": "caviar" }), "birthday_reward.reward_id"),
         (json!({ "points": 5, "min_days_enrolled": -1 }), "birthday_reward.min_days_enrolled"),
     ] {
@@ -149,6 +150,17 @@ fn bad_settings_are_refused_with_their_field() {
         p["birthday_reward"] = reward.clone();
         let e = serde_json::from_value::<Program>(p).unwrap_err().to_string();
         assert!(e.contains(field), "{reward}: {e}");
+    }
+}
+
+#[test]
+fn a_program_with_a_birthday_reward_reads_back_as_stored() {
+    for reward in [json!({ "points": 5 }), json!({ "reward_id": "free-coffee", "window": "day" })] {
+        let p = program(reward, "Europe/Paris");
+        let stored = serde_json::to_value(&p).unwrap();
+        let back: Program = serde_json::from_value(stored.clone())
+            .unwrap_or_else(|e| panic!("{stored}: {e}"));
+        assert_eq!(back, p);
     }
 }
 

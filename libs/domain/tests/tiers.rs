@@ -361,3 +361,18 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn every_kind_of_qualification_reads_back_as_stored() {
+    for q in [
+        json!({"window_days": 30}),
+        json!({"period": "month", "grace_days": 3}),
+        json!({"period": "year", "one_tier_at_a_time": true}),
+    ] {
+        let p = program(q);
+        let stored = serde_json::to_value(&p).unwrap();
+        let back: Program =
+            serde_json::from_value(stored.clone()).unwrap_or_else(|e| panic!("{stored}: {e}"));
+        assert_eq!(back, p);
+    }
+}

@@ -13,6 +13,7 @@ mod dashboard_page;
 mod datadir_lock;
 mod dead_letters;
 mod demo_history;
+mod designing;
 mod disk_full;
 mod distributed;
 mod earn_rules;
