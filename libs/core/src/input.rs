@@ -9,7 +9,7 @@
 //! member actor's, and are recorded as the event's outcome.
 
 use loyalty_domain::{
-    Cents, Currency, DomainError, MemberId, Phone, Profile, Program, PurchaseItem,
+    Cents, Currency, DomainError, EventId, MemberId, Phone, Profile, Program, PurchaseItem,
     PurchaseItemSpec, Rejection, RewardId, Timestamp,
 };
 
@@ -192,6 +192,27 @@ pub fn reward(program: &Program, reward_id: &RewardId) -> Result<(), Rejection> 
         });
     }
     Ok(())
+}
+
+
+/// Prefixes of the event ids the platform gives itself: an enrolment's (`enrol.<member>`), an
+/// erasure's (`erase.<member>`) and the scheduler's advances (`sched:<member>:<ms>`). A client
+/// event id starting with one could take the platform's own event's idempotency record (a
+/// scheduler's advance judged a replay would skip an expiry), so it is refused.
+pub const RESERVED_EVENT_ID_PREFIXES: [&str; 3] = ["enrol.", "erase.", "sched:"];
+
+/// A client's event id: any valid [`EventId`] but the platform's own
+/// ([`RESERVED_EVENT_ID_PREFIXES`]).
+pub fn client_event_id(field: &str, id: &EventId) -> Result<(), InputError> {
+    match RESERVED_EVENT_ID_PREFIXES
+        .iter()
+        .find(|p| id.as_str().starts_with(**p))
+    {
+        Some(p) => Err(InputError::Invalid(format!(
+            "{field} must not start with {p:?}: the platform names its own events so"
+        ))),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -459,6 +459,15 @@ async fn validate(
     now: Timestamp,
 ) -> Result<Result<CommandEnvelope, Rejected>> {
     let secret = franchise.secret.as_str();
+    let client_id = match &record {
+        PosRecord::Purchase { event_id, .. }
+        | PosRecord::Refund { event_id, .. }
+        | PosRecord::Redemption { event_id, .. } => Some(event_id),
+        PosRecord::Enrolment { .. } => None,
+    };
+    if let Some(Err(e)) = client_id.map(|id| input::client_event_id("event_id", id)) {
+        return Ok(Err(e.into()));
+    }
     let envelope = |store_id: StoreId, event_id: EventId, at: Timestamp, command| CommandEnvelope {
         franchise_id: franchise.id.clone(),
         store_id,
@@ -1296,6 +1305,21 @@ mod tests {
             f.decode(&no_phone).await.unwrap_err().reason,
             Reason::Invalid
         );
+    }
+
+    #[tokio::test]
+    async fn the_platforms_own_event_ids_are_refused() {
+        let f = Fixture::new();
+        let refund = json!({
+            "type": "refund", "franchise_id": "f_a", "store_id": "s_a1",
+            "event_id": "till-1:0003", "occurred_at": "2025-11-25T09:59:30Z",
+            "purchase_event_id": "till-1:0001", "amount_cents": 500
+        });
+        for id in ["sched:m1:1764000000000", "enrol.m1", "erase.m1"] {
+            let r = f.decode(&with(refund.clone(), "event_id", json!(id))).await.unwrap_err();
+            assert_eq!(r.reason, Reason::Invalid, "{id}");
+            assert!(r.detail.contains("must not start with"), "{id}: {}", r.detail);
+        }
     }
 
     #[tokio::test]

@@ -126,7 +126,7 @@ pub async fn purchase(
             .ok_or_else(ApiError::unknown_member)?;
         refuse_erased(&status)?;
     }
-    let env = envelope(
+    let env = client_envelope(
         &gw,
         &franchise,
         &p,
@@ -162,7 +162,7 @@ pub async fn refund(
     )
     .map_err(input_error)?;
     let member = refund_member(&gw, &franchise, &body.purchase_event_id, named).await?;
-    let env = envelope(
+    let env = client_envelope(
         &gw,
         &franchise,
         &p,
@@ -240,7 +240,7 @@ pub async fn redemption(
             return Err(unknown.into());
         }
     }
-    let env = envelope(
+    let env = client_envelope(
         &gw,
         &franchise,
         &p,
@@ -287,7 +287,7 @@ pub async fn cancel_redemption(
     if let Some(status) = gw.member_status(&franchise, &member).await? {
         refuse_erased(&status)?;
     }
-    let env = envelope(
+    let env = client_envelope(
         &gw,
         &franchise,
         &p,
@@ -318,6 +318,20 @@ fn holds_voucher(status: &[u8], reward: &RewardId) -> bool {
             .iter()
             .any(|v| v.reward_id == *reward && v.count > 0)
     })
+}
+
+/// The envelope of a till's command: [`envelope`], its event id the client's (not one of the
+/// platform's own, `loyalty_core::input::RESERVED_EVENT_ID_PREFIXES`).
+fn client_envelope(
+    gw: &Gateway,
+    franchise: &Franchise,
+    p: &loyalty_core::model::Principal,
+    event_id: EventId,
+    occurred_at: Option<Timestamp>,
+    command: PosCommand,
+) -> Result<CommandEnvelope, ApiError> {
+    input::client_event_id("event_id", &event_id).map_err(input_error)?;
+    envelope(gw, franchise, p, event_id, occurred_at, command)
 }
 
 /// The envelope of a command from the store key `p`.
