@@ -39,6 +39,6 @@ pub use program::{
     Reward, RewardSpec, Rounding, StampCard, StampCardSpec, Tier, TierSpec, Weekday,
     DEFAULT_HELD_REFUND_HORIZON_DAYS,
 };
-pub use status::{MemberStatus, NextExpiry, NextTier, TierDowngradeDue, Voucher};
+pub use status::{HeldRefundDue, MemberStatus, NextExpiry, NextTier, TierDowngradeDue, Voucher};
 pub use tiers::{TierMetric, TierPeriod, TierQualification, TierQualificationSpec};
 pub use zone::Zone;

@@ -2,7 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{FranchiseId, MemberId, MemberState, Points, Program, RewardId};
+use crate::{
+    Cents, EventId, FranchiseId, MemberId, MemberState, Points, Program, RewardId, Timestamp,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NextTier {
@@ -27,6 +29,17 @@ pub struct TierDowngradeDue {
     pub tier: String,
     /// `YYYY-MM-DD` (UTC).
     pub date: String,
+}
+
+/// A refund held for its purchase, which no event brought yet (an offline till's; README
+/// "Refunds and voids"): applied when the purchase arrives, dropped at `lapses_at`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldRefundDue {
+    pub event_id: EventId,
+    pub purchase_event_id: EventId,
+    /// `None`: a void (all the purchase will have).
+    pub amount_cents: Option<Cents>,
+    pub lapses_at: Timestamp,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +78,10 @@ pub struct MemberStatus {
     /// statuses cached before it existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier_downgrade: Option<TierDowngradeDue>,
+    /// Refunds held for purchases not seen yet, oldest first. Absent when none (and from
+    /// statuses cached before it existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held_refunds: Vec<HeldRefundDue>,
     /// The member's personal data was erased (README "Privacy"): the member takes no more
     /// commands. Only present when true, so the status of every other member is unchanged.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -124,6 +141,16 @@ impl MemberStatus {
             points_earned: state.points_earned,
             version: state.version,
             erased: state.erased_at.is_some(),
+            held_refunds: state
+                .held_refunds
+                .iter()
+                .map(|h| HeldRefundDue {
+                    event_id: h.event_id.clone(),
+                    purchase_event_id: h.purchase_event_id.clone(),
+                    amount_cents: h.amount_cents,
+                    lapses_at: h.lapses_at,
+                })
+                .collect(),
             tier_downgrade: state.tier_downgrade.as_ref().map(|d| TierDowngradeDue {
                 tier: d.to.clone(),
                 date: d.on.iso(),

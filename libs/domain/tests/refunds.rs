@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use loyalty_domain::dashboard::DashboardDelta;
 use loyalty_domain::{
     apply, Applied, Cents, EventContext, EventId, FranchiseId, LedgerEntry, LedgerKind,
-    MemberCommand, MemberId, MemberState, Outcome, Phone, Profile, Program, PurchaseRecord,
+    MemberCommand, MemberId, MemberState, MemberStatus, Outcome, Phone, Profile, Program, PurchaseRecord,
     Rejection, RewardId, StoreId, Timestamp, MAX_HELD_REFUNDS,
 };
 use proptest::prelude::*;
@@ -471,6 +471,30 @@ fn held_refunds_are_bounded_and_lapse_at_the_horizon() {
         panic!("a purchase")
     };
     assert_eq!(rec.refunded_cents, 0);
+}
+
+/// A held refund shows in the status and is due for the scheduler at its horizon: an advance
+/// there, with no event of the member's, drops it, and it leaves the status.
+#[test]
+fn a_held_refund_lapses_on_time_without_an_event() {
+    let mut t = Till::new(cafe(5, 10));
+    let p = EventId::parse("offline-1").unwrap();
+    let Outcome::Held { lapses_at, .. } = t.refund(&p, Some(100)).unwrap().outcome else {
+        panic!("held")
+    };
+    let status = MemberStatus::of(t.state(), &t.program);
+    assert_eq!(status.held_refunds.len(), 1);
+    assert_eq!(status.held_refunds[0].purchase_event_id, p);
+    assert_eq!(status.held_refunds[0].lapses_at, lapses_at);
+    assert_eq!(t.state().next_due(&t.program), Some(lapses_at), "nothing else is due earlier");
+    t.clock = lapses_at.0 - 1;
+    t.send(MemberCommand::Advance).1.unwrap();
+    assert_eq!(t.state().held_refunds.len(), 1, "not before its horizon");
+    t.clock = lapses_at.0;
+    let applied = t.send(MemberCommand::Advance).1.unwrap();
+    assert!(applied.changed);
+    assert!(t.state().held_refunds.is_empty());
+    assert!(MemberStatus::of(t.state(), &t.program).held_refunds.is_empty());
 }
 
 #[test]

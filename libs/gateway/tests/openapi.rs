@@ -460,6 +460,8 @@ fn member_status_and_ledger_match_the_domain_types() {
     emitted.insert("next_expiry".to_owned());
     // `tier_downgrade` only while a downgrade is due after a grace period (README "Tiers").
     emitted.insert("tier_downgrade".to_owned());
+    // `held_refunds` only while some are held (README "Refunds and voids").
+    emitted.insert("held_refunds".to_owned());
     assert_eq!(
         properties(&d, &status),
         emitted,
@@ -469,6 +471,14 @@ fn member_status_and_ledger_match_the_domain_types() {
     erased.erased = true;
     assert_eq!(serde_json::to_value(&erased).unwrap()["erased"], true);
     assert_exact_shape(&d, "NextTier", &back["next_tier"]);
+    let mut held = typed.clone();
+    held.held_refunds = vec![serde_json::from_value(schema_example(&d, "HeldRefundDue"))
+        .expect("the HeldRefundDue example is one")];
+    assert_exact_shape(
+        &d,
+        "HeldRefundDue",
+        &serde_json::to_value(&held).unwrap()["held_refunds"][0],
+    );
     let mut due = typed.clone();
     due.tier_downgrade = serde_json::from_value(schema_example(&d, "TierDowngradeDue")).ok();
     assert!(due.tier_downgrade.is_some(), "the TierDowngradeDue example is one");

@@ -26,6 +26,7 @@ impl MemberState {
     ) -> Result<(), Rejection> {
         let from = self.clock.day();
         self.clock = self.clock.max(ctx.at);
+        self.lapse_held_refunds();
         let today = self.clock.day();
         if let Some(days) = ctx.program.points_expiry_days {
             self.expire_lots(ctx, days, today, entries)?;
@@ -77,7 +78,8 @@ impl MemberState {
     /// When this member next needs the clock moved without an event of theirs (the
     /// scheduler's due time): the earliest of the day its oldest lot expires and the day of
     /// its next tier evaluation ([`MemberState::next_tier_evaluation`]) and the start of its
-    /// next birthday reward's window (local midnight). `None` when nothing is due (no lot that can expire and nothing a tier evaluation could move, or the
+    /// next birthday reward's window (local midnight), and the horizon of its first held
+    /// refund (which lapses then). `None` when nothing is due (no lot that can expire and nothing a tier evaluation could move, or the
     /// member's personal data erased: an erased member takes no more commands).
     pub fn next_due(&self, program: &Program) -> Option<Timestamp> {
         if self.erased_at.is_some() {
@@ -91,11 +93,11 @@ impl MemberState {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let at = day.map(day_start);
-        match (at, self.next_birthday_due(program)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let lapse = self.held_refunds.iter().map(|h| h.lapses_at).min();
+        [day.map(day_start), self.next_birthday_due(program), lapse]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The points of the member's next expiry and the day they expire (the oldest lot's), if

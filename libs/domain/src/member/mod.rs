@@ -347,7 +347,6 @@ impl MemberState {
         let mut entries = Vec::new();
         let tier_before = self.tier.clone();
         self.advance_clock(ctx, &mut entries)?;
-        self.lapse_held_refunds();
         let mut visits = Vec::new();
         let outcome = match cmd {
             MemberCommand::Enrol { .. } => Outcome::Enrolled { created: false },
