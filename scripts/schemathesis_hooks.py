@@ -33,7 +33,7 @@ STATE_DEPENDENT_422 = {"unknown-reward", "currency-mismatch", "anonymous-refund"
 
 # Rules that no JSON Schema can state, each where it applies: (operations, status, code, the
 # detail's words). Across fields of one object (distinct ids and names, sorted thresholds, the
-# stamp card's reward in the catalogue, a schedule's dates and times in order, a purchase's line
+# stamp card's, an automatic voucher's and the birthday's reward in the catalogue, a schedule's dates and times in order, a purchase's line
 # items adding up to at most its amount), across query parameters (`from` not after `to`, at most
 # 1096 days), or data (the IANA time zone database). Everything else a schema can say, so a 400
 # or 422 to positive data for anything else means that the document is laxer than the server.
@@ -55,7 +55,8 @@ NOT_IN_A_SCHEMA = [
             r"|item bonus name .* appears twice"
             r"|rewards\[\d+\]\.valid_from \(.*\) is after rewards\[\d+\]\.valid_to"
             r"|auto_vouchers\[\d+\]\.reward_id .* is not a reward of the catalogue"
-            r"|auto_vouchers\[\d+\]\.at_points \d+ appears twice)"
+            r"|auto_vouchers\[\d+\]\.at_points \d+ appears twice"
+            r"|birthday_reward\.reward_id .* is not a reward of the catalogue)"
         ),
     ),
     # A purchase's line items add up to at most its amount (README "Item bonuses").
