@@ -15,6 +15,7 @@ mod ledger;
 mod member;
 pub mod object;
 mod program;
+pub mod segments;
 mod status;
 mod zone;
 

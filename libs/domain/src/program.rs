@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::items::{ItemBonus, ItemBonusSpec};
 use crate::object::{self, Object};
+use crate::segments::{Segments, SegmentsSpec};
 use crate::{Currency, Day, DomainError, Points, RewardId, StoreId, Timestamp, Zone};
 
 /// The program as a client writes it. Converted to [`Program`] by validation.
@@ -59,6 +60,9 @@ pub struct ProgramSpec {
     /// Points converted into vouchers at thresholds ("at 500 points a 5 € voucher").
     #[serde(default, deserialize_with = "object::list")]
     pub auto_vouchers: Vec<AutoVoucherSpec>,
+    /// Segments (README "Segments"); none when left out.
+    #[serde(default, deserialize_with = "object::option")]
+    pub segments: Option<SegmentsSpec>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -346,6 +350,10 @@ pub struct Program {
     pub redemption_cancel_minutes: u32,
     /// Points converted into vouchers at thresholds after each earn (README "Rewards").
     pub auto_vouchers: Vec<AutoVoucher>,
+    /// The segments' thresholds and custom filters ([`crate::segments`]); `None`: the program
+    /// computes no segments (left out of its JSON, so programs stored before read the same).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segments: Option<Segments>,
 }
 
 /// The default of [`Program::held_refund_horizon_days`]: a till offline for up to a month.
@@ -740,6 +748,11 @@ impl TryFrom<ProgramSpec> for Program {
             MAX_HELD_REFUND_HORIZON_DAYS,
         )? as u32;
         let item_bonuses = crate::items::item_bonuses(&s.item_bonuses)?;
+        let segments = s
+            .segments
+            .as_ref()
+            .map(|seg| Segments::validate(seg, &tiers))
+            .transpose()?;
 
         Ok(Program {
             currency,
@@ -760,6 +773,7 @@ impl TryFrom<ProgramSpec> for Program {
             item_bonuses,
             redemption_cancel_minutes,
             auto_vouchers,
+            segments,
         })
     }
 }
@@ -890,6 +904,7 @@ impl Program {
             item_bonuses: Vec::new(),
             redemption_cancel_minutes: 0,
             auto_vouchers: Vec::new(),
+            segments: None,
         }
     }
 

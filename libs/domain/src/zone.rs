@@ -54,6 +54,27 @@ impl Zone {
             .unwrap_or(0);
         Timestamp(at.0.saturating_add(offset_ms))
     }
+
+    /// The first instant, to a quarter of an hour, whose local day is `day` or later: when a
+    /// change due on that local day is due (a later quarter than the exact start only when an
+    /// offset is not a whole quarter).
+    pub fn start_of(&self, day: Day) -> Timestamp {
+        const STEP: i64 = 15 * 60 * 1000;
+        let utc = i64::from(day.0) * 86_400_000;
+        let offset = self.local(Timestamp(utc)).0 - utc;
+        let mut t = utc.saturating_sub(offset);
+        // Offsets are within a day, and change by hours: a few steps at most.
+        for _ in 0..200 {
+            if self.day(Timestamp(t)) < day {
+                t = t.saturating_add(STEP);
+            } else if self.day(Timestamp(t.saturating_sub(STEP))) >= day {
+                t = t.saturating_sub(STEP);
+            } else {
+                break;
+            }
+        }
+        Timestamp(t)
+    }
 }
 
 impl PartialEq for Zone {

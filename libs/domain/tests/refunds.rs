@@ -317,6 +317,7 @@ fn records_and_states_stored_before_refunds_were_held_still_read() {
             changed: true,
             visits: Vec::new(),
             tier: None,
+            segments: None,
         }),
         (false, false, None, None)
     );

@@ -1,6 +1,7 @@
 //! Time for a member: the clock, expiry of points, the tier window and the tier it gives.
 
 use super::{add_points, signed, MemberState};
+use crate::segments::next_change;
 use crate::{
     Day, DayActivity, EventContext, LedgerEntry, LedgerKind, Points, Program, Rejection,
     TierMetric, Timestamp,
@@ -70,10 +71,12 @@ impl MemberState {
     }
 
     /// When this member next needs the clock moved without an event of theirs (the
-    /// scheduler's due time): the earliest of the day its oldest lot expires and, above the
-    /// first tier, the day its oldest counted activity leaves the tier window (which may
-    /// lower the tier). `None` when nothing is due (no lot that can expire, first tier, or the
-    /// member's personal data erased: an erased member takes no more commands).
+    /// scheduler's due time): the earliest of the day its oldest lot expires, above the first
+    /// tier the day its oldest counted activity leaves the tier window (which may lower the
+    /// tier), and the start of the next local day on which time alone changes the member's
+    /// segments ([`crate::segments::next_change`]). `None` when nothing is due (no lot that
+    /// can expire, first tier, no segment change ahead, or the member's personal data erased:
+    /// an erased member takes no more commands).
     pub fn next_due(&self, program: &Program) -> Option<Timestamp> {
         if self.erased_at.is_some() {
             return None;
@@ -92,10 +95,16 @@ impl MemberState {
             })
             .flatten();
         let day = match (expiry, drop) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => a.or(b)?,
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
-        Some(day_start(Day(day)))
+        let clock = day.map(|d| day_start(Day(d)));
+        let today = program.local_day(self.clock);
+        let segments = next_change(self, program, today).map(|d| program.time_zone.start_of(d));
+        match (clock, segments) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The points of the member's next expiry and the day they expire (the oldest lot's), if
