@@ -62,6 +62,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "member_due",
         sql: include_str!("../migrations/0005_member_due.sql"),
     },
+    Migration {
+        version: 6,
+        name: "segments",
+        sql: include_str!("../migrations/0006_segments.sql"),
+    },
 ];
 
 /// Key of the advisory lock that serializes migrations (any constant; "loyalty" in ASCII).

@@ -57,6 +57,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "member_due",
         cql: include_str!("../migrations/0005_member_due.cql"),
     },
+    Migration {
+        version: 6,
+        name: "segments",
+        cql: include_str!("../migrations/0006_segments.cql"),
+    },
 ];
 
 /// The migration of the due index, after which [`migrate`] adds the static due columns of
