@@ -459,11 +459,8 @@ pub fn next_change(m: &MemberState, program: &Program, today: Day) -> Option<Day
     let n = s.loyal.min_visits as usize;
     if x.visits_within(s.loyal.window_days) >= n {
         // The n-th newest visit leaves the window on this day.
-        days.extend(
-            x.visit_days
-                .get(n - 1)
-                .map(|d| d.saturating_add(s.loyal.window_days)),
-        );
+        let nth = n.checked_sub(1).and_then(|i| x.visit_days.get(i));
+        days.extend(nth.map(|d| d.saturating_add(s.loyal.window_days)));
     }
     for c in &s.custom {
         days.extend(

@@ -388,6 +388,18 @@ mod tests {
     }
 
     #[test]
+    fn the_segments_migration_creates_its_table() {
+        let m = MIGRATIONS
+            .iter()
+            .find(|m| m.version == 6)
+            .expect("migration 6");
+        let stmts = m.statements("ks1");
+        assert_eq!(stmts.len(), 1, "{stmts:#?}");
+        assert!(stmts[0].starts_with("CREATE TABLE IF NOT EXISTS ks1.dashboard_segments"));
+        assert!(stmts[0].contains("PRIMARY KEY (franchise_id, segment, day)"));
+    }
+
+    #[test]
     fn versions_are_increasing() {
         for w in MIGRATIONS.windows(2) {
             assert!(w[0].version < w[1].version);
