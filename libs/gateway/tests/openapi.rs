@@ -852,6 +852,7 @@ fn example_dashboard(store: Option<(&str, &str)>, compare_previous: bool) -> Das
         stores,
         tiers: vec![tier("Bronze", 131), tier("Silver", 22), tier("Gold", 5)],
         top_rewards,
+        segments: Vec::new(),
     }
 }
 
@@ -936,7 +937,17 @@ fn dashboard_matches_the_core_type() {
     let one_store = serde_json::to_value(example_dashboard(Some(LYON), false)).unwrap();
     // `previous` only with compare=previous; every other field always.
     let dashboard = serde_json::json!({ "$ref": "#/components/schemas/Dashboard" });
-    assert_eq!(properties(&d, &dashboard), keys(&full));
+    // `segments` only when the program has them (README "Segments").
+    let mut with_segments = example_dashboard(None, true);
+    with_segments.segments = vec![loyalty_core::dashboard::SegmentRow {
+        name: "at_risk".into(),
+        members: 3,
+        members_at_start: 1,
+        members_at_end: 2,
+    }];
+    let with_segments = serde_json::to_value(with_segments).unwrap();
+    assert_exact_shape(&d, "DashboardSegmentRow", &with_segments["segments"][0]);
+    assert_eq!(properties(&d, &dashboard), keys(&with_segments));
     assert_eq!(required(&d, &dashboard), keys(&one_store));
     let only_compared: Vec<String> = keys(&full).difference(&keys(&one_store)).cloned().collect();
     assert_eq!(only_compared, ["previous"]);

@@ -153,6 +153,20 @@ async fn segments_follow_the_rules_show_at_the_till_and_export_for_hq_only() {
     let range = get_json(&app, &path, &f.hq_key).await;
     assert_eq!(range["segments"][0]["series"].as_array().unwrap().len(), 3);
 
+    // The dashboard shows each segment now, before the range and at its end.
+    let now = loyalty_domain::Timestamp(jiff::Timestamp::now().as_millisecond()).day();
+    let (week_ago, today) = (loyalty_domain::Day(now.0 - 6).iso(), now.iso());
+    let path = format!(
+        "/v1/franchises/{}/dashboard?from={week_ago}&to={today}",
+        f.id
+    );
+    let dash = get_json(&app, &path, &f.hq_key).await;
+    assert_eq!(
+        dash["segments"][0],
+        json!({"name": "new", "members": 4, "members_at_start": 0, "members_at_end": 4})
+    );
+    assert_eq!(dash["segments"].as_array().map(Vec::len), Some(5));
+
     // The export: masked phones by default, in full when asked, paged.
     let exports = loyalty_core::metrics::metrics()
         .segment_exports
