@@ -5,6 +5,16 @@
 //! franchise kept out.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use loyalty_core::command::PosCommand;
+use loyalty_core::engine::scheduler::SchedulerConfig;
+use loyalty_core::engine::EngineConfig;
+use loyalty_core::ports::ManualClock;
+use loyalty_core::provisioning::now;
+use loyalty_domain::{Cents, Currency, Program, Timestamp};
+use loyalty_tests::cluster::{Backend, World};
 
 use loyalty_tests::{assert_problem, spawn_app, TestApp, TestFranchise};
 use reqwest::StatusCode;
@@ -292,4 +302,108 @@ async fn exports_are_for_hq_keys_of_the_franchise_only() {
     assert_problem(r, StatusCode::NOT_FOUND, "not-found").await;
     let status = app.status(&f, &m).await;
     assert_eq!(names(&status["segments"]), ["new"]);
+}
+
+/// The member's segments as the till reads them (from the hot cache).
+async fn cached_segments(w: &World, m: &loyalty_domain::MemberId) -> Option<Vec<String>> {
+    let cached = w.cache.status(m).await.ok()??;
+    let v: Value = serde_json::from_slice(&cached.json).ok()?;
+    Some(
+        names(&v["segments"])
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+/// Polls until the member's cached segments are `want`, for at most 60 s.
+async fn until_segments(w: &World, m: &loyalty_domain::MemberId, want: &[&str]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = cached_segments(w, m).await;
+        if got.as_deref().is_some_and(|g| g == want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never {want:?}: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Time alone moves a member from new to nothing, to at-risk, to lapsed: the scheduler
+/// advances it on each day its segments change (a manual clock moved by months), the status
+/// shows it, and the sizes follow day by day.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_moves_members_between_segments_without_an_event() {
+    let mut program = serde_json::to_value(Program::demo()).unwrap();
+    program["segments"] = json!({});
+    let program: Program = serde_json::from_value(program).unwrap();
+    let w = World::with_program(Backend::Embedded, &program)
+        .await
+        .unwrap();
+    let t0 = now();
+    let clock = Arc::new(ManualClock::new(t0));
+    let mut node = w.node_with(
+        "a",
+        EngineConfig {
+            max_batch: 256,
+            scheduler: SchedulerConfig {
+                every: Duration::from_millis(10),
+                batch: 64,
+                clock: Arc::clone(&clock) as _,
+            },
+            ..EngineConfig::default()
+        },
+    );
+    w.enrol(1).await;
+    let m = w.member(0);
+    for n in 0..2 {
+        let mut env = w.envelope(
+            format!("p-{n}"),
+            PosCommand::Purchase {
+                member_id: Some(m.clone()),
+                amount_cents: Cents::new(500).unwrap(),
+                currency: Currency::parse("EUR").unwrap(),
+                items: Vec::new(),
+            },
+        );
+        env.occurred_at = Some(t0);
+        w.send(env).await;
+    }
+    until_segments(&w, &m, &["new"]).await;
+    for (days, want) in [(31, &[][..]), (61, &["at_risk"][..]), (91, &["lapsed"][..])] {
+        clock.set(Timestamp(t0.0 + days * DAY_MS));
+        until_segments(&w, &m, want).await;
+    }
+    let day0 = t0.day();
+    let (from, to) = (
+        loyalty_domain::Day(day0.0 - 1),
+        loyalty_domain::Day(day0.0 + 95),
+    );
+    let sizes =
+        loyalty_core::segments::segment_sizes(w.store.as_ref(), &w.franchise, &program, from, to)
+            .await
+            .unwrap();
+    let size_on = |name: &str, day: u32| {
+        let s = sizes.segments.iter().find(|s| s.name == name).unwrap();
+        s.series[(day - from.0) as usize].size
+    };
+    for (name, now) in [("new", 0), ("loyal", 0), ("at_risk", 0), ("lapsed", 1)] {
+        let s = sizes.segments.iter().find(|s| s.name == name).unwrap();
+        assert_eq!(s.size, now, "{name} now");
+    }
+    assert_eq!(size_on("new", day0.0 - 1), 0);
+    assert_eq!(size_on("new", day0.0 + 29), 1, "new for 30 days");
+    assert_eq!(size_on("new", day0.0 + 30), 0);
+    assert_eq!(size_on("at_risk", day0.0 + 59), 0);
+    assert_eq!(
+        size_on("at_risk", day0.0 + 60),
+        1,
+        "at risk after 60 days away"
+    );
+    assert_eq!(size_on("at_risk", day0.0 + 90), 0);
+    assert_eq!(size_on("lapsed", day0.0 + 90), 1, "lapsed after 90");
+    node.stop();
 }
