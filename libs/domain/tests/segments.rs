@@ -37,7 +37,12 @@ fn program(segments: Value) -> Program {
 
 /// Thresholds small enough for generated histories to cross them; no top tier rule.
 fn rules(new_days: u32, min_visits: u32, window: u32, regular: u32, at_risk: u32) -> Program {
-    program(json!({
+    let p = rules_json(new_days, min_visits, window, regular, at_risk);
+    serde_json::from_value(p).expect("a valid program")
+}
+
+fn rules_json(new_days: u32, min_visits: u32, window: u32, regular: u32, at_risk: u32) -> Value {
+    program_json(json!({
         "new_days": new_days,
         "loyal": { "min_visits": min_visits, "window_days": window, "top_tier": false },
         "regular_min_visits": regular,
@@ -120,16 +125,16 @@ impl Member {
     }
 
     fn today(&self) -> Day {
-        Timestamp(self.state().clock.0).day()
+        self.program.local_day(self.state().clock)
     }
 }
 
 /// The built-in rules and the custom filters computed directly from what was sent
-/// (enrolment at `T0`, the purchases), on `today` (UTC days: the program's zone).
+/// (enrolment at `T0`, the purchases), on the local day `today`.
 fn model(m: &Member, today: Day) -> Vec<String> {
     let p = &m.program;
     let s = p.segments.as_ref().unwrap();
-    let day = |t: i64| Timestamp(t).day().0;
+    let day = |t: i64| p.local_day(Timestamp(t)).0;
     let enrolled = day(T0);
     let days: Vec<u32> = m.purchases.iter().map(|(t, _)| day(*t)).collect();
     let last = days.iter().max().copied();
@@ -195,6 +200,7 @@ fn run(program: Program, steps: &[Step]) -> Result<Member, TestCaseError> {
             }
             Step::AdvanceToDue => {
                 if let Some(due) = m.state().next_due(&m.program) {
+                    prop_assert!(due > m.state().clock, "due {:?} not after the clock", due);
                     now = now.max(due.0);
                     m.send(MemberCommand::Advance, due.0);
                 }
@@ -266,7 +272,7 @@ proptest! {
         if let Some(due) = before.next_due(&m.program) {
             prop_assert!(due > before.clock);
             m.send(MemberCommand::Advance, due.0);
-            let due_day = Timestamp(due.0).day();
+            let due_day = m.program.local_day(due);
             prop_assert_eq!(&m.state().segments, &segments_of(&before, &m.program, due_day));
             let again = m.send(MemberCommand::Advance, due.0).unwrap();
             prop_assert!(!again.changed && again.segments.is_none());
@@ -448,4 +454,32 @@ proptest! {
 fn a_short_phone_is_masked_whole() {
     assert_eq!(mask_phone("+3312"), "*****");
     assert_eq!(mask_phone("+33612345678"), "+33*******78");
+}
+
+proptest! {
+    /// The due time of a local day is its first quarter of an hour in the program's zone: on
+    /// that local day, and the quarter before it on an earlier one (offsets of half and three
+    /// quarters of an hour, and days with a DST change, included).
+    #[test]
+    fn a_local_day_starts_at_its_due_time(
+        day in 18_000u32..22_000,
+        zone in prop::sample::select(vec!["UTC", "Europe/Paris", "America/New_York", "Asia/Kolkata", "Pacific/Chatham", "Australia/Lord_Howe"]),
+    ) {
+        let z = loyalty_domain::Zone::parse(zone).unwrap();
+        let t = z.start_of(Day(day));
+        prop_assert_eq!(z.day(t), Day(day));
+        prop_assert!(z.day(Timestamp(t.0 - 15 * 60 * 1000)) < Day(day));
+    }
+
+    /// In zones far from UTC (and with half-hour offsets), each rule is its definition on
+    /// local days, and the scheduler's due times stay after the clock.
+    #[test]
+    fn each_rule_holds_on_local_days_far_from_utc(
+        steps in steps(),
+        zone in prop::sample::select(vec!["Pacific/Kiritimati", "Pacific/Pago_Pago", "Asia/Kolkata"]),
+    ) {
+        let mut p = rules_json(3, 2, 4, 2, 5);
+        p["time_zone"] = json!(zone);
+        run(serde_json::from_value(p).unwrap(), &steps)?;
+    }
 }
