@@ -166,20 +166,17 @@ fn ordered(field: &str, min: Option<u64>, max: Option<u64>) -> Result<(), Domain
     }
 }
 
-impl Segments {
-    /// Validates the section of a program whose tiers are `tiers`.
-    pub fn validate(s: &SegmentsSpec, tiers: &[Tier]) -> Result<Segments, DomainError> {
-        let days = |field: &str, v: Option<i64>, default: i64, max: i64| {
-            bounded(&format!("segments.{field}"), v.unwrap_or(default), 1, max).map(|d| d as u32)
-        };
-        let l = s.loyal.clone().unwrap_or_default();
-        let loyal = Loyal {
-            min_visits: bounded(
-                "segments.loyal.min_visits",
-                l.min_visits.unwrap_or(DEFAULT_LOYAL_MIN_VISITS),
-                1,
-                MAX_VISITS,
-            )? as u32,
+/// `segments.{field}`: a number of days from 1 to `max`, `default` when left out.
+fn days(field: &str, v: Option<i64>, default: i64, max: i64) -> Result<u32, DomainError> {
+    bounded(&format!("segments.{field}"), v.unwrap_or(default), 1, max).map(|d| d as u32)
+}
+
+impl Loyal {
+    fn validate(l: Option<&LoyalSpec>) -> Result<Loyal, DomainError> {
+        let l = l.cloned().unwrap_or_default();
+        let min_visits = l.min_visits.unwrap_or(DEFAULT_LOYAL_MIN_VISITS);
+        Ok(Loyal {
+            min_visits: bounded("segments.loyal.min_visits", min_visits, 1, MAX_VISITS)? as u32,
             window_days: days(
                 "loyal.window_days",
                 l.window_days,
@@ -187,7 +184,39 @@ impl Segments {
                 MAX_WINDOW_DAYS,
             )?,
             top_tier: l.top_tier.unwrap_or(true),
-        };
+        })
+    }
+}
+
+/// The custom segments, validated: at most [`MAX_CUSTOM`], names unique and not built-ins'.
+fn custom(specs: &[CustomSegmentSpec], tiers: &[Tier]) -> Result<Vec<CustomSegment>, DomainError> {
+    if specs.len() > MAX_CUSTOM {
+        return Err(invalid(format!("at most {MAX_CUSTOM} segments.custom")));
+    }
+    let mut out: Vec<CustomSegment> = Vec::with_capacity(specs.len());
+    for (i, c) in specs.iter().enumerate() {
+        let seg = CustomSegment::validate(i, c, tiers)?;
+        if BUILT_IN.contains(&seg.name.as_str()) {
+            return Err(invalid(format!(
+                "segments.custom[{i}].name {:?} is a built-in segment",
+                seg.name
+            )));
+        }
+        if out.iter().any(|x| x.name == seg.name) {
+            return Err(invalid(format!(
+                "segment name {:?} appears twice",
+                seg.name
+            )));
+        }
+        out.push(seg);
+    }
+    Ok(out)
+}
+
+impl Segments {
+    /// Validates the section of a program whose tiers are `tiers`.
+    pub fn validate(s: &SegmentsSpec, tiers: &[Tier]) -> Result<Segments, DomainError> {
+        let loyal = Loyal::validate(s.loyal.as_ref())?;
         let at_risk_days = days(
             "at_risk_days",
             s.at_risk_days,
@@ -200,38 +229,14 @@ impl Segments {
                 "segments.lapsed_days ({lapsed_days}) must be above segments.at_risk_days ({at_risk_days})"
             )));
         }
-        if s.custom.len() > MAX_CUSTOM {
-            return Err(invalid(format!("at most {MAX_CUSTOM} segments.custom")));
-        }
-        let mut custom: Vec<CustomSegment> = Vec::with_capacity(s.custom.len());
-        for (i, c) in s.custom.iter().enumerate() {
-            let seg = CustomSegment::validate(i, c, tiers)?;
-            if BUILT_IN.contains(&seg.name.as_str()) {
-                return Err(invalid(format!(
-                    "segments.custom[{i}].name {:?} is a built-in segment",
-                    seg.name
-                )));
-            }
-            if custom.iter().any(|x| x.name == seg.name) {
-                return Err(invalid(format!(
-                    "segment name {:?} appears twice",
-                    seg.name
-                )));
-            }
-            custom.push(seg);
-        }
+        let regular = s.regular_min_visits.unwrap_or(DEFAULT_REGULAR_MIN_VISITS);
         Ok(Segments {
             new_days: days("new_days", s.new_days, DEFAULT_NEW_DAYS, MAX_DAYS)?,
             loyal,
-            regular_min_visits: bounded(
-                "segments.regular_min_visits",
-                s.regular_min_visits.unwrap_or(DEFAULT_REGULAR_MIN_VISITS),
-                1,
-                MAX_VISITS,
-            )?,
+            regular_min_visits: bounded("segments.regular_min_visits", regular, 1, MAX_VISITS)?,
             at_risk_days,
             lapsed_days,
-            custom,
+            custom: custom(&s.custom, tiers)?,
         })
     }
 
@@ -261,6 +266,37 @@ fn segment_name(field: &str, s: &str) -> Result<String, DomainError> {
     }
 }
 
+/// A filter's tiers: 1 to as many as the program has, each one of its tiers.
+fn tier_names(field: &str, list: &[String], tiers: &[Tier]) -> Result<Vec<String>, DomainError> {
+    if list.is_empty() || list.len() > tiers.len() {
+        return Err(invalid(format!(
+            "{field} must list 1 to {} tier names, or be left out",
+            tiers.len()
+        )));
+    }
+    if let Some(t) = list.iter().find(|t| !tiers.iter().any(|x| &x.name == *t)) {
+        return Err(invalid(format!(
+            "{field} names no tier of the program: {t:?}"
+        )));
+    }
+    Ok(list.to_vec())
+}
+
+/// A filter's stores: 1 to [`MAX_STORES`] valid store ids.
+fn store_ids(field: &str, v: &[String]) -> Result<Vec<StoreId>, DomainError> {
+    if v.is_empty() || v.len() > MAX_STORES {
+        return Err(invalid(format!(
+            "{field} must list 1 to {MAX_STORES} store ids, or be left out"
+        )));
+    }
+    v.iter()
+        .map(|id| {
+            StoreId::parse(id)
+                .map_err(|_| invalid(format!("{field} has an invalid store id {id:?}")))
+        })
+        .collect()
+}
+
 impl CustomSegment {
     fn validate(i: usize, c: &CustomSegmentSpec, tiers: &[Tier]) -> Result<Self, DomainError> {
         let f = |field: &str| format!("segments.custom[{i}].{field}");
@@ -271,43 +307,16 @@ impl CustomSegment {
         let min_spend_cents = opt_bounded(&f("min_spend_cents"), c.min_spend_cents, 0, MAX_CENTS)?;
         let max_spend_cents = opt_bounded(&f("max_spend_cents"), c.max_spend_cents, 0, MAX_CENTS)?;
         ordered(&f("spend_cents"), min_spend_cents, max_spend_cents)?;
-        let tiers = match &c.tiers {
-            None => None,
-            Some(list) if list.is_empty() || list.len() > tiers.len() => {
-                return Err(invalid(format!(
-                    "{} must list 1 to {} tier names, or be left out",
-                    f("tiers"),
-                    tiers.len()
-                )))
-            }
-            Some(list) => {
-                if let Some(t) = list.iter().find(|t| !tiers.iter().any(|x| &x.name == *t)) {
-                    return Err(invalid(format!(
-                        "{} names no tier of the program: {t:?}",
-                        f("tiers")
-                    )));
-                }
-                Some(list.clone())
-            }
-        };
-        let stores = match &c.stores {
-            None => None,
-            Some(v) if v.is_empty() || v.len() > MAX_STORES => {
-                return Err(invalid(format!(
-                    "{} must list 1 to {MAX_STORES} store ids, or be left out",
-                    f("stores")
-                )))
-            }
-            Some(v) => Some(
-                v.iter()
-                    .map(|id| {
-                        StoreId::parse(id).map_err(|_| {
-                            invalid(format!("{} has an invalid store id {id:?}", f("stores")))
-                        })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?,
-            ),
-        };
+        let tiers = c
+            .tiers
+            .as_ref()
+            .map(|t| tier_names(&f("tiers"), t, tiers))
+            .transpose()?;
+        let stores = c
+            .stores
+            .as_ref()
+            .map(|v| store_ids(&f("stores"), v))
+            .transpose()?;
         let within = opt_bounded(
             &f("last_visit_within_days"),
             c.last_visit_within_days,
