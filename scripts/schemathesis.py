@@ -13,7 +13,7 @@ test.sh fills: `$VENV/bin/python scripts/schemathesis.py`).
    keys (`Authorization: Bearer …`), with a bounded number of examples per operation, a fixed
    seed and no example database (hypothesis and schemathesis write under target/schemathesis).
    Path, query and body fields that name things (franchise, stores, members, QR tokens, phones,
-   purchases, rewards, currency, `occurred_at`, API keys) are drawn from the seeded values most
+   purchases, rewards, segments, currency, `occurred_at`, API keys) are drawn from the seeded values most
    of the time (schemathesis dictionaries), so that requests reach the handlers' logic rather
    than 404.
    API keys: the runs may rotate and revoke keys, so the keys they may name (`{kid}`) are keys
@@ -162,6 +162,16 @@ def seed(dev: Dev) -> dict[str, list]:
     if status not in (200, 201):
         raise RuntimeError(f"seeding: enrolment answered {status} {body}")
     erasable = body["member_id"]
+    # Segments on (README "Segments"), so that a segment's export reaches its handler's checks
+    # (a run may replace the program again).
+    hq, fid = dev.keys["HQ_KEY"], dev.keys["FRANCHISE_ID"]
+    status, current = http("GET", f"{base}/v1/franchises/{fid}/program", hq)
+    if status != 200:
+        raise RuntimeError(f"seeding: reading the program answered {status} {current}")
+    program = dict(current["program"], segments={})
+    status, body = http("PUT", f"{base}/v1/franchises/{fid}/program", hq, {"program": program})
+    if status != 200:
+        raise RuntimeError(f"seeding: turning segments on answered {status} {body}")
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     return {
         "erasable": [erasable],
@@ -172,6 +182,7 @@ def seed(dev: Dev) -> dict[str, list]:
         "phones": phones,
         "purchases": purchases,
         "rewards": ["free-coffee", "free-pastry"],
+        "segments": ["new", "loyal", "at_risk", "lapsed"],
         "currencies": ["EUR"],
         "zones": ["UTC", "Europe/Paris", "America/New_York", "Asia/Tokyo"],
         # Within the documented horizon (365 days back, 5 minutes ahead) for the whole run.
@@ -229,6 +240,8 @@ def write_config(path: Path, data: dict[str, list], args: argparse.Namespace, ho
         "path.sid": "stores",
         "path.member_id": "members",
         "path.kid": "keys",
+        "path.segment": "segments",
+        "query.after": "members",
         "query.phone": "phones",
         "query.qr": "qrs",
         "query.store": "stores",

@@ -36,9 +36,17 @@ STATE_DEPENDENT_422 = {"unknown-reward", "currency-mismatch", "anonymous-refund"
 # stamp card's, an automatic voucher's and the birthday's reward in the catalogue, a schedule's dates and times in order, a purchase's line
 # items adding up to at most its amount), across query parameters (`from` not after `to`, at most
 # 1096 days), or data (the IANA time zone database). Everything else a schema can say, so a 400
+# stamp card's reward in the catalogue, a schedule's dates and times in order, a purchase's line
+# items adding up to at most its amount, a segment filter's tiers in the program, its minimum not
+# above its maximum), across query parameters (`from` not after `to`, at most 1096 days, 366 for
+# segments), or data (the IANA time zone database). Everything else a schema can say, so a 400
 # or 422 to positive data for anything else means that the document is laxer than the server.
 PROGRAM_OPS = ("POST /v1/franchises", "PUT /v1/franchises/{fid}/program")
-DASHBOARD_OPS = ("GET /v1/franchises/{fid}/dashboard", "GET /v1/franchises/{fid}/dashboard.csv")
+DASHBOARD_OPS = (
+    "GET /v1/franchises/{fid}/dashboard",
+    "GET /v1/franchises/{fid}/dashboard.csv",
+    "GET /v1/franchises/{fid}/segments",
+)
 NOT_IN_A_SCHEMA = [
     (
         PROGRAM_OPS,
@@ -56,7 +64,13 @@ NOT_IN_A_SCHEMA = [
             r"|rewards\[\d+\]\.valid_from \(.*\) is after rewards\[\d+\]\.valid_to"
             r"|auto_vouchers\[\d+\]\.reward_id .* is not a reward of the catalogue"
             r"|auto_vouchers\[\d+\]\.at_points \d+ appears twice"
-            r"|birthday_reward\.reward_id .* is not a reward of the catalogue)"
+            r"|birthday_reward\.reward_id .* is not a reward of the catalogue"
+            r"|segments\.lapsed_days \(\d+\) must be above segments\.at_risk_days"
+            r"|segments\.custom\[\d+\]\.name .* is a built-in segment"
+            r"|segment name .* appears twice"
+            r"|segments\.custom\[\d+\] sets no condition"
+            r"|segments\.custom\[\d+\]\.tiers (names no tier of the program|must list 1 to \d+ tier names)"
+            r"|segments\.custom\[\d+\]\.(visits|spend_cents): min_\w+ \(\d+\) is above max_\w+)"
         ),
     ),
     # A purchase's line items add up to at most its amount (README "Item bonuses").

@@ -160,6 +160,11 @@ pub struct World {
 impl World {
     /// `None` (with the reason printed) when the backend's servers are not on this machine.
     pub async fn new(backend: Backend) -> Option<World> {
+        World::with_program(backend, &Program::demo()).await
+    }
+
+    /// A world whose franchise runs `program`.
+    pub async fn with_program(backend: Backend, program: &Program) -> Option<World> {
         let dir = tempfile::tempdir().unwrap();
         let (log, cache, servers): (Arc<dyn EventLog>, Arc<dyn HotCache>, _) = match backend {
             Backend::Embedded => (
@@ -194,7 +199,7 @@ impl World {
         log.ensure_topic("pos-commands", PARTITIONS).await.unwrap();
         log.ensure_topic("pos-commands-dlq", 1).await.unwrap();
         let store = EmbeddedStore::open(&dir.path().join("store")).unwrap();
-        let (franchise, _) = create_franchise(store.as_ref(), "Sharded", &Program::demo())
+        let (franchise, _) = create_franchise(store.as_ref(), "Sharded", program)
             .await
             .unwrap();
         let (s, _) = create_store(store.as_ref(), &franchise.id, "Store")

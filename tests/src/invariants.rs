@@ -361,7 +361,10 @@ pub async fn check_members(
             // (README "Tiers"): not a second application of that command.
             if entry["kind"] == "tier" {
                 if points != 0 {
-                    d.add("wrong points", format!("member {m}: tier entry of {id} moves {points}"));
+                    d.add(
+                        "wrong points",
+                        format!("member {m}: tier entry of {id} moves {points}"),
+                    );
                 }
                 continue;
             }

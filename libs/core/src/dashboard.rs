@@ -149,6 +149,19 @@ pub struct Dashboard {
     pub stores: Vec<StoreRow>,
     pub tiers: Vec<TierRow>,
     pub top_rewards: Vec<RewardRow>,
+    /// The program's segments (README "Segments"), franchise-wide: absent when it has none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<SegmentRow>,
+}
+
+/// A segment's members now, at the end of the day before the range and at the end of its
+/// last day.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SegmentRow {
+    pub name: String,
+    pub members: i64,
+    pub members_at_start: i64,
+    pub members_at_end: i64,
 }
 
 /// How many rewards `top_rewards` lists.
@@ -301,6 +314,7 @@ pub async fn dashboard(
         stores,
         tiers,
         top_rewards: top,
+        segments: segment_rows(store, franchise, program, q).await?,
     })
 }
 
@@ -370,6 +384,30 @@ fn store_rows(rows: &Rows, known: &[crate::model::Store], q: &DashboardQuery) ->
 }
 
 /// Members per tier, in the program's order (tiers it no longer has after them).
+/// The segments of the program over the range of `q` (none without segments).
+async fn segment_rows(
+    store: &dyn StateStore,
+    franchise: &Franchise,
+    program: &Program,
+    q: &DashboardQuery,
+) -> Result<Vec<SegmentRow>> {
+    if program.segments.is_none() {
+        return Ok(Vec::new());
+    }
+    let start = Day(q.from.0.saturating_sub(1));
+    let sizes = crate::segments::segment_sizes(store, franchise, program, start, q.to).await?;
+    Ok(sizes
+        .segments
+        .into_iter()
+        .map(|s| SegmentRow {
+            members_at_start: s.series.first().map_or(0, |d| d.size),
+            members_at_end: s.series.last().map_or(0, |d| d.size),
+            members: s.size,
+            name: s.name,
+        })
+        .collect())
+}
+
 fn tier_rows(counts: Vec<(String, i64)>, program: &Program) -> Vec<TierRow> {
     let mut counts: BTreeMap<String, i64> = counts.into_iter().collect();
     let mut out: Vec<TierRow> = program

@@ -194,7 +194,6 @@ pub fn reward(program: &Program, reward_id: &RewardId) -> Result<(), Rejection> 
     Ok(())
 }
 
-
 /// Prefixes of the event ids the platform gives itself: an enrolment's (`enrol.<member>`), an
 /// erasure's (`erase.<member>`) and the scheduler's advances (`sched:<member>:<ms>`). A client
 /// event id starting with one could take the platform's own event's idempotency record (a

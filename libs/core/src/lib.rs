@@ -24,6 +24,7 @@ pub mod provisioning;
 pub mod rate_limit;
 pub mod rebuild;
 pub mod replies;
+pub mod segments;
 pub mod trace;
 
 pub use error::{Error, Result};

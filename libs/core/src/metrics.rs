@@ -59,6 +59,9 @@ pub struct Metrics {
     pub audit_differences: IntCounter,
     /// Members whose personal data was erased (README "Privacy"), counted once the store has it.
     pub member_erasures: IntCounter,
+    /// Pages of segment exports served (README "Segments"), by how phones were shown
+    /// (`masked`, `full`).
+    pub segment_exports: IntCounterVec,
     /// Refunds of purchases not seen yet (README "Refunds and voids"), counted once the store
     /// has them: `held` when held, `applied` when their purchase arrived and took them.
     pub held_refunds: IntCounterVec,
@@ -332,6 +335,12 @@ impl Metrics {
                 "loyalty_member_erasures_total",
                 "Members whose personal data was erased (README \"Privacy\").",
             ),
+            segment_exports: counter_vec(
+                &r,
+                "loyalty_segment_exports_total",
+                "Pages of segment member exports served (README \"Segments\"), by how phone numbers were shown (masked, full).",
+                &["phone"],
+            ),
             held_refunds: counter_vec(
                 &r,
                 "loyalty_held_refunds_total",
@@ -512,7 +521,7 @@ impl Metrics {
             dashboard_updates: counter_vec(
                 &r,
                 "loyalty_dashboard_updates_total",
-                "Dashboard aggregate rows updated with the engine's commits, by kind (totals, visits, tiers).",
+                "Dashboard aggregate rows updated with the engine's commits, by kind (totals, visits, tiers, segments).",
                 &["kind"],
             ),
             audit_differences: counter(

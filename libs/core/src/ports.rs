@@ -313,6 +313,12 @@ pub trait StateStore: Send + Sync + 'static {
     /// Members of `franchise` by tier, as of each member's latest event.
     async fn tier_counts(&self, franchise: &FranchiseId) -> Result<Vec<(String, i64)>>;
 
+    /// The changes of segment sizes of `franchise` ([`DashboardDelta::segments`] as committed
+    /// and replaced): (segment, local day, sum of the changes that day), the zero sums left
+    /// out, in no particular order. A segment's size on a day is the sum of its changes up to
+    /// that day.
+    async fn segment_rows(&self, franchise: &FranchiseId) -> Result<Vec<(String, Day, i64)>>;
+
     /// The stores of `franchise`.
     async fn stores_of(&self, franchise: &FranchiseId) -> Result<Vec<Store>>;
 

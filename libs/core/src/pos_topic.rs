@@ -1316,9 +1316,16 @@ mod tests {
             "purchase_event_id": "till-1:0001", "amount_cents": 500
         });
         for id in ["sched:m1:1764000000000", "enrol.m1", "erase.m1"] {
-            let r = f.decode(&with(refund.clone(), "event_id", json!(id))).await.unwrap_err();
+            let r = f
+                .decode(&with(refund.clone(), "event_id", json!(id)))
+                .await
+                .unwrap_err();
             assert_eq!(r.reason, Reason::Invalid, "{id}");
-            assert!(r.detail.contains("must not start with"), "{id}: {}", r.detail);
+            assert!(
+                r.detail.contains("must not start with"),
+                "{id}: {}",
+                r.detail
+            );
         }
     }
 

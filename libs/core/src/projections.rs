@@ -34,7 +34,7 @@ pub struct RebuildReport {
     pub ledger_entries: u64,
     /// Members whose purchase days were rewritten.
     pub members_updated: u64,
-    /// Aggregate rows written (totals, visit rows, tiers).
+    /// Aggregate rows written (totals, visit rows, tiers, segment changes).
     pub rows: u64,
 }
 
@@ -77,6 +77,12 @@ pub async fn rebuild_dashboards(
         for state in page.iter().filter(|s| &s.franchise_id == f) {
             report.members += 1;
             delta.add_tier(f, Some(&state.tier), 1);
+            // The segments a member is counted in, on its clock's day: the series before a
+            // rebuild is not kept.
+            let day = program.local_day(state.clock);
+            for s in &state.segments {
+                delta.add_segment(f, s, day, 1);
+            }
             report.ledger_entries += add_ledger(store, &mut delta, program, state).await?;
             let mut days = PurchaseDays::new();
             let mut mine = purchases.remove(&state.member_id).unwrap_or_default();
@@ -106,7 +112,8 @@ pub async fn rebuild_dashboards(
     }
     report.members_updated += flush(store, &mut writes).await?;
     delta.tidy();
-    report.rows = (delta.totals.len() + delta.visits.len() + delta.tiers.len()) as u64;
+    report.rows =
+        (delta.totals.len() + delta.visits.len() + delta.tiers.len() + delta.segments.len()) as u64;
     store.replace_dashboard(f, &delta).await?;
     Ok(report)
 }

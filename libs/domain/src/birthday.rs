@@ -132,14 +132,29 @@ mod tests {
     fn windows_hold_the_birthday() {
         let md = (4, 17);
         // 2026-04-17 is a Friday.
-        assert_eq!(BirthdayWindow::Day.around(2026, md), Some((d("2026-04-17"), d("2026-04-17"))));
-        assert_eq!(BirthdayWindow::Week.around(2026, md), Some((d("2026-04-13"), d("2026-04-19"))));
-        assert_eq!(BirthdayWindow::Month.around(2026, md), Some((d("2026-04-01"), d("2026-04-30"))));
-        assert_eq!(BirthdayWindow::Month.around(2026, (12, 5)), Some((d("2026-12-01"), d("2026-12-31"))));
+        assert_eq!(
+            BirthdayWindow::Day.around(2026, md),
+            Some((d("2026-04-17"), d("2026-04-17")))
+        );
+        assert_eq!(
+            BirthdayWindow::Week.around(2026, md),
+            Some((d("2026-04-13"), d("2026-04-19")))
+        );
+        assert_eq!(
+            BirthdayWindow::Month.around(2026, md),
+            Some((d("2026-04-01"), d("2026-04-30")))
+        );
+        assert_eq!(
+            BirthdayWindow::Month.around(2026, (12, 5)),
+            Some((d("2026-12-01"), d("2026-12-31")))
+        );
         // A leap day's birthday is on 28 February in other years.
         assert_eq!(birthday_in(2027, (2, 29)), Some(d("2027-02-28")));
         assert_eq!(birthday_in(2028, (2, 29)), Some(d("2028-02-29")));
         // A Monday's week starts on it.
-        assert_eq!(BirthdayWindow::Week.around(2026, (4, 13)).unwrap().0, d("2026-04-13"));
+        assert_eq!(
+            BirthdayWindow::Week.around(2026, (4, 13)).unwrap().0,
+            d("2026-04-13")
+        );
     }
 }

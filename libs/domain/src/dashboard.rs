@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::segments::SegmentMove;
 use crate::{Day, FranchiseId, LedgerEntry, LedgerKind, Outcome, Program, RewardId, StoreId};
 
 /// How far back the member counts look: the longest range (3 years, [`MAX_RANGE_DAYS`]) and the
@@ -398,6 +399,7 @@ pub struct EventFacts<'a> {
     pub entries: &'a [LedgerEntry],
     pub visits: &'a [VisitDelta],
     pub tier: Option<&'a TierMove>,
+    pub segments: Option<&'a SegmentMove>,
 }
 
 /// Changes of the dashboards' aggregates, merged over a batch of events.
@@ -406,11 +408,17 @@ pub struct DashboardDelta {
     pub totals: BTreeMap<(FranchiseId, StoreId, Day), DayTotals>,
     pub visits: BTreeMap<(FranchiseId, Scope, Day), VisitRow>,
     pub tiers: BTreeMap<(FranchiseId, String), i64>,
+    /// Changes of segment sizes by the local day they happened on: a segment's size on a day
+    /// is the sum of its changes up to that day (README "Segments").
+    pub segments: BTreeMap<(FranchiseId, String, Day), i64>,
 }
 
 impl DashboardDelta {
     pub fn is_empty(&self) -> bool {
-        self.totals.is_empty() && self.visits.is_empty() && self.tiers.is_empty()
+        self.totals.is_empty()
+            && self.visits.is_empty()
+            && self.tiers.is_empty()
+            && self.segments.is_empty()
     }
 
     fn totals(&mut self, f: &FranchiseId, store: &StoreId, day: Day) -> &mut DayTotals {
@@ -429,6 +437,22 @@ impl DashboardDelta {
             self.add_tier(e.franchise, m.from.as_deref(), -1);
             self.add_tier(e.franchise, Some(&m.to), 1);
         }
+        if let Some(m) = e.segments {
+            for s in &m.left {
+                self.add_segment(e.franchise, s, m.day, -1);
+            }
+            for s in &m.joined {
+                self.add_segment(e.franchise, s, m.day, 1);
+            }
+        }
+    }
+
+    /// Adds `n` members to `segment` on `day`.
+    pub fn add_segment(&mut self, f: &FranchiseId, segment: &str, day: Day, n: i64) {
+        *self
+            .segments
+            .entry((f.clone(), segment.to_owned(), day))
+            .or_default() += n;
     }
 
     /// What an event's recorded outcome adds at its store on its day.
@@ -533,6 +557,7 @@ impl DashboardDelta {
     pub fn tidy(&mut self) {
         self.visits.retain(|_, row| !row.is_empty());
         self.tiers.retain(|_, n| *n != 0);
+        self.segments.retain(|_, n| *n != 0);
         self.totals.retain(|_, t| !t.is_empty());
     }
 
@@ -548,8 +573,12 @@ impl DashboardDelta {
         for (k, n) in other.tiers {
             *self.tiers.entry(k).or_default() += n;
         }
+        for (k, n) in other.segments {
+            *self.segments.entry(k).or_default() += n;
+        }
         self.visits.retain(|_, row| !row.is_empty());
         self.tiers.retain(|_, n| *n != 0);
+        self.segments.retain(|_, n| *n != 0);
     }
 }
 

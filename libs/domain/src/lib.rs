@@ -16,6 +16,7 @@ mod ledger;
 mod member;
 pub mod object;
 mod program;
+pub mod segments;
 mod status;
 pub mod tiers;
 mod zone;

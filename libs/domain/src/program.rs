@@ -6,9 +6,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::items::{ItemBonus, ItemBonusSpec};
 use crate::birthday::{BirthdayReward, BirthdayRewardSpec};
+use crate::items::{ItemBonus, ItemBonusSpec};
 use crate::object::{self, Object};
+use crate::segments::{Segments, SegmentsSpec};
 use crate::tiers::{TierMetric, TierQualification, TierQualificationSpec};
 use crate::{Currency, Day, DomainError, Points, RewardId, StoreId, Timestamp, Zone};
 
@@ -64,6 +65,9 @@ pub struct ProgramSpec {
     /// Points or a voucher once a year around the member's birthday (README "Birthdays").
     #[serde(default, deserialize_with = "object::option")]
     pub birthday_reward: Option<BirthdayRewardSpec>,
+    /// Segments (README "Segments"); none when left out.
+    #[serde(default, deserialize_with = "object::option")]
+    pub segments: Option<SegmentsSpec>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -336,6 +340,10 @@ pub struct Program {
     /// Points converted into vouchers at thresholds after each earn (README "Rewards").
     pub auto_vouchers: Vec<AutoVoucher>,
     pub birthday_reward: Option<BirthdayReward>,
+    /// The segments' thresholds and custom filters ([`crate::segments`]); `None`: the program
+    /// computes no segments (left out of its JSON, so programs stored before read the same).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segments: Option<Segments>,
 }
 
 /// The default of [`Program::held_refund_horizon_days`]: a till offline for up to a month.
@@ -720,6 +728,11 @@ impl TryFrom<ProgramSpec> for Program {
             MAX_HELD_REFUND_HORIZON_DAYS,
         )? as u32;
         let item_bonuses = crate::items::item_bonuses(&s.item_bonuses)?;
+        let segments = s
+            .segments
+            .as_ref()
+            .map(|seg| Segments::validate(seg, &tiers))
+            .transpose()?;
 
         Ok(Program {
             currency,
@@ -741,6 +754,7 @@ impl TryFrom<ProgramSpec> for Program {
             redemption_cancel_minutes,
             auto_vouchers,
             birthday_reward,
+            segments,
         })
     }
 }
@@ -869,6 +883,7 @@ impl Program {
             redemption_cancel_minutes: 0,
             auto_vouchers: Vec::new(),
             birthday_reward: None,
+            segments: None,
         }
     }
 

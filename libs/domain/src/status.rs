@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::segments::segments_of;
 use crate::{
     Cents, EventId, FranchiseId, MemberId, MemberState, Points, Program, RewardId, Timestamp,
 };
@@ -82,6 +83,11 @@ pub struct MemberStatus {
     /// statuses cached before it existed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub held_refunds: Vec<HeldRefundDue>,
+    /// The member's segments (README "Segments") on the local day of its latest event, by the
+    /// current program: built-ins first, then custom ones in program order. Absent when none
+    /// (and from statuses cached before it existed). Before `erased`, which stays last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<String>,
     /// The member's personal data was erased (README "Privacy"): the member takes no more
     /// commands. Only present when true, so the status of every other member is unchanged.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -140,6 +146,7 @@ impl MemberStatus {
             spend_cents: state.spend_cents,
             points_earned: state.points_earned,
             version: state.version,
+            segments: segments_of(state, program, program.local_day(state.clock)),
             erased: state.erased_at.is_some(),
             held_refunds: state
                 .held_refunds

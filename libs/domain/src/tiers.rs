@@ -128,9 +128,9 @@ impl TierQualification {
         let (y, m, _) = day.ymd();
         let first = |y: i32, m: u32| Day::from_ymd(y, m, 1).unwrap_or(day);
         match self.period {
-            TierPeriod::Rolling => {
-                Day(day.0.saturating_sub(self.window_days.unwrap_or(1).saturating_sub(1)))
-            }
+            TierPeriod::Rolling => Day(day
+                .0
+                .saturating_sub(self.window_days.unwrap_or(1).saturating_sub(1))),
             TierPeriod::Month => first(y, m),
             TierPeriod::Quarter => first(y, (m - 1) / 3 * 3 + 1),
             TierPeriod::Year => first(y, 1),
@@ -194,14 +194,33 @@ mod tests {
         for (period, day, start, next) in [
             (TierPeriod::Month, "2026-02-28", "2026-02-01", "2026-03-01"),
             (TierPeriod::Month, "2026-12-31", "2026-12-01", "2027-01-01"),
-            (TierPeriod::Quarter, "2026-05-15", "2026-04-01", "2026-07-01"),
-            (TierPeriod::Quarter, "2026-10-01", "2026-10-01", "2027-01-01"),
-            (TierPeriod::Quarter, "2026-03-31", "2026-01-01", "2026-04-01"),
+            (
+                TierPeriod::Quarter,
+                "2026-05-15",
+                "2026-04-01",
+                "2026-07-01",
+            ),
+            (
+                TierPeriod::Quarter,
+                "2026-10-01",
+                "2026-10-01",
+                "2027-01-01",
+            ),
+            (
+                TierPeriod::Quarter,
+                "2026-03-31",
+                "2026-01-01",
+                "2026-04-01",
+            ),
             (TierPeriod::Year, "2024-02-29", "2024-01-01", "2025-01-01"),
         ] {
             let q = q(period);
             assert_eq!(q.span_start(d(day)), d(start), "{period:?} {day}");
-            assert_eq!(q.next_period_start(d(day)), Some(d(next)), "{period:?} {day}");
+            assert_eq!(
+                q.next_period_start(d(day)),
+                Some(d(next)),
+                "{period:?} {day}"
+            );
         }
     }
 

@@ -51,7 +51,9 @@ impl Zone {
     pub fn start_of(&self, day: Day) -> Timestamp {
         let (y, m, d) = day.ymd();
         let start = i16::try_from(y).ok().and_then(|y| {
-            let midnight = jiff::civil::Date::new(y, m as i8, d as i8).ok()?.at(0, 0, 0, 0);
+            let midnight = jiff::civil::Date::new(y, m as i8, d as i8)
+                .ok()?
+                .at(0, 0, 0, 0);
             // A midnight a clock change skips is the first instant after it (`compatible`).
             self.tz.to_ambiguous_timestamp(midnight).compatible().ok()
         });

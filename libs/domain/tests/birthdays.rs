@@ -111,7 +111,10 @@ fn the_scheduler_gives_it_at_local_midnight_of_the_window() {
     m.advance_on_time(utc("2026-04-12T14:59:00Z"));
     assert!(m.birthdays().is_empty(), "not before the window");
     m.advance_on_time(utc("2026-04-12T15:00:00Z"));
-    assert_eq!(m.birthdays(), [(2026, Timestamp(utc("2026-04-12T15:00:00Z")))]);
+    assert_eq!(
+        m.birthdays(),
+        [(2026, Timestamp(utc("2026-04-12T15:00:00Z")))]
+    );
     assert_eq!(m.state().points, 150, "the signup bonus and the birthday's");
     // Next year's is due next, and only once.
     let next = m.state().next_due(&m.program).unwrap();
@@ -129,7 +132,10 @@ fn a_voucher_a_month_window_and_the_enrolment_age() {
     // Enrolled on 20 May with a May birthday: too recent this year; next year on 1 May.
     let mut m = Member::enrolled(p, "1985-05-25", utc("2026-05-20T09:00:00Z"));
     m.advance_on_time(utc("2026-12-31T00:00:00Z"));
-    assert!(m.state().vouchers.is_empty(), "enrolled under 30 days in May 2026");
+    assert!(
+        m.state().vouchers.is_empty(),
+        "enrolled under 30 days in May 2026"
+    );
     m.advance_on_time(utc("2027-05-01T00:00:00Z"));
     let coffee = RewardId::parse("free-coffee").unwrap();
     assert_eq!(m.state().vouchers.get(&coffee), Some(&1));
@@ -143,23 +149,34 @@ fn bad_settings_are_refused_with_their_field() {
         (json!({}), "needs points, a reward_id"),
         (json!({ "points": 0 }), "needs points, a reward_id"),
         (json!({ "points": -1 }), "birthday_reward.points"),
-        (json!({ "reward_id": "caviar" }), "birthday_reward.reward_id"),
-        (json!({ "points": 5, "min_days_enrolled": -1 }), "birthday_reward.min_days_enrolled"),
+        (
+            json!({ "reward_id": "caviar" }),
+            "birthday_reward.reward_id",
+        ),
+        (
+            json!({ "points": 5, "min_days_enrolled": -1 }),
+            "birthday_reward.min_days_enrolled",
+        ),
     ] {
         let mut p = serde_json::to_value(Program::demo()).unwrap();
         p["birthday_reward"] = reward.clone();
-        let e = serde_json::from_value::<Program>(p).unwrap_err().to_string();
+        let e = serde_json::from_value::<Program>(p)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(field), "{reward}: {e}");
     }
 }
 
 #[test]
 fn a_program_with_a_birthday_reward_reads_back_as_stored() {
-    for reward in [json!({ "points": 5 }), json!({ "reward_id": "free-coffee", "window": "day" })] {
+    for reward in [
+        json!({ "points": 5 }),
+        json!({ "reward_id": "free-coffee", "window": "day" }),
+    ] {
         let p = program(reward, "Europe/Paris");
         let stored = serde_json::to_value(&p).unwrap();
-        let back: Program = serde_json::from_value(stored.clone())
-            .unwrap_or_else(|e| panic!("{stored}: {e}"));
+        let back: Program =
+            serde_json::from_value(stored.clone()).unwrap_or_else(|e| panic!("{stored}: {e}"));
         assert_eq!(back, p);
     }
 }

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use loyalty_domain::dashboard::DashboardDelta;
 use loyalty_domain::{
     apply, Applied, Cents, EventContext, EventId, FranchiseId, LedgerEntry, LedgerKind,
-    MemberCommand, MemberId, MemberState, MemberStatus, Outcome, Phone, Profile, Program, PurchaseRecord,
-    Rejection, RewardId, StoreId, Timestamp, MAX_HELD_REFUNDS,
+    MemberCommand, MemberId, MemberState, MemberStatus, Outcome, Phone, Profile, Program,
+    PurchaseRecord, Rejection, RewardId, StoreId, Timestamp, MAX_HELD_REFUNDS,
 };
 use proptest::prelude::*;
 use serde_json::json;
@@ -317,6 +317,7 @@ fn records_and_states_stored_before_refunds_were_held_still_read() {
             changed: true,
             visits: Vec::new(),
             tier: None,
+            segments: None,
         }),
         (false, false, None, None)
     );
@@ -486,7 +487,11 @@ fn a_held_refund_lapses_on_time_without_an_event() {
     assert_eq!(status.held_refunds.len(), 1);
     assert_eq!(status.held_refunds[0].purchase_event_id, p);
     assert_eq!(status.held_refunds[0].lapses_at, lapses_at);
-    assert_eq!(t.state().next_due(&t.program), Some(lapses_at), "nothing else is due earlier");
+    assert_eq!(
+        t.state().next_due(&t.program),
+        Some(lapses_at),
+        "nothing else is due earlier"
+    );
     t.clock = lapses_at.0 - 1;
     t.send(MemberCommand::Advance).1.unwrap();
     assert_eq!(t.state().held_refunds.len(), 1, "not before its horizon");
@@ -494,7 +499,9 @@ fn a_held_refund_lapses_on_time_without_an_event() {
     let applied = t.send(MemberCommand::Advance).1.unwrap();
     assert!(applied.changed);
     assert!(t.state().held_refunds.is_empty());
-    assert!(MemberStatus::of(t.state(), &t.program).held_refunds.is_empty());
+    assert!(MemberStatus::of(t.state(), &t.program)
+        .held_refunds
+        .is_empty());
 }
 
 #[test]

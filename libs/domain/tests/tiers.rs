@@ -100,7 +100,8 @@ impl Member {
     }
 
     fn advance(&mut self, when: i64) {
-        self.send(MemberCommand::Advance, when).expect("advancing is never refused");
+        self.send(MemberCommand::Advance, when)
+            .expect("advancing is never refused");
     }
 
     /// The scheduler, on time: advances at every due time up to `until`, then to `until`.
@@ -149,7 +150,11 @@ fn a_calendar_year_keeps_the_tier_through_the_next_year_then_reviews_it() {
     assert_eq!(m.tier(), "Gold");
     // Nothing in 2026: Gold all through 2026, reviewed on 2027-01-01 on 2026's activity.
     m.advance_on_time(at("2026-12-31"));
-    assert_eq!(m.tier(), "Gold", "the tier earned in 2025 is kept through 2026");
+    assert_eq!(
+        m.tier(),
+        "Gold",
+        "the tier earned in 2025 is kept through 2026"
+    );
     m.advance_on_time(at("2027-01-01"));
     assert_eq!(m.tier(), "Bronze", "2026 qualified for nothing");
     assert_eq!(
@@ -173,7 +178,11 @@ fn a_period_evaluation_judges_the_period_as_a_whole() {
     assert_eq!(m.moves().last().unwrap().2, TierReason::PeriodEnd);
     let status = loyalty_domain::MemberStatus::of(m.state(), &m.program);
     let next = status.next_tier.unwrap();
-    assert_eq!((next.name.as_str(), next.remaining), ("Gold", 30_000), "Q3 counts from 0");
+    assert_eq!(
+        (next.name.as_str(), next.remaining),
+        ("Gold", 30_000),
+        "Q3 counts from 0"
+    );
 }
 
 #[test]
@@ -198,8 +207,15 @@ fn a_grace_period_delays_a_downgrade_and_qualifying_again_cancels_it() {
     m.purchase(35_000, at("2026-01-10"));
     m.advance_on_time(at("2026-03-10"));
     assert_eq!(m.tier(), "Gold", "within the grace after February's review");
-    let due = m.state().tier_downgrade.clone().expect("a downgrade is due");
-    assert_eq!((due.to.as_str(), due.on.iso().as_str()), ("Bronze", "2026-03-11"));
+    let due = m
+        .state()
+        .tier_downgrade
+        .clone()
+        .expect("a downgrade is due");
+    assert_eq!(
+        (due.to.as_str(), due.on.iso().as_str()),
+        ("Bronze", "2026-03-11")
+    );
     m.advance_on_time(at("2026-03-11"));
     assert_eq!(m.tier(), "Bronze");
     assert_eq!(m.moves().last().unwrap().2, TierReason::GraceEnd);
@@ -210,7 +226,11 @@ fn a_grace_period_delays_a_downgrade_and_qualifying_again_cancels_it() {
     m.advance_on_time(at("2026-03-05"));
     m.purchase(30_000, at("2026-03-06"));
     m.advance_on_time(at("2026-05-01"));
-    assert_eq!(m.tier(), "Gold", "re-qualified in March: kept through April");
+    assert_eq!(
+        m.tier(),
+        "Gold",
+        "re-qualified in March: kept through April"
+    );
     assert_eq!(m.moves().len(), 1, "no downgrade happened: {:?}", m.moves());
 }
 

@@ -750,6 +750,10 @@ impl StateStore for EmbeddedStore {
         dashboard::tiers(&*self.db.get().map_err(unavailable)?, franchise)
     }
 
+    async fn segment_rows(&self, franchise: &FranchiseId) -> Result<Vec<(String, Day, i64)>> {
+        dashboard::segments(&*self.db.get().map_err(unavailable)?, franchise)
+    }
+
     async fn due_members(
         &self,
         partition: Partition,

@@ -30,7 +30,7 @@ pub use state::{Gateway, GatewayConfig};
 /// one [`routing::endpoint`]: `GET` also answers `HEAD`, and a method the path does not take is
 /// 405 with `Allow`. JSON bodies are read by [`json::JsonObject`] (objects only).
 pub fn configure(cfg: &mut web::ServiceConfig, body: json::BodyLimit) {
-    use routes::{admin, dashboard, enrolment, events, keys, members, ops, privacy};
+    use routes::{admin, dashboard, enrolment, events, keys, members, ops, privacy, segments};
     use routing::endpoint;
     cfg.app_data(body)
         .app_data(web::QueryConfig::default().error_handler(problem::query_error))
@@ -76,6 +76,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, body: json::BodyLimit) {
                 )
                 .service(endpoint("/franchises/{fid}/dashboard").get(dashboard::dashboard))
                 .service(endpoint("/franchises/{fid}/dashboard.csv").get(dashboard::dashboard_csv))
+                .service(endpoint("/franchises/{fid}/segments").get(segments::sizes))
+                .service(
+                    endpoint("/franchises/{fid}/segments/{segment}/members").get(segments::export),
+                )
                 .service(endpoint("/members").post(members::enrol))
                 .service(endpoint("/members/lookup").get(members::lookup))
                 .service(endpoint("/members/{member_id}").get(members::status))

@@ -462,6 +462,8 @@ fn member_status_and_ledger_match_the_domain_types() {
     emitted.insert("tier_downgrade".to_owned());
     // `held_refunds` only while some are held (README "Refunds and voids").
     emitted.insert("held_refunds".to_owned());
+    // `segments` only when the member is in some (README "Segments").
+    emitted.insert("segments".to_owned());
     assert_eq!(
         properties(&d, &status),
         emitted,
@@ -481,7 +483,10 @@ fn member_status_and_ledger_match_the_domain_types() {
     );
     let mut due = typed.clone();
     due.tier_downgrade = serde_json::from_value(schema_example(&d, "TierDowngradeDue")).ok();
-    assert!(due.tier_downgrade.is_some(), "the TierDowngradeDue example is one");
+    assert!(
+        due.tier_downgrade.is_some(),
+        "the TierDowngradeDue example is one"
+    );
     assert_exact_shape(
         &d,
         "TierDowngradeDue",
@@ -497,7 +502,11 @@ fn member_status_and_ledger_match_the_domain_types() {
     assert_eq!(required(&d, &ledger), keys(&back), "LedgerEntry: required");
     let mut documented = keys(&back);
     documented.insert("tier_change".to_owned());
-    assert_eq!(properties(&d, &ledger), documented, "LedgerEntry: documented");
+    assert_eq!(
+        properties(&d, &ledger),
+        documented,
+        "LedgerEntry: documented"
+    );
     let tier_entry = LedgerEntry {
         kind: loyalty_domain::LedgerKind::Tier,
         points: 0,
@@ -505,7 +514,10 @@ fn member_status_and_ledger_match_the_domain_types() {
         tier_change: serde_json::from_value(schema_example(&d, "TierChange")).ok(),
         ..typed
     };
-    assert!(tier_entry.tier_change.is_some(), "the TierChange example is one");
+    assert!(
+        tier_entry.tier_change.is_some(),
+        "the TierChange example is one"
+    );
     let tier_entry = serde_json::to_value(&tier_entry).unwrap();
     assert_exact_shape(&d, "TierChange", &tier_entry["tier_change"]);
     let kinds = d["components"]["schemas"]["LedgerKind"]["enum"]
@@ -521,7 +533,25 @@ fn member_status_and_ledger_match_the_domain_types() {
 fn program_matches_the_domain_type() {
     let d = doc();
     let demo = serde_json::to_value(Program::demo()).unwrap();
-    assert_exact_shape(&d, "Program", &demo);
+    // `segments` is emitted only when the program has them (README "Segments"): documented,
+    // not required; with them, every field of theirs is.
+    let segmented = segmented_demo();
+    let program = serde_json::json!({ "$ref": "#/components/schemas/Program" });
+    assert_eq!(properties(&d, &program), keys(&segmented));
+    assert_eq!(required(&d, &program), keys(&demo));
+    assert_exact_shape(&d, "Segments", &segmented["segments"]);
+    assert_exact_shape(&d, "CustomSegment", &segmented["segments"]["custom"][0]);
+    assert_eq!(
+        properties(
+            &d,
+            &serde_json::json!({ "$ref": "#/components/schemas/Segments" })
+        ),
+        keys(&segmented["segments"])
+    );
+    let spec_ex = schema_example(&d, "SegmentsSpec");
+    let mut with = demo.clone();
+    with["segments"] = spec_ex;
+    serde_json::from_value::<Program>(with).expect("the SegmentsSpec example is valid");
     assert_exact_shape(&d, "StampCard", &demo["stamp_card"]);
     assert_exact_shape(&d, "TierQualification", &demo["tier_qualification"]);
     assert_exact_shape(&d, "Tier", &demo["tiers"][0]);
@@ -533,7 +563,7 @@ fn program_matches_the_domain_type() {
     );
     // What HQ sends: the same fields; those with a default may be left out.
     let spec = serde_json::json!({ "$ref": "#/components/schemas/ProgramSpec" });
-    assert_eq!(properties(&d, &spec), keys(&demo));
+    assert_eq!(properties(&d, &spec), keys(&segmented));
     let minimal: serde_json::Map<String, Value> = demo
         .as_object()
         .unwrap()
@@ -584,6 +614,76 @@ fn program_matches_the_domain_type() {
     assert_eq!(
         serde_json::to_value(&replaced).unwrap(),
         answered[1]["value"]["program"]
+    );
+}
+
+/// The demo program with segments (the defaults and one custom filter), as the server
+/// answers it.
+fn segmented_demo() -> Value {
+    let mut p = serde_json::to_value(Program::demo()).unwrap();
+    p["segments"] =
+        serde_json::json!({ "custom": [{ "name": "big-spenders", "min_spend_cents": 50000 }] });
+    let p: Program = serde_json::from_value(p).expect("a program with segments");
+    serde_json::to_value(p).unwrap()
+}
+
+/// The sizes and the export of segments have the documented shapes: the core's types,
+/// serialized, against the schemas and their examples.
+#[test]
+fn segments_match_the_core_types() {
+    use loyalty_core::segments::{ExportPage, ExportedMember, SegmentSize, SegmentSizes, SizeOn};
+    let d = doc();
+    let sizes = SegmentSizes {
+        franchise_id: loyalty_domain::FranchiseId::parse("f_6df97957f5054860bf75").unwrap(),
+        time_zone: "Europe/Paris".into(),
+        from: "2026-11-03".into(),
+        to: "2026-11-04".into(),
+        segments: vec![SegmentSize {
+            name: "new".into(),
+            kind: "built_in",
+            size: 2,
+            series: vec![SizeOn {
+                date: "2026-11-03".into(),
+                size: 2,
+            }],
+        }],
+    };
+    let v = serde_json::to_value(&sizes).unwrap();
+    assert_exact_shape(&d, "SegmentSizes", &v);
+    assert_exact_shape(&d, "SegmentSize", &v["segments"][0]);
+    assert_exact_shape(&d, "SegmentSizeOn", &v["segments"][0]["series"][0]);
+    let ex = schema_example(&d, "SegmentSizes");
+    assert_eq!(keys(&ex), keys(&v));
+    assert_eq!(keys(&ex["segments"][0]), keys(&v["segments"][0]));
+    let page = ExportPage {
+        segment: "at_risk".into(),
+        phone: "masked",
+        members: vec![ExportedMember {
+            member_id: loyalty_domain::MemberId::parse("mwwqj2m2mbhakrt6n4epzn3le").unwrap(),
+            phone: "+33*******78".into(),
+            tier: "Bronze".into(),
+            visits: 3,
+            spend_cents: 4200,
+            points: 92,
+            enrolled_on: "2026-08-01".into(),
+            last_visit_on: Some("2026-09-02".into()),
+            segments: vec!["at_risk".into()],
+        }],
+        next_after: None,
+    };
+    let v = serde_json::to_value(&page).unwrap();
+    assert_exact_shape(&d, "SegmentExport", &v);
+    assert_exact_shape(&d, "SegmentMember", &v["members"][0]);
+    assert_eq!(
+        schema_example(&d, "SegmentExport"),
+        v,
+        "the example is the core's form"
+    );
+    let limit =
+        &d["paths"]["/v1/franchises/{fid}/segments/{segment}/members"]["get"]["parameters"][0];
+    assert_eq!(
+        limit["schema"]["maximum"].as_u64(),
+        Some(loyalty_core::segments::MAX_EXPORT_LIMIT as u64)
     );
 }
 
@@ -800,6 +900,7 @@ fn example_dashboard(store: Option<(&str, &str)>, compare_previous: bool) -> Das
         stores,
         tiers: vec![tier("Bronze", 131), tier("Silver", 22), tier("Gold", 5)],
         top_rewards,
+        segments: Vec::new(),
     }
 }
 
@@ -884,7 +985,17 @@ fn dashboard_matches_the_core_type() {
     let one_store = serde_json::to_value(example_dashboard(Some(LYON), false)).unwrap();
     // `previous` only with compare=previous; every other field always.
     let dashboard = serde_json::json!({ "$ref": "#/components/schemas/Dashboard" });
-    assert_eq!(properties(&d, &dashboard), keys(&full));
+    // `segments` only when the program has them (README "Segments").
+    let mut with_segments = example_dashboard(None, true);
+    with_segments.segments = vec![loyalty_core::dashboard::SegmentRow {
+        name: "at_risk".into(),
+        members: 3,
+        members_at_start: 1,
+        members_at_end: 2,
+    }];
+    let with_segments = serde_json::to_value(with_segments).unwrap();
+    assert_exact_shape(&d, "DashboardSegmentRow", &with_segments["segments"][0]);
+    assert_eq!(properties(&d, &dashboard), keys(&with_segments));
     assert_eq!(required(&d, &dashboard), keys(&one_store));
     let only_compared: Vec<String> = keys(&full).difference(&keys(&one_store)).cloned().collect();
     assert_eq!(only_compared, ["previous"]);

@@ -62,6 +62,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "member_due",
         sql: include_str!("../migrations/0005_member_due.sql"),
     },
+    Migration {
+        version: 6,
+        name: "segments",
+        sql: include_str!("../migrations/0006_segments.sql"),
+    },
 ];
 
 /// Key of the advisory lock that serializes migrations (any constant; "loyalty" in ASCII).
@@ -258,7 +263,7 @@ mod tests {
             assert_eq!(m.checksum(), m.checksum());
         }
         assert_ne!(MIGRATIONS[0].checksum(), MIGRATIONS[1].checksum());
-        assert_eq!(latest_version(), 5);
+        assert_eq!(latest_version(), 6);
     }
 
     #[test]

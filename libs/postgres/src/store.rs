@@ -130,6 +130,10 @@ WITH created AS (
         partition = EXCLUDED.partition, due_at = EXCLUDED.due_at
 ), due_cleared AS (
     DELETE FROM member_due WHERE member_id = ANY($54::text[])
+), segments AS (
+    INSERT INTO dashboard_segments AS t (franchise_id, segment, day, n)
+    SELECT * FROM unnest($55::text[], $56::text[], $57::int4[], $58::int8[])
+    ON CONFLICT (franchise_id, segment, day) DO UPDATE SET n = t.n + EXCLUDED.n
 )
 SELECT loyalty_fence(
     (SELECT count(*) FROM created), cardinality($1::text[]),
@@ -149,11 +153,12 @@ const PROCESSED_AFTER: &str = "SELECT body FROM processed \
     WHERE franchise_id = $1 AND event_id > $2 ORDER BY event_id LIMIT $3";
 
 /// What `replace_dashboard` deletes before it writes the new aggregates.
-const DELETE_DASHBOARD: [&str; 4] = [
+const DELETE_DASHBOARD: [&str; 5] = [
     "DELETE FROM dashboard_totals WHERE franchise_id = $1",
     "DELETE FROM dashboard_rewards WHERE franchise_id = $1",
     "DELETE FROM dashboard_visits WHERE franchise_id = $1",
     "DELETE FROM dashboard_tiers WHERE franchise_id = $1",
+    "DELETE FROM dashboard_segments WHERE franchise_id = $1",
 ];
 /// Daily totals of a franchise over a range of days (every store).
 const DASHBOARD_TOTALS: &str = "SELECT store_id, day, member_purchases, anonymous_purchases, \
@@ -166,6 +171,8 @@ const DASHBOARD_VISITS: &str = "SELECT scope, day, key, n FROM dashboard_visits 
      WHERE franchise_id = $1 AND day BETWEEN $2 AND $3 AND n <> 0";
 const TIER_COUNTS: &str =
     "SELECT tier, n FROM dashboard_tiers WHERE franchise_id = $1 AND n <> 0 ORDER BY tier";
+const SEGMENT_ROWS: &str =
+    "SELECT segment, day, n FROM dashboard_segments WHERE franchise_id = $1 AND n <> 0";
 
 /// Claims in one statement: the first claim of each id in the call (by position) is inserted
 /// unless the id is claimed; the owner of every id is then read back, from the rows this
@@ -401,6 +408,10 @@ struct DashboardColumns {
     g_franchises: Vec<String>,
     g_tiers: Vec<String>,
     g_ns: Vec<i64>,
+    s_franchises: Vec<String>,
+    s_names: Vec<String>,
+    s_days: Vec<i32>,
+    s_ns: Vec<i64>,
 }
 
 /// Counters of [`DayTotals`] (its reward map aside).
@@ -505,6 +516,13 @@ impl DashboardColumns {
             c.g_tiers.push(tier.clone());
             c.g_ns.push(*n);
         }
+        // The segments' map is already in (franchise, segment, day) order.
+        for ((f, name, day), n) in d.segments.iter().filter(|(_, n)| **n != 0) {
+            c.s_franchises.push(f.as_str().to_owned());
+            c.s_names.push(name.clone());
+            c.s_days.push(day_i32(*day)?);
+            c.s_ns.push(*n);
+        }
         Ok(c)
     }
 }
@@ -590,7 +608,7 @@ impl CommitParams {
         Ok(p)
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 54] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 58] {
         let d = &self.dash;
         let t = &d.t_counters;
         [
@@ -648,6 +666,10 @@ impl CommitParams {
             &self.due.set_partitions,
             &self.due.set_at,
             &self.due.cleared,
+            &d.s_franchises,
+            &d.s_names,
+            &d.s_days,
+            &d.s_ns,
         ]
     }
 }
@@ -1070,6 +1092,22 @@ impl StateStore for PostgresStore {
             .collect()
     }
 
+    async fn segment_rows(&self, franchise: &FranchiseId) -> Result<Vec<(String, Day, i64)>> {
+        let what = "reading segment changes";
+        self.query(what, SEGMENT_ROWS, &[&franchise.as_str()])
+            .await?
+            .iter()
+            .map(|row| {
+                let name: String = row.try_get(0).map_err(|e| pg(what, &e))?;
+                let day: i32 = row.try_get(1).map_err(|e| pg(what, &e))?;
+                let n: i64 = row.try_get(2).map_err(|e| pg(what, &e))?;
+                let day =
+                    u32::try_from(day).map_err(|_| Error::Corrupt(format!("segment day {day}")))?;
+                Ok((name, Day(day), n))
+            })
+            .collect()
+    }
+
     async fn processed_after(
         &self,
         franchise: &FranchiseId,
@@ -1096,6 +1134,7 @@ impl StateStore for PostgresStore {
         rows.totals.retain(|(f, _, _), _| f == franchise);
         rows.visits.retain(|(f, _, _), _| f == franchise);
         rows.tiers.retain(|(f, _), _| f == franchise);
+        rows.segments.retain(|(f, _, _), _| f == franchise);
         let batch = EffectBatch {
             dashboard: rows,
             ..EffectBatch::default()

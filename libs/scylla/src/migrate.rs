@@ -57,6 +57,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "member_due",
         cql: include_str!("../migrations/0005_member_due.cql"),
     },
+    Migration {
+        version: 6,
+        name: "segments",
+        cql: include_str!("../migrations/0006_segments.cql"),
+    },
 ];
 
 /// The migration of the due index, after which [`migrate`] adds the static due columns of
@@ -380,6 +385,18 @@ mod tests {
         assert_eq!(stmts.len(), 1, "{stmts:#?}");
         assert!(stmts[0].starts_with("CREATE TABLE IF NOT EXISTS ks1.api_key_records"));
         assert!(stmts[0].contains("PRIMARY KEY ((franchise_id), key_id)"));
+    }
+
+    #[test]
+    fn the_segments_migration_creates_its_table() {
+        let m = MIGRATIONS
+            .iter()
+            .find(|m| m.version == 6)
+            .expect("migration 6");
+        let stmts = m.statements("ks1");
+        assert_eq!(stmts.len(), 1, "{stmts:#?}");
+        assert!(stmts[0].starts_with("CREATE TABLE IF NOT EXISTS ks1.dashboard_segments"));
+        assert!(stmts[0].contains("PRIMARY KEY (franchise_id, segment, day)"));
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! | `dashboard_rewards` | `(franchise_id, day)` | `store_id, reward_id` | redemptions by reward (counter) |
 //! | `dashboard_visits` | `(franchise_id, day)` | `scope, key` | visit counts (counter; `scope` `''` = the franchise, `key` the packed `VisitKey`) |
 //! | `dashboard_tiers` | `franchise_id` | `tier` | members by tier (counter) |
+//! | `dashboard_segments` | `franchise_id` | `segment, day` | changes of segment sizes by local day (counter; `migrations/0006_segments.cql`) |
 //!
 //! # Dashboards
 //!
@@ -256,6 +257,8 @@ struct Statements {
     add_reward: PreparedStatement,
     add_visit: PreparedStatement,
     add_tier: PreparedStatement,
+    add_segment: PreparedStatement,
+    read_segments: PreparedStatement,
     read_totals: PreparedStatement,
     read_rewards: PreparedStatement,
     read_visits: PreparedStatement,
@@ -307,6 +310,7 @@ enum Counted {
     Reward,
     Visit,
     Tier,
+    Segment,
 }
 
 /// Statements per counter batch (each a few dozen bytes: far below the batch size warnings).
@@ -486,6 +490,15 @@ impl Statements {
             .await?,
             add_tier: prep(format!(
                 "UPDATE {ks}.dashboard_tiers SET n = n + ? WHERE franchise_id = ? AND tier = ?"
+            ))
+            .await?,
+            add_segment: prep(format!(
+                "UPDATE {ks}.dashboard_segments SET n = n + ? \
+                 WHERE franchise_id = ? AND segment = ? AND day = ?"
+            ))
+            .await?,
+            read_segments: prep(format!(
+                "SELECT segment, day, n FROM {ks}.dashboard_segments WHERE franchise_id = ?"
             ))
             .await?,
             read_totals: prep(format!(
@@ -885,6 +898,25 @@ impl ScyllaStore {
         for chunk in tiers.chunks(COUNTER_BATCH) {
             batches.push(chunk.to_vec());
         }
+        let segments: Partition = d
+            .segments
+            .iter()
+            .filter(|(_, n)| **n != 0)
+            .map(|((f, name, day), n)| {
+                Ok((
+                    Counted::Segment,
+                    vec![
+                        CqlValue::Counter(Counter(*n)),
+                        CqlValue::Text(f.as_str().to_owned()),
+                        CqlValue::Text(name.clone()),
+                        CqlValue::Int(day_i32(*day)?),
+                    ],
+                ))
+            })
+            .collect::<Result<_>>()?;
+        for chunk in segments.chunks(COUNTER_BATCH) {
+            batches.push(chunk.to_vec());
+        }
         let writes = batches.into_iter().map(|b| self.counter_batch(b));
         stream::iter(writes)
             .buffer_unordered(DASHBOARD_CONCURRENCY)
@@ -912,6 +944,7 @@ impl ScyllaStore {
                 Counted::Reward => &self.st.add_reward,
                 Counted::Visit => &self.st.add_visit,
                 Counted::Tier => &self.st.add_tier,
+                Counted::Segment => &self.st.add_segment,
             };
             batch.append_statement(BatchStatement::PreparedStatement(st.clone()));
             values.push(v);
@@ -1528,6 +1561,29 @@ impl StateStore for ScyllaStore {
             .filter_map(|(tier, n)| n.map(|c| (tier, c.0)))
             .filter(|(_, n)| *n != 0)
             .collect())
+    }
+
+    async fn segment_rows(&self, franchise: &FranchiseId) -> Result<Vec<(String, Day, i64)>> {
+        let what = "reading segment changes";
+        let rows: Vec<(String, i32, Option<Counter>)> = self
+            .session
+            .execute_iter(self.st.read_segments.clone(), (franchise.as_str(),))
+            .await
+            .map_err(|e| unavailable(what, e))?
+            .rows_stream::<(String, i32, Option<Counter>)>()
+            .map_err(|e| unavailable(what, e))?
+            .try_collect()
+            .await
+            .map_err(|e| unavailable(what, e))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (name, day, n) in rows {
+            let day = u32::try_from(day)
+                .map_err(|_| Error::Corrupt(format!("scylla: {what}: day {day}")))?;
+            if let Some(n) = n.map(|c| c.0).filter(|n| *n != 0) {
+                out.push((name, Day(day), n));
+            }
+        }
+        Ok(out)
     }
 
     /// Not on ScyllaDB yet: its idempotency records are partitioned by event id, so a

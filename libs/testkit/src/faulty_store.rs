@@ -186,6 +186,9 @@ impl StateStore for FaultyStore {
     async fn tier_counts(&self, f: &FranchiseId) -> Result<Vec<(String, i64)>> {
         self.inner.tier_counts(f).await
     }
+    async fn segment_rows(&self, f: &FranchiseId) -> Result<Vec<(String, Day, i64)>> {
+        self.inner.segment_rows(f).await
+    }
     async fn due_members(
         &self,
         p: loyalty_core::ports::Partition,

@@ -96,6 +96,105 @@ pub async fn run_all(store: Arc<dyn StateStore>) -> R {
     due_index_follows_the_state(s)
         .await
         .context("due_index_follows_the_state")?;
+    segment_changes_add_up(s)
+        .await
+        .context("segment_changes_add_up")?;
+    Ok(())
+}
+
+/// Segment changes of `franchise`, sorted.
+async fn segments_of(
+    store: &dyn StateStore,
+    franchise: &FranchiseId,
+) -> anyhow::Result<Vec<(String, u32, i64)>> {
+    let mut rows: Vec<(String, u32, i64)> = store
+        .segment_rows(franchise)
+        .await?
+        .into_iter()
+        .map(|(s, d, n)| (s, d.0, n))
+        .collect();
+    rows.sort();
+    Ok(rows)
+}
+
+/// The changes of segment sizes ([`StateStore::segment_rows`]): the commits' deltas add up by
+/// (segment, day), a sum of 0 is not read, another franchise's are apart, a refused batch
+/// adds nothing, and a replacement of the dashboards replaces them (when the store supports
+/// it).
+pub async fn segment_changes_add_up(store: &dyn StateStore) -> R {
+    let mut sc = Scenario::new("segments")?;
+    let f = sc.franchise.clone();
+    let other = id(FranchiseId::parse("contract-segments-other"))?;
+    let delta = |rows: &[(&FranchiseId, &str, u32, i64)]| {
+        let mut d = DashboardDelta::default();
+        for (f, s, day, n) in rows {
+            d.add_segment(f, s, Day(*day), *n);
+        }
+        d
+    };
+    let commit = |d: DashboardDelta| {
+        store.commit(EffectBatch {
+            dashboard: d,
+            ..EffectBatch::default()
+        })
+    };
+    commit(delta(&[
+        (&f, "new", D0, 3),
+        (&f, "new", D0 + 1, -1),
+        (&f, "loyal", D0, 2),
+        (&other, "new", D0, 7),
+    ]))
+    .await?;
+    commit(delta(&[(&f, "new", D0 + 1, 1), (&f, "loyal", D0 + 2, 1)])).await?;
+    let want = vec![
+        ("loyal".to_owned(), D0, 2),
+        ("loyal".to_owned(), D0 + 2, 1),
+        ("new".to_owned(), D0, 3),
+    ];
+    ensure!(
+        segments_of(store, &f).await? == want,
+        "added up: {:?}",
+        segments_of(store, &f).await?
+    );
+    let theirs = vec![("new".to_owned(), D0, 7)];
+    ensure!(
+        segments_of(store, &other).await? == theirs,
+        "another franchise's"
+    );
+
+    // A refused batch (a stale member) adds nothing.
+    let b = sc.member(1)?;
+    let b1 = sc.enrolled(store, &b).await?;
+    sc.bought(store, &b1, 900).await?;
+    let stale = sc.purchase(&b1, 3000)?;
+    let r = store
+        .commit(stale.batch_with(b1.version, delta(&[(&f, "new", D0, 5)])))
+        .await;
+    ensure!(is_conflict(&r), "stale expected_version: {r:?}");
+    ensure!(
+        segments_of(store, &f).await? == want,
+        "a refused batch added its segments"
+    );
+
+    match store
+        .replace_dashboard(
+            &f,
+            &delta(&[(&f, "lapsed", D0 + 5, 4), (&other, "x", D0, 1)]),
+        )
+        .await
+    {
+        Err(Error::Invalid(why)) => {
+            println!("replacing dashboards not supported by this store: {why}");
+            return Ok(());
+        }
+        other => other?,
+    }
+    let replaced = vec![("lapsed".to_owned(), D0 + 5, 4)];
+    ensure!(segments_of(store, &f).await? == replaced, "replaced");
+    ensure!(
+        segments_of(store, &other).await? == theirs,
+        "another franchise's, replaced"
+    );
     Ok(())
 }
 

@@ -817,8 +817,11 @@ async fn hq_fetches_a_stores_pos_signing_secret_and_no_one_else_does() {
 #[tokio::test]
 async fn documented_franchise_reads_are_isolated_by_tenant_and_role() {
     let app = spawn_app().await;
-    let a = app.franchise("Franchise A").await;
-    let b = app.franchise("Franchise B").await;
+    // With segments, so that a segment's path names one (`{segment}`: `new`).
+    let mut program = loyalty_tests::demo_program();
+    program["segments"] = json!({});
+    let a = app.franchise_with("Franchise A", program.clone()).await;
+    let b = app.franchise_with("Franchise B", program).await;
     let doc: Value = app
         .client
         .get(app.url("/openapi.json"))
@@ -888,7 +891,8 @@ async fn documented_franchise_reads_are_isolated_by_tenant_and_role() {
             let mut url = path
                 .replace("{fid}", &f.id)
                 .replace("{sid}", store)
-                .replace("{kid}", &kids[&f.id]);
+                .replace("{kid}", &kids[&f.id])
+                .replace("{segment}", "new");
             if !query.is_empty() {
                 url = format!("{url}?{}", query.join("&"));
             }
@@ -933,6 +937,8 @@ async fn documented_franchise_reads_are_isolated_by_tenant_and_role() {
         "/v1/franchises/{fid}/stores/{sid}/pos-signing-secret",
         "/v1/franchises/{fid}/dashboard",
         "/v1/franchises/{fid}/dashboard.csv",
+        "/v1/franchises/{fid}/segments",
+        "/v1/franchises/{fid}/segments/{segment}/members",
     ] {
         assert!(
             tested.iter().any(|t| t == p),

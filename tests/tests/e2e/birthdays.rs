@@ -24,33 +24,69 @@ async fn a_birthday_month_gives_the_reward_once() {
     let far = format!("1990-{:02}-01", (month + 5) % 12 + 1);
 
     let body = json!({ "phone": "+33612340401", "birthday": this_month });
-    let r = app.post("/v1/members?wait_ms=5000", &f.store_key, &body).await;
+    let r = app
+        .post("/v1/members?wait_ms=5000", &f.store_key, &body)
+        .await;
     assert!(r.status().is_success(), "{}", r.status());
-    let m = r.json::<Value>().await.unwrap()["member_id"].as_str().unwrap().to_owned();
-    assert_eq!(app.status(&f, &m).await["points"], 150, "50 to join, 100 for the birthday");
+    let m = r.json::<Value>().await.unwrap()["member_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        app.status(&f, &m).await["points"],
+        150,
+        "50 to join, 100 for the birthday"
+    );
     // A purchase later in the month gives no second reward.
     let r = app.purchase(&f, "buy-1", &m, 1_000).await;
     assert_eq!(r.status(), StatusCode::OK);
     let ledger = app.ledger(&f, &m).await;
     let birthday: Vec<&Value> = ledger
         .iter()
-        .filter(|e| e["detail"].as_str().is_some_and(|d| d.starts_with("birthday:")))
+        .filter(|e| {
+            e["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("birthday:"))
+        })
         .collect();
     assert_eq!(birthday.len(), 1, "{ledger:?}");
     assert_eq!(
-        (&birthday[0]["kind"], &birthday[0]["points"], &birthday[0]["detail"]),
-        (&json!("earn"), &json!(100), &json!(format!("birthday:{year}")))
+        (
+            &birthday[0]["kind"],
+            &birthday[0]["points"],
+            &birthday[0]["detail"]
+        ),
+        (
+            &json!("earn"),
+            &json!(100),
+            &json!(format!("birthday:{year}"))
+        )
     );
 
     let body = json!({ "phone": "+33612340402", "birthday": far });
-    let r = app.post("/v1/members?wait_ms=5000", &f.store_key, &body).await;
-    let other = r.json::<Value>().await.unwrap()["member_id"].as_str().unwrap().to_owned();
-    assert_eq!(app.status(&f, &other).await["points"], 50, "not their month");
+    let r = app
+        .post("/v1/members?wait_ms=5000", &f.store_key, &body)
+        .await;
+    let other = r.json::<Value>().await.unwrap()["member_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        app.status(&f, &other).await["points"],
+        50,
+        "not their month"
+    );
 
     let mut bad = program();
     bad["birthday_reward"] = json!({ "reward_id": "caviar" });
     let path = format!("/v1/franchises/{}/program", f.id);
     let r = app.put(&path, &f.hq_key, &json!({ "program": bad })).await;
     let p = assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid-request").await;
-    assert!(p["detail"].as_str().unwrap().contains("birthday_reward.reward_id"), "{p}");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("birthday_reward.reward_id"),
+        "{p}"
+    );
 }

@@ -28,7 +28,9 @@ async fn member(app: &TestApp, f: &TestFranchise, phone: &str) -> String {
 }
 
 async fn buy(app: &TestApp, f: &TestFranchise, body: Value) -> Value {
-    let r = app.post("/v1/purchases?wait_ms=5000", &f.store_key, &body).await;
+    let r = app
+        .post("/v1/purchases?wait_ms=5000", &f.store_key, &body)
+        .await;
     let status = r.status();
     let answer: Value = r.json().await.unwrap();
     assert_eq!(status, StatusCode::OK, "{body}: {answer}");
@@ -36,13 +38,21 @@ async fn buy(app: &TestApp, f: &TestFranchise, body: Value) -> Value {
 }
 
 async fn spend(app: &TestApp, f: &TestFranchise, event: &str, m: &str, cents: i64) -> Value {
-    let body = json!({ "event_id": event, "member_id": m, "amount_cents": cents, "currency": "EUR" });
+    let body =
+        json!({ "event_id": event, "member_id": m, "amount_cents": cents, "currency": "EUR" });
     buy(app, f, body).await
 }
 
-async fn redeem(app: &TestApp, f: &TestFranchise, event: &str, m: &str, reward: &str) -> reqwest::Response {
+async fn redeem(
+    app: &TestApp,
+    f: &TestFranchise,
+    event: &str,
+    m: &str,
+    reward: &str,
+) -> reqwest::Response {
     let body = json!({ "event_id": event, "member_id": m, "reward_id": reward });
-    app.post("/v1/redemptions?wait_ms=5000", &f.store_key, &body).await
+    app.post("/v1/redemptions?wait_ms=5000", &f.store_key, &body)
+        .await
 }
 
 fn available(status: &Value) -> Vec<&str> {
@@ -53,17 +63,28 @@ fn available(status: &Value) -> Vec<&str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cafe_fills_its_stamp_card_and_names_its_regulars() {
     let app = spawn_app().await;
-    let f = app.franchise_with("Café du Moulin", readme_program("cafe")).await;
+    let f = app
+        .franchise_with("Café du Moulin", readme_program("cafe"))
+        .await;
     let m = member(&app, &f, "+33612340501").await;
     let mut last = Value::Null;
     for i in 1..=10 {
         last = spend(&app, &f, &format!("coffee-{i}"), &m, 280).await;
         if i == 5 {
-            assert_eq!(last["member"]["tier"], "Habitué du Moulin", "five visits in the month");
+            assert_eq!(
+                last["member"]["tier"], "Habitué du Moulin",
+                "five visits in the month"
+            );
         }
     }
-    assert_eq!(last["member"]["stamps"], 0, "the card is full and starts again");
-    assert_eq!(last["member"]["vouchers"], json!([{ "reward_id": "free-coffee", "count": 1 }]));
+    assert_eq!(
+        last["member"]["stamps"], 0,
+        "the card is full and starts again"
+    );
+    assert_eq!(
+        last["member"]["vouchers"],
+        json!([{ "reward_id": "free-coffee", "count": 1 }])
+    );
     let ledger = app.ledger(&f, &m).await;
     let moves: Vec<&Value> = ledger.iter().filter(|e| e["kind"] == "tier").collect();
     assert_eq!(moves.len(), 1, "{ledger:?}");
@@ -71,7 +92,11 @@ async fn the_cafe_fills_its_stamp_card_and_names_its_regulars() {
     let r = redeem(&app, &f, "free-1", &m, "free-coffee").await;
     assert_eq!(r.status(), StatusCode::OK);
     let v: Value = r.json().await.unwrap();
-    assert_eq!(v["member"]["vouchers"], json!([]), "the voucher is used, not points");
+    assert_eq!(
+        v["member"]["vouchers"],
+        json!([]),
+        "the voucher is used, not points"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,25 +113,39 @@ async fn the_salon_offers_its_upgrade_and_its_tiers() {
     let v = spend(&app, &f, "cut-3", &m, 4_000).await;
     assert_eq!(v["member"]["tier"], "Habituée");
     let v = spend(&app, &f, "cut-4", &m, 4_000).await;
-    assert_eq!(v["member"]["points"], 245 + 50, "125 % of 40 € on the fourth visit");
+    assert_eq!(
+        v["member"]["points"],
+        245 + 50,
+        "125 % of 40 € on the fourth visit"
+    );
     // The program reads back with its rules in full.
-    let r = app.get(&format!("/v1/franchises/{}/program", f.id), &f.hq_key).await;
+    let r = app
+        .get(&format!("/v1/franchises/{}/program", f.id), &f.hq_key)
+        .await;
     let stored: Value = r.json().await.unwrap();
     assert_eq!(
         stored["program"]["tier_qualification"],
         json!({ "metric": "visits", "window_days": null, "period": "quarter",
                 "grace_days": 30, "one_tier_at_a_time": true })
     );
-    assert_eq!(stored["program"]["birthday_reward"]["reward_id"], "soin-profond");
+    assert_eq!(
+        stored["program"]["birthday_reward"]["reward_id"],
+        "soin-profond"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_boutique_earns_by_the_euro_and_converts_its_points() {
     let app = spawn_app().await;
-    let f = app.franchise_with("Boutique Iconique", readme_program("boutique")).await;
+    let f = app
+        .franchise_with("Boutique Iconique", readme_program("boutique"))
+        .await;
     let m = member(&app, &f, "+33612340503").await;
     let v = spend(&app, &f, "socks", &m, 990).await;
-    assert_eq!(v["member"]["points"], 100, "under the minimum basket: nothing earned");
+    assert_eq!(
+        v["member"]["points"], 100,
+        "under the minimum basket: nothing earned"
+    );
     let v = spend(&app, &f, "jacket", &m, 12_000).await;
     assert_eq!(v["member"]["points"], 700);
     assert_eq!(available(&v["member"]), ["tote-bag", "early-access"]);
@@ -124,10 +163,21 @@ async fn the_boutique_earns_by_the_euro_and_converts_its_points() {
         "currency": "EUR",
         "items": [{ "sku": "JEAN-501", "category": "denim", "quantity": 1, "amount_cents": 8_000 }] });
     let v = buy(&app, &f, body).await;
-    assert_eq!(v["member"]["points"], 0, "the 1 000 points became the voucher");
-    assert_eq!(v["member"]["vouchers"], json!([{ "reward_id": "voucher-10", "count": 1 }]));
+    assert_eq!(
+        v["member"]["points"], 0,
+        "the 1 000 points became the voucher"
+    );
+    assert_eq!(
+        v["member"]["vouchers"],
+        json!([{ "reward_id": "voucher-10", "count": 1 }])
+    );
     let ledger = app.ledger(&f, &m).await;
-    let detail = |d: &str| ledger.iter().find(|e| e["detail"] == d).map(|e| e["points"].clone());
+    let detail = |d: &str| {
+        ledger
+            .iter()
+            .find(|e| e["detail"] == d)
+            .map(|e| e["points"].clone())
+    };
     assert_eq!(detail("item_bonus:Denim"), Some(json!(400)));
     assert_eq!(detail("auto_voucher:voucher-10"), Some(json!(-1000)));
     // 500 € in the year: Trendsetter.

@@ -1135,14 +1135,26 @@ async fn the_platforms_own_event_ids_are_refused() {
     let f = app.franchise("Café Réservé").await;
     let m = member(&app, &f, "+33612340601").await;
     let before = app.status(&f, &m).await;
-    for id in [format!("sched:{m}:1764547200000"), format!("enrol.{m}"), format!("erase.{m}")] {
+    for id in [
+        format!("sched:{m}:1764547200000"),
+        format!("enrol.{m}"),
+        format!("erase.{m}"),
+    ] {
         for _ in 0..2 {
             let r = app.purchase(&f, &id, &m, 1_000).await;
             let p = assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid-request").await;
-            assert!(p["detail"].as_str().unwrap().contains("event_id must not start with"), "{p}");
+            assert!(
+                p["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("event_id must not start with"),
+                "{p}"
+            );
         }
         let body = json!({ "event_id": id, "member_id": m, "reward_id": "free-coffee" });
-        let r = app.post("/v1/redemptions?wait_ms=5000", &f.store_key, &body).await;
+        let r = app
+            .post("/v1/redemptions?wait_ms=5000", &f.store_key, &body)
+            .await;
         assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid-request").await;
     }
     assert_eq!(app.status(&f, &m).await, before);

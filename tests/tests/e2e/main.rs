@@ -32,6 +32,7 @@ mod refunds;
 mod repo_hygiene;
 mod rewards;
 mod scheduler;
+mod segments;
 mod self_enrolment;
 mod sharding;
 mod tenant_isolation;

@@ -296,9 +296,10 @@ async fn a_calendar_tier_is_kept_through_the_next_period_then_reviewed_on_time()
     program["tier_qualification"] =
         serde_json::json!({ "metric": "spend_cents", "period": "month", "grace_days": 5 });
     let program: loyalty_domain::Program = serde_json::from_value(program).unwrap();
-    w.franchise = loyalty_core::provisioning::replace_program(w.store.as_ref(), &w.franchise, &program)
-        .await
-        .unwrap();
+    w.franchise =
+        loyalty_core::provisioning::replace_program(w.store.as_ref(), &w.franchise, &program)
+            .await
+            .unwrap();
     let t0 = now();
     let clock = Arc::new(ManualClock::new(t0));
     let mut a = node(&w, "a", &clock, 64);
@@ -340,14 +341,22 @@ async fn a_calendar_tier_is_kept_through_the_next_period_then_reviewed_on_time()
             == serde_json::json!({ "tier": "Bronze", "date": due.iso() })
     })
     .await;
-    assert_eq!(status(&w, &m).await.unwrap()["tier"], "Gold", "kept in the grace");
+    assert_eq!(
+        status(&w, &m).await.unwrap()["tier"],
+        "Gold",
+        "kept in the grace"
+    );
 
     clock.set(Timestamp(day_start(due).0 + 60_000));
     until("Bronze after the grace", || async {
         status(&w, &m).await.unwrap()["tier"] == "Bronze"
     })
     .await;
-    assert!(status(&w, &m).await.unwrap().get("tier_downgrade").is_none());
+    assert!(status(&w, &m)
+        .await
+        .unwrap()
+        .get("tier_downgrade")
+        .is_none());
     a.stop();
     // A restarted node runs its scheduler again and finds nothing to do.
     let runs = metrics().scheduler.runs.with_label_values(&["ok"]).get();
@@ -364,15 +373,30 @@ async fn a_calendar_tier_is_kept_through_the_next_period_then_reviewed_on_time()
         .filter(|e| e.kind == LedgerKind::Tier)
         .map(|e| {
             let c = e.tier_change.as_ref().unwrap();
-            (c.from.clone(), c.to.clone(), e.detail.clone(), e.event_id.to_string())
+            (
+                c.from.clone(),
+                c.to.clone(),
+                e.detail.clone(),
+                e.event_id.to_string(),
+            )
         })
         .collect();
     let sched = event_id(&m, day_start(due)).unwrap().to_string();
     assert_eq!(
         moves,
         [
-            ("Bronze".into(), "Gold".into(), "tier:qualified".into(), "gold".into()),
-            ("Gold".into(), "Bronze".into(), "tier:grace_end".into(), sched),
+            (
+                "Bronze".into(),
+                "Gold".into(),
+                "tier:qualified".into(),
+                "gold".into()
+            ),
+            (
+                "Gold".into(),
+                "Bronze".into(),
+                "tier:grace_end".into(),
+                sched
+            ),
         ],
         "one entry per move, the downgrade by the scheduler's event of its day"
     );

@@ -81,6 +81,8 @@ impl Victim {
             "purchase_event_id" => id(A_PURCHASE),
             "phone" => Some((Value::String(A_PHONE.to_owned()), false)),
             "reward_id" => Some((Value::String(A_REWARD.to_owned()), false)),
+            // A segment every franchise with segments has (A's program has them).
+            "segment" => Some((Value::String("new".to_owned()), false)),
             _ => None,
         }
     }
@@ -95,6 +97,7 @@ async fn victim(app: &TestApp) -> Victim {
     let mut program = loyalty_tests::demo_program();
     program["rewards"] = json!([{"id": A_REWARD, "name": "Croissant", "cost_points": 100}]);
     program["stamp_card"]["reward_id"] = json!(A_REWARD);
+    program["segments"] = json!({});
     let f = created(
         app.post(
             "/v1/franchises",

@@ -16,7 +16,8 @@ fn program(qualification: Value) -> Value {
 
 async fn put_program(app: &TestApp, f: &TestFranchise, program: Value) -> reqwest::Response {
     let path = format!("/v1/franchises/{}/program", f.id);
-    app.put(&path, &f.hq_key, &json!({ "program": program })).await
+    app.put(&path, &f.hq_key, &json!({ "program": program }))
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,24 +39,44 @@ async fn tier_rules_are_validated_and_read_back_in_full() {
     );
 
     for (q, names) in [
-        (json!({ "metric": "visits", "period": "year", "window_days": 30 }), "rolling period only"),
+        (
+            json!({ "metric": "visits", "period": "year", "window_days": 30 }),
+            "rolling period only",
+        ),
         (json!({ "metric": "visits" }), "window_days is required"),
-        (json!({ "metric": "visits", "window_days": 30, "grace_days": 400 }), "grace_days"),
+        (
+            json!({ "metric": "visits", "window_days": 30, "grace_days": 400 }),
+            "grace_days",
+        ),
     ] {
         let r = put_program(&app, &f, program(q.clone())).await;
         let p = assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid-request").await;
         let detail = p["detail"].as_str().unwrap();
         assert!(detail.contains(names), "{q}: {detail}");
     }
-    let r = put_program(&app, &f, program(json!({ "metric": "visits", "period": "week" }))).await;
+    let r = put_program(
+        &app,
+        &f,
+        program(json!({ "metric": "visits", "period": "week" })),
+    )
+    .await;
     let p = assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid-request").await;
-    assert!(p["detail"].as_str().unwrap().contains("unknown variant `week`"), "{p}");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("unknown variant `week`"),
+        "{p}"
+    );
     // Refusals changed nothing.
     let r = app
         .get(&format!("/v1/franchises/{}/program", f.id), &f.hq_key)
         .await;
     let now: Value = r.json().await.unwrap();
-    assert_eq!(now["program"]["tier_qualification"], stored["program"]["tier_qualification"]);
+    assert_eq!(
+        now["program"]["tier_qualification"],
+        stored["program"]["tier_qualification"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,5 +120,9 @@ async fn a_tier_move_is_a_ledger_entry_with_its_reason() {
         "newest first: {ledger:?}"
     );
     let sum: i64 = ledger.iter().map(|e| e["points"].as_i64().unwrap()).sum();
-    assert_eq!(sum, status["points"].as_i64().unwrap(), "the balance is the ledger's sum");
+    assert_eq!(
+        sum,
+        status["points"].as_i64().unwrap(),
+        "the balance is the ledger's sum"
+    );
 }

@@ -529,6 +529,7 @@ impl Shard {
                         entries: &[],
                         visits: &[],
                         tier: None,
+                        segments: None,
                     });
                     outcome
                 }
@@ -616,6 +617,7 @@ impl Shard {
                                 entries: &applied.entries,
                                 visits: &applied.visits,
                                 tier: applied.tier.as_ref(),
+                                segments: applied.segments.as_ref(),
                             });
                             if applied.changed && matches!(applied.outcome, Outcome::Erased { .. })
                             {
@@ -731,6 +733,7 @@ impl Shard {
             ("totals", dashboard.totals.len()),
             ("visits", dashboard.visits.len()),
             ("tiers", dashboard.tiers.len()),
+            ("segments", dashboard.segments.len()),
         ];
         let batch = EffectBatch {
             members,

@@ -222,6 +222,9 @@ impl StateStore for TracedStore {
     async fn tier_counts(&self, f: &FranchiseId) -> Result<Vec<(String, i64)>> {
         store(self.system, "tier_counts", self.inner.tier_counts(f)).await
     }
+    async fn segment_rows(&self, f: &FranchiseId) -> Result<Vec<(String, Day, i64)>> {
+        store(self.system, "segment_rows", self.inner.segment_rows(f)).await
+    }
     async fn due_members(
         &self,
         p: crate::ports::Partition,

@@ -1,11 +1,11 @@
 //! Time for a member: the clock, expiry of points, and the tier evaluations it brings
 //! (`tiers.rs`).
 
-use super::{add_points, signed, MemberState};
 use super::tiers::TierReason;
+use super::{add_points, signed, MemberState};
+use crate::segments::next_change;
 use crate::{
-    Day, DayActivity, EventContext, LedgerEntry, LedgerKind, Points, Program, Rejection,
-    Timestamp,
+    Day, DayActivity, EventContext, LedgerEntry, LedgerKind, Points, Program, Rejection, Timestamp,
 };
 
 /// The first moment of `day` (UTC).
@@ -37,7 +37,6 @@ impl MemberState {
         // What no evaluation moves: a program change (thresholds, rules, tiers renamed).
         self.settle_tier(ctx, TierReason::Program, entries)?;
         self.give_birthday_reward(ctx, entries)
-
     }
 
     /// Expires, oldest first (FIFO), every lot that reached the program's expiry age by
@@ -76,28 +75,38 @@ impl MemberState {
     }
 
     /// When this member next needs the clock moved without an event of theirs (the
-    /// scheduler's due time): the earliest of the day its oldest lot expires and the day of
-    /// its next tier evaluation ([`MemberState::next_tier_evaluation`]) and the start of its
-    /// next birthday reward's window (local midnight), and the horizon of its first held
-    /// refund (which lapses then). `None` when nothing is due (no lot that can expire and nothing a tier evaluation could move, or the
-    /// member's personal data erased: an erased member takes no more commands).
+    /// scheduler's due time): the earliest of the day its oldest lot expires, the day of its
+    /// next tier evaluation ([`MemberState::next_tier_evaluation`]), the start of its next
+    /// birthday reward's window (local midnight), the horizon of its first held refund (which
+    /// lapses then), and the start of the next local day on which time alone changes its
+    /// segments ([`crate::segments::next_change`]). `None` when nothing is due, or when the
+    /// member's personal data is erased (an erased member takes no more commands).
     pub fn next_due(&self, program: &Program) -> Option<Timestamp> {
         if self.erased_at.is_some() {
             return None;
         }
-        let expiry = program
-            .points_expiry_days
-            .and_then(|days| self.lots.first().map(|lot| Day(lot.day.0.saturating_add(days))));
+        let expiry = program.points_expiry_days.and_then(|days| {
+            self.lots
+                .first()
+                .map(|lot| Day(lot.day.0.saturating_add(days)))
+        });
         let tier = self.next_tier_evaluation(program, self.clock.day());
         let day = match (expiry, tier) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         let lapse = self.held_refunds.iter().map(|h| h.lapses_at).min();
-        [day.map(day_start), self.next_birthday_due(program), lapse]
-            .into_iter()
-            .flatten()
-            .min()
+        let today = program.local_day(self.clock);
+        let segments = next_change(self, program, today).map(|d| program.time_zone.start_of(d));
+        [
+            day.map(day_start),
+            self.next_birthday_due(program),
+            lapse,
+            segments,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// The points of the member's next expiry and the day they expire (the oldest lot's), if

@@ -27,6 +27,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::dashboard::{record_purchase, PurchaseDays, TierMove, VisitDelta};
+use crate::segments::{segment_move, segments_of, SegmentMove};
 use crate::{
     Cents, Currency, Day, EventId, FranchiseId, LedgerEntry, MemberId, Outcome, Phone, PointLot,
     Points, Program, PurchaseItem, PurchaseRecord, Rejection, RewardId, StoreId, Timestamp,
@@ -156,6 +157,11 @@ pub struct MemberState {
     /// The birthday year last rewarded (README "Birthdays"): one reward per year.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub birthday_rewarded: Option<i32>,
+    /// The segments the member is counted in (README "Segments"): those of the program at
+    /// the member's latest change, on the local day of its clock. Absent when none (and from
+    /// states stored before segments, which were counted in none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<String>,
 }
 
 /// A command aimed at one member.
@@ -228,6 +234,8 @@ pub struct Applied {
     pub visits: Vec<VisitDelta>,
     /// The member's move between tiers, if any (an enrolment enters the first tier).
     pub tier: Option<TierMove>,
+    /// The member's change of segments, if any ([`MemberState::segments`]).
+    pub segments: Option<SegmentMove>,
 }
 
 /// Applies `cmd` to the member `member_id`, whose current state is `state` (`None` if not
@@ -241,12 +249,14 @@ pub fn apply(
 ) -> Result<Applied, Rejection> {
     match (state.as_mut(), cmd) {
         (None, MemberCommand::Enrol { profile }) => {
-            let (s, applied) = MemberState::enrol(
+            let (mut s, applied) = MemberState::enrol(
                 member_id.clone(),
                 franchise_id.clone(),
                 profile.clone(),
                 ctx,
             )?;
+            let mut applied = applied;
+            s.settle_segments(ctx.program, &mut applied)?;
             *state = Some(s);
             Ok(applied)
         }
@@ -259,13 +269,19 @@ pub fn apply(
             changed: false,
             visits: Vec::new(),
             tier: None,
+            segments: None,
         }),
         (None, _) => Err(Rejection::UnknownMember),
-        (Some(s), MemberCommand::Erase) => Ok(s.erase(ctx)),
+        (Some(s), MemberCommand::Erase) => {
+            let mut applied = s.erase(ctx);
+            s.settle_segments(ctx.program, &mut applied)?;
+            Ok(applied)
+        }
         (Some(s), _) if s.erased_at.is_some() => Err(Rejection::MemberErased),
         (Some(s), MemberCommand::Advance) => {
             let mut next = s.clone();
-            let applied = next.advance(ctx)?;
+            let mut applied = next.advance(ctx)?;
+            next.settle_segments(ctx.program, &mut applied)?;
             if applied.changed {
                 *s = next;
             }
@@ -274,7 +290,8 @@ pub fn apply(
         (Some(s), cmd) => {
             // Apply on a copy so a refusal found half-way leaves no trace.
             let mut next = s.clone();
-            let applied = next.apply_to_member(cmd, ctx)?;
+            let mut applied = next.apply_to_member(cmd, ctx)?;
+            next.settle_segments(ctx.program, &mut applied)?;
             *s = next;
             Ok(applied)
         }
@@ -317,6 +334,7 @@ impl MemberState {
             tier_kept: None,
             tier_downgrade: None,
             birthday_rewarded: None,
+            segments: Vec::new(),
         };
         let mut entries = Vec::new();
         let bonus = ctx.program.signup_bonus;
@@ -335,6 +353,7 @@ impl MemberState {
                 from: None,
                 to: s.tier.clone(),
             }),
+            segments: None,
         };
         Ok((s, applied))
     }
@@ -407,6 +426,7 @@ impl MemberState {
             changed: true,
             visits,
             tier,
+            segments: None,
         })
     }
 
@@ -434,6 +454,7 @@ impl MemberState {
             changed,
             visits: Vec::new(),
             tier,
+            segments: None,
         })
     }
 
@@ -462,6 +483,30 @@ impl MemberState {
             changed,
             visits: Vec::new(),
             tier: None,
+            segments: None,
         }
+    }
+
+    /// Counts the member in the segments of `program` on the local day of its clock
+    /// ([`crate::segments::segments_of`]): when they differ from those it is counted in, they
+    /// replace them and `applied` tells the move (and is a change, with a new version, even
+    /// when nothing else moved: a program change seen by an advance).
+    fn settle_segments(
+        &mut self,
+        program: &Program,
+        applied: &mut Applied,
+    ) -> Result<(), Rejection> {
+        let day = program.local_day(self.clock);
+        let now = segments_of(self, program, day);
+        let Some(m) = segment_move(&self.segments, &now, day) else {
+            return Ok(());
+        };
+        self.segments = now;
+        applied.segments = Some(m);
+        if !applied.changed {
+            applied.changed = true;
+            self.version = add_one(self.version, "version")?;
+        }
+        Ok(())
     }
 }

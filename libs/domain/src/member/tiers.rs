@@ -22,7 +22,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::MemberState;
-use crate::{Day, DayActivity, EventContext, LedgerEntry, LedgerKind, Program, Rejection, TierMetric};
+use crate::{
+    Day, DayActivity, EventContext, LedgerEntry, LedgerKind, Program, Rejection, TierMetric,
+};
 
 /// A downgrade an evaluation decided, due after the program's grace period.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,9 +127,19 @@ impl MemberState {
         entries: &mut Vec<LedgerEntry>,
     ) -> Result<(), Rejection> {
         let program = ctx.program;
-        let idx = program
-            .tier_for(self.metric_on(program, day))
-            .max(self.kept(program));
+        let qualified = program.tier_for(self.metric_on(program, day));
+        // Qualifying again for the tier a grace period protects keeps it for good: the
+        // downgrade due is void (a rolling window then protects nothing more).
+        if reason == TierReason::Qualified
+            && self.tier_downgrade.is_some()
+            && qualified >= self.kept(program)
+        {
+            self.tier_downgrade = None;
+            if !program.tier_qualification.is_calendar() {
+                self.keep(program, 0);
+            }
+        }
+        let idx = qualified.max(self.kept(program));
         let to = &program.tiers[idx].name;
         if *to == self.tier {
             return Ok(());
@@ -223,7 +235,11 @@ impl MemberState {
         if self.tier_downgrade.is_some() {
             return Ok(());
         }
-        let to = if q.one_tier_at_a_time { current - 1 } else { judged };
+        let to = if q.one_tier_at_a_time {
+            current - 1
+        } else {
+            judged
+        };
         // A rolling window takes one step per evaluation: the next after a day at least.
         let wait = if stepped && !q.is_calendar() {
             q.grace_days.max(1)
@@ -238,7 +254,14 @@ impl MemberState {
             });
             return Ok(());
         }
-        self.keep(program, if q.is_calendar() || to > judged { to } else { 0 });
+        self.keep(
+            program,
+            if q.is_calendar() || to > judged {
+                to
+            } else {
+                0
+            },
+        );
         self.settle_tier_on(ctx, day, reason, entries)?;
         if !q.is_calendar() && to > judged {
             self.tier_downgrade = Some(TierDowngrade {
@@ -280,12 +303,18 @@ impl MemberState {
     fn judge(&self, program: &Program, day: Day) -> Option<(usize, TierReason)> {
         let q = &program.tier_qualification;
         if !q.is_calendar() {
-            return Some((program.tier_for(self.metric_on(program, day)), TierReason::Window));
+            return Some((
+                program.tier_for(self.metric_on(program, day)),
+                TierReason::Window,
+            ));
         }
         if q.span_start(day) != day {
             return None;
         }
         let last = Day(day.0.saturating_sub(1));
-        Some((program.tier_for(self.metric_on(program, last)), TierReason::PeriodEnd))
+        Some((
+            program.tier_for(self.metric_on(program, last)),
+            TierReason::PeriodEnd,
+        ))
     }
 }

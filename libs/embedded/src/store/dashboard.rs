@@ -1,6 +1,7 @@
 //! The dashboards' aggregates in the embedded store: daily totals by (franchise, day, store),
-//! visit rows by (franchise, day, scope) and tier counts, each merged with a batch's delta
-//! inside the batch's own write transaction, so that an event counts exactly once.
+//! visit rows by (franchise, day, scope), tier counts, and segment changes by (franchise,
+//! segment, day), each merged with a batch's delta inside the batch's own write transaction,
+//! so that an event counts exactly once.
 
 use loyalty_core::ports::DashboardRows;
 use loyalty_core::{Error, Result};
@@ -18,12 +19,17 @@ const TOTALS: TableDefinition<(&str, u32, &str), &[u8]> = TableDefinition::new("
 const VISITS: TableDefinition<(&str, u32, &str), &[u8]> = TableDefinition::new("dashboard_visits");
 /// (franchise, tier) → members.
 const TIERS: TableDefinition<(&str, &str), i64> = TableDefinition::new("dashboard_tiers");
+/// (franchise, segment, day) → the change of the segment's size that day (never 0: a sum that
+/// reaches 0 is removed).
+const SEGMENTS: TableDefinition<(&str, &str, u32), i64> =
+    TableDefinition::new("dashboard_segments");
 
 /// Creates the tables, so that reads of a new store find them.
 pub(super) fn create_tables(tx: &WriteTransaction) -> Result<()> {
     tx.open_table(TOTALS).map_err(unavailable)?;
     tx.open_table(VISITS).map_err(unavailable)?;
     tx.open_table(TIERS).map_err(unavailable)?;
+    tx.open_table(SEGMENTS).map_err(unavailable)?;
     Ok(())
 }
 
@@ -71,7 +77,46 @@ pub(super) fn apply(tx: &WriteTransaction, delta: &DashboardDelta) -> Result<()>
             .insert(key, n.saturating_add(*add))
             .map_err(unavailable)?;
     }
+    apply_segments(tx, delta)
+}
+
+/// Adds the segments' changes of `delta`, removing the sums that reach 0.
+fn apply_segments(tx: &WriteTransaction, delta: &DashboardDelta) -> Result<()> {
+    let mut segments = tx.open_table(SEGMENTS).map_err(unavailable)?;
+    for ((f, name, day), add) in &delta.segments {
+        let key = (f.as_str(), name.as_str(), day.0);
+        let n = segments
+            .get(key)
+            .map_err(unavailable)?
+            .map_or(0, |v| v.value())
+            .saturating_add(*add);
+        if n == 0 {
+            segments.remove(key).map_err(unavailable)?;
+        } else {
+            segments.insert(key, n).map_err(unavailable)?;
+        }
+    }
     Ok(())
+}
+
+/// The segments' changes of `franchise`: (segment, day, change).
+pub(super) fn segments(
+    db: &redb::Database,
+    franchise: &FranchiseId,
+) -> Result<Vec<(String, Day, i64)>> {
+    let tx = db.begin_read().map_err(unavailable)?;
+    let t = tx.open_table(SEGMENTS).map_err(unavailable)?;
+    let f = franchise.as_str();
+    let mut out = Vec::new();
+    for row in t
+        .range((f, "", 0)..=(f, "\u{10ffff}", u32::MAX))
+        .map_err(unavailable)?
+    {
+        let (k, v) = row.map_err(unavailable)?;
+        let (_, name, day) = k.value();
+        out.push((name.to_owned(), Day(day), v.value()));
+    }
+    Ok(out)
 }
 
 /// Stored totals: the binary form, or JSON as the first version wrote them.
@@ -178,6 +223,18 @@ pub(super) fn replace(
         for tier in &old {
             tiers.remove((f, tier.as_str())).map_err(unavailable)?;
         }
+        let mut segments = tx.open_table(SEGMENTS).map_err(unavailable)?;
+        let old: Vec<(String, u32)> = segments
+            .range((f, "", 0)..=(f, "\u{10ffff}", u32::MAX))
+            .map_err(unavailable)?
+            .map(|r| r.map(|(k, _)| (k.value().1.to_owned(), k.value().2)))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(unavailable)?;
+        for (name, day) in &old {
+            segments
+                .remove((f, name.as_str(), *day))
+                .map_err(unavailable)?;
+        }
     }
     let mine = DashboardDelta {
         totals: rows
@@ -196,6 +253,12 @@ pub(super) fn replace(
             .tiers
             .iter()
             .filter(|((fr, _), _)| fr == franchise)
+            .map(|(k, v)| (k.clone(), *v))
+            .collect(),
+        segments: rows
+            .segments
+            .iter()
+            .filter(|((fr, _, _), _)| fr == franchise)
             .map(|(k, v)| (k.clone(), *v))
             .collect(),
     };

@@ -461,7 +461,12 @@ fn activity_label(lang: Lang, e: &LedgerEntry, program: &Program) -> String {
         (LedgerKind::Adjust, _) => lang.pick("Ajustement", "Adjustment").into(),
         (LedgerKind::Reverse, _) => lang.pick("Remboursement", "Refund").into(),
         (LedgerKind::Tier, _) => match &e.tier_change {
-            Some(c) => format!("{}{} {}", lang.pick("Niveau", "Tier"), lang.pick("\u{a0}:", ":"), c.to),
+            Some(c) => format!(
+                "{}{} {}",
+                lang.pick("Niveau", "Tier"),
+                lang.pick("\u{a0}:", ":"),
+                c.to
+            ),
             None => lang.pick("Niveau", "Tier").into(),
         },
     }
@@ -656,13 +661,16 @@ async fn card_page(
         );
     }
     if let Some(due) = &status.tier_downgrade {
-        let day = Day::parse_iso(&due.date).map_or_else(|| due.date.clone(), |d| {
-            let (y, m, dd) = d.ymd();
-            match lang {
-                Lang::Fr => format!("{dd:02}/{m:02}/{y}"),
-                Lang::En => format!("{y:04}-{m:02}-{dd:02}"),
-            }
-        });
+        let day = Day::parse_iso(&due.date).map_or_else(
+            || due.date.clone(),
+            |d| {
+                let (y, m, dd) = d.ymd();
+                match lang {
+                    Lang::Fr => format!("{dd:02}/{m:02}/{y}"),
+                    Lang::En => format!("{y:04}-{m:02}-{dd:02}"),
+                }
+            },
+        );
         let _ = writeln!(
             b,
             "<p class=\"tier-downgrade\" id=\"tier-downgrade\" data-date=\"{}\">{}</p>",

@@ -8,6 +8,7 @@ pub mod keys;
 pub mod members;
 pub mod ops;
 pub mod privacy;
+pub mod segments;
 
 use std::time::Duration;
 
