@@ -81,7 +81,7 @@ pub fn http_bodies(data: &[u8]) {
     }));
     check(parse::<events::RedemptionBody>(data).map(|_| ()));
     check(parse::<members::EnrolBody>(data).map(|b| {
-        let _ = input::profile(&b.phone, b.name, b.birthday);
+        let _ = members::validate_profile(b);
     }));
     check(parse::<admin::CreateFranchise>(data).map(|_| ()));
     check(parse::<admin::CreateStore>(data).map(|_| ()));
@@ -149,6 +149,7 @@ fn live_a_member(program: &Program, seed: &[u8]) {
         phone: Phone::parse("+33612345678").expect("phone"),
         name: None,
         birthday: None,
+        consent: Default::default(),
     };
     let mut commands = vec![MemberCommand::Enrol { profile }];
     for b in seed.iter().take(24) {

@@ -282,6 +282,7 @@ impl World {
                             phone: self.phone(i),
                             name: None,
                             birthday: None,
+                            consent: Default::default(),
                         },
                     },
                 ))

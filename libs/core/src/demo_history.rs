@@ -587,6 +587,7 @@ impl Generator<'_> {
                             phone: phone.clone(),
                             name: None,
                             birthday: None,
+                            consent: Default::default(),
                         },
                     };
                     self.push(home, event_id, at, command);

@@ -9,8 +9,8 @@
 //! member actor's, and are recorded as the event's outcome.
 
 use loyalty_domain::{
-    Cents, Currency, DomainError, EventId, MemberId, Phone, Profile, Program, PurchaseItem,
-    PurchaseItemSpec, Rejection, RewardId, Timestamp,
+    Cents, Consent, Currency, DomainError, EventId, MemberId, Phone, Profile, Program,
+    PurchaseItem, PurchaseItemSpec, Rejection, RewardId, Timestamp,
 };
 
 use crate::identity;
@@ -80,11 +80,12 @@ pub fn occurred_at_opt(s: Option<&str>, now: Timestamp) -> Result<Option<Timesta
 
 /// The profile of an enrolment: an E.164 phone number, an optional name (at most [`MAX_NAME`]
 /// characters as sent, no control character; kept trimmed; blank means none) and an optional
-/// `YYYY-MM-DD` birthday.
+/// `YYYY-MM-DD` birthday, and the member's consent to offers per channel.
 pub fn profile(
     phone: &str,
     name: Option<String>,
     birthday: Option<String>,
+    consent: Consent,
 ) -> Result<Profile, InputError> {
     let phone = Phone::parse(phone)?;
     if phone.is_erased() {
@@ -115,6 +116,7 @@ pub fn profile(
         phone,
         name,
         birthday,
+        consent,
     })
 }
 
@@ -262,36 +264,77 @@ mod tests {
             "+33612345678",
             Some("  Ana ".into()),
             Some("1990-04-17".into()),
+            Consent::default(),
         )
         .unwrap();
         assert_eq!(p.name.as_deref(), Some("Ana"));
         assert_eq!(
-            profile("+33612345678", Some("  ".into()), None)
+            profile("+33612345678", Some("  ".into()), None, Consent::default())
                 .unwrap()
                 .name,
             None
         );
-        assert!(profile("0612345678", None, None)
+        assert!(profile("0612345678", None, None, Consent::default())
             .unwrap_err()
             .to_string()
             .contains("phone"));
-        assert!(profile("+33612345678", Some("x".repeat(101)), None).is_err());
-        assert!(profile("+33612345678", Some("a\u{7}b".into()), None).is_err());
+        assert!(profile(
+            "+33612345678",
+            Some("x".repeat(101)),
+            None,
+            Consent::default()
+        )
+        .is_err());
+        assert!(profile(
+            "+33612345678",
+            Some("a\u{7}b".into()),
+            None,
+            Consent::default()
+        )
+        .is_err());
         // As sent: a control character at an edge, or 101 characters of which one is a space,
         // are refused too (the OpenAPI document's pattern and maxLength).
-        assert!(profile("+33612345678", Some("Ana\n".into()), None).is_err());
-        assert!(profile("+33612345678", Some("\tAna".into()), None).is_err());
-        assert!(profile("+33612345678", Some(format!("{} ", "x".repeat(100))), None).is_err());
+        assert!(profile(
+            "+33612345678",
+            Some("Ana\n".into()),
+            None,
+            Consent::default()
+        )
+        .is_err());
+        assert!(profile(
+            "+33612345678",
+            Some("\tAna".into()),
+            None,
+            Consent::default()
+        )
+        .is_err());
+        assert!(profile(
+            "+33612345678",
+            Some(format!("{} ", "x".repeat(100))),
+            None,
+            Consent::default()
+        )
+        .is_err());
         assert_eq!(
-            profile("+33612345678", Some(format!(" {}", "x".repeat(99))), None)
-                .unwrap()
-                .name,
+            profile(
+                "+33612345678",
+                Some(format!(" {}", "x".repeat(99))),
+                None,
+                Consent::default()
+            )
+            .unwrap()
+            .name,
             Some("x".repeat(99))
         );
-        assert!(profile("+33612345678", None, Some("17/04/1990".into()))
-            .unwrap_err()
-            .to_string()
-            .contains("birthday"));
+        assert!(profile(
+            "+33612345678",
+            None,
+            Some("17/04/1990".into()),
+            Consent::default()
+        )
+        .unwrap_err()
+        .to_string()
+        .contains("birthday"));
     }
 
     #[test]

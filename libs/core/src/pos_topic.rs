@@ -26,8 +26,8 @@ use dashmap::DashMap;
 use data_encoding::{HEXLOWER, HEXLOWER_PERMISSIVE};
 use hmac::{Hmac, KeyInit, Mac};
 use loyalty_domain::{
-    Cents, Currency, EventId, FranchiseId, MemberId, Outcome, Program, PurchaseItemSpec, RewardId,
-    StoreId, Timestamp,
+    Cents, Consent, Currency, EventId, FranchiseId, MemberId, Outcome, Program, PurchaseItemSpec,
+    RewardId, StoreId, Timestamp,
 };
 use serde::Deserialize;
 use sha2::Sha256;
@@ -315,6 +315,9 @@ enum PosRecord {
         phone: String,
         name: Option<String>,
         birthday: Option<String>,
+        /// The channels the member agrees to receive offers on (none when left out).
+        #[serde(default)]
+        consent: Option<Consent>,
     },
 }
 
@@ -615,10 +618,11 @@ async fn validate(
             phone,
             name,
             birthday,
+            consent,
             ..
         } => {
             let checked = (|| -> Result<_, Rejected> {
-                let profile = input::profile(&phone, name, birthday)?;
+                let profile = input::profile(&phone, name, birthday, consent.unwrap_or_default())?;
                 let at = input::occurred_at(&occurred_at, now)?;
                 Ok((profile, at))
             })();
@@ -1278,6 +1282,22 @@ mod tests {
         };
         assert_eq!(member_id, &member());
         assert_eq!(profile.name.as_deref(), Some("Ana"));
+        assert_eq!(
+            profile.consent,
+            Consent::default(),
+            "no consent unless given"
+        );
+        let consenting = with(rec.clone(), "consent", json!({ "email": true }));
+        let PosCommand::Enrol { profile, .. } = f.decode(&consenting).await.unwrap().command else {
+            panic!("an enrolment")
+        };
+        assert_eq!(
+            profile.consent,
+            Consent {
+                sms: false,
+                email: true
+            }
+        );
         // Another till, another time, another client id: the same event, the same fingerprint,
         // as the HTTP enrolment's (no occurred_at).
         let other = with(

@@ -128,7 +128,10 @@ pub fn audit_member(
     audit_program(state, program, &mut findings);
     let p = &state.profile;
     if state.erased_at.is_some()
-        && (!p.phone.is_erased() || p.name.is_some() || p.birthday.is_some())
+        && (!p.phone.is_erased()
+            || p.name.is_some()
+            || p.birthday.is_some()
+            || !p.consent.is_none())
     {
         findings.push(Finding::NotErased);
     }

@@ -42,6 +42,7 @@ impl Member {
             phone: Phone::parse("+33612345678").unwrap(),
             name: None,
             birthday: Some(birthday.to_owned()),
+            consent: Default::default(),
         };
         m.send(MemberCommand::Enrol { profile }, when);
         m

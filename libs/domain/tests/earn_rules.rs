@@ -58,6 +58,7 @@ impl<'p> Member<'p> {
             phone: Phone::parse("+33612345678").unwrap(),
             name: None,
             birthday: None,
+            consent: Default::default(),
         };
         m.send(when, "s-1", MemberCommand::Enrol { profile })
             .unwrap();

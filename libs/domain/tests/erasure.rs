@@ -64,6 +64,7 @@ fn enrol() -> MemberCommand {
             phone: Phone::parse("+33612345678").unwrap(),
             name: Some("Ana".into()),
             birthday: Some("1990-04-17".into()),
+            consent: Default::default(),
         },
     }
 }

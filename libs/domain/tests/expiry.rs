@@ -50,6 +50,7 @@ impl Member {
             phone: Phone::parse("+33612345678").unwrap(),
             name: None,
             birthday: None,
+            consent: Default::default(),
         };
         m.send(MemberCommand::Enrol { profile }, at);
         m

@@ -78,6 +78,7 @@ impl<'p> Member<'p> {
             phone: Phone::parse("+33612345678").unwrap(),
             name: None,
             birthday: None,
+            consent: Default::default(),
         };
         m.send(MemberCommand::Enrol { profile }).unwrap();
         m

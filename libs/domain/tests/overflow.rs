@@ -134,6 +134,7 @@ fn run(program: &Program, ops: &[Op]) -> Result<bool, TestCaseError> {
             phone: Phone::parse("+33612345678").unwrap(),
             name: None,
             birthday: None,
+            consent: Default::default(),
         },
     };
     let mut commands = vec![enrol];

@@ -361,6 +361,7 @@ impl Sim {
                     phone: phone(),
                     name: None,
                     birthday: None,
+                    consent: Default::default(),
                 },
             },
             Pos::Purchase(a) => MemberCommand::Purchase {

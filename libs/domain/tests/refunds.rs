@@ -64,6 +64,7 @@ impl Till {
             phone: Phone::parse("+33612345678").unwrap(),
             name: None,
             birthday: None,
+            consent: Default::default(),
         };
         t.send(MemberCommand::Enrol { profile }).1.unwrap();
         t

@@ -54,6 +54,7 @@ impl Member {
             phone: Phone::parse("+33612345678").unwrap(),
             name: None,
             birthday: None,
+            consent: Default::default(),
         };
         m.send(0, MemberCommand::Enrol { profile }).1.unwrap();
         m

@@ -90,6 +90,7 @@ impl Member {
             phone: Phone::parse("+33612345678").unwrap(),
             name: None,
             birthday: None,
+            consent: Default::default(),
         };
         self.send(at_ms, MemberCommand::Enrol { profile }).1
     }

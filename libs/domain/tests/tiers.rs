@@ -56,6 +56,7 @@ impl Member {
             phone: Phone::parse("+33612345678").unwrap(),
             name: None,
             birthday: None,
+            consent: Default::default(),
         };
         m.send(MemberCommand::Enrol { profile }, when);
         m

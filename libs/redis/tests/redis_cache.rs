@@ -309,6 +309,7 @@ async fn enrol(
             phone: Phone::parse(PROFILE_PHONE).unwrap(),
             name: None,
             birthday: None,
+            consent: Default::default(),
         },
     }];
     for _ in 0..purchases {

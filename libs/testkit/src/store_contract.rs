@@ -1278,6 +1278,7 @@ impl Scenario {
                     phone,
                     name: None,
                     birthday: None,
+                    consent: Default::default(),
                 },
             },
         )

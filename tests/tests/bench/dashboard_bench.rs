@@ -82,6 +82,7 @@ fn history(
                     phone,
                     name: None,
                     birthday: None,
+                    consent: Default::default(),
                 },
             },
             &mut rng,

@@ -32,7 +32,8 @@ async fn members(app: &TestApp, f: &TestFranchise) -> (String, String, String) {
         .post(
             "/v1/members?wait_ms=5000",
             &f.store_key,
-            &json!({"phone": PHONE, "name": NAME, "birthday": BIRTHDAY}),
+            &json!({"phone": PHONE, "name": NAME, "birthday": BIRTHDAY,
+                    "consent": {"sms": true}}),
         )
         .await;
     assert_eq!(r.status(), StatusCode::CREATED);
@@ -160,7 +161,9 @@ async fn the_export_holds_everything_of_the_member_and_nothing_else() {
     assert_eq!(v["enrolled_store"], f.store_id.as_str());
     assert_eq!(
         v["profile"],
-        json!({"phone": PHONE, "name": NAME, "birthday": BIRTHDAY})
+        json!({"phone": PHONE, "name": NAME, "birthday": BIRTHDAY,
+               "consent": {"sms": true, "email": false}}),
+        "the consent given at enrolment is kept with the profile"
     );
     assert_eq!(
         (&v["erased"], &v["erased_at"]),
@@ -319,7 +322,8 @@ async fn an_erasure_removes_the_personal_data_and_keeps_the_books() {
     let x: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(
         x["profile"],
-        json!({"phone": null, "name": null, "birthday": null})
+        json!({"phone": null, "name": null, "birthday": null, "consent": null}),
+        "the consent goes with the profile"
     );
     assert_eq!((&x["erased"], &x["erased_at"]), (&json!(true), &erased_at));
     assert_eq!(x["ledger"], export_before["ledger"]);

@@ -230,6 +230,15 @@ async fn a_member_enrols_through_the_form_and_lands_on_the_card() {
     assert_eq!(card.status, StatusCode::OK);
     assert!(card.body.contains("data-points=\"50\""), "{}", card.body);
     let member = member_of(&location);
+    // The consent ticked on the page is the member's, durably (in the store, the export).
+    let r = app
+        .get(&format!("/v1/members/{member}/export"), &f.hq_key)
+        .await;
+    let export: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        export["profile"]["consent"],
+        serde_json::json!({ "sms": true, "email": false })
+    );
 
     // Single use: the same code again is gone.
     let r = send_code(&app, &join, &page.body, &code).await;

@@ -102,6 +102,7 @@ async fn replayed_log_records_change_nothing() {
                 phone: w.phone(0),
                 name: None,
                 birthday: None,
+                consent: Default::default(),
             },
         },
     ))
@@ -147,6 +148,7 @@ async fn a_zombie_owner_cannot_overwrite_the_new_owners_state() {
                 phone: w.phone(0),
                 name: None,
                 birthday: None,
+                consent: Default::default(),
             },
         },
     );

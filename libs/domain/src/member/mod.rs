@@ -71,6 +71,26 @@ pub struct Profile {
     pub name: Option<String>,
     /// `YYYY-MM-DD`.
     pub birthday: Option<String>,
+    /// The channels the member agreed to receive offers on (README "Privacy"): nothing is
+    /// sent on a channel without it. Absent from profiles stored before it existed (none).
+    #[serde(default, skip_serializing_if = "Consent::is_none")]
+    pub consent: Consent,
+}
+
+/// The member's consent to offers, per channel. Not personal data by itself, but kept with the
+/// profile, erased with it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Consent {
+    #[serde(default)]
+    pub sms: bool,
+    #[serde(default)]
+    pub email: bool,
+}
+
+impl Consent {
+    pub fn is_none(&self) -> bool {
+        !self.sms && !self.email
+    }
 }
 
 /// Personal data: debug output (of a state, a command, an envelope) never shows it, only
@@ -82,6 +102,7 @@ impl std::fmt::Debug for Profile {
             .field("phone", &self.phone)
             .field("name", &format_args!("{}", given(&self.name)))
             .field("birthday", &format_args!("{}", given(&self.birthday)))
+            .field("consent", &self.consent)
             .finish()
     }
 }
@@ -470,6 +491,7 @@ impl MemberState {
                 phone: Phone::erased(),
                 name: None,
                 birthday: None,
+                consent: Consent::default(),
             };
             self.erased_at = Some(ctx.at);
             // A version past `u64::MAX` cannot be reached by one change per command.

@@ -24,8 +24,8 @@
 //!
 //! Pending codes live in the memory of the gateway that sent them (a second gateway does not
 //! know them: several gateways behind one address need session affinity for `/join`). The
-//! consents given on the page are kept in a small in-process record
-//! ([`SelfEnrolment::consent`]), not in the member's profile (which has no consent fields).
+//! consents given on the page go into the member's profile with the enrolment (durable, in the
+//! member's export, erased with the profile).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,7 +40,7 @@ use loyalty_core::metrics::metrics;
 use loyalty_core::model::{Franchise, Principal, Role, Store};
 use loyalty_core::notify::{mask_phone, Notifier};
 use loyalty_core::rate_limit::RateLimit;
-use loyalty_domain::{FranchiseId, MemberId, Profile, StoreId};
+use loyalty_domain::{Consent, FranchiseId, Profile, StoreId};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -85,13 +85,6 @@ button{font:inherit;font-weight:700;padding:.8rem;border:0;border-radius:.5rem;b
 .notice{background:#fff6d5;padding:.6rem;border-radius:.5rem}\
 .error{color:#a40000}";
 
-/// The consents given on the page, per channel.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Consent {
-    pub sms: bool,
-    pub email: bool,
-}
-
 struct Pending {
     franchise: FranchiseId,
     store: StoreId,
@@ -108,7 +101,6 @@ pub struct SelfEnrolment {
     /// How long a code is valid.
     pub code_ttl: Duration,
     pending: DashMap<String, Pending>,
-    consents: DashMap<MemberId, Consent>,
 }
 
 impl SelfEnrolment {
@@ -119,13 +111,7 @@ impl SelfEnrolment {
             notifier,
             code_ttl,
             pending: DashMap::new(),
-            consents: DashMap::new(),
         }
-    }
-
-    /// The consents `member` gave on the page, if they enrolled (or confirmed) there.
-    pub fn consent(&self, member: &MemberId) -> Option<Consent> {
-        self.consents.get(member).map(|c| *c)
     }
 
     fn room(&self) -> bool {
@@ -606,7 +592,7 @@ pub async fn request_code(
     if name.is_none() {
         return refuse(lang.pick("Indiquez votre prénom.", "Enter your first name."));
     }
-    let profile = match input::profile(&phone, name, birthday) {
+    let profile = match input::profile(&phone, name, birthday, consent) {
         Ok(p) => p,
         Err(e) => {
             let msg = e.to_string();
@@ -832,7 +818,6 @@ pub async fn confirm(
         Ok(e) => e,
         Err(e) => return failure_page(lang, &e),
     };
-    se.consents.insert(e.member.clone(), pending.consent);
     let (url, _) = card_link(&gw, &f, &e.member, DEFAULT_LINK_DAYS);
     // Relative to this host (the form's `form-action 'self'` covers the redirect too).
     let location = url

@@ -7,7 +7,7 @@ use loyalty_core::identity::{member_id, qr_token};
 use loyalty_core::input;
 use loyalty_core::model::{Franchise, Principal, Role};
 use loyalty_core::replies::ReplyResult;
-use loyalty_domain::{EventId, MemberId, Outcome, Profile};
+use loyalty_domain::{Consent, EventId, MemberId, Outcome, Profile};
 use serde::Deserialize;
 
 use super::events::{envelope, input_error, submit_command, Submitted};
@@ -28,10 +28,28 @@ pub struct EnrolBody {
     pub name: Option<String>,
     /// `YYYY-MM-DD`.
     pub birthday: Option<String>,
+    /// The channels the member agrees to receive offers on (none by default).
+    #[serde(default)]
+    pub consent: Option<ConsentBody>,
 }
 
-fn validate_profile(body: EnrolBody) -> Result<Profile, ApiError> {
-    input::profile(&body.phone, body.name, body.birthday).map_err(input_error)
+/// `{"sms": bool, "email": bool}`, each `false` when left out.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentBody {
+    #[serde(default)]
+    pub sms: Option<bool>,
+    #[serde(default)]
+    pub email: Option<bool>,
+}
+
+/// The profile an enrolment body gives, validated (its consent `false` where left out).
+pub fn validate_profile(body: EnrolBody) -> Result<Profile, ApiError> {
+    let consent = body.consent.map_or_else(Consent::default, |c| Consent {
+        sms: c.sms.unwrap_or(false),
+        email: c.email.unwrap_or(false),
+    });
+    input::profile(&body.phone, body.name, body.birthday, consent).map_err(input_error)
 }
 
 fn enrolment_body(member: &MemberId, qr: &str, created: bool, status: &[u8]) -> String {
