@@ -315,8 +315,9 @@ enum PosRecord {
         phone: String,
         name: Option<String>,
         birthday: Option<String>,
-        /// The channels the member agrees to receive offers on (none when left out).
-        #[serde(default)]
+        /// The channels the member agrees to receive offers on (none when left out); an
+        /// object only.
+        #[serde(default, deserialize_with = "loyalty_domain::object::option")]
         consent: Option<Consent>,
     },
 }
@@ -1298,6 +1299,8 @@ mod tests {
                 email: true
             }
         );
+        let listed = with(rec.clone(), "consent", json!([true, true]));
+        assert_eq!(f.decode(&listed).await.unwrap_err().reason, Reason::Invalid);
         // Another till, another time, another client id: the same event, the same fingerprint,
         // as the HTTP enrolment's (no occurred_at).
         let other = with(

@@ -27,6 +27,37 @@ const OTHER_PHONE: &str = "+33655507002";
 
 /// A member of `f` with a name and a birthday, two purchases and a redemption; and another
 /// member of `f` with a purchase of its own. Returns both member ids and the first's QR token.
+/// Consent is an object of booleans: anything else is refused and enrols no one.
+#[tokio::test]
+async fn a_consent_that_is_not_an_object_of_booleans_is_refused() {
+    let app = spawn_app().await;
+    let f = app.franchise("Privacy consent").await;
+    for consent in [
+        json!([true, false]),
+        json!("yes"),
+        json!({"sms": "yes"}),
+        json!({"fax": true}),
+    ] {
+        let body = json!({"phone": "+33612340777", "consent": consent});
+        let r = app
+            .post("/v1/members?wait_ms=5000", &f.store_key, &body)
+            .await;
+        assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid-request").await;
+    }
+    let r = app
+        .post(
+            "/v1/members?wait_ms=5000",
+            &f.store_key,
+            &json!({"phone": "+33612340777"}),
+        )
+        .await;
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "no one was enrolled before"
+    );
+}
+
 async fn members(app: &TestApp, f: &TestFranchise) -> (String, String, String) {
     let r = app
         .post(

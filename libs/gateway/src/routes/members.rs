@@ -28,8 +28,9 @@ pub struct EnrolBody {
     pub name: Option<String>,
     /// `YYYY-MM-DD`.
     pub birthday: Option<String>,
-    /// The channels the member agrees to receive offers on (none by default).
-    #[serde(default)]
+    /// The channels the member agrees to receive offers on (none by default). An object only
+    /// (serde's derived struct would also take an array of its fields).
+    #[serde(default, deserialize_with = "loyalty_domain::object::option")]
     pub consent: Option<ConsentBody>,
 }
 
