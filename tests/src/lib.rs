@@ -205,6 +205,27 @@ impl TestApp {
         r.json().await.expect("json")
     }
 
+    /// Enrols `phone` at the franchise's store; returns the member's id.
+    pub async fn enrol_id(&self, f: &TestFranchise, phone: &str) -> String {
+        self.enrol(f, phone).await["member_id"]
+            .as_str()
+            .expect("member id")
+            .to_owned()
+    }
+
+    /// A redemption of `reward_id` by `member_id` at the franchise's store, waiting for it.
+    pub async fn redeem(
+        &self,
+        f: &TestFranchise,
+        event_id: &str,
+        member_id: &str,
+        reward_id: &str,
+    ) -> Response {
+        let body = json!({ "event_id": event_id, "member_id": member_id, "reward_id": reward_id });
+        self.post("/v1/redemptions?wait_ms=5000", &f.store_key, &body)
+            .await
+    }
+
     /// A purchase for `member_id`, waiting for its effect.
     pub async fn purchase(
         &self,

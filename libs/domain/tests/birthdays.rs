@@ -2,11 +2,11 @@
 //! inside the member's window in the franchise's time zone, never before the enrolment age,
 //! whether the scheduler gives it or the member's next event does.
 
+mod common;
+
+use common::Member;
 use loyalty_domain::birthday::BirthdayWindow;
-use loyalty_domain::{
-    apply, Cents, Currency, Day, EventContext, EventId, FranchiseId, LedgerEntry, LedgerKind,
-    MemberCommand, MemberId, MemberState, Phone, Profile, Program, RewardId, StoreId, Timestamp,
-};
+use loyalty_domain::{Day, LedgerKind, MemberCommand, Program, RewardId, Timestamp};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -23,74 +23,7 @@ fn utc(s: &str) -> i64 {
     s.parse::<jiff::Timestamp>().unwrap().as_millisecond()
 }
 
-struct Member {
-    program: Program,
-    state: Option<MemberState>,
-    ledger: Vec<LedgerEntry>,
-    n: u64,
-}
-
 impl Member {
-    fn enrolled(program: Program, birthday: &str, when: i64) -> Member {
-        let mut m = Member {
-            program,
-            state: None,
-            ledger: Vec::new(),
-            n: 0,
-        };
-        let profile = Profile {
-            phone: Phone::parse("+33612345678").unwrap(),
-            name: None,
-            birthday: Some(birthday.to_owned()),
-            consent: Default::default(),
-        };
-        m.send(MemberCommand::Enrol { profile }, when);
-        m
-    }
-
-    fn send(&mut self, cmd: MemberCommand, when: i64) {
-        self.n += 1;
-        let event_id = EventId::parse(&format!("e-{}", self.n)).unwrap();
-        let store_id = StoreId::parse("s-1").unwrap();
-        let ctx = EventContext {
-            event_id: &event_id,
-            store_id: &store_id,
-            at: Timestamp(when),
-            program: &self.program,
-            program_version: 1,
-        };
-        let member = MemberId::parse("m-1").unwrap();
-        let franchise = FranchiseId::parse("f-1").unwrap();
-        let applied = apply(&mut self.state, &member, &franchise, &cmd, &ctx)
-            .unwrap_or_else(|r| panic!("{cmd:?} refused: {r:?}"));
-        self.ledger.extend(applied.entries);
-    }
-
-    fn purchase(&mut self, when: i64) {
-        self.send(
-            MemberCommand::Purchase {
-                amount: Cents::new(500).unwrap(),
-                currency: Currency::parse("EUR").unwrap(),
-                items: Vec::new(),
-            },
-            when,
-        );
-    }
-
-    fn advance_on_time(&mut self, until: i64) {
-        while let Some(due) = self.state().next_due(&self.program) {
-            if due.0 > until {
-                break;
-            }
-            self.send(MemberCommand::Advance, due.0);
-        }
-        self.send(MemberCommand::Advance, until);
-    }
-
-    fn state(&self) -> &MemberState {
-        self.state.as_ref().expect("enrolled")
-    }
-
     /// The birthday entries: (year of the detail, entry time).
     fn birthdays(&self) -> Vec<(i32, Timestamp)> {
         self.ledger
@@ -106,7 +39,7 @@ fn the_scheduler_gives_it_at_local_midnight_of_the_window() {
     // 17 April 2026 is a Friday: the week starts on Monday 13 April, at 00:00 in Tokyo
     // (15:00 UTC the day before).
     let p = program(json!({ "points": 100 }), "Asia/Tokyo");
-    let mut m = Member::enrolled(p, "1990-04-17", utc("2026-01-10T10:00:00Z"));
+    let mut m = Member::enrolled_with(p, Some("1990-04-17"), utc("2026-01-10T10:00:00Z"));
     let due = m.state().next_due(&m.program).unwrap();
     assert_eq!(due.0, utc("2026-04-12T15:00:00Z"));
     m.advance_on_time(utc("2026-04-12T14:59:00Z"));
@@ -120,7 +53,8 @@ fn the_scheduler_gives_it_at_local_midnight_of_the_window() {
     // Next year's is due next, and only once.
     let next = m.state().next_due(&m.program).unwrap();
     assert!(next.0 > utc("2027-01-01T00:00:00Z"), "{next:?}");
-    m.purchase(utc("2026-04-14T03:00:00Z"));
+    m.purchase(500, utc("2026-04-14T03:00:00Z"))
+        .expect("the purchase is applied");
     assert_eq!(m.birthdays().len(), 1);
 }
 
@@ -131,7 +65,7 @@ fn a_voucher_a_month_window_and_the_enrolment_age() {
         json!({ "reward_id": "free-coffee", "window": "month", "min_days_enrolled": 30 });
     let p: Program = serde_json::from_value(catalogue).unwrap();
     // Enrolled on 20 May with a May birthday: too recent this year; next year on 1 May.
-    let mut m = Member::enrolled(p, "1985-05-25", utc("2026-05-20T09:00:00Z"));
+    let mut m = Member::enrolled_with(p, Some("1985-05-25"), utc("2026-05-20T09:00:00Z"));
     m.advance_on_time(utc("2026-12-31T00:00:00Z"));
     assert!(
         m.state().vouchers.is_empty(),
@@ -185,8 +119,9 @@ fn a_program_with_a_birthday_reward_reads_back_as_stored() {
 #[test]
 fn an_erased_member_gets_nothing() {
     let p = program(json!({ "points": 100, "window": "day" }), "UTC");
-    let mut m = Member::enrolled(p, "1990-03-03", utc("2026-01-10T10:00:00Z"));
-    m.send(MemberCommand::Erase, utc("2026-02-01T10:00:00Z"));
+    let mut m = Member::enrolled_with(p, Some("1990-03-03"), utc("2026-01-10T10:00:00Z"));
+    m.send(MemberCommand::Erase, utc("2026-02-01T10:00:00Z"))
+        .expect("the erasure is applied");
     assert_eq!(m.state().next_due(&m.program), None);
 }
 
@@ -211,14 +146,14 @@ proptest! {
         let p = program(json!({ "points": 10, "window": w, "min_days_enrolled": min_days }), zone);
         let start = utc("2025-06-15T12:00:00Z");
         let birthday = format!("1990-{month:02}-{day:02}");
-        let mut m = Member::enrolled(p.clone(), &birthday, start);
+        let mut m = Member::enrolled_with(p.clone(), Some(&birthday), start);
         let mut now = start;
         for g in &gaps {
             now += g * DAY;
             if on_time {
                 m.advance_on_time(now);
             }
-            m.purchase(now);
+            m.purchase(500, now).expect("the purchase is applied");
         }
         let end = start + 3 * 365 * DAY;
         if on_time {

@@ -2,10 +2,12 @@
 //! ([`MemberCommand::Advance`]): points expire FIFO by lot, one `expire` entry per lot, never
 //! before their age; advancing is idempotent; the due time is what the next advance acts on.
 
+mod common;
+
+use common::Member;
 use loyalty_domain::{
-    apply, day_start, EventContext, EventId, FranchiseId, LedgerEntry, LedgerKind, MemberCommand,
-    MemberId, MemberState, MemberStatus, Outcome, Phone, Points, Profile, Program, StoreId,
-    Timestamp,
+    day_start, LedgerEntry, LedgerKind, MemberCommand, MemberState, MemberStatus, Outcome, Points,
+    Program, Timestamp,
 };
 use proptest::prelude::*;
 use serde_json::json;
@@ -30,68 +32,7 @@ fn program(expiry_days: u32, window_days: u32, silver: u64) -> Program {
     .expect("a valid program")
 }
 
-/// A member and its ledger, driven like the engine drives one member actor.
-struct Member {
-    program: Program,
-    state: Option<MemberState>,
-    ledger: Vec<LedgerEntry>,
-    n: u64,
-}
-
 impl Member {
-    fn enrolled(program: Program, at: i64) -> Member {
-        let mut m = Member {
-            program,
-            state: None,
-            ledger: Vec::new(),
-            n: 0,
-        };
-        let profile = Profile {
-            phone: Phone::parse("+33612345678").unwrap(),
-            name: None,
-            birthday: None,
-            consent: Default::default(),
-        };
-        m.send(MemberCommand::Enrol { profile }, at);
-        m
-    }
-
-    fn send(&mut self, cmd: MemberCommand, at: i64) -> Option<Outcome> {
-        self.n += 1;
-        let event_id = EventId::parse(&format!("e-{}", self.n)).unwrap();
-        let store_id = StoreId::parse("s-1").unwrap();
-        let ctx = EventContext {
-            event_id: &event_id,
-            store_id: &store_id,
-            at: Timestamp(at),
-            program: &self.program,
-            program_version: 1,
-        };
-        let member = MemberId::parse("m-1").unwrap();
-        let franchise = FranchiseId::parse("f-1").unwrap();
-        let applied = apply(&mut self.state, &member, &franchise, &cmd, &ctx).ok()?;
-        self.ledger.extend(applied.entries);
-        Some(applied.outcome)
-    }
-
-    fn purchase(&mut self, cents: u64, at: i64) {
-        let amount = loyalty_domain::Cents::new(cents as i64).unwrap();
-        let currency = loyalty_domain::Currency::parse("EUR").unwrap();
-        let items = Vec::new();
-        self.send(
-            MemberCommand::Purchase {
-                amount,
-                currency,
-                items,
-            },
-            at,
-        );
-    }
-
-    fn state(&self) -> &MemberState {
-        self.state.as_ref().expect("enrolled")
-    }
-
     fn expire_entries(&self) -> Vec<&LedgerEntry> {
         let expire = |e: &&LedgerEntry| e.kind == LedgerKind::Expire;
         self.ledger.iter().filter(expire).collect()

@@ -4,13 +4,12 @@
 //! the scheduler's due time being exactly the next change, the program's validation, and the
 //! masking of exported phone numbers.
 
+mod common;
+
 use std::collections::BTreeMap;
 
 use loyalty_domain::segments::{mask_phone, next_change, segments_of, AT_RISK, LAPSED, LOYAL, NEW};
-use loyalty_domain::{
-    apply, Applied, Cents, Currency, Day, EventContext, EventId, FranchiseId, MemberCommand,
-    MemberId, MemberState, MemberStatus, Phone, Profile, Program, StoreId, Timestamp,
-};
+use loyalty_domain::{Applied, Day, MemberCommand, MemberState, MemberStatus, Program, Timestamp};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -59,46 +58,31 @@ fn rules_json(new_days: u32, min_visits: u32, window: u32, regular: u32, at_risk
 /// One member driven as the engine drives its actor; every change of segments it reports is
 /// added to `counts`, as the dashboards add them.
 struct Member {
-    program: Program,
-    state: Option<MemberState>,
-    n: u64,
+    inner: common::Member,
     counts: BTreeMap<String, i64>,
     purchases: Vec<(i64, u64)>,
+}
+
+impl std::ops::Deref for Member {
+    type Target = common::Member;
+    fn deref(&self) -> &common::Member {
+        &self.inner
+    }
 }
 
 impl Member {
     fn enrolled(program: Program, at: i64) -> Member {
         let mut m = Member {
-            program,
-            state: None,
-            n: 0,
+            inner: common::Member::new(program),
             counts: BTreeMap::new(),
             purchases: Vec::new(),
         };
-        let profile = Profile {
-            phone: Phone::parse("+33612345678").unwrap(),
-            name: None,
-            birthday: None,
-            consent: Default::default(),
-        };
-        m.send(MemberCommand::Enrol { profile }, at);
+        m.send(common::enrolment(None), at);
         m
     }
 
     fn send(&mut self, cmd: MemberCommand, at: i64) -> Option<Applied> {
-        self.n += 1;
-        let event_id = EventId::parse(&format!("e-{}", self.n)).unwrap();
-        let store_id = StoreId::parse("s-1").unwrap();
-        let ctx = EventContext {
-            event_id: &event_id,
-            store_id: &store_id,
-            at: Timestamp(at),
-            program: &self.program,
-            program_version: 1,
-        };
-        let member = MemberId::parse("m-1").unwrap();
-        let franchise = FranchiseId::parse("f-1").unwrap();
-        let applied = apply(&mut self.state, &member, &franchise, &cmd, &ctx).ok()?;
+        let applied = self.inner.apply(cmd, at).ok()?;
         if let Some(m) = &applied.segments {
             for s in &m.left {
                 *self.counts.entry(s.clone()).or_default() -= 1;
@@ -111,18 +95,9 @@ impl Member {
     }
 
     fn purchase(&mut self, cents: u64, at: i64) {
-        let cmd = MemberCommand::Purchase {
-            amount: Cents::new(cents as i64).unwrap(),
-            currency: Currency::parse("EUR").unwrap(),
-            items: Vec::new(),
-        };
-        if self.send(cmd, at).is_some() {
+        if self.send(common::purchase(cents), at).is_some() {
             self.purchases.push((at, cents));
         }
-    }
-
-    fn state(&self) -> &MemberState {
-        self.state.as_ref().expect("enrolled")
     }
 
     fn today(&self) -> Day {

@@ -20,13 +20,6 @@ fn readme_program(name: &str) -> Value {
         .unwrap_or_else(|e| panic!("README program {name} is not JSON: {e}"))
 }
 
-async fn member(app: &TestApp, f: &TestFranchise, phone: &str) -> String {
-    app.enrol(f, phone).await["member_id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 async fn buy(app: &TestApp, f: &TestFranchise, body: Value) -> Value {
     let r = app
         .post("/v1/purchases?wait_ms=5000", &f.store_key, &body)
@@ -43,18 +36,6 @@ async fn spend(app: &TestApp, f: &TestFranchise, event: &str, m: &str, cents: i6
     buy(app, f, body).await
 }
 
-async fn redeem(
-    app: &TestApp,
-    f: &TestFranchise,
-    event: &str,
-    m: &str,
-    reward: &str,
-) -> reqwest::Response {
-    let body = json!({ "event_id": event, "member_id": m, "reward_id": reward });
-    app.post("/v1/redemptions?wait_ms=5000", &f.store_key, &body)
-        .await
-}
-
 fn available(status: &Value) -> Vec<&str> {
     let list = status["rewards_available"].as_array().unwrap();
     list.iter().map(|v| v.as_str().unwrap()).collect()
@@ -66,7 +47,7 @@ async fn the_cafe_fills_its_stamp_card_and_names_its_regulars() {
     let f = app
         .franchise_with("Café du Moulin", readme_program("cafe"))
         .await;
-    let m = member(&app, &f, "+33612340501").await;
+    let m = app.enrol_id(&f, "+33612340501").await;
     let mut last = Value::Null;
     for i in 1..=10 {
         last = spend(&app, &f, &format!("coffee-{i}"), &m, 280).await;
@@ -89,7 +70,7 @@ async fn the_cafe_fills_its_stamp_card_and_names_its_regulars() {
     let moves: Vec<&Value> = ledger.iter().filter(|e| e["kind"] == "tier").collect();
     assert_eq!(moves.len(), 1, "{ledger:?}");
     assert_eq!(moves[0]["tier_change"]["reason"], "qualified");
-    let r = redeem(&app, &f, "free-1", &m, "free-coffee").await;
+    let r = app.redeem(&f, "free-1", &m, "free-coffee").await;
     assert_eq!(r.status(), StatusCode::OK);
     let v: Value = r.json().await.unwrap();
     assert_eq!(
@@ -104,7 +85,7 @@ async fn the_salon_offers_its_upgrade_and_its_tiers() {
     let app = spawn_app().await;
     let program = readme_program("salon");
     let f = app.franchise_with("Salon Lumière", program.clone()).await;
-    let m = member(&app, &f, "+33612340502").await;
+    let m = app.enrol_id(&f, "+33612340502").await;
     let v = spend(&app, &f, "cut-1", &m, 6_000).await;
     assert_eq!(v["member"]["points"], 110);
     let v = spend(&app, &f, "cut-2", &m, 9_500).await;
@@ -140,7 +121,7 @@ async fn the_boutique_earns_by_the_euro_and_converts_its_points() {
     let f = app
         .franchise_with("Boutique Iconique", readme_program("boutique"))
         .await;
-    let m = member(&app, &f, "+33612340503").await;
+    let m = app.enrol_id(&f, "+33612340503").await;
     let v = spend(&app, &f, "socks", &m, 990).await;
     assert_eq!(
         v["member"]["points"], 100,
@@ -149,10 +130,10 @@ async fn the_boutique_earns_by_the_euro_and_converts_its_points() {
     let v = spend(&app, &f, "jacket", &m, 12_000).await;
     assert_eq!(v["member"]["points"], 700);
     assert_eq!(available(&v["member"]), ["tote-bag", "early-access"]);
-    let r = redeem(&app, &f, "early-1", &m, "early-access").await;
+    let r = app.redeem(&f, "early-1", &m, "early-access").await;
     assert_eq!(r.status(), StatusCode::OK);
     let p = assert_problem(
-        redeem(&app, &f, "early-2", &m, "early-access").await,
+        app.redeem(&f, "early-2", &m, "early-access").await,
         StatusCode::CONFLICT,
         "redemption-limit-reached",
     )

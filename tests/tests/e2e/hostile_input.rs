@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use loyalty_tests::{assert_problem, demo_program, spawn_app, TestApp, TestFranchise, ADMIN_KEY};
+use loyalty_tests::{assert_problem, demo_program, spawn_app, TestApp, ADMIN_KEY};
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -16,13 +16,6 @@ const MAX_CENTS: i64 = 1_000_000_000_000;
 const MAX_POINTS: u64 = 1_000_000_000_000_000_000;
 
 /// Enrols a fresh member; returns its id.
-async fn member(app: &TestApp, f: &TestFranchise, phone: &str) -> String {
-    app.enrol(f, phone).await["member_id"]
-        .as_str()
-        .expect("member id")
-        .to_owned()
-}
-
 /// `body` as is (not necessarily JSON) to `path`, with `key`.
 async fn send_raw(
     app: &TestApp,
@@ -108,7 +101,7 @@ async fn the_largest_purchases_stop_at_the_points_limit_with_a_422_that_changes_
             }),
         )
         .await;
-    let m = member(&app, &f, "+33611110001").await;
+    let m = app.enrol_id(&f, "+33611110001").await;
     for i in 1..=100u64 {
         let r = app.purchase(&f, &format!("huge-{i}"), &m, MAX_CENTS).await;
         assert_eq!(r.status(), StatusCode::OK, "purchase {i}");
@@ -155,7 +148,7 @@ async fn the_largest_purchases_stop_at_the_points_limit_with_a_422_that_changes_
 async fn json_bodies_must_be_objects_and_syntax_errors_are_400() {
     let app = spawn_app().await;
     let f = app.franchise("Café A").await;
-    let m = member(&app, &f, "+33611110003").await;
+    let m = app.enrol_id(&f, "+33611110003").await;
     let routes: Vec<(Method, String, &str)> = vec![
         (Method::POST, "/v1/franchises".into(), ADMIN_KEY),
         (
@@ -270,7 +263,7 @@ async fn json_bodies_must_be_objects_and_syntax_errors_are_400() {
 async fn methods_heads_and_oversize_requests_get_problems() {
     let app = spawn_app().await;
     let f = app.franchise("Café A").await;
-    let m = member(&app, &f, "+33611110005").await;
+    let m = app.enrol_id(&f, "+33611110005").await;
     let call = |method: &str, path: &str, key: Option<&str>| {
         let mut r = app.client.request(
             Method::from_bytes(method.as_bytes()).unwrap(),
@@ -492,7 +485,7 @@ async fn what_the_http_codec_refuses_keeps_its_status() {
 async fn authorization_is_parsed_by_the_rfc_and_sent_once() {
     let app = spawn_app().await;
     let f = app.franchise("Café A").await;
-    let m = member(&app, &f, "+33611110006").await;
+    let m = app.enrol_id(&f, "+33611110006").await;
     let path = format!("/v1/members/{m}");
     let with = |values: Vec<String>| {
         let mut h = HeaderMap::new();
@@ -580,7 +573,7 @@ async fn authorization_is_parsed_by_the_rfc_and_sent_once() {
 async fn a_zero_refund_is_refused_and_keeps_its_event_id() {
     let app = spawn_app().await;
     let f = app.franchise("Café A").await;
-    let m = member(&app, &f, "+33611110007").await;
+    let m = app.enrol_id(&f, "+33611110007").await;
     assert_eq!(
         app.purchase(&f, "z-p", &m, 5_000).await.status(),
         StatusCode::OK
@@ -622,7 +615,7 @@ async fn a_zero_refund_is_refused_and_keeps_its_event_id() {
 async fn occurred_at_outside_the_horizon_is_refused() {
     let app = spawn_app().await;
     let f = app.franchise("Café A").await;
-    let m = member(&app, &f, "+33611110009").await;
+    let m = app.enrol_id(&f, "+33611110009").await;
     assert_eq!(
         app.purchase(&f, "h-p", &m, 5_000).await.status(),
         StatusCode::OK
@@ -732,7 +725,7 @@ async fn client_errors_are_not_logged_as_server_errors() {
     }
     let app = spawn_app().await;
     let f = app.franchise("Café A").await;
-    let m = member(&app, &f, "+33611110012").await;
+    let m = app.enrol_id(&f, "+33611110012").await;
     for request in [
         b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\x01b\r\n\r\n".to_vec(),
         [
@@ -821,7 +814,7 @@ async fn client_errors_are_not_logged_as_server_errors() {
 async fn integral_numbers_are_integers_however_they_are_written() {
     let app = spawn_app().await;
     let f = app.franchise("Café A").await;
-    let m = member(&app, &f, "+33611110021").await;
+    let m = app.enrol_id(&f, "+33611110021").await;
     let r = send_raw(
         &app,
         Method::POST,
@@ -897,7 +890,7 @@ async fn integral_numbers_are_integers_however_they_are_written() {
 async fn a_ledger_cursor_above_int64_is_refused() {
     let app = spawn_app().await;
     let f = app.franchise("Café A").await;
-    let m = member(&app, &f, "+33611110022").await;
+    let m = app.enrol_id(&f, "+33611110022").await;
     let path = |before: &str| format!("/v1/members/{m}/ledger?before={before}");
     let p = assert_problem(
         app.get(&path("9223372036854775808"), &f.hq_key).await,
@@ -1037,7 +1030,7 @@ async fn a_lookup_takes_one_of_phone_or_qr_and_nothing_else() {
 async fn purchase_items_out_of_shape_or_bounds_are_refused() {
     let app = spawn_app().await;
     let f = app.franchise("Café A").await;
-    let m = member(&app, &f, "+33611110020").await;
+    let m = app.enrol_id(&f, "+33611110020").await;
     let before = app.status(&f, &m).await;
     let line = |q: Value, cents: Value| json!({"sku": "A", "quantity": q, "amount_cents": cents});
     let many: Vec<Value> = (0..201).map(|_| line(json!(1), json!(0))).collect();
@@ -1133,7 +1126,7 @@ async fn purchase_items_out_of_shape_or_bounds_are_refused() {
 async fn the_platforms_own_event_ids_are_refused() {
     let app = spawn_app().await;
     let f = app.franchise("Café Réservé").await;
-    let m = member(&app, &f, "+33612340601").await;
+    let m = app.enrol_id(&f, "+33612340601").await;
     let before = app.status(&f, &m).await;
     for id in [
         format!("sched:{m}:1764547200000"),

@@ -39,13 +39,6 @@ fn basket() -> Value {
     ])
 }
 
-async fn member(app: &TestApp, f: &TestFranchise, phone: &str) -> String {
-    app.enrol(f, phone).await["member_id"]
-        .as_str()
-        .expect("member id")
-        .to_owned()
-}
-
 async fn buy(app: &TestApp, f: &TestFranchise, body: Value) -> reqwest::Response {
     app.post("/v1/purchases?wait_ms=5000", &f.store_key, body)
         .await
@@ -94,7 +87,7 @@ async fn item_bonuses_through_the_api_are_ledger_entries_refunded_pro_rata() {
         json!({ "name": "Beans", "skus": null, "categories": ["beans"], "points_per_item": 20,
                 "multiplier_pct": 100 })
     );
-    let m = member(&app, &f, "+33612340101").await;
+    let m = app.enrol_id(&f, "+33612340101").await;
     let purchase = json!({ "event_id": "ib-1", "member_id": m, "amount_cents": 2000,
                            "currency": "EUR", "items": basket() });
     let r = buy(&app, &f, purchase.clone()).await;
@@ -149,7 +142,7 @@ async fn item_bonuses_through_the_api_are_ledger_entries_refunded_pro_rata() {
 async fn bad_items_and_bad_bonuses_are_refused_with_their_reason_and_change_nothing() {
     let app = spawn_app().await;
     let f = app.franchise_with("Café Refus", cafe_program()).await;
-    let m = member(&app, &f, "+33612340102").await;
+    let m = app.enrol_id(&f, "+33612340102").await;
     let before = app.status(&f, &m).await;
     let line =
         |sku: &str, q: i64, cents: i64| json!({ "sku": sku, "quantity": q, "amount_cents": cents });
@@ -264,7 +257,7 @@ async fn wait_dead_letter(app: &TestApp, event: &str) -> Vec<(String, String)> {
 async fn item_bonuses_through_the_pos_topic_and_bad_items_dead_lettered() {
     let app = spawn_app().await;
     let f = app.franchise_with("Café Flux", cafe_program()).await;
-    let m = member(&app, &f, "+33612340103").await;
+    let m = app.enrol_id(&f, "+33612340103").await;
     let mid = MemberId::parse(&m).unwrap();
     let fid = FranchiseId::parse(&f.id).unwrap();
     let sid = StoreId::parse(&f.store_id).unwrap();

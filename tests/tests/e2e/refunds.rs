@@ -20,13 +20,6 @@ fn two_stamp_cafe() -> Value {
     p
 }
 
-async fn member(app: &TestApp, f: &TestFranchise, phone: &str) -> String {
-    app.enrol(f, phone).await["member_id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 async fn buy(app: &TestApp, f: &TestFranchise, id: &str, m: &str, cents: i64) -> Value {
     let r = app.purchase(f, id, m, cents).await;
     assert_eq!(r.status(), StatusCode::OK, "{id}");
@@ -59,7 +52,7 @@ fn voucher_count(status: &Value) -> u64 {
 async fn ledger_entries_show_the_program_version_before_and_after_a_change() {
     let app = spawn_app().await;
     let f = app.franchise("Café Versions").await;
-    let m = member(&app, &f, "+33612340101").await;
+    let m = app.enrol_id(&f, "+33612340101").await;
     buy(&app, &f, "v-before", &m, 1_000).await;
     let mut program = demo_program();
     program["points_per_unit"] = json!(5);
@@ -98,7 +91,7 @@ async fn ledger_entries_show_the_program_version_before_and_after_a_change() {
 async fn a_full_refund_takes_back_the_stamp_the_voucher_the_visit_and_the_tier() {
     let app = spawn_app().await;
     let f = app.franchise_with("Café Deux", two_stamp_cafe()).await;
-    let m = member(&app, &f, "+33612340102").await;
+    let m = app.enrol_id(&f, "+33612340102").await;
     buy(&app, &f, "full-1", &m, 1_000).await;
     let v = buy(&app, &f, "full-2", &m, 1_000).await;
     assert_eq!(v["outcome"]["voucher"], "free-coffee");
@@ -186,7 +179,7 @@ async fn a_full_refund_takes_back_the_stamp_the_voucher_the_visit_and_the_tier()
 async fn a_partial_refund_takes_points_pro_rata_and_the_last_one_the_stamp_and_visit() {
     let app = spawn_app().await;
     let f = app.franchise("Café Partiel").await;
-    let m = member(&app, &f, "+33612340103").await;
+    let m = app.enrol_id(&f, "+33612340103").await;
     buy(&app, &f, "part-1", &m, 5_000).await;
     let v = refund(
         &app,
@@ -235,8 +228,8 @@ async fn a_partial_refund_takes_points_pro_rata_and_the_last_one_the_stamp_and_v
 async fn a_refund_before_its_purchase_is_held_and_applied_when_the_purchase_arrives() {
     let app = spawn_app().await;
     let f = app.franchise("Café Hors Ligne").await;
-    let m = member(&app, &f, "+33612340104").await;
-    let other = member(&app, &f, "+33612340105").await;
+    let m = app.enrol_id(&f, "+33612340104").await;
+    let other = app.enrol_id(&f, "+33612340105").await;
     let body = json!({"amount_cents": 400, "member_id": m});
     let v = refund(&app, &f, "till-9:0002", "till-9:0001", body.clone()).await;
     assert_eq!(v["replayed"], false);

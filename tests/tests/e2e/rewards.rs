@@ -29,18 +29,6 @@ async fn setup(app: &TestApp, name: &str, phone: &str) -> (TestFranchise, String
     (f, m)
 }
 
-async fn redeem(
-    app: &TestApp,
-    f: &TestFranchise,
-    event: &str,
-    m: &str,
-    reward: &str,
-) -> reqwest::Response {
-    let body = json!({ "event_id": event, "member_id": m, "reward_id": reward });
-    app.post("/v1/redemptions?wait_ms=5000", &f.store_key, &body)
-        .await
-}
-
 async fn cancel(app: &TestApp, key: &str, event: &str, redemption: &str) -> reqwest::Response {
     let body = json!({ "event_id": event, "redemption_event_id": redemption });
     app.post("/v1/redemption-cancellations?wait_ms=5000", key, &body)
@@ -71,7 +59,7 @@ async fn a_reward_outside_its_dates_or_past_its_limit_is_refused_with_its_proble
     // 350 points cover both, but the pastry's dates are over.
     assert_eq!(available(&app.status(&f, &m).await), ["free-coffee"]);
     let p = assert_problem(
-        redeem(&app, &f, "red-1", &m, "free-pastry").await,
+        app.redeem(&f, "red-1", &m, "free-pastry").await,
         StatusCode::CONFLICT,
         "reward-not-valid",
     )
@@ -83,13 +71,13 @@ async fn a_reward_outside_its_dates_or_past_its_limit_is_refused_with_its_proble
     assert_eq!(p["reward_id"], "free-pastry");
     // Recorded: the same request gets the same answer.
     assert_problem(
-        redeem(&app, &f, "red-1", &m, "free-pastry").await,
+        app.redeem(&f, "red-1", &m, "free-pastry").await,
         StatusCode::CONFLICT,
         "reward-not-valid",
     )
     .await;
 
-    let r = redeem(&app, &f, "red-2", &m, "free-coffee").await;
+    let r = app.redeem(&f, "red-2", &m, "free-coffee").await;
     assert_eq!(r.status(), StatusCode::OK);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["outcome"]["points_spent"], 100);
@@ -109,7 +97,7 @@ async fn a_reward_outside_its_dates_or_past_its_limit_is_refused_with_its_proble
     );
 
     let p = assert_problem(
-        redeem(&app, &f, "red-3", &m, "free-coffee").await,
+        app.redeem(&f, "red-3", &m, "free-coffee").await,
         StatusCode::CONFLICT,
         "redemption-limit-reached",
     )
@@ -140,7 +128,7 @@ async fn a_reward_outside_its_dates_or_past_its_limit_is_refused_with_its_proble
 async fn a_cancellation_gives_the_points_back_once_and_only_within_the_window() {
     let app = spawn_app().await;
     let (f, m) = setup(&app, "Café Annulations", "+33612340102").await;
-    let r = redeem(&app, &f, "red-1", &m, "free-coffee").await;
+    let r = app.redeem(&f, "red-1", &m, "free-coffee").await;
     assert_eq!(r.status(), StatusCode::OK);
 
     let r = cancel(&app, &f.store_key, "cancel-1", "red-1").await;
@@ -264,7 +252,7 @@ async fn an_automatic_voucher_is_credited_at_its_threshold_and_redeemed_for_no_p
         (&json!("redeem"), &json!(-1_000))
     );
 
-    let r = redeem(&app, &f, "red-1", &m, "voucher-5").await;
+    let r = app.redeem(&f, "red-1", &m, "voucher-5").await;
     assert_eq!(r.status(), StatusCode::OK);
     let v: Value = r.json().await.unwrap();
     assert_eq!(

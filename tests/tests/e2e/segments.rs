@@ -54,13 +54,6 @@ async fn buy(app: &TestApp, f: &TestFranchise, event: &str, m: &str, cents: i64,
     assert_eq!(r.status(), StatusCode::OK, "{event}");
 }
 
-async fn member(app: &TestApp, f: &TestFranchise, phone: &str) -> String {
-    app.enrol(f, phone).await["member_id"]
-        .as_str()
-        .expect("member id")
-        .to_owned()
-}
-
 fn names(v: &Value) -> Vec<&str> {
     v.as_array()
         .map(|a| a.iter().filter_map(Value::as_str).collect())
@@ -98,10 +91,10 @@ async fn export_all(app: &TestApp, f: &TestFranchise, segment: &str, limit: u32)
 async fn segments_follow_the_rules_show_at_the_till_and_export_for_hq_only() {
     let app = spawn_app().await;
     let f = app.franchise_with("Café Segments", program()).await;
-    let loyal = member(&app, &f, "+33611110001").await;
-    let at_risk = member(&app, &f, "+33611110002").await;
-    let lapsed = member(&app, &f, "+33611110003").await;
-    let big = member(&app, &f, "+33611110004").await;
+    let loyal = app.enrol_id(&f, "+33611110001").await;
+    let at_risk = app.enrol_id(&f, "+33611110002").await;
+    let lapsed = app.enrol_id(&f, "+33611110003").await;
+    let big = app.enrol_id(&f, "+33611110004").await;
     for (i, ago) in [2, 1, 0].iter().enumerate() {
         buy(&app, &f, &format!("l-{i}"), &loyal, 500, *ago).await;
     }
@@ -240,7 +233,7 @@ async fn exports_are_for_hq_keys_of_the_franchise_only() {
     let app = spawn_app().await;
     let f = app.franchise_with("Café Export", program()).await;
     let other = app.franchise_with("Café Voisin", program()).await;
-    let m = member(&app, &f, "+33611110009").await;
+    let m = app.enrol_id(&f, "+33611110009").await;
     buy(&app, &f, "p-1", &m, 500, 0).await;
     let r = app
         .post(

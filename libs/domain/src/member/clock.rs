@@ -91,15 +91,12 @@ impl MemberState {
                 .map(|lot| Day(lot.day.0.saturating_add(days)))
         });
         let tier = self.next_tier_evaluation(program, self.clock.day());
-        let day = match (expiry, tier) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
         let lapse = self.held_refunds.iter().map(|h| h.lapses_at).min();
         let today = program.local_day(self.clock);
         let segments = next_change(self, program, today).map(|d| program.time_zone.start_of(d));
         [
-            day.map(day_start),
+            expiry.map(day_start),
+            tier.map(day_start),
             self.next_birthday_due(program),
             lapse,
             segments,

@@ -489,7 +489,12 @@ fn span_words(lang: Lang, q: &TierQualification) -> String {
 
 /// A day written the language's way.
 fn date(lang: Lang, program: &Program, at: Timestamp) -> String {
-    let (y, m, d) = program.time_zone.day(at).ymd();
+    day_words(lang, program.time_zone.day(at))
+}
+
+/// A calendar day written the language's way.
+fn day_words(lang: Lang, day: Day) -> String {
+    let (y, m, d) = day.ymd();
     match lang {
         Lang::Fr => format!("{d:02}/{m:02}/{y}"),
         Lang::En => format!("{y}-{m:02}-{d:02}"),
@@ -661,16 +666,8 @@ async fn card_page(
         );
     }
     if let Some(due) = &status.tier_downgrade {
-        let day = Day::parse_iso(&due.date).map_or_else(
-            || due.date.clone(),
-            |d| {
-                let (y, m, dd) = d.ymd();
-                match lang {
-                    Lang::Fr => format!("{dd:02}/{m:02}/{y}"),
-                    Lang::En => format!("{y:04}-{m:02}-{dd:02}"),
-                }
-            },
-        );
+        let day =
+            Day::parse_iso(&due.date).map_or_else(|| due.date.clone(), |d| day_words(lang, d));
         let _ = writeln!(
             b,
             "<p class=\"tier-downgrade\" id=\"tier-downgrade\" data-date=\"{}\">{}</p>",
