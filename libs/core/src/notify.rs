@@ -23,25 +23,7 @@ pub trait Notifier: Send + Sync + 'static {
     async fn send_code(&self, phone: &Phone, code: &str, lang: &str) -> Result<()>;
 }
 
-/// A channel a campaign message goes out on. Each needs the member's consent
-/// ([`loyalty_domain::Consent`]) and an address in the profile (a phone, an e-mail).
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Channel {
-    Sms,
-    Email,
-}
-
-impl Channel {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Channel::Sms => "sms",
-            Channel::Email => "email",
-        }
-    }
-}
+pub use loyalty_domain::campaigns::Channel;
 
 /// One message to one member, rendered and addressed: built by the outbox's delivery worker
 /// just before it is handed to a [`MessageSender`], from the outbox entry (which holds no

@@ -194,6 +194,9 @@ pub struct EffectBatch {
     /// events' records, so that an event counts once: a replay finds its record and adds
     /// nothing.
     pub dashboard: DashboardDelta,
+    /// Messages the batch's campaign firings ask for (the durable outbox), written with the
+    /// member's share: inserted unless an entry with the same id exists (which is kept).
+    pub outbox: Vec<OutboxEntry>,
 }
 
 impl EffectBatch {
@@ -202,7 +205,53 @@ impl EffectBatch {
             && self.ledger.is_empty()
             && self.processed.is_empty()
             && self.dashboard.is_empty()
+            && self.outbox.is_empty()
     }
+}
+
+/// Where a message of the outbox stands.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum OutboxState {
+    /// To send at `next_attempt_at`.
+    Pending,
+    /// The receiver accepted it.
+    Delivered { at: Timestamp },
+    /// Dead-lettered: a permanent failure, or the last attempt failed. `reason` is the
+    /// adapter's error (no personal data).
+    Failed { at: Timestamp, reason: String },
+    /// Not sent, on purpose: the member withdrew consent, has no address on the channel, was
+    /// erased, or the program no longer has the campaign's message.
+    Skipped { at: Timestamp, reason: String },
+}
+
+/// One message of the durable outbox: what a campaign firing asks to send to a member on a
+/// channel. Holds no personal data: the delivery worker reads the member's address and
+/// consent, and renders the program's template, when it sends.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OutboxEntry {
+    /// `<member>/<campaign>/<firing key>/<channel>`: one per firing and channel, the same on
+    /// every replay (and the [`crate::notify::Message::id`] receivers deduplicate on).
+    pub id: String,
+    pub franchise_id: FranchiseId,
+    pub member_id: MemberId,
+    /// The member's log partition: the outbox is read by partition, by the node that owns it.
+    pub partition: Partition,
+    pub campaign_id: String,
+    pub channel: loyalty_domain::campaigns::Channel,
+    /// The program version whose campaign fired (its templates are the message's).
+    pub program_version: u32,
+    /// When the campaign fired (the member's event time).
+    pub created_at: Timestamp,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When the next attempt is due (pending entries only).
+    pub next_attempt_at: Timestamp,
+    /// The last attempt's error, if it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(flatten)]
+    pub state: OutboxState,
 }
 
 /// The dashboards' stored aggregates of a franchise over a range of days.
@@ -363,6 +412,31 @@ pub trait StateStore: Send + Sync + 'static {
     async fn sync(&self) -> Result<()> {
         Ok(())
     }
+
+    /// At most `limit` pending outbox entries of `partition` whose `next_attempt_at` is at or
+    /// before `until`, earliest first (then by id): what the delivery worker of the node that
+    /// owns the partition sends now.
+    async fn outbox_due(
+        &self,
+        partition: Partition,
+        until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>>;
+
+    /// The outbox entry `id`, if any.
+    async fn outbox_entry(&self, id: &str) -> Result<Option<OutboxEntry>>;
+
+    /// Replaces the stored entry `entry.id` with `entry` (an attempt's result) and adds
+    /// `dashboard` (the campaign's delivery counters), atomically, fenced: fails with
+    /// [`crate::Error::Conflict`], having changed nothing, unless the stored entry is pending
+    /// with `expected_attempts` attempts (another node recorded this attempt first, so its
+    /// counters are not added twice). Durable on return.
+    async fn update_outbox(
+        &self,
+        entry: &OutboxEntry,
+        expected_attempts: u32,
+        dashboard: &DashboardDelta,
+    ) -> Result<()>;
 }
 
 /// A member status as served at the till: rendered once by the engine, served as bytes.

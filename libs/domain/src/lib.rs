@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod birthday;
+pub mod campaigns;
 pub mod dashboard;
 mod error;
 mod idempotency;

@@ -740,6 +740,7 @@ impl Shard {
             ledger,
             processed: writes,
             dashboard,
+            outbox: Vec::new(),
         };
         deps.store.commit(batch).await?;
         for (kind, n) in updates {

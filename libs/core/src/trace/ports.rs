@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use loyalty_domain::dashboard::DashboardDelta;
 use loyalty_domain::{
     Day, EventId, Fingerprint, FranchiseId, LedgerEntry, MemberId, MemberState, ProcessedEvent,
-    Program, StoreId,
+    Program, StoreId, Timestamp,
 };
 use opentelemetry::trace::TraceContextExt;
 use prometheus::{HistogramVec, IntCounterVec};
@@ -33,7 +33,10 @@ use tracing::Instrument;
 
 use crate::metrics::{error_class, metrics};
 use crate::model::{ApiKey, Franchise, Principal, Store};
-use crate::ports::{CachedStatus, DashboardRows, EffectBatch, EventClaim, HotCache, StateStore};
+use crate::ports::{
+    CachedStatus, DashboardRows, EffectBatch, EventClaim, HotCache, OutboxEntry, Partition,
+    StateStore,
+};
 use crate::Result;
 
 /// Which port a call is made on: where its latency and errors are counted.
@@ -255,6 +258,29 @@ impl StateStore for TracedStore {
     }
     async fn sync(&self) -> Result<()> {
         store(self.system, "sync", self.inner.sync()).await
+    }
+    async fn outbox_due(
+        &self,
+        partition: Partition,
+        until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>> {
+        let call = self.inner.outbox_due(partition, until, limit);
+        store(self.system, "outbox_due", call).await
+    }
+    async fn outbox_entry(&self, id: &str) -> Result<Option<OutboxEntry>> {
+        store(self.system, "outbox_entry", self.inner.outbox_entry(id)).await
+    }
+    async fn update_outbox(
+        &self,
+        entry: &OutboxEntry,
+        expected_attempts: u32,
+        dashboard: &DashboardDelta,
+    ) -> Result<()> {
+        let call = self
+            .inner
+            .update_outbox(entry, expected_attempts, dashboard);
+        store(self.system, "update_outbox", call).await
     }
 }
 
