@@ -33,9 +33,9 @@ pub use ids::{
 pub use items::{ItemBonus, ItemBonusSpec, PurchaseItem, PurchaseItemSpec};
 pub use ledger::{LedgerEntry, LedgerKind, PointLot};
 pub use member::{
-    apply, day_start, Applied, Consent, DayActivity, EventContext, HeldRefund, MemberCommand,
-    MemberState, Profile, RedemptionRecord, TierChange, TierDowngrade, TierReason,
-    MAX_HELD_REFUNDS,
+    apply, day_start, Applied, CampaignEffects, CampaignRecord, Consent, DayActivity, EventContext,
+    HeldRefund, MemberCommand, MemberState, Profile, RedemptionRecord, TierChange, TierDowngrade,
+    TierReason, MAX_HELD_REFUNDS,
 };
 pub use program::{
     AutoVoucher, AutoVoucherSpec, BonusMultiplier, BonusMultiplierSpec, Program, ProgramSpec,

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::birthday::{BirthdayReward, BirthdayRewardSpec};
+use crate::campaigns::{Campaign, CampaignSpec};
 use crate::items::{ItemBonus, ItemBonusSpec};
 use crate::object::{self, Object};
 use crate::segments::{Segments, SegmentsSpec};
@@ -68,6 +69,9 @@ pub struct ProgramSpec {
     /// Segments (README "Segments"); none when left out.
     #[serde(default, deserialize_with = "object::option")]
     pub segments: Option<SegmentsSpec>,
+    /// Automated campaigns (README "Campaigns").
+    #[serde(default, deserialize_with = "object::list")]
+    pub campaigns: Vec<CampaignSpec>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -344,6 +348,9 @@ pub struct Program {
     /// computes no segments (left out of its JSON, so programs stored before read the same).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub segments: Option<Segments>,
+    /// Automated campaigns ([`crate::campaigns`]); left out of the JSON when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub campaigns: Vec<Campaign>,
 }
 
 /// The default of [`Program::held_refund_horizon_days`]: a till offline for up to a month.
@@ -401,7 +408,7 @@ const MAX_CANCEL_MINUTES: i64 = 10_080;
 
 /// A range of local dates as a program writes it, each `(field name, value)`: either end may
 /// be left out, each is `YYYY-MM-DD` (1970 or later), and the first is not after the last.
-fn date_range(
+pub(crate) fn date_range(
     from: (&str, &Option<String>),
     to: (&str, &Option<String>),
 ) -> Result<(Option<Day>, Option<Day>), DomainError> {
@@ -733,6 +740,8 @@ impl TryFrom<ProgramSpec> for Program {
             .as_ref()
             .map(|seg| Segments::validate(seg, &tiers))
             .transpose()?;
+        let campaigns =
+            crate::campaigns::campaigns(&s.campaigns, &rewards, &tiers, segments.as_ref())?;
 
         Ok(Program {
             currency,
@@ -755,6 +764,7 @@ impl TryFrom<ProgramSpec> for Program {
             auto_vouchers,
             birthday_reward,
             segments,
+            campaigns,
         })
     }
 }
@@ -810,7 +820,9 @@ impl Program {
         self.points_with(amount_cents, tier, self.bonus_pct(at, store))
     }
 
-    fn points_with(&self, amount_cents: u64, tier: usize, bonus_pct: u64) -> Points {
+    /// [`Program::purchase_points`] with the schedule multiplier `bonus_pct` given (the best
+    /// of the schedules' and a campaign's).
+    pub fn points_with(&self, amount_cents: u64, tier: usize, bonus_pct: u64) -> Points {
         if amount_cents < self.min_basket_cents {
             return 0;
         }
@@ -884,6 +896,7 @@ impl Program {
             auto_vouchers: Vec::new(),
             birthday_reward: None,
             segments: None,
+            campaigns: Vec::new(),
         }
     }
 

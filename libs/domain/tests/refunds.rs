@@ -319,6 +319,7 @@ fn records_and_states_stored_before_refunds_were_held_still_read() {
             visits: Vec::new(),
             tier: None,
             segments: None,
+            campaigns: Default::default(),
         }),
         (false, false, None, None)
     );

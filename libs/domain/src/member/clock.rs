@@ -79,7 +79,8 @@ impl MemberState {
     /// next tier evaluation ([`MemberState::next_tier_evaluation`]), the start of its next
     /// birthday reward's window (local midnight), the horizon of its first held refund (which
     /// lapses then), and the start of the next local day on which time alone changes its
-    /// segments ([`crate::segments::next_change`]). `None` when nothing is due, or when the
+    /// segments ([`crate::segments::next_change`]), and the next time trigger of a campaign
+    /// (`campaigns.rs`). `None` when nothing is due, or when the
     /// member's personal data is erased (an erased member takes no more commands).
     pub fn next_due(&self, program: &Program) -> Option<Timestamp> {
         if self.erased_at.is_some() {
@@ -100,6 +101,7 @@ impl MemberState {
             self.next_birthday_due(program),
             lapse,
             segments,
+            self.next_campaign_due(program),
         ]
         .into_iter()
         .flatten()

@@ -7,6 +7,7 @@
 //! a late-arriving POS event cannot expire points or shrink a window retroactively.
 
 mod birthday;
+mod campaigns;
 mod clock;
 mod lots;
 mod purchase;
@@ -22,10 +23,13 @@ pub use redeem::RedemptionRecord;
 
 pub use tiers::{TierChange, TierDowngrade, TierReason};
 
+pub use campaigns::CampaignRecord;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::campaigns::{CampaignTally, Firing};
 use crate::dashboard::{record_purchase, PurchaseDays, TierMove, VisitDelta};
 use crate::segments::{segment_move, segments_of, SegmentMove};
 use crate::{
@@ -183,6 +187,11 @@ pub struct MemberState {
     /// states stored before segments, which were counted in none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub segments: Vec<String>,
+    /// The campaigns that fired for the member, by campaign id (README "Campaigns"): what
+    /// keeps a firing once per trigger occurrence and within its cap, and tracks the use of
+    /// its offer. Absent when none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub campaigns: BTreeMap<String, CampaignRecord>,
 }
 
 /// A command aimed at one member.
@@ -257,6 +266,15 @@ pub struct Applied {
     pub tier: Option<TierMove>,
     /// The member's change of segments, if any ([`MemberState::segments`]).
     pub segments: Option<SegmentMove>,
+    /// The campaigns the command fired and what it changed in their results.
+    pub campaigns: CampaignEffects,
+}
+
+/// What a command did to campaigns ([`crate::campaigns`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CampaignEffects {
+    pub firings: Vec<Firing>,
+    pub tallies: Vec<CampaignTally>,
 }
 
 /// Applies `cmd` to the member `member_id`, whose current state is `state` (`None` if not
@@ -268,6 +286,7 @@ pub fn apply(
     cmd: &MemberCommand,
     ctx: &EventContext<'_>,
 ) -> Result<Applied, Rejection> {
+    let points_before = state.as_ref().map_or(0, |s| s.points);
     match (state.as_mut(), cmd) {
         (None, MemberCommand::Enrol { profile }) => {
             let (mut s, applied) = MemberState::enrol(
@@ -278,6 +297,7 @@ pub fn apply(
             )?;
             let mut applied = applied;
             s.settle_segments(ctx.program, &mut applied)?;
+            s.settle_campaigns(ctx, &mut applied, points_before)?;
             *state = Some(s);
             Ok(applied)
         }
@@ -291,6 +311,7 @@ pub fn apply(
             visits: Vec::new(),
             tier: None,
             segments: None,
+            campaigns: CampaignEffects::default(),
         }),
         (None, _) => Err(Rejection::UnknownMember),
         (Some(s), MemberCommand::Erase) => {
@@ -303,6 +324,7 @@ pub fn apply(
             let mut next = s.clone();
             let mut applied = next.advance(ctx)?;
             next.settle_segments(ctx.program, &mut applied)?;
+            next.settle_campaigns(ctx, &mut applied, points_before)?;
             if applied.changed {
                 *s = next;
             }
@@ -313,6 +335,7 @@ pub fn apply(
             let mut next = s.clone();
             let mut applied = next.apply_to_member(cmd, ctx)?;
             next.settle_segments(ctx.program, &mut applied)?;
+            next.settle_campaigns(ctx, &mut applied, points_before)?;
             *s = next;
             Ok(applied)
         }
@@ -356,6 +379,7 @@ impl MemberState {
             tier_downgrade: None,
             birthday_rewarded: None,
             segments: Vec::new(),
+            campaigns: BTreeMap::new(),
         };
         let mut entries = Vec::new();
         let bonus = ctx.program.signup_bonus;
@@ -375,6 +399,7 @@ impl MemberState {
                 to: s.tier.clone(),
             }),
             segments: None,
+            campaigns: CampaignEffects::default(),
         };
         Ok((s, applied))
     }
@@ -388,6 +413,7 @@ impl MemberState {
         let tier_before = self.tier.clone();
         self.advance_clock(ctx, &mut entries)?;
         let mut visits = Vec::new();
+        let mut tallies = Vec::new();
         let outcome = match cmd {
             MemberCommand::Enrol { .. } => Outcome::Enrolled { created: false },
             MemberCommand::Purchase {
@@ -404,6 +430,7 @@ impl MemberState {
                 visits = record_purchase(&mut self.purchase_days, ctx.store_id, local_day);
                 let outcome = self.purchase(ctx, *amount, items, &mut entries)?;
                 self.apply_auto_vouchers(ctx, &mut entries)?;
+                self.campaign_purchase(ctx.at, amount.get(), &mut tallies);
                 outcome
             }
             MemberCommand::Refund {
@@ -420,7 +447,19 @@ impl MemberState {
                     })
                 }
             },
-            MemberCommand::Redemption { reward_id } => self.redeem(ctx, reward_id, &mut entries)?,
+            MemberCommand::Redemption { reward_id } => {
+                let outcome = self.redeem(ctx, reward_id, &mut entries)?;
+                if matches!(
+                    outcome,
+                    Outcome::Redemption {
+                        used_voucher: true,
+                        ..
+                    }
+                ) {
+                    self.campaign_voucher_used(reward_id, ctx.at, &mut tallies);
+                }
+                outcome
+            }
             MemberCommand::CancelRedemption {
                 redemption_event_id,
                 redemption,
@@ -448,6 +487,10 @@ impl MemberState {
             visits,
             tier,
             segments: None,
+            campaigns: CampaignEffects {
+                firings: Vec::new(),
+                tallies,
+            },
         })
     }
 
@@ -476,6 +519,7 @@ impl MemberState {
             visits: Vec::new(),
             tier,
             segments: None,
+            campaigns: CampaignEffects::default(),
         })
     }
 
@@ -506,6 +550,7 @@ impl MemberState {
             visits: Vec::new(),
             tier: None,
             segments: None,
+            campaigns: CampaignEffects::default(),
         }
     }
 

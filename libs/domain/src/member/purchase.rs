@@ -22,7 +22,13 @@ impl MemberState {
             .iter()
             .position(|t| t.name == self.tier)
             .unwrap_or_else(|| program.tier_for(self.window_metric(program)));
-        let base = program.purchase_points(amount.get(), tier_before, ctx.at, ctx.store_id);
+        // A campaign's multiplier competes with the schedule's: the best one applies, and
+        // multiplies with the tier's (README "Campaigns").
+        let schedule = program.bonus_pct(ctx.at, ctx.store_id);
+        let pct = self
+            .campaign_pct(ctx.at)
+            .map_or(schedule, |c| c.max(schedule));
+        let base = program.points_with(amount.get(), tier_before, pct);
         let bonuses =
             program.item_bonus_points(items, amount.get(), tier_before, ctx.at, ctx.store_id);
         // What the purchase earned, its item bonuses included (a refund reverses it pro rata).
