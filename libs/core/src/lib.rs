@@ -3,6 +3,7 @@
 //! engine), request-reply, and metrics. No adapter lives here.
 
 pub mod audit;
+pub mod campaigns;
 pub mod command;
 pub mod dashboard;
 pub mod dead_letters;

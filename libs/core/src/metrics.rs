@@ -75,6 +75,13 @@ pub struct Metrics {
     pub consumer: ConsumerMetrics,
     /// The scheduler of expiry and tier re-evaluation ([`crate::engine::scheduler`]).
     pub scheduler: SchedulerMetrics,
+    /// Campaign firings the engine committed (README "Campaigns").
+    pub campaign_firings: IntCounter,
+    /// Outbox messages by channel and result of an attempt (`delivered`, `retry`, `failed`,
+    /// `skipped`), counted once the outbox records it ([`crate::engine::delivery`]).
+    pub campaign_messages: IntCounterVec,
+    /// The time an adapter took to accept (or refuse) a message, by channel.
+    pub campaign_send_seconds: HistogramVec,
 }
 
 /// What the scheduler of each owned partition did, counted once the store has it.
@@ -568,6 +575,24 @@ impl Metrics {
             ports: PortMetrics::new(&r),
             consumer: ConsumerMetrics::new(&r),
             scheduler: SchedulerMetrics::new(&r),
+            campaign_firings: counter(
+                &r,
+                "loyalty_campaign_firings_total",
+                "Campaign firings committed (README \"Campaigns\"): offers given, messages put in the outbox.",
+            ),
+            campaign_messages: counter_vec(
+                &r,
+                "loyalty_campaign_messages_total",
+                "Campaign messages by channel and result of an attempt (delivered, retry, failed, skipped), once the outbox records it.",
+                &["channel", "result"],
+            ),
+            campaign_send_seconds: histogram_vec(
+                &r,
+                "loyalty_campaign_send_seconds",
+                "Time an adapter took to accept or refuse a campaign message, by channel.",
+                &["channel"],
+                &lat,
+            ),
             registry: r,
         }
     }

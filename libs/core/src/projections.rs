@@ -83,6 +83,19 @@ pub async fn rebuild_dashboards(
             for s in &state.segments {
                 delta.add_segment(f, s, day, 1);
             }
+            // Campaign results from what each member holds, on the day of its last firing
+            // (the outbox's delivery counters are not rebuilt: README "Campaigns").
+            for (id, r) in &state.campaigns {
+                let day = r.fired_at.last().map_or(day, |t| program.local_day(*t));
+                let t = loyalty_domain::campaigns::CampaignTally {
+                    campaign_id: id.clone(),
+                    fired: i64::from(r.fired),
+                    messages: i64::from(r.messages),
+                    redeemed: i64::from(r.redeemed),
+                    revenue_cents: i64::try_from(r.revenue_cents).unwrap_or(i64::MAX),
+                };
+                delta.add_campaign(f, &t, day);
+            }
             report.ledger_entries += add_ledger(store, &mut delta, program, state).await?;
             let mut days = PurchaseDays::new();
             let mut mine = purchases.remove(&state.member_id).unwrap_or_default();

@@ -305,6 +305,18 @@ impl Campaign {
         }
     }
 
+    /// The trigger's type, as the program writes it.
+    pub fn trigger_type(&self) -> &'static str {
+        match self.trigger {
+            Trigger::Enrolled { .. } => "enrolled",
+            Trigger::SegmentEntered { .. } => "segment_entered",
+            Trigger::Birthday => "birthday",
+            Trigger::TierReached { .. } => "tier_reached",
+            Trigger::PointsReached { .. } => "points_reached",
+            Trigger::Date { .. } => "date",
+        }
+    }
+
     /// The channels the campaign has a message for.
     pub fn channels(&self) -> Vec<Channel> {
         Channel::ALL
@@ -567,9 +579,19 @@ pub struct TemplateValues<'a> {
     pub opt_out_url: &'a str,
 }
 
-/// Renders a validated template. The opt-out link is appended when the template does not
-/// place it itself: every message carries one.
+/// Renders a validated message body. The opt-out link is appended when the template does
+/// not place it itself: every message carries one.
 pub fn render(template: &str, v: &TemplateValues<'_>) -> String {
+    let mut out = fill(template, v);
+    if !template.contains("{opt_out_url}") {
+        out.push_str("\n\n");
+        out.push_str(v.opt_out_url);
+    }
+    out
+}
+
+/// Replaces a validated template's placeholders (a subject line's: no link appended).
+pub fn fill(template: &str, v: &TemplateValues<'_>) -> String {
     let points = v.points.to_string();
     let mut out = String::with_capacity(template.len() + 64);
     let mut rest = template;
@@ -593,10 +615,6 @@ pub fn render(template: &str, v: &TemplateValues<'_>) -> String {
         rest = &after[close + 1..];
     }
     out.push_str(rest);
-    if !template.contains("{opt_out_url}") {
-        out.push_str("\n\n");
-        out.push_str(v.opt_out_url);
-    }
     out
 }
 
@@ -633,3 +651,26 @@ pub const COUNTERS: [&str; 6] = [
     "redeemed",
     "revenue_cents",
 ];
+
+impl Offer {
+    /// The offer in a few words for a message's `{offer}` (numbers and the reward's own name,
+    /// so that it reads in the franchise's language): `+25 points`, `Free pastry`,
+    /// `x2 points, 7 days`, or empty for a message-only campaign.
+    pub fn describe(&self, rewards: &[Reward]) -> String {
+        match self {
+            Offer::BonusPoints { points } => format!("+{points} points"),
+            Offer::Voucher { reward_id } => rewards
+                .iter()
+                .find(|r| &r.id == reward_id)
+                .map_or_else(|| reward_id.to_string(), |r| r.name.clone()),
+            Offer::Multiplier {
+                multiplier_pct,
+                days,
+            } => {
+                let x = *multiplier_pct as f64 / 100.0;
+                format!("x{x} points, {days} days")
+            }
+            Offer::None => String::new(),
+        }
+    }
+}

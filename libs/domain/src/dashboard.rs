@@ -447,6 +447,22 @@ impl DashboardDelta {
         }
     }
 
+    /// Adds what one event changed in a campaign's results on `day`. They are kept in the
+    /// daily series the segments' sizes are kept in (one table in every store), under the
+    /// names [`campaign_series`] gives: no custom segment can have them.
+    pub fn add_campaign(&mut self, f: &FranchiseId, t: &crate::campaigns::CampaignTally, day: Day) {
+        for (counter, n) in [
+            ("fired", t.fired),
+            ("messages", t.messages),
+            ("redeemed", t.redeemed),
+            ("revenue_cents", t.revenue_cents),
+        ] {
+            if n != 0 {
+                self.add_segment(f, &campaign_series(&t.campaign_id, counter), day, n);
+            }
+        }
+    }
+
     /// Adds `n` members to `segment` on `day`.
     pub fn add_segment(&mut self, f: &FranchiseId, segment: &str, day: Day, n: i64) {
         *self
@@ -723,4 +739,17 @@ pub fn encode_row(row: &VisitRow) -> Vec<u8> {
 /// The row of [`encode_row`] (either version); `None` if the bytes are not one.
 pub fn decode_row(bytes: &[u8]) -> Option<VisitRow> {
     PackedRow::from_bytes(bytes).map(|p| p.row())
+}
+
+/// The prefix of the daily series of campaign results ([`DashboardDelta::add_campaign`]).
+pub const CAMPAIGN_SERIES: &str = "campaign:";
+
+/// The name of the daily series of `counter` ([`crate::campaigns::COUNTERS`]) of campaign `id`.
+pub fn campaign_series(id: &str, counter: &str) -> String {
+    format!("{CAMPAIGN_SERIES}{id}:{counter}")
+}
+
+/// The campaign and counter of a daily series' name, if it is a campaign's.
+pub fn parse_campaign_series(name: &str) -> Option<(&str, &str)> {
+    name.strip_prefix(CAMPAIGN_SERIES)?.rsplit_once(':')
 }

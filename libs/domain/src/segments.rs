@@ -196,6 +196,12 @@ fn custom(specs: &[CustomSegmentSpec], tiers: &[Tier]) -> Result<Vec<CustomSegme
     let mut out: Vec<CustomSegment> = Vec::with_capacity(specs.len());
     for (i, c) in specs.iter().enumerate() {
         let seg = CustomSegment::validate(i, c, tiers)?;
+        if seg.name.starts_with(crate::dashboard::CAMPAIGN_SERIES) {
+            return Err(invalid(format!(
+                "segments.custom[{i}].name may not start with {:?} (the campaigns' results use it)",
+                crate::dashboard::CAMPAIGN_SERIES
+            )));
+        }
         if BUILT_IN.contains(&seg.name.as_str()) {
             return Err(invalid(format!(
                 "segments.custom[{i}].name {:?} is a built-in segment",

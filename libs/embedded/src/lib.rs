@@ -7,12 +7,14 @@
 pub mod cache;
 pub mod lock;
 pub mod log;
+pub mod messages;
 pub mod notify;
 pub mod rate_limit;
 pub mod store;
 
 pub use cache::EmbeddedCache;
 pub use lock::DataDirLock;
+pub use messages::EmbeddedMessages;
 pub use notify::EmbeddedNotifier;
 pub use rate_limit::EmbeddedRateLimiter;
 pub use store::EmbeddedStore;

@@ -34,6 +34,7 @@
 //! The engine's consumer lag per partition, checkpoint age and rebalances are in the metrics
 //! ([`observe`]).
 
+pub mod delivery;
 pub mod health;
 pub mod member;
 mod observe;
@@ -89,6 +90,8 @@ pub struct EngineConfig {
     /// The scheduler of expiry and tier re-evaluation of each owned partition
     /// ([`scheduler`]).
     pub scheduler: scheduler::SchedulerConfig,
+    /// The delivery of campaign messages of each owned partition ([`delivery`]).
+    pub delivery: delivery::DeliveryConfig,
 }
 
 impl Default for EngineConfig {
@@ -105,6 +108,7 @@ impl Default for EngineConfig {
             exclusive: None,
             lag_every: Duration::from_secs(5),
             scheduler: scheduler::SchedulerConfig::default(),
+            delivery: delivery::DeliveryConfig::default(),
         }
     }
 }
@@ -203,6 +207,11 @@ impl Engine {
                 dead_letter_topic: self.config.dead_letter_topic.clone(),
                 passivate_after: self.config.passivate_after,
                 scheduler: self.config.scheduler.clone(),
+                delivery: Arc::new(delivery::Delivery::new(
+                    self.config.delivery.clone(),
+                    Arc::clone(&self.store),
+                    Arc::clone(&self.programs),
+                )),
             },
             positions,
         };

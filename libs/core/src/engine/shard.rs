@@ -24,8 +24,8 @@ use crate::command::{CommandEnvelope, PosCommand};
 use crate::engine::member::{Apply, MemberActor, Passivate, Snapshot};
 use crate::metrics::metrics;
 use crate::ports::{
-    CachedStatus, Due, EffectBatch, EventClaim, MemberWrite, Partition, ProcessedWrite, Record,
-    StateStore,
+    CachedStatus, Due, EffectBatch, EventClaim, MemberWrite, OutboxEntry, Partition,
+    ProcessedWrite, Record, StateStore,
 };
 use crate::programs::ProgramCache;
 use crate::replies::{EventReply, ReplyResult};
@@ -451,6 +451,9 @@ impl Shard {
             HashMap::new();
         // What the new events add to the dashboards, committed with them.
         let mut dashboard = DashboardDelta::default();
+        // Messages the batch's campaign firings ask for, committed with them.
+        let mut outbox: Vec<OutboxEntry> = Vec::new();
+        let mut fired = 0u64;
         // Members erased by this batch (README "Privacy"), counted and logged once committed.
         let mut erased: Vec<MemberId> = Vec::new();
         // Refunds held, and purchases that took held refunds, counted once committed.
@@ -619,6 +622,15 @@ impl Shard {
                                 tier: applied.tier.as_ref(),
                                 segments: applied.segments.as_ref(),
                             });
+                            fired += crate::engine::delivery::firing_effects(
+                                &applied.campaigns,
+                                &env,
+                                m,
+                                self.partition,
+                                &program,
+                                &mut dashboard,
+                                &mut outbox,
+                            );
                             if applied.changed && matches!(applied.outcome, Outcome::Erased { .. })
                             {
                                 erased.push(m.clone());
@@ -740,9 +752,10 @@ impl Shard {
             ledger,
             processed: writes,
             dashboard,
-            outbox: Vec::new(),
+            outbox,
         };
         deps.store.commit(batch).await?;
+        metrics().campaign_firings.inc_by(fired);
         for (kind, n) in updates {
             metrics()
                 .dashboard_updates

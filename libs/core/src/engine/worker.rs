@@ -60,6 +60,8 @@ pub struct WorkerDeps {
     pub dead_letter_topic: String,
     pub passivate_after: Duration,
     pub scheduler: SchedulerConfig,
+    /// The delivery of the partition's campaign messages, run beside its batches.
+    pub delivery: Arc<crate::engine::delivery::Delivery>,
 }
 
 /// A worker's inputs.
@@ -74,6 +76,8 @@ pub struct WorkerChannels {
 /// Runs the worker of `partition` until it is told to stop or its input closes.
 pub async fn run(partition: Partition, deps: WorkerDeps, mut ch: WorkerChannels) {
     let mut shard = Shard::new(partition);
+    // On the worker's thread, interleaved with its batches at their awaits; stopped with it.
+    let delivery = actix_rt::spawn(Arc::clone(&deps.delivery).run(partition, ch.stop.clone()));
     let sweep_every = (deps.passivate_after / 4).max(Duration::from_millis(50));
     let mut sweep = tokio::time::interval(sweep_every);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -141,6 +145,7 @@ pub async fn run(partition: Partition, deps: WorkerDeps, mut ch: WorkerChannels)
             }
         }
     }
+    delivery.abort();
     shard.stop_all();
     drop(ch.exited);
 }

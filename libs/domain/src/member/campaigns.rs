@@ -28,6 +28,8 @@ pub struct CampaignRecord {
     /// Lifetime firings, redemptions and redeemers' revenue (what a rebuild of the results
     /// counts again).
     pub fired: u32,
+    #[serde(default)]
+    pub messages: u32,
     pub redeemed: u32,
     pub revenue_cents: u64,
     /// The last firing's offer is still to be used (a redemption then counts), until
@@ -209,6 +211,9 @@ impl MemberState {
                 Channel::Email => consent.email,
             })
             .collect();
+        if let Some(r) = self.campaigns.get_mut(&c.id) {
+            r.messages = r.messages.saturating_add(channels.len() as u32);
+        }
         applied.campaigns.tallies.push(CampaignTally {
             campaign_id: c.id.clone(),
             fired: 1,
