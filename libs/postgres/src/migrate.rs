@@ -258,7 +258,12 @@ mod tests {
         assert_eq!(MIGRATIONS[0].version, 1);
         for w in MIGRATIONS.windows(2) {
             // Increasing; a gap is a version another branch holds (7: merged later).
-            assert!(w[0].version < w[1].version, "{} then {}", w[0].label(), w[1].label());
+            assert!(
+                w[0].version < w[1].version,
+                "{} then {}",
+                w[0].label(),
+                w[1].label()
+            );
         }
         for m in MIGRATIONS {
             assert!(

@@ -1297,7 +1297,10 @@ impl StateStore for PostgresStore {
     ) -> Result<()> {
         let what = "recording an outbox attempt";
         let body = encode(entry)?;
-        let (partition, attempts) = (partition_i32(entry.partition)?, attempts_i32(entry.attempts)?);
+        let (partition, attempts) = (
+            partition_i32(entry.partition)?,
+            attempts_i32(entry.attempts)?,
+        );
         let expected = attempts_i32(expected_attempts)?;
         let batch = EffectBatch {
             dashboard: dashboard.clone(),
