@@ -1288,7 +1288,7 @@ impl StateStore for PostgresStore {
     }
 
     /// One transaction: the fenced `UPDATE` (0 rows: `Conflict`, rolled back), then the
-    /// dashboard delta with [`COMMIT`]'s own upserts.
+    /// dashboard delta with the commit statement's own upserts.
     async fn update_outbox(
         &self,
         entry: &OutboxEntry,

@@ -276,8 +276,8 @@ impl ScyllaStore {
             lwt.column("partition").and_then(CqlValue::as_int),
             lwt.column("next_attempt_at").and_then(CqlValue::as_bigint),
         );
-        let stored_pending = lwt.column("state").and_then(CqlValue::as_text)
-            == Some(&PENDING.to_owned());
+        let stored_pending =
+            lwt.column("state").and_then(CqlValue::as_text) == Some(&PENDING.to_owned());
         if pending && (!stored_pending || (stored_p, stored_at) != (Some(p), Some(at))) {
             // This call's row is not the kept entry's: stale, removed now rather than by a
             // reader.
