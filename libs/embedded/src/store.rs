@@ -16,8 +16,11 @@
 //! with the next durable commit); [`StateStore::sync`] makes everything before it durable with
 //! one fsync. The engine syncs before it commits offsets, so a crash loses only effects whose
 //! commands the log still holds and delivers again (see [`StateStore::sync`]). Event id claims
-//! ([`StateStore::claim_events`]) ride the same group transaction, made durable before they
-//! are answered (so one fsync covers the claims of every shard waiting). Administrative
+//! ([`StateStore::claim_events`]) and outbox attempts ([`StateStore::update_outbox`], fenced
+//! on the stored entry's attempts, with their dashboard delta) ride the same group
+//! transaction, made durable before they are answered (so one fsync covers the claims of
+//! every shard waiting). A batch's outbox entries are written with it (tables `outbox` by id
+//! and `outbox_due` by (partition, next attempt, id) for the pending ones). Administrative
 //! writes (franchises, programs, stores, keys) are durable on return, and a clean close makes
 //! everything durable.
 
@@ -28,9 +31,11 @@ use std::thread;
 use async_trait::async_trait;
 use loyalty_core::model::{ApiKey, Franchise, Principal, Store};
 use loyalty_core::ports::{
-    DashboardRows, Due, DueMember, EffectBatch, EventClaim, Partition, StateStore,
+    DashboardRows, Due, DueMember, EffectBatch, EventClaim, OutboxEntry, OutboxState, Partition,
+    StateStore,
 };
 use loyalty_core::{Error, Result};
+use loyalty_domain::dashboard::DashboardDelta;
 use loyalty_domain::{
     Day, DomainError, EventId, Fingerprint, FranchiseId, LedgerEntry, MemberId, MemberState,
     ProcessedEvent, Program, StoreId, Timestamp,
@@ -64,6 +69,12 @@ const DUE: TableDefinition<(u32, i64, &str), &str> = TableDefinition::new("due")
 /// Each indexed member's entry in [`DUE`]: member → (partition, due time), to replace it.
 const DUE_OF: TableDefinition<&str, (u32, i64)> = TableDefinition::new("due_of");
 
+/// The campaign outbox: entry id → [`OutboxEntry`] (JSON), every state.
+const OUTBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("outbox");
+/// The pending entries of [`OUTBOX`] by (partition, next attempt in ms, id), for
+/// [`StateStore::outbox_due`]; written in the transaction that writes the entry.
+const OUTBOX_DUE: TableDefinition<(u32, i64, &str), ()> = TableDefinition::new("outbox_due");
+
 /// Page cache of the store unless configured otherwise.
 pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -78,6 +89,36 @@ enum WriteRequest {
     Sync(oneshot::Sender<Result<()>>),
     /// Claim event ids (durable on reply, like a sync).
     Claim(Vec<EventClaim>, oneshot::Sender<Result<Vec<Fingerprint>>>),
+    /// Record an outbox attempt, fenced (durable on reply, like a sync).
+    Outbox(OutboxUpdate, oneshot::Sender<Result<()>>),
+}
+
+/// An attempt's result to record ([`StateStore::update_outbox`]), encoded by its caller.
+struct OutboxUpdate {
+    entry: EncodedOutbox,
+    expected_attempts: u32,
+    dashboard: DashboardDelta,
+}
+
+/// An outbox entry ready to write: its keys, and its JSON.
+struct EncodedOutbox {
+    id: String,
+    partition: Partition,
+    next_attempt_at: i64,
+    pending: bool,
+    value: Vec<u8>,
+}
+
+impl EncodedOutbox {
+    fn of(e: &OutboxEntry) -> Result<EncodedOutbox> {
+        Ok(EncodedOutbox {
+            id: e.id.clone(),
+            partition: e.partition,
+            next_attempt_at: e.next_attempt_at.0,
+            pending: e.state == OutboxState::Pending,
+            value: encode(e)?,
+        })
+    }
 }
 
 /// The embedded [`StateStore`]: one redb file.
@@ -160,7 +201,9 @@ struct EncodedBatch {
     /// (member, sequence, entry).
     ledger: Vec<(MemberId, u64, Vec<u8>)>,
     processed: Vec<EncodedProcessed>,
-    dashboard: loyalty_domain::dashboard::DashboardDelta,
+    dashboard: DashboardDelta,
+    /// New outbox entries (an existing id is kept as it is).
+    outbox: Vec<EncodedOutbox>,
 }
 
 /// A member's due index entry and its franchise (the index names both).
@@ -203,11 +246,17 @@ impl EncodedBatch {
                 })
             })
             .collect::<Result<_>>()?;
+        let outbox = batch
+            .outbox
+            .iter()
+            .map(EncodedOutbox::of)
+            .collect::<Result<_>>()?;
         Ok(EncodedBatch {
             members,
             ledger,
             processed,
             dashboard: batch.dashboard,
+            outbox,
         })
     }
 }
@@ -238,6 +287,8 @@ impl EmbeddedStore {
             tx.open_table(CLAIMS).map_err(unavailable)?;
             tx.open_table(DUE).map_err(unavailable)?;
             tx.open_table(DUE_OF).map_err(unavailable)?;
+            tx.open_table(OUTBOX).map_err(unavailable)?;
+            tx.open_table(OUTBOX_DUE).map_err(unavailable)?;
             dashboard::create_tables(&tx)?;
         }
         tx.commit().map_err(unavailable)?;
@@ -350,6 +401,7 @@ fn writer_loop(db: &DbSlot, mut rx: mpsc::Receiver<WriteRequest>) {
         let (mut batches, mut commit_replies, mut sync_replies) =
             (Vec::new(), Vec::new(), Vec::new());
         let (mut claims, mut claim_replies) = (Vec::new(), Vec::new());
+        let (mut updates, mut update_replies) = (Vec::new(), Vec::new());
         for request in group {
             match request {
                 WriteRequest::Commit(batch, reply) => {
@@ -361,20 +413,32 @@ fn writer_loop(db: &DbSlot, mut rx: mpsc::Receiver<WriteRequest>) {
                     claims.push(c);
                     claim_replies.push(reply);
                 }
+                WriteRequest::Outbox(u, reply) => {
+                    updates.push(u);
+                    update_replies.push(reply);
+                }
             }
         }
         let timer = loyalty_core::metrics::metrics()
             .store_commit_seconds
             .start_timer();
-        let durable = !sync_replies.is_empty() || !claims.is_empty();
-        match commit_group(db, &batches, &claims, durable) {
-            Ok((results, owners)) => {
+        let durable = !sync_replies.is_empty() || !claims.is_empty() || !updates.is_empty();
+        let requests = GroupRequests {
+            batches: &batches,
+            claims: &claims,
+            updates: &updates,
+        };
+        match commit_group(db, requests, durable) {
+            Ok(done) => {
                 timer.observe_duration();
                 unsynced = !durable;
-                for (reply, result) in commit_replies.into_iter().zip(results) {
+                for (reply, result) in commit_replies.into_iter().zip(done.batches) {
                     let _ = reply.send(result);
                 }
-                for (reply, owners) in claim_replies.into_iter().zip(owners) {
+                for (reply, result) in update_replies.into_iter().zip(done.updates) {
+                    let _ = reply.send(result);
+                }
+                for (reply, owners) in claim_replies.into_iter().zip(done.owners) {
                     let _ = reply.send(Ok(owners));
                 }
                 for reply in sync_replies {
@@ -383,7 +447,11 @@ fn writer_loop(db: &DbSlot, mut rx: mpsc::Receiver<WriteRequest>) {
             }
             Err(e) => {
                 let msg = e.to_string();
-                for reply in commit_replies.into_iter().chain(sync_replies) {
+                for reply in commit_replies
+                    .into_iter()
+                    .chain(sync_replies)
+                    .chain(update_replies)
+                {
                     let _ = reply.send(Err(Error::Unavailable(msg.clone())));
                 }
                 for reply in claim_replies {
@@ -401,23 +469,36 @@ fn writer_loop(db: &DbSlot, mut rx: mpsc::Receiver<WriteRequest>) {
             }
         }
     }
-    if let Err(e) = commit_group(db, &[], &[], true) {
+    if let Err(e) = commit_group(db, GroupRequests::default(), true) {
         tracing::error!(error = %e, "embedded store: final sync failed");
     }
 }
 
-/// What one group transaction answers: each batch's result, each claim request's owners.
-type GroupResults = (Vec<Result<()>>, Vec<Vec<Fingerprint>>);
+/// What one group transaction is asked to write.
+#[derive(Default, Clone, Copy)]
+struct GroupRequests<'a> {
+    batches: &'a [EncodedBatch],
+    claims: &'a [Vec<EventClaim>],
+    updates: &'a [OutboxUpdate],
+}
 
-/// Writes every batch whose conditions hold and every claim of an unclaimed id; returns each
-/// batch's result and each claim request's owners. `Err` of the whole function means nothing
-/// was committed.
-fn commit_group(
-    db: &DbSlot,
-    group: &[EncodedBatch],
-    claims: &[Vec<EventClaim>],
-    durable: bool,
-) -> Result<GroupResults> {
+/// What one group transaction answers: each batch's result, each claim request's owners, each
+/// outbox update's result.
+struct GroupResults {
+    batches: Vec<Result<()>>,
+    owners: Vec<Vec<Fingerprint>>,
+    updates: Vec<Result<()>>,
+}
+
+/// Writes every batch whose conditions hold, every claim of an unclaimed id and every outbox
+/// update whose fence holds; returns each one's result. `Err` of the whole function means
+/// nothing was committed.
+fn commit_group(db: &DbSlot, requests: GroupRequests<'_>, durable: bool) -> Result<GroupResults> {
+    let GroupRequests {
+        batches: group,
+        claims,
+        updates,
+    } = requests;
     let mut tx = db.begin_write().map_err(unavailable)?;
     if !durable {
         tx.set_durability(Durability::None).map_err(unavailable)?;
@@ -500,11 +581,83 @@ fn commit_group(
                     .map_err(unavailable)?;
             }
             dashboard::apply(&tx, &batch.dashboard)?;
+            insert_outbox(&tx, &batch.outbox)?;
             results.push(Ok(()));
         }
     }
+    let updates = updates
+        .iter()
+        .map(|u| update_outbox(&tx, u))
+        .collect::<Result<Vec<_>>>()?;
     tx.commit().map_err(unavailable)?;
-    Ok((results, owners))
+    Ok(GroupResults {
+        batches: results,
+        owners,
+        updates,
+    })
+}
+
+/// Inserts a batch's new outbox entries (and the pending ones' index rows), keeping an entry
+/// whose id exists as it is (in the batch's transaction).
+fn insert_outbox(tx: &redb::WriteTransaction, entries: &[EncodedOutbox]) -> Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut outbox = tx.open_table(OUTBOX).map_err(unavailable)?;
+    let mut due = tx.open_table(OUTBOX_DUE).map_err(unavailable)?;
+    for e in entries {
+        if outbox.get(e.id.as_str()).map_err(unavailable)?.is_some() {
+            continue;
+        }
+        outbox
+            .insert(e.id.as_str(), e.value.as_slice())
+            .map_err(unavailable)?;
+        if e.pending {
+            due.insert((e.partition, e.next_attempt_at, e.id.as_str()), ())
+                .map_err(unavailable)?;
+        }
+    }
+    Ok(())
+}
+
+/// Records one attempt's result if the stored entry is pending with the expected attempts
+/// (else `Ok(Err(Conflict))`, nothing written): the entry, its index row, the dashboard delta,
+/// in the group's transaction.
+fn update_outbox(tx: &redb::WriteTransaction, u: &OutboxUpdate) -> Result<Result<()>> {
+    let e = &u.entry;
+    let stored: Option<OutboxEntry> = {
+        let outbox = tx.open_table(OUTBOX).map_err(unavailable)?;
+        let v = outbox.get(e.id.as_str()).map_err(unavailable)?;
+        v.map(|v| decode("outbox entry", v.value())).transpose()?
+    };
+    let conflict = |why: String| {
+        loyalty_core::metrics::metrics().store_conflicts.inc();
+        Ok(Err(Error::Conflict(why)))
+    };
+    let Some(stored) = stored else {
+        return conflict(format!("outbox entry {} does not exist", e.id));
+    };
+    if stored.state != OutboxState::Pending || stored.attempts != u.expected_attempts {
+        return conflict(format!(
+            "outbox entry {} is {:?} after {} attempts, expected pending after {}",
+            e.id, stored.state, stored.attempts, u.expected_attempts
+        ));
+    }
+    {
+        let mut outbox = tx.open_table(OUTBOX).map_err(unavailable)?;
+        let mut due = tx.open_table(OUTBOX_DUE).map_err(unavailable)?;
+        let old = (stored.partition, stored.next_attempt_at.0, e.id.as_str());
+        due.remove(old).map_err(unavailable)?;
+        if e.pending {
+            due.insert((e.partition, e.next_attempt_at, e.id.as_str()), ())
+                .map_err(unavailable)?;
+        }
+        outbox
+            .insert(e.id.as_str(), e.value.as_slice())
+            .map_err(unavailable)?;
+    }
+    dashboard::apply(tx, &u.dashboard)?;
+    Ok(Ok(()))
 }
 
 /// An identifier read back from the store, which only ever wrote valid ones.
@@ -845,6 +998,56 @@ impl StateStore for EmbeddedStore {
         let (tx, rx) = oneshot::channel();
         self.writer()?
             .send(WriteRequest::Claim(claims.to_vec(), tx))
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        rx.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    async fn outbox_due(
+        &self,
+        partition: Partition,
+        until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>> {
+        let tx = self.db.begin_read().map_err(unavailable)?;
+        let due = tx.open_table(OUTBOX_DUE).map_err(unavailable)?;
+        let outbox = tx.open_table(OUTBOX).map_err(unavailable)?;
+        let range = (partition, i64::MIN, "")..=(partition, until.0, "\u{10ffff}");
+        let mut out = Vec::new();
+        for row in due.range(range).map_err(unavailable)?.take(limit) {
+            let (k, _) = row.map_err(unavailable)?;
+            let (_, _, id) = k.value();
+            let v = outbox.get(id).map_err(unavailable)?.ok_or_else(|| {
+                Error::Corrupt(format!("outbox index names a missing entry {id}"))
+            })?;
+            out.push(decode("outbox entry", v.value())?);
+        }
+        Ok(out)
+    }
+
+    async fn outbox_entry(&self, id: &str) -> Result<Option<OutboxEntry>> {
+        let tx = self.db.begin_read().map_err(unavailable)?;
+        let t = tx.open_table(OUTBOX).map_err(unavailable)?;
+        match t.get(id).map_err(unavailable)? {
+            Some(v) => Ok(Some(decode("outbox entry", v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn update_outbox(
+        &self,
+        entry: &OutboxEntry,
+        expected_attempts: u32,
+        dashboard: &DashboardDelta,
+    ) -> Result<()> {
+        let update = OutboxUpdate {
+            entry: EncodedOutbox::of(entry)?,
+            expected_attempts,
+            dashboard: dashboard.clone(),
+        };
+        let (tx, rx) = oneshot::channel();
+        self.writer()?
+            .send(WriteRequest::Outbox(update, tx))
             .await
             .map_err(|_| Error::ShuttingDown)?;
         rx.await.map_err(|_| Error::ShuttingDown)?

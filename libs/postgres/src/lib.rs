@@ -48,6 +48,9 @@
 //! | `dashboard_rewards` | `(franchise_id, day, store_id, reward_id)` | redemptions by reward, added to likewise |
 //! | `dashboard_visits` | `(franchise_id, day, scope, key)` | visit counts (`scope` `''` for the franchise, else a store id; `key` the packed `VisitKey`); a count brought to 0 is deleted by a trigger |
 //! | `dashboard_tiers` | `(franchise_id, tier)` | members by tier |
+//! | `member_due` | `member_id` (+ `partition`, `due_at`) | the scheduler's due index, written by the member's commit (`0005_member_due`) |
+//! | `dashboard_segments` | `(franchise_id, segment, day)` | changes of segment sizes, added to by commits (`0006_segments`) |
+//! | `outbox` | `id` (+ `franchise_id`, `member_id`, `partition`, `next_attempt_at`, `state`, `attempts`) | campaign outbox entries (`0008_outbox`; 7 is another branch's): inserted by the commit statement, `ON CONFLICT (id) DO NOTHING`; an attempt is recorded with `UPDATE … WHERE state = 'pending' AND attempts = $2` (0 rows: `Conflict`) and the commit statement's dashboard upserts, in one transaction. Partial index `outbox_pending_by_partition (partition, next_attempt_at, id) WHERE state = 'pending'` for `outbox_due` |
 //! | `schema_migrations` | `version` | `name`, `checksum` (SHA-256 of the file), `applied_at` |
 //!
 //! `stores` has an index on `(franchise_id, id)` for [`StateStore::stores_of`]. The dashboards'
@@ -77,6 +80,7 @@
 //!   zombie owner, or any writer that read an older version, writes no row;
 //! - ledger entries: a plain `INSERT` (a duplicate `(member_id, seq)` is a `unique_violation`);
 //! - records to insert: `INSERT ... ON CONFLICT DO NOTHING`; records to replace: an upsert;
+//! - new outbox entries: `INSERT ... ON CONFLICT (id) DO NOTHING` (an existing entry is kept);
 //! - the batch's dashboard delta: additive upserts (`INSERT ... ON CONFLICT DO UPDATE SET x =
 //!   t.x + EXCLUDED.x`) of the daily totals, rewards, visit counts and tier counts, rows sorted
 //!   by primary key; a visit count that reaches 0 is deleted by an `AFTER UPDATE` trigger

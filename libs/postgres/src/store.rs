@@ -9,7 +9,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, R
 use loyalty_core::metrics::metrics;
 use loyalty_core::model::{ApiKey, Franchise, Principal, Store};
 use loyalty_core::ports::{
-    DashboardRows, Due, DueMember, EffectBatch, EventClaim, Partition, StateStore,
+    DashboardRows, Due, DueMember, EffectBatch, EventClaim, OutboxEntry, OutboxState, Partition,
+    StateStore,
 };
 use loyalty_core::{Error, Result};
 use loyalty_domain::dashboard::{DashboardDelta, DayTotals, PackedRow, Scope, VisitKey, VisitRow};
@@ -134,6 +135,12 @@ WITH created AS (
     INSERT INTO dashboard_segments AS t (franchise_id, segment, day, n)
     SELECT * FROM unnest($55::text[], $56::text[], $57::int4[], $58::int8[])
     ON CONFLICT (franchise_id, segment, day) DO UPDATE SET n = t.n + EXCLUDED.n
+), outbox_new AS (
+    INSERT INTO outbox (id, franchise_id, member_id, partition, next_attempt_at, state,
+        attempts, body)
+    SELECT * FROM unnest($59::text[], $60::text[], $61::text[], $62::int4[], $63::int8[],
+        $64::text[], $65::int4[], $66::bytea[])
+    ON CONFLICT (id) DO NOTHING
 )
 SELECT loyalty_fence(
     (SELECT count(*) FROM created), cardinality($1::text[]),
@@ -144,6 +151,17 @@ SELECT loyalty_fence(
 /// `member_due_by_partition` index.
 const DUE_MEMBERS: &str = "SELECT member_id, franchise_id, due_at FROM member_due \
     WHERE partition = $1 AND due_at <= $2 ORDER BY due_at, member_id LIMIT $3";
+
+/// A partition's pending outbox entries due by a time, earliest first (the delivery worker's
+/// read), on the partial index `outbox_pending_by_partition`.
+const OUTBOX_DUE: &str = "SELECT body FROM outbox \
+    WHERE partition = $1 AND state = 'pending' AND next_attempt_at <= $2 \
+    ORDER BY next_attempt_at, id LIMIT $3";
+const OUTBOX_ENTRY: &str = "SELECT body FROM outbox WHERE id = $1";
+/// An attempt's result, fenced on the stored entry being pending after `$2` attempts.
+const OUTBOX_UPDATE: &str = "UPDATE outbox SET franchise_id = $3, member_id = $4, \
+    partition = $5, next_attempt_at = $6, state = $7, attempts = $8, body = $9 \
+    WHERE id = $1 AND state = 'pending' AND attempts = $2";
 
 /// The stores of a franchise, on the `stores_by_franchise` index.
 const STORES_OF: &str = "SELECT body FROM stores WHERE franchise_id = $1 ORDER BY id";
@@ -355,6 +373,59 @@ struct CommitParams {
     rep: RecordColumns,
     dash: DashboardColumns,
     due: DueColumns,
+    outbox: OutboxColumns,
+}
+
+/// The new outbox entries of [`COMMIT`], one per id (the first of the batch), in id order.
+#[derive(Default)]
+struct OutboxColumns {
+    ids: Vec<String>,
+    franchises: Vec<String>,
+    members: Vec<String>,
+    partitions: Vec<i32>,
+    next_attempts: Vec<i64>,
+    states: Vec<&'static str>,
+    attempts: Vec<i32>,
+    bodies: Vec<Vec<u8>>,
+}
+
+/// The `state` column of an entry.
+fn state_name(s: &OutboxState) -> &'static str {
+    match s {
+        OutboxState::Pending => "pending",
+        OutboxState::Delivered { .. } => "delivered",
+        OutboxState::Failed { .. } => "failed",
+        OutboxState::Skipped { .. } => "skipped",
+    }
+}
+
+fn partition_i32(p: Partition) -> Result<i32> {
+    i32::try_from(p).map_err(|_| Error::Invalid(format!("partition {p}")))
+}
+
+fn attempts_i32(n: u32) -> Result<i32> {
+    i32::try_from(n).map_err(|_| Error::Invalid(format!("{n} attempts")))
+}
+
+impl OutboxColumns {
+    fn of(entries: &[OutboxEntry]) -> Result<OutboxColumns> {
+        let mut firsts: BTreeMap<&str, &OutboxEntry> = BTreeMap::new();
+        for e in entries {
+            firsts.entry(e.id.as_str()).or_insert(e);
+        }
+        let mut c = OutboxColumns::default();
+        for (id, e) in firsts {
+            c.ids.push(id.to_owned());
+            c.franchises.push(e.franchise_id.as_str().to_owned());
+            c.members.push(e.member_id.as_str().to_owned());
+            c.partitions.push(partition_i32(e.partition)?);
+            c.next_attempts.push(e.next_attempt_at.0);
+            c.states.push(state_name(&e.state));
+            c.attempts.push(attempts_i32(e.attempts)?);
+            c.bodies.push(encode(e)?);
+        }
+        Ok(c)
+    }
 }
 
 /// The due index changes of [`COMMIT`] (members whose write sets their due entry).
@@ -605,10 +676,12 @@ impl CommitParams {
             }
         }
         p.dash = DashboardColumns::of(&batch.dashboard)?;
+        p.outbox = OutboxColumns::of(&batch.outbox)?;
         Ok(p)
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 58] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 66] {
+        let o = &self.outbox;
         let d = &self.dash;
         let t = &d.t_counters;
         [
@@ -670,6 +743,14 @@ impl CommitParams {
             &d.s_names,
             &d.s_days,
             &d.s_ns,
+            &o.ids,
+            &o.franchises,
+            &o.members,
+            &o.partitions,
+            &o.next_attempts,
+            &o.states,
+            &o.attempts,
+            &o.bodies,
         ]
     }
 }
@@ -1183,6 +1264,87 @@ impl StateStore for PostgresStore {
             }
             Err(e) => Err(e),
         }
+    }
+
+    async fn outbox_due(
+        &self,
+        partition: Partition,
+        until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>> {
+        let p = i32::try_from(partition).unwrap_or(i32::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.decode_all(
+            "reading the due outbox",
+            OUTBOX_DUE,
+            &[&p, &until.0, &limit],
+        )
+        .await
+    }
+
+    async fn outbox_entry(&self, id: &str) -> Result<Option<OutboxEntry>> {
+        self.get_json("reading an outbox entry", OUTBOX_ENTRY, &[&id])
+            .await
+    }
+
+    /// One transaction: the fenced `UPDATE` (0 rows: `Conflict`, rolled back), then the
+    /// dashboard delta with the commit statement's own upserts.
+    async fn update_outbox(
+        &self,
+        entry: &OutboxEntry,
+        expected_attempts: u32,
+        dashboard: &DashboardDelta,
+    ) -> Result<()> {
+        let what = "recording an outbox attempt";
+        let body = encode(entry)?;
+        let (partition, attempts) = (
+            partition_i32(entry.partition)?,
+            attempts_i32(entry.attempts)?,
+        );
+        let expected = attempts_i32(expected_attempts)?;
+        let batch = EffectBatch {
+            dashboard: dashboard.clone(),
+            ..EffectBatch::default()
+        };
+        let params = CommitParams::of(&batch)?;
+        let mut client = self.client(what).await?;
+        let tx = client.transaction().await.map_err(|e| pg(what, &e))?;
+        let update = tx
+            .prepare_cached(OUTBOX_UPDATE)
+            .await
+            .map_err(|e| pg(what, &e))?;
+        let n = tx
+            .execute(
+                &update,
+                &[
+                    &entry.id.as_str(),
+                    &expected,
+                    &entry.franchise_id.as_str(),
+                    &entry.member_id.as_str(),
+                    &partition,
+                    &entry.next_attempt_at.0,
+                    &state_name(&entry.state),
+                    &attempts,
+                    &body,
+                ],
+            )
+            .await
+            .map_err(|e| pg(what, &e))?;
+        if n == 0 {
+            // Dropping the transaction rolls it back: nothing was written.
+            metrics().store_conflicts.inc();
+            return Err(Error::Conflict(format!(
+                "outbox entry {} is not pending after {expected_attempts} attempts",
+                entry.id
+            )));
+        }
+        if !dashboard.is_empty() {
+            let stmt = tx.prepare_cached(COMMIT).await.map_err(|e| pg(what, &e))?;
+            tx.query(&stmt, &params.params())
+                .await
+                .map_err(|e| pg(what, &e))?;
+        }
+        tx.commit().await.map_err(|e| pg(what, &e))
     }
 
     /// Nothing to do: a commit is durable when it returns (`synchronous_commit = on`).

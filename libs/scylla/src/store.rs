@@ -9,7 +9,7 @@
 //! | `stores` | `id` | | store JSON |
 //! | `api_keys` | `key_hash` | | principal JSON of an active key (a lookup checks it against the key's record) |
 //! | `api_key_records` | `franchise_id` | `key_id` | `version`, `key_hash`, API key record JSON; `version` fences writes (LWT) (`migrations/0004_api_key_ids.cql`) |
-//! | `member_events` | `pk` (member id) | `kind, seq DESC, event_id` | static `version` + `state`; ledger rows (`kind = 1`, by `seq`); idempotency records (`kind = 2`, by `franchise/event`) |
+//! | `member_events` | `pk` (member id) | `kind, seq DESC, event_id` | static `version` + `state`; ledger rows (`kind = 1`, by `seq`); idempotency records (`kind = 2`, by `franchise/event`); outbox markers (`kind = 3`, by entry id) |
 //! | `processed_by_event` | `(franchise_id, event_id)` | | `pk` of the `member_events` partition holding the record |
 //! | `event_claims` | `(franchise_id, event_id)` | | the owning command's fingerprint, first claim wins (`migrations/0002_event_claims.cql`) |
 //! | `stores_by_franchise` | `franchise_id` | `store_id` | store JSON, for `stores_of` (`migrations/0003_dashboards.cql`) |
@@ -19,6 +19,9 @@
 //! | `dashboard_visits` | `(franchise_id, day)` | `scope, key` | visit counts (counter; `scope` `''` = the franchise, `key` the packed `VisitKey`) |
 //! | `dashboard_tiers` | `franchise_id` | `tier` | members by tier (counter) |
 //! | `dashboard_segments` | `franchise_id` | `segment, day` | changes of segment sizes by local day (counter; `migrations/0006_segments.cql`) |
+//! | `due_by_partition` | `partition` | `due_at, member_id` | the scheduler's due index; the truth is `member_events`' static `due_partition`, `due_at` (`migrations/0005_member_due.cql`) |
+//! | `outbox` | `id` | | campaign outbox entry JSON, with `member_id`, `partition`, `next_attempt_at`, `state`, `attempts` (the attempts' LWT fence) and `written_at_ms`; committed by its marker, a `member_events` row of kind 3 written in the member's batch (`migrations/0008_outbox.cql`; see the `outbox` module) |
+//! | `outbox_pending` | `partition` | `next_attempt_at, id` | the pending entries, earliest first, for `outbox_due`; a row disagreeing with its entry is stale and deleted by the reader |
 //!
 //! # Dashboards
 //!
@@ -106,7 +109,7 @@ use futures::{stream, StreamExt, TryStreamExt};
 use loyalty_core::metrics::metrics;
 use loyalty_core::model::{ApiKey, Franchise, Principal, Store};
 use loyalty_core::ports::{
-    DashboardRows, DueMember, EffectBatch, EventClaim, Partition, StateStore,
+    DashboardRows, DueMember, EffectBatch, EventClaim, OutboxEntry, Partition, StateStore,
 };
 use loyalty_core::{Error, Result};
 use loyalty_domain::dashboard::{DashboardDelta, DayTotals, Scope, VisitKey, VisitRow};
@@ -127,6 +130,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::ScyllaConfig;
+
+mod outbox;
 
 /// Age after which a claim of an event id whose partition holds no record is taken to be left
 /// by a failed writer and may be taken over by another partition.
@@ -563,6 +568,8 @@ struct PartitionWrite {
     records: BTreeMap<String, (bool, Vec<u8>)>,
     /// The member's due entry (partition, due time), `None` to leave it.
     due: Option<(i32, Option<i64>)>,
+    /// Markers of the member's new outbox entries: (entry id, entry JSON).
+    outbox: Vec<(String, Vec<u8>)>,
 }
 
 /// The outcome of a conditional statement: `[applied]` and the row the server sent with it
@@ -611,6 +618,7 @@ impl Lwt {
 pub struct ScyllaStore {
     session: Session,
     st: Statements,
+    ob: outbox::OutboxStatements,
 }
 
 impl ScyllaStore {
@@ -626,7 +634,8 @@ impl ScyllaStore {
     pub async fn from_session(session: Session, config: &ScyllaConfig) -> Result<ScyllaStore> {
         config.validate()?;
         let st = Statements::prepare(&session, &config.keyspace).await?;
-        Ok(ScyllaStore { session, st })
+        let ob = outbox::OutboxStatements::prepare(&session, &config.keyspace).await?;
+        Ok(ScyllaStore { session, st, ob })
     }
 
     /// The driver session (for operators' tools and tests).
@@ -1128,6 +1137,10 @@ impl ScyllaStore {
                 ));
                 values.push(vec![CqlValue::Blob(body), pk_value(), CqlValue::Text(key)]);
             }
+        }
+        for (id, body) in w.outbox {
+            batch.append_statement(BatchStatement::PreparedStatement(self.ob.mark.clone()));
+            values.push(vec![pk_value(), CqlValue::Text(id), CqlValue::Blob(body)]);
         }
         if values.is_empty() {
             return Ok(());
@@ -1712,6 +1725,21 @@ impl StateStore for ScyllaStore {
         }))
         .await?;
 
+        // 1c. The outbox's entries and pending rows, before the markers that commit them with
+        // their member's share (see `outbox`). The first entry of an id in the batch wins.
+        let mut entries: BTreeMap<&str, &OutboxEntry> = BTreeMap::new();
+        for e in &batch.outbox {
+            entries.entry(e.id.as_str()).or_insert(e);
+        }
+        for e in entries.values() {
+            parts
+                .entry(e.member_id.as_str().to_owned())
+                .or_default()
+                .outbox
+                .push((e.id.clone(), encode(e)?));
+        }
+        try_join_all(entries.values().map(|e| self.insert_outbox(e))).await?;
+
         // 2. Each partition's share in one conditional batch, all partitions at once.
         let results = join_all(
             parts
@@ -1747,6 +1775,29 @@ impl StateStore for ScyllaStore {
         self.add_dashboard(&batch.dashboard).await?;
         timer.observe_duration();
         Ok(())
+    }
+
+    async fn outbox_due(
+        &self,
+        partition: Partition,
+        until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>> {
+        self.read_outbox_due(partition, until, limit).await
+    }
+
+    async fn outbox_entry(&self, id: &str) -> Result<Option<OutboxEntry>> {
+        self.read_outbox_entry(id).await
+    }
+
+    async fn update_outbox(
+        &self,
+        entry: &OutboxEntry,
+        expected_attempts: u32,
+        dashboard: &DashboardDelta,
+    ) -> Result<()> {
+        self.record_attempt(entry, expected_attempts, dashboard)
+            .await
     }
 }
 

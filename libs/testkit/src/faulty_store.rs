@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use loyalty_core::model::{ApiKey, Franchise, Principal, Store};
-use loyalty_core::ports::{DashboardRows, EffectBatch, EventClaim, StateStore};
+use loyalty_core::ports::{DashboardRows, EffectBatch, EventClaim, OutboxEntry, StateStore};
 use loyalty_core::{Error, Result};
 use loyalty_domain::{
     Day, EventId, Fingerprint, FranchiseId, LedgerEntry, MemberId, MemberState, ProcessedEvent,
@@ -79,8 +79,8 @@ pub enum Fault {
     Corrupt,
 }
 
-/// Splits a batch into one batch per member (its state, ledger entries and the records of its
-/// events) plus one per anonymous record: what a per-member store commits one by one.
+/// Splits a batch into one batch per member (its state, ledger entries, the records of its
+/// events and its outbox entries) plus one per anonymous record: what a per-member store commits one by one.
 ///
 /// The batch's dashboard delta covers every member's events and belongs to no share: it is
 /// left out (a per-member store adds it once every share is written, as the ScyllaDB store
@@ -110,6 +110,13 @@ pub fn split_by_member(batch: EffectBatch) -> Vec<EffectBatch> {
                 ..EffectBatch::default()
             }),
         }
+    }
+    for e in batch.outbox {
+        shares
+            .entry(Some(e.member_id.clone()))
+            .or_default()
+            .outbox
+            .push(e);
     }
     shares.into_values().chain(anonymous).collect()
 }
@@ -226,6 +233,7 @@ impl StateStore for FaultyStore {
             .iter()
             .map(|w| &w.state.member_id)
             .chain(batch.ledger.iter().map(|(m, _)| m))
+            .chain(batch.outbox.iter().map(|e| &e.member_id))
             .collect();
         let processed_members = batch
             .processed
@@ -266,6 +274,27 @@ impl StateStore for FaultyStore {
         }
         // Whole, its dashboard delta with it.
         self.inner.commit(batch).await
+    }
+    async fn outbox_due(
+        &self,
+        p: loyalty_core::ports::Partition,
+        until: loyalty_domain::Timestamp,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>> {
+        self.inner.outbox_due(p, until, limit).await
+    }
+    async fn outbox_entry(&self, id: &str) -> Result<Option<OutboxEntry>> {
+        self.inner.outbox_entry(id).await
+    }
+    async fn update_outbox(
+        &self,
+        entry: &OutboxEntry,
+        expected_attempts: u32,
+        dashboard: &loyalty_domain::dashboard::DashboardDelta,
+    ) -> Result<()> {
+        self.inner
+            .update_outbox(entry, expected_attempts, dashboard)
+            .await
     }
     async fn sync(&self) -> Result<()> {
         self.syncs.fetch_add(1, Ordering::SeqCst);

@@ -26,7 +26,10 @@
 //!   the franchise asked; a refused batch adds nothing to them; `stores_of` lists the
 //!   franchise's stores only;
 //! - the scheduler's due index: written with the member's state, replaced, read by partition
-//!   and time, untouched by a refused batch.
+//!   and time, untouched by a refused batch;
+//! - the campaign outbox: entries written with the batch (the first of an id kept), due by
+//!   partition and time, earliest first; an attempt's update fenced on the stored attempts,
+//!   with its dashboard delta added once; a fenced member's entries never written.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -34,7 +37,8 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, ensure, Context};
 use loyalty_core::model::{ApiKey, Franchise, Principal, Role, Store};
 use loyalty_core::ports::{
-    DashboardRows, Due, DueMember, EffectBatch, EventClaim, MemberWrite, ProcessedWrite, StateStore,
+    DashboardRows, Due, DueMember, EffectBatch, EventClaim, MemberWrite, OutboxEntry, OutboxState,
+    ProcessedWrite, StateStore,
 };
 use loyalty_core::Error;
 use loyalty_domain::dashboard::{DashboardDelta, DayTotals, PackedRow, Scope, VisitKey};
@@ -99,6 +103,283 @@ pub async fn run_all(store: Arc<dyn StateStore>) -> R {
     segment_changes_add_up(s)
         .await
         .context("segment_changes_add_up")?;
+    outbox_entries_are_due_by_partition_and_time(s)
+        .await
+        .context("outbox_entries_are_due_by_partition_and_time")?;
+    outbox_updates_are_fenced(s)
+        .await
+        .context("outbox_updates_are_fenced")?;
+    refused_batches_write_no_outbox_entry(s)
+        .await
+        .context("refused_batches_write_no_outbox_entry")?;
+    Ok(())
+}
+
+const MINUTE: i64 = 60_000;
+
+/// A pending outbox entry of `member` (firing `n` of campaign `welcome`, by SMS) in
+/// `partition`, due `minutes` after [`T0`].
+fn outbox_entry(
+    sc: &Scenario,
+    member: &MemberId,
+    n: u32,
+    partition: u32,
+    minutes: i64,
+) -> OutboxEntry {
+    OutboxEntry {
+        id: format!("{member}/welcome/{n}/sms"),
+        franchise_id: sc.franchise.clone(),
+        member_id: member.clone(),
+        partition,
+        campaign_id: "welcome".into(),
+        channel: loyalty_domain::campaigns::Channel::Sms,
+        program_version: 1,
+        created_at: Timestamp(T0),
+        attempts: 0,
+        next_attempt_at: Timestamp(T0 + minutes * MINUTE),
+        last_error: None,
+        state: OutboxState::Pending,
+    }
+}
+
+/// `batch` with `entries` in its outbox.
+fn with_outbox(mut batch: EffectBatch, entries: &[OutboxEntry]) -> EffectBatch {
+    batch.outbox.extend_from_slice(entries);
+    batch
+}
+
+/// The campaign outbox ([`StateStore::outbox_due`], [`StateStore::outbox_entry`]): entries
+/// committed with a member's batch read back as written, are due at their time and not
+/// before, by partition, earliest first (then by id), at most `limit`; a batch that brings an
+/// id again keeps the stored entry as it is.
+pub async fn outbox_entries_are_due_by_partition_and_time(store: &dyn StateStore) -> R {
+    let (p, other) = (8_001, 8_002);
+    let mut sc = Scenario::new("outbox-due")?;
+    let (a, b) = (sc.member(1)?, sc.member(2)?);
+    let late = outbox_entry(&sc, &a, 1, p, 10);
+    let early_a = outbox_entry(&sc, &a, 2, p, 5);
+    let early_b = outbox_entry(&sc, &b, 1, p, 5);
+    let elsewhere = outbox_entry(&sc, &b, 2, other, 1);
+    let enrol_a = sc.enrol(&a)?;
+    store
+        .commit(with_outbox(
+            enrol_a.batch(0),
+            &[late.clone(), early_a.clone()],
+        ))
+        .await?;
+    let enrol_b = sc.enrol(&b)?;
+    store
+        .commit(with_outbox(
+            enrol_b.batch(0),
+            &[elsewhere.clone(), early_b.clone()],
+        ))
+        .await?;
+    let due = |partition: u32, minutes: i64, limit: usize| {
+        store.outbox_due(partition, Timestamp(T0 + minutes * MINUTE), limit)
+    };
+    // Same time: by id (member 1's before member 2's).
+    let all = vec![early_a.clone(), early_b.clone(), late.clone()];
+    ensure!(
+        due(p, 20, 10).await? == all,
+        "earliest first: {:?}",
+        due(p, 20, 10).await?
+    );
+    ensure!(due(p, 5, 10).await? == all[..2], "until is inclusive");
+    ensure!(due(p, 4, 10).await?.is_empty(), "due before its time");
+    ensure!(due(p, 20, 2).await? == all[..2], "limit");
+    ensure!(
+        due(other, 20, 10).await? == vec![elsewhere.clone()],
+        "by partition"
+    );
+    ensure!(due(9_999, 20, 10).await?.is_empty(), "another partition's");
+    ensure!(
+        store.outbox_entry(&late.id).await? == Some(late.clone()),
+        "read by id"
+    );
+    ensure!(
+        store.outbox_entry("nobody/x/1/sms").await?.is_none(),
+        "unknown id"
+    );
+
+    // The same id again (a replay of the firing, here with another time): the first is kept.
+    let a1 = enrol_a.state.ok_or_else(|| anyhow!("no state"))?;
+    let again = OutboxEntry {
+        next_attempt_at: Timestamp(T0),
+        program_version: 2,
+        ..late.clone()
+    };
+    let bought = sc.purchase(&a1, 100)?;
+    store
+        .commit(with_outbox(bought.batch(a1.version), &[again]))
+        .await?;
+    ensure!(
+        store.outbox_entry(&late.id).await? == Some(late),
+        "the first entry replaced"
+    );
+    ensure!(due(p, 20, 10).await? == all, "the index moved by a replay");
+    Ok(())
+}
+
+/// An attempt's result ([`StateStore::update_outbox`]): a delivered entry leaves the due
+/// entries, a retried one is due at its new time only; each adds its dashboard delta; an
+/// update with a stale `expected_attempts` (another node recorded that attempt), of an entry
+/// no longer pending, or of an unknown id, is a `Conflict` that changes nothing and adds
+/// nothing.
+pub async fn outbox_updates_are_fenced(store: &dyn StateStore) -> R {
+    let p = 8_101;
+    let mut sc = Scenario::new("outbox-update")?;
+    let f = sc.franchise.clone();
+    let m = sc.member(1)?;
+    let sent = outbox_entry(&sc, &m, 1, p, 1);
+    let retried = outbox_entry(&sc, &m, 2, p, 2);
+    let e = sc.enrol(&m)?;
+    store
+        .commit(with_outbox(e.batch(0), &[sent.clone(), retried.clone()]))
+        .await?;
+    let due = |minutes: i64| store.outbox_due(p, Timestamp(T0 + minutes * MINUTE), 10);
+    let counted = |what: &str| {
+        let mut d = DashboardDelta::default();
+        d.add_segment(&f, what, Day(D0), 1);
+        d
+    };
+    let counts = || segments_of(store, &f);
+    let at = Timestamp(T0 + 3 * MINUTE);
+
+    let delivered = OutboxEntry {
+        attempts: 1,
+        state: OutboxState::Delivered { at },
+        ..sent.clone()
+    };
+    store
+        .update_outbox(&delivered, 0, &counted("delivered"))
+        .await?;
+    ensure!(
+        store.outbox_entry(&sent.id).await? == Some(delivered.clone()),
+        "delivered"
+    );
+    ensure!(
+        due(60).await? == vec![retried.clone()],
+        "a delivered entry is still due"
+    );
+    let one = vec![("delivered".to_owned(), D0, 1)];
+    ensure!(counts().await? == one, "delta: {:?}", counts().await?);
+    // The same attempt recorded again (by a node that lost the race): refused, adds nothing.
+    let r = store
+        .update_outbox(&delivered, 0, &counted("delivered"))
+        .await;
+    ensure!(is_conflict(&r), "a second update of attempt 0: {r:?}");
+    ensure!(counts().await? == one, "a refused update added its delta");
+    ensure!(
+        store.outbox_entry(&sent.id).await? == Some(delivered),
+        "a refused update wrote"
+    );
+
+    // A failed attempt, retried later: due at the new time only.
+    let later = OutboxEntry {
+        attempts: 1,
+        next_attempt_at: Timestamp(T0 + 30 * MINUTE),
+        last_error: Some("receiver unavailable".into()),
+        ..retried.clone()
+    };
+    store.update_outbox(&later, 0, &counted("retried")).await?;
+    ensure!(due(29).await?.is_empty(), "due at its old time");
+    ensure!(due(30).await? == vec![later.clone()], "due at its new time");
+    let r = store.update_outbox(&later, 0, &counted("retried")).await;
+    ensure!(is_conflict(&r), "a stale expected_attempts: {r:?}");
+    ensure!(
+        due(30).await? == vec![later.clone()],
+        "a refused update moved the entry"
+    );
+    let failed = OutboxEntry {
+        attempts: 2,
+        state: OutboxState::Failed {
+            at,
+            reason: "permanent".into(),
+        },
+        ..later.clone()
+    };
+    store.update_outbox(&failed, 1, &counted("failed")).await?;
+    ensure!(due(60).await?.is_empty(), "a failed entry is still due");
+    ensure!(store.outbox_entry(&failed.id).await? == Some(failed.clone()));
+    let r = store.update_outbox(&failed, 2, &counted("failed")).await;
+    ensure!(is_conflict(&r), "an update of a dead-lettered entry: {r:?}");
+    let unknown = OutboxEntry {
+        id: format!("{m}/welcome/99/sms"),
+        ..later
+    };
+    let r = store.update_outbox(&unknown, 0, &counted("unknown")).await;
+    ensure!(is_conflict(&r), "an update of an unknown entry: {r:?}");
+    ensure!(
+        store.outbox_entry(&unknown.id).await?.is_none(),
+        "an unknown entry created"
+    );
+    let want = vec![
+        ("delivered".to_owned(), D0, 1),
+        ("failed".to_owned(), D0, 1),
+        ("retried".to_owned(), D0, 1),
+    ];
+    ensure!(counts().await? == want, "deltas: {:?}", counts().await?);
+    Ok(())
+}
+
+/// A batch whose member fails its fence writes none of that member's outbox entries (they are
+/// the member's share); another member's entries follow its share, written or not.
+pub async fn refused_batches_write_no_outbox_entry(store: &dyn StateStore) -> R {
+    let p = 8_201;
+    let mut sc = Scenario::new("outbox-refused")?;
+    let (a, b) = (sc.member(1)?, sc.member(2)?);
+    let a1 = sc.enrolled(store, &a).await?;
+    let b1 = sc.enrolled(store, &b).await?;
+    sc.bought(store, &b1, 900).await?;
+
+    // `b` alone, stale.
+    let ob = outbox_entry(&sc, &b, 1, p, 1);
+    let stale = sc.purchase(&b1, 3000)?;
+    let r = store
+        .commit(with_outbox(
+            stale.batch(b1.version),
+            std::slice::from_ref(&ob),
+        ))
+        .await;
+    ensure!(is_conflict(&r), "stale expected_version: {r:?}");
+    ensure!(
+        store.outbox_entry(&ob.id).await?.is_none(),
+        "a fenced member's entry written"
+    );
+    ensure!(
+        store
+            .outbox_due(p, Timestamp(T0 + MINUTE), 10)
+            .await?
+            .is_empty(),
+        "a fenced member's entry due"
+    );
+
+    // `a` fresh and `b` stale in one batch.
+    let oa = outbox_entry(&sc, &a, 1, p, 1);
+    let good = sc.purchase(&a1, 1200)?;
+    let mut batch = with_outbox(good.batch(a1.version), std::slice::from_ref(&oa));
+    stale.add_to(&mut batch, b1.version);
+    batch.outbox.push(ob.clone());
+    let r = store.commit(batch).await;
+    ensure!(is_conflict(&r), "a batch with a stale member: {r:?}");
+    ensure!(
+        store.outbox_entry(&ob.id).await?.is_none(),
+        "a fenced member's entry written"
+    );
+    let a_written = store.member(&a).await?.as_ref() == good.state.as_ref();
+    let due = store.outbox_due(p, Timestamp(T0 + MINUTE), 10).await?;
+    let stored = store.outbox_entry(&oa.id).await?;
+    if a_written {
+        ensure!(
+            stored == Some(oa.clone()) && due == vec![oa],
+            "a's share without its entry"
+        );
+    } else {
+        ensure!(
+            stored.is_none() && due.is_empty(),
+            "a's entry without its share"
+        );
+    }
     Ok(())
 }
 
@@ -1172,6 +1453,7 @@ impl Effect {
                 insert: true,
             }],
             dashboard: DashboardDelta::default(),
+            outbox: Vec::new(),
         }
     }
 
