@@ -150,6 +150,7 @@ fn live_a_member(program: &Program, seed: &[u8]) {
         name: None,
         birthday: None,
         consent: Default::default(),
+        email: None,
     };
     let mut commands = vec![MemberCommand::Enrol { profile }];
     for b in seed.iter().take(24) {

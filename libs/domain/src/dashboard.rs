@@ -471,6 +471,7 @@ impl DashboardDelta {
                 | Outcome::Held { .. }
                 | Outcome::Advanced { .. }
                 | Outcome::Rejected(_)
+                | Outcome::ConsentChanged { .. }
         ) {
             return;
         }
@@ -505,7 +506,8 @@ impl DashboardDelta {
             | Outcome::Held { .. }
             | Outcome::Advanced { .. }
             | Outcome::RedemptionCancelled { .. }
-            | Outcome::Rejected(_) => {}
+            | Outcome::Rejected(_)
+            | Outcome::ConsentChanged { .. } => {}
         }
     }
 

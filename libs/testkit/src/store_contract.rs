@@ -1279,6 +1279,7 @@ impl Scenario {
                     name: None,
                     birthday: None,
                     consent: Default::default(),
+                    email: None,
                 },
             },
         )
