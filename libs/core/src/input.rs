@@ -122,12 +122,10 @@ pub fn profile(
 }
 
 /// An optional e-mail address ([`EmailAddress`]: plausible, at most 254 characters, its domain
-/// lowercased); blank means none.
+/// lowercased), exactly as sent (a blank or padded one is refused, as the OpenAPI document's
+/// pattern says).
 pub fn email(s: Option<&str>) -> Result<Option<EmailAddress>, InputError> {
-    match s {
-        Some(s) if !s.trim().is_empty() => Ok(Some(EmailAddress::parse(s)?)),
-        _ => Ok(None),
-    }
+    Ok(s.map(EmailAddress::parse).transpose()?)
 }
 
 /// `profile` with the e-mail address of an enrolment ([`email`]) if one is given.

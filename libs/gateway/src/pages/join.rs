@@ -605,7 +605,7 @@ pub async fn request_code(
     if name.is_none() {
         return refuse(lang.pick("Indiquez votre prénom.", "Enter your first name."));
     }
-    let email = Some(form.email.as_str()).filter(|e| !e.trim().is_empty());
+    let email = Some(form.email.trim()).filter(|e| !e.is_empty());
     if consent.email && email.is_none() {
         return refuse(lang.pick(
             "Indiquez votre adresse e-mail pour recevoir les offres par e-mail.",

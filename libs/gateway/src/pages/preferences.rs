@@ -158,7 +158,8 @@ pub(super) async fn save(
         );
     }
     let form = form.map(|f| f.into_inner()).unwrap_or_default();
-    let address = match input::email(Some(&form.email)) {
+    let typed = Some(form.email.trim()).filter(|e| !e.is_empty());
+    let address = match input::email(typed) {
         Ok(a) => a,
         Err(_) => return back(req, "invalid-email"),
     };
