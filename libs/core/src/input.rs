@@ -213,7 +213,8 @@ pub fn reward(program: &Program, reward_id: &RewardId) -> Result<(), Rejection> 
 /// Prefixes of the event ids the platform gives itself: an enrolment's (`enrol.<member>`), an
 /// erasure's (`erase.<member>`), the scheduler's advances (`sched:<member>:<ms>`), and the
 /// consent changes members make on their own pages: an opt-out link's
-/// (`optout.<member>.<channel>.<version>`) and the card page's (`consent.<member>.<version>`).
+/// (`optout.<member>.<channel>.<version>`) and the card page's
+/// (`consent.<member>.<version>.<digest>`).
 /// A client event id starting with one could take the platform's own event's idempotency
 /// record (a scheduler's advance judged a replay would skip an expiry), so it is refused.
 pub const RESERVED_EVENT_ID_PREFIXES: [&str; 5] =

@@ -3,19 +3,21 @@
 //!
 //! The form posts to the card link itself (`POST /card/{fid}/{member_id}?expires=…&sig=…`),
 //! which is what authorises it, and the change travels the log like every command
-//! (`SetConsent`, event id `consent.<member>.<version>`: a resent form on one state is one
-//! event). Then 303 back to the card (`&consent=saved`, or why not), so that a reload posts
+//! (`SetConsent`, event id `consent.<member>.<version>.<digest of the form>`: a resent form on
+//! one state is one event). Then 303 back to the card (`&consent=saved`, or why not), so that a reload posts
 //! nothing again.
 
 use std::fmt::Write as _;
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
+use data_encoding::HEXLOWER;
 use loyalty_core::command::HQ_STORE;
 use loyalty_core::input;
 use loyalty_core::metrics::metrics;
 use loyalty_domain::{EventId, MemberId, MemberState, Rejection, StoreId};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use super::escape;
 use super::member::{error_page, failure_page, Lang};
@@ -186,17 +188,30 @@ pub(super) async fn save(
     }
 }
 
-/// The command of the form: both channels as ticked, the address if one was typed.
+/// The command of the form: both channels as ticked, the address if one was typed. Its event
+/// id names the member's version and a digest of what the form asks: the same form sent again
+/// on the same state is one event, another one (after a refusal, which changes no version) is
+/// another event.
 fn consent_change(
     state: &MemberState,
     form: &ConsentForm,
     address: Option<loyalty_domain::EmailAddress>,
 ) -> Result<ConsentChange, ApiError> {
+    let sms = form.consent_sms.as_deref() == Some("yes");
+    let email = form.consent_email.as_deref() == Some("yes");
+    let asked = format!(
+        "{sms}:{email}:{}",
+        address.as_ref().map_or("", |a| a.as_str())
+    );
+    let digest = HEXLOWER.encode(&Sha256::digest(asked.as_bytes())[..6]);
     Ok(ConsentChange {
         store: StoreId::parse(HQ_STORE)?,
-        event_id: EventId::parse(&format!("consent.{}.{}", state.member_id, state.version))?,
-        sms: Some(form.consent_sms.as_deref() == Some("yes")),
-        email: Some(form.consent_email.as_deref() == Some("yes")),
+        event_id: EventId::parse(&format!(
+            "consent.{}.{}.{digest}",
+            state.member_id, state.version
+        ))?,
+        sms: Some(sms),
+        email: Some(email),
         email_address: address,
     })
 }
