@@ -15,7 +15,7 @@ use loyalty_domain::{
     MemberState, Phone, Profile, Program, PurchaseItem, PurchaseItemSpec, StoreId, Timestamp,
 };
 use loyalty_gateway::json::parse;
-use loyalty_gateway::routes::{admin, events, members};
+use loyalty_gateway::routes::{admin, consent, events, members};
 use loyalty_gateway::ApiError;
 
 /// The command envelope, as an engine reads it from the log (a record anyone with produce
@@ -82,6 +82,9 @@ pub fn http_bodies(data: &[u8]) {
     check(parse::<events::RedemptionBody>(data).map(|_| ()));
     check(parse::<members::EnrolBody>(data).map(|b| {
         let _ = members::validate_profile(b);
+    }));
+    check(parse::<consent::ConsentBody>(data).map(|b| {
+        let _ = input::email(b.email_address.as_deref());
     }));
     check(parse::<admin::CreateFranchise>(data).map(|_| ()));
     check(parse::<admin::CreateStore>(data).map(|_| ()));
@@ -150,6 +153,7 @@ fn live_a_member(program: &Program, seed: &[u8]) {
         name: None,
         birthday: None,
         consent: Default::default(),
+        email: None,
     };
     let mut commands = vec![MemberCommand::Enrol { profile }];
     for b in seed.iter().take(24) {

@@ -283,6 +283,7 @@ impl World {
                             name: None,
                             birthday: None,
                             consent: Default::default(),
+                            email: None,
                         },
                     },
                 ))

@@ -15,7 +15,7 @@ use crate::ports::StateStore;
 use crate::Result;
 
 /// One campaign's results over the range.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct CampaignResult {
     pub id: String,
     pub name: String,
@@ -48,8 +48,6 @@ pub struct CampaignResults {
     pub time_zone: String,
     pub campaigns: Vec<CampaignResult>,
 }
-
-impl Eq for CampaignResult {}
 
 /// The results of the campaigns of `program` (the franchise's current one) on the local days
 /// `from..=to`, in the program's order. A campaign removed from the program is not listed

@@ -6,8 +6,8 @@
 
 use bytes::Bytes;
 use loyalty_domain::{
-    Cents, Currency, EventId, Fingerprint, FranchiseId, MemberId, Profile, PurchaseItem, RewardId,
-    StoreId, Timestamp,
+    Cents, Currency, EmailAddress, EventId, Fingerprint, FranchiseId, MemberId, Profile,
+    PurchaseItem, RewardId, StoreId, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -59,6 +59,20 @@ pub enum PosCommand {
     /// applied directly by the member's shard (it does not travel the log), with the event id
     /// [`crate::engine::scheduler::event_id`] and the store id [`HQ_STORE`].
     Advance { member_id: MemberId },
+    /// Change the member's consent to offers per channel (absent: as it is), and optionally
+    /// the e-mail address ([`loyalty_domain::MemberCommand::SetConsent`]): from the API
+    /// (`PUT /v1/members/{member_id}/consent`, the client's event id), the opt-out link and
+    /// the card page (the platform's `optout.`/`consent.` event ids, the store id
+    /// [`HQ_STORE`]). Fields left out are not encoded, so they are not fingerprinted either.
+    SetConsent {
+        member_id: MemberId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sms: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        email: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        email_address: Option<EmailAddress>,
+    },
 }
 
 /// The store id of commands headquarters send (an erasure): no store's, since store ids are
@@ -73,7 +87,8 @@ impl PosCommand {
             | PosCommand::Redemption { member_id, .. }
             | PosCommand::CancelRedemption { member_id, .. }
             | PosCommand::Erase { member_id }
-            | PosCommand::Advance { member_id } => Some(member_id),
+            | PosCommand::Advance { member_id }
+            | PosCommand::SetConsent { member_id, .. } => Some(member_id),
             PosCommand::Purchase { member_id, .. } | PosCommand::Refund { member_id, .. } => {
                 member_id.as_ref()
             }
@@ -89,6 +104,7 @@ impl PosCommand {
             PosCommand::CancelRedemption { .. } => "cancel_redemption",
             PosCommand::Erase { .. } => "erase",
             PosCommand::Advance { .. } => "advance",
+            PosCommand::SetConsent { .. } => "set_consent",
         }
     }
 }
@@ -224,6 +240,38 @@ mod tests {
             body,
         ]);
         assert_eq!(env.fingerprint(), before);
+    }
+
+    #[test]
+    fn a_consent_change_encodes_what_it_changes_only_and_masks_the_address() {
+        let mut env = CommandEnvelope::decode(OLD.as_bytes()).unwrap();
+        env.command = PosCommand::SetConsent {
+            member_id: MemberId::parse("m-1").unwrap(),
+            sms: Some(false),
+            email: None,
+            email_address: None,
+        };
+        let text = String::from_utf8(env.encode().to_vec()).unwrap();
+        assert!(
+            text.contains(r#""command":{"type":"set_consent","member_id":"m-1","sms":false}"#),
+            "{text}"
+        );
+        assert_eq!(CommandEnvelope::decode(text.as_bytes()).unwrap(), env);
+        let before = env.fingerprint();
+        if let PosCommand::SetConsent { email_address, .. } = &mut env.command {
+            *email_address = Some(EmailAddress::parse("ana@example.com").unwrap());
+        }
+        assert_ne!(
+            env.fingerprint(),
+            before,
+            "the address is part of the fingerprint"
+        );
+        assert!(
+            !format!("{env:?}").contains("ana@"),
+            "never in debug output"
+        );
+        let again = CommandEnvelope::decode(&env.encode()).unwrap();
+        assert_eq!(again, env);
     }
 
     #[test]

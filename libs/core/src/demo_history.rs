@@ -459,7 +459,8 @@ impl Generator<'_> {
             // The generator sends none.
             PosCommand::Erase { .. }
             | PosCommand::Advance { .. }
-            | PosCommand::CancelRedemption { .. } => {}
+            | PosCommand::CancelRedemption { .. }
+            | PosCommand::SetConsent { .. } => {}
         }
         self.out.push(CommandEnvelope {
             franchise_id: self.franchise.id.clone(),
@@ -588,6 +589,7 @@ impl Generator<'_> {
                             name: None,
                             birthday: None,
                             consent: Default::default(),
+                            email: None,
                         },
                     };
                     self.push(home, event_id, at, command);
@@ -995,6 +997,17 @@ mod tests {
                 },
                 PosCommand::Erase { .. } => MemberCommand::Erase,
                 PosCommand::Advance { .. } => MemberCommand::Advance,
+                // The generator sends none.
+                PosCommand::SetConsent {
+                    sms,
+                    email,
+                    email_address,
+                    ..
+                } => MemberCommand::SetConsent {
+                    sms: *sms,
+                    email: *email,
+                    email_address: email_address.clone(),
+                },
                 // The generator sends none: refused as naming no redemption.
                 PosCommand::CancelRedemption {
                     redemption_event_id,

@@ -8,7 +8,7 @@
 
 use data_encoding::{BASE32_NOPAD, HEXLOWER};
 use hmac::{Hmac, KeyInit, Mac};
-use loyalty_domain::{MemberId, Phone, StoreId};
+use loyalty_domain::{FranchiseId, MemberId, Phone, StoreId};
 use sha2::{Digest, Sha256};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -161,6 +161,54 @@ pub fn verify_card_link(
     )
 }
 
+/// The channels a member can opt out of with a link ([`opt_out_signature`]).
+pub const OPT_OUT_CHANNELS: [&str; 2] = ["sms", "email"];
+
+/// The signature of the opt-out link of `member` for `channel` (`sms`, `email`): a MAC of both
+/// under the franchise's secret and a label of its own (so it is neither a card link nor a QR
+/// token), 26 base32 characters. It has no expiry: every message carries its link, and the link
+/// of a message read years later must still work (README "Privacy"). It only ever withdraws
+/// consent, so whoever holds it can do no more than stop the messages.
+pub fn opt_out_signature(franchise_secret: &str, member: &MemberId, channel: &str) -> String {
+    b32(&mac(
+        franchise_secret,
+        &[
+            b"opt-out:v1:",
+            member.as_str().as_bytes(),
+            b":",
+            channel.as_bytes(),
+        ],
+    )[..16])
+}
+
+/// Whether `signature` signs the opt-out link of `member` for `channel`.
+pub fn verify_opt_out(
+    franchise_secret: &str,
+    member: &MemberId,
+    channel: &str,
+    signature: &str,
+) -> bool {
+    same_tag(
+        &opt_out_signature(franchise_secret, member, channel),
+        signature,
+    )
+}
+
+/// The path and query of the opt-out link of `member` of franchise `franchise` for `channel`:
+/// `/optout/{franchise}/{member}/{channel}?sig=…`, to be put after the gateway's `public_url`
+/// (the page is `loyalty_gateway::pages::optout`).
+pub fn opt_out_path(
+    franchise: &FranchiseId,
+    franchise_secret: &str,
+    member: &MemberId,
+    channel: &str,
+) -> String {
+    format!(
+        "/optout/{franchise}/{member}/{channel}?sig={}",
+        opt_out_signature(franchise_secret, member, channel)
+    )
+}
+
 /// The secret with which the POS of store `store` signs its records on the POS topic
 /// (`docs/pos-topic.md`): an HMAC of the store id under the franchise's secret, as 64 hex
 /// characters. Nothing is stored for it: the platform derives it again to verify a record, and
@@ -309,6 +357,31 @@ mod tests {
             "another franchise"
         );
         assert!(!verify_card_link("s1", &m, 1_900_000_000, &sig[..25]));
+    }
+
+    #[test]
+    fn opt_out_links_sign_member_and_channel_for_ever() {
+        let m = member_id("s1", &Phone::parse("+33612345678").unwrap());
+        let n = member_id("s1", &Phone::parse("+33612345679").unwrap());
+        let sig = opt_out_signature("s1", &m, "sms");
+        assert_eq!(sig, opt_out_signature("s1", &m, "sms"), "stable");
+        assert_eq!(sig.len(), 26);
+        assert!(verify_opt_out("s1", &m, "sms", &sig));
+        assert!(!verify_opt_out("s1", &m, "email", &sig), "another channel");
+        assert!(!verify_opt_out("s1", &n, "sms", &sig), "another member");
+        assert!(!verify_opt_out("s2", &m, "sms", &sig), "another franchise");
+        assert!(!verify_opt_out("s1", &m, "sms", &sig[..25]));
+        assert!(!verify_opt_out("s1", &m, "sms", ""));
+        // Its own label: no card link's signature is an opt-out's.
+        assert_ne!(sig, card_link_signature("s1", &m, 0));
+        let f = FranchiseId::parse("f_a").unwrap();
+        assert_eq!(
+            opt_out_path(&f, "s1", &m, "email"),
+            format!(
+                "/optout/f_a/{m}/email?sig={}",
+                opt_out_signature("s1", &m, "email")
+            )
+        );
     }
 
     #[test]

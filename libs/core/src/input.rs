@@ -9,8 +9,8 @@
 //! member actor's, and are recorded as the event's outcome.
 
 use loyalty_domain::{
-    Cents, Consent, Currency, DomainError, EventId, MemberId, Phone, Profile, Program,
-    PurchaseItem, PurchaseItemSpec, Rejection, RewardId, Timestamp,
+    Cents, Consent, Currency, DomainError, EmailAddress, EventId, MemberId, Phone, Profile,
+    Program, PurchaseItem, PurchaseItemSpec, Rejection, RewardId, Timestamp,
 };
 
 use crate::identity;
@@ -117,7 +117,21 @@ pub fn profile(
         name,
         birthday,
         consent,
+        email: None,
     })
+}
+
+/// An optional e-mail address ([`EmailAddress`]: plausible, at most 254 characters, its domain
+/// lowercased), exactly as sent (a blank or padded one is refused, as the OpenAPI document's
+/// pattern says).
+pub fn email(s: Option<&str>) -> Result<Option<EmailAddress>, InputError> {
+    Ok(s.map(EmailAddress::parse).transpose()?)
+}
+
+/// `profile` with the e-mail address of an enrolment ([`email`]) if one is given.
+pub fn with_email(mut profile: Profile, email: Option<&str>) -> Result<Profile, InputError> {
+    profile.email = self::email(email)?.map(EmailAddress::into_string);
+    Ok(profile)
 }
 
 /// The member named by at most one of its id, phone number or QR token, in the franchise whose
@@ -197,10 +211,14 @@ pub fn reward(program: &Program, reward_id: &RewardId) -> Result<(), Rejection> 
 }
 
 /// Prefixes of the event ids the platform gives itself: an enrolment's (`enrol.<member>`), an
-/// erasure's (`erase.<member>`) and the scheduler's advances (`sched:<member>:<ms>`). A client
-/// event id starting with one could take the platform's own event's idempotency record (a
-/// scheduler's advance judged a replay would skip an expiry), so it is refused.
-pub const RESERVED_EVENT_ID_PREFIXES: [&str; 3] = ["enrol.", "erase.", "sched:"];
+/// erasure's (`erase.<member>`), the scheduler's advances (`sched:<member>:<ms>`), and the
+/// consent changes members make on their own pages: an opt-out link's
+/// (`optout.<member>.<channel>.<version>`) and the card page's
+/// (`consent.<member>.<version>.<digest>`).
+/// A client event id starting with one could take the platform's own event's idempotency
+/// record (a scheduler's advance judged a replay would skip an expiry), so it is refused.
+pub const RESERVED_EVENT_ID_PREFIXES: [&str; 5] =
+    ["enrol.", "erase.", "sched:", "optout.", "consent."];
 
 /// A client's event id: any valid [`EventId`] but the platform's own
 /// ([`RESERVED_EVENT_ID_PREFIXES`]).

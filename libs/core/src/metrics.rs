@@ -82,6 +82,11 @@ pub struct Metrics {
     pub campaign_messages: IntCounterVec,
     /// The time an adapter took to accept (or refuse) a message, by channel.
     pub campaign_send_seconds: HistogramVec,
+    /// Opt-out links used (README "Privacy"), by channel and result (`withdrawn`: the
+    /// consent was withdrawn; `already`: there was none to withdraw).
+    pub opt_outs: IntCounterVec,
+    /// Changes of consent applied through the API or the card page, by source (`api`, `card`).
+    pub consent_changes: IntCounterVec,
 }
 
 /// What the scheduler of each owned partition did, counted once the store has it.
@@ -347,6 +352,18 @@ impl Metrics {
                 "loyalty_segment_exports_total",
                 "Pages of segment member exports served (README \"Segments\"), by how phone numbers were shown (masked, full).",
                 &["phone"],
+            ),
+            opt_outs: counter_vec(
+                &r,
+                "loyalty_opt_outs_total",
+                "Opt-out links used (README \"Privacy\"), by channel (sms, email) and result (withdrawn, already).",
+                &["channel", "result"],
+            ),
+            consent_changes: counter_vec(
+                &r,
+                "loyalty_consent_changes_total",
+                "Changes of consent to offers applied through the API or the card page, by source (api, card).",
+                &["source"],
             ),
             held_refunds: counter_vec(
                 &r,

@@ -166,7 +166,8 @@ impl From<loyalty_domain::Rejection> for Rejected {
             | R::RedemptionLimitReached { .. }
             | R::UnknownRedemption { .. }
             | R::RedemptionAlreadyCancelled { .. }
-            | R::CancellationWindowClosed { .. } => Reason::Invalid,
+            | R::CancellationWindowClosed { .. }
+            | R::EmailRequired => Reason::Invalid,
         };
         Rejected::new(reason, r.to_string())
     }
@@ -319,6 +320,9 @@ enum PosRecord {
         /// object only.
         #[serde(default, deserialize_with = "loyalty_domain::object::option")]
         consent: Option<Consent>,
+        /// Where e-mail offers go (optional; validated like over HTTP).
+        #[serde(default)]
+        email: Option<String>,
     },
 }
 
@@ -620,10 +624,12 @@ async fn validate(
             name,
             birthday,
             consent,
+            email,
             ..
         } => {
             let checked = (|| -> Result<_, Rejected> {
                 let profile = input::profile(&phone, name, birthday, consent.unwrap_or_default())?;
+                let profile = input::with_email(profile, email.as_deref())?;
                 let at = input::occurred_at(&occurred_at, now)?;
                 Ok((profile, at))
             })();
@@ -1301,6 +1307,16 @@ mod tests {
         );
         let listed = with(rec.clone(), "consent", json!([true, true]));
         assert_eq!(f.decode(&listed).await.unwrap_err().reason, Reason::Invalid);
+        assert_eq!(profile.email, None, "no address unless given");
+        let mailed = with(rec.clone(), "email", json!("Ana@Example.COM"));
+        let PosCommand::Enrol { profile, .. } = f.decode(&mailed).await.unwrap().command else {
+            panic!("an enrolment")
+        };
+        assert_eq!(profile.email.as_deref(), Some("Ana@example.com"));
+        let bad_mail = with(rec.clone(), "email", json!("ana@localhost"));
+        let e = f.decode(&bad_mail).await.unwrap_err();
+        assert_eq!(e.reason, Reason::Invalid);
+        assert!(!e.detail.contains("ana@"), "no address in {}", e.detail);
         // Another till, another time, another client id: the same event, the same fingerprint,
         // as the HTTP enrolment's (no occurred_at).
         let other = with(
@@ -1338,7 +1354,13 @@ mod tests {
             "event_id": "till-1:0003", "occurred_at": "2025-11-25T09:59:30Z",
             "purchase_event_id": "till-1:0001", "amount_cents": 500
         });
-        for id in ["sched:m1:1764000000000", "enrol.m1", "erase.m1"] {
+        for id in [
+            "sched:m1:1764000000000",
+            "enrol.m1",
+            "erase.m1",
+            "optout.m1.sms.3",
+            "consent.m1.3",
+        ] {
             let r = f
                 .decode(&with(refund.clone(), "event_id", json!(id)))
                 .await

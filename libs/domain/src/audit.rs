@@ -131,7 +131,8 @@ pub fn audit_member(
         && (!p.phone.is_erased()
             || p.name.is_some()
             || p.birthday.is_some()
-            || !p.consent.is_none())
+            || !p.consent.is_none()
+            || p.email.is_some())
     {
         findings.push(Finding::NotErased);
     }

@@ -487,6 +487,7 @@ impl DashboardDelta {
                 | Outcome::Held { .. }
                 | Outcome::Advanced { .. }
                 | Outcome::Rejected(_)
+                | Outcome::ConsentChanged { .. }
         ) {
             return;
         }
@@ -521,7 +522,8 @@ impl DashboardDelta {
             | Outcome::Held { .. }
             | Outcome::Advanced { .. }
             | Outcome::RedemptionCancelled { .. }
-            | Outcome::Rejected(_) => {}
+            | Outcome::Rejected(_)
+            | Outcome::ConsentChanged { .. } => {}
         }
     }
 

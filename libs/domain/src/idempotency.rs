@@ -121,6 +121,9 @@ pub enum Rejection {
     /// The redemption is older than the program's cancellation window (0: none allowed).
     #[error("a redemption can be cancelled within {cancel_minutes} minutes; this one no longer")]
     CancellationWindowClosed { cancel_minutes: u32 },
+    /// Consent to e-mail offers for a member with no e-mail address (give one with it).
+    #[error("the member has no e-mail address: consent to e-mail needs one")]
+    EmailRequired,
 }
 
 impl Rejection {
@@ -140,6 +143,7 @@ impl Rejection {
             Rejection::UnknownRedemption { .. } => "unknown-redemption",
             Rejection::RedemptionAlreadyCancelled { .. } => "redemption-already-cancelled",
             Rejection::CancellationWindowClosed { .. } => "cancellation-window-closed",
+            Rejection::EmailRequired => "email-required",
         }
     }
 }
@@ -220,6 +224,11 @@ pub enum Outcome {
         tier: String,
     },
     Rejected(Rejection),
+    /// The member's consent changed ([`crate::MemberCommand::SetConsent`]), or already was
+    /// as asked: the consent now held.
+    ConsentChanged {
+        consent: crate::Consent,
+    },
 }
 
 impl Outcome {

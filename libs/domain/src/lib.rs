@@ -8,6 +8,7 @@ pub mod audit;
 pub mod birthday;
 pub mod campaigns;
 pub mod dashboard;
+mod email;
 mod error;
 mod idempotency;
 mod ids;
@@ -22,6 +23,7 @@ mod status;
 pub mod tiers;
 mod zone;
 
+pub use email::{EmailAddress, MAX_EMAIL};
 pub use error::DomainError;
 pub use idempotency::{
     classify, Delivery, Fingerprint, Outcome, ProcessedEvent, PurchaseRecord, Rejection,

@@ -59,6 +59,7 @@ impl<'p> Member<'p> {
             name: None,
             birthday: None,
             consent: Default::default(),
+            email: None,
         };
         m.send(when, "s-1", MemberCommand::Enrol { profile })
             .unwrap();

@@ -65,6 +65,7 @@ fn enrol() -> MemberCommand {
             name: Some("Ana".into()),
             birthday: Some("1990-04-17".into()),
             consent: Default::default(),
+            email: None,
         },
     }
 }

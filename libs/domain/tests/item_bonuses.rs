@@ -79,6 +79,7 @@ impl<'p> Member<'p> {
             name: None,
             birthday: None,
             consent: Default::default(),
+            email: None,
         };
         m.send(MemberCommand::Enrol { profile }).unwrap();
         m

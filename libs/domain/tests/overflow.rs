@@ -135,6 +135,7 @@ fn run(program: &Program, ops: &[Op]) -> Result<bool, TestCaseError> {
             name: None,
             birthday: None,
             consent: Default::default(),
+            email: None,
         },
     };
     let mut commands = vec![enrol];

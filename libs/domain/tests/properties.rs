@@ -362,6 +362,7 @@ impl Sim {
                     name: None,
                     birthday: None,
                     consent: Default::default(),
+                    email: None,
                 },
             },
             Pos::Purchase(a) => MemberCommand::Purchase {

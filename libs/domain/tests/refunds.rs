@@ -65,6 +65,7 @@ impl Till {
             name: None,
             birthday: None,
             consent: Default::default(),
+            email: None,
         };
         t.send(MemberCommand::Enrol { profile }).1.unwrap();
         t

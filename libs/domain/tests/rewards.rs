@@ -55,6 +55,7 @@ impl Member {
             name: None,
             birthday: None,
             consent: Default::default(),
+            email: None,
         };
         m.send(0, MemberCommand::Enrol { profile }).1.unwrap();
         m

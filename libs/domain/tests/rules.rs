@@ -91,6 +91,7 @@ impl Member {
             name: None,
             birthday: None,
             consent: Default::default(),
+            email: None,
         };
         self.send(at_ms, MemberCommand::Enrol { profile }).1
     }

@@ -30,7 +30,9 @@ pub use state::{Gateway, GatewayConfig};
 /// one [`routing::endpoint`]: `GET` also answers `HEAD`, and a method the path does not take is
 /// 405 with `Allow`. JSON bodies are read by [`json::JsonObject`] (objects only).
 pub fn configure(cfg: &mut web::ServiceConfig, body: json::BodyLimit) {
-    use routes::{admin, dashboard, enrolment, events, keys, members, ops, privacy, segments};
+    use routes::{
+        admin, consent, dashboard, enrolment, events, keys, members, ops, privacy, segments,
+    };
     use routing::endpoint;
     cfg.app_data(body)
         .app_data(web::QueryConfig::default().error_handler(problem::query_error))
@@ -90,7 +92,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, body: json::BodyLimit) {
                 .service(endpoint("/purchases").post(events::purchase))
                 .service(endpoint("/refunds").post(events::refund))
                 .service(endpoint("/redemptions").post(events::redemption))
-                .service(endpoint("/redemption-cancellations").post(events::cancel_redemption)),
+                .service(endpoint("/redemption-cancellations").post(events::cancel_redemption))
+                .service(endpoint("/members/{member_id}/consent").put(consent::put)),
         )
         .configure(pages::configure)
         .default_service(web::to(not_found));

@@ -136,6 +136,7 @@ impl ApiError {
             ApiError::Rejected(Rejection::CancellationWindowClosed { .. }) => {
                 "Cancellation window closed"
             }
+            ApiError::Rejected(Rejection::EmailRequired) => "E-mail address required",
             ApiError::AnonymousRefund => "Anonymous refund",
             ApiError::ProgramConflict(_) => "Concurrent program update",
             ApiError::KeyConflict(_) => "API key conflict",
@@ -194,7 +195,8 @@ impl ResponseError for ApiError {
                 | Rejection::RewardNotValid { .. }
                 | Rejection::RedemptionLimitReached { .. }
                 | Rejection::RedemptionAlreadyCancelled { .. }
-                | Rejection::CancellationWindowClosed { .. } => StatusCode::CONFLICT,
+                | Rejection::CancellationWindowClosed { .. }
+                | Rejection::EmailRequired => StatusCode::CONFLICT,
                 Rejection::UnknownMember
                 | Rejection::UnknownPurchase { .. }
                 | Rejection::UnknownRedemption { .. } => StatusCode::NOT_FOUND,

@@ -1244,6 +1244,7 @@ fn every_error() -> Vec<ApiError> {
             cancelled_by: EventId::parse("pos1-0004").unwrap(),
         }),
         ApiError::Rejected(Rejection::CancellationWindowClosed { cancel_minutes: 15 }),
+        ApiError::Rejected(Rejection::EmailRequired),
         ApiError::AnonymousRefund,
         ApiError::Unavailable("down".into()),
         ApiError::Internal("bug".into()),

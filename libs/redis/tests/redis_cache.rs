@@ -310,6 +310,7 @@ async fn enrol(
             name: None,
             birthday: None,
             consent: Default::default(),
+            email: None,
         },
     }];
     for _ in 0..purchases {

@@ -1561,6 +1561,7 @@ impl Scenario {
                     name: None,
                     birthday: None,
                     consent: Default::default(),
+                    email: None,
                 },
             },
         )

@@ -83,6 +83,7 @@ fn history(
                     name: None,
                     birthday: None,
                     consent: Default::default(),
+                    email: None,
                 },
             },
             &mut rng,

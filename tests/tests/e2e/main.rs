@@ -7,6 +7,7 @@ mod api_keys;
 mod audit;
 mod birthdays;
 mod checkpoint;
+mod consent;
 mod crash;
 mod dashboard;
 mod dashboard_page;

@@ -24,6 +24,7 @@ const PHONE: &str = "+33655507001";
 const NAME: &str = "Zélie Privée";
 const BIRTHDAY: &str = "1988-02-29";
 const OTHER_PHONE: &str = "+33655507002";
+const EMAIL: &str = "zelie.privee@example.fr";
 
 /// A member of `f` with a name and a birthday, two purchases and a redemption; and another
 /// member of `f` with a purchase of its own. Returns both member ids and the first's QR token.
@@ -64,7 +65,7 @@ async fn members(app: &TestApp, f: &TestFranchise) -> (String, String, String) {
             "/v1/members?wait_ms=5000",
             &f.store_key,
             &json!({"phone": PHONE, "name": NAME, "birthday": BIRTHDAY,
-                    "consent": {"sms": true}}),
+                    "consent": {"sms": true}, "email": EMAIL}),
         )
         .await;
     assert_eq!(r.status(), StatusCode::CREATED);
@@ -193,8 +194,8 @@ async fn the_export_holds_everything_of_the_member_and_nothing_else() {
     assert_eq!(
         v["profile"],
         json!({"phone": PHONE, "name": NAME, "birthday": BIRTHDAY,
-               "consent": {"sms": true, "email": false}}),
-        "the consent given at enrolment is kept with the profile"
+               "consent": {"sms": true, "email": false}, "email": EMAIL}),
+        "the consent and the address given at enrolment are kept with the profile"
     );
     assert_eq!(
         (&v["erased"], &v["erased_at"]),
@@ -335,7 +336,7 @@ async fn an_erasure_removes_the_personal_data_and_keeps_the_books() {
         )
     );
     let stored = serde_json::to_string(&after).unwrap();
-    for personal in [&PHONE[1..], NAME, BIRTHDAY] {
+    for personal in [&PHONE[1..], NAME, BIRTHDAY, EMAIL] {
         assert!(!stored.contains(personal), "the state holds {personal}");
     }
     assert_eq!(
@@ -347,14 +348,14 @@ async fn an_erasure_removes_the_personal_data_and_keeps_the_books() {
     let r = export(&app, &f.hq_key, &member).await;
     assert_eq!(r.status(), StatusCode::OK);
     let text = r.text().await.unwrap();
-    for personal in [&PHONE[1..], NAME, BIRTHDAY] {
+    for personal in [&PHONE[1..], NAME, BIRTHDAY, EMAIL] {
         assert!(!text.contains(personal), "the export holds {personal}");
     }
     let x: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(
         x["profile"],
-        json!({"phone": null, "name": null, "birthday": null, "consent": null}),
-        "the consent goes with the profile"
+        json!({"phone": null, "name": null, "birthday": null, "consent": null, "email": null}),
+        "the consent and the address go with the profile"
     );
     assert_eq!((&x["erased"], &x["erased_at"]), (&json!(true), &erased_at));
     assert_eq!(x["ledger"], export_before["ledger"]);

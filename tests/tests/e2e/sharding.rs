@@ -103,6 +103,7 @@ async fn replayed_log_records_change_nothing() {
                 name: None,
                 birthday: None,
                 consent: Default::default(),
+                email: None,
             },
         },
     ))
@@ -149,6 +150,7 @@ async fn a_zombie_owner_cannot_overwrite_the_new_owners_state() {
                 name: None,
                 birthday: None,
                 consent: Default::default(),
+                email: None,
             },
         },
     );

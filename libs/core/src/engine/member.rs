@@ -78,6 +78,7 @@ fn kind(command: &MemberCommand) -> &'static str {
         MemberCommand::CancelRedemption { .. } => "cancel_redemption",
         MemberCommand::Erase => "erase",
         MemberCommand::Advance => "advance",
+        MemberCommand::SetConsent { .. } => "set_consent",
     }
 }
 

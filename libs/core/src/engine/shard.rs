@@ -590,6 +590,16 @@ impl Shard {
                         },
                         PosCommand::Erase { .. } => MemberCommand::Erase,
                         PosCommand::Advance { .. } => MemberCommand::Advance,
+                        PosCommand::SetConsent {
+                            sms,
+                            email,
+                            email_address,
+                            ..
+                        } => MemberCommand::SetConsent {
+                            sms: *sms,
+                            email: *email,
+                            email_address: email_address.clone(),
+                        },
                     };
                     if !touched.contains(m) {
                         touched.push(m.clone());

@@ -79,6 +79,11 @@ pub struct Profile {
     /// sent on a channel without it. Absent from profiles stored before it existed (none).
     #[serde(default, skip_serializing_if = "Consent::is_none")]
     pub consent: Consent,
+    /// Where e-mail offers go ([`crate::EmailAddress`]: validated, its domain lowercase).
+    /// Absent when none was given, so that profiles without one are stored, logged and
+    /// fingerprinted as before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
 }
 
 /// The member's consent to offers, per channel. Not personal data by itself, but kept with the
@@ -98,7 +103,7 @@ impl Consent {
 }
 
 /// Personal data: debug output (of a state, a command, an envelope) never shows it, only
-/// whether a name or a birthday is there.
+/// whether a name, a birthday or an e-mail address is there.
 impl std::fmt::Debug for Profile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let given = |v: &Option<String>| if v.is_some() { "Some(***)" } else { "None" };
@@ -107,6 +112,7 @@ impl std::fmt::Debug for Profile {
             .field("name", &format_args!("{}", given(&self.name)))
             .field("birthday", &format_args!("{}", given(&self.birthday)))
             .field("consent", &self.consent)
+            .field("email", &format_args!("{}", given(&self.email)))
             .finish()
     }
 }
@@ -239,6 +245,16 @@ pub enum MemberCommand {
     /// member's next event would. Idempotent: advancing to a time the clock already passed,
     /// with nothing due at the clock, changes nothing (no version, no entry).
     Advance,
+    /// Change the member's consent to offers (README "Privacy"), per channel (`None`: as it
+    /// is), and optionally the e-mail address: sent by the member (the opt-out link, the card
+    /// page) or headquarters and tills through the API. Only the profile changes: no clock
+    /// move, no ledger entry; a new version when anything changed, none when it already was
+    /// so. E-mail consent needs an address ([`Rejection::EmailRequired`]).
+    SetConsent {
+        sms: Option<bool>,
+        email: Option<bool>,
+        email_address: Option<crate::EmailAddress>,
+    },
 }
 
 /// Where and when an event happened, and the program version it is judged by.
@@ -320,6 +336,13 @@ pub fn apply(
             Ok(applied)
         }
         (Some(s), _) if s.erased_at.is_some() => Err(Rejection::MemberErased),
+        (Some(s), MemberCommand::SetConsent { .. }) => {
+            let mut next = s.clone();
+            let mut applied = next.set_consent(cmd)?;
+            next.settle_segments(ctx.program, &mut applied)?;
+            *s = next;
+            Ok(applied)
+        }
         (Some(s), MemberCommand::Advance) => {
             let mut next = s.clone();
             let mut applied = next.advance(ctx)?;
@@ -474,6 +497,7 @@ impl MemberState {
             // Handled by `apply` before any clock moves.
             MemberCommand::Erase => return Ok(self.erase(ctx)),
             MemberCommand::Advance => return self.advance(ctx),
+            MemberCommand::SetConsent { .. } => return self.set_consent(cmd),
         };
         self.version = add_one(self.version, "version")?;
         let tier = (self.tier != tier_before).then(|| TierMove {
@@ -536,6 +560,7 @@ impl MemberState {
                 name: None,
                 birthday: None,
                 consent: Consent::default(),
+                email: None,
             };
             self.erased_at = Some(ctx.at);
             // A version past `u64::MAX` cannot be reached by one change per command.
@@ -552,6 +577,45 @@ impl MemberState {
             segments: None,
             campaigns: CampaignEffects::default(),
         }
+    }
+
+    /// [`MemberCommand::SetConsent`]: the profile's consent (and address) as asked; a new
+    /// version only when the profile changed. The outcome names the consent now held. The
+    /// clock does not move.
+    fn set_consent(&mut self, cmd: &MemberCommand) -> Result<Applied, Rejection> {
+        let MemberCommand::SetConsent {
+            sms,
+            email,
+            email_address,
+        } = cmd
+        else {
+            unreachable!("set_consent is called with a SetConsent only")
+        };
+        let mut profile = self.profile.clone();
+        if let Some(a) = email_address {
+            profile.email = Some(a.as_str().to_owned());
+        }
+        profile.consent.sms = sms.unwrap_or(profile.consent.sms);
+        profile.consent.email = email.unwrap_or(profile.consent.email);
+        if *email == Some(true) && profile.email.is_none() {
+            return Err(Rejection::EmailRequired);
+        }
+        let changed = profile != self.profile;
+        if changed {
+            self.version = add_one(self.version, "version")?;
+            self.profile = profile;
+        }
+        Ok(Applied {
+            entries: Vec::new(),
+            outcome: Outcome::ConsentChanged {
+                consent: self.profile.consent,
+            },
+            changed,
+            visits: Vec::new(),
+            tier: None,
+            segments: None,
+            campaigns: CampaignEffects::default(),
+        })
     }
 
     /// Counts the member in the segments of `program` on the local day of its clock

@@ -109,6 +109,7 @@ pub fn enrolment(birthday: Option<&str>) -> MemberCommand {
         name: None,
         birthday: birthday.map(str::to_owned),
         consent: Default::default(),
+        email: None,
     };
     MemberCommand::Enrol { profile }
 }

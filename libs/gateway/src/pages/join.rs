@@ -1,5 +1,6 @@
 //! The self-enrolment page a store's enrolment QR code opens (`/join/{sid}/{token}`, issue 13):
-//! phone number, first name, optional birthday and consent per channel; the phone is confirmed
+//! phone number, first name, optional birthday, optional e-mail address and consent per
+//! channel (consent to e-mail needs the address); the phone is confirmed
 //! by a one-time code sent through the [`Notifier`] port, and the member, enrolled exactly as
 //! at the till ([`crate::routes::members::enrol_member`]: the same phone is the same member),
 //! lands on their card page through a fresh signed card link (303).
@@ -77,7 +78,7 @@ const MAX_PENDING: usize = 100_000;
 /// The extra style of the forms (on top of the card's).
 const FORM_CSS: &str = "form{display:grid;gap:.8rem;margin:1rem 0}\
 label{display:grid;gap:.25rem;font-weight:600}\
-input[type=tel],input[type=text],input[type=date]{font:inherit;padding:.6rem;border:1px solid #bbb;border-radius:.5rem}\
+input[type=tel],input[type=text],input[type=date],input[type=email]{font:inherit;padding:.6rem;border:1px solid #bbb;border-radius:.5rem}\
 input[name=code]{font-size:1.6rem;letter-spacing:.3em;text-align:center}\
 fieldset{border:1px solid #ddd;border-radius:.5rem}\
 .check{display:flex;gap:.5rem;font-weight:400;align-items:center}\
@@ -141,7 +142,8 @@ fn count(result: &str) {
 // ---------------------------------------------------------------------------------------------
 // Pages
 
-fn css() -> String {
+/// The style of the pages with a form (this one, the opt-out and card consent forms).
+pub(super) fn css() -> String {
     format!("{CARD_CSS}{FORM_CSS}")
 }
 
@@ -241,6 +243,7 @@ struct Typed<'a> {
     name: &'a str,
     birthday: &'a str,
     consent: Consent,
+    email: &'a str,
 }
 
 fn header_html(b: &mut String, f: &Franchise, store: &Store) {
@@ -293,6 +296,8 @@ fn start_form(
          autocomplete=\"given-name\" maxlength=\"100\" value=\"{name}\"></label>\n\
          <label>{bday_l}<input type=\"date\" name=\"birthday\" id=\"birthday\" \
          value=\"{bday}\"></label>\n\
+         <label>{email_addr_l}<input type=\"email\" name=\"email\" id=\"email\" \
+         autocomplete=\"email\" maxlength=\"254\" value=\"{email_addr}\"></label>\n\
          <fieldset><legend>{consent_l}</legend>\n\
          <label class=\"check\"><input type=\"checkbox\" name=\"consent_sms\" id=\"consent-sms\" \
          value=\"yes\"{sms}> {sms_l}</label>\n\
@@ -313,6 +318,11 @@ fn start_form(
         name = escape(typed.name),
         bday_l = lang.pick("Date d’anniversaire (facultatif)", "Birthday (optional)"),
         bday = escape(typed.birthday),
+        email_addr_l = lang.pick(
+            "Adresse e-mail (facultatif, pour les offres par e-mail)",
+            "E-mail address (optional, for offers by e-mail)"
+        ),
+        email_addr = escape(typed.email),
         consent_l = lang.pick("Je veux recevoir les offres", "Send me offers"),
         sms = checked(typed.consent.sms),
         sms_l = lang.pick("par SMS", "by SMS"),
@@ -410,7 +420,7 @@ fn lang_of(req: &HttpRequest, asked: Option<&str>) -> Lang {
 }
 
 /// A post the browser marks as coming from another site is refused (on top of the token).
-fn cross_site(req: &HttpRequest) -> bool {
+pub(super) fn cross_site(req: &HttpRequest) -> bool {
     req.headers()
         .get("sec-fetch-site")
         .and_then(|v| v.to_str().ok())
@@ -499,6 +509,8 @@ pub struct StartForm {
     birthday: String,
     consent_sms: Option<String>,
     consent_email: Option<String>,
+    #[serde(default)]
+    email: String,
 }
 
 /// What both form posts check first, in this order: the store of the link (404 page), this
@@ -574,6 +586,7 @@ pub async fn request_code(
         name: &form.name,
         birthday: &form.birthday,
         consent,
+        email: &form.email,
     };
     let phone = form.phone.trim().replace([' ', '.', '-'], "");
     let name = Some(form.name.clone()).filter(|n| !n.trim().is_empty());
@@ -592,11 +605,25 @@ pub async fn request_code(
     if name.is_none() {
         return refuse(lang.pick("Indiquez votre prénom.", "Enter your first name."));
     }
-    let profile = match input::profile(&phone, name, birthday, consent) {
+    let email = Some(form.email.trim()).filter(|e| !e.is_empty());
+    if consent.email && email.is_none() {
+        return refuse(lang.pick(
+            "Indiquez votre adresse e-mail pour recevoir les offres par e-mail.",
+            "Enter your e-mail address to receive offers by e-mail.",
+        ));
+    }
+    let profile = match input::profile(&phone, name, birthday, consent)
+        .and_then(|p| input::with_email(p, email))
+    {
         Ok(p) => p,
         Err(e) => {
             let msg = e.to_string();
-            return refuse(if msg.contains("birthday") {
+            return refuse(if msg.contains("email") {
+                lang.pick(
+                    "Cette adresse e-mail n’est pas valide.",
+                    "This e-mail address is not valid.",
+                )
+            } else if msg.contains("birthday") {
                 lang.pick(
                     "Cette date d’anniversaire n’est pas valide.",
                     "This birthday is not a valid date.",

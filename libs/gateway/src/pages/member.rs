@@ -279,7 +279,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/card")
             .wrap(from_fn(super::security_headers))
-            .service(endpoint("/{fid}/{member_id}").get(card)),
+            .service(endpoint("/{fid}/{member_id}").get(card).post(card_consent)),
     )
     .service(
         web::scope("/join")
@@ -396,6 +396,29 @@ async fn card(
         Ok(Err(why)) => refused_page(lang, why),
         Err(e) => failure_page(lang, &e),
     }
+}
+
+/// `POST /card/{fid}/{member_id}?expires=…&sig=…`: the card's consent form
+/// ([`super::preferences`]), authorised by the card link; 303 back to the card.
+async fn card_consent(
+    req: HttpRequest,
+    gw: web::Data<Gateway>,
+    path: web::Path<(String, String)>,
+    form: Option<web::Form<super::preferences::ConsentForm>>,
+) -> HttpResponse {
+    let q = web::Query::<CardQuery>::from_query(req.query_string()).ok();
+    let lang = Lang::of(&req, q.as_ref().and_then(|q| q.lang.as_deref()));
+    let (fid, mid) = path.into_inner();
+    match verified_member(&gw, q.as_deref(), &fid, &mid).await {
+        Ok(Ok((f, member))) => super::preferences::save(&gw, &f, &member, lang, &req, form).await,
+        Ok(Err(why)) => refused_page(lang, why),
+        Err(e) => failure_page(lang, &e),
+    }
+}
+
+/// The page of a card link that leads to no card (404).
+pub(super) fn unknown_card(lang: Lang) -> HttpResponse {
+    refused_page(lang, Refused::Unknown)
 }
 
 /// The franchise and member a card link names, if its signature holds and it has not expired.
@@ -834,6 +857,10 @@ async fn card_page(
         b.push_str("</ol>\n");
     }
     b.push_str("</section>\n");
+    // The consent settings, from the stored profile (the till's status holds none).
+    if let Some(state) = gw.store.member(member).await? {
+        b.push_str(&super::preferences::section(lang, &state, req));
+    }
     let _ = write!(
         b,
         "<footer><p>{}</p></footer>\n</main>",
@@ -847,7 +874,8 @@ async fn card_page(
         f.name,
         lang.pick("Ma carte de fidélité", "My loyalty card")
     );
-    Ok(Some(page(StatusCode::OK, lang, &title, CARD_CSS, &b)))
+    let css = format!("{CARD_CSS}{}", super::preferences::CSS);
+    Ok(Some(page(StatusCode::OK, lang, &title, &css, &b)))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -10,6 +10,8 @@
 
 pub mod join;
 pub mod member;
+pub mod optout;
+mod preferences;
 
 use std::sync::LazyLock;
 
@@ -118,7 +120,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(endpoint("/assets/{path:.+}").get(static_asset))
             .service(endpoint("/stores/{sid}/poster").get(member::dashboard_poster)),
     )
-    .configure(member::configure);
+    .configure(member::configure)
+    .configure(optout::configure);
 }
 
 /// The page's security headers, on every answer under `/dashboard` (errors included), and

@@ -32,6 +32,9 @@ pub struct EnrolBody {
     /// (serde's derived struct would also take an array of its fields).
     #[serde(default, deserialize_with = "loyalty_domain::object::option")]
     pub consent: Option<ConsentBody>,
+    /// Where e-mail offers go (optional; a plausible address, its domain kept lowercase).
+    #[serde(default)]
+    pub email: Option<String>,
 }
 
 /// `{"sms": bool, "email": bool}`, each `false` when left out.
@@ -50,7 +53,9 @@ pub fn validate_profile(body: EnrolBody) -> Result<Profile, ApiError> {
         sms: c.sms.unwrap_or(false),
         email: c.email.unwrap_or(false),
     });
-    input::profile(&body.phone, body.name, body.birthday, consent).map_err(input_error)
+    input::profile(&body.phone, body.name, body.birthday, consent)
+        .and_then(|p| input::with_email(p, body.email.as_deref()))
+        .map_err(input_error)
 }
 
 fn enrolment_body(member: &MemberId, qr: &str, created: bool, status: &[u8]) -> String {

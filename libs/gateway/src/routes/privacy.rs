@@ -70,13 +70,14 @@ pub async fn export(
     let status = MemberStatus::of(&state, &program);
     let erased = state.erased_at.is_some();
     let profile = if erased {
-        json!({ "phone": null, "name": null, "birthday": null, "consent": null })
+        json!({ "phone": null, "name": null, "birthday": null, "consent": null, "email": null })
     } else {
         json!({
             "phone": state.profile.phone.as_str(),
             "name": state.profile.name,
             "birthday": state.profile.birthday,
             "consent": state.profile.consent,
+            "email": state.profile.email,
         })
     };
     let mut rest = serde_json::to_value(&state).map_err(|e| ApiError::Internal(e.to_string()))?;
