@@ -68,6 +68,44 @@ pub struct ProgramSpec {
     /// Segments (README "Segments"); none when left out.
     #[serde(default, deserialize_with = "object::option")]
     pub segments: Option<SegmentsSpec>,
+    /// Single-use redemption codes a cashier scans (README "Redemption codes"); none offered
+    /// when left out.
+    #[serde(default, deserialize_with = "object::option")]
+    pub redemption_codes: Option<RedemptionCodesSpec>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedemptionCodesSpec {
+    pub valid_days: i64,
+}
+
+/// The program's redemption codes: a redemption may ask for a code instead of the reward at
+/// once; the code is valid for `valid_days` days (from the member's clock at issue), and what
+/// the redemption took comes back if it is not used by then.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct RedemptionCodes {
+    pub valid_days: u32,
+}
+
+/// The longest validity of a redemption code: a year.
+const MAX_CODE_VALID_DAYS: i64 = 365;
+
+impl RedemptionCodes {
+    fn from_spec(s: &RedemptionCodesSpec) -> Result<RedemptionCodes, DomainError> {
+        let valid_days = bounded(
+            "redemption_codes.valid_days",
+            s.valid_days,
+            1,
+            MAX_CODE_VALID_DAYS,
+        )? as u32;
+        Ok(RedemptionCodes { valid_days })
+    }
+
+    /// How long a code is valid, in milliseconds.
+    pub fn valid_ms(&self) -> i64 {
+        i64::from(self.valid_days) * 86_400_000
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -344,6 +382,10 @@ pub struct Program {
     /// computes no segments (left out of its JSON, so programs stored before read the same).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub segments: Option<Segments>,
+    /// Redemption codes (README "Redemption codes"); `None`: not offered (left out of its
+    /// JSON, so programs stored before read the same).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redemption_codes: Option<RedemptionCodes>,
 }
 
 /// The default of [`Program::held_refund_horizon_days`]: a till offline for up to a month.
@@ -733,6 +775,11 @@ impl TryFrom<ProgramSpec> for Program {
             .as_ref()
             .map(|seg| Segments::validate(seg, &tiers))
             .transpose()?;
+        let redemption_codes = s
+            .redemption_codes
+            .as_ref()
+            .map(RedemptionCodes::from_spec)
+            .transpose()?;
 
         Ok(Program {
             currency,
@@ -755,6 +802,7 @@ impl TryFrom<ProgramSpec> for Program {
             auto_vouchers,
             birthday_reward,
             segments,
+            redemption_codes,
         })
     }
 }
@@ -884,6 +932,7 @@ impl Program {
             auto_vouchers: Vec::new(),
             birthday_reward: None,
             segments: None,
+            redemption_codes: None,
         }
     }
 

@@ -256,6 +256,7 @@ fn a_voucher_is_used_before_points() {
             points_spent: 0,
             lots_taken: Vec::new(),
             cancelled_by: None,
+            code: None,
         }
     );
     let e = only(&applied.entries);
@@ -480,6 +481,7 @@ fn a_voucher_outlives_its_reward_leaving_the_catalogue() {
             points_spent: 0,
             lots_taken: Vec::new(),
             cancelled_by: None,
+            code: None,
         }
     );
     assert!(m.state().vouchers.is_empty());
