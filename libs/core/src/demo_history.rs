@@ -459,7 +459,8 @@ impl Generator<'_> {
             // The generator sends none.
             PosCommand::Erase { .. }
             | PosCommand::Advance { .. }
-            | PosCommand::CancelRedemption { .. } => {}
+            | PosCommand::CancelRedemption { .. }
+            | PosCommand::ConsumeCode { .. } => {}
         }
         self.out.push(CommandEnvelope {
             franchise_id: self.franchise.id.clone(),
@@ -641,6 +642,7 @@ impl Generator<'_> {
                                 let command = PosCommand::Redemption {
                                     member_id: member.clone(),
                                     reward_id: reward,
+                                    code: None,
                                 };
                                 self.push(v.store, event_id, at, command);
                             }
@@ -1003,6 +1005,10 @@ mod tests {
                     redemption_event_id: redemption_event_id.clone(),
                     redemption: None,
                 },
+                // The generator sends none.
+                PosCommand::ConsumeCode { code, .. } => {
+                    MemberCommand::ConsumeCode { code: code.clone() }
+                }
             };
             let ctx = EventContext {
                 event_id: &e.event_id,

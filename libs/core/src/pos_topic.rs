@@ -166,7 +166,12 @@ impl From<loyalty_domain::Rejection> for Rejected {
             | R::RedemptionLimitReached { .. }
             | R::UnknownRedemption { .. }
             | R::RedemptionAlreadyCancelled { .. }
-            | R::CancellationWindowClosed { .. } => Reason::Invalid,
+            | R::CancellationWindowClosed { .. }
+            | R::RedemptionCodesNotOffered
+            | R::UnknownCode
+            | R::CodeAlreadyUsed { .. }
+            | R::CodeExpired { .. }
+            | R::CodeVoided { .. } => Reason::Invalid,
         };
         Rejected::new(reason, r.to_string())
     }
@@ -610,6 +615,7 @@ async fn validate(
                 PosCommand::Redemption {
                     member_id,
                     reward_id,
+                    code: None,
                 },
             )
         }

@@ -90,7 +90,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, body: json::BodyLimit) {
                 .service(endpoint("/purchases").post(events::purchase))
                 .service(endpoint("/refunds").post(events::refund))
                 .service(endpoint("/redemptions").post(events::redemption))
-                .service(endpoint("/redemption-cancellations").post(events::cancel_redemption)),
+                .service(endpoint("/redemption-cancellations").post(events::cancel_redemption))
+                .service(endpoint("/redemption-codes/consume").post(events::consume_code)),
         )
         .configure(pages::configure)
         .default_service(web::to(not_found));

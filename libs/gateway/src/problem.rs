@@ -136,6 +136,13 @@ impl ApiError {
             ApiError::Rejected(Rejection::CancellationWindowClosed { .. }) => {
                 "Cancellation window closed"
             }
+            ApiError::Rejected(Rejection::RedemptionCodesNotOffered) => {
+                "Redemption codes not offered"
+            }
+            ApiError::Rejected(Rejection::UnknownCode) => "Unknown code",
+            ApiError::Rejected(Rejection::CodeAlreadyUsed { .. }) => "Code already used",
+            ApiError::Rejected(Rejection::CodeExpired { .. }) => "Code expired",
+            ApiError::Rejected(Rejection::CodeVoided { .. }) => "Code voided",
             ApiError::AnonymousRefund => "Anonymous refund",
             ApiError::ProgramConflict(_) => "Concurrent program update",
             ApiError::KeyConflict(_) => "API key conflict",
@@ -194,13 +201,18 @@ impl ResponseError for ApiError {
                 | Rejection::RewardNotValid { .. }
                 | Rejection::RedemptionLimitReached { .. }
                 | Rejection::RedemptionAlreadyCancelled { .. }
-                | Rejection::CancellationWindowClosed { .. } => StatusCode::CONFLICT,
+                | Rejection::CancellationWindowClosed { .. }
+                | Rejection::CodeAlreadyUsed { .. }
+                | Rejection::CodeVoided { .. } => StatusCode::CONFLICT,
                 Rejection::UnknownMember
                 | Rejection::UnknownPurchase { .. }
-                | Rejection::UnknownRedemption { .. } => StatusCode::NOT_FOUND,
+                | Rejection::UnknownRedemption { .. }
+                | Rejection::UnknownCode => StatusCode::NOT_FOUND,
                 Rejection::UnknownReward { .. }
                 | Rejection::CurrencyMismatch { .. }
-                | Rejection::LimitExceeded { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                | Rejection::LimitExceeded { .. }
+                | Rejection::RedemptionCodesNotOffered
+                | Rejection::CodeExpired { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             },
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
