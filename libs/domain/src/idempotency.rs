@@ -130,13 +130,13 @@ pub enum Rejection {
     UnknownCode,
     /// The code was already used, at `used_at` in the store `store_id`; a redemption whose code
     /// was used cannot be cancelled either.
-    #[error("the code was already used at {used_at:?} in store {store_id}")]
+    #[error("the code was already used in store {store_id} at {} (ms since the epoch)", used_at.0)]
     CodeAlreadyUsed {
         used_at: Timestamp,
         store_id: StoreId,
     },
     /// The code expired at `expired_at`, unused: what its redemption took was given back then.
-    #[error("the code expired at {expired_at:?}; what it took was given back")]
+    #[error("the code expired at {} (ms since the epoch); what it took was given back", expired_at.0)]
     CodeExpired { expired_at: Timestamp },
     /// The code's redemption was cancelled (by the event `cancelled_by`), voiding the code.
     #[error("the code was voided by the cancellation {cancelled_by} of its redemption")]
