@@ -70,6 +70,9 @@ pub struct RedemptionBody {
     pub as_code: bool,
 }
 
+/// The longest `code` a till may send (a real one is at most 77 characters).
+const MAX_CODE_CHARS: usize = 200;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumeCodeBody {
@@ -290,6 +293,11 @@ pub async fn consume_code(
         till_request(&gw, &req, &q, Some(gw.config.default_wait)).await?;
     let body = body.into_inner();
     let occurred_at = occurred_at(&body.occurred_at)?;
+    if body.code.chars().count() > MAX_CODE_CHARS {
+        return Err(ApiError::Invalid(format!(
+            "code: at most {MAX_CODE_CHARS} characters"
+        )));
+    }
     let unknown = || ApiError::from(Rejection::UnknownCode);
     let (member, code) = identity::parse_redemption_code(&body.code).ok_or_else(unknown)?;
     let status = gw
