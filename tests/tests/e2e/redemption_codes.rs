@@ -52,7 +52,8 @@ async fn setup(app: &TestApp, name: &str, phone: &str) -> (TestFranchise, String
 }
 
 async fn redeem_code(app: &TestApp, f: &TestFranchise, event: &str, m: &str) -> reqwest::Response {
-    let body = json!({ "event_id": event, "member_id": m, "reward_id": "free-coffee", "as_code": true });
+    let body =
+        json!({ "event_id": event, "member_id": m, "reward_id": "free-coffee", "as_code": true });
     app.post("/v1/redemptions?wait_ms=5000", &f.store_key, &body)
         .await
 }
@@ -143,7 +144,11 @@ async fn codes_are_issued_consumed_once_at_another_store_and_replayed_the_same()
     // Its redemption can no longer be cancelled.
     let body = json!({ "event_id": "cancel-1", "redemption_event_id": "code-1" });
     let r = app
-        .post("/v1/redemption-cancellations?wait_ms=5000", &f.store_key, &body)
+        .post(
+            "/v1/redemption-cancellations?wait_ms=5000",
+            &f.store_key,
+            &body,
+        )
         .await;
     assert_problem(r, StatusCode::CONFLICT, "code-already-used").await;
     assert_eq!(app.status(&f, &m).await["points"], 250);
@@ -160,7 +165,11 @@ async fn codes_cancelled_are_void_and_forged_or_foreign_codes_are_unknown() {
     // Forged (one character changed), not a code at all, or another franchise's: unknown,
     // and nothing about the member in the answer.
     let last = code.chars().last().unwrap();
-    let forged = format!("{}{}", &code[..code.len() - 1], if last == 'a' { 'b' } else { 'a' });
+    let forged = format!(
+        "{}{}",
+        &code[..code.len() - 1],
+        if last == 'a' { 'b' } else { 'a' }
+    );
     for (key, event, text) in [
         (&f.store_key, "scan-f", forged.as_str()),
         (&f.store_key, "scan-g", "not a code"),
@@ -181,7 +190,11 @@ async fn codes_cancelled_are_void_and_forged_or_foreign_codes_are_unknown() {
     // Cancelled within the window: the points come back, the code is void.
     let body = json!({ "event_id": "cancel-1", "redemption_event_id": "code-1" });
     let c = app
-        .post("/v1/redemption-cancellations?wait_ms=5000", &f.store_key, &body)
+        .post(
+            "/v1/redemption-cancellations?wait_ms=5000",
+            &f.store_key,
+            &body,
+        )
         .await;
     let c = ok(c).await;
     assert_eq!(c["outcome"]["points_returned"], 100);
@@ -270,7 +283,10 @@ async fn codes_unused_give_the_points_back_on_time_and_are_refused_as_expired() 
         let s = w.cache.status(&m).await.unwrap();
         s.map(|s| serde_json::from_slice::<Value>(&s.json).unwrap()["points"].clone())
     };
-    until("the code issued", || async { points().await == Some(json!(250)) }).await;
+    until("the code issued", || async {
+        points().await == Some(json!(250))
+    })
+    .await;
 
     // A day and more later, with no event of the member's: the points come back on time.
     clock.set(Timestamp(t0.0 + 2 * DAY));
@@ -297,8 +313,15 @@ async fn codes_unused_give_the_points_back_on_time_and_are_refused_as_expired() 
     w.send(w.envelope("scan-1".into(), scan)).await;
     let scan_id = EventId::parse("scan-1").unwrap();
     let outcome = || async {
-        let rec = w.store.processed(&w.franchise.id, std::slice::from_ref(&scan_id));
-        rec.await.unwrap().into_iter().next().flatten().map(|r| r.outcome)
+        let rec = w
+            .store
+            .processed(&w.franchise.id, std::slice::from_ref(&scan_id));
+        rec.await
+            .unwrap()
+            .into_iter()
+            .next()
+            .flatten()
+            .map(|r| r.outcome)
     };
     until("the scan applied", || async { outcome().await.is_some() }).await;
     let Some(Outcome::Rejected(r)) = outcome().await else {
