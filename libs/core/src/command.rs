@@ -245,7 +245,8 @@ mod tests {
             "command":{"type":"redemption","member_id":"m-1","reward_id":"free-coffee"}}"#;
         let env = CommandEnvelope::decode(LOGGED.as_bytes()).unwrap();
         let body = br#"{"type":"redemption","member_id":"m-1","reward_id":"free-coffee"}"#;
-        let before = Fingerprint::of(&[b"f_a", b"s_a1", b"r-1", b"redemption", b"", body]);
+        // No `occurred_at`: eight zero bytes, as always.
+        let before = Fingerprint::of(&[b"f_a", b"s_a1", b"r-1", b"redemption", &[0; 8], body]);
         assert_eq!(env.fingerprint(), before);
         assert!(!String::from_utf8_lossy(&env.encode()).contains("code"));
         let mut coded = env.clone();
