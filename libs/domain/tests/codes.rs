@@ -508,8 +508,8 @@ fn op() -> impl Strategy<Value = Op> {
 const REWARDS: [&str; 2] = ["free-coffee", "free-pastry"];
 
 /// Runs `ops` on a member (codes valid `days`, cancellable for `window` minutes), the
-/// scheduler on time between steps; returns the member, the codes issued (redemption event id
-/// and code) and the outcomes of every consumption and cancellation.
+/// scheduler on time between steps and the ledger's truths checked after each; returns the
+/// member and the codes issued (redemption event id and code).
 fn run(days: u32, window: u32, ops: &[(i64, Op)]) -> (Member, Vec<(EventId, String)>) {
     let mut m = Member::enrolled(program(days, window));
     let mut t = 0;
@@ -545,8 +545,59 @@ fn run(days: u32, window: u32, ops: &[(i64, Op)]) -> (Member, Vec<(EventId, Stri
             Op::Wait(w) => *w,
             _ => 0,
         };
+        assert_ledger_truth(&m);
     }
     (m, codes)
+}
+
+/// One code's history is coherent: consumed at most once; what its redemption took given back
+/// at most once (by its cancellation or its expiry), and never after a use; the state's record
+/// of it agrees.
+fn check_code(m: &Member, id: &EventId, code: &str) -> Result<(), TestCaseError> {
+    let consumed = m
+        .records
+        .values()
+        .filter(|(_, o)| {
+            matches!(o, Outcome::CodeConsumed { redemption_event_id, .. } if redemption_event_id == id)
+        })
+        .count();
+    let cancelled = entries_with(m, &format!("cancel:{id}")).len();
+    let expired = entries_with(m, &format!("code_expired:{id}")).len();
+    let back = cancelled + expired;
+    prop_assert!(consumed <= 1, "{code} consumed {consumed} times");
+    prop_assert!(back <= 1, "{code} given back {back} times");
+    prop_assert!(consumed == 0 || back == 0, "{code} consumed and given back");
+    let kept = &m.state().redemption_codes;
+    if let Some(c) = kept.iter().find(|c| &c.redemption_event_id == id) {
+        let used = matches!(c.settled, Some(CodeSettled::Used { .. }));
+        prop_assert_eq!(used, consumed == 1);
+        let returned = matches!(
+            c.settled,
+            Some(CodeSettled::Expired | CodeSettled::Voided { .. })
+        );
+        prop_assert_eq!(returned, back == 1);
+    }
+    Ok(())
+}
+
+/// The member rebuilt from its log of commands, as a replay of the log does (a cancellation
+/// handed its redemption's record as it then stands).
+fn replay(m: &Member) -> Member {
+    let mut again = Member::new(m.program.clone());
+    for (at, store, cmd) in m.log.clone() {
+        let cmd = match cmd {
+            MemberCommand::CancelRedemption {
+                redemption_event_id,
+                ..
+            } => MemberCommand::CancelRedemption {
+                redemption: again.record(&redemption_event_id),
+                redemption_event_id,
+            },
+            other => other,
+        };
+        let _ = again.send_at(store, at, cmd);
+    }
+    again
 }
 
 proptest! {
@@ -565,35 +616,12 @@ proptest! {
         let (m, codes) = run(days, window, &ops);
         assert_ledger_truth(&m);
         for (id, code) in &codes {
-            let consumed = m.records.values().filter(|(_, o)| matches!(o,
-                Outcome::CodeConsumed { redemption_event_id, .. } if redemption_event_id == id)).count();
-            let cancelled = entries_with(&m, &format!("cancel:{id}")).len();
-            let expired = entries_with(&m, &format!("code_expired:{id}")).len();
-            prop_assert!(consumed <= 1, "{code} consumed {consumed} times");
-            prop_assert!(cancelled + expired <= 1, "{code} given back {} times", cancelled + expired);
-            prop_assert!(consumed == 0 || cancelled + expired == 0, "{code} consumed and given back");
-            // What the state says agrees with the records.
-            if let Some(c) = m.state().redemption_codes.iter().find(|c| &c.redemption_event_id == id) {
-                let used = matches!(c.settled, Some(CodeSettled::Used { .. }));
-                prop_assert_eq!(used, consumed == 1);
-                let back = matches!(c.settled, Some(CodeSettled::Expired | CodeSettled::Voided { .. }));
-                prop_assert_eq!(back, cancelled + expired == 1);
-            }
+            check_code(&m, id, code)?;
         }
         prop_assert!(m.state().redemption_codes.len() <= MAX_REDEMPTION_CODES);
 
         // A replay of the same commands: the same outcomes, codes and state.
-        let mut again = Member::new(m.program.clone());
-        for (at, store, cmd) in m.log.clone() {
-            let cmd = match cmd {
-                MemberCommand::CancelRedemption { redemption_event_id, .. } => MemberCommand::CancelRedemption {
-                    redemption: again.record(&redemption_event_id),
-                    redemption_event_id,
-                },
-                other => other,
-            };
-            let _ = again.send_at(store, at, cmd);
-        }
+        let again = replay(&m);
         prop_assert_eq!(again.state(), m.state());
         prop_assert_eq!(&again.records, &m.records);
         prop_assert_eq!(&again.ledger, &m.ledger);

@@ -116,7 +116,11 @@ async fn codes_are_issued_consumed_once_at_another_store_and_replayed_the_same()
     let used = ok(consume(&app, &store2, "scan-1", &code.to_uppercase()).await).await;
     assert_eq!(
         used["outcome"],
-        json!({"type": "code_consumed", "redemption_event_id": "code-1", "reward_id": "free-coffee"})
+        json!({
+            "type": "code_consumed",
+            "redemption_event_id": "code-1",
+            "reward_id": "free-coffee"
+        })
     );
     assert_eq!(used["member"]["points"], 250, "nothing more is taken");
     assert!(used["member"].get("redemption_codes").is_none());
@@ -216,7 +220,9 @@ async fn codes_cancelled_are_void_and_forged_or_foreign_codes_are_unknown() {
         app.purchase(&plain, "buy-1", &pm, 30_000).await.status(),
         StatusCode::OK
     );
-    let body = json!({ "event_id": "code-1", "member_id": pm, "reward_id": "free-coffee", "as_code": true });
+    let body = json!({
+        "event_id": "code-1", "member_id": pm, "reward_id": "free-coffee", "as_code": true
+    });
     let r = app
         .post("/v1/redemptions?wait_ms=5000", &plain.store_key, &body)
         .await;

@@ -82,8 +82,9 @@ impl MemberState {
     /// birthday reward's window (local midnight), the horizon of its first held refund (which
     /// lapses then), the start of the next local day on which time alone changes its
     /// segments ([`crate::segments::next_change`]), and the expiry of its first outstanding
-    /// redemption code (which gives back what its redemption took then). `None` when nothing is due, or when the
-    /// member's personal data is erased (an erased member takes no more commands).
+    /// redemption code (which gives back what its redemption took then). `None` when nothing
+    /// is due, or when the member's personal data is erased (an erased member takes no more
+    /// commands).
     pub fn next_due(&self, program: &Program) -> Option<Timestamp> {
         if self.erased_at.is_some() {
             return None;
