@@ -7,7 +7,9 @@ server. The built-in `positive_data_acceptance` is told to let 422 through (see 
 scripts/schemathesis.py writes), because a schema-valid request can still break a rule that
 depends on the franchise's state, which no schema can express: a reward not in the current
 catalogue (`unknown-reward`), a currency other than the program's (`currency-mismatch`), a refund
-of an anonymous sale (`anonymous-refund`), a balance that would pass 10^18 (`limit-exceeded`).
+of an anonymous sale (`anonymous-refund`), a balance that would pass 10^18 (`limit-exceeded`), a
+code asked of a program offering none (`redemption-codes-not-offered`), an expired code
+(`code-expired`).
 Those codes, and the few rules listed in NOT_IN_A_SCHEMA below, are all that a 400 or 422 to
 positive data may say.
 
@@ -29,7 +31,16 @@ import schemathesis
 from schemathesis.core.failures import Failure
 
 # 422 codes that depend on state the schema cannot know (README "Errors").
-STATE_DEPENDENT_422 = {"unknown-reward", "currency-mismatch", "anonymous-refund", "limit-exceeded"}
+# A redemption asking for a code of a program offering none, and a code past its expiry
+# (README "Redemption codes"), depend on the program and the member.
+STATE_DEPENDENT_422 = {
+    "unknown-reward",
+    "currency-mismatch",
+    "anonymous-refund",
+    "limit-exceeded",
+    "redemption-codes-not-offered",
+    "code-expired",
+}
 
 # Rules that no JSON Schema can state, each where it applies: (operations, status, code, the
 # detail's words). Across fields of one object (distinct ids and names, sorted thresholds, the

@@ -43,7 +43,17 @@ pub enum PosCommand {
     Redemption {
         member_id: MemberId,
         reward_id: RewardId,
+        /// The single-use code the redemption issues instead of the reward at once (README
+        /// "Redemption codes"), made by the gateway from the franchise's secret, the member
+        /// and the event id ([`crate::identity::redemption_code`]), so a resend carries the
+        /// same code. Left out otherwise, so a redemption without a code encodes, and is
+        /// fingerprinted, as before.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<String>,
     },
+    /// Use the member's redemption code `code` at the till (README "Redemption codes"): the
+    /// member is the one the code names.
+    ConsumeCode { member_id: MemberId, code: String },
     /// Cancel the member's redemption `redemption_event_id` within the program's window
     /// (README "Rewards"): what it took is given back, once.
     CancelRedemption {
@@ -86,6 +96,7 @@ impl PosCommand {
             PosCommand::Enrol { member_id, .. }
             | PosCommand::Redemption { member_id, .. }
             | PosCommand::CancelRedemption { member_id, .. }
+            | PosCommand::ConsumeCode { member_id, .. }
             | PosCommand::Erase { member_id }
             | PosCommand::Advance { member_id }
             | PosCommand::SetConsent { member_id, .. } => Some(member_id),
@@ -102,6 +113,7 @@ impl PosCommand {
             PosCommand::Refund { .. } => "refund",
             PosCommand::Redemption { .. } => "redemption",
             PosCommand::CancelRedemption { .. } => "cancel_redemption",
+            PosCommand::ConsumeCode { .. } => "consume_code",
             PosCommand::Erase { .. } => "erase",
             PosCommand::Advance { .. } => "advance",
             PosCommand::SetConsent { .. } => "set_consent",
@@ -272,6 +284,26 @@ mod tests {
         );
         let again = CommandEnvelope::decode(&env.encode()).unwrap();
         assert_eq!(again, env);
+    }
+
+    #[test]
+    fn a_redemption_without_a_code_keeps_its_fingerprint_and_a_code_is_part_of_it() {
+        const LOGGED: &str = r#"{"franchise_id":"f_a","store_id":"s_a1","event_id":"r-1",
+            "program_version":3,"occurred_at":null,"received_at":1764064800000,
+            "command":{"type":"redemption","member_id":"m-1","reward_id":"free-coffee"}}"#;
+        let env = CommandEnvelope::decode(LOGGED.as_bytes()).unwrap();
+        let body = br#"{"type":"redemption","member_id":"m-1","reward_id":"free-coffee"}"#;
+        // No `occurred_at`: eight zero bytes, as always.
+        let before = Fingerprint::of(&[b"f_a", b"s_a1", b"r-1", b"redemption", &[0; 8], body]);
+        assert_eq!(env.fingerprint(), before);
+        assert!(!String::from_utf8_lossy(&env.encode()).contains("code"));
+        let mut coded = env.clone();
+        if let PosCommand::Redemption { code, .. } = &mut coded.command {
+            *code = Some("m-1-abc".into());
+        }
+        assert_ne!(coded.fingerprint(), before);
+        let again = CommandEnvelope::decode(&coded.encode()).unwrap();
+        assert_eq!(again.fingerprint(), coded.fingerprint());
     }
 
     #[test]

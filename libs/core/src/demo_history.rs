@@ -460,7 +460,8 @@ impl Generator<'_> {
             PosCommand::Erase { .. }
             | PosCommand::Advance { .. }
             | PosCommand::CancelRedemption { .. }
-            | PosCommand::SetConsent { .. } => {}
+            | PosCommand::SetConsent { .. }
+            | PosCommand::ConsumeCode { .. } => {}
         }
         self.out.push(CommandEnvelope {
             franchise_id: self.franchise.id.clone(),
@@ -643,6 +644,7 @@ impl Generator<'_> {
                                 let command = PosCommand::Redemption {
                                     member_id: member.clone(),
                                     reward_id: reward,
+                                    code: None,
                                 };
                                 self.push(v.store, event_id, at, command);
                             }
@@ -1016,6 +1018,10 @@ mod tests {
                     redemption_event_id: redemption_event_id.clone(),
                     redemption: None,
                 },
+                // The generator sends none.
+                PosCommand::ConsumeCode { code, .. } => {
+                    MemberCommand::ConsumeCode { code: code.clone() }
+                }
             };
             let ctx = EventContext {
                 event_id: &e.event_id,

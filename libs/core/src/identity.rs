@@ -8,7 +8,7 @@
 
 use data_encoding::{BASE32_NOPAD, HEXLOWER};
 use hmac::{Hmac, KeyInit, Mac};
-use loyalty_domain::{FranchiseId, MemberId, Phone, StoreId};
+use loyalty_domain::{EventId, FranchiseId, MemberId, Phone, StoreId};
 use sha2::{Digest, Sha256};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -66,6 +66,42 @@ pub fn member_of_qr(secret: &str, token: &str) -> Option<MemberId> {
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0;
     same.then_some(member)
+}
+
+/// The keyed part of a redemption code: 12 base32 characters, 60 bits.
+const CODE_TAG_LEN: usize = 12;
+
+/// The single-use code issued by `member`'s redemption `event_id` (README "Redemption codes"):
+/// `<member id>-<tag>`, the tag 60 bits of an HMAC of the member and the event id under the
+/// franchise's secret. The member id in it resolves the code to its member's partition at
+/// the till with no index; the tag cannot be made without the secret, and the same event
+/// always gives the same code (a resend of the redemption, a replay of the log).
+pub fn redemption_code(franchise_secret: &str, member: &MemberId, event_id: &EventId) -> String {
+    let d = mac(
+        franchise_secret,
+        &[
+            b"redemption-code:v1:",
+            member.as_str().as_bytes(),
+            b":",
+            event_id.as_str().as_bytes(),
+        ],
+    );
+    let tag = b32(&d[..10]);
+    format!("{member}-{}", &tag[..CODE_TAG_LEN])
+}
+
+/// A code as a till sends it, made canonical (surrounding space trimmed, lower case), with
+/// the member it names; `None` if it does not have a code's shape. Whether it is a code the
+/// member holds is for the member's actor to say.
+pub fn parse_redemption_code(code: &str) -> Option<(MemberId, String)> {
+    let code = code.trim().to_ascii_lowercase();
+    let (member, tag) = code.rsplit_once('-')?;
+    let tag_ok = tag.len() == CODE_TAG_LEN
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b));
+    let member = MemberId::parse(member).ok().filter(|_| tag_ok)?;
+    Some((member, code))
 }
 
 /// Whether `a` and `b` are the same, in time that does not depend on where they differ.
@@ -289,6 +325,33 @@ mod tests {
         let forged = format!("{}.aaaaaaaaaaaaaaaa", m);
         assert_eq!(member_of_qr("s1", &forged), None);
         assert_eq!(member_of_qr("s1", "garbage"), None);
+    }
+
+    #[test]
+    fn redemption_codes_are_deterministic_keyed_and_name_their_member() {
+        let m = member_id("s1", &Phone::parse("+33612345678").unwrap());
+        let e = EventId::parse("till-1:0042").unwrap();
+        let code = redemption_code("s1", &m, &e);
+        assert_eq!(code, redemption_code("s1", &m, &e), "the same on replay");
+        assert_ne!(code, redemption_code("s2", &m, &e), "keyed by the secret");
+        let e2 = EventId::parse("till-1:0043").unwrap();
+        assert_ne!(code, redemption_code("s1", &m, &e2), "one per event");
+        assert_eq!(code.len(), m.as_str().len() + 1 + CODE_TAG_LEN);
+        // A till may send it in upper case, with spaces around.
+        let typed = format!("  {}  ", code.to_ascii_uppercase());
+        assert_eq!(
+            parse_redemption_code(&typed),
+            Some((m.clone(), code.clone()))
+        );
+        for bad in [
+            "",
+            "garbage",
+            "m-1-short",
+            &format!("{m}-aaaaaaaaaaa1"),
+            &format!("{m}"),
+        ] {
+            assert_eq!(parse_redemption_code(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -580,7 +580,7 @@ impl Metrics {
             engine_commands: counter_vec(
                 &r,
                 "loyalty_engine_commands_total",
-                "Commands consumed by the engine, counted once their batch is in the store, by kind (enrol, purchase, refund, redemption, cancel_redemption, erase; unknown when undecodable) and result (applied, rejected, replayed, conflict, dead-lettered).",
+                "Commands consumed by the engine, counted once their batch is in the store, by kind (enrol, purchase, refund, redemption, cancel_redemption, consume_code, erase; unknown when undecodable) and result (applied, rejected, replayed, conflict, dead-lettered).",
                 &["kind", "result"],
             ),
             engine_pos_lag_seconds: histogram(

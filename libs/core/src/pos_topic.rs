@@ -167,7 +167,12 @@ impl From<loyalty_domain::Rejection> for Rejected {
             | R::UnknownRedemption { .. }
             | R::RedemptionAlreadyCancelled { .. }
             | R::CancellationWindowClosed { .. }
-            | R::EmailRequired => Reason::Invalid,
+            | R::EmailRequired
+            | R::RedemptionCodesNotOffered
+            | R::UnknownCode
+            | R::CodeAlreadyUsed { .. }
+            | R::CodeExpired { .. }
+            | R::CodeVoided { .. } => Reason::Invalid,
         };
         Rejected::new(reason, r.to_string())
     }
@@ -614,6 +619,7 @@ async fn validate(
                 PosCommand::Redemption {
                     member_id,
                     reward_id,
+                    code: None,
                 },
             )
         }

@@ -516,8 +516,10 @@ impl DashboardDelta {
                 t.reward_cost_cents = t.reward_cost_cents.saturating_add(cost);
             }
             // A cancelled redemption stays counted on its day (the totals only grow), and so do
-            // its points: the `redeem` entry giving them back is not counted.
+            // its points: the `redeem` entry giving them back is not counted. A code's
+            // redemption is counted when it is issued, its use at the till is not counted again.
             Outcome::Enrolled { created: false }
+            | Outcome::CodeConsumed { .. }
             | Outcome::Erased { .. }
             | Outcome::Held { .. }
             | Outcome::Advanced { .. }

@@ -124,6 +124,26 @@ pub enum Rejection {
     /// Consent to e-mail offers for a member with no e-mail address (give one with it).
     #[error("the member has no e-mail address: consent to e-mail needs one")]
     EmailRequired,
+    /// A redemption asked for a code and the program offers none (no `redemption_codes`).
+    #[error("the program offers no redemption codes")]
+    RedemptionCodesNotOffered,
+    /// The code names no code of a member of this franchise (mistyped, forged, another
+    /// franchise's, or forgotten a week after its expiry): nothing about any member is told.
+    #[error("no such redemption code")]
+    UnknownCode,
+    /// The code was already used, at `used_at` in the store `store_id`; a redemption whose code
+    /// was used cannot be cancelled either.
+    #[error("the code was already used in store {store_id} at {} (ms since the epoch)", used_at.0)]
+    CodeAlreadyUsed {
+        used_at: Timestamp,
+        store_id: StoreId,
+    },
+    /// The code expired at `expired_at`, unused: what its redemption took was given back then.
+    #[error("the code expired at {} (ms since the epoch); what it took was given back", expired_at.0)]
+    CodeExpired { expired_at: Timestamp },
+    /// The code's redemption was cancelled (by the event `cancelled_by`), voiding the code.
+    #[error("the code was voided by the cancellation {cancelled_by} of its redemption")]
+    CodeVoided { cancelled_by: EventId },
 }
 
 impl Rejection {
@@ -144,8 +164,23 @@ impl Rejection {
             Rejection::RedemptionAlreadyCancelled { .. } => "redemption-already-cancelled",
             Rejection::CancellationWindowClosed { .. } => "cancellation-window-closed",
             Rejection::EmailRequired => "email-required",
+            Rejection::RedemptionCodesNotOffered => "redemption-codes-not-offered",
+            Rejection::UnknownCode => "unknown-code",
+            Rejection::CodeAlreadyUsed { .. } => "code-already-used",
+            Rejection::CodeExpired { .. } => "code-expired",
+            Rejection::CodeVoided { .. } => "code-voided",
         }
     }
+}
+
+/// A single-use code a redemption issued (README "Redemption codes"): shown to the member,
+/// scanned at the till before `expires_at`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedCode {
+    /// `<member id>-<12 base32 characters>`, lower case (the gateway's HMAC of the franchise's
+    /// secret over the member and the redemption's event id).
+    pub code: String,
+    pub expires_at: Timestamp,
 }
 
 /// The recorded result of an event.
@@ -203,6 +238,11 @@ pub enum Outcome {
         /// redemption's record, as a refund updates its purchase's).
         #[serde(default)]
         cancelled_by: Option<EventId>,
+        /// The code the redemption issued instead of the reward at once (README "Redemption
+        /// codes"). Absent from every other redemption (and from records kept before), which
+        /// read and serialize as they did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<IssuedCode>,
     },
     /// A redemption cancelled within the program's window: what it took is given back.
     RedemptionCancelled {
@@ -212,6 +252,12 @@ pub enum Outcome {
         points_returned: Points,
         /// Whether the voucher the redemption used is the member's again.
         voucher_returned: bool,
+    },
+    /// A redemption code used at the till: the cashier hands over `reward_id`, which the
+    /// redemption `redemption_event_id` paid for when it issued the code.
+    CodeConsumed {
+        redemption_event_id: EventId,
+        reward_id: RewardId,
     },
     /// The member's personal data erased (README "Privacy"), at `erased_at`.
     Erased {

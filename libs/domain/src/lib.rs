@@ -26,7 +26,7 @@ mod zone;
 pub use email::{EmailAddress, MAX_EMAIL};
 pub use error::DomainError;
 pub use idempotency::{
-    classify, Delivery, Fingerprint, Outcome, ProcessedEvent, PurchaseRecord, Rejection,
+    classify, Delivery, Fingerprint, IssuedCode, Outcome, ProcessedEvent, PurchaseRecord, Rejection,
 };
 pub use ids::{
     Cents, Currency, Day, EventId, FranchiseId, ItemCategory, MemberId, Phone, Points, RewardId,
@@ -35,15 +35,18 @@ pub use ids::{
 pub use items::{ItemBonus, ItemBonusSpec, PurchaseItem, PurchaseItemSpec};
 pub use ledger::{LedgerEntry, LedgerKind, PointLot};
 pub use member::{
-    apply, day_start, Applied, CampaignEffects, CampaignRecord, Consent, DayActivity, EventContext,
-    HeldRefund, MemberCommand, MemberState, Profile, RedemptionRecord, TierChange, TierDowngrade,
-    TierReason, MAX_HELD_REFUNDS,
+    apply, day_start, Applied, CampaignEffects, CampaignRecord, CodeSettled, Consent, DayActivity,
+    EventContext, HeldRefund, MemberCommand, MemberState, Profile, RedemptionCode,
+    RedemptionRecord, TierChange, TierDowngrade, TierReason, MAX_HELD_REFUNDS,
+    MAX_REDEMPTION_CODES,
 };
 pub use program::{
     AutoVoucher, AutoVoucherSpec, BonusMultiplier, BonusMultiplierSpec, Program, ProgramSpec,
-    Reward, RewardSpec, Rounding, StampCard, StampCardSpec, Tier, TierSpec, Weekday,
-    DEFAULT_HELD_REFUND_HORIZON_DAYS,
+    RedemptionCodes, RedemptionCodesSpec, Reward, RewardSpec, Rounding, StampCard, StampCardSpec,
+    Tier, TierSpec, Weekday, DEFAULT_HELD_REFUND_HORIZON_DAYS,
 };
-pub use status::{HeldRefundDue, MemberStatus, NextExpiry, NextTier, TierDowngradeDue, Voucher};
+pub use status::{
+    CodeDue, HeldRefundDue, MemberStatus, NextExpiry, NextTier, TierDowngradeDue, Voucher,
+};
 pub use tiers::{TierMetric, TierPeriod, TierQualification, TierQualificationSpec};
 pub use zone::Zone;

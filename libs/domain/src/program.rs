@@ -72,6 +72,44 @@ pub struct ProgramSpec {
     /// Automated campaigns (README "Campaigns").
     #[serde(default, deserialize_with = "object::list")]
     pub campaigns: Vec<CampaignSpec>,
+    /// Single-use redemption codes a cashier scans (README "Redemption codes"); none offered
+    /// when left out.
+    #[serde(default, deserialize_with = "object::option")]
+    pub redemption_codes: Option<RedemptionCodesSpec>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedemptionCodesSpec {
+    pub valid_days: i64,
+}
+
+/// The program's redemption codes: a redemption may ask for a code instead of the reward at
+/// once; the code is valid for `valid_days` days (from the member's clock at issue), and what
+/// the redemption took comes back if it is not used by then.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct RedemptionCodes {
+    pub valid_days: u32,
+}
+
+/// The longest validity of a redemption code: a year.
+const MAX_CODE_VALID_DAYS: i64 = 365;
+
+impl RedemptionCodes {
+    fn from_spec(s: &RedemptionCodesSpec) -> Result<RedemptionCodes, DomainError> {
+        let valid_days = bounded(
+            "redemption_codes.valid_days",
+            s.valid_days,
+            1,
+            MAX_CODE_VALID_DAYS,
+        )? as u32;
+        Ok(RedemptionCodes { valid_days })
+    }
+
+    /// How long a code is valid, in milliseconds.
+    pub fn valid_ms(&self) -> i64 {
+        i64::from(self.valid_days) * 86_400_000
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -351,6 +389,10 @@ pub struct Program {
     /// Automated campaigns ([`crate::campaigns`]); left out of the JSON when none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub campaigns: Vec<Campaign>,
+    /// Redemption codes (README "Redemption codes"); `None`: not offered (left out of its
+    /// JSON, so programs stored before read the same).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redemption_codes: Option<RedemptionCodes>,
 }
 
 /// The default of [`Program::held_refund_horizon_days`]: a till offline for up to a month.
@@ -742,6 +784,11 @@ impl TryFrom<ProgramSpec> for Program {
             .transpose()?;
         let campaigns =
             crate::campaigns::campaigns(&s.campaigns, &rewards, &tiers, segments.as_ref())?;
+        let redemption_codes = s
+            .redemption_codes
+            .as_ref()
+            .map(RedemptionCodes::from_spec)
+            .transpose()?;
 
         Ok(Program {
             currency,
@@ -765,6 +812,7 @@ impl TryFrom<ProgramSpec> for Program {
             birthday_reward,
             segments,
             campaigns,
+            redemption_codes,
         })
     }
 }
@@ -897,6 +945,7 @@ impl Program {
             birthday_reward: None,
             segments: None,
             campaigns: Vec::new(),
+            redemption_codes: None,
         }
     }
 

@@ -43,6 +43,16 @@ pub struct HeldRefundDue {
     pub lapses_at: Timestamp,
 }
 
+/// An outstanding redemption code (README "Redemption codes"): the till scans it to hand
+/// `reward_id` over, before `expires_at`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeDue {
+    pub code: String,
+    pub reward_id: RewardId,
+    pub redemption_event_id: EventId,
+    pub expires_at: Timestamp,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Voucher {
     pub reward_id: RewardId,
@@ -88,6 +98,10 @@ pub struct MemberStatus {
     /// (and from statuses cached before it existed). Before `erased`, which stays last.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub segments: Vec<String>,
+    /// The member's outstanding redemption codes, oldest first. Absent when none (and from
+    /// statuses cached before it existed). Before `erased`, which stays last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redemption_codes: Vec<CodeDue>,
     /// The member's personal data was erased (README "Privacy"): the member takes no more
     /// commands. Only present when true, so the status of every other member is unchanged.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -147,6 +161,17 @@ impl MemberStatus {
             points_earned: state.points_earned,
             version: state.version,
             segments: segments_of(state, program, program.local_day(state.clock)),
+            redemption_codes: state
+                .redemption_codes
+                .iter()
+                .filter(|c| c.is_outstanding())
+                .map(|c| CodeDue {
+                    code: c.code.clone(),
+                    reward_id: c.reward_id.clone(),
+                    redemption_event_id: c.redemption_event_id.clone(),
+                    expires_at: c.expires_at,
+                })
+                .collect(),
             erased: state.erased_at.is_some(),
             held_refunds: state
                 .held_refunds

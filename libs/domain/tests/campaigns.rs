@@ -39,6 +39,7 @@ fn consenting(sms: bool, email: bool, birthday: Option<&str>) -> MemberCommand {
             name: Some("Ana".into()),
             birthday: birthday.map(str::to_owned),
             consent: Consent { sms, email },
+            email: email.then(|| "ana@example.com".to_owned()),
         },
     }
 }

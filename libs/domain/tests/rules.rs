@@ -257,6 +257,7 @@ fn a_voucher_is_used_before_points() {
             points_spent: 0,
             lots_taken: Vec::new(),
             cancelled_by: None,
+            code: None,
         }
     );
     let e = only(&applied.entries);
@@ -481,6 +482,7 @@ fn a_voucher_outlives_its_reward_leaving_the_catalogue() {
             points_spent: 0,
             lots_taken: Vec::new(),
             cancelled_by: None,
+            code: None,
         }
     );
     assert!(m.state().vouchers.is_empty());

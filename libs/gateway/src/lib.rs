@@ -93,7 +93,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, body: json::BodyLimit) {
                 .service(endpoint("/refunds").post(events::refund))
                 .service(endpoint("/redemptions").post(events::redemption))
                 .service(endpoint("/redemption-cancellations").post(events::cancel_redemption))
-                .service(endpoint("/members/{member_id}/consent").put(consent::put)),
+                .service(endpoint("/members/{member_id}/consent").put(consent::put))
+                .service(endpoint("/redemption-codes/consume").post(events::consume_code)),
         )
         .configure(pages::configure)
         .default_service(web::to(not_found));

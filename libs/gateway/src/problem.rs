@@ -137,6 +137,13 @@ impl ApiError {
                 "Cancellation window closed"
             }
             ApiError::Rejected(Rejection::EmailRequired) => "E-mail address required",
+            ApiError::Rejected(Rejection::RedemptionCodesNotOffered) => {
+                "Redemption codes not offered"
+            }
+            ApiError::Rejected(Rejection::UnknownCode) => "Unknown code",
+            ApiError::Rejected(Rejection::CodeAlreadyUsed { .. }) => "Code already used",
+            ApiError::Rejected(Rejection::CodeExpired { .. }) => "Code expired",
+            ApiError::Rejected(Rejection::CodeVoided { .. }) => "Code voided",
             ApiError::AnonymousRefund => "Anonymous refund",
             ApiError::ProgramConflict(_) => "Concurrent program update",
             ApiError::KeyConflict(_) => "API key conflict",
@@ -196,13 +203,18 @@ impl ResponseError for ApiError {
                 | Rejection::RedemptionLimitReached { .. }
                 | Rejection::RedemptionAlreadyCancelled { .. }
                 | Rejection::CancellationWindowClosed { .. }
-                | Rejection::EmailRequired => StatusCode::CONFLICT,
+                | Rejection::EmailRequired
+                | Rejection::CodeAlreadyUsed { .. }
+                | Rejection::CodeVoided { .. } => StatusCode::CONFLICT,
                 Rejection::UnknownMember
                 | Rejection::UnknownPurchase { .. }
-                | Rejection::UnknownRedemption { .. } => StatusCode::NOT_FOUND,
+                | Rejection::UnknownRedemption { .. }
+                | Rejection::UnknownCode => StatusCode::NOT_FOUND,
                 Rejection::UnknownReward { .. }
                 | Rejection::CurrencyMismatch { .. }
-                | Rejection::LimitExceeded { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                | Rejection::LimitExceeded { .. }
+                | Rejection::RedemptionCodesNotOffered
+                | Rejection::CodeExpired { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             },
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -36,6 +36,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/refunds"),
     ("post", "/v1/redemptions"),
     ("post", "/v1/redemption-cancellations"),
+    ("post", "/v1/redemption-codes/consume"),
     ("get", "/v1/franchises/{fid}/dashboard"),
     ("get", "/v1/franchises/{fid}/dashboard.csv"),
     ("get", "/v1/franchises/{fid}/api-keys"),
@@ -464,6 +465,8 @@ fn member_status_and_ledger_match_the_domain_types() {
     emitted.insert("held_refunds".to_owned());
     // `segments` only when the member is in some (README "Segments").
     emitted.insert("segments".to_owned());
+    // `redemption_codes` only while some are outstanding (README "Redemption codes").
+    emitted.insert("redemption_codes".to_owned());
     assert_eq!(
         properties(&d, &status),
         emitted,
@@ -480,6 +483,15 @@ fn member_status_and_ledger_match_the_domain_types() {
         &d,
         "HeldRefundDue",
         &serde_json::to_value(&held).unwrap()["held_refunds"][0],
+    );
+    let mut coded = typed.clone();
+    coded.redemption_codes =
+        vec![serde_json::from_value(schema_example(&d, "CodeDue"))
+            .expect("the CodeDue example is one")];
+    assert_exact_shape(
+        &d,
+        "CodeDue",
+        &serde_json::to_value(&coded).unwrap()["redemption_codes"][0],
     );
     let mut due = typed.clone();
     due.tier_downgrade = serde_json::from_value(schema_example(&d, "TierDowngradeDue")).ok();
@@ -537,7 +549,14 @@ fn program_matches_the_domain_type() {
     // not required; with them, every field of theirs is.
     let segmented = segmented_demo();
     let program = serde_json::json!({ "$ref": "#/components/schemas/Program" });
-    assert_eq!(properties(&d, &program), keys(&segmented));
+    // `redemption_codes` likewise, only when the program offers codes.
+    let coded = coded_demo();
+    assert_exact_shape(&d, "RedemptionCodes", &coded["redemption_codes"]);
+    let optional = |mut k: BTreeSet<String>| {
+        k.insert("redemption_codes".to_owned());
+        k
+    };
+    assert_eq!(properties(&d, &program), optional(keys(&segmented)));
     assert_eq!(required(&d, &program), keys(&demo));
     assert_exact_shape(&d, "Segments", &segmented["segments"]);
     assert_exact_shape(&d, "CustomSegment", &segmented["segments"]["custom"][0]);
@@ -563,7 +582,10 @@ fn program_matches_the_domain_type() {
     );
     // What HQ sends: the same fields; those with a default may be left out.
     let spec = serde_json::json!({ "$ref": "#/components/schemas/ProgramSpec" });
-    assert_eq!(properties(&d, &spec), keys(&segmented));
+    assert_eq!(properties(&d, &spec), optional(keys(&segmented)));
+    let mut with = demo.clone();
+    with["redemption_codes"] = schema_example(&d, "RedemptionCodesSpec");
+    serde_json::from_value::<Program>(with).expect("the RedemptionCodesSpec example is valid");
     let minimal: serde_json::Map<String, Value> = demo
         .as_object()
         .unwrap()
@@ -624,6 +646,14 @@ fn segmented_demo() -> Value {
     p["segments"] =
         serde_json::json!({ "custom": [{ "name": "big-spenders", "min_spend_cents": 50000 }] });
     let p: Program = serde_json::from_value(p).expect("a program with segments");
+    serde_json::to_value(p).unwrap()
+}
+
+/// The demo program with redemption codes, as the server answers it.
+fn coded_demo() -> Value {
+    let mut p = serde_json::to_value(Program::demo()).unwrap();
+    p["redemption_codes"] = serde_json::json!({ "valid_days": 7 });
+    let p: Program = serde_json::from_value(p).expect("a program with codes");
     serde_json::to_value(p).unwrap()
 }
 
@@ -1156,6 +1186,7 @@ fn outcomes_match_the_domain_type() {
     let mut examples = Vec::new();
     outcome_examples(&d["paths"], &mut examples);
     let mut types = BTreeSet::new();
+    let mut codes = 0;
     for ex in examples {
         let typed: Outcome = serde_json::from_value(ex.clone()).expect("example is an Outcome");
         assert!(
@@ -1166,8 +1197,19 @@ fn outcomes_match_the_domain_type() {
         assert_eq!(back, ex);
         let t = ex["type"].as_str().unwrap().to_owned();
         let schema = serde_json::json!({ "$ref": mapping[&t].as_str().unwrap_or_else(|| panic!("no mapping for {t}")) });
-        assert_eq!(properties(&d, &schema), keys(&back), "outcome {t}");
-        assert_eq!(required(&d, &schema), keys(&back), "outcome {t}");
+        // A redemption's `code` only when it asked for one (README "Redemption codes").
+        let mut documented = keys(&back);
+        if t == "redemption" {
+            if let Some(code) = back.get("code") {
+                assert_exact_shape(&d, "IssuedCode", code);
+                codes += 1;
+            }
+            documented.insert("code".to_owned());
+        }
+        let mut emitted = keys(&back);
+        emitted.remove("code");
+        assert_eq!(properties(&d, &schema), documented, "outcome {t}");
+        assert_eq!(required(&d, &schema), emitted, "outcome {t}");
         types.insert(t);
     }
     for t in [
@@ -1176,9 +1218,11 @@ fn outcomes_match_the_domain_type() {
         "refund",
         "redemption",
         "redemption_cancelled",
+        "code_consumed",
     ] {
         assert!(types.contains(t), "no example of a {t} outcome");
     }
+    assert!(codes > 0, "no example of a redemption with a code");
 }
 
 fn every_error() -> Vec<ApiError> {
@@ -1245,6 +1289,18 @@ fn every_error() -> Vec<ApiError> {
         }),
         ApiError::Rejected(Rejection::CancellationWindowClosed { cancel_minutes: 15 }),
         ApiError::Rejected(Rejection::EmailRequired),
+        ApiError::Rejected(Rejection::RedemptionCodesNotOffered),
+        ApiError::Rejected(Rejection::UnknownCode),
+        ApiError::Rejected(Rejection::CodeAlreadyUsed {
+            used_at: loyalty_domain::Timestamp(1_764_603_000_000),
+            store_id: StoreId::parse("s_7c1e2a9b4d6f8e0a1b2c").unwrap(),
+        }),
+        ApiError::Rejected(Rejection::CodeExpired {
+            expired_at: loyalty_domain::Timestamp(1_767_225_600_000),
+        }),
+        ApiError::Rejected(Rejection::CodeVoided {
+            cancelled_by: EventId::parse("pos1-0006").unwrap(),
+        }),
         ApiError::AnonymousRefund,
         ApiError::Unavailable("down".into()),
         ApiError::Internal("bug".into()),

@@ -122,6 +122,7 @@ fn history(
                 PosCommand::Redemption {
                     member_id: member_id.clone(),
                     reward_id: loyalty_domain::RewardId::parse("free-coffee").expect("reward"),
+                    code: None,
                 },
                 &mut rng,
             ));

@@ -29,6 +29,7 @@ mod multiprocess;
 mod pos_topic;
 mod privacy;
 mod program_updates;
+mod redemption_codes;
 mod refunds;
 mod repo_hygiene;
 mod rewards;

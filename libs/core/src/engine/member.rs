@@ -76,6 +76,8 @@ fn kind(command: &MemberCommand) -> &'static str {
         MemberCommand::Refund { .. } => "refund",
         MemberCommand::Redemption { .. } => "redemption",
         MemberCommand::CancelRedemption { .. } => "cancel_redemption",
+        MemberCommand::RedemptionAsCode { .. } => "redemption",
+        MemberCommand::ConsumeCode { .. } => "consume_code",
         MemberCommand::Erase => "erase",
         MemberCommand::Advance => "advance",
         MemberCommand::SetConsent { .. } => "set_consent",
@@ -97,8 +99,13 @@ impl MemberActor {
             .as_ref()
             .is_some_and(|s| s.franchise_id != msg.franchise_id)
         {
+            // A code of another franchise's member is as unknown as a forged one.
+            let refusal = match msg.command {
+                MemberCommand::ConsumeCode { .. } => Rejection::UnknownCode,
+                _ => Rejection::UnknownMember,
+            };
             return ApplyReply {
-                result: Err(Rejection::UnknownMember),
+                result: Err(refusal),
                 state: None,
             };
         }

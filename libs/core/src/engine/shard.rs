@@ -575,9 +575,24 @@ impl Shard {
                                 purchase_unseen: recorded.is_none(),
                             }
                         }
-                        PosCommand::Redemption { reward_id, .. } => MemberCommand::Redemption {
+                        PosCommand::Redemption {
+                            reward_id,
+                            code: None,
+                            ..
+                        } => MemberCommand::Redemption {
                             reward_id: reward_id.clone(),
                         },
+                        PosCommand::Redemption {
+                            reward_id,
+                            code: Some(code),
+                            ..
+                        } => MemberCommand::RedemptionAsCode {
+                            reward_id: reward_id.clone(),
+                            code: code.clone(),
+                        },
+                        PosCommand::ConsumeCode { code, .. } => {
+                            MemberCommand::ConsumeCode { code: code.clone() }
+                        }
                         PosCommand::CancelRedemption {
                             redemption_event_id,
                             ..

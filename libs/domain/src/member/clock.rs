@@ -27,6 +27,8 @@ impl MemberState {
         let from = self.clock.day();
         self.clock = self.clock.max(ctx.at);
         self.lapse_held_refunds();
+        // Before the lots expire: points a code gives back into a lot past its age expire now.
+        self.expire_codes(ctx, entries)?;
         let today = self.clock.day();
         if let Some(days) = ctx.program.points_expiry_days {
             self.expire_lots(ctx, days, today, entries)?;
@@ -78,9 +80,10 @@ impl MemberState {
     /// scheduler's due time): the earliest of the day its oldest lot expires, the day of its
     /// next tier evaluation ([`MemberState::next_tier_evaluation`]), the start of its next
     /// birthday reward's window (local midnight), the horizon of its first held refund (which
-    /// lapses then), and the start of the next local day on which time alone changes its
-    /// segments ([`crate::segments::next_change`]), and the next time trigger of a campaign
-    /// (`campaigns.rs`). `None` when nothing is due, or when the
+    /// lapses then), the start of the next local day on which time alone changes its
+    /// segments ([`crate::segments::next_change`]), the expiry of its first outstanding
+    /// redemption code (which gives back what its redemption took then), and the next time
+    /// trigger of a campaign (`campaigns.rs`). `None` when nothing is due, or when the
     /// member's personal data is erased (an erased member takes no more commands).
     pub fn next_due(&self, program: &Program) -> Option<Timestamp> {
         if self.erased_at.is_some() {
@@ -102,6 +105,7 @@ impl MemberState {
             lapse,
             segments,
             self.next_campaign_due(program),
+            self.next_code_expiry(),
         ]
         .into_iter()
         .flatten()

@@ -9,6 +9,7 @@
 mod birthday;
 mod campaigns;
 mod clock;
+mod codes;
 mod lots;
 mod purchase;
 mod redeem;
@@ -20,6 +21,8 @@ pub use refund::{HeldRefund, MAX_HELD_REFUNDS};
 pub use clock::day_start;
 
 pub use redeem::RedemptionRecord;
+
+pub use codes::{CodeSettled, RedemptionCode, MAX_REDEMPTION_CODES};
 
 pub use tiers::{TierChange, TierDowngrade, TierReason};
 
@@ -198,6 +201,11 @@ pub struct MemberState {
     /// its offer. Absent when none.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub campaigns: BTreeMap<String, CampaignRecord>,
+    /// Redemption codes issued (README "Redemption codes"), oldest first: outstanding ones,
+    /// and settled ones for a week after their expiry (at most [`MAX_REDEMPTION_CODES`]).
+    /// Absent when none (and from states stored before codes existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redemption_codes: Vec<RedemptionCode>,
 }
 
 /// A command aimed at one member.
@@ -234,6 +242,16 @@ pub enum MemberCommand {
         redemption_event_id: EventId,
         /// The redemption as currently recorded, if it is this member's.
         redemption: Option<RedemptionRecord>,
+    },
+    /// A redemption that takes its points (or voucher) now and issues the single-use `code`
+    /// (made by the gateway, README "Redemption codes") instead of handing the reward over.
+    RedemptionAsCode {
+        reward_id: RewardId,
+        code: String,
+    },
+    /// Use the member's redemption code `code` at the till, once, before its expiry.
+    ConsumeCode {
+        code: String,
     },
     /// Erase the member's personal data (README "Privacy"): phone, name and birthday go, the
     /// balance, counters and ledger (which hold none) stay. Once erased, a member refuses
@@ -329,6 +347,12 @@ pub fn apply(
             segments: None,
             campaigns: CampaignEffects::default(),
         }),
+        // A code names its member: one not enrolled (or erased) tells nothing more than a
+        // forged code does.
+        (None, MemberCommand::ConsumeCode { .. }) => Err(Rejection::UnknownCode),
+        (Some(s), MemberCommand::ConsumeCode { .. }) if s.erased_at.is_some() => {
+            Err(Rejection::UnknownCode)
+        }
         (None, _) => Err(Rejection::UnknownMember),
         (Some(s), MemberCommand::Erase) => {
             let mut applied = s.erase(ctx);
@@ -403,6 +427,7 @@ impl MemberState {
             birthday_rewarded: None,
             segments: Vec::new(),
             campaigns: BTreeMap::new(),
+            redemption_codes: Vec::new(),
         };
         let mut entries = Vec::new();
         let bonus = ctx.program.signup_bonus;
@@ -483,6 +508,20 @@ impl MemberState {
                 }
                 outcome
             }
+            MemberCommand::RedemptionAsCode { reward_id, code } => {
+                let outcome = self.redeem_as_code(ctx, reward_id, code, &mut entries)?;
+                if matches!(
+                    outcome,
+                    Outcome::Redemption {
+                        used_voucher: true,
+                        ..
+                    }
+                ) {
+                    self.campaign_voucher_used(reward_id, ctx.at, &mut tallies);
+                }
+                outcome
+            }
+            MemberCommand::ConsumeCode { code } => self.consume_code(ctx, code)?,
             MemberCommand::CancelRedemption {
                 redemption_event_id,
                 redemption,

@@ -4,8 +4,8 @@
 
 use super::{add_one, add_points, signed, MemberState};
 use crate::{
-    EventContext, EventId, LedgerEntry, LedgerKind, Outcome, PointLot, Points, ProcessedEvent,
-    Rejection, RewardId, Timestamp,
+    EventContext, EventId, IssuedCode, LedgerEntry, LedgerKind, Outcome, PointLot, Points,
+    ProcessedEvent, Rejection, RewardId, Timestamp,
 };
 
 /// A redemption as its idempotency record holds it, handed to its cancellation (the engine
@@ -19,6 +19,8 @@ pub struct RedemptionRecord {
     pub points_spent: Points,
     pub lots_taken: Vec<PointLot>,
     pub cancelled_by: Option<EventId>,
+    /// The code the redemption issued, if it asked for one (README "Redemption codes").
+    pub code: Option<IssuedCode>,
 }
 
 impl RedemptionRecord {
@@ -31,6 +33,7 @@ impl RedemptionRecord {
                 points_spent,
                 lots_taken,
                 cancelled_by,
+                code,
             } => Some(RedemptionRecord {
                 at: rec.at,
                 reward_id: reward_id.clone(),
@@ -38,6 +41,7 @@ impl RedemptionRecord {
                 points_spent: *points_spent,
                 lots_taken: lots_taken.clone(),
                 cancelled_by: cancelled_by.clone(),
+                code: code.clone(),
             }),
             _ => None,
         }
@@ -161,11 +165,34 @@ impl MemberState {
                 cancel_minutes: minutes,
             });
         }
+        // A code the redemption issued is voided first: refused if used or expired.
+        if let Some(issued) = &r.code {
+            self.void_code(ctx, redemption_event_id, issued)?;
+        }
         let detail = format!("cancel:{redemption_event_id}");
+        self.give_back_taken(ctx, r, &detail, entries)?;
+        Ok(Outcome::RedemptionCancelled {
+            redemption_event_id: redemption_event_id.clone(),
+            reward_id: r.reward_id.clone(),
+            points_returned: r.points_spent,
+            voucher_returned: r.used_voucher,
+        })
+    }
+
+    /// Gives back what the redemption `r` took (its voucher, or its points into their lots,
+    /// with `points_redeemed` and the reward's count for its limit down by what it added),
+    /// writing the `redeem` entry `detail` (the points given back; 0 for a voucher).
+    pub(super) fn give_back_taken(
+        &mut self,
+        ctx: &EventContext<'_>,
+        r: &RedemptionRecord,
+        detail: &str,
+        entries: &mut Vec<LedgerEntry>,
+    ) -> Result<(), Rejection> {
         if r.used_voucher {
             let n = self.vouchers.entry(r.reward_id.clone()).or_default();
             *n = add_one(*n, "vouchers")?;
-            self.push_entry(ctx, LedgerKind::Redeem, 0, &detail, entries)?;
+            self.push_entry(ctx, LedgerKind::Redeem, 0, detail, entries)
         } else {
             self.points = add_points(self.points, r.points_spent, "points")?;
             self.points_redeemed = self.points_redeemed.saturating_sub(r.points_spent);
@@ -177,14 +204,8 @@ impl MemberState {
                 }
             }
             let change = signed(r.points_spent, false)?;
-            self.push_entry(ctx, LedgerKind::Redeem, change, &detail, entries)?;
+            self.push_entry(ctx, LedgerKind::Redeem, change, detail, entries)
         }
-        Ok(Outcome::RedemptionCancelled {
-            redemption_event_id: redemption_event_id.clone(),
-            reward_id: r.reward_id.clone(),
-            points_returned: r.points_spent,
-            voucher_returned: r.used_voucher,
-        })
     }
 
     /// Puts the points of `r` back into the lots they came from (by day, oldest first); what
@@ -262,5 +283,6 @@ fn redeemed(
         points_spent,
         lots_taken,
         cancelled_by: None,
+        code: None,
     }
 }

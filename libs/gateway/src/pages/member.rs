@@ -469,6 +469,9 @@ fn activity_label(lang: Lang, e: &LedgerEntry, program: &Program) -> String {
         (LedgerKind::Redeem, d) if d.starts_with("cancel:") => {
             lang.pick("Échange annulé", "Redemption cancelled").into()
         }
+        (LedgerKind::Redeem, d) if d.starts_with("code_expired:") => lang
+            .pick("Code expiré, rendu", "Code expired, given back")
+            .into(),
         (LedgerKind::Redeem, d) => {
             let (what, id) = match d.split_once(':') {
                 Some(("voucher", id)) => (lang.pick("Bon utilisé", "Voucher used"), id),
@@ -493,6 +496,79 @@ fn activity_label(lang: Lang, e: &LedgerEntry, program: &Program) -> String {
             None => lang.pick("Niveau", "Tier").into(),
         },
     }
+}
+
+/// A local time of day written the language's way (`14h05`, `14:05`).
+fn time_words(lang: Lang, program: &Program, at: Timestamp) -> String {
+    let minutes = program.time_zone.local(at).0.rem_euclid(86_400_000) / 60_000;
+    let (h, m) = (minutes / 60, minutes % 60);
+    match lang {
+        Lang::Fr => format!("{h:02}h{m:02}"),
+        Lang::En => format!("{h:02}:{m:02}"),
+    }
+}
+
+/// The member's outstanding redemption codes (README "Redemption codes"), each as a QR code
+/// for the till to scan, its text to type, its reward and its expiry.
+fn redemption_codes(
+    b: &mut String,
+    lang: Lang,
+    program: &Program,
+    status: &MemberStatus,
+) -> Result<(), ApiError> {
+    if status.redemption_codes.is_empty() {
+        return Ok(());
+    }
+    let _ = write!(
+        b,
+        "<section class=\"codes\">\n<h2>{}</h2>\n<ul id=\"redemption-codes\">\n",
+        lang.pick("Mes codes de retrait", "My reward codes")
+    );
+    for c in &status.redemption_codes {
+        let reward = program
+            .reward(&c.reward_id)
+            .map_or_else(|| c.reward_id.to_string(), |r| r.name.clone());
+        let until = match lang {
+            Lang::Fr => format!(
+                "Valable jusqu’au {} à {}",
+                date(lang, program, c.expires_at),
+                time_words(lang, program, c.expires_at)
+            ),
+            Lang::En => format!(
+                "Valid until {} at {}",
+                date(lang, program, c.expires_at),
+                time_words(lang, program, c.expires_at)
+            ),
+        };
+        let label = match lang {
+            Lang::Fr => format!("QR code du retrait\u{a0}: {reward}"),
+            Lang::En => format!("QR code of the reward: {reward}"),
+        };
+        let _ = writeln!(
+            b,
+            "<li class=\"redemption-code\" data-code=\"{}\" data-reward=\"{}\" \
+             data-expires-at=\"{}\"><strong>{}</strong>\n{}\n<code>{}</code>\n\
+             <p class=\"expiry\">{}</p></li>",
+            escape(&c.code),
+            escape(c.reward_id.as_str()),
+            c.expires_at.0,
+            escape(&reward),
+            crate::qr::inline_svg(&c.code, "code", &label)?,
+            escape(&c.code),
+            escape(&until),
+        );
+    }
+    let _ = write!(
+        b,
+        "</ul>\n<p class=\"hint\">{}</p>\n</section>\n",
+        lang.pick(
+            "Présentez ce code en caisse pour recevoir la récompense\u{a0}: il ne sert qu’une fois. \
+             S’il n’est pas utilisé à temps, vos points (ou votre bon) vous sont rendus.",
+            "Show this code at the till to receive the reward: it works once. \
+             If it is not used in time, your points (or voucher) come back."
+        )
+    );
+    Ok(())
 }
 
 /// The span tiers are qualified over, in words: "over a rolling 365 days", "this year".
@@ -791,6 +867,8 @@ async fn card_page(
             )
         );
     }
+
+    redemption_codes(&mut b, lang, &program, &status)?;
 
     // The reward catalogue.
     if !program.rewards.is_empty() {

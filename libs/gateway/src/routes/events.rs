@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use loyalty_core::command::{CommandEnvelope, PosCommand};
+use loyalty_core::identity;
 use loyalty_core::input::{self, InputError};
 use loyalty_core::metrics::metrics;
 use loyalty_core::model::{Franchise, Principal, Role};
@@ -62,6 +63,21 @@ pub struct RedemptionBody {
     pub event_id: EventId,
     pub member_id: MemberId,
     pub reward_id: RewardId,
+    pub occurred_at: Option<String>,
+    /// Issue a single-use code instead of handing the reward over now (README "Redemption
+    /// codes"). Absent or false: today's redemption, with the same fingerprint as before.
+    #[serde(default)]
+    pub as_code: bool,
+}
+
+/// The longest `code` a till may send (a real one is at most 77 characters).
+const MAX_CODE_CHARS: usize = 200;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumeCodeBody {
+    pub event_id: EventId,
+    pub code: String,
     pub occurred_at: Option<String>,
 }
 
@@ -233,6 +249,9 @@ pub async fn redemption(
         .await?
         .ok_or_else(ApiError::unknown_member)?;
     refuse_erased(&status)?;
+    if body.as_code && program.redemption_codes.is_none() {
+        return Err(Rejection::RedemptionCodesNotOffered.into());
+    }
     // A reward that left the catalogue is still redeemed with a voucher issued before
     // (`MemberState::redeem`); without one it is unknown. The status is read only then.
     if let Err(unknown) = input::reward(&program, &body.reward_id) {
@@ -240,6 +259,10 @@ pub async fn redemption(
             return Err(unknown.into());
         }
     }
+    // The code is the event's: the same on every resend, so a resend is a replay.
+    let code = body
+        .as_code
+        .then(|| identity::redemption_code(&franchise.secret, &body.member_id, &body.event_id));
     let env = client_envelope(
         &gw,
         &franchise,
@@ -249,6 +272,50 @@ pub async fn redemption(
         PosCommand::Redemption {
             member_id: body.member_id,
             reward_id: body.reward_id,
+            code,
+        },
+    )?;
+    submit(&gw, &franchise, env, deadline).await
+}
+
+/// Uses a redemption code at the till (README "Redemption codes"): the code names its member,
+/// whose actor hands the reward over once, before the code's expiry. A code without a code's
+/// shape, or naming no member of this franchise (or an erased one), is `unknown-code`, as a
+/// forged code of a real member is (told by the member's actor): nothing about any member is
+/// revealed. Awaited like a redemption.
+pub async fn consume_code(
+    req: HttpRequest,
+    gw: web::Data<Gateway>,
+    q: web::Query<WaitQuery>,
+    body: JsonObject<ConsumeCodeBody>,
+) -> Result<HttpResponse, ApiError> {
+    let (p, deadline, franchise) =
+        till_request(&gw, &req, &q, Some(gw.config.default_wait)).await?;
+    let body = body.into_inner();
+    let occurred_at = occurred_at(&body.occurred_at)?;
+    if body.code.chars().count() > MAX_CODE_CHARS {
+        return Err(ApiError::Invalid(format!(
+            "code: at most {MAX_CODE_CHARS} characters"
+        )));
+    }
+    let unknown = || ApiError::from(Rejection::UnknownCode);
+    let (member, code) = identity::parse_redemption_code(&body.code).ok_or_else(unknown)?;
+    let status = gw
+        .member_status(&franchise, &member)
+        .await?
+        .ok_or_else(unknown)?;
+    if super::privacy::status_is_erased(&status.json) {
+        return Err(unknown());
+    }
+    let env = client_envelope(
+        &gw,
+        &franchise,
+        &p,
+        body.event_id,
+        occurred_at,
+        PosCommand::ConsumeCode {
+            member_id: member,
+            code,
         },
     )?;
     submit(&gw, &franchise, env, deadline).await
