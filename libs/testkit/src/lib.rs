@@ -11,6 +11,7 @@ pub mod ports;
 pub mod postgres;
 pub mod process;
 pub mod redis;
+pub mod smtp_sink;
 pub mod store_contract;
 pub mod tansu;
 
