@@ -27,7 +27,9 @@ pub(crate) fn metrics() -> &'static SmtpMetrics {
                 "loyalty_smtp_delivery_seconds",
                 "Duration of an SMTP delivery (connection to the relay's answer to the data).",
             )
-            .buckets(vec![0.005, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            .buckets(vec![
+                0.005, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
         )
         .unwrap_or_else(|e| unreachable!("static metric options: {e}"));
         let registry = &loyalty_core::metrics::metrics().registry;

@@ -54,7 +54,10 @@ impl SmtpSender {
             .ok_or_else(|| SendError::Permanent("an e-mail without a subject".into()))?
             .replace(['\r', '\n'], " ");
         let url = &m.opt_out_url;
-        if url.is_empty() || !url.bytes().all(|b| b.is_ascii_graphic() && b != b'>' && b != b'<')
+        if url.is_empty()
+            || !url
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'>' && b != b'<')
         {
             return Err(SendError::Permanent(
                 "the opt-out URL is empty or not a plain ASCII URL".into(),
@@ -185,7 +188,10 @@ mod tests {
 
     #[test]
     fn message_ids_keep_to_safe_characters() {
-        assert_eq!(message_id("out-42.a_b", "x.example"), "<out-42.a_b@x.example>");
+        assert_eq!(
+            message_id("out-42.a_b", "x.example"),
+            "<out-42.a_b@x.example>"
+        );
         assert_eq!(message_id("a b<c>@d", "x.example"), "<a_b_c__d@x.example>");
     }
 }

@@ -58,8 +58,14 @@ async fn the_mail_arrives_with_subject_body_and_one_click_unsubscribe() {
     // SMTP may end the text with one more line break.
     assert_eq!(got.body.trim_end(), m.body.trim_end());
     assert_eq!(got.header("To"), Some("elodie@example.org"));
-    assert_eq!(got.header("From"), Some("Café Bleu <offers@cafe-bleu.example>"));
-    assert_eq!(got.header("Message-ID"), Some("<out-7f3a@cafe-bleu.example>"));
+    assert_eq!(
+        got.header("From"),
+        Some("Café Bleu <offers@cafe-bleu.example>")
+    );
+    assert_eq!(
+        got.header("Message-ID"),
+        Some("<out-7f3a@cafe-bleu.example>")
+    );
     assert_eq!(
         got.header("List-Unsubscribe"),
         Some("<https://x.test/opt-out/abc?sig=1>")
@@ -80,7 +86,10 @@ async fn the_mail_arrives_with_subject_body_and_one_click_unsubscribe() {
     again.attempt = 2;
     s.send(&again).await.unwrap();
     let mails = sink.wait_for(2, WAIT).await.unwrap();
-    assert_eq!(mails[1].header("Message-ID"), Some("<out-7f3a@cafe-bleu.example>"));
+    assert_eq!(
+        mails[1].header("Message-ID"),
+        Some("<out-7f3a@cafe-bleu.example>")
+    );
 }
 
 #[tokio::test]

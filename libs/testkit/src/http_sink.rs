@@ -298,7 +298,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_hanging_sink_records_and_never_answers() {
-        let sink = HttpSink::start_with(HttpSinkOptions::hanging()).await.unwrap();
+        let sink = HttpSink::start_with(HttpSinkOptions::hanging())
+            .await
+            .unwrap();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(300))
             .build()

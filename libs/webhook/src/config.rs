@@ -130,7 +130,11 @@ mod tests {
     #[test]
     fn short_secrets_and_bad_timeouts_are_refused() {
         let short = WebhookConfig::new("http://x/", "too short");
-        assert!(err(&short).contains("9 bytes, at least 32"), "{}", err(&short));
+        assert!(
+            err(&short).contains("9 bytes, at least 32"),
+            "{}",
+            err(&short)
+        );
         assert!(!err(&short).contains("too short"));
         let spaced = WebhookConfig::new("http://x/", format!("{SECRET} "));
         assert!(err(&spaced).contains("whitespace"));

@@ -28,7 +28,9 @@ pub(crate) fn metrics() -> &'static WebhookMetrics {
                 "loyalty_webhook_delivery_seconds",
                 "Duration of a webhook delivery (request to answer), by message type.",
             )
-            .buckets(vec![0.005, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            .buckets(vec![
+                0.005, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
             &["type"],
         )
         .unwrap_or_else(|e| unreachable!("static metric options: {e}"));

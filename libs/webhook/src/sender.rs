@@ -122,7 +122,9 @@ pub(crate) fn classify(
     let code = status.as_u16();
     let transient = matches!(code, 408 | 425 | 429) || status.is_server_error();
     if !transient {
-        return Err(SendError::Permanent(format!("receiver answered HTTP {code}")));
+        return Err(SendError::Permanent(format!(
+            "receiver answered HTTP {code}"
+        )));
     }
     let retry_after = retry_after
         .and_then(|v| v.to_str().ok())
@@ -249,7 +251,11 @@ impl Notifier for WebhookSender {
             message_id = %id,
             phone = %mask_phone(phone.as_str()),
         );
-        match self.deliver(ENROLMENT_CODE, &id, body).instrument(span).await {
+        match self
+            .deliver(ENROLMENT_CODE, &id, body)
+            .instrument(span)
+            .await
+        {
             Ok(()) => Ok(()),
             Err(SendError::Transient(e)) => Err(loyalty_core::Error::Unavailable(e)),
             Err(SendError::Permanent(e)) => Err(loyalty_core::Error::Invalid(e)),
@@ -298,7 +304,10 @@ mod tests {
 
     #[test]
     fn codes_are_worded_in_the_members_language() {
-        assert_eq!(code_text("042917", "fr"), "Votre code de confirmation : 042917");
+        assert_eq!(
+            code_text("042917", "fr"),
+            "Votre code de confirmation : 042917"
+        );
         assert_eq!(code_text("042917", "en"), "Your confirmation code: 042917");
     }
 }

@@ -164,7 +164,13 @@ mod tests {
             Err(Error::SignatureMismatch)
         );
         assert_eq!(
-            verify_signature(b"another secret of 32 bytes......", &h, b"{\"a\":1}", now, TOL),
+            verify_signature(
+                b"another secret of 32 bytes......",
+                &h,
+                b"{\"a\":1}",
+                now,
+                TOL
+            ),
             Err(Error::SignatureMismatch)
         );
         // The same MAC under another timestamp (moved into the window) does not verify.

@@ -103,7 +103,10 @@ async fn a_one_time_code_is_a_webhook_of_its_own_type() {
     assert_eq!(v["lang"], "fr");
     assert_eq!(v["channel"], "sms");
     assert_eq!(v["body"], "Votre code de confirmation : 042917");
-    assert_eq!(got[1].json().unwrap()["body"], "Your confirmation code: 111111");
+    assert_eq!(
+        got[1].json().unwrap()["body"],
+        "Your confirmation code: 111111"
+    );
     let id = v["id"].as_str().unwrap();
     assert_eq!(got[0].header("loyalty-message-id"), Some(id));
     assert_ne!(got[1].header("loyalty-message-id"), Some(id));
@@ -140,18 +143,27 @@ async fn a_503_is_transient_with_retry_after_and_the_retry_keeps_the_id() {
 
 #[tokio::test]
 async fn a_429_is_transient_and_a_400_permanent() {
-    let sink = HttpSink::start_with(HttpSinkOptions::failing(429, 1)).await.unwrap();
+    let sink = HttpSink::start_with(HttpSinkOptions::failing(429, 1))
+        .await
+        .unwrap();
     let s = sender(&sink.url(), Duration::from_secs(5));
-    assert!(matches!(s.send(&message()).await, Err(SendError::Transient(_))));
+    assert!(matches!(
+        s.send(&message()).await,
+        Err(SendError::Transient(_))
+    ));
 
-    let sink = HttpSink::start_with(HttpSinkOptions::failing(400, 1)).await.unwrap();
+    let sink = HttpSink::start_with(HttpSinkOptions::failing(400, 1))
+        .await
+        .unwrap();
     let s = sender(&sink.url(), Duration::from_secs(5));
     assert_eq!(
         s.send(&message()).await,
         Err(SendError::Permanent("receiver answered HTTP 400".into()))
     );
     // A code refused permanently is `Invalid` for the enrolment page.
-    let sink = HttpSink::start_with(HttpSinkOptions::failing(404, 1)).await.unwrap();
+    let sink = HttpSink::start_with(HttpSinkOptions::failing(404, 1))
+        .await
+        .unwrap();
     let s = sender(&sink.url(), Duration::from_secs(5));
     let phone = Phone::parse("+33612345678").unwrap();
     let e = s.send_code(&phone, "042917", "fr").await.unwrap_err();
@@ -160,7 +172,9 @@ async fn a_429_is_transient_and_a_400_permanent() {
 
 #[tokio::test]
 async fn a_receiver_that_never_answers_times_out_transient() {
-    let sink = HttpSink::start_with(HttpSinkOptions::hanging()).await.unwrap();
+    let sink = HttpSink::start_with(HttpSinkOptions::hanging())
+        .await
+        .unwrap();
     let s = sender(&sink.url(), Duration::from_millis(300));
     let started = std::time::Instant::now();
     let e = s.send(&message()).await.unwrap_err();
@@ -176,7 +190,10 @@ async fn a_receiver_that_never_answers_times_out_transient() {
 #[tokio::test]
 async fn a_refused_connection_is_transient() {
     let port = loyalty_testkit::ports::free_port().unwrap();
-    let s = sender(&format!("http://127.0.0.1:{port}/hook"), Duration::from_secs(5));
+    let s = sender(
+        &format!("http://127.0.0.1:{port}/hook"),
+        Duration::from_secs(5),
+    );
     let e = s.send(&message()).await.unwrap_err();
     let SendError::Transient(why) = &e else {
         panic!("transient expected: {e}");
@@ -199,7 +216,9 @@ async fn a_message_of_another_channel_is_permanent() {
 
 #[tokio::test]
 async fn deliveries_are_counted_by_type_and_result() {
-    let sink = HttpSink::start_with(HttpSinkOptions::failing(500, 1)).await.unwrap();
+    let sink = HttpSink::start_with(HttpSinkOptions::failing(500, 1))
+        .await
+        .unwrap();
     let s = sender(&sink.url(), Duration::from_secs(5));
     let _ = s.send(&message()).await;
     s.send(&message()).await.unwrap();
