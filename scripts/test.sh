@@ -8,7 +8,8 @@
 # chromium and chromium-driver for the dashboard page's browser test, python3-venv for the chart
 # checks); tansu comes from scripts/install-tansu.sh (LOYALTY_TANSU_BIN), PyPI helm-python-sdk
 # and kubernetes-validate go to a venv under the cache dir (deploy_python), and PyPI schemathesis
-# for the property-based API test to the same venv (api_python); cargo-deny for the dependency
+# for the property-based API test to the same venv (api_python), PyPI aiosmtpd for the SMTP
+# adapter's tests too (smtp_python, before the tests run); cargo-deny for the dependency
 # audit from scripts/install-cargo-deny.sh (LOYALTY_CARGO_DENY_BIN). A test whose server
 # is missing prints `SKIPPED: <reason>`; the last lines of this script list the suites that ran
 # and the tests that were skipped, with their reasons. `LOYALTY_REQUIRE_SERVERS=1` (set by CI)
@@ -86,6 +87,25 @@ sys.exit(m.version('schemathesis') != '$SCHEMATHESIS_VERSION')" >/dev/null 2>&1 
         api_skip="pip install ${API_PY_PACKAGES[*]} failed (PyPI unreachable?)"; return 1
     fi
 }
+
+# The e-mail adapter's tests (libs/smtp/tests) deliver to a real SMTP server: PyPI aiosmtpd,
+# pinned, in the same venv, which loyalty-testkit's SmtpSink runs (it looks there, or at
+# $LOYALTY_PYTHON). Installed before the tests; when it cannot be, those tests say SKIPPED (and
+# fail under LOYALTY_REQUIRE_SERVERS=1).
+AIOSMTPD_VERSION=1.4.6
+smtp_python() {
+    "$VENV/bin/python" -c "import aiosmtpd.controller, sys, importlib.metadata as m
+sys.exit(m.version('aiosmtpd') != '$AIOSMTPD_VERSION')" >/dev/null 2>&1 && return 0
+    if ! command -v python3 >/dev/null 2>&1; then
+        echo "test.sh: no python3: the SMTP tests will say SKIPPED" >&2; return 0
+    fi
+    echo "== installing aiosmtpd==$AIOSMTPD_VERSION into $VENV"
+    { [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"; } &&
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+            -c scripts/python-constraints.txt "aiosmtpd==$AIOSMTPD_VERSION" ||
+        echo "test.sh: installing aiosmtpd into $VENV failed (PyPI unreachable?): the SMTP tests will say SKIPPED" >&2
+}
+smtp_python
 
 # The crash and multi-process tests run the real binary; build it in the same profile as the
 # tests so that the dependencies are compiled once.

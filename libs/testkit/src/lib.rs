@@ -5,11 +5,13 @@
 
 pub mod chromium;
 pub mod faulty_store;
+pub mod http_sink;
 pub mod log_contract;
 pub mod ports;
 pub mod postgres;
 pub mod process;
 pub mod redis;
+pub mod smtp_sink;
 pub mod store_contract;
 pub mod tansu;
 
