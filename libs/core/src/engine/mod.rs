@@ -37,6 +37,7 @@
 pub mod health;
 pub mod member;
 mod observe;
+pub mod reindex;
 pub mod scheduler;
 pub mod shard;
 pub mod worker;
@@ -89,6 +90,10 @@ pub struct EngineConfig {
     /// The scheduler of expiry and tier re-evaluation of each owned partition
     /// ([`scheduler`]).
     pub scheduler: scheduler::SchedulerConfig,
+    /// The partition count of [`EngineConfig::topic`], which the re-index of a partition
+    /// needs to tell its members from the others' ([`reindex`]); 0: asked of the log when
+    /// the engine starts (the topic exists by then).
+    pub partitions: u32,
 }
 
 impl Default for EngineConfig {
@@ -105,6 +110,7 @@ impl Default for EngineConfig {
             exclusive: None,
             lag_every: Duration::from_secs(5),
             scheduler: scheduler::SchedulerConfig::default(),
+            partitions: 0,
         }
     }
 }
@@ -176,6 +182,11 @@ impl Engine {
                 .subscribe(&self.config.group, &self.config.topic)
                 .await?,
         );
+        let partitions = match self.config.partitions {
+            // The group's topic exists once subscribed to: this reads its count back.
+            0 => self.log.ensure_topic(&self.config.topic, 1).await?,
+            n => n,
+        };
         let positions = Arc::new(Positions::default());
         let _sampler = self.start_sampler(&consumer, &positions);
         let mut checkpoints = Checkpoints::new(
@@ -203,6 +214,7 @@ impl Engine {
                 dead_letter_topic: self.config.dead_letter_topic.clone(),
                 passivate_after: self.config.passivate_after,
                 scheduler: self.config.scheduler.clone(),
+                partitions,
             },
             positions,
         };
