@@ -67,6 +67,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "segments",
         sql: include_str!("../migrations/0006_segments.sql"),
     },
+    Migration {
+        version: 7,
+        name: "reindex",
+        sql: include_str!("../migrations/0007_reindex.sql"),
+    },
 ];
 
 /// Key of the advisory lock that serializes migrations (any constant; "loyalty" in ASCII).
