@@ -62,6 +62,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "segments",
         cql: include_str!("../migrations/0006_segments.cql"),
     },
+    Migration {
+        version: 7,
+        name: "reindex",
+        cql: include_str!("../migrations/0007_reindex.cql"),
+    },
 ];
 
 /// The migration of the due index, after which [`migrate`] adds the static due columns of

@@ -106,7 +106,8 @@ use futures::{stream, StreamExt, TryStreamExt};
 use loyalty_core::metrics::metrics;
 use loyalty_core::model::{ApiKey, Franchise, Principal, Store};
 use loyalty_core::ports::{
-    DashboardRows, DueMember, EffectBatch, EventClaim, Partition, StateStore,
+    DashboardRows, DueMember, DueWrite, EffectBatch, EventClaim, IndexedMember, Partition,
+    ReindexMark, StateStore,
 };
 use loyalty_core::{Error, Result};
 use loyalty_domain::dashboard::{DashboardDelta, DayTotals, Scope, VisitKey, VisitRow};
@@ -269,6 +270,12 @@ struct Statements {
     due_read: PreparedStatement,
     due_of: PreparedStatement,
     due_delete: PreparedStatement,
+    member_listed: PreparedStatement,
+    members_listed: PreparedStatement,
+    member_indexed: PreparedStatement,
+    member_due_fenced: PreparedStatement,
+    get_reindex_mark: PreparedStatement,
+    put_reindex_mark: PreparedStatement,
 }
 
 /// The counter columns of `dashboard_totals`, in the order of [`totals_counters`].
@@ -525,8 +532,9 @@ impl Statements {
                 "UPDATE {me} SET due_partition = ?, due_at = ? WHERE pk = ?"
             ))
             .await?,
+            // Nothing due: the partition stays, for the partition's re-index.
             member_due_clear: prep(format!(
-                "UPDATE {me} SET due_partition = null, due_at = null WHERE pk = ?"
+                "UPDATE {me} SET due_partition = ?, due_at = null WHERE pk = ?"
             ))
             .await?,
             due_insert: prep(format!(
@@ -546,6 +554,32 @@ impl Statements {
             due_delete: prep(format!(
                 "DELETE FROM {ks}.due_by_partition WHERE partition = ? AND due_at = ? \
                  AND member_id = ?"
+            ))
+            .await?,
+            member_listed: prep(format!(
+                "INSERT INTO {ks}.members_by_partition (partition, franchise_id, member_id) \
+                 VALUES (?, ?, ?)"
+            ))
+            .await?,
+            members_listed: prep(format!(
+                "SELECT member_id FROM {ks}.members_by_partition \
+                 WHERE partition = ? AND franchise_id = ? AND member_id > ? LIMIT ?"
+            ))
+            .await?,
+            member_indexed: prep(format!(
+                "SELECT state, due_partition, due_at FROM {me} WHERE pk = ? LIMIT 1"
+            ))
+            .await?,
+            member_due_fenced: prep(format!(
+                "UPDATE {me} SET due_partition = ?, due_at = ? WHERE pk = ? IF version = ?"
+            ))
+            .await?,
+            get_reindex_mark: prep(format!(
+                "SELECT body FROM {ks}.reindex_marks WHERE partition = ?"
+            ))
+            .await?,
+            put_reindex_mark: prep(format!(
+                "INSERT INTO {ks}.reindex_marks (partition, body) VALUES (?, ?)"
             ))
             .await?,
         })
@@ -1097,11 +1131,11 @@ impl ScyllaStore {
                     pk_value(),
                 ]);
             }
-            Some((_, None)) => {
+            Some((partition, None)) => {
                 batch.append_statement(BatchStatement::PreparedStatement(
                     self.st.member_due_clear.clone(),
                 ));
-                values.push(vec![pk_value()]);
+                values.push(vec![CqlValue::Int(partition), pk_value()]);
             }
             None => {}
         }
@@ -1144,6 +1178,75 @@ impl ScyllaStore {
         }
         Ok(())
     }
+}
+
+impl ScyllaStore {
+    /// Lists members in `members_by_partition` (partition, franchise, member), before the
+    /// writes that give them their due entry (a row is checked against the member's
+    /// `due_partition` when read).
+    async fn list_members(&self, rows: &[(i32, &FranchiseId, &MemberId)]) -> Result<()> {
+        try_join_all(rows.iter().map(|(p, f, m)| {
+            let values = (*p, f.as_str(), m.as_str());
+            self.put("listing a partition's member", &self.st.member_listed, values)
+        }))
+        .await
+        .map(|_| ())
+    }
+
+    /// A listed member's state and due entry, if its `due_partition` is still `partition`.
+    async fn indexed_member(
+        &self,
+        partition: i32,
+        member: &str,
+    ) -> Result<Option<IndexedMember>> {
+        let what = "reading a partition's member";
+        let row = self
+            .session
+            .execute_unpaged(&self.st.member_indexed, (member,))
+            .await
+            .map_err(|e| unavailable(what, e))?
+            .into_rows_result()
+            .map_err(|e| unavailable(what, e))?
+            .maybe_first_row::<(Option<Vec<u8>>, Option<i32>, Option<i64>)>()
+            .map_err(|e| unavailable(what, e))?;
+        match row {
+            Some((Some(state), Some(p), at)) if p == partition => Ok(Some(IndexedMember {
+                state: decode(what, &state)?,
+                due: at.map(Timestamp),
+            })),
+            _ => Ok(None),
+        }
+    }
+
+    /// One member's due entry, conditional on its version.
+    async fn put_due_fenced(&self, w: &DueWrite) -> Result<()> {
+        let what = "writing a due entry";
+        let p = partition_column(w.due.partition)?;
+        let version = to_i64("member version", w.version)?;
+        let at = w.due.at.map(|t| t.0);
+        if let Some(at) = at {
+            let values = (p, at, w.member_id.as_str(), w.franchise_id.as_str());
+            self.put("due index", &self.st.due_insert, values).await?;
+        }
+        let values = (p, at, w.member_id.as_str(), version);
+        let result = self
+            .session
+            .execute_unpaged(&self.st.member_due_fenced, values)
+            .await
+            .map_err(|e| unavailable(what, e))?;
+        if !Lwt::of(result)?.applied {
+            metrics().store_conflicts.inc();
+            return Err(Error::Conflict(format!(
+                "member {} is not at version {}",
+                w.member_id, w.version
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn partition_column(partition: Partition) -> Result<i32> {
+    i32::try_from(partition).map_err(|_| Error::Invalid(format!("partition {partition}")))
 }
 
 #[async_trait]
@@ -1642,6 +1745,7 @@ impl StateStore for ScyllaStore {
         let timer = metrics().store_commit_seconds.start_timer();
         let mut parts: BTreeMap<String, PartitionWrite> = BTreeMap::new();
         let mut due_rows = Vec::new();
+        let mut listed = Vec::new();
         for w in &batch.members {
             let part = parts
                 .entry(w.state.member_id.as_str().to_owned())
@@ -1661,6 +1765,7 @@ impl StateStore for ScyllaStore {
                 let partition = i32::try_from(due.partition)
                     .map_err(|_| Error::Invalid(format!("partition {}", due.partition)))?;
                 part.due = Some((partition, due.at.map(|t| t.0)));
+                listed.push((partition, &w.state.franchise_id, &w.state.member_id));
                 if let Some(at) = due.at {
                     due_rows.push((partition, at.0, &w.state));
                 }
@@ -1711,6 +1816,7 @@ impl StateStore for ScyllaStore {
             self.put("due index", &self.st.due_insert, values)
         }))
         .await?;
+        self.list_members(&listed).await?;
 
         // 2. Each partition's share in one conditional batch, all partitions at once.
         let results = join_all(
@@ -1747,6 +1853,81 @@ impl StateStore for ScyllaStore {
         self.add_dashboard(&batch.dashboard).await?;
         timer.observe_duration();
         Ok(())
+    }
+
+    /// Reads the listed members of (partition, franchise) and keeps those whose
+    /// `due_partition` confirms the row (a row listed before a refused write is skipped).
+    async fn partition_members(
+        &self,
+        partition: Partition,
+        franchise: &FranchiseId,
+        after: Option<&MemberId>,
+        limit: usize,
+    ) -> Result<Vec<IndexedMember>> {
+        let what = "listing a partition's members";
+        let p = partition_column(partition)?;
+        let mut after = after.map_or(String::new(), |m| m.as_str().to_owned());
+        let mut out = Vec::new();
+        // Skipped rows do not count: read on until `limit` members or the end.
+        while out.len() < limit {
+            let n = i32::try_from(limit - out.len()).unwrap_or(i32::MAX);
+            let ids: Vec<(String,)> = self
+                .session
+                .execute_iter(
+                    self.st.members_listed.clone(),
+                    (p, franchise.as_str(), after.as_str(), n),
+                )
+                .await
+                .map_err(|e| unavailable(what, e))?
+                .rows_stream::<(String,)>()
+                .map_err(|e| unavailable(what, e))?
+                .try_collect()
+                .await
+                .map_err(|e| unavailable(what, e))?;
+            let short = ids.len() < n as usize;
+            for (m,) in ids {
+                if let Some(member) = self.indexed_member(p, &m).await? {
+                    out.push(member);
+                }
+                after = m;
+            }
+            if short {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Member by member (each write conditional on its member's version): a conflict may
+    /// leave the others written, as the port allows.
+    async fn put_due(&self, writes: &[DueWrite]) -> Result<()> {
+        let mut listed = Vec::with_capacity(writes.len());
+        for w in writes {
+            listed.push((partition_column(w.due.partition)?, &w.franchise_id, &w.member_id));
+        }
+        self.list_members(&listed).await?;
+        let results = join_all(writes.iter().map(|w| self.put_due_fenced(w))).await;
+        let mut first_error = None;
+        for r in results {
+            if let Err(e) = r {
+                if first_error.is_none() || matches!(e, Error::Conflict(_)) {
+                    first_error = Some(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    async fn reindex_mark(&self, partition: Partition) -> Result<Option<ReindexMark>> {
+        let p = partition_column(partition)?;
+        self.get_json("reading a re-index mark", &self.st.get_reindex_mark, (p,))
+            .await
+    }
+
+    async fn put_reindex_mark(&self, partition: Partition, mark: &ReindexMark) -> Result<()> {
+        let values = (partition_column(partition)?, encode(mark)?);
+        self.put("writing a re-index mark", &self.st.put_reindex_mark, values)
+            .await
     }
 }
 
