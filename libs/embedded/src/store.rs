@@ -558,7 +558,9 @@ fn index_due(
         indexed.remove((old, f, m)).map_err(unavailable)?;
     }
     let at = due.at.map_or(NOTHING_DUE, |t| t.0);
-    indexed.insert((due.partition, f, m), at).map_err(unavailable)?;
+    indexed
+        .insert((due.partition, f, m), at)
+        .map_err(unavailable)?;
     Ok(())
 }
 

@@ -1187,18 +1187,18 @@ impl ScyllaStore {
     async fn list_members(&self, rows: &[(i32, &FranchiseId, &MemberId)]) -> Result<()> {
         try_join_all(rows.iter().map(|(p, f, m)| {
             let values = (*p, f.as_str(), m.as_str());
-            self.put("listing a partition's member", &self.st.member_listed, values)
+            self.put(
+                "listing a partition's member",
+                &self.st.member_listed,
+                values,
+            )
         }))
         .await
         .map(|_| ())
     }
 
     /// A listed member's state and due entry, if its `due_partition` is still `partition`.
-    async fn indexed_member(
-        &self,
-        partition: i32,
-        member: &str,
-    ) -> Result<Option<IndexedMember>> {
+    async fn indexed_member(&self, partition: i32, member: &str) -> Result<Option<IndexedMember>> {
         let what = "reading a partition's member";
         let row = self
             .session
@@ -1903,7 +1903,11 @@ impl StateStore for ScyllaStore {
     async fn put_due(&self, writes: &[DueWrite]) -> Result<()> {
         let mut listed = Vec::with_capacity(writes.len());
         for w in writes {
-            listed.push((partition_column(w.due.partition)?, &w.franchise_id, &w.member_id));
+            listed.push((
+                partition_column(w.due.partition)?,
+                &w.franchise_id,
+                &w.member_id,
+            ));
         }
         self.list_members(&listed).await?;
         let results = join_all(writes.iter().map(|w| self.put_due_fenced(w))).await;

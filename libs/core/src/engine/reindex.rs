@@ -42,9 +42,9 @@ use tracing::Instrument;
 #[cfg(doc)]
 use crate::engine::scheduler::SchedulerConfig;
 use crate::engine::shard::{Shard, ShardDeps};
+use crate::metrics::metrics;
 #[cfg(doc)]
 use crate::ports::StateStore;
-use crate::metrics::metrics;
 use crate::ports::{partition_for, Due, DueWrite, Partition, ReindexMark};
 use crate::Result;
 
@@ -268,7 +268,9 @@ impl Reindexer {
 
 /// Every franchise's current program, with its version; a franchise whose program is missing
 /// is left out (warned about by the cache).
-async fn current_programs(deps: &ShardDeps<'_>) -> Result<HashMap<FranchiseId, (u32, Arc<Program>)>> {
+async fn current_programs(
+    deps: &ShardDeps<'_>,
+) -> Result<HashMap<FranchiseId, (u32, Arc<Program>)>> {
     let mut out = HashMap::new();
     for f in deps.store.franchises().await? {
         if let Some(p) = deps.programs.get(&f.id, f.program_version).await? {
@@ -291,12 +293,17 @@ async fn run_page(
     let (members, read, last): (Vec<(MemberState, Option<Option<Timestamp>>)>, usize, _) =
         match &sweep.target {
             Target::All => {
-                let page = deps.store.members_after(sweep.after.as_ref(), limit).await?;
+                let page = deps
+                    .store
+                    .members_after(sweep.after.as_ref(), limit)
+                    .await?;
                 let last = page.last().map(|s| s.member_id.clone());
                 let read = page.len();
                 let mine = page
                     .into_iter()
-                    .filter(|s| partition_for(s.member_id.as_str().as_bytes(), partitions) == partition)
+                    .filter(|s| {
+                        partition_for(s.member_id.as_str().as_bytes(), partitions) == partition
+                    })
                     .map(|s| (s, None))
                     .collect();
                 (mine, read, last)
@@ -308,7 +315,11 @@ async fn run_page(
                     .await?;
                 let last = page.last().map(|m| m.state.member_id.clone());
                 let read = page.len();
-                (page.into_iter().map(|m| (m.state, Some(m.due))).collect(), read, last)
+                (
+                    page.into_iter().map(|m| (m.state, Some(m.due))).collect(),
+                    read,
+                    last,
+                )
             }
         };
     let mut writes = Vec::new();
