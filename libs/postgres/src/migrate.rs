@@ -268,7 +268,7 @@ mod tests {
             assert_eq!(m.checksum(), m.checksum());
         }
         assert_ne!(MIGRATIONS[0].checksum(), MIGRATIONS[1].checksum());
-        assert_eq!(latest_version(), 6);
+        assert_eq!(latest_version(), 7);
     }
 
     #[test]
