@@ -280,6 +280,59 @@ async fn current_programs(
     Ok(out)
 }
 
+/// A page of a sweep as read.
+struct Page {
+    /// The page's members of this partition, each with its stored due time when known
+    /// (`None`: not known, as a sweep of all members reads the states only).
+    members: Vec<(MemberState, Option<Option<Timestamp>>)>,
+    /// Members the store returned (of every partition): fewer than asked ends the sweep.
+    read: usize,
+    /// The last member returned, where the next page starts.
+    last: Option<MemberId>,
+}
+
+/// Reads the next page of `sweep`.
+async fn read_page(
+    sweep: &Sweep,
+    deps: &ShardDeps<'_>,
+    partition: Partition,
+    partitions: u32,
+    limit: usize,
+) -> Result<Page> {
+    let after = sweep.after.as_ref();
+    Ok(match &sweep.target {
+        Target::All => {
+            let page = deps.store.members_after(after, limit).await?;
+            let last = page.last().map(|s| s.member_id.clone());
+            let read = page.len();
+            let members = page
+                .into_iter()
+                .filter(|s| partition_for(s.member_id.as_str().as_bytes(), partitions) == partition)
+                .map(|s| (s, None))
+                .collect();
+            Page {
+                members,
+                read,
+                last,
+            }
+        }
+        Target::Program(f, _) => {
+            let page = deps
+                .store
+                .partition_members(partition, f, after, limit)
+                .await?;
+            let last = page.last().map(|m| m.state.member_id.clone());
+            let read = page.len();
+            let members = page.into_iter().map(|m| (m.state, Some(m.due))).collect();
+            Page {
+                members,
+                read,
+                last,
+            }
+        }
+    })
+}
+
 /// Reads one page of `sweep`, writes the due entries that must change, and moves it on.
 async fn run_page(
     sweep: &mut Sweep,
@@ -289,41 +342,9 @@ async fn run_page(
     partitions: u32,
     limit: usize,
 ) -> Result<PageReport> {
-    // (state, stored due if known) of the page's members of this partition.
-    let (members, read, last): (Vec<(MemberState, Option<Option<Timestamp>>)>, usize, _) =
-        match &sweep.target {
-            Target::All => {
-                let page = deps
-                    .store
-                    .members_after(sweep.after.as_ref(), limit)
-                    .await?;
-                let last = page.last().map(|s| s.member_id.clone());
-                let read = page.len();
-                let mine = page
-                    .into_iter()
-                    .filter(|s| {
-                        partition_for(s.member_id.as_str().as_bytes(), partitions) == partition
-                    })
-                    .map(|s| (s, None))
-                    .collect();
-                (mine, read, last)
-            }
-            Target::Program(f, _) => {
-                let page = deps
-                    .store
-                    .partition_members(partition, f, sweep.after.as_ref(), limit)
-                    .await?;
-                let last = page.last().map(|m| m.state.member_id.clone());
-                let read = page.len();
-                (
-                    page.into_iter().map(|m| (m.state, Some(m.due))).collect(),
-                    read,
-                    last,
-                )
-            }
-        };
+    let page = read_page(sweep, deps, partition, partitions, limit).await?;
     let mut writes = Vec::new();
-    for (state, stored) in &members {
+    for (state, stored) in &page.members {
         let Some((_, program)) = sweep.programs.get(&state.franchise_id) else {
             continue;
         };
@@ -341,18 +362,19 @@ async fn run_page(
     if !writes.is_empty() {
         shard.put_due(deps, &writes).await?;
     }
+    let (scanned, written) = (page.members.len(), writes.len());
     let m = &metrics().scheduler;
-    m.reindex_scanned.inc_by(members.len() as u64);
-    m.reindexed_members.inc_by(writes.len() as u64);
+    m.reindex_scanned.inc_by(scanned as u64);
+    m.reindexed_members.inc_by(written as u64);
     sweep.pages += 1;
-    sweep.scanned += members.len() as u64;
-    sweep.written += writes.len() as u64;
-    if last.is_some() {
-        sweep.after = last;
+    sweep.scanned += scanned as u64;
+    sweep.written += written as u64;
+    if page.last.is_some() {
+        sweep.after = page.last;
     }
     Ok(PageReport {
-        scanned: members.len(),
-        written: writes.len(),
-        finished: read < limit,
+        scanned,
+        written,
+        finished: page.read < limit,
     })
 }
