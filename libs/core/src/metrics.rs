@@ -99,6 +99,12 @@ pub struct SchedulerMetrics {
     pub points_expired: IntCounter,
     /// From a member's due time until its advance was in the store.
     pub due_lag_seconds: Histogram,
+    /// Members whose due entry a re-index sweep wrote ([`crate::engine::reindex`]).
+    pub reindexed_members: IntCounter,
+    /// Members a re-index sweep read and checked.
+    pub reindex_scanned: IntCounter,
+    /// Re-index sweeps, by kind (`all`, `program`) and result (`done`, `error`).
+    pub reindex_sweeps: IntCounterVec,
 }
 
 impl SchedulerMetrics {
@@ -125,6 +131,22 @@ impl SchedulerMetrics {
                 "loyalty_scheduler_due_lag_seconds",
                 "From a member's due time (next expiry or window day leaving) until the scheduler's advance was in the store.",
                 POS_LAG_BUCKETS.to_vec(),
+            ),
+            reindexed_members: counter(
+                r,
+                "loyalty_scheduler_reindexed_members_total",
+                "Members whose due entry a re-index sweep of their partition wrote (a member stored before the due index, or a program change moving their due time).",
+            ),
+            reindex_scanned: counter(
+                r,
+                "loyalty_scheduler_reindex_scanned_members_total",
+                "Members a re-index sweep of their partition read and checked.",
+            ),
+            reindex_sweeps: counter_vec(
+                r,
+                "loyalty_scheduler_reindex_sweeps_total",
+                "Re-index sweeps of a partition's due entries, by kind (all: every member, once per partition; program: a franchise's members after a program change) and result (done, error; a failed sweep is redone).",
+                &["kind", "result"],
             ),
         }
     }

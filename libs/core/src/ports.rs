@@ -437,6 +437,38 @@ pub trait StateStore: Send + Sync + 'static {
         expected_attempts: u32,
         dashboard: &DashboardDelta,
     ) -> Result<()>;
+
+    /// At most `limit` members of `franchise` whose due index entry is of `partition`, in
+    /// member id order after `after` (exclusive), each with its stored due time: what the
+    /// re-index of that partition sweeps ([`crate::engine::reindex`]). A member is listed from
+    /// the first write that gives it a [`Due`] of `partition` (one with `at: None` included:
+    /// its entry says that nothing is due) until a write gives it another partition; a member
+    /// stored without one (before the due index existed) is not. A page shorter than `limit`
+    /// is the last.
+    async fn partition_members(
+        &self,
+        partition: Partition,
+        franchise: &FranchiseId,
+        after: Option<&MemberId>,
+        limit: usize,
+    ) -> Result<Vec<IndexedMember>>;
+
+    /// Writes due index entries alone, each fenced by its member's version: an entry replaces
+    /// its member's entry (as a commit's [`MemberWrite::due`] does, the state untouched) only
+    /// if the member is stored at [`DueWrite::version`]. Fails with [`crate::Error::Conflict`]
+    /// when a member is not (another writer moved it, or it does not exist): the embedded
+    /// store and PostgreSQL then write none of `writes`; ScyllaDB, whose conditions cover one
+    /// member each, may have written the others. Durable on return.
+    async fn put_due(&self, writes: &[DueWrite]) -> Result<()>;
+
+    /// The re-index mark of `partition` ([`StateStore::put_reindex_mark`]), `None` if none
+    /// was ever written.
+    async fn reindex_mark(&self, partition: Partition) -> Result<Option<ReindexMark>>;
+
+    /// Replaces the re-index mark of `partition`: what its owner's sweeps have done. Durable
+    /// on return. Only a partition's owner writes it, after the due entries it vouches for
+    /// are durable.
+    async fn put_reindex_mark(&self, partition: Partition, mark: &ReindexMark) -> Result<()>;
 }
 
 /// A member status as served at the till: rendered once by the engine, served as bytes.
@@ -463,4 +495,38 @@ pub trait HotCache: Send + Sync + 'static {
     /// Forgets the statuses of `members` (readers then fall back to the store), for a repair
     /// of entries that are wrong rather than old (`loyalty audit --repair-cache`).
     async fn evict(&self, members: &[MemberId]) -> Result<()>;
+}
+
+/// A member of one partition as the due index holds it ([`StateStore::partition_members`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexedMember {
+    pub state: MemberState,
+    /// Its stored due time; `None`: nothing is due.
+    pub due: Option<Timestamp>,
+}
+
+/// A due index entry written alone ([`StateStore::put_due`]), by the re-index of the member's
+/// partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DueWrite {
+    pub member_id: MemberId,
+    pub franchise_id: FranchiseId,
+    /// The member's stored version the entry was computed from: the write's fence.
+    pub version: u64,
+    pub due: Due,
+}
+
+/// How far the due entries of a partition's members are re-indexed, as its owner stored it
+/// ([`StateStore::put_reindex_mark`]; [`crate::engine::reindex`]). Stores keep it as the JSON
+/// of this type.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReindexMark {
+    /// Every member of the partition stored before the sweep of all members began has an
+    /// entry (those stored before the due index existed included); later writes give one.
+    #[serde(default)]
+    pub all_members: bool,
+    /// Per franchise, the program version every due entry of its members in the partition
+    /// was computed with, or a newer one.
+    #[serde(default)]
+    pub programs: std::collections::BTreeMap<FranchiseId, u32>,
 }

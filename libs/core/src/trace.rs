@@ -217,6 +217,22 @@ pub fn scheduler_span(partition: Partition) -> Span {
     )
 }
 
+/// The span of one page of a re-index sweep of `partition` ([`crate::engine::reindex`]):
+/// `kind` is `all` or `program`; the members read and written are recorded on it.
+pub fn reindex_span(partition: Partition, kind: &'static str) -> Span {
+    if !enabled() {
+        return Span::none();
+    }
+    tracing::info_span!(
+        "scheduler reindex",
+        otel.name = "scheduler reindex",
+        messaging.destination.partition.id = partition,
+        loyalty.reindex.kind = kind,
+        loyalty.reindex.scanned = Empty,
+        loyalty.reindex.written = Empty,
+    )
+}
+
 /// The parent of the `apply` spans of a scheduler run: the run's span (the current one).
 pub fn current_parent() -> Context {
     if enabled() {

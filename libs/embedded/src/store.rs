@@ -31,8 +31,8 @@ use std::thread;
 use async_trait::async_trait;
 use loyalty_core::model::{ApiKey, Franchise, Principal, Store};
 use loyalty_core::ports::{
-    DashboardRows, Due, DueMember, EffectBatch, EventClaim, OutboxEntry, OutboxState, Partition,
-    StateStore,
+    DashboardRows, Due, DueMember, DueWrite, EffectBatch, EventClaim, IndexedMember, OutboxEntry,
+    OutboxState, Partition, ReindexMark, StateStore,
 };
 use loyalty_core::{Error, Result};
 use loyalty_domain::dashboard::DashboardDelta;
@@ -68,6 +68,16 @@ const CLAIMS: TableDefinition<(&str, &str), [u8; 16]> = TableDefinition::new("ev
 const DUE: TableDefinition<(u32, i64, &str), &str> = TableDefinition::new("due");
 /// Each indexed member's entry in [`DUE`]: member → (partition, due time), to replace it.
 const DUE_OF: TableDefinition<&str, (u32, i64)> = TableDefinition::new("due_of");
+/// The members of each partition by franchise, as the due index last placed them, for the
+/// partition's re-index ([`StateStore::partition_members`]): (partition, franchise, member) →
+/// due time in ms, [`NOTHING_DUE`] when nothing is.
+const INDEXED: TableDefinition<(u32, &str, &str), i64> = TableDefinition::new("indexed");
+/// Each member's partition in [`INDEXED`], to move it.
+const INDEXED_OF: TableDefinition<&str, u32> = TableDefinition::new("indexed_of");
+/// [`INDEXED`]'s due time of a member with nothing due.
+const NOTHING_DUE: i64 = i64::MAX;
+/// The re-index mark of each partition: partition → JSON of [`ReindexMark`].
+const REINDEX: TableDefinition<u32, &[u8]> = TableDefinition::new("reindex_marks");
 
 /// The campaign outbox: entry id → [`OutboxEntry`] (JSON), every state.
 const OUTBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("outbox");
@@ -289,6 +299,9 @@ impl EmbeddedStore {
             tx.open_table(DUE_OF).map_err(unavailable)?;
             tx.open_table(OUTBOX).map_err(unavailable)?;
             tx.open_table(OUTBOX_DUE).map_err(unavailable)?;
+            tx.open_table(INDEXED).map_err(unavailable)?;
+            tx.open_table(INDEXED_OF).map_err(unavailable)?;
+            tx.open_table(REINDEX).map_err(unavailable)?;
             dashboard::create_tables(&tx)?;
         }
         tx.commit().map_err(unavailable)?;
@@ -689,7 +702,84 @@ fn index_due(
             .map_err(unavailable)?;
         of.insert(m, (due.partition, at.0)).map_err(unavailable)?;
     }
+    let mut indexed = tx.open_table(INDEXED).map_err(unavailable)?;
+    let mut indexed_of = tx.open_table(INDEXED_OF).map_err(unavailable)?;
+    let f = franchise.as_str();
+    let old = indexed_of.insert(m, due.partition).map_err(unavailable)?;
+    if let Some(old) = old.map(|v| v.value()).filter(|p| *p != due.partition) {
+        indexed.remove((old, f, m)).map_err(unavailable)?;
+    }
+    let at = due.at.map_or(NOTHING_DUE, |t| t.0);
+    indexed
+        .insert((due.partition, f, m), at)
+        .map_err(unavailable)?;
     Ok(())
+}
+
+impl EmbeddedStore {
+    /// [`StateStore::partition_members`], in one read transaction.
+    fn read_partition_members(
+        &self,
+        partition: Partition,
+        franchise: &FranchiseId,
+        after: Option<&MemberId>,
+        limit: usize,
+    ) -> Result<Vec<IndexedMember>> {
+        use std::ops::Bound;
+        let tx = self.db.begin_read().map_err(unavailable)?;
+        let indexed = tx.open_table(INDEXED).map_err(unavailable)?;
+        let members = tx.open_table(MEMBERS).map_err(unavailable)?;
+        let f = franchise.as_str();
+        let start = match after {
+            Some(a) => Bound::Excluded((partition, f, a.as_str())),
+            None => Bound::Included((partition, f, "")),
+        };
+        let end = Bound::Included((partition, f, "\u{10ffff}"));
+        let mut out = Vec::new();
+        for row in indexed.range((start, end)).map_err(unavailable)? {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = row.map_err(unavailable)?;
+            let (_, _, member) = k.value();
+            // Written in the member's own commit: a state always exists for an entry.
+            let Some(state) = members.get(member).map_err(unavailable)? else {
+                continue;
+            };
+            let at = v.value();
+            out.push(IndexedMember {
+                state: decode_member(state.value())?,
+                due: (at != NOTHING_DUE).then_some(Timestamp(at)),
+            });
+        }
+        Ok(out)
+    }
+
+    /// [`StateStore::put_due`]: the versions checked and the entries written in one durable
+    /// write transaction (a conflict drops it, writing nothing).
+    fn write_due(&self, writes: &[DueWrite]) -> Result<()> {
+        let tx = self.db.begin_write().map_err(unavailable)?;
+        {
+            let members = tx.open_table(MEMBERS).map_err(unavailable)?;
+            for w in writes {
+                let stored = match members.get(w.member_id.as_str()).map_err(unavailable)? {
+                    Some(v) => Some(member_version(v.value())?),
+                    None => None,
+                };
+                if stored != Some(w.version) {
+                    loyalty_core::metrics::metrics().store_conflicts.inc();
+                    return Err(Error::Conflict(format!(
+                        "member {} is at version {stored:?}, not {}",
+                        w.member_id, w.version
+                    )));
+                }
+            }
+        }
+        for w in writes {
+            index_due(&tx, &w.member_id, w.due, &w.franchise_id)?;
+        }
+        tx.commit().map_err(unavailable)
+    }
 }
 
 #[async_trait]
@@ -1067,6 +1157,42 @@ impl StateStore for EmbeddedStore {
             .await
             .map_err(|_| Error::ShuttingDown)?;
         rx.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    async fn partition_members(
+        &self,
+        partition: Partition,
+        franchise: &FranchiseId,
+        after: Option<&MemberId>,
+        limit: usize,
+    ) -> Result<Vec<IndexedMember>> {
+        self.read_partition_members(partition, franchise, after, limit)
+    }
+
+    async fn put_due(&self, writes: &[DueWrite]) -> Result<()> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.write_due(writes)
+    }
+
+    async fn reindex_mark(&self, partition: Partition) -> Result<Option<ReindexMark>> {
+        let tx = self.db.begin_read().map_err(unavailable)?;
+        let t = tx.open_table(REINDEX).map_err(unavailable)?;
+        match t.get(partition).map_err(unavailable)? {
+            Some(v) => Ok(Some(decode("reindex mark", v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn put_reindex_mark(&self, partition: Partition, mark: &ReindexMark) -> Result<()> {
+        let value = encode(mark)?;
+        let tx = self.db.begin_write().map_err(unavailable)?;
+        {
+            let mut t = tx.open_table(REINDEX).map_err(unavailable)?;
+            t.insert(partition, value.as_slice()).map_err(unavailable)?;
+        }
+        tx.commit().map_err(unavailable)
     }
 }
 

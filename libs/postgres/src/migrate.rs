@@ -67,7 +67,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "segments",
         sql: include_str!("../migrations/0006_segments.sql"),
     },
-    // 7 is taken by another branch's migration; it is listed here when merged.
+    Migration {
+        version: 7,
+        name: "reindex",
+        sql: include_str!("../migrations/0007_reindex.sql"),
+    },
     Migration {
         version: 8,
         name: "outbox",

@@ -9,8 +9,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, R
 use loyalty_core::metrics::metrics;
 use loyalty_core::model::{ApiKey, Franchise, Principal, Store};
 use loyalty_core::ports::{
-    DashboardRows, Due, DueMember, EffectBatch, EventClaim, OutboxEntry, OutboxState, Partition,
-    StateStore,
+    DashboardRows, Due, DueMember, DueWrite, EffectBatch, EventClaim, IndexedMember, OutboxEntry,
+    OutboxState, Partition, ReindexMark, StateStore,
 };
 use loyalty_core::{Error, Result};
 use loyalty_domain::dashboard::{DashboardDelta, DayTotals, PackedRow, Scope, VisitKey, VisitRow};
@@ -129,23 +129,52 @@ WITH created AS (
     SELECT * FROM unnest($50::text[], $51::text[], $52::int4[], $53::int8[])
     ON CONFLICT (member_id) DO UPDATE SET franchise_id = EXCLUDED.franchise_id,
         partition = EXCLUDED.partition, due_at = EXCLUDED.due_at
-), due_cleared AS (
-    DELETE FROM member_due WHERE member_id = ANY($54::text[])
 ), segments AS (
     INSERT INTO dashboard_segments AS t (franchise_id, segment, day, n)
-    SELECT * FROM unnest($55::text[], $56::text[], $57::int4[], $58::int8[])
+    SELECT * FROM unnest($54::text[], $55::text[], $56::int4[], $57::int8[])
     ON CONFLICT (franchise_id, segment, day) DO UPDATE SET n = t.n + EXCLUDED.n
 ), outbox_new AS (
     INSERT INTO outbox (id, franchise_id, member_id, partition, next_attempt_at, state,
         attempts, body)
-    SELECT * FROM unnest($59::text[], $60::text[], $61::text[], $62::int4[], $63::int8[],
-        $64::text[], $65::int4[], $66::bytea[])
+    SELECT * FROM unnest($58::text[], $59::text[], $60::text[], $61::int4[], $62::int8[],
+        $63::text[], $64::int4[], $65::bytea[])
     ON CONFLICT (id) DO NOTHING
 )
 SELECT loyalty_fence(
     (SELECT count(*) FROM created), cardinality($1::text[]),
     (SELECT count(*) FROM updated), cardinality($5::text[]),
     (SELECT count(*) FROM recorded), cardinality($13::text[]))";
+
+/// A page of one franchise's members of one partition with their due times (the re-index's
+/// read), on the `member_due_by_franchise` index.
+const PARTITION_MEMBERS: &str = "SELECT m.state, d.due_at FROM member_due d \
+    JOIN members m ON m.member_id = d.member_id \
+    WHERE d.partition = $1 AND d.franchise_id = $2 AND d.member_id > $3 \
+    ORDER BY d.member_id LIMIT $4";
+
+/// Due entries alone, each fenced by its member's version: the members are locked at the
+/// versions given (a member moved meanwhile is re-checked and left out), and `loyalty_fence`
+/// raises `LY409`, aborting the statement, unless every entry was written.
+const PUT_DUE: &str = "\
+WITH w AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::int4[], $4::int8[], $5::int8[])
+        AS w(member_id, franchise_id, partition, due_at, version)
+), fenced AS (
+    SELECT w.member_id, w.franchise_id, w.partition, w.due_at
+    FROM w JOIN members m ON m.member_id = w.member_id AND m.version = w.version
+    FOR UPDATE OF m
+), written AS (
+    INSERT INTO member_due (member_id, franchise_id, partition, due_at)
+    SELECT * FROM fenced
+    ON CONFLICT (member_id) DO UPDATE SET franchise_id = EXCLUDED.franchise_id,
+        partition = EXCLUDED.partition, due_at = EXCLUDED.due_at
+    RETURNING 1
+)
+SELECT loyalty_fence(0, 0, (SELECT count(*) FROM written), cardinality($1::text[]), 0, 0)";
+
+const GET_REINDEX_MARK: &str = "SELECT body FROM reindex_marks WHERE partition = $1";
+const PUT_REINDEX_MARK: &str = "INSERT INTO reindex_marks (partition, body) VALUES ($1, $2) \
+     ON CONFLICT (partition) DO UPDATE SET body = EXCLUDED.body";
 
 /// A partition's members due by a time, earliest first (the scheduler's read), on the
 /// `member_due_by_partition` index.
@@ -428,33 +457,28 @@ impl OutboxColumns {
     }
 }
 
-/// The due index changes of [`COMMIT`] (members whose write sets their due entry).
+/// The due index changes of [`COMMIT`] (members whose write sets their due entry; a NULL
+/// due time when nothing is due, the row kept for the partition's re-index).
 #[derive(Default)]
 struct DueColumns {
     set_members: Vec<String>,
     set_franchises: Vec<String>,
     set_partitions: Vec<i32>,
-    set_at: Vec<i64>,
-    cleared: Vec<String>,
+    set_at: Vec<Option<i64>>,
 }
 
 impl DueColumns {
     fn push(&mut self, s: &MemberState, due: Due) -> Result<()> {
-        let member = s.member_id.as_str().to_owned();
-        match due.at {
-            Some(at) => {
-                self.set_members.push(member);
-                self.set_franchises.push(s.franchise_id.as_str().to_owned());
-                self.set_partitions.push(
-                    i32::try_from(due.partition)
-                        .map_err(|_| Error::Invalid(format!("partition {}", due.partition)))?,
-                );
-                self.set_at.push(at.0);
-            }
-            None => self.cleared.push(member),
-        }
+        self.set_members.push(s.member_id.as_str().to_owned());
+        self.set_franchises.push(s.franchise_id.as_str().to_owned());
+        self.set_partitions.push(partition_column(due.partition)?);
+        self.set_at.push(due.at.map(|t| t.0));
         Ok(())
     }
+}
+
+fn partition_column(partition: Partition) -> Result<i32> {
+    i32::try_from(partition).map_err(|_| Error::Invalid(format!("partition {partition}")))
 }
 
 /// The dashboard increments of [`COMMIT`], one array per column, rows sorted by primary key
@@ -680,7 +704,7 @@ impl CommitParams {
         Ok(p)
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 66] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 65] {
         let o = &self.outbox;
         let d = &self.dash;
         let t = &d.t_counters;
@@ -738,7 +762,6 @@ impl CommitParams {
             &self.due.set_franchises,
             &self.due.set_partitions,
             &self.due.set_at,
-            &self.due.cleared,
             &d.s_franchises,
             &d.s_names,
             &d.s_days,
@@ -1350,5 +1373,75 @@ impl StateStore for PostgresStore {
     /// Nothing to do: a commit is durable when it returns (`synchronous_commit = on`).
     async fn sync(&self) -> Result<()> {
         Ok(())
+    }
+
+    async fn partition_members(
+        &self,
+        partition: Partition,
+        franchise: &FranchiseId,
+        after: Option<&MemberId>,
+        limit: usize,
+    ) -> Result<Vec<IndexedMember>> {
+        let what = "reading a partition's members";
+        let p = partition_column(partition)?;
+        let after = after.map_or("", |m| m.as_str());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.query(
+            what,
+            PARTITION_MEMBERS,
+            &[&p, &franchise.as_str(), &after, &limit],
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            let state: Vec<u8> = row.try_get(0).map_err(|e| pg(what, &e))?;
+            let due: Option<i64> = row.try_get(1).map_err(|e| pg(what, &e))?;
+            Ok(IndexedMember {
+                state: decode(what, &state)?,
+                due: due.map(Timestamp),
+            })
+        })
+        .collect()
+    }
+
+    async fn put_due(&self, writes: &[DueWrite]) -> Result<()> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut members = Vec::with_capacity(writes.len());
+        let mut franchises = Vec::with_capacity(writes.len());
+        let mut partitions = Vec::with_capacity(writes.len());
+        let mut dues = Vec::with_capacity(writes.len());
+        let mut versions = Vec::with_capacity(writes.len());
+        for w in writes {
+            members.push(w.member_id.as_str());
+            franchises.push(w.franchise_id.as_str());
+            partitions.push(partition_column(w.due.partition)?);
+            dues.push(w.due.at.map(|t| t.0));
+            versions.push(to_i64("member version", w.version)?);
+        }
+        let params: [&(dyn ToSql + Sync); 5] =
+            [&members, &franchises, &partitions, &dues, &versions];
+        match self.query("writing due entries", PUT_DUE, &params).await {
+            Ok(_) => Ok(()),
+            Err(e @ Error::Conflict(_)) => {
+                metrics().store_conflicts.inc();
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn reindex_mark(&self, partition: Partition) -> Result<Option<ReindexMark>> {
+        let p = partition_column(partition)?;
+        self.get_json("reading a re-index mark", GET_REINDEX_MARK, &[&p])
+            .await
+    }
+
+    async fn put_reindex_mark(&self, partition: Partition, mark: &ReindexMark) -> Result<()> {
+        let (p, body) = (partition_column(partition)?, encode(mark)?);
+        self.execute("writing a re-index mark", PUT_REINDEX_MARK, &[&p, &body])
+            .await
+            .map(|_| ())
     }
 }

@@ -62,7 +62,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "segments",
         cql: include_str!("../migrations/0006_segments.cql"),
     },
-    // 7 is taken by another branch's migration; it is listed here when merged.
+    Migration {
+        version: 7,
+        name: "reindex",
+        cql: include_str!("../migrations/0007_reindex.cql"),
+    },
     Migration {
         version: 8,
         name: "outbox",

@@ -109,7 +109,8 @@ use futures::{stream, StreamExt, TryStreamExt};
 use loyalty_core::metrics::metrics;
 use loyalty_core::model::{ApiKey, Franchise, Principal, Store};
 use loyalty_core::ports::{
-    DashboardRows, DueMember, EffectBatch, EventClaim, OutboxEntry, Partition, StateStore,
+    DashboardRows, DueMember, DueWrite, EffectBatch, EventClaim, IndexedMember, OutboxEntry,
+    Partition, ReindexMark, StateStore,
 };
 use loyalty_core::{Error, Result};
 use loyalty_domain::dashboard::{DashboardDelta, DayTotals, Scope, VisitKey, VisitRow};
@@ -274,6 +275,12 @@ struct Statements {
     due_read: PreparedStatement,
     due_of: PreparedStatement,
     due_delete: PreparedStatement,
+    member_listed: PreparedStatement,
+    members_listed: PreparedStatement,
+    member_indexed: PreparedStatement,
+    member_due_fenced: PreparedStatement,
+    get_reindex_mark: PreparedStatement,
+    put_reindex_mark: PreparedStatement,
 }
 
 /// The counter columns of `dashboard_totals`, in the order of [`totals_counters`].
@@ -530,8 +537,9 @@ impl Statements {
                 "UPDATE {me} SET due_partition = ?, due_at = ? WHERE pk = ?"
             ))
             .await?,
+            // Nothing due: the partition stays, for the partition's re-index.
             member_due_clear: prep(format!(
-                "UPDATE {me} SET due_partition = null, due_at = null WHERE pk = ?"
+                "UPDATE {me} SET due_partition = ?, due_at = null WHERE pk = ?"
             ))
             .await?,
             due_insert: prep(format!(
@@ -551,6 +559,32 @@ impl Statements {
             due_delete: prep(format!(
                 "DELETE FROM {ks}.due_by_partition WHERE partition = ? AND due_at = ? \
                  AND member_id = ?"
+            ))
+            .await?,
+            member_listed: prep(format!(
+                "INSERT INTO {ks}.members_by_partition (partition, franchise_id, member_id) \
+                 VALUES (?, ?, ?)"
+            ))
+            .await?,
+            members_listed: prep(format!(
+                "SELECT member_id FROM {ks}.members_by_partition \
+                 WHERE partition = ? AND franchise_id = ? AND member_id > ? LIMIT ?"
+            ))
+            .await?,
+            member_indexed: prep(format!(
+                "SELECT state, due_partition, due_at FROM {me} WHERE pk = ? LIMIT 1"
+            ))
+            .await?,
+            member_due_fenced: prep(format!(
+                "UPDATE {me} SET due_partition = ?, due_at = ? WHERE pk = ? IF version = ?"
+            ))
+            .await?,
+            get_reindex_mark: prep(format!(
+                "SELECT body FROM {ks}.reindex_marks WHERE partition = ?"
+            ))
+            .await?,
+            put_reindex_mark: prep(format!(
+                "INSERT INTO {ks}.reindex_marks (partition, body) VALUES (?, ?)"
             ))
             .await?,
         })
@@ -1106,11 +1140,11 @@ impl ScyllaStore {
                     pk_value(),
                 ]);
             }
-            Some((_, None)) => {
+            Some((partition, None)) => {
                 batch.append_statement(BatchStatement::PreparedStatement(
                     self.st.member_due_clear.clone(),
                 ));
-                values.push(vec![pk_value()]);
+                values.push(vec![CqlValue::Int(partition), pk_value()]);
             }
             None => {}
         }
@@ -1157,6 +1191,75 @@ impl ScyllaStore {
         }
         Ok(())
     }
+}
+
+impl ScyllaStore {
+    /// Lists members in `members_by_partition` (partition, franchise, member), before the
+    /// writes that give them their due entry (a row is checked against the member's
+    /// `due_partition` when read).
+    async fn list_members(&self, rows: &[(i32, &FranchiseId, &MemberId)]) -> Result<()> {
+        try_join_all(rows.iter().map(|(p, f, m)| {
+            let values = (*p, f.as_str(), m.as_str());
+            self.put(
+                "listing a partition's member",
+                &self.st.member_listed,
+                values,
+            )
+        }))
+        .await
+        .map(|_| ())
+    }
+
+    /// A listed member's state and due entry, if its `due_partition` is still `partition`.
+    async fn indexed_member(&self, partition: i32, member: &str) -> Result<Option<IndexedMember>> {
+        let what = "reading a partition's member";
+        let row = self
+            .session
+            .execute_unpaged(&self.st.member_indexed, (member,))
+            .await
+            .map_err(|e| unavailable(what, e))?
+            .into_rows_result()
+            .map_err(|e| unavailable(what, e))?
+            .maybe_first_row::<(Option<Vec<u8>>, Option<i32>, Option<i64>)>()
+            .map_err(|e| unavailable(what, e))?;
+        match row {
+            Some((Some(state), Some(p), at)) if p == partition => Ok(Some(IndexedMember {
+                state: decode(what, &state)?,
+                due: at.map(Timestamp),
+            })),
+            _ => Ok(None),
+        }
+    }
+
+    /// One member's due entry, conditional on its version.
+    async fn put_due_fenced(&self, w: &DueWrite) -> Result<()> {
+        let what = "writing a due entry";
+        let p = partition_column(w.due.partition)?;
+        let version = to_i64("member version", w.version)?;
+        let at = w.due.at.map(|t| t.0);
+        if let Some(at) = at {
+            let values = (p, at, w.member_id.as_str(), w.franchise_id.as_str());
+            self.put("due index", &self.st.due_insert, values).await?;
+        }
+        let values = (p, at, w.member_id.as_str(), version);
+        let result = self
+            .session
+            .execute_unpaged(&self.st.member_due_fenced, values)
+            .await
+            .map_err(|e| unavailable(what, e))?;
+        if !Lwt::of(result)?.applied {
+            metrics().store_conflicts.inc();
+            return Err(Error::Conflict(format!(
+                "member {} is not at version {}",
+                w.member_id, w.version
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn partition_column(partition: Partition) -> Result<i32> {
+    i32::try_from(partition).map_err(|_| Error::Invalid(format!("partition {partition}")))
 }
 
 #[async_trait]
@@ -1655,6 +1758,7 @@ impl StateStore for ScyllaStore {
         let timer = metrics().store_commit_seconds.start_timer();
         let mut parts: BTreeMap<String, PartitionWrite> = BTreeMap::new();
         let mut due_rows = Vec::new();
+        let mut listed = Vec::new();
         for w in &batch.members {
             let part = parts
                 .entry(w.state.member_id.as_str().to_owned())
@@ -1674,6 +1778,7 @@ impl StateStore for ScyllaStore {
                 let partition = i32::try_from(due.partition)
                     .map_err(|_| Error::Invalid(format!("partition {}", due.partition)))?;
                 part.due = Some((partition, due.at.map(|t| t.0)));
+                listed.push((partition, &w.state.franchise_id, &w.state.member_id));
                 if let Some(at) = due.at {
                     due_rows.push((partition, at.0, &w.state));
                 }
@@ -1724,6 +1829,7 @@ impl StateStore for ScyllaStore {
             self.put("due index", &self.st.due_insert, values)
         }))
         .await?;
+        self.list_members(&listed).await?;
 
         // 1c. The outbox's entries and pending rows, before the markers that commit them with
         // their member's share (see `outbox`). The first entry of an id in the batch wins.
@@ -1797,6 +1903,85 @@ impl StateStore for ScyllaStore {
         dashboard: &DashboardDelta,
     ) -> Result<()> {
         self.record_attempt(entry, expected_attempts, dashboard)
+            .await
+    }
+
+    /// Reads the listed members of (partition, franchise) and keeps those whose
+    /// `due_partition` confirms the row (a row listed before a refused write is skipped).
+    async fn partition_members(
+        &self,
+        partition: Partition,
+        franchise: &FranchiseId,
+        after: Option<&MemberId>,
+        limit: usize,
+    ) -> Result<Vec<IndexedMember>> {
+        let what = "listing a partition's members";
+        let p = partition_column(partition)?;
+        let mut after = after.map_or(String::new(), |m| m.as_str().to_owned());
+        let mut out = Vec::new();
+        // Skipped rows do not count: read on until `limit` members or the end.
+        while out.len() < limit {
+            let n = i32::try_from(limit - out.len()).unwrap_or(i32::MAX);
+            let ids: Vec<(String,)> = self
+                .session
+                .execute_iter(
+                    self.st.members_listed.clone(),
+                    (p, franchise.as_str(), after.as_str(), n),
+                )
+                .await
+                .map_err(|e| unavailable(what, e))?
+                .rows_stream::<(String,)>()
+                .map_err(|e| unavailable(what, e))?
+                .try_collect()
+                .await
+                .map_err(|e| unavailable(what, e))?;
+            let short = ids.len() < n as usize;
+            for (m,) in ids {
+                if let Some(member) = self.indexed_member(p, &m).await? {
+                    out.push(member);
+                }
+                after = m;
+            }
+            if short {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Member by member (each write conditional on its member's version): a conflict may
+    /// leave the others written, as the port allows.
+    async fn put_due(&self, writes: &[DueWrite]) -> Result<()> {
+        let mut listed = Vec::with_capacity(writes.len());
+        for w in writes {
+            listed.push((
+                partition_column(w.due.partition)?,
+                &w.franchise_id,
+                &w.member_id,
+            ));
+        }
+        self.list_members(&listed).await?;
+        let results = join_all(writes.iter().map(|w| self.put_due_fenced(w))).await;
+        let mut first_error = None;
+        for r in results {
+            if let Err(e) = r {
+                if first_error.is_none() || matches!(e, Error::Conflict(_)) {
+                    first_error = Some(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    async fn reindex_mark(&self, partition: Partition) -> Result<Option<ReindexMark>> {
+        let p = partition_column(partition)?;
+        self.get_json("reading a re-index mark", &self.st.get_reindex_mark, (p,))
+            .await
+    }
+
+    async fn put_reindex_mark(&self, partition: Partition, mark: &ReindexMark) -> Result<()> {
+        let values = (partition_column(partition)?, encode(mark)?);
+        self.put("writing a re-index mark", &self.st.put_reindex_mark, values)
             .await
     }
 }

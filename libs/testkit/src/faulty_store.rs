@@ -303,4 +303,29 @@ impl StateStore for FaultyStore {
         }
         self.inner.sync().await
     }
+    async fn partition_members(
+        &self,
+        p: loyalty_core::ports::Partition,
+        f: &FranchiseId,
+        after: Option<&MemberId>,
+        limit: usize,
+    ) -> Result<Vec<loyalty_core::ports::IndexedMember>> {
+        self.inner.partition_members(p, f, after, limit).await
+    }
+    async fn put_due(&self, writes: &[loyalty_core::ports::DueWrite]) -> Result<()> {
+        self.inner.put_due(writes).await
+    }
+    async fn reindex_mark(
+        &self,
+        p: loyalty_core::ports::Partition,
+    ) -> Result<Option<loyalty_core::ports::ReindexMark>> {
+        self.inner.reindex_mark(p).await
+    }
+    async fn put_reindex_mark(
+        &self,
+        p: loyalty_core::ports::Partition,
+        mark: &loyalty_core::ports::ReindexMark,
+    ) -> Result<()> {
+        self.inner.put_reindex_mark(p, mark).await
+    }
 }

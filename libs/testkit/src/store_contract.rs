@@ -27,6 +27,9 @@
 //!   franchise's stores only;
 //! - the scheduler's due index: written with the member's state, replaced, read by partition
 //!   and time, untouched by a refused batch;
+//! - the re-index: a partition's members listed by franchise with their due entries (nothing
+//!   due included, members stored without an entry left out), in pages; due entries written
+//!   alone, fenced by the member's version; the partition marks round trip.
 //! - the campaign outbox: entries written with the batch (the first of an id kept), due by
 //!   partition and time, earliest first; an attempt's update fenced on the stored attempts,
 //!   with its dashboard delta added once; a fenced member's entries never written.
@@ -103,6 +106,9 @@ pub async fn run_all(store: Arc<dyn StateStore>) -> R {
     segment_changes_add_up(s)
         .await
         .context("segment_changes_add_up")?;
+    reindex_lists_fences_and_marks(s)
+        .await
+        .context("reindex_lists_fences_and_marks")?;
     outbox_entries_are_due_by_partition_and_time(s)
         .await
         .context("outbox_entries_are_due_by_partition_and_time")?;
@@ -2060,5 +2066,166 @@ pub async fn members_scan_once(store: &dyn StateStore) -> R {
         );
     }
     ensure!(store.members_after(None, 0).await?.is_empty());
+    Ok(())
+}
+
+/// The re-index's capabilities: [`StateStore::partition_members`] lists, in member id order
+/// and in pages, the members of one franchise whose due entry is of the partition (one with
+/// nothing due included; a member stored with `due: None` only, as before the index existed,
+/// left out), with their state and due time; [`StateStore::put_due`] writes an entry alone,
+/// fenced by the member's version (a stale or missing member is a `Conflict` that writes no
+/// entry of theirs), can move a member to another partition or clear its due time; the marks
+/// of [`StateStore::put_reindex_mark`] round trip per partition.
+pub async fn reindex_lists_fences_and_marks(store: &dyn StateStore) -> R {
+    use loyalty_core::ports::{DueWrite, IndexedMember, ReindexMark};
+    let (p, other) = (7_101, 7_102);
+    let mut sc = Scenario::new("reindex")?;
+    let mut theirs = Scenario::new("reindex-other")?;
+    let f = sc.franchise.clone();
+    let mut states = Vec::new();
+    for (n, partition, due) in [
+        (1, Some(p), Some(10)),
+        (2, Some(p), None),
+        (3, Some(other), Some(5)),
+        (4, None, None),
+    ] {
+        let m = sc.member(n)?;
+        let e = sc.enrol(&m)?;
+        let batch = match partition {
+            Some(partition) => due_in(e.batch(0), partition, due.map(|d| T0 + d * DAY)),
+            // Stored without an entry, as before the due index existed.
+            None => e.batch(0),
+        };
+        store.commit(batch).await?;
+        states.push(e.state.ok_or_else(|| anyhow!("no state"))?);
+    }
+    let m = theirs.member(1)?;
+    let e = theirs.enrol(&m)?;
+    store.commit(due_in(e.batch(0), p, Some(T0))).await?;
+    let indexed = |i: usize, day: Option<i64>| IndexedMember {
+        state: states[i].clone(),
+        due: day.map(|d| Timestamp(T0 + d * DAY)),
+    };
+    let list = |partition: u32, after: Option<MemberId>, limit: usize| {
+        let f = f.clone();
+        async move {
+            store
+                .partition_members(partition, &f, after.as_ref(), limit)
+                .await
+        }
+    };
+    ensure!(
+        list(p, None, 10).await? == vec![indexed(0, Some(10)), indexed(1, None)],
+        "the franchise's members of the partition, nothing due included, the unindexed left out"
+    );
+    ensure!(
+        list(p, None, 1).await? == vec![indexed(0, Some(10))],
+        "limit"
+    );
+    let m1 = states[0].member_id.clone();
+    ensure!(
+        list(p, Some(m1.clone()), 1).await? == vec![indexed(1, None)],
+        "after is exclusive"
+    );
+    ensure!(list(p, Some(states[1].member_id.clone()), 1)
+        .await?
+        .is_empty());
+    ensure!(
+        list(other, None, 10).await? == vec![indexed(2, Some(5))],
+        "by partition"
+    );
+    let due_by = |day: i64| store.due_members(p, Timestamp(T0 + day * DAY), 10);
+    let due_ids = |d: Vec<DueMember>| d.into_iter().map(|d| d.member_id).collect::<Vec<_>>();
+    ensure!(
+        due_ids(due_by(20).await?).len() == 2,
+        "nothing due is never due (member 2), the other franchise's is"
+    );
+
+    // An entry alone: the unindexed member 4 joins the partition, member 2 gets a due time.
+    let write = |i: usize, version: u64, partition: u32, day: Option<i64>| DueWrite {
+        member_id: states[i].member_id.clone(),
+        franchise_id: f.clone(),
+        version,
+        due: Due {
+            partition,
+            at: day.map(|d| Timestamp(T0 + d * DAY)),
+        },
+    };
+    store
+        .put_due(&[
+            write(3, states[3].version, p, Some(3)),
+            write(1, states[1].version, p, Some(2)),
+        ])
+        .await?;
+    ensure!(
+        list(p, None, 10).await?
+            == vec![
+                indexed(0, Some(10)),
+                indexed(1, Some(2)),
+                indexed(3, Some(3))
+            ],
+        "put_due lists and sets"
+    );
+    let mine: Vec<MemberId> = due_ids(due_by(20).await?)
+        .into_iter()
+        .filter(|m| m.as_str().starts_with(f.as_str()) && !m.as_str().contains("other"))
+        .collect();
+    ensure!(
+        mine == vec![
+            states[1].member_id.clone(),
+            states[3].member_id.clone(),
+            m1.clone()
+        ],
+        "put_due's times are due: {mine:?}"
+    );
+
+    // Fenced: a stale version writes nothing of that member; a missing member neither.
+    let stale = store
+        .put_due(&[write(0, states[0].version + 1, p, Some(1))])
+        .await;
+    ensure!(is_conflict(&stale), "stale version: {stale:?}");
+    let ghost = DueWrite {
+        member_id: sc.member(99)?,
+        ..write(0, 1, p, Some(1))
+    };
+    let missing = store.put_due(&[ghost]).await;
+    ensure!(is_conflict(&missing), "missing member: {missing:?}");
+    ensure!(
+        list(p, None, 1).await? == vec![indexed(0, Some(10))],
+        "a refused write moved the entry"
+    );
+    ensure!(
+        list(p, Some(sc.member(98)?), 10).await?.is_empty(),
+        "a refused write listed a missing member"
+    );
+
+    // Cleared: listed with nothing due, no longer due. Moved: listed in its new partition only.
+    store
+        .put_due(&[write(3, states[3].version, p, None)])
+        .await?;
+    ensure!(list(p, Some(states[1].member_id.clone()), 10).await? == vec![indexed(3, None)]);
+    store
+        .put_due(&[write(1, states[1].version, other, Some(4))])
+        .await?;
+    ensure!(
+        list(p, None, 10).await? == vec![indexed(0, Some(10)), indexed(3, None)],
+        "a moved member left its old partition"
+    );
+    ensure!(list(other, None, 10).await? == vec![indexed(1, Some(4)), indexed(2, Some(5))]);
+    ensure!(store.put_due(&[]).await.is_ok(), "nothing to write");
+
+    // Marks round trip, per partition.
+    ensure!(store.reindex_mark(p).await?.is_none(), "no mark yet");
+    let mut mark = ReindexMark {
+        all_members: true,
+        ..ReindexMark::default()
+    };
+    mark.programs.insert(f.clone(), 3);
+    store.put_reindex_mark(p, &mark).await?;
+    ensure!(store.reindex_mark(p).await? == Some(mark.clone()));
+    ensure!(store.reindex_mark(other).await?.is_none(), "by partition");
+    mark.programs.insert(theirs.franchise.clone(), 1);
+    store.put_reindex_mark(p, &mark).await?;
+    ensure!(store.reindex_mark(p).await? == Some(mark), "replaced");
     Ok(())
 }

@@ -425,6 +425,7 @@ impl Application {
         if config.shared_store()?.is_none() {
             engine_config.exclusive = Some(partitions);
         }
+        engine_config.partitions = partitions;
         if partitions != config.partitions {
             tracing::warn!(
                 existing = partitions,

@@ -401,3 +401,202 @@ async fn a_calendar_tier_is_kept_through_the_next_period_then_reviewed_on_time()
         "one entry per move, the downgrade by the scheduler's event of its day"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The re-index (`loyalty_core::engine::reindex`): members no write indexed, and due times a
+// program change moves, reach the scheduler without an event of the member's.
+
+/// Stores member `i` enrolled at `at` (the signup lot of 50 points) straight into the store
+/// with `due: None`, as a member stored before the due index existed: no due entry.
+async fn store_unindexed(w: &World, i: usize, at: Timestamp) {
+    use loyalty_core::ports::{EffectBatch, MemberWrite};
+    use loyalty_domain::{apply, EventContext, EventId, MemberCommand, Profile};
+    let m = w.member(i);
+    let program = loyalty_domain::Program::demo();
+    let event = EventId::parse(&format!("legacy-{i}")).unwrap();
+    let ctx = EventContext {
+        event_id: &event,
+        store_id: &w.store_id,
+        at,
+        program: &program,
+        program_version: w.franchise.program_version,
+    };
+    let profile = Profile {
+        phone: w.phone(i),
+        name: None,
+        birthday: None,
+        consent: Default::default(),
+        email: None,
+    };
+    let mut state = None;
+    let enrol = MemberCommand::Enrol { profile };
+    let applied = apply(&mut state, &m, &w.franchise.id, &enrol, &ctx).unwrap();
+    let batch = EffectBatch {
+        members: vec![MemberWrite {
+            state: state.unwrap(),
+            expected_version: 0,
+            due: None,
+        }],
+        ledger: applied
+            .entries
+            .into_iter()
+            .map(|e| (m.clone(), e))
+            .collect(),
+        ..EffectBatch::default()
+    };
+    w.store.commit(batch).await.unwrap();
+}
+
+async fn store_unindexed_many(w: &World, members: usize, at: Timestamp) {
+    for i in 0..members {
+        store_unindexed(w, i, at).await;
+    }
+    w.store.sync().await.unwrap();
+}
+
+fn partition_of(m: &MemberId) -> u32 {
+    loyalty_core::ports::partition_for(m.as_str().as_bytes(), PARTITIONS)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduler_reindex_expires_a_member_stored_before_the_due_index() {
+    let w = World::new(Backend::Embedded).await.unwrap();
+    let t0 = now();
+    store_unindexed_many(&w, 3, t0).await;
+    let far = Timestamp(t0.0 + 1000 * DAY);
+    let m = w.member(0);
+    assert!(
+        w.store
+            .due_members(partition_of(&m), far, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "stored without a due entry"
+    );
+    // A year on, the engine starts: no event of theirs, their signup lot expires on time.
+    let clock = Arc::new(ManualClock::new(Timestamp(t0.0 + 366 * DAY)));
+    let mut a = node(&w, "a", &clock, 64);
+    wait_all_expired(&w, 3, &clock).await;
+    each_expired_once(&w, 3, t0).await;
+    assert!(metrics().scheduler.reindexed_members.get() >= 3);
+    let sweeps = &metrics().scheduler.reindex_sweeps;
+    until("every partition swept once", || async {
+        sweeps.with_label_values(&["all", "done"]).get() >= PARTITIONS as u64
+    })
+    .await;
+    a.stop();
+    // A restart with nothing changed sweeps nothing: the marks say so.
+    let (done, scanned) = (
+        sweeps.with_label_values(&["all", "done"]).get(),
+        metrics().scheduler.reindex_scanned.get(),
+    );
+    let runs = metrics().scheduler.runs.with_label_values(&["ok"]).get();
+    let mut b = node(&w, "b", &clock, 64);
+    until("b's scheduler ran", || async {
+        metrics().scheduler.runs.with_label_values(&["ok"]).get() > runs + PARTITIONS as u64
+    })
+    .await;
+    b.stop();
+    assert_eq!(sweeps.with_label_values(&["all", "done"]).get(), done);
+    assert_eq!(metrics().scheduler.reindex_scanned.get(), scanned);
+    each_expired_once(&w, 3, t0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduler_reindex_a_program_change_expires_a_dormant_members_points() {
+    let mut program = loyalty_domain::Program::demo();
+    program.points_expiry_days = None;
+    let mut w = World::with_program(Backend::Embedded, &program)
+        .await
+        .unwrap();
+    let t0 = now();
+    let clock = Arc::new(ManualClock::new(t0));
+    let mut a = node(&w, "a", &clock, 64);
+    w.enrol(1).await;
+    w.wait_enrolled(1).await;
+    let m = w.member(0);
+    let until_day = |d: u32| day_start(Day(t0.day().0 + d));
+    assert!(
+        w.store
+            .due_members(partition_of(&m), until_day(1000), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing due: the program expires no points"
+    );
+    // Headquarters make points expire after 10 days; the member stays dormant.
+    program.points_expiry_days = Some(10);
+    w.franchise =
+        loyalty_core::provisioning::replace_program(w.store.as_ref(), &w.franchise, &program)
+            .await
+            .unwrap();
+    until("the re-index moved the due time to the expiry", || async {
+        let due = w
+            .store
+            .due_members(partition_of(&m), until_day(10), 10)
+            .await
+            .unwrap();
+        due.iter()
+            .any(|d| d.member_id == m && d.at == until_day(10))
+    })
+    .await;
+    assert!(metrics().scheduler.reindexed_members.get() >= 1);
+    clock.set(Timestamp(until_day(10).0 + 60_000));
+    until("the signup lot expired", || async {
+        w.store.member(&m).await.unwrap().unwrap().points == 0
+    })
+    .await;
+    let entries = expire_entries(&w, &m).await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0].points, -50);
+    assert_eq!(entries[0].event_id, event_id(&m, until_day(10)).unwrap());
+    a.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduler_reindex_with_two_nodes_and_a_third_joining_expires_each_lot_once() {
+    const MEMBERS: usize = 300;
+    let w = World::new(Backend::Embedded).await.unwrap();
+    let t0 = now();
+    store_unindexed_many(&w, MEMBERS, t0).await;
+    let clock = Arc::new(ManualClock::new(Timestamp(t0.0 + 366 * DAY)));
+    let mut a = node(&w, "a", &clock, 16);
+    let mut b = node(&w, "b", &clock, 16);
+    // A third node joins mid-sweep: partitions move while they are re-indexed and advanced.
+    until("the first re-indexed members", || async {
+        metrics().scheduler.reindexed_members.get() > 0
+    })
+    .await;
+    let mut c = node(&w, "c", &clock, 16);
+    wait_all_expired(&w, MEMBERS, &clock).await;
+    each_expired_once(&w, MEMBERS, t0).await;
+    for n in [&mut a, &mut b, &mut c] {
+        n.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduler_reindex_a_kill_mid_sweep_then_a_restart_neither_skips_nor_repeats() {
+    const MEMBERS: usize = 600;
+    let w = World::new(Backend::Embedded).await.unwrap();
+    let t0 = now();
+    store_unindexed_many(&w, MEMBERS, t0).await;
+    let clock = Arc::new(ManualClock::new(Timestamp(t0.0 + 366 * DAY)));
+    // Pages of 8: each partition's sweep reads every member in 75 pages.
+    let mut a = node(&w, "a", &clock, 8);
+    until("a's first re-index pages", || async {
+        metrics().scheduler.reindexed_members.get() > 0
+    })
+    .await;
+    a.kill();
+    let done = metrics()
+        .scheduler
+        .reindex_sweeps
+        .with_label_values(&["all", "done"])
+        .get();
+    println!("killed with {done} of {PARTITIONS} partitions swept");
+    let mut b = node(&w, "b", &clock, 8);
+    wait_all_expired(&w, MEMBERS, &clock).await;
+    each_expired_once(&w, MEMBERS, t0).await;
+    b.stop();
+}

@@ -38,6 +38,7 @@ pub mod delivery;
 pub mod health;
 pub mod member;
 mod observe;
+pub mod reindex;
 pub mod scheduler;
 pub mod shard;
 pub mod worker;
@@ -92,6 +93,10 @@ pub struct EngineConfig {
     pub scheduler: scheduler::SchedulerConfig,
     /// The delivery of campaign messages of each owned partition ([`delivery`]).
     pub delivery: delivery::DeliveryConfig,
+    /// The partition count of [`EngineConfig::topic`], which the re-index of a partition
+    /// needs to tell its members from the others' ([`reindex`]); 0: asked of the log when
+    /// the engine starts (the topic exists by then).
+    pub partitions: u32,
 }
 
 impl Default for EngineConfig {
@@ -109,6 +114,7 @@ impl Default for EngineConfig {
             lag_every: Duration::from_secs(5),
             scheduler: scheduler::SchedulerConfig::default(),
             delivery: delivery::DeliveryConfig::default(),
+            partitions: 0,
         }
     }
 }
@@ -180,6 +186,11 @@ impl Engine {
                 .subscribe(&self.config.group, &self.config.topic)
                 .await?,
         );
+        let partitions = match self.config.partitions {
+            // The group's topic exists once subscribed to: this reads its count back.
+            0 => self.log.ensure_topic(&self.config.topic, 1).await?,
+            n => n,
+        };
         let positions = Arc::new(Positions::default());
         let _sampler = self.start_sampler(&consumer, &positions);
         let mut checkpoints = Checkpoints::new(
@@ -212,6 +223,7 @@ impl Engine {
                     Arc::clone(&self.store),
                     Arc::clone(&self.programs),
                 )),
+                partitions,
             },
             positions,
         };

@@ -26,8 +26,9 @@
 //! - a partition's scheduler runs only on the worker that owns the partition; a zombie's
 //!   write fails the version fence like any other.
 //!
-//! A program change applies to a member's due time at the member's next write (an earlier due
-//! time than needed only moves the clock and writes the right one).
+//! Members that no write has indexed (stored before the due index existed), and due times that
+//! a program change moves, are brought in line by the partition's re-index
+//! ([`crate::engine::reindex`]), which the worker runs beside this scheduler.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -24,7 +24,7 @@ use crate::command::{CommandEnvelope, PosCommand};
 use crate::engine::member::{Apply, MemberActor, Passivate, Snapshot};
 use crate::metrics::metrics;
 use crate::ports::{
-    CachedStatus, Due, EffectBatch, EventClaim, MemberWrite, OutboxEntry, Partition,
+    CachedStatus, Due, DueWrite, EffectBatch, EventClaim, MemberWrite, OutboxEntry, Partition,
     ProcessedWrite, Record, StateStore,
 };
 use crate::programs::ProgramCache;
@@ -176,6 +176,10 @@ pub struct BatchOutcome {
 pub struct Shard {
     pub partition: Partition,
     members: HashMap<MemberId, MemberSlot>,
+    /// Per franchise, the program (and version) the partition's re-index computes due times
+    /// with ([`crate::engine::reindex`]): a command of an older version, sent before a
+    /// program change, still writes its member's due time with this one.
+    due_programs: HashMap<FranchiseId, (u32, Arc<Program>)>,
 }
 
 /// Things a shard needs from its engine.
@@ -189,7 +193,49 @@ impl Shard {
         Shard {
             partition,
             members: HashMap::new(),
+            due_programs: HashMap::new(),
         }
+    }
+
+    /// From now on, due times of `franchise`'s members are computed with version `version`
+    /// of its program (`program`) whenever a command carries an older one.
+    pub fn index_with(&mut self, franchise: &FranchiseId, version: u32, program: Arc<Program>) {
+        let newer = self
+            .due_programs
+            .get(franchise)
+            .is_none_or(|(known, _)| *known < version);
+        if newer {
+            self.due_programs
+                .insert(franchise.clone(), (version, program));
+        }
+    }
+
+    /// The program a member's due time is computed with after a command of `version`: the
+    /// command's, unless the re-index knows a newer one.
+    fn due_program<'p>(
+        &'p self,
+        franchise: &FranchiseId,
+        version: u32,
+        program: &'p Program,
+    ) -> &'p Program {
+        match self.due_programs.get(franchise) {
+            Some((known, p)) if *known > version => p,
+            _ => program,
+        }
+    }
+
+    /// Writes the due entries of a re-index page ([`StateStore::put_due`]), each fenced by
+    /// the version its member was read at, on the worker's task (the members' single
+    /// writer), between batches, so no command of theirs is in flight. A conflict means
+    /// that another node wrote one of them: the actors of the page are stopped, so that the
+    /// next command rehydrates them from the store.
+    pub async fn put_due(&mut self, deps: &ShardDeps<'_>, writes: &[DueWrite]) -> Result<()> {
+        let result = deps.store.put_due(writes).await;
+        if result.is_err() {
+            let members: Vec<MemberId> = writes.iter().map(|w| w.member_id.clone()).collect();
+            self.forget(&members);
+        }
+        result
     }
 
     /// Number of active member actors.
@@ -753,15 +799,16 @@ impl Shard {
         }
 
         let mut members = Vec::with_capacity(states.len());
-        for (m, (state, program, _)) in &states {
+        for (m, (state, program, version)) in &states {
             let expected_version = self.members.get(m).map_or(0, |s| s.stored_version);
+            let due_program = self.due_program(&state.franchise_id, *version, program);
             members.push(MemberWrite {
                 state: state.clone(),
                 expected_version,
                 // The member's next due time, from the state written with it.
                 due: Some(Due {
                     partition: self.partition,
-                    at: state.next_due(program),
+                    at: state.next_due(due_program),
                 }),
             });
         }

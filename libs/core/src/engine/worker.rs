@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
 use crate::engine::health::EngineHealth;
+use crate::engine::reindex::Reindexer;
 use crate::engine::scheduler::{self, SchedulerConfig};
 use crate::engine::shard::{BatchOutcome, DeadLetter, Shard, ShardDeps};
 use crate::metrics::metrics;
@@ -62,6 +63,8 @@ pub struct WorkerDeps {
     pub scheduler: SchedulerConfig,
     /// The delivery of the partition's campaign messages, run beside its batches.
     pub delivery: Arc<crate::engine::delivery::Delivery>,
+    /// The topic's partition count (for the re-index, [`crate::engine::reindex`]).
+    pub partitions: u32,
 }
 
 /// A worker's inputs.
@@ -84,14 +87,25 @@ pub async fn run(partition: Partition, deps: WorkerDeps, mut ch: WorkerChannels)
     let scheduling = !deps.scheduler.every.is_zero();
     let mut schedule = tokio::time::interval(deps.scheduler.every.max(Duration::from_millis(1)));
     schedule.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reindex = Reindexer::new(partition, deps.partitions);
+    // A re-index page ran since the last batch: the next turn is the records'.
+    let mut paged = false;
     loop {
         let records = tokio::select! {
             biased;
             _ = ch.stop.changed() => break,
             // Before the records (it is ready once per interval, so it cannot hold them up),
-            // so that a steady stream of records cannot hold the scheduler up either.
+            // so that a steady stream of records cannot hold the scheduler up either. Its
+            // first tick is at once: the re-index checks its partition on assignment.
             _ = schedule.tick(), if scheduling => {
+                reindex_check(&mut reindex, &mut shard, &deps).await;
                 schedule_run(&mut shard, &deps).await;
+                continue;
+            }
+            // One page of a re-index sweep, then a batch, and so on: neither waits long.
+            _ = std::future::ready(()), if scheduling && !paged && reindex.pending() => {
+                reindex_page(&mut reindex, &mut shard, &deps).await;
+                paged = true;
                 continue;
             }
             r = ch.records.recv() => match r {
@@ -105,7 +119,13 @@ pub async fn run(partition: Partition, deps: WorkerDeps, mut ch: WorkerChannels)
                 }
                 continue;
             }
+            // No record waiting: the re-index goes on page after page.
+            _ = std::future::ready(()), if scheduling && reindex.pending() => {
+                reindex_page(&mut reindex, &mut shard, &deps).await;
+                continue;
+            }
         };
+        paged = false;
         if *ch.stop.borrow() {
             break;
         }
@@ -196,6 +216,31 @@ async fn schedule_run(shard: &mut Shard, deps: &WorkerDeps) {
             m.runs.with_label_values(&["error"]).inc();
             tracing::warn!(partition, error = %e, "scheduler run failed; the next run redoes it");
         }
+    }
+}
+
+/// The re-index's check of its partition's mark and of the current programs (on assignment and
+/// at each scheduler interval). A failure is logged; the next interval checks again.
+async fn reindex_check(reindex: &mut Reindexer, shard: &mut Shard, deps: &WorkerDeps) {
+    let shard_deps = ShardDeps {
+        store: &deps.store,
+        programs: &deps.programs,
+    };
+    if let Err(e) = reindex.check(shard, &shard_deps).await {
+        tracing::warn!(partition = shard.partition, error = %e, "re-index check failed; the next interval checks again");
+    }
+}
+
+/// One page of the partition's re-index sweep. A failed page is logged and counted; the sweep
+/// waits for the next interval's check and goes on from where it was.
+async fn reindex_page(reindex: &mut Reindexer, shard: &mut Shard, deps: &WorkerDeps) {
+    let shard_deps = ShardDeps {
+        store: &deps.store,
+        programs: &deps.programs,
+    };
+    let limit = deps.scheduler.batch;
+    if let Err(e) = reindex.page(shard, &shard_deps, limit).await {
+        tracing::warn!(partition = shard.partition, error = %e, "re-index page failed; the sweep goes on at the next interval");
     }
 }
 

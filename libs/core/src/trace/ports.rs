@@ -282,6 +282,33 @@ impl StateStore for TracedStore {
             .update_outbox(entry, expected_attempts, dashboard);
         store(self.system, "update_outbox", call).await
     }
+    async fn partition_members(
+        &self,
+        p: crate::ports::Partition,
+        f: &FranchiseId,
+        after: Option<&MemberId>,
+        limit: usize,
+    ) -> Result<Vec<crate::ports::IndexedMember>> {
+        let call = self.inner.partition_members(p, f, after, limit);
+        store(self.system, "partition_members", call).await
+    }
+    async fn put_due(&self, writes: &[crate::ports::DueWrite]) -> Result<()> {
+        store(self.system, "put_due", self.inner.put_due(writes)).await
+    }
+    async fn reindex_mark(
+        &self,
+        p: crate::ports::Partition,
+    ) -> Result<Option<crate::ports::ReindexMark>> {
+        store(self.system, "reindex_mark", self.inner.reindex_mark(p)).await
+    }
+    async fn put_reindex_mark(
+        &self,
+        p: crate::ports::Partition,
+        mark: &crate::ports::ReindexMark,
+    ) -> Result<()> {
+        let call = self.inner.put_reindex_mark(p, mark);
+        store(self.system, "put_reindex_mark", call).await
+    }
 }
 
 /// A [`HotCache`] whose every call is measured, and a span when traced.
