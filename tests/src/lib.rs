@@ -47,8 +47,11 @@ pub struct TestApp {
     pub store: std::sync::Arc<loyalty_embedded::EmbeddedStore>,
     pub cache: std::sync::Arc<loyalty_embedded::EmbeddedCache>,
     pub log: std::sync::Arc<loyalty_embedded::log::EmbeddedLog>,
-    /// The `dev` notifier: the one-time codes the platform "sent".
+    /// The `dev` notifier: the one-time codes the platform "sent" (a fresh one, never used,
+    /// when the test configured an SMS webhook instead).
     pub notifier: std::sync::Arc<loyalty_embedded::EmbeddedNotifier>,
+    /// The `dev` senders of campaign messages, for the channels with no adapter configured.
+    pub messages: Vec<std::sync::Arc<loyalty_embedded::EmbeddedMessages>>,
 }
 
 /// A franchise set up through the API, with its HQ key and one store key.
@@ -87,10 +90,8 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut DevConfig)) -> TestApp {
         .clone()
         .expect("dev mode runs the embedded adapters");
     let (store, cache, log) = (embedded.store, embedded.cache, embedded.log);
-    let notifier = app
-        .notifier
-        .clone()
-        .expect("dev mode runs the dev notifier");
+    let notifier = app.notifier.clone().unwrap_or_default();
+    let messages = app.messages.clone();
     tokio::spawn(app.run_until_stopped());
     let t = TestApp {
         address,
@@ -100,6 +101,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut DevConfig)) -> TestApp {
         cache,
         log,
         notifier,
+        messages,
     };
     t.wait_ready().await;
     t

@@ -169,6 +169,30 @@ pub struct DevConfig {
     /// (NetworkTopologyStrategy, the default `datacenter1=3`) or `simple=1` (SimpleStrategy, for
     /// a single test node).
     pub scylla_replication: String,
+    /// Milliseconds between two reads of each owned partition's campaign outbox
+    /// (`LOYALTY_DELIVERY_MS`, README "Campaigns"); 0 turns delivery off.
+    pub delivery_ms: u64,
+    /// Attempts at a campaign message before it is dead-lettered
+    /// (`LOYALTY_DELIVERY_MAX_ATTEMPTS`, 1 to 100).
+    pub delivery_max_attempts: u32,
+    /// Wait before the first retry of a message, in milliseconds, doubled at each further one
+    /// up to an hour (`LOYALTY_DELIVERY_BACKOFF_MS`).
+    pub delivery_backoff_ms: u64,
+    /// The SMS adapter: the webhook of the SMS gateway (`LOYALTY_SMS_WEBHOOK_URL`, README
+    /// "Campaign delivery adapters"), which gets campaign SMS and the self-enrolment page's
+    /// one-time codes, signed with `sms_webhook_secret` (`LOYALTY_SMS_WEBHOOK_SECRET`, at least
+    /// 32 bytes). Unset: `loyalty dev` keeps messages in memory and logs them; other commands
+    /// send no SMS.
+    pub sms_webhook_url: Option<String>,
+    pub sms_webhook_secret: Option<String>,
+    /// The e-mail adapter: an SMTP relay (`LOYALTY_SMTP_HOST`, `LOYALTY_SMTP_PORT`), the
+    /// `From` mailbox (`LOYALTY_SMTP_FROM`) and optional credentials (`LOYALTY_SMTP_USERNAME`,
+    /// `LOYALTY_SMTP_PASSWORD`). Unset host: as for SMS, no e-mail outside `loyalty dev`.
+    pub smtp_host: Option<String>,
+    pub smtp_port: u16,
+    pub smtp_from: Option<String>,
+    pub smtp_username: Option<String>,
+    pub smtp_password: Option<String>,
 }
 
 impl Default for DevConfig {
@@ -213,6 +237,16 @@ impl Default for DevConfig {
             scylla_nodes: None,
             scylla_keyspace: "loyalty".into(),
             scylla_replication: "datacenter1=3".into(),
+            delivery_ms: 5_000,
+            delivery_max_attempts: 8,
+            delivery_backoff_ms: 30_000,
+            sms_webhook_url: None,
+            sms_webhook_secret: None,
+            smtp_host: None,
+            smtp_port: 25,
+            smtp_from: None,
+            smtp_username: None,
+            smtp_password: None,
         }
     }
 }
@@ -340,6 +374,25 @@ impl std::fmt::Debug for DevConfig {
             .field("scylla_nodes", &self.scylla_nodes)
             .field("scylla_keyspace", &self.scylla_keyspace)
             .field("scylla_replication", &self.scylla_replication)
+            .field("delivery_ms", &self.delivery_ms)
+            .field("delivery_max_attempts", &self.delivery_max_attempts)
+            .field("delivery_backoff_ms", &self.delivery_backoff_ms)
+            .field(
+                "sms_webhook_url",
+                &self.sms_webhook_url.as_deref().map(redact_url),
+            )
+            .field(
+                "sms_webhook_secret",
+                &self.sms_webhook_secret.as_ref().map(|_| "(set)"),
+            )
+            .field("smtp_host", &self.smtp_host)
+            .field("smtp_port", &self.smtp_port)
+            .field("smtp_from", &self.smtp_from)
+            .field("smtp_username", &self.smtp_username)
+            .field(
+                "smtp_password",
+                &self.smtp_password.as_ref().map(|_| "(set)"),
+            )
             .finish()
     }
 }
@@ -470,6 +523,25 @@ impl DevConfig {
         }
         env_parse("LOYALTY_SCYLLA_KEYSPACE", &mut c.scylla_keyspace)?;
         env_parse("LOYALTY_SCYLLA_REPLICATION", &mut c.scylla_replication)?;
+        env_parse("LOYALTY_DELIVERY_MS", &mut c.delivery_ms)?;
+        env_parse(
+            "LOYALTY_DELIVERY_MAX_ATTEMPTS",
+            &mut c.delivery_max_attempts,
+        )?;
+        env_parse("LOYALTY_DELIVERY_BACKOFF_MS", &mut c.delivery_backoff_ms)?;
+        for (name, into) in [
+            ("LOYALTY_SMS_WEBHOOK_URL", &mut c.sms_webhook_url),
+            ("LOYALTY_SMS_WEBHOOK_SECRET", &mut c.sms_webhook_secret),
+            ("LOYALTY_SMTP_HOST", &mut c.smtp_host),
+            ("LOYALTY_SMTP_FROM", &mut c.smtp_from),
+            ("LOYALTY_SMTP_USERNAME", &mut c.smtp_username),
+            ("LOYALTY_SMTP_PASSWORD", &mut c.smtp_password),
+        ] {
+            if let Ok(v) = std::env::var(name) {
+                *into = Some(v).filter(|v| !v.trim().is_empty());
+            }
+        }
+        env_parse("LOYALTY_SMTP_PORT", &mut c.smtp_port)?;
         Ok(c)
     }
 
@@ -581,7 +653,68 @@ impl DevConfig {
             }
         }
         self.shared_store()?;
+        if self.delivery_ms > 3_600_000 {
+            bail!("delivery_ms (LOYALTY_DELIVERY_MS) must be at most 3600000 (0: off)");
+        }
+        if !(1..=100).contains(&self.delivery_max_attempts) {
+            bail!(
+                "delivery_max_attempts (LOYALTY_DELIVERY_MAX_ATTEMPTS) must be between 1 and 100"
+            );
+        }
+        if !(1..=3_600_000).contains(&self.delivery_backoff_ms) {
+            bail!(
+                "delivery_backoff_ms (LOYALTY_DELIVERY_BACKOFF_MS) must be between 1 and 3600000"
+            );
+        }
+        self.sms_webhook()?;
+        self.smtp()?;
         Ok(())
+    }
+
+    /// The SMS adapter's settings, validated; `None` when unset.
+    pub fn sms_webhook(&self) -> anyhow::Result<Option<loyalty_webhook::WebhookConfig>> {
+        match (&self.sms_webhook_url, &self.sms_webhook_secret) {
+            (None, None) => Ok(None),
+            (Some(url), Some(secret)) => {
+                let c = loyalty_webhook::WebhookConfig::new(url.trim(), secret.as_str());
+                c.validate()
+                    .map_err(|e| anyhow::anyhow!("LOYALTY_SMS_WEBHOOK_* settings: {e}"))?;
+                Ok(Some(c))
+            }
+            _ => bail!(
+                "sms_webhook_url (LOYALTY_SMS_WEBHOOK_URL) and sms_webhook_secret \
+                 (LOYALTY_SMS_WEBHOOK_SECRET) go together: set both, or neither"
+            ),
+        }
+    }
+
+    /// The e-mail adapter's settings, validated; `None` when no host is set.
+    pub fn smtp(&self) -> anyhow::Result<Option<loyalty_smtp::SmtpConfig>> {
+        let Some(host) = &self.smtp_host else {
+            if self.smtp_from.is_some() || self.smtp_username.is_some() {
+                bail!("smtp_from and smtp_username (LOYALTY_SMTP_*) need smtp_host (LOYALTY_SMTP_HOST)");
+            }
+            return Ok(None);
+        };
+        let Some(from) = &self.smtp_from else {
+            bail!("smtp_host (LOYALTY_SMTP_HOST) needs smtp_from (LOYALTY_SMTP_FROM), the From mailbox of campaign e-mails");
+        };
+        let mut c = loyalty_smtp::SmtpConfig::new(host.trim(), self.smtp_port, from.trim());
+        c.username = self.smtp_username.clone();
+        c.password = self.smtp_password.clone();
+        c.validate()
+            .map_err(|e| anyhow::anyhow!("LOYALTY_SMTP_* settings: {e}"))?;
+        Ok(Some(c))
+    }
+
+    /// The delivery workers' settings (the adapters and the public URL are the caller's).
+    pub fn delivery(&self) -> loyalty_core::engine::delivery::DeliveryConfig {
+        loyalty_core::engine::delivery::DeliveryConfig {
+            every: Duration::from_millis(self.delivery_ms),
+            max_attempts: self.delivery_max_attempts,
+            backoff: Duration::from_millis(self.delivery_backoff_ms),
+            ..Default::default()
+        }
     }
 
     /// The rule of the production commands (`node`, `gateway`, `engine`): they refuse the dev

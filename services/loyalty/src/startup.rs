@@ -26,8 +26,10 @@ use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use anyhow::{bail, Context};
+use loyalty_core::engine::delivery::DeliveryConfig;
 use loyalty_core::engine::health::EngineHealth;
 use loyalty_core::engine::{Engine, EngineConfig};
+use loyalty_core::notify::{Channel, MessageSender, Notifier};
 use loyalty_core::ports::{EventLog, HotCache, StateStore};
 use loyalty_core::programs::ProgramCache;
 use loyalty_core::replies::{ReplySink, ReplyWaiters};
@@ -70,8 +72,72 @@ pub struct Application {
     /// The `dev` notifier, when this process runs it (tests read the one-time codes it
     /// "sent" through it).
     pub notifier: Option<Arc<loyalty_embedded::EmbeddedNotifier>>,
+    /// The `dev` senders of campaign messages (SMS, e-mail) where no adapter is configured:
+    /// tests read what would have been sent through them.
+    pub messages: Vec<Arc<loyalty_embedded::EmbeddedMessages>>,
     /// The lock of the embedded data directory, held as long as this process runs on it.
     lock: Option<DataDirLock>,
+}
+
+/// The adapters that reach members: campaign messages by channel, and the self-enrolment
+/// page's one-time codes.
+struct Senders {
+    campaign: Vec<Arc<dyn MessageSender>>,
+    codes: Option<Arc<dyn Notifier>>,
+    dev_notifier: Option<Arc<loyalty_embedded::EmbeddedNotifier>>,
+    dev_messages: Vec<Arc<loyalty_embedded::EmbeddedMessages>>,
+}
+
+impl Senders {
+    /// The configured adapters (README "Campaign delivery adapters"); where none is configured
+    /// and `dev` (embedded adapters), the in-memory ones, which log instead of sending.
+    fn new(config: &DevConfig, dev: bool) -> anyhow::Result<Senders> {
+        let mut s = Senders {
+            campaign: Vec::new(),
+            codes: None,
+            dev_notifier: None,
+            dev_messages: Vec::new(),
+        };
+        match config.sms_webhook()? {
+            Some(c) => {
+                let w = Arc::new(
+                    loyalty_webhook::WebhookSender::new(&c, Channel::Sms)
+                        .map_err(|e| anyhow::anyhow!("the SMS webhook: {e}"))?,
+                );
+                s.campaign.push(Arc::clone(&w) as Arc<dyn MessageSender>);
+                s.codes = Some(w as Arc<dyn Notifier>);
+            }
+            None if dev => {
+                let n = Arc::new(loyalty_embedded::EmbeddedNotifier::new());
+                s.codes = Some(Arc::clone(&n) as Arc<dyn Notifier>);
+                s.dev_notifier = Some(n);
+                s.dev_messages
+                    .push(loyalty_embedded::EmbeddedMessages::new(Channel::Sms));
+            }
+            None => tracing::warn!(
+                "no SMS adapter configured (LOYALTY_SMS_WEBHOOK_URL): campaign SMS are skipped \
+                 and the self-enrolment page cannot send codes"
+            ),
+        }
+        match config.smtp()? {
+            Some(c) => s.campaign.push(Arc::new(
+                loyalty_smtp::SmtpSender::new(&c)
+                    .map_err(|e| anyhow::anyhow!("the SMTP relay: {e}"))?,
+            )),
+            None if dev => s
+                .dev_messages
+                .push(loyalty_embedded::EmbeddedMessages::new(Channel::Email)),
+            None => tracing::warn!(
+                "no e-mail adapter configured (LOYALTY_SMTP_HOST): campaign e-mails are skipped"
+            ),
+        }
+        s.campaign.extend(
+            s.dev_messages
+                .iter()
+                .map(|m| Arc::clone(m) as Arc<dyn MessageSender>),
+        );
+        Ok(s)
+    }
 }
 
 /// The adapters of one process.
@@ -452,6 +518,17 @@ impl Application {
         let redis_url = config.redis_url.clone().unwrap_or_default();
         let prefix = loyalty_redis::RedisCacheOptions::default().prefix;
 
+        let listener = TcpListener::bind(config.listen)
+            .with_context(|| format!("binding {}", config.listen))?;
+        // Campaign messages and one-time codes: the configured adapters, else (where the
+        // adapters are embedded, `loyalty dev`) the in-memory ones.
+        let senders = Senders::new(&config, embedded.is_some())?;
+        engine_config.delivery = DeliveryConfig {
+            senders: senders.campaign.clone(),
+            public_url: config.public_base_url(listener.local_addr()?),
+            ..config.delivery()
+        };
+
         let engine = if mode == Mode::Gateway {
             None
         } else {
@@ -536,8 +613,6 @@ impl Application {
             ready.store(true, Ordering::Relaxed);
         }
 
-        let listener = TcpListener::bind(config.listen)
-            .with_context(|| format!("binding {}", config.listen))?;
         let port = listener.local_addr()?.port();
         let metrics_listener = match config.metrics_listen {
             Some(addr) => Some(
@@ -554,15 +629,12 @@ impl Application {
             key: config.metrics_key.clone(),
         };
         let lookup_limits = web::Data::new(lookup_limits(&config, embedded.is_none())?);
-        // The self-enrolment page's one-time codes: the `dev` notifier where the adapters are
-        // embedded; elsewhere no SMS adapter exists yet, and the page says codes cannot be sent.
-        let notifier = embedded
-            .as_ref()
-            .map(|_| Arc::new(loyalty_embedded::EmbeddedNotifier::new()));
+        // The self-enrolment page's one-time codes: the SMS webhook when configured, the `dev`
+        // notifier where the adapters are embedded; else none, and the page says codes cannot
+        // be sent.
+        let notifier = senders.dev_notifier.clone();
         let self_enrolment = web::Data::new(loyalty_gateway::pages::join::SelfEnrolment::new(
-            notifier
-                .clone()
-                .map(|n| n as Arc<dyn loyalty_core::notify::Notifier>),
+            senders.codes.clone(),
             Duration::from_secs(config.enrolment_code_ttl_secs),
         ));
         let body_limit = loyalty_gateway::json::BodyLimit {
@@ -649,6 +721,7 @@ impl Application {
             ports,
             embedded,
             notifier,
+            messages: senders.dev_messages,
             lock: None,
         })
     }

@@ -588,6 +588,7 @@ async fn without_a_notifier_the_page_says_codes_cannot_be_sent() {
         cache,
         log,
         notifier: Arc::new(EmbeddedNotifier::new()),
+        messages: Vec::new(),
     };
     app.wait_ready().await;
     let f = app.franchise("Café Lumière").await;
