@@ -2,6 +2,7 @@
 //! read from README.md, installed in a fresh franchise, and the story told under it is played
 //! through the API.
 
+use loyalty_core::notify::Channel;
 use loyalty_tests::{assert_problem, spawn_app, TestApp, TestFranchise};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -164,4 +165,69 @@ async fn the_boutique_earns_by_the_euro_and_converts_its_points() {
     // 500 € in the year: Trendsetter.
     let v = spend(&app, &f, "coat", &m, 30_000).await;
     assert_eq!(v["member"]["tier"], "Trendsetter");
+}
+
+/// README "A campaign walkthrough", steps 1, 2, 5 and 6: the welcome campaign fires at
+/// enrolment with its points, its SMS goes out (to the `dev` sender) with the opt-out link,
+/// headquarters read the results, and the link withdraws the SMS consent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cafe_s_welcome_campaign_texts_its_new_member_who_can_opt_out() {
+    let app = loyalty_tests::spawn_app_with(|c| c.delivery_ms = 20).await;
+    let f = app
+        .franchise_with("Café du Moulin", readme_program("cafe-campaigns"))
+        .await;
+    let body = json!({"phone": "+33612340601", "name": "Ana", "consent": {"sms": true}});
+    let r = app.post("/v1/members?wait_ms=5000", &f.store_key, &body).await;
+    assert!(r.status().is_success(), "{}", r.status());
+    let m = r.json::<Value>().await.unwrap()["member_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(app.status(&f, &m).await["points"], 30, "10 for joining, 20 welcome");
+    let ledger = app.ledger(&f, &m).await;
+    assert!(ledger.iter().any(|e| e["detail"] == "campaign:bienvenue" && e["points"] == 20));
+    // A member without consent: the points, no message.
+    let silent = app.enrol_id(&f, "+33612340602").await;
+    assert_eq!(app.status(&f, &silent).await["points"], 30);
+
+    let sms = app
+        .messages
+        .iter()
+        .find(|s| loyalty_core::notify::MessageSender::channel(s.as_ref()) == Channel::Sms)
+        .expect("the dev SMS sender");
+    let sent = tokio::time::timeout(std::time::Duration::from_secs(20), sms.wait_for(1))
+        .await
+        .expect("the welcome SMS is delivered");
+    assert_eq!(sent.len(), 1, "one message: the other member gave no consent");
+    let text = &sent[0].body;
+    assert!(
+        text.starts_with("Bienvenue Ana ! +20 points au Café du Moulin.\n\nhttp"),
+        "{text}"
+    );
+    assert!(text.ends_with(&sent[0].opt_out_url));
+
+    let r = app.get("/v1/campaigns", &f.hq_key).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let results: Value = r.json().await.unwrap();
+    let welcome = &results["campaigns"][0];
+    assert_eq!(welcome["id"], "bienvenue");
+    assert_eq!((welcome["fired"].clone(), welcome["messages"].clone()), (json!(2), json!(1)));
+
+    // STOP through the link: the SMS consent is withdrawn.
+    let r = app
+        .client
+        .post(&sent[0].opt_out_url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let export: Value = app
+        .get(&format!("/v1/members/{m}/export"), &f.hq_key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(export["profile"]["consent"]["sms"], false);
 }
