@@ -44,19 +44,20 @@ STATE_DEPENDENT_422 = {
 
 # Rules that no JSON Schema can state, each where it applies: (operations, status, code, the
 # detail's words). Across fields of one object (distinct ids and names, sorted thresholds, the
-# stamp card's, an automatic voucher's and the birthday's reward in the catalogue, a schedule's dates and times in order, a purchase's line
-# items adding up to at most its amount), across query parameters (`from` not after `to`, at most
-# 1096 days), or data (the IANA time zone database). Everything else a schema can say, so a 400
-# stamp card's reward in the catalogue, a schedule's dates and times in order, a purchase's line
-# items adding up to at most its amount, a segment filter's tiers in the program, its minimum not
-# above its maximum), across query parameters (`from` not after `to`, at most 1096 days, 366 for
-# segments), or data (the IANA time zone database). Everything else a schema can say, so a 400
-# or 422 to positive data for anything else means that the document is laxer than the server.
+# stamp card's, an automatic voucher's and the birthday's reward in the catalogue, a schedule's
+# dates and times in order, a purchase's line items adding up to at most its amount, a segment
+# filter's tiers in the program, its minimum not above its maximum; a campaign's id distinct, its
+# segment, tier and reward the program's, its dates in order), across query parameters (`from`
+# not after `to`, at most 1096 days, 366 for segments), or data (the IANA time zone database).
+# Everything else a schema can say, so a 400 or 422 to positive data for anything else means that
+# the document is laxer than the server. (A campaign template's placeholders are in its schema's
+# pattern, so they are not listed here.)
 PROGRAM_OPS = ("POST /v1/franchises", "PUT /v1/franchises/{fid}/program")
 DASHBOARD_OPS = (
     "GET /v1/franchises/{fid}/dashboard",
     "GET /v1/franchises/{fid}/dashboard.csv",
     "GET /v1/franchises/{fid}/segments",
+    "GET /v1/franchises/{fid}/campaigns",
 )
 NOT_IN_A_SCHEMA = [
     (
@@ -81,7 +82,13 @@ NOT_IN_A_SCHEMA = [
             r"|segment name .* appears twice"
             r"|segments\.custom\[\d+\] sets no condition"
             r"|segments\.custom\[\d+\]\.tiers (names no tier of the program|must list 1 to \d+ tier names)"
-            r"|segments\.custom\[\d+\]\.(visits|spend_cents): min_\w+ \(\d+\) is above max_\w+)"
+            r"|segments\.custom\[\d+\]\.(visits|spend_cents): min_\w+ \(\d+\) is above max_\w+"
+            r"|campaigns\[\d+\]\.id .* appears twice"
+            r"|campaigns\[\d+\]\.valid_from \(.*\) is after campaigns\[\d+\]\.valid_to"
+            r"|campaigns\[\d+\]\.(trigger\.segment|audience\.segments) .* is not a segment of the program"
+            r"|campaigns\[\d+\]\.(trigger\.segment|audience\.segments) names segment .* but the program has no segments section"
+            r"|campaigns\[\d+\]\.trigger\.tier .* (is not a tier of the program|is the first tier)"
+            r"|campaigns\[\d+\]\.offer\.reward_id .* is not a reward of the catalogue)"
         ),
     ),
     # A purchase's line items add up to at most its amount (README "Item bonuses").

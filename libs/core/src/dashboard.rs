@@ -11,6 +11,7 @@ use loyalty_domain::kpi::{KpiInput, Kpis};
 use loyalty_domain::{Day, FranchiseId, Program, RewardId, StoreId};
 use serde::Serialize;
 
+use crate::campaigns::CampaignResult;
 use crate::model::Franchise;
 use crate::ports::{DashboardRows, StateStore};
 use crate::Result;
@@ -152,6 +153,10 @@ pub struct Dashboard {
     /// The program's segments (README "Segments"), franchise-wide: absent when it has none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub segments: Vec<SegmentRow>,
+    /// The program's campaigns' results over the range (README "Campaigns"), franchise-wide
+    /// whatever `store`: absent when it has none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub campaigns: Vec<CampaignResult>,
 }
 
 /// A segment's members now, at the end of the day before the range and at the end of its
@@ -315,6 +320,7 @@ pub async fn dashboard(
         tiers,
         top_rewards: top,
         segments: segment_rows(store, franchise, program, q).await?,
+        campaigns: campaign_rows(store, franchise, program, q).await?,
     })
 }
 
@@ -383,7 +389,6 @@ fn store_rows(rows: &Rows, known: &[crate::model::Store], q: &DashboardQuery) ->
         .collect()
 }
 
-/// Members per tier, in the program's order (tiers it no longer has after them).
 /// The segments of the program over the range of `q` (none without segments).
 async fn segment_rows(
     store: &dyn StateStore,
@@ -408,6 +413,21 @@ async fn segment_rows(
         .collect())
 }
 
+/// The results of the program's campaigns over the range of `q` (none without campaigns).
+async fn campaign_rows(
+    store: &dyn StateStore,
+    franchise: &Franchise,
+    program: &Program,
+    q: &DashboardQuery,
+) -> Result<Vec<CampaignResult>> {
+    if program.campaigns.is_empty() {
+        return Ok(Vec::new());
+    }
+    let r = crate::campaigns::campaign_results(store, franchise, program, q.from, q.to).await?;
+    Ok(r.campaigns)
+}
+
+/// Members per tier, in the program's order (tiers it no longer has after them).
 fn tier_rows(counts: Vec<(String, i64)>, program: &Program) -> Vec<TierRow> {
     let mut counts: BTreeMap<String, i64> = counts.into_iter().collect();
     let mut out: Vec<TierRow> = program

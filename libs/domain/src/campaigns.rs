@@ -69,7 +69,7 @@ pub enum TriggerSpec {
     /// The member enters a segment of the program (built-in or custom).
     SegmentEntered { segment: String },
     /// The member's birthday (local day), once a year.
-    Birthday,
+    Birthday {},
     /// The member reaches a tier (from a lower one).
     TierReached { tier: String },
     /// The member's balance reaches `points` (from below).
@@ -98,7 +98,7 @@ impl Trigger {
             Trigger::SegmentEntered { segment } => TriggerSpec::SegmentEntered {
                 segment: segment.clone(),
             },
-            Trigger::Birthday => TriggerSpec::Birthday,
+            Trigger::Birthday => TriggerSpec::Birthday {},
             Trigger::TierReached { tier } => TriggerSpec::TierReached { tier: tier.clone() },
             Trigger::PointsReached { points } => TriggerSpec::PointsReached {
                 points: *points as i64,
@@ -119,7 +119,7 @@ pub enum OfferSpec {
     /// A multiplier on purchases for `days` days after the firing.
     Multiplier { multiplier_pct: i64, days: i64 },
     /// A message only.
-    None,
+    None {},
 }
 
 /// The validated offer.
@@ -147,7 +147,7 @@ impl Offer {
                 multiplier_pct: *multiplier_pct as i64,
                 days: i64::from(*days),
             },
-            Offer::None => OfferSpec::None,
+            Offer::None => OfferSpec::None {},
         }
     }
 }
@@ -438,7 +438,7 @@ fn trigger(
         TriggerSpec::SegmentEntered { segment } => Trigger::SegmentEntered {
             segment: segment_name(&format!("{field}.segment"), segment, segments)?,
         },
-        TriggerSpec::Birthday => Trigger::Birthday,
+        TriggerSpec::Birthday {} => Trigger::Birthday,
         TriggerSpec::TierReached { tier } => {
             let pos = tiers.iter().position(|x| &x.name == tier);
             match pos {
@@ -539,7 +539,7 @@ fn offer(field: &str, o: &OfferSpec, rewards: &[Reward]) -> Result<Offer, Domain
             )?,
             days: bounded(&format!("{field}.days"), *days, 1, 365)? as u32,
         },
-        OfferSpec::None => Offer::None,
+        OfferSpec::None {} => Offer::None,
     })
 }
 

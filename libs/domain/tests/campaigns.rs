@@ -372,6 +372,17 @@ fn campaigns_are_validated_with_the_field_named() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("appears twice"), "{e}");
+    for (trigger, offer) in [
+        (json!({"type": "birthday", "x": 1}), json!({"type": "none"})),
+        (
+            json!({"type": "birthday"}),
+            json!({"type": "none", "points": 3}),
+        ),
+    ] {
+        let c = json!([{"id": "a", "name": "x", "trigger": trigger, "offer": offer}]);
+        let e = program_with(c, json!({})).unwrap_err().to_string();
+        assert!(e.contains("unknown field"), "{e}");
+    }
     let positional = json!([["a", "x", {"type": "birthday"}, {"type": "none"}]]);
     let e = program_with(positional, json!({})).unwrap_err().to_string();
     assert!(e.contains("expected a JSON object"), "{e}");

@@ -1,6 +1,7 @@
 // The headquarters' dashboard page: reads /dashboard/data (the API's JSON, authenticated by
 // the session cookie, which script cannot read) and draws the KPI cards, the daily chart
-// (uPlot), the sortable store table, the tiers and the top rewards. No inline script, no
+// (uPlot), the sortable store table, the campaigns' results (when the program has campaigns),
+// the tiers and the top rewards. No inline script, no
 // other origin: everything comes from /dashboard.
 (function () {
   "use strict";
@@ -151,6 +152,7 @@
     renderCards();
     renderChart();
     renderStores();
+    renderCampaigns();
     renderTiers();
     renderRewards();
   }
@@ -249,6 +251,39 @@
     if (!rows.length) {
       const tr = el("tr");
       tr.append(el("td", { colspan: String(COLUMNS.length), class: "muted" }, "No stores yet."));
+      body.append(tr);
+    }
+  }
+
+  // The trigger types of the API (README "Campaigns"), in words.
+  const TRIGGERS = {
+    enrolled: "Enrolment",
+    segment_entered: "Segment entered",
+    birthday: "Birthday",
+    tier_reached: "Tier reached",
+    points_reached: "Points reached",
+    date: "Date",
+  };
+
+  // One row per campaign of the program; the panel stays hidden when the JSON has none.
+  function renderCampaigns() {
+    const rows = state.data.campaigns || [];
+    $("campaigns").hidden = rows.length === 0;
+    const body = $("campaigns-table").tBodies[0];
+    body.replaceChildren();
+    const cell = (v, text) => el("td", { class: "num", "data-value": JSON.stringify(v) }, text);
+    for (const c of rows) {
+      const tr = el("tr", { "data-campaign": c.id });
+      tr.append(
+        el("td", {}, c.name),
+        el("td", { "data-value": JSON.stringify(c.trigger) }, TRIGGERS[c.trigger] || c.trigger),
+        cell(c.fired, int.format(c.fired)),
+        cell(c.delivered, int.format(c.delivered)),
+        cell(c.failed, int.format(c.failed)),
+        cell(c.redeemed, int.format(c.redeemed)),
+        cell(c.redemption_rate, fmt("pct", c.fired ? c.redemption_rate * 100 : null)),
+        cell(c.revenue_cents, fmt("money", c.revenue_cents)),
+      );
       body.append(tr);
     }
   }

@@ -31,7 +31,8 @@ pub use state::{Gateway, GatewayConfig};
 /// 405 with `Allow`. JSON bodies are read by [`json::JsonObject`] (objects only).
 pub fn configure(cfg: &mut web::ServiceConfig, body: json::BodyLimit) {
     use routes::{
-        admin, consent, dashboard, enrolment, events, keys, members, ops, privacy, segments,
+        admin, campaigns, consent, dashboard, enrolment, events, keys, members, ops, privacy,
+        segments,
     };
     use routing::endpoint;
     cfg.app_data(body)
@@ -79,6 +80,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, body: json::BodyLimit) {
                 .service(endpoint("/franchises/{fid}/dashboard").get(dashboard::dashboard))
                 .service(endpoint("/franchises/{fid}/dashboard.csv").get(dashboard::dashboard_csv))
                 .service(endpoint("/franchises/{fid}/segments").get(segments::sizes))
+                .service(endpoint("/franchises/{fid}/campaigns").get(campaigns::results))
                 .service(
                     endpoint("/franchises/{fid}/segments/{segment}/members").get(segments::export),
                 )

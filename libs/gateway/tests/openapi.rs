@@ -39,6 +39,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/redemption-codes/consume"),
     ("get", "/v1/franchises/{fid}/dashboard"),
     ("get", "/v1/franchises/{fid}/dashboard.csv"),
+    ("get", "/v1/franchises/{fid}/campaigns"),
     ("get", "/v1/franchises/{fid}/api-keys"),
     ("post", "/v1/franchises/{fid}/api-keys"),
     ("get", "/v1/franchises/{fid}/api-keys/{kid}"),
@@ -552,8 +553,10 @@ fn program_matches_the_domain_type() {
     // `redemption_codes` likewise, only when the program offers codes.
     let coded = coded_demo();
     assert_exact_shape(&d, "RedemptionCodes", &coded["redemption_codes"]);
+    // `campaigns` likewise, only when the program has some (`campaigns_match_the_domain_type`).
     let optional = |mut k: BTreeSet<String>| {
         k.insert("redemption_codes".to_owned());
+        k.insert("campaigns".to_owned());
         k
     };
     assert_eq!(properties(&d, &program), optional(keys(&segmented)));
@@ -931,6 +934,7 @@ fn example_dashboard(store: Option<(&str, &str)>, compare_previous: bool) -> Das
         tiers: vec![tier("Bronze", 131), tier("Silver", 22), tier("Gold", 5)],
         top_rewards,
         segments: Vec::new(),
+        campaigns: Vec::new(),
     }
 }
 
@@ -1023,8 +1027,11 @@ fn dashboard_matches_the_core_type() {
         members_at_start: 1,
         members_at_end: 2,
     }];
+    // `campaigns` only when the program has them (README "Campaigns").
+    with_segments.campaigns = vec![example_campaign_result()];
     let with_segments = serde_json::to_value(with_segments).unwrap();
     assert_exact_shape(&d, "DashboardSegmentRow", &with_segments["segments"][0]);
+    assert_exact_shape(&d, "CampaignResult", &with_segments["campaigns"][0]);
     assert_eq!(properties(&d, &dashboard), keys(&with_segments));
     assert_eq!(required(&d, &dashboard), keys(&one_store));
     let only_compared: Vec<String> = keys(&full).difference(&keys(&one_store)).cloned().collect();
@@ -1553,6 +1560,7 @@ fn name_patterns_are_the_servers_checks() {
         ("CreateStoreRequest", "name"),
         ("Tier", "name"),
         ("RewardSpec", "name"),
+        ("CampaignSpec", "name"),
     ] {
         let p = &s[schema]["properties"][field];
         assert_eq!(p["maxLength"].as_u64(), Some(100), "{schema}.{field}");
@@ -1754,4 +1762,195 @@ fn item_bounds_and_shapes_are_the_codes() {
     let parsed =
         loyalty_domain::items::parse_items(&[spec], loyalty_domain::Cents::new(1200).unwrap());
     assert!(parsed.is_ok(), "{parsed:?}");
+}
+
+/// A program with campaigns covering every trigger, offer, audience, message and cap, as the
+/// server answers it.
+fn campaigned_demo() -> Value {
+    let mut p = serde_json::to_value(Program::demo()).unwrap();
+    p["segments"] = serde_json::json!({});
+    p["campaigns"] = serde_json::json!([
+        { "id": "welcome", "name": " Welcome ", "trigger": { "type": "enrolled" },
+          "offer": { "type": "bonus_points", "points": 25 },
+          "messages": { "sms": "Hi {first_name}: {offer}" } },
+        { "id": "win-back", "name": "Win back", "trigger": { "type": "segment_entered", "segment": "at_risk" },
+          "audience": { "segments": ["at_risk"], "stores": ["s_1afd3f08581247de896f"] },
+          "offer": { "type": "voucher", "reward_id": "free-coffee" },
+          "messages": { "sms": "We miss you", "email": { "subject": "{franchise}", "body": "Come back {opt_out_url}" } },
+          "frequency_cap": { "max": 2, "days": 90 }, "redeem_within_days": 14,
+          "valid_from": "2026-01-01", "valid_to": "2026-12-31" },
+        { "id": "bday", "name": "Birthday", "trigger": { "type": "birthday" },
+          "offer": { "type": "multiplier", "multiplier_pct": 200, "days": 7 } },
+        { "id": "silver", "name": "Silver", "trigger": { "type": "tier_reached", "tier": "Silver" },
+          "offer": { "type": "none" }, "messages": { "email": { "subject": "s", "body": "b" } } },
+        { "id": "p500", "name": "500 points", "trigger": { "type": "points_reached", "points": 500 },
+          "offer": { "type": "none" }, "audience": {} },
+        { "id": "xmas", "name": "Christmas", "trigger": { "type": "date", "on": "2026-12-24" },
+          "offer": { "type": "none" }, "messages": null, "frequency_cap": null }
+    ]);
+    let p: Program = serde_json::from_value(p).expect("a program with campaigns");
+    serde_json::to_value(p).unwrap()
+}
+
+/// The `oneOf` branch of `schema` whose `type` is `t`.
+fn branch<'a>(d: &'a Value, schema: &str, t: &str) -> &'a Value {
+    d["components"]["schemas"][schema]["oneOf"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{schema} is a oneOf"))
+        .iter()
+        .find(|b| b["properties"]["type"]["const"] == t)
+        .unwrap_or_else(|| panic!("{schema} has no branch {t}"))
+}
+
+fn branch_types(d: &Value, schema: &str) -> BTreeSet<String> {
+    d["components"]["schemas"][schema]["oneOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            b["properties"]["type"]["const"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+/// A tagged value the server emits has exactly its branch's properties, all required.
+fn assert_exact_branch(d: &Value, schema: &str, v: &Value) {
+    let b = branch(d, schema, v["type"].as_str().unwrap());
+    assert_eq!(keys(&b["properties"]), keys(v), "{schema}: {v}");
+    assert_eq!(
+        required(d, b),
+        keys(v),
+        "{schema}: every field of {v} is required"
+    );
+    assert_eq!(b["additionalProperties"], false, "{schema}: {v}");
+}
+
+/// Campaigns (README "Campaigns") have the documented shapes: the domain's serialized
+/// campaigns against the response schemas, every trigger and offer type documented in both
+/// the request and the response, the request's fields those of the response.
+#[test]
+fn campaigns_match_the_domain_type() {
+    let d = doc();
+    let p = campaigned_demo();
+    let program = serde_json::json!({ "$ref": "#/components/schemas/Program" });
+    let mut with_everything = segmented_demo();
+    with_everything["campaigns"] = p["campaigns"].clone();
+    with_everything["redemption_codes"] = coded_demo()["redemption_codes"].clone();
+    assert_eq!(properties(&d, &program), keys(&with_everything));
+    let campaigns = p["campaigns"].as_array().unwrap();
+    let (mut triggers, mut offers) = (BTreeSet::new(), BTreeSet::new());
+    for c in campaigns {
+        assert_exact_shape(&d, "Campaign", c);
+        assert_exact_shape(&d, "CampaignAudience", &c["audience"]);
+        assert_exact_shape(&d, "CampaignFrequencyCap", &c["frequency_cap"]);
+        assert_exact_branch(&d, "CampaignTrigger", &c["trigger"]);
+        assert_exact_branch(&d, "CampaignOffer", &c["offer"]);
+        let messages = serde_json::json!({ "$ref": "#/components/schemas/CampaignMessages" });
+        assert!(keys(&c["messages"]).is_subset(&properties(&d, &messages)));
+        triggers.insert(c["trigger"]["type"].as_str().unwrap().to_owned());
+        offers.insert(c["offer"]["type"].as_str().unwrap().to_owned());
+        // What HQ writes: the same fields and, per trigger, the same ones.
+        let spec = serde_json::json!({ "$ref": "#/components/schemas/CampaignSpec" });
+        assert_eq!(properties(&d, &spec), keys(c));
+        let t = c["trigger"]["type"].as_str().unwrap();
+        assert_eq!(
+            keys(&branch(&d, "CampaignTriggerSpec", t)["properties"]),
+            keys(&c["trigger"])
+        );
+    }
+    assert_eq!(p["campaigns"][0]["name"], "Welcome", "names are trimmed");
+    let both = &p["campaigns"][1]["messages"];
+    let messages = serde_json::json!({ "$ref": "#/components/schemas/CampaignMessages" });
+    assert_eq!(properties(&d, &messages), keys(both));
+    assert_exact_shape(&d, "CampaignEmail", &both["email"]);
+    let audience_spec = serde_json::json!({ "$ref": "#/components/schemas/CampaignAudienceSpec" });
+    assert_eq!(
+        properties(&d, &audience_spec),
+        keys(&campaigns[0]["audience"])
+    );
+    for schema in ["CampaignTrigger", "CampaignTriggerSpec"] {
+        assert_eq!(branch_types(&d, schema), triggers, "{schema}");
+    }
+    assert_eq!(branch_types(&d, "CampaignOffer"), offers);
+    // The examples: the request's is valid, and answered as the response's example.
+    let mut with = serde_json::to_value(Program::demo()).unwrap();
+    with["campaigns"] = serde_json::json!([schema_example(&d, "CampaignSpec")]);
+    let answered = serde_json::to_value(serde_json::from_value::<Program>(with).unwrap()).unwrap();
+    assert_eq!(answered["campaigns"][0], schema_example(&d, "Campaign"));
+    // Bounds: the domain's.
+    let s = &d["components"]["schemas"];
+    assert_eq!(
+        s["ProgramSpec"]["properties"]["campaigns"]["maxItems"].as_u64(),
+        Some(loyalty_domain::campaigns::MAX_CAMPAIGNS as u64)
+    );
+}
+
+/// A template's pattern is the domain's check: only `{placeholder}`s of
+/// [`loyalty_domain::campaigns::PLACEHOLDERS`], not blank (`str::trim`: `char::is_whitespace`).
+#[test]
+fn template_patterns_are_the_domains_placeholders() {
+    let d = doc();
+    let s = &d["components"]["schemas"];
+    let names = loyalty_domain::campaigns::PLACEHOLDERS.join("|");
+    let tok = format!("\\{{(?:{names})\\}}");
+    let sms = &s["CampaignMessagesSpec"]["properties"]["sms"];
+    let pattern = sms["pattern"].as_str().unwrap();
+    let ws = pattern
+        .strip_prefix(&format!("^(?:[^{{]|{tok})*(?:[^{{"))
+        .and_then(|p| p.strip_suffix(&format!("]|{tok})(?:[^{{]|{tok})*$")))
+        .unwrap_or_else(|| panic!("a template pattern, got {pattern}"));
+    let ranges = class_ranges(ws);
+    for c in (0..=0x10FFFF).filter_map(char::from_u32) {
+        assert_eq!(in_ranges(c, &ranges), c.is_whitespace(), "{c:?}");
+    }
+    let email = &s["CampaignEmail"]["properties"];
+    for (t, max) in [
+        (sms, 480),
+        (&email["subject"], 200),
+        (&email["body"], 10_000),
+    ] {
+        assert_eq!(t["pattern"].as_str(), Some(pattern));
+        assert_eq!(t["maxLength"].as_u64(), Some(max));
+        assert_eq!(t["minLength"].as_u64(), Some(1));
+    }
+}
+
+fn example_campaign_result() -> loyalty_core::campaigns::CampaignResult {
+    loyalty_core::campaigns::CampaignResult {
+        id: "welcome".into(),
+        name: "Welcome bonus".into(),
+        trigger: "enrolled".into(),
+        channels: vec![loyalty_domain::campaigns::Channel::Sms],
+        fired: 4,
+        messages: 3,
+        delivered: 2,
+        failed: 1,
+        redeemed: 1,
+        revenue_cents: 1250,
+        redemption_rate: 0.25,
+    }
+}
+
+/// The campaign results have the documented shape, and the example is the core's form.
+#[test]
+fn campaign_results_match_the_core_type() {
+    let d = doc();
+    let r = loyalty_core::campaigns::CampaignResults {
+        franchise_id: FranchiseId::parse("f_6df97957f5054860bf75").unwrap(),
+        from: "2026-11-02".into(),
+        to: "2026-11-04".into(),
+        time_zone: "Europe/Paris".into(),
+        campaigns: vec![example_campaign_result()],
+    };
+    let v = serde_json::to_value(&r).unwrap();
+    assert_exact_shape(&d, "CampaignResults", &v);
+    assert_exact_shape(&d, "CampaignResult", &v["campaigns"][0]);
+    assert_eq!(schema_example(&d, "CampaignResults"), v, "{}", pretty(&v));
+    // Every counter of the domain's series is one of the result's fields.
+    for counter in loyalty_domain::campaigns::COUNTERS {
+        assert!(keys(&v["campaigns"][0]).contains(counter), "{counter}");
+    }
 }

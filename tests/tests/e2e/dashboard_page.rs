@@ -1010,3 +1010,68 @@ async fn the_page_checks_origins_keys_queries_and_tenants() {
         .expect("sent");
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
+
+/// The page's "Campaigns" table (README "Campaign results"), in headless Chromium against an
+/// in-process platform: a program with a campaign fired at enrolment for two members shows one
+/// row with its name, its trigger in words and the API's counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_page_shows_campaign_results() {
+    if let Err(reason) = ChromeDriver::available() {
+        println!("SKIPPED: {reason}");
+        return;
+    }
+    let app = loyalty_tests::spawn_app().await;
+    let mut program = loyalty_tests::demo_program();
+    program["campaigns"] = json!([{
+        "id": "welcome", "name": "Welcome <b>bonus</b>",
+        "trigger": { "type": "enrolled" }, "offer": { "type": "bonus_points", "points": 25 }
+    }]);
+    let f = app.franchise_with("Café Page Campaigns", program).await;
+    for phone in ["+33612340011", "+33612340012"] {
+        app.enrol_id(&f, phone).await;
+    }
+
+    let driver = ChromeDriver::start().expect("chromedriver starts");
+    let b = driver.browser().await.expect("a browser");
+    sign_in(&b, &app.address, &f.hq_key).await;
+    b.wait_for("return document.body.dataset.state === 'ready'", WAIT)
+        .await
+        .expect("the dashboard");
+    let row = "#campaigns-table tbody tr[data-campaign='welcome']";
+    let cells = b
+        .wait_for(
+            &format!(
+                "const r = document.querySelector(\"{row}\"); \
+                 if (document.getElementById('campaigns').hidden || !r) return null; \
+                 return [...r.cells].map((c) => [c.textContent, c.dataset.value || null]);"
+            ),
+            WAIT,
+        )
+        .await
+        .expect("the campaigns table");
+    let cells = cells.as_array().expect("cells");
+    let texts: Vec<&str> = cells.iter().map(|c| c[0].as_str().unwrap()).collect();
+    let values: Vec<&Value> = cells.iter().map(|c| &c[1]).collect();
+    // The name as text (never markup), the trigger in words.
+    assert_eq!(texts[..2], ["Welcome <b>bonus</b>", "Enrolment"]);
+    assert_eq!(cells.len(), 8, "name, trigger and six figures: {texts:?}");
+    // fired, delivered, failed, redeemed, redemption rate, revenue: the API's figures.
+    assert_eq!(
+        values[2..],
+        [
+            &json!("2"),
+            &json!("0"),
+            &json!("0"),
+            &json!("0"),
+            &json!("0"),
+            &json!("0")
+        ]
+    );
+    assert!(
+        b.find_all("#campaigns-table b")
+            .await
+            .expect("find")
+            .is_empty(),
+        "no markup from a name"
+    );
+}

@@ -6,6 +6,7 @@ mod api;
 mod api_keys;
 mod audit;
 mod birthdays;
+mod campaign_results;
 mod campaigns;
 mod checkpoint;
 mod consent;

@@ -32,10 +32,10 @@ fn valid_name(field: &str, name: &str) -> Result<String, ApiError> {
 }
 
 /// A program is validated on its own, so that its errors name the program's field. The names
-/// of its tiers and rewards follow [`valid_name`] as sent (the domain checks them trimmed, and
+/// of its tiers, rewards and campaigns follow [`valid_name`] as sent (the domain checks them trimmed, and
 /// keeps accepting the programs it stored before control characters were refused).
 fn parse_program(v: serde_json::Value) -> Result<Program, ApiError> {
-    for list in ["tiers", "rewards"] {
+    for list in ["tiers", "rewards", "campaigns"] {
         if let Some(items) = v.get(list).and_then(|l| l.as_array()) {
             for (i, item) in items.iter().enumerate() {
                 if let Some(name) = item.get("name").and_then(|n| n.as_str()) {
@@ -44,7 +44,37 @@ fn parse_program(v: serde_json::Value) -> Result<Program, ApiError> {
             }
         }
     }
+    if let Some(items) = v.get("campaigns").and_then(|l| l.as_array()) {
+        for (i, item) in items.iter().enumerate() {
+            only_type(i, item, "trigger", "birthday")?;
+            only_type(i, item, "offer", "none")?;
+        }
+    }
     serde_json::from_value::<Program>(v).map_err(|e| ApiError::Invalid(format!("program: {e}")))
+}
+
+/// A campaign's `field` of type `unit` (a birthday trigger, an offer of none) has no field but
+/// `type`. serde's internally tagged unit variants ignore unknown fields whatever
+/// `deny_unknown_fields` says, so without this a typo there would be accepted silently, unlike
+/// everywhere else in the program.
+fn only_type(
+    i: usize,
+    campaign: &serde_json::Value,
+    field: &str,
+    unit: &str,
+) -> Result<(), ApiError> {
+    let Some(obj) = campaign.get(field).and_then(|t| t.as_object()) else {
+        return Ok(());
+    };
+    if obj.get("type").and_then(|t| t.as_str()) != Some(unit) {
+        return Ok(());
+    }
+    match obj.keys().find(|k| *k != "type") {
+        Some(k) => Err(ApiError::Invalid(format!(
+            "program: campaigns[{i}].{field}: unknown field `{k}`, a {unit} {field} has only `type`"
+        ))),
+        None => Ok(()),
+    }
 }
 
 #[derive(Debug, Deserialize)]

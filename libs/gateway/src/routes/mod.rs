@@ -1,6 +1,7 @@
 //! The HTTP routes of API v1, grouped by resource.
 
 pub mod admin;
+pub mod campaigns;
 pub mod consent;
 pub mod dashboard;
 pub mod enrolment;
