@@ -116,7 +116,9 @@ pub fn check_put(key: &str, code: &PendingCode) -> Result<()> {
     check_name("key", key)?;
     check_name("scope", &code.scope)?;
     if code.max_attempts == 0 {
-        return Err(Error::Invalid("a pending code needs at least one try".into()));
+        return Err(Error::Invalid(
+            "a pending code needs at least one try".into(),
+        ));
     }
     if code.ttl < Duration::from_millis(1) {
         return Err(Error::Invalid(

@@ -105,10 +105,7 @@ impl PendingCodes for EmbeddedPendingCodes {
         }
         e.used = e.used.saturating_add(1);
         if &e.code_hash == code_hash {
-            let payload = entries
-                .remove(key)
-                .map(|e| e.payload)
-                .unwrap_or_default();
+            let payload = entries.remove(key).map(|e| e.payload).unwrap_or_default();
             return Ok(Verdict::Right { payload });
         }
         match e.max_attempts.checked_sub(e.used) {

@@ -46,7 +46,10 @@ async fn a_code_put_by_one_gateway_is_confirmed_by_another() -> anyhow::Result<(
     let Some(server) = server() else {
         return Ok(());
     };
-    let (a, b) = (codes(&server.url(), 100).await, codes(&server.url(), 100).await);
+    let (a, b) = (
+        codes(&server.url(), 100).await,
+        codes(&server.url(), 100).await,
+    );
     let code = PendingCode {
         scope: "f/s".into(),
         code_hash: [7; 32],
@@ -74,7 +77,10 @@ async fn a_code_put_by_one_gateway_is_confirmed_by_another() -> anyhow::Result<(
             payload: b"profile".to_vec()
         }
     );
-    assert_eq!(b.verify("challenge1", "f/s", &[7; 32]).await?, Verdict::Gone);
+    assert_eq!(
+        b.verify("challenge1", "f/s", &[7; 32]).await?,
+        Verdict::Gone
+    );
     Ok(())
 }
 

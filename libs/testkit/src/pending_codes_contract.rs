@@ -39,13 +39,23 @@ const LONG: Duration = Duration::from_secs(60);
 /// and at most 50), and empty. `tag` keeps the keys of runs on one server apart.
 pub async fn run_all(codes: Arc<dyn PendingCodes>, capacity: usize, tag: &str) -> R {
     let c = codes.as_ref();
-    right_code_works_once(c, tag).await.context("right_code_works_once")?;
-    wrong_codes_use_tries(c, tag).await.context("wrong_codes_use_tries")?;
-    other_scope_is_gone(c, tag).await.context("other_scope_is_gone")?;
+    right_code_works_once(c, tag)
+        .await
+        .context("right_code_works_once")?;
+    wrong_codes_use_tries(c, tag)
+        .await
+        .context("wrong_codes_use_tries")?;
+    other_scope_is_gone(c, tag)
+        .await
+        .context("other_scope_is_gone")?;
     codes_expire(c, tag).await.context("codes_expire")?;
     keys_are_single(c, tag).await.context("keys_are_single")?;
-    removed_codes_are_gone(c, tag).await.context("removed_codes_are_gone")?;
-    bad_names_are_invalid(c).await.context("bad_names_are_invalid")?;
+    removed_codes_are_gone(c, tag)
+        .await
+        .context("removed_codes_are_gone")?;
+    bad_names_are_invalid(c)
+        .await
+        .context("bad_names_are_invalid")?;
     concurrent_tries_are_counted(Arc::clone(&codes), tag)
         .await
         .context("concurrent_tries_are_counted")?;
@@ -85,7 +95,10 @@ pub async fn wrong_codes_use_tries(c: &dyn PendingCodes, tag: &str) -> R {
         );
     }
     let last = c.verify(&key, SCOPE, &hash(9)).await?;
-    ensure!(matches!(last, Verdict::Locked { retry_after } if retry_after <= LONG && retry_after > Duration::from_secs(50)), "{last:?}");
+    ensure!(
+        matches!(last, Verdict::Locked { retry_after } if retry_after <= LONG && retry_after > Duration::from_secs(50)),
+        "{last:?}"
+    );
     let right = c.verify(&key, SCOPE, &hash(2)).await?;
     ensure!(
         matches!(right, Verdict::Locked { .. }),
@@ -101,7 +114,10 @@ pub async fn other_scope_is_gone(c: &dyn PendingCodes, tag: &str) -> R {
     let v = c.verify(&key, "fr1/other", &hash(3)).await?;
     ensure!(v == Verdict::Gone, "{v:?}");
     let v = c.verify(&key, SCOPE, &hash(3)).await?;
-    ensure!(matches!(v, Verdict::Right { .. }), "the try was used: {v:?}");
+    ensure!(
+        matches!(v, Verdict::Right { .. }),
+        "the try was used: {v:?}"
+    );
     Ok(())
 }
 
@@ -199,6 +215,9 @@ pub async fn bounded(c: &dyn PendingCodes, capacity: usize, tag: &str) -> R {
     ensure!(over == Put::Full, "past capacity: {over:?}");
     tokio::time::sleep(ttl * 3).await;
     let after = c.put(&format!("{tag}-over"), code(1, LONG, 1)).await?;
-    ensure!(after == Put::Stored, "expired codes kept their room: {after:?}");
+    ensure!(
+        after == Put::Stored,
+        "expired codes kept their room: {after:?}"
+    );
     Ok(())
 }

@@ -177,15 +177,23 @@ async fn the_cafe_s_welcome_campaign_texts_its_new_member_who_can_opt_out() {
         .franchise_with("Café du Moulin", readme_program("cafe-campaigns"))
         .await;
     let body = json!({"phone": "+33612340601", "name": "Ana", "consent": {"sms": true}});
-    let r = app.post("/v1/members?wait_ms=5000", &f.store_key, &body).await;
+    let r = app
+        .post("/v1/members?wait_ms=5000", &f.store_key, &body)
+        .await;
     assert!(r.status().is_success(), "{}", r.status());
     let m = r.json::<Value>().await.unwrap()["member_id"]
         .as_str()
         .unwrap()
         .to_owned();
-    assert_eq!(app.status(&f, &m).await["points"], 30, "10 for joining, 20 welcome");
+    assert_eq!(
+        app.status(&f, &m).await["points"],
+        30,
+        "10 for joining, 20 welcome"
+    );
     let ledger = app.ledger(&f, &m).await;
-    assert!(ledger.iter().any(|e| e["detail"] == "campaign:bienvenue" && e["points"] == 20));
+    assert!(ledger
+        .iter()
+        .any(|e| e["detail"] == "campaign:bienvenue" && e["points"] == 20));
     // A member without consent: the points, no message.
     let silent = app.enrol_id(&f, "+33612340602").await;
     assert_eq!(app.status(&f, &silent).await["points"], 30);
@@ -198,7 +206,11 @@ async fn the_cafe_s_welcome_campaign_texts_its_new_member_who_can_opt_out() {
     let sent = tokio::time::timeout(std::time::Duration::from_secs(20), sms.wait_for(1))
         .await
         .expect("the welcome SMS is delivered");
-    assert_eq!(sent.len(), 1, "one message: the other member gave no consent");
+    assert_eq!(
+        sent.len(),
+        1,
+        "one message: the other member gave no consent"
+    );
     let text = &sent[0].body;
     assert!(
         text.starts_with("Bienvenue Ana ! +20 points au Café du Moulin.\n\nhttp"),
@@ -211,7 +223,10 @@ async fn the_cafe_s_welcome_campaign_texts_its_new_member_who_can_opt_out() {
     let results: Value = r.json().await.unwrap();
     let welcome = &results["campaigns"][0];
     assert_eq!(welcome["id"], "bienvenue");
-    assert_eq!((welcome["fired"].clone(), welcome["messages"].clone()), (json!(2), json!(1)));
+    assert_eq!(
+        (welcome["fired"].clone(), welcome["messages"].clone()),
+        (json!(2), json!(1))
+    );
 
     // STOP through the link: the SMS consent is withdrawn.
     let r = app
