@@ -128,6 +128,22 @@ pub fn verify_store_enrolment_token(franchise_secret: &str, store: &StoreId, tok
     same_tag(&store_enrolment_token(franchise_secret, store), token)
 }
 
+/// The keyed hash under which a pending one-time code is held
+/// ([`crate::pending_codes::PendingCode::code_hash`]): the MAC of the challenge id and the
+/// code under the franchise's secret. Six digits are a million candidates, so a plain hash
+/// of a stolen entry would give the code away; without the secret it gives nothing.
+pub fn one_time_code_hash(franchise_secret: &str, challenge: &str, code: &str) -> [u8; 32] {
+    mac(
+        franchise_secret,
+        &[
+            b"one-time-code:",
+            challenge.as_bytes(),
+            b":",
+            code.as_bytes(),
+        ],
+    )
+}
+
 /// The anti-forgery token of the self-enrolment form of `store` issued at `issued` (Unix
 /// seconds): `<issued>.<mac>`, the MAC of both under the franchise's secret. A form post must
 /// carry one (a hidden field) that this franchise made for this store, recently

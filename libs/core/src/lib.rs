@@ -16,6 +16,7 @@ pub mod key_changes;
 pub mod metrics;
 pub mod model;
 pub mod notify;
+pub mod pending_codes;
 pub mod ports;
 pub mod pos_ingest;
 pub mod pos_topic;

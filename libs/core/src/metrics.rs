@@ -512,7 +512,7 @@ impl Metrics {
             enrolment_codes: counter_vec(
                 &r,
                 "loyalty_enrolment_codes_total",
-                "One-time codes of the self-enrolment page, by result (sent, send_failed, no_notifier, rate_limited, confirmed, wrong, expired, too_many_attempts).",
+                "One-time codes of the self-enrolment page, by result (sent, send_failed, no_notifier, rate_limited, confirmed, wrong, expired, too_many_attempts, store_unavailable).",
                 &["result"],
             ),
             cache_lookups: counter_vec(

@@ -9,6 +9,7 @@ pub mod lock;
 pub mod log;
 pub mod messages;
 pub mod notify;
+pub mod pending_codes;
 pub mod rate_limit;
 pub mod store;
 
@@ -16,5 +17,6 @@ pub use cache::EmbeddedCache;
 pub use lock::DataDirLock;
 pub use messages::EmbeddedMessages;
 pub use notify::EmbeddedNotifier;
+pub use pending_codes::EmbeddedPendingCodes;
 pub use rate_limit::EmbeddedRateLimiter;
 pub use store::EmbeddedStore;

@@ -39,12 +39,14 @@
 
 mod cache;
 pub mod key_changes;
+mod pending_codes;
 mod rate_limit;
 pub mod replies;
 
 pub use cache::{RedisCache, RedisCacheOptions};
 /// Rebuilding works on any hot cache; it lives with the ports.
 pub use loyalty_core::rebuild::{rebuild, DEFAULT_REBUILD_PAGE};
+pub use pending_codes::RedisPendingCodes;
 pub use rate_limit::RedisRateLimiter;
 
 #[doc(no_inline)]

@@ -7,6 +7,7 @@ pub mod chromium;
 pub mod faulty_store;
 pub mod http_sink;
 pub mod log_contract;
+pub mod pending_codes_contract;
 pub mod ports;
 pub mod postgres;
 pub mod process;

@@ -216,6 +216,28 @@ fn lookup_limits(
     })
 }
 
+/// Where the self-enrolment page's pending one-time codes wait: in Redis when `shared` (a
+/// distributed process: a code sent by one gateway must be confirmed through any other) and
+/// Redis is configured, else in the process (`loyalty dev`).
+fn pending_codes(
+    config: &DevConfig,
+    shared: bool,
+) -> anyhow::Result<Arc<dyn loyalty_core::pending_codes::PendingCodes>> {
+    use loyalty_gateway::pages::join::MAX_PENDING;
+    Ok(match (&config.redis_url, shared) {
+        (Some(url), true) => {
+            let cache = loyalty_redis::RedisCache::connect_lazy(
+                url,
+                loyalty_redis::RedisCacheOptions::default(),
+            )
+            .with_context(|| format!("configuring Redis at {}", redact_url(url)))?;
+            let capacity = u64::try_from(MAX_PENDING).unwrap_or(u64::MAX);
+            Arc::new(loyalty_redis::RedisPendingCodes::new(&cache, capacity))
+        }
+        _ => Arc::new(loyalty_embedded::EmbeddedPendingCodes::new(MAX_PENDING)),
+    })
+}
+
 /// What the adapters of a process are, as traces name them (`messaging.system`,
 /// `db.system.name`).
 struct Systems {
@@ -636,6 +658,7 @@ impl Application {
         let self_enrolment = web::Data::new(loyalty_gateway::pages::join::SelfEnrolment::new(
             senders.codes.clone(),
             Duration::from_secs(config.enrolment_code_ttl_secs),
+            pending_codes(&config, embedded.is_none() || mode == Mode::Gateway)?,
         ));
         let body_limit = loyalty_gateway::json::BodyLimit {
             max_bytes: config.max_body_bytes,

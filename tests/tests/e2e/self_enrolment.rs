@@ -81,8 +81,12 @@ struct Answer {
 }
 
 async fn get(app: &TestApp, path: &str) -> Answer {
+    get_url(&app.url(path)).await
+}
+
+async fn get_url(url: &str) -> Answer {
     let r = client()
-        .get(app.url(path))
+        .get(url)
         .header("accept-language", "en")
         .send()
         .await
@@ -91,8 +95,12 @@ async fn get(app: &TestApp, path: &str) -> Answer {
 }
 
 async fn post(app: &TestApp, path: &str, fields: &[(&str, &str)]) -> Answer {
+    post_url(&app.url(path), fields).await
+}
+
+async fn post_url(url: &str, fields: &[(&str, &str)]) -> Answer {
     let r = client()
-        .post(app.url(path))
+        .post(url)
         .header("content-type", "application/x-www-form-urlencoded")
         .body(form_encode(fields))
         .send()
@@ -602,4 +610,166 @@ async fn without_a_notifier_the_page_says_codes_cannot_be_sent() {
     );
     let r = post(&app, &join, &[("phone", "+33611110000"), ("name", "Eve")]).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+/// The distributed case: an engine and two gateways (in this test process, on one embedded
+/// log and store as they would share Kafka and a store, and on one `redis-server`). The code
+/// asked for through gateway A is confirmed through gateway B (a wrong try at B counted, then
+/// the right code); used once, it is gone at A too. Without `redis-server`: `SKIPPED`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_sent_by_one_gateway_is_confirmed_through_another() {
+    use loyalty::startup::{Application, Embedded, Mode, Ports};
+    use loyalty_testkit::redis::RedisServer;
+    use std::sync::Arc;
+
+    if let Err(reason) = RedisServer::available() {
+        println!("SKIPPED: {reason}");
+        return;
+    }
+    loyalty::telemetry::init_with_default("warn");
+    let redis = RedisServer::start().expect("redis-server starts");
+    let dir = tempfile::tempdir().unwrap();
+    let config = loyalty::configuration::DevConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_path_buf(),
+        admin_key: loyalty_tests::ADMIN_KEY.into(),
+        partitions: 2,
+        http_workers: 1,
+        demo: false,
+        redis_url: Some(redis.url()),
+        ..Default::default()
+    };
+    let embedded = Embedded {
+        log: loyalty_embedded::log::EmbeddedLog::open(dir.path().join("log")).unwrap(),
+        store: loyalty_embedded::EmbeddedStore::open(&dir.path().join("store")).unwrap(),
+        cache: Arc::new(loyalty_embedded::EmbeddedCache::new(1000)),
+    };
+    let ports = Ports {
+        log: embedded.log.clone(),
+        store: embedded.store.clone(),
+        cache: embedded.cache.clone(),
+    };
+    let start =
+        |mode| Application::build_with(config.clone(), ports.clone(), Some(embedded.clone()), mode);
+    let engine = start(Mode::Engine).await.expect("engine starts");
+    let engine_url = format!("http://127.0.0.1:{}", engine.port());
+    tokio::spawn(engine.run_until_stopped());
+    let (a, b) = (
+        start(Mode::Gateway).await.expect("gateway A"),
+        start(Mode::Gateway).await.expect("gateway B"),
+    );
+    let (url_a, url_b) = (
+        format!("http://127.0.0.1:{}", a.port()),
+        format!("http://127.0.0.1:{}", b.port()),
+    );
+    let notifier_a = a.notifier.clone().expect("the dev notifier of gateway A");
+    tokio::spawn(a.run_until_stopped());
+    tokio::spawn(b.run_until_stopped());
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    for base in [&engine_url, &url_a, &url_b] {
+        while !http
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::OK)
+        {
+            assert!(tokio::time::Instant::now() < deadline, "{base} never ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let f: serde_json::Value = http
+        .post(format!("{url_a}/v1/franchises"))
+        .bearer_auth(loyalty_tests::ADMIN_KEY)
+        .json(&serde_json::json!({"name": "Split", "program": loyalty_tests::demo_program()}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let fid = f["id"].as_str().unwrap().to_owned();
+    let st: serde_json::Value = http
+        .post(format!("{url_a}/v1/franchises/{fid}/stores"))
+        .bearer_auth(f["hq_api_key"].as_str().unwrap())
+        .json(&serde_json::json!({"name": "S1"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sid = StoreId::parse(st["id"].as_str().unwrap()).unwrap();
+    let secret = ports
+        .store
+        .franchise(&FranchiseId::parse(&fid).unwrap())
+        .await
+        .unwrap()
+        .expect("the franchise")
+        .secret;
+    let join = format!(
+        "/join/{sid}/{}",
+        identity::store_enrolment_token(&secret, &sid)
+    );
+
+    let phone = "+33655556666";
+    let form = get_url(&format!("{url_a}{join}")).await;
+    assert_eq!(form.status, StatusCode::OK, "{}", form.body);
+    let page = post_url(
+        &format!("{url_a}{join}"),
+        &[
+            ("csrf", &hidden(&form.body, "csrf")),
+            ("lang", "en"),
+            ("phone", phone),
+            ("name", "Camille"),
+        ],
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let code = notifier_a.last_code(phone).expect("gateway A sent a code");
+    let confirm_at = |base: &str, code: String| {
+        let url = format!("{base}{join}/code");
+        let fields = [
+            ("csrf", hidden(&page.body, "csrf")),
+            ("challenge", hidden(&page.body, "challenge")),
+            ("lang", "en".to_owned()),
+            ("code", code),
+        ];
+        async move {
+            let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            post_url(&url, &fields).await
+        }
+    };
+    let wrong_at_b = confirm_at(&url_b, wrong(&code)).await;
+    assert_eq!(
+        wrong_at_b.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        wrong_at_b.body
+    );
+    assert!(
+        wrong_at_b.body.contains("4 attempt(s) left"),
+        "{}",
+        wrong_at_b.body
+    );
+    assert!(
+        !wrong_at_b.body.contains(phone),
+        "the phone is shown masked"
+    );
+    let right_at_b = confirm_at(&url_b, code.clone()).await;
+    assert_eq!(
+        right_at_b.status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        right_at_b.body
+    );
+    let location = right_at_b.headers["location"].to_str().unwrap();
+    assert!(location.starts_with(&format!("/card/{fid}/")), "{location}");
+    let again_at_a = confirm_at(&url_a, code).await;
+    assert_eq!(
+        again_at_a.status,
+        StatusCode::GONE,
+        "used once: {}",
+        again_at_a.body
+    );
 }

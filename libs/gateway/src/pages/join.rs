@@ -10,7 +10,7 @@
 //!
 //! - `GET /join/{sid}/{token}`: the form (404 for a forged token or an unknown store; 503 when
 //!   this process has no notifier, so that no code can be sent).
-//! - `POST /join/{sid}/{token}`: sends a 6-digit code (kept as a hash, valid
+//! - `POST /join/{sid}/{token}`: sends a 6-digit code (kept as a keyed hash, valid
 //!   [`SelfEnrolment::code_ttl`], single use, at most [`MAX_ATTEMPTS`] tries) and answers the
 //!   second form. The answer is the same whether the phone is a member or not: nothing is
 //!   looked up before the code is confirmed.
@@ -23,26 +23,30 @@
 //! time of issue ([`identity::enrolment_form_token`]); a post a browser marks cross-site is
 //! refused.
 //!
-//! Pending codes live in the memory of the gateway that sent them (a second gateway does not
-//! know them: several gateways behind one address need session affinity for `/join`). The
+//! Pending codes live behind the [`PendingCodes`] port, keyed by the page's random challenge id
+//! and bound to the franchise and store: in the process for `loyalty dev`, in Redis for the
+//! distributed modes, so that a code sent by one gateway is confirmed through any other behind
+//! the same address (no session affinity). They are held as an HMAC under the franchise's
+//! secret ([`identity::one_time_code_hash`]), never in clear; the profile typed on the page
+//! waits with them (for the code's lifetime only) and phones are logged masked, if at all. The
 //! consents given on the page go into the member's profile with the enrolment (durable, in the
 //! member's export, erased with the profile).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
-use dashmap::DashMap;
 use data_encoding::HEXLOWER;
 use loyalty_core::identity;
 use loyalty_core::input;
 use loyalty_core::metrics::metrics;
 use loyalty_core::model::{Franchise, Principal, Role, Store};
 use loyalty_core::notify::{mask_phone, Notifier};
+use loyalty_core::pending_codes::{PendingCode, PendingCodes, Put, Verdict};
 use loyalty_core::rate_limit::RateLimit;
-use loyalty_domain::{Consent, FranchiseId, Profile, StoreId};
-use serde::Deserialize;
+use loyalty_domain::{Consent, Profile};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::escape;
@@ -72,8 +76,9 @@ pub const TRIES_PER_ADDRESS: RateLimit = RateLimit {
 };
 /// How long a form's anti-forgery token is accepted (seconds).
 const FORM_MAX_AGE: i64 = 3600;
-/// Pending codes held at most (past it, expired ones are dropped; then new ones refused).
-const MAX_PENDING: usize = 100_000;
+/// Pending codes held at most by the service's adapters (past it, expired ones are dropped;
+/// then new ones refused with a 429 page). An entry is well under 1 kB: about 100 MB at most.
+pub const MAX_PENDING: usize = 100_000;
 
 /// The extra style of the forms (on top of the card's).
 const FORM_CSS: &str = "form{display:grid;gap:.8rem;margin:1rem 0}\
@@ -86,14 +91,11 @@ button{font:inherit;font-weight:700;padding:.8rem;border:0;border-radius:.5rem;b
 .notice{background:#fff6d5;padding:.6rem;border-radius:.5rem}\
 .error{color:#a40000}";
 
-struct Pending {
-    franchise: FranchiseId,
-    store: StoreId,
+/// What waits with a code (the payload of its [`PendingCode`]): the profile typed on the
+/// page, enrolled once the code is confirmed.
+#[derive(Serialize, Deserialize)]
+struct Waiting {
     profile: Profile,
-    consent: Consent,
-    code_hash: [u8; 32],
-    expires: Instant,
-    attempts: u32,
 }
 
 /// The self-enrolment page's state, registered as app data by the service.
@@ -101,31 +103,29 @@ pub struct SelfEnrolment {
     notifier: Option<Arc<dyn Notifier>>,
     /// How long a code is valid.
     pub code_ttl: Duration,
-    pending: DashMap<String, Pending>,
+    codes: Arc<dyn PendingCodes>,
 }
 
 impl SelfEnrolment {
     /// `notifier`: `None` where no adapter is configured (the page then says codes cannot be
-    /// sent, 503).
-    pub fn new(notifier: Option<Arc<dyn Notifier>>, code_ttl: Duration) -> SelfEnrolment {
+    /// sent, 503). `codes`: where pending codes wait (shared by the gateways in distributed
+    /// modes).
+    pub fn new(
+        notifier: Option<Arc<dyn Notifier>>,
+        code_ttl: Duration,
+        codes: Arc<dyn PendingCodes>,
+    ) -> SelfEnrolment {
         SelfEnrolment {
             notifier,
             code_ttl,
-            pending: DashMap::new(),
+            codes,
         }
-    }
-
-    fn room(&self) -> bool {
-        if self.pending.len() >= MAX_PENDING {
-            let now = Instant::now();
-            self.pending.retain(|_, p| p.expires > now);
-        }
-        self.pending.len() < MAX_PENDING
     }
 }
 
-fn code_hash(challenge: &str, code: &str) -> [u8; 32] {
-    Sha256::digest(format!("{challenge}:{code}").as_bytes()).into()
+/// The scope a code is bound to: its franchise and store.
+fn scope_of(f: &Franchise, store: &Store) -> String {
+    format!("{}/{}", f.id, store.id)
 }
 
 /// A fresh 6-digit code and a challenge id (both from the OS generator, through v4 UUIDs).
@@ -137,6 +137,13 @@ fn new_code() -> (String, String) {
 
 fn count(result: &str) {
     metrics().enrolment_codes.with_label_values(&[result]).inc();
+}
+
+/// A pending codes adapter failed: counted, logged (no phone), and the page says so (503).
+fn codes_failed(lang: Lang, se: &SelfEnrolment, e: loyalty_core::Error) -> HttpResponse {
+    count("store_unavailable");
+    tracing::warn!(error = %e, adapter = se.codes.name(), "pending one-time codes unavailable");
+    failure_page(lang, &e.into())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -663,27 +670,32 @@ pub async fn request_code(
     {
         return too_many(lang, wait, WAIT_CODES);
     }
-    if !se.room() {
-        count("rate_limited");
-        return too_many(lang, Duration::from_secs(60), WAIT_CODES);
-    }
     let (code, challenge) = new_code();
     let phone_text = profile.phone.as_str().to_owned();
     let phone_value = profile.phone.clone();
-    se.pending.insert(
-        challenge.clone(),
-        Pending {
-            franchise: f.id.clone(),
-            store: store.id.clone(),
-            profile,
-            consent,
-            code_hash: code_hash(&challenge, &code),
-            expires: Instant::now() + se.code_ttl,
-            attempts: 0,
-        },
-    );
+    let payload = match serde_json::to_vec(&Waiting { profile }) {
+        Ok(p) => p,
+        Err(e) => return codes_failed(lang, se, loyalty_core::Error::Invalid(e.to_string())),
+    };
+    let pending = PendingCode {
+        scope: scope_of(&f, &store),
+        code_hash: identity::one_time_code_hash(&f.secret, &challenge, &code),
+        payload,
+        ttl: se.code_ttl,
+        max_attempts: MAX_ATTEMPTS,
+    };
+    match se.codes.put(&challenge, pending).await {
+        Ok(Put::Stored) => {}
+        Ok(Put::Full) => {
+            count("rate_limited");
+            return too_many(lang, Duration::from_secs(60), WAIT_CODES);
+        }
+        Err(e) => return codes_failed(lang, se, e),
+    }
     if let Err(e) = notifier.send_code(&phone_value, &code, lang.code()).await {
-        se.pending.remove(&challenge);
+        if let Err(e) = se.codes.remove(&challenge).await {
+            tracing::warn!(error = %e, "an unsent one-time code could not be forgotten");
+        }
         count("send_failed");
         tracing::warn!(error = %e, notifier = notifier.name(), "a one-time code could not be sent");
         return unavailable(lang);
@@ -710,14 +722,6 @@ pub struct CodeForm {
     #[serde(default)]
     code: String,
     lang: Option<String>,
-}
-
-/// What a try of a code found.
-enum Tried {
-    Right(Box<Pending>),
-    Wrong { left: u32, phone: String },
-    Locked,
-    Gone,
 }
 
 /// `POST /join/{sid}/{token}/code`: checks the code; on success enrols and 303 to the card.
@@ -748,60 +752,35 @@ pub async fn confirm(
     }
     let action = format!("/join/{}/{}", store.id, token);
     let code = form.code.trim();
-    let tried = {
-        let now = Instant::now();
-        match se.pending.get_mut(&form.challenge) {
-            None => Tried::Gone,
-            Some(p) if p.franchise != f.id || p.store != store.id || p.expires <= now => {
-                Tried::Gone
-            }
-            Some(p) if p.attempts >= MAX_ATTEMPTS => Tried::Locked,
-            Some(mut p) => {
-                p.attempts += 1;
-                let right = code.len() == 6
-                    && code.bytes().all(|b| b.is_ascii_digit())
-                    && code_hash(&form.challenge, code) == p.code_hash;
-                if right {
-                    Tried::Right(Box::new(Pending {
-                        franchise: p.franchise.clone(),
-                        store: p.store.clone(),
-                        profile: p.profile.clone(),
-                        consent: p.consent,
-                        code_hash: p.code_hash,
-                        expires: p.expires,
-                        attempts: p.attempts,
-                    }))
-                } else if p.attempts >= MAX_ATTEMPTS {
-                    Tried::Locked
-                } else {
-                    Tried::Wrong {
-                        left: MAX_ATTEMPTS - p.attempts,
-                        phone: p.profile.phone.as_str().to_owned(),
-                    }
-                }
-            }
-        }
+    // A malformed challenge is no pending code (the adapters refuse it as `Invalid`).
+    if loyalty_core::pending_codes::check_name("key", &form.challenge).is_err() {
+        count("expired");
+        return gone(lang, &action);
+    }
+    // Any text is hashed: a malformed code is a wrong one, and uses a try.
+    let hash = identity::one_time_code_hash(&f.secret, &form.challenge, code);
+    let verdict = match se
+        .codes
+        .verify(&form.challenge, &scope_of(&f, &store), &hash)
+        .await
+    {
+        Ok(v) => v,
+        Err(e) => return codes_failed(lang, se, e),
     };
-    let pending = match tried {
-        Tried::Gone => {
-            // An expired one is dropped here (single use: a used one is already gone).
-            se.pending
-                .remove_if(&form.challenge, |_, p| p.expires <= Instant::now());
+    let payload = match verdict {
+        Verdict::Gone => {
             count("expired");
             return gone(lang, &action);
         }
-        Tried::Locked => {
+        Verdict::Locked { retry_after } => {
             count("too_many_attempts");
-            let left = se
-                .pending
-                .get(&form.challenge)
-                .map_or(Duration::from_secs(60), |p| {
-                    p.expires.saturating_duration_since(Instant::now())
-                });
-            return too_many(lang, left.max(Duration::from_secs(1)), WAIT_TRIES);
+            return too_many(lang, retry_after.max(Duration::from_secs(1)), WAIT_TRIES);
         }
-        Tried::Wrong { left, phone } => {
+        Verdict::Wrong { left, payload } => {
             count("wrong");
+            let phone = serde_json::from_slice::<Waiting>(&payload)
+                .map(|w| w.profile.phone.as_str().to_owned())
+                .unwrap_or_default();
             let message = match lang {
                 Lang::Fr => format!("Code erroné. Encore {left} essai(s)."),
                 Lang::En => format!("Wrong code. {left} attempt(s) left."),
@@ -817,13 +796,13 @@ pub async fn confirm(
                 Some(&message),
             );
         }
-        Tried::Right(p) => {
-            // Single use: gone before anything else can try it.
-            if se.pending.remove(&form.challenge).is_none() {
-                count("expired");
-                return gone(lang, &action);
-            }
-            p
+        Verdict::Right { payload } => payload,
+    };
+    let waiting = match serde_json::from_slice::<Waiting>(&payload) {
+        Ok(w) => w,
+        Err(e) => {
+            let e = loyalty_core::Error::Corrupt(format!("pending code payload: {e}"));
+            return codes_failed(lang, se, e);
         }
     };
     count("confirmed");
@@ -837,7 +816,7 @@ pub async fn confirm(
         &gw,
         &f,
         &principal,
-        pending.profile,
+        waiting.profile,
         Some(gw.config.default_wait),
     )
     .await
@@ -862,12 +841,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn codes_have_six_digits_and_hash_per_challenge() {
+    fn codes_have_six_digits_and_hash_per_challenge_and_secret() {
         for _ in 0..100 {
             let (code, challenge) = new_code();
             assert_eq!(code.len(), 6);
             assert!(code.bytes().all(|b| b.is_ascii_digit()));
-            assert_ne!(code_hash(&challenge, &code), code_hash("other", &code));
+            assert!(loyalty_core::pending_codes::check_name("key", &challenge).is_ok());
+            let h = identity::one_time_code_hash("s1", &challenge, &code);
+            assert_ne!(h, identity::one_time_code_hash("s1", "other", &code));
+            assert_ne!(h, identity::one_time_code_hash("s2", &challenge, &code));
         }
     }
 
