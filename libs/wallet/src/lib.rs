@@ -21,6 +21,14 @@ pub use apple::{ApplePasses, MANIFEST, PASS_JSON, PKPASS_CONTENT_TYPE, SIGNATURE
 pub use google::{GoogleWallet, SAVE_URL_PREFIX};
 pub use signature::PassSigner;
 
+/// The wallets' settings: Apple's (always there: unsigned passes unless a certificate is
+/// configured) and Google's (`None`: no save link).
+#[derive(Clone, Debug, Default)]
+pub struct WalletConfig {
+    pub apple: ApplePasses,
+    pub google: Option<GoogleWallet>,
+}
+
 /// Why a pass could not be configured or made.
 #[derive(Debug, thiserror::Error)]
 pub enum WalletError {
