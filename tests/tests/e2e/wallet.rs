@@ -131,7 +131,8 @@ async fn the_card_link_downloads_an_unsigned_pass_of_the_current_balance() {
     );
     let now = app.status(&f, &m).await["points"].as_u64().unwrap();
     assert!(now > points);
-    let again = pass_json(&download_pass(&beside(&url, "pass.pkpass?lang=en")).await);
+    let again =
+        pass_json(&download_pass(&format!("{}&lang=en", beside(&url, "pass.pkpass"))).await);
     assert_eq!(again["storeCard"]["primaryFields"][0]["value"], now);
 
     // Google Wallet is not configured: a page that says so. The card page offers neither
