@@ -87,6 +87,9 @@ pub struct Metrics {
     pub opt_outs: IntCounterVec,
     /// Changes of consent applied through the API or the card page, by source (`api`, `card`).
     pub consent_changes: IntCounterVec,
+    /// Wallet passes of the card page (README "Members without an app"), by kind (`apple`,
+    /// `google`) and result (`signed`, `unsigned`, `not_configured`, `failed`).
+    pub wallet_passes: IntCounterVec,
 }
 
 /// What the scheduler of each owned partition did, counted once the store has it.
@@ -386,6 +389,12 @@ impl Metrics {
                 "loyalty_consent_changes_total",
                 "Changes of consent to offers applied through the API or the card page, by source (api, card).",
                 &["source"],
+            ),
+            wallet_passes: counter_vec(
+                &r,
+                "loyalty_wallet_passes_total",
+                "Wallet passes of the card page, by kind (apple, google) and result (signed, unsigned, not_configured, failed).",
+                &["kind", "result"],
             ),
             held_refunds: counter_vec(
                 &r,

@@ -49,6 +49,9 @@ pub struct GatewayConfig {
     /// (`LOYALTY_PRINCIPAL_TTL_MS`): the bound on how long another gateway may take a key
     /// rotated or revoked elsewhere if the announcement of the change is lost.
     pub principal_ttl: Duration,
+    /// The card's wallet passes (Apple `.pkpass`, Google save link): README "Members without
+    /// an app".
+    pub wallet: loyalty_wallet::WalletConfig,
 }
 
 impl Default for GatewayConfig {
@@ -61,6 +64,7 @@ impl Default for GatewayConfig {
             reply_to: None,
             public_url: "http://127.0.0.1:8080".into(),
             principal_ttl: PRINCIPAL_TTL,
+            wallet: loyalty_wallet::WalletConfig::default(),
         }
     }
 }

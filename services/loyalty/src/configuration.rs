@@ -193,6 +193,24 @@ pub struct DevConfig {
     pub smtp_from: Option<String>,
     pub smtp_username: Option<String>,
     pub smtp_password: Option<String>,
+    /// Apple Wallet passes (README "Members without an app"): the Pass Type ID
+    /// (`LOYALTY_APPLE_PASS_TYPE_ID`) and team (`LOYALTY_APPLE_TEAM_ID`) they are issued under,
+    /// and the PEM files that sign them: the Pass Type ID certificate
+    /// (`LOYALTY_APPLE_CERT_PEM`), its unencrypted private key (`LOYALTY_APPLE_KEY_PEM`) and
+    /// Apple's WWDR intermediate (`LOYALTY_APPLE_WWDR_PEM`). No files: unsigned passes.
+    pub apple_pass_type_id: Option<String>,
+    pub apple_team_id: Option<String>,
+    pub apple_cert_pem: Option<PathBuf>,
+    pub apple_key_pem: Option<PathBuf>,
+    pub apple_wwdr_pem: Option<PathBuf>,
+    /// Google Wallet save links: the issuer id (`LOYALTY_GOOGLE_WALLET_ISSUER_ID`), the loyalty
+    /// class (`LOYALTY_GOOGLE_WALLET_CLASS_ID`), the service account's e-mail
+    /// (`LOYALTY_GOOGLE_WALLET_SERVICE_ACCOUNT`) and the PEM file of its RSA key
+    /// (`LOYALTY_GOOGLE_WALLET_KEY_PEM`). All four, or none (no Google Wallet link).
+    pub google_wallet_issuer_id: Option<String>,
+    pub google_wallet_class_id: Option<String>,
+    pub google_wallet_service_account: Option<String>,
+    pub google_wallet_key_pem: Option<PathBuf>,
 }
 
 impl Default for DevConfig {
@@ -247,6 +265,15 @@ impl Default for DevConfig {
             smtp_from: None,
             smtp_username: None,
             smtp_password: None,
+            apple_pass_type_id: None,
+            apple_team_id: None,
+            apple_cert_pem: None,
+            apple_key_pem: None,
+            apple_wwdr_pem: None,
+            google_wallet_issuer_id: None,
+            google_wallet_class_id: None,
+            google_wallet_service_account: None,
+            google_wallet_key_pem: None,
         }
     }
 }
@@ -316,6 +343,11 @@ where
             .map_err(|e| anyhow::anyhow!("environment variable {name}={v:?} is invalid: {e}"))?;
     }
     Ok(())
+}
+
+/// The content of the PEM file of `setting`.
+fn read_pem(path: &Path, setting: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("{setting}: reading {}", path.display()))
 }
 
 impl std::fmt::Debug for DevConfig {
@@ -393,6 +425,19 @@ impl std::fmt::Debug for DevConfig {
                 "smtp_password",
                 &self.smtp_password.as_ref().map(|_| "(set)"),
             )
+            // Paths of the key files, never their content.
+            .field("apple_pass_type_id", &self.apple_pass_type_id)
+            .field("apple_team_id", &self.apple_team_id)
+            .field("apple_cert_pem", &self.apple_cert_pem)
+            .field("apple_key_pem", &self.apple_key_pem)
+            .field("apple_wwdr_pem", &self.apple_wwdr_pem)
+            .field("google_wallet_issuer_id", &self.google_wallet_issuer_id)
+            .field("google_wallet_class_id", &self.google_wallet_class_id)
+            .field(
+                "google_wallet_service_account",
+                &self.google_wallet_service_account,
+            )
+            .field("google_wallet_key_pem", &self.google_wallet_key_pem)
             .finish()
     }
 }
@@ -542,6 +587,39 @@ impl DevConfig {
             }
         }
         env_parse("LOYALTY_SMTP_PORT", &mut c.smtp_port)?;
+        for (name, into) in [
+            ("LOYALTY_APPLE_PASS_TYPE_ID", &mut c.apple_pass_type_id),
+            ("LOYALTY_APPLE_TEAM_ID", &mut c.apple_team_id),
+            (
+                "LOYALTY_GOOGLE_WALLET_ISSUER_ID",
+                &mut c.google_wallet_issuer_id,
+            ),
+            (
+                "LOYALTY_GOOGLE_WALLET_CLASS_ID",
+                &mut c.google_wallet_class_id,
+            ),
+            (
+                "LOYALTY_GOOGLE_WALLET_SERVICE_ACCOUNT",
+                &mut c.google_wallet_service_account,
+            ),
+        ] {
+            if let Ok(v) = std::env::var(name) {
+                *into = Some(v).filter(|v| !v.trim().is_empty());
+            }
+        }
+        for (name, into) in [
+            ("LOYALTY_APPLE_CERT_PEM", &mut c.apple_cert_pem),
+            ("LOYALTY_APPLE_KEY_PEM", &mut c.apple_key_pem),
+            ("LOYALTY_APPLE_WWDR_PEM", &mut c.apple_wwdr_pem),
+            (
+                "LOYALTY_GOOGLE_WALLET_KEY_PEM",
+                &mut c.google_wallet_key_pem,
+            ),
+        ] {
+            if let Ok(v) = std::env::var(name) {
+                *into = Some(PathBuf::from(v)).filter(|p| !p.as_os_str().is_empty());
+            }
+        }
         Ok(c)
     }
 
@@ -668,6 +746,7 @@ impl DevConfig {
         }
         self.sms_webhook()?;
         self.smtp()?;
+        self.wallet()?;
         Ok(())
     }
 
@@ -705,6 +784,74 @@ impl DevConfig {
         c.validate()
             .map_err(|e| anyhow::anyhow!("LOYALTY_SMTP_* settings: {e}"))?;
         Ok(Some(c))
+    }
+
+    /// The wallet passes' settings, with their PEM files read and checked: unsigned Apple
+    /// passes and no Google link unless configured. Names the setting that is wrong.
+    pub fn wallet(&self) -> anyhow::Result<loyalty_wallet::WalletConfig> {
+        Ok(loyalty_wallet::WalletConfig {
+            apple: self.apple_passes()?,
+            google: self.google_wallet()?,
+        })
+    }
+
+    fn apple_passes(&self) -> anyhow::Result<loyalty_wallet::ApplePasses> {
+        let mut apple = loyalty_wallet::ApplePasses::default();
+        let ids = (&self.apple_pass_type_id, &self.apple_team_id);
+        let files = (
+            &self.apple_cert_pem,
+            &self.apple_key_pem,
+            &self.apple_wwdr_pem,
+        );
+        if let Some(id) = ids.0 {
+            let id = id.trim();
+            if !id.starts_with("pass.") || id.len() > 200 || id.contains(char::is_whitespace) {
+                bail!("apple_pass_type_id (LOYALTY_APPLE_PASS_TYPE_ID) must be a Pass Type ID such as pass.com.example.card, got {id:?}");
+            }
+            apple.pass_type_id = id.to_owned();
+        }
+        if let Some(team) = ids.1 {
+            let team = team.trim();
+            if team.len() != 10 || !team.chars().all(|c| c.is_ascii_alphanumeric()) {
+                bail!("apple_team_id (LOYALTY_APPLE_TEAM_ID) must be the 10-character Apple team id, got {team:?}");
+            }
+            apple.team_id = team.to_owned();
+        }
+        match files {
+            (None, None, None) => Ok(apple),
+            (Some(cert), Some(key), Some(wwdr)) => {
+                if ids.0.is_none() || ids.1.is_none() {
+                    bail!("signed Apple passes (LOYALTY_APPLE_CERT_PEM…) need apple_pass_type_id (LOYALTY_APPLE_PASS_TYPE_ID) and apple_team_id (LOYALTY_APPLE_TEAM_ID), those of the certificate");
+                }
+                let signer = loyalty_wallet::PassSigner::from_pem(
+                    &read_pem(cert, "apple_cert_pem (LOYALTY_APPLE_CERT_PEM)")?,
+                    &read_pem(key, "apple_key_pem (LOYALTY_APPLE_KEY_PEM)")?,
+                    &read_pem(wwdr, "apple_wwdr_pem (LOYALTY_APPLE_WWDR_PEM)")?,
+                )
+                .map_err(|e| anyhow::anyhow!("LOYALTY_APPLE_*_PEM: {e}"))?;
+                apple.signer = Some(std::sync::Arc::new(signer));
+                Ok(apple)
+            }
+            _ => bail!("apple_cert_pem, apple_key_pem and apple_wwdr_pem (LOYALTY_APPLE_CERT_PEM, LOYALTY_APPLE_KEY_PEM, LOYALTY_APPLE_WWDR_PEM) go together: set all three, or none (unsigned passes)"),
+        }
+    }
+
+    fn google_wallet(&self) -> anyhow::Result<Option<loyalty_wallet::GoogleWallet>> {
+        match (
+            &self.google_wallet_issuer_id,
+            &self.google_wallet_class_id,
+            &self.google_wallet_service_account,
+            &self.google_wallet_key_pem,
+        ) {
+            (None, None, None, None) => Ok(None),
+            (Some(issuer), Some(class), Some(account), Some(key)) => {
+                let key = read_pem(key, "google_wallet_key_pem (LOYALTY_GOOGLE_WALLET_KEY_PEM)")?;
+                loyalty_wallet::GoogleWallet::new(issuer, class, account, &key)
+                    .map(Some)
+                    .map_err(|e| anyhow::anyhow!("LOYALTY_GOOGLE_WALLET_*: {e}"))
+            }
+            _ => bail!("google_wallet_issuer_id, google_wallet_class_id, google_wallet_service_account and google_wallet_key_pem (LOYALTY_GOOGLE_WALLET_ISSUER_ID, _CLASS_ID, _SERVICE_ACCOUNT, _KEY_PEM) go together: set all four, or none (no Google Wallet link)"),
+        }
     }
 
     /// The delivery workers' settings (the adapters and the public URL are the caller's).
@@ -1349,5 +1496,97 @@ mod tests {
         assert!(format!("{e:#}").contains("partitons"), "{e:#}");
         std::fs::write(&p, "partitions = 3\n").unwrap();
         assert_eq!(DevConfig::load(Some(&p)).unwrap().partitions, 3);
+    }
+
+    /// The wallet settings: unset is unsigned Apple passes and no Google link; partial sets and
+    /// unreadable or mismatched files are refused naming the setting; the fixtures sign.
+    #[test]
+    fn wallet_settings_are_checked() {
+        let fixtures =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../libs/wallet/tests/fixtures");
+        let w = DevConfig::default().wallet().unwrap();
+        assert!(!w.apple.signed() && w.google.is_none());
+        let apple = DevConfig {
+            apple_pass_type_id: Some("pass.com.example.card".into()),
+            apple_team_id: Some("ABCDE12345".into()),
+            apple_cert_pem: Some(fixtures.join("pass-cert.pem")),
+            apple_key_pem: Some(fixtures.join("pass-key.pem")),
+            apple_wwdr_pem: Some(fixtures.join("wwdr.pem")),
+            ..DevConfig::default()
+        };
+        let w = apple.wallet().unwrap();
+        assert!(w.apple.signed());
+        assert_eq!(w.apple.team_id, "ABCDE12345");
+        let google = DevConfig {
+            google_wallet_issuer_id: Some("3388000000012345678".into()),
+            google_wallet_class_id: Some("card".into()),
+            google_wallet_service_account: Some("w@example.iam.gserviceaccount.com".into()),
+            google_wallet_key_pem: Some(fixtures.join("google-key.pem")),
+            ..DevConfig::default()
+        };
+        assert!(google.wallet().unwrap().google.is_some());
+        for (c, says) in [
+            (
+                DevConfig {
+                    apple_key_pem: None,
+                    ..apple.clone()
+                },
+                "go together",
+            ),
+            (
+                DevConfig {
+                    apple_team_id: None,
+                    ..apple.clone()
+                },
+                "LOYALTY_APPLE_TEAM_ID",
+            ),
+            (
+                DevConfig {
+                    apple_team_id: Some("short".into()),
+                    ..apple.clone()
+                },
+                "10-character",
+            ),
+            (
+                DevConfig {
+                    apple_pass_type_id: Some("card".into()),
+                    ..apple.clone()
+                },
+                "Pass Type ID",
+            ),
+            (
+                DevConfig {
+                    apple_key_pem: Some(fixtures.join("google-key.pem")),
+                    ..apple.clone()
+                },
+                "not the key",
+            ),
+            (
+                DevConfig {
+                    apple_wwdr_pem: Some(fixtures.join("absent.pem")),
+                    ..apple.clone()
+                },
+                "LOYALTY_APPLE_WWDR_PEM",
+            ),
+            (
+                DevConfig {
+                    google_wallet_class_id: None,
+                    ..google.clone()
+                },
+                "set all four",
+            ),
+            (
+                DevConfig {
+                    google_wallet_issuer_id: Some("x1".into()),
+                    ..google.clone()
+                },
+                "issuer id",
+            ),
+        ] {
+            let e = format!("{:#}", c.validate().unwrap_err());
+            assert!(e.contains(says), "{e} should say {says}");
+        }
+        // Paths only in Debug, never a key.
+        assert!(!format!("{apple:?}").contains("PRIVATE KEY"));
     }
 }

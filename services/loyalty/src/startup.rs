@@ -706,6 +706,7 @@ impl Application {
                     reply_to,
                     public_url: config.public_base_url(listener.local_addr()?),
                     principal_ttl: Duration::from_millis(config.principal_ttl_ms),
+                    wallet: config.wallet()?,
                     ..GatewayConfig::default()
                 },
                 ready,

@@ -42,3 +42,4 @@ mod sharding;
 mod tenant_isolation;
 mod tiers;
 mod tracing_otlp;
+mod wallet;

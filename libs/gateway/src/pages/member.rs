@@ -156,7 +156,7 @@ fn points(lang: Lang, n: u64) -> String {
 }
 
 /// A count of the tier metric (spend, points earned or visits).
-fn metric_amount(lang: Lang, metric: TierMetric, currency: &str, n: u64) -> String {
+pub(super) fn metric_amount(lang: Lang, metric: TierMetric, currency: &str, n: u64) -> String {
     match metric {
         TierMetric::SpendCents => money(lang, currency, n),
         TierMetric::PointsEarned => points(lang, n),
@@ -279,7 +279,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/card")
             .wrap(from_fn(super::security_headers))
-            .service(endpoint("/{fid}/{member_id}").get(card).post(card_consent)),
+            .service(endpoint("/{fid}/{member_id}").get(card).post(card_consent))
+            .service(endpoint("/{fid}/{member_id}/pass.pkpass").get(super::wallet::apple_pass))
+            .service(
+                endpoint("/{fid}/{member_id}/google-wallet").get(super::wallet::google_wallet),
+            ),
     )
     .service(
         web::scope("/join")
@@ -330,14 +334,14 @@ pub fn card_link(gw: &Gateway, f: &Franchise, member: &MemberId, days: u32) -> (
 // The card page
 
 #[derive(Debug, Deserialize)]
-struct CardQuery {
+pub(super) struct CardQuery {
     expires: Option<String>,
     sig: Option<String>,
-    lang: Option<String>,
+    pub(super) lang: Option<String>,
 }
 
 /// Why a card link is refused.
-enum Refused {
+pub(super) enum Refused {
     /// Not a link we make, or of no franchise or member we know: 404.
     Unknown,
     /// A signature that does not match: 403.
@@ -346,7 +350,7 @@ enum Refused {
     Expired,
 }
 
-fn refused_page(lang: Lang, why: Refused) -> HttpResponse {
+pub(super) fn refused_page(lang: Lang, why: Refused) -> HttpResponse {
     match why {
         Refused::Unknown => error_page(
             StatusCode::NOT_FOUND,
@@ -422,7 +426,7 @@ pub(super) fn unknown_card(lang: Lang) -> HttpResponse {
 }
 
 /// The franchise and member a card link names, if its signature holds and it has not expired.
-async fn verified_member(
+pub(super) async fn verified_member(
     gw: &Gateway,
     q: Option<&CardQuery>,
     fid: &str,
@@ -803,6 +807,7 @@ async fn card_page(
             "The cashier scans this code to add your points."
         ),
     );
+    b.push_str(&super::wallet::links(gw, member, lang, req));
 
     // The stamp card.
     if let Some(size) = status.stamp_card_size {

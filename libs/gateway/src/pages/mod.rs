@@ -12,6 +12,7 @@ pub mod join;
 pub mod member;
 pub mod optout;
 mod preferences;
+mod wallet;
 
 use std::sync::LazyLock;
 
