@@ -75,7 +75,7 @@ pub const TRIES_PER_ADDRESS: RateLimit = RateLimit {
     burst: 20,
 };
 /// How long a form's anti-forgery token is accepted (seconds).
-const FORM_MAX_AGE: i64 = 3600;
+pub(super) const FORM_MAX_AGE: i64 = 3600;
 /// Pending codes held at most by the service's adapters (past it, expired ones are dropped;
 /// then new ones refused with a 429 page). An entry is well under 1 kB: about 100 MB at most.
 pub const MAX_PENDING: usize = 100_000;
@@ -100,10 +100,10 @@ struct Waiting {
 
 /// The self-enrolment page's state, registered as app data by the service.
 pub struct SelfEnrolment {
-    notifier: Option<Arc<dyn Notifier>>,
+    pub(super) notifier: Option<Arc<dyn Notifier>>,
     /// How long a code is valid.
     pub code_ttl: Duration,
-    codes: Arc<dyn PendingCodes>,
+    pub(super) codes: Arc<dyn PendingCodes>,
 }
 
 impl SelfEnrolment {
@@ -129,7 +129,7 @@ fn scope_of(f: &Franchise, store: &Store) -> String {
 }
 
 /// A fresh 6-digit code and a challenge id (both from the OS generator, through v4 UUIDs).
-fn new_code() -> (String, String) {
+pub(super) fn new_code() -> (String, String) {
     let r = uuid::Uuid::new_v4();
     let n = u32::from_le_bytes(r.as_bytes()[..4].try_into().unwrap_or_default()) % 1_000_000;
     (format!("{n:06}"), uuid::Uuid::new_v4().simple().to_string())
@@ -167,7 +167,7 @@ fn unknown(lang: Lang) -> HttpResponse {
     )
 }
 
-fn unavailable(lang: Lang) -> HttpResponse {
+pub(super) fn unavailable(lang: Lang) -> HttpResponse {
     error_page(
         StatusCode::SERVICE_UNAVAILABLE,
         lang,
@@ -195,7 +195,7 @@ fn stale_form(lang: Lang) -> HttpResponse {
     )
 }
 
-fn too_many(
+pub(super) fn too_many(
     lang: Lang,
     retry_after: Duration,
     message: (&'static str, &'static str),
@@ -213,11 +213,11 @@ fn too_many(
     r
 }
 
-const WAIT_CODES: (&str, &str) = (
+pub(super) const WAIT_CODES: (&str, &str) = (
     "Trop de codes ont été demandés. Réessayez dans quelques minutes.",
     "Too many codes were asked for. Please try again in a few minutes.",
 );
-const WAIT_TRIES: (&str, &str) = (
+pub(super) const WAIT_TRIES: (&str, &str) = (
     "Trop de codes erronés. Demandez un nouveau code dans quelques minutes.",
     "Too many wrong codes. Ask for a new code in a few minutes.",
 );
@@ -418,7 +418,7 @@ struct LangQuery {
     lang: Option<String>,
 }
 
-fn lang_of(req: &HttpRequest, asked: Option<&str>) -> Lang {
+pub(super) fn lang_of(req: &HttpRequest, asked: Option<&str>) -> Lang {
     let q = web::Query::<LangQuery>::from_query(req.query_string()).ok();
     Lang::of(
         req,
@@ -437,8 +437,15 @@ pub(super) fn cross_site(req: &HttpRequest) -> bool {
 /// Takes a token from `bucket` of the gateway's limiter (when the service registered one):
 /// `Err(wait)` when it is empty. Refusals are counted in `loyalty_enrolment_codes_total`, not
 /// in the phone lookups' `loyalty_rate_limited_total`; a limiter that cannot be reached lets
-/// the request through (counted in `loyalty_rate_limit_errors_total`), as for lookups.
-async fn take(req: &HttpRequest, bucket: &str, limit: &RateLimit) -> Result<(), Duration> {
+/// the request through (counted in `loyalty_rate_limit_errors_total`), as for lookups. The
+/// card's sign-in page ([`super::signin`]) shares the buckets, counting its refusals with its
+/// own `counted`.
+pub(super) async fn take_counted(
+    req: &HttpRequest,
+    bucket: &str,
+    limit: &RateLimit,
+    counted: fn(&str),
+) -> Result<(), Duration> {
     let Some(l) = req.app_data::<web::Data<LookupLimits>>() else {
         return Ok(());
     };
@@ -446,10 +453,10 @@ async fn take(req: &HttpRequest, bucket: &str, limit: &RateLimit) -> Result<(), 
         Ok(d) => match d.retry_after {
             None => Ok(()),
             Some(wait) => {
-                count("rate_limited");
+                counted("rate_limited");
                 tracing::info!(
                     bucket = bucket.split(':').nth(1),
-                    "self-enrolment rate limited"
+                    "one-time codes rate limited"
                 );
                 Err(wait)
             }
@@ -462,13 +469,17 @@ async fn take(req: &HttpRequest, bucket: &str, limit: &RateLimit) -> Result<(), 
     }
 }
 
-fn address_of(req: &HttpRequest) -> Option<String> {
+async fn take(req: &HttpRequest, bucket: &str, limit: &RateLimit) -> Result<(), Duration> {
+    take_counted(req, bucket, limit, count).await
+}
+
+pub(super) fn address_of(req: &HttpRequest) -> Option<String> {
     let l = req.app_data::<web::Data<LookupLimits>>()?;
     l.client_address(req).map(address_bucket)
 }
 
 /// A phone as a bucket name: hashed (no phone number in the limiter's keys).
-fn phone_bucket(phone: &str) -> String {
+pub(super) fn phone_bucket(phone: &str) -> String {
     let h = Sha256::digest(format!("enrol-phone:{phone}").as_bytes());
     format!("enrol:phone:{}", &HEXLOWER.encode(&h)[..24])
 }

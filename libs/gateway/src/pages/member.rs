@@ -279,6 +279,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/card")
             .wrap(from_fn(super::security_headers))
+            // Before the card's own path, which would take `sign-in` for a member id.
+            .service(
+                endpoint("/{fid}/sign-in")
+                    .get(super::signin::form)
+                    .post(super::signin::request_code),
+            )
+            .service(endpoint("/{fid}/sign-in/code").post(super::signin::confirm))
             .service(endpoint("/{fid}/{member_id}").get(card).post(card_consent))
             .service(endpoint("/{fid}/{member_id}/pass.pkpass").get(super::wallet::apple_pass))
             .service(
@@ -350,29 +357,27 @@ pub(super) enum Refused {
     Expired,
 }
 
-pub(super) fn refused_page(lang: Lang, why: Refused) -> HttpResponse {
+/// The status, title and message of a refused card link's page.
+fn refused_words(lang: Lang, why: &Refused) -> (StatusCode, &'static str, &'static str) {
     match why {
-        Refused::Unknown => error_page(
+        Refused::Unknown => (
             StatusCode::NOT_FOUND,
-            lang,
             lang.pick("Carte introuvable", "Card not found"),
             lang.pick(
                 "Ce lien ne mène à aucune carte. Demandez un nouveau lien en caisse.",
                 "This link leads to no card. Ask for a new link at the till.",
             ),
         ),
-        Refused::Forged => error_page(
+        Refused::Forged => (
             StatusCode::FORBIDDEN,
-            lang,
             lang.pick("Lien non valide", "Invalid link"),
             lang.pick(
                 "Ce lien n’est pas valide. Demandez un nouveau lien en caisse.",
                 "This link is not valid. Ask for a new link at the till.",
             ),
         ),
-        Refused::Expired => error_page(
+        Refused::Expired => (
             StatusCode::FORBIDDEN,
-            lang,
             lang.pick("Lien expiré", "Link expired"),
             lang.pick(
                 "Ce lien a expiré. Demandez un nouveau lien en caisse.",
@@ -380,6 +385,39 @@ pub(super) fn refused_page(lang: Lang, why: Refused) -> HttpResponse {
             ),
         ),
     }
+}
+
+pub(super) fn refused_page(lang: Lang, why: Refused) -> HttpResponse {
+    let (status, title, message) = refused_words(lang, &why);
+    error_page(status, lang, title, message)
+}
+
+/// A refused card link's page, with (for a forged or expired link of a franchise) a link to
+/// its sign-in page ([`super::signin`]), where the member gets a fresh link with a one-time
+/// code.
+fn refused_card_page(lang: Lang, why: Refused, fid: &str) -> HttpResponse {
+    let fid = match (&why, FranchiseId::parse(fid)) {
+        (Refused::Forged | Refused::Expired, Ok(fid)) => fid,
+        _ => return refused_page(lang, why),
+    };
+    let (status, title, message) = refused_words(lang, &why);
+    let body = format!(
+        "<main class=\"error\" id=\"error\" data-status=\"{}\">\n<h1>{}</h1>\n<p>{}</p>\n\
+         <p><a id=\"sign-in\" href=\"{}\">{}</a></p>\n</main>",
+        status.as_u16(),
+        escape(title),
+        escape(message),
+        escape(&format!(
+            "{}?lang={}",
+            super::signin::sign_in_path(&fid),
+            lang.code()
+        )),
+        lang.pick(
+            "Ou recevez un nouveau lien avec un code par SMS",
+            "Or get a new link with a code by text"
+        ),
+    );
+    page(status, lang, title, CARD_CSS, &body)
 }
 
 /// `GET /card/{fid}/{member_id}?expires=…&sig=…[&lang=fr|en]`: the member's card.
@@ -397,7 +435,7 @@ async fn card(
             Ok(None) => refused_page(lang, Refused::Unknown),
             Err(e) => failure_page(lang, &e),
         },
-        Ok(Err(why)) => refused_page(lang, why),
+        Ok(Err(why)) => refused_card_page(lang, why, &fid),
         Err(e) => failure_page(lang, &e),
     }
 }

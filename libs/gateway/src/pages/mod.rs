@@ -12,6 +12,7 @@ pub mod join;
 pub mod member;
 pub mod optout;
 mod preferences;
+pub mod signin;
 mod wallet;
 
 use std::sync::LazyLock;
