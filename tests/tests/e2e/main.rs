@@ -8,6 +8,7 @@ mod audit;
 mod birthdays;
 mod campaign_results;
 mod campaigns;
+mod card_data;
 mod card_sign_in;
 mod checkpoint;
 mod consent;

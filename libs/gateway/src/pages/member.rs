@@ -287,6 +287,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             )
             .service(endpoint("/{fid}/sign-in/code").post(super::signin::confirm))
             .service(endpoint("/{fid}/{member_id}").get(card).post(card_consent))
+            .service(endpoint("/{fid}/{member_id}/export").get(super::mydata::export))
+            .service(
+                endpoint("/{fid}/{member_id}/erase")
+                    .get(super::mydata::confirm_erasure)
+                    .post(super::mydata::erase),
+            )
             .service(endpoint("/{fid}/{member_id}/pass.pkpass").get(super::wallet::apple_pass))
             .service(
                 endpoint("/{fid}/{member_id}/google-wallet").get(super::wallet::google_wallet),
@@ -982,6 +988,7 @@ async fn card_page(
     if let Some(state) = gw.store.member(member).await? {
         b.push_str(&super::preferences::section(lang, &state, req));
     }
+    b.push_str(&super::mydata::section(f, member, lang, req));
     let _ = write!(
         b,
         "<footer><p>{}</p></footer>\n</main>",

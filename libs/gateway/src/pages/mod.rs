@@ -10,6 +10,7 @@
 
 pub mod join;
 pub mod member;
+mod mydata;
 pub mod optout;
 mod preferences;
 pub mod signin;

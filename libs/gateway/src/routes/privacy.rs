@@ -4,7 +4,8 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use loyalty_core::command::{CommandEnvelope, PosCommand, HQ_STORE};
-use loyalty_core::model::Role;
+use loyalty_core::model::{Franchise, Role};
+use loyalty_core::ports::CachedStatus;
 use loyalty_core::provisioning::now;
 use loyalty_core::replies::ReplyResult;
 use loyalty_domain::{EventId, LedgerEntry, MemberId, MemberStatus, Outcome, StoreId, Timestamp};
@@ -48,6 +49,17 @@ pub async fn export(
     let p = gw.authorize(&req, &[Role::Hq, Role::HqReadOnly]).await?;
     let franchise = gw.franchise_of(&p).await?;
     let member = MemberId::parse(&path).map_err(|_| ApiError::unknown_member())?;
+    export_response(&gw, &franchise, &member).await
+}
+
+/// The export of `member` of `franchise` (404 for another franchise's or an unknown member),
+/// as the HQ route and the member's card page ("My data") answer it.
+pub async fn export_response(
+    gw: &Gateway,
+    franchise: &Franchise,
+    member: &MemberId,
+) -> Result<HttpResponse, ApiError> {
+    let member = member.clone();
     let state = gw
         .store
         .member(&member)
@@ -66,7 +78,7 @@ pub async fn export(
         }
     }
     ledger.reverse();
-    let program = gw.program(&franchise).await?;
+    let program = gw.program(franchise).await?;
     let status = MemberStatus::of(&state, &program);
     let erased = state.erased_at.is_some();
     let profile = if erased {
@@ -138,47 +150,24 @@ pub async fn erase(
     let deadline = q.deadline(Some(gw.config.default_wait))?;
     let franchise = gw.franchise_of(&p).await?;
     let member = MemberId::parse(&path).map_err(|_| ApiError::unknown_member())?;
-    gw.member_status(&franchise, &member)
-        .await?
-        .ok_or_else(ApiError::unknown_member)?;
-    let event_id = erasure_event_id(&member)?;
-    let env = CommandEnvelope {
-        franchise_id: franchise.id.clone(),
-        store_id: StoreId::parse(HQ_STORE)?,
-        event_id: event_id.clone(),
-        program_version: franchise.program_version,
-        occurred_at: None,
-        received_at: now(),
-        request_id: Some(uuid::Uuid::new_v4().simple().to_string()),
-        reply_to: gw.config.reply_to.clone(),
-        command: PosCommand::Erase {
-            member_id: member.clone(),
-        },
-    };
-    let (outcome, replayed, status) = match submit_command(&gw, &env, deadline).await? {
-        Submitted::Accepted => {
-            return Ok(HttpResponse::Accepted()
-                .content_type("application/json")
-                .body(format!(
-                    r#"{{"member_id":{},"event_id":{},"status":"accepted"}}"#,
-                    json_str(member.as_str()),
-                    json_str(event_id.as_str())
-                )))
-        }
-        Submitted::AlreadyApplied(o, _) => (o, true, None),
-        Submitted::Replied(r) => match &r.result {
-            ReplyResult::Conflict => {
-                return Err(ApiError::IdempotencyConflict(event_id.to_string()))
+    let (event_id, replayed, erased_at, status) =
+        match submit_erasure(&gw, &franchise, &member, deadline).await? {
+            Erasure::Accepted { event_id } => {
+                return Ok(HttpResponse::Accepted()
+                    .content_type("application/json")
+                    .body(format!(
+                        r#"{{"member_id":{},"event_id":{},"status":"accepted"}}"#,
+                        json_str(member.as_str()),
+                        json_str(event_id.as_str())
+                    )))
             }
-            ReplyResult::Applied(o) => (o.clone(), false, r.status.clone()),
-            ReplyResult::Replayed(o) => (o.clone(), true, r.status.clone()),
-        },
-    };
-    let erased_at = match outcome {
-        Outcome::Erased { erased_at } => erased_at,
-        Outcome::Rejected(r) => return Err(r.into()),
-        other => return Err(ApiError::Internal(format!("an erasure answered {other:?}"))),
-    };
+            Erasure::Erased {
+                event_id,
+                replayed,
+                erased_at,
+                status,
+            } => (event_id, replayed, erased_at, status),
+        };
     let status = match status {
         Some(s) => Some(s),
         None => gw.member_status(&franchise, &member).await?,
@@ -194,4 +183,66 @@ pub async fn erase(
         "erased_at": erased_at,
         "member": member_json,
     })))
+}
+
+/// What became of an erasure command ([`submit_erasure`]).
+pub enum Erasure {
+    /// The deadline passed first: it is applied regardless.
+    Accepted { event_id: EventId },
+    /// Applied (`replayed`: by an earlier request), with the status the reply carried.
+    Erased {
+        event_id: EventId,
+        replayed: bool,
+        erased_at: Timestamp,
+        status: Option<CachedStatus>,
+    },
+}
+
+/// Sends the erasure of `member` of `franchise` through the log (404 for an unknown member),
+/// with its reserved event id `erase.<member>`, and waits up to `deadline` for its reply: the
+/// command of the HQ route and of the member's card page.
+pub async fn submit_erasure(
+    gw: &Gateway,
+    franchise: &Franchise,
+    member: &MemberId,
+    deadline: Option<std::time::Duration>,
+) -> Result<Erasure, ApiError> {
+    gw.member_status(franchise, member)
+        .await?
+        .ok_or_else(ApiError::unknown_member)?;
+    let event_id = erasure_event_id(member)?;
+    let env = CommandEnvelope {
+        franchise_id: franchise.id.clone(),
+        store_id: StoreId::parse(HQ_STORE)?,
+        event_id: event_id.clone(),
+        program_version: franchise.program_version,
+        occurred_at: None,
+        received_at: now(),
+        request_id: Some(uuid::Uuid::new_v4().simple().to_string()),
+        reply_to: gw.config.reply_to.clone(),
+        command: PosCommand::Erase {
+            member_id: member.clone(),
+        },
+    };
+    let (outcome, replayed, status) = match submit_command(gw, &env, deadline).await? {
+        Submitted::Accepted => return Ok(Erasure::Accepted { event_id }),
+        Submitted::AlreadyApplied(o, _) => (o, true, None),
+        Submitted::Replied(r) => match &r.result {
+            ReplyResult::Conflict => {
+                return Err(ApiError::IdempotencyConflict(event_id.to_string()))
+            }
+            ReplyResult::Applied(o) => (o.clone(), false, r.status.clone()),
+            ReplyResult::Replayed(o) => (o.clone(), true, r.status.clone()),
+        },
+    };
+    match outcome {
+        Outcome::Erased { erased_at } => Ok(Erasure::Erased {
+            event_id,
+            replayed,
+            erased_at,
+            status,
+        }),
+        Outcome::Rejected(r) => Err(r.into()),
+        other => Err(ApiError::Internal(format!("an erasure answered {other:?}"))),
+    }
 }
