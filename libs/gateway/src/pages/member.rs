@@ -11,7 +11,9 @@
 //!   self-enrolment form ([`super::join`]).
 //! - A card link is `<public_url>/card/<franchise_id>/<member_id>?expires=<unix>&sig=<mac>`
 //!   ([`identity::card_link_signature`]); a forged or expired one is 403, an unknown franchise
-//!   or member 404, each as a page that says so.
+//!   or member 404, each as a page that says so (the 403 links to the franchise's sign-in page,
+//!   [`super::signin`], where a one-time code gives a fresh link). The card's "My data" section
+//!   (`pages::mydata`) downloads the member's export and asks for their erasure.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
