@@ -641,6 +641,13 @@ pub struct CampaignTally {
     pub revenue_cents: i64,
 }
 
+impl CampaignTally {
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.fired == 0 && self.messages == 0 && self.redeemed == 0 && self.revenue_cents == 0
+    }
+}
+
 /// The counters of campaign results, in the order the API lists them. `sent` and the
 /// delivery counters come from the outbox's delivery worker.
 pub const COUNTERS: [&str; 6] = [

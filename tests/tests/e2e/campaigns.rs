@@ -235,7 +235,7 @@ async fn a_receiver_down_for_every_attempt_is_dead_lettered_after_the_last() {
     assert!(matches!(e.state, OutboxState::Failed { .. }), "{e:?}");
     assert_eq!(e.attempts, 3);
     assert_eq!(sms.requests().len(), 3, "no attempt after the last");
-    // The attempts were spaced by the backoff (50 ms, then 100 ms).
+    // The last attempt's error is kept with the dead letter.
     assert!(
         e.last_error.as_deref().unwrap_or("").contains("503"),
         "{e:?}"

@@ -259,7 +259,16 @@ impl Delivery {
         let mut next = entry.clone();
         next.attempts = entry.attempts.saturating_add(1);
         let channel = entry.channel.as_str();
-        let (result, counter) = match self.prepare(entry, next.attempts).await? {
+        // The program version that fired the entry: its campaign's templates, and the time
+        // zone of the results' day.
+        let program = self
+            .programs
+            .get(&entry.franchise_id, entry.program_version)
+            .await?;
+        let (result, counter) = match self
+            .prepare(entry, program.as_deref(), next.attempts)
+            .await?
+        {
             Prepared::Skip(reason) => {
                 next.state = OutboxState::Skipped {
                     at: now,
@@ -282,14 +291,7 @@ impl Delivery {
         };
         let mut delta = DashboardDelta::default();
         if let Some(counter) = counter {
-            let day = match self
-                .programs
-                .get(&entry.franchise_id, entry.program_version)
-                .await?
-            {
-                Some(p) => p.local_day(now),
-                None => now.day(),
-            };
+            let day = program.as_ref().map_or(now.day(), |p| p.local_day(now));
             delta.add_segment(
                 &entry.franchise_id,
                 &campaign_series(&entry.campaign_id, counter),
@@ -355,23 +357,22 @@ impl Delivery {
         }
     }
 
-    /// The message of `entry` (its `attempt`), from the campaign of the program version that
-    /// fired it and the member as stored now; or why it is not sent.
-    async fn prepare(&self, entry: &OutboxEntry, attempt: u32) -> Result<Prepared> {
+    /// The message of `entry` (its `attempt`), from the campaign of `program` (the version that
+    /// fired it) and the member as stored now; or why it is not sent.
+    async fn prepare(
+        &self,
+        entry: &OutboxEntry,
+        program: Option<&Program>,
+        attempt: u32,
+    ) -> Result<Prepared> {
         let Some(sender) = self.senders.get(&entry.channel) else {
             return Ok(Prepared::Skip("no-adapter"));
         };
         let Some(franchise) = self.store.franchise(&entry.franchise_id).await? else {
             return Ok(Prepared::Skip("unknown-franchise"));
         };
-        let program = self
-            .programs
-            .get(&entry.franchise_id, entry.program_version)
-            .await?;
-        let campaign = program
-            .as_ref()
-            .and_then(|p| p.campaigns.iter().find(|c| c.id == entry.campaign_id));
-        let (Some(program), Some(campaign)) = (program.as_ref(), campaign) else {
+        let campaign = program.and_then(|p| p.campaigns.iter().find(|c| c.id == entry.campaign_id));
+        let (Some(program), Some(campaign)) = (program, campaign) else {
             return Ok(Prepared::Skip("no-campaign"));
         };
         let Some((subject, body)) = campaign.template(entry.channel) else {

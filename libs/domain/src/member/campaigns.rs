@@ -266,10 +266,7 @@ impl MemberState {
                     r.count_revenue(amount, &mut t);
                 }
             }
-            if t != (CampaignTally {
-                campaign_id: id.clone(),
-                ..CampaignTally::default()
-            }) {
+            if !t.is_empty() {
                 tallies.push(t);
             }
         }

@@ -139,11 +139,65 @@ fn count(result: &str) {
     metrics().enrolment_codes.with_label_values(&[result]).inc();
 }
 
-/// A pending codes adapter failed: counted, logged (no phone), and the page says so (503).
-fn codes_failed(lang: Lang, se: &SelfEnrolment, e: loyalty_core::Error) -> HttpResponse {
+/// A pending codes adapter failed: counted (by the page's `count`), logged (no phone), and
+/// the page says so (503).
+pub(super) fn codes_failed(
+    lang: Lang,
+    se: &SelfEnrolment,
+    e: loyalty_core::Error,
+    count: fn(&str),
+) -> HttpResponse {
     count("store_unavailable");
     tracing::warn!(error = %e, adapter = se.codes.name(), "pending one-time codes unavailable");
     failure_page(lang, &e.into())
+}
+
+/// Holds a new one-time code bound to `scope`, `payload` waiting with it, then sends it to
+/// `send_to` through `notifier` (`None`: held but never sent, counted `not_member`, so that the
+/// card sign-in page answers a stranger as it answers a member). What this page and the card
+/// sign-in page share; each result is counted by the page's `count`. Returns the code's
+/// challenge, or the page to answer.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn hold_and_send(
+    se: &SelfEnrolment,
+    notifier: &dyn Notifier,
+    franchise_secret: &str,
+    scope: String,
+    payload: Vec<u8>,
+    send_to: Option<&loyalty_domain::Phone>,
+    lang: Lang,
+    count: fn(&str),
+) -> Result<String, HttpResponse> {
+    let (code, challenge) = new_code();
+    let pending = PendingCode {
+        scope,
+        code_hash: identity::one_time_code_hash(franchise_secret, &challenge, &code),
+        payload,
+        ttl: se.code_ttl,
+        max_attempts: MAX_ATTEMPTS,
+    };
+    match se.codes.put(&challenge, pending).await {
+        Ok(Put::Stored) => {}
+        Ok(Put::Full) => {
+            count("rate_limited");
+            return Err(too_many(lang, Duration::from_secs(60), WAIT_CODES));
+        }
+        Err(e) => return Err(codes_failed(lang, se, e, count)),
+    }
+    let Some(phone) = send_to else {
+        count("not_member");
+        return Ok(challenge);
+    };
+    if let Err(e) = notifier.send_code(phone, &code, lang.code()).await {
+        if let Err(e) = se.codes.remove(&challenge).await {
+            tracing::warn!(error = %e, "an unsent one-time code could not be forgotten");
+        }
+        count("send_failed");
+        tracing::warn!(error = %e, notifier = notifier.name(), "a one-time code could not be sent");
+        return Err(unavailable(lang));
+    }
+    count("sent");
+    Ok(challenge)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -681,37 +735,29 @@ pub async fn request_code(
     {
         return too_many(lang, wait, WAIT_CODES);
     }
-    let (code, challenge) = new_code();
     let phone_text = profile.phone.as_str().to_owned();
     let phone_value = profile.phone.clone();
     let payload = match serde_json::to_vec(&Waiting { profile }) {
         Ok(p) => p,
-        Err(e) => return codes_failed(lang, se, loyalty_core::Error::Invalid(e.to_string())),
+        Err(e) => {
+            return codes_failed(lang, se, loyalty_core::Error::Invalid(e.to_string()), count)
+        }
     };
-    let pending = PendingCode {
-        scope: scope_of(&f, &store),
-        code_hash: identity::one_time_code_hash(&f.secret, &challenge, &code),
+    let scope = scope_of(&f, &store);
+    let sent = hold_and_send(
+        se,
+        notifier.as_ref(),
+        &f.secret,
+        scope,
         payload,
-        ttl: se.code_ttl,
-        max_attempts: MAX_ATTEMPTS,
+        Some(&phone_value),
+        lang,
+        count,
+    );
+    let challenge = match sent.await {
+        Ok(c) => c,
+        Err(page) => return page,
     };
-    match se.codes.put(&challenge, pending).await {
-        Ok(Put::Stored) => {}
-        Ok(Put::Full) => {
-            count("rate_limited");
-            return too_many(lang, Duration::from_secs(60), WAIT_CODES);
-        }
-        Err(e) => return codes_failed(lang, se, e),
-    }
-    if let Err(e) = notifier.send_code(&phone_value, &code, lang.code()).await {
-        if let Err(e) = se.codes.remove(&challenge).await {
-            tracing::warn!(error = %e, "an unsent one-time code could not be forgotten");
-        }
-        count("send_failed");
-        tracing::warn!(error = %e, notifier = notifier.name(), "a one-time code could not be sent");
-        return unavailable(lang);
-    }
-    count("sent");
     code_form(
         StatusCode::OK,
         se,
@@ -724,15 +770,16 @@ pub async fn request_code(
     )
 }
 
+/// The code form, of this page and of the card sign-in page.
 #[derive(Debug, Default, Deserialize)]
 pub struct CodeForm {
     #[serde(default)]
-    csrf: String,
+    pub(super) csrf: String,
     #[serde(default)]
-    challenge: String,
+    pub(super) challenge: String,
     #[serde(default)]
-    code: String,
-    lang: Option<String>,
+    pub(super) code: String,
+    pub(super) lang: Option<String>,
 }
 
 /// `POST /join/{sid}/{token}/code`: checks the code; on success enrols and 303 to the card.
@@ -776,7 +823,7 @@ pub async fn confirm(
         .await
     {
         Ok(v) => v,
-        Err(e) => return codes_failed(lang, se, e),
+        Err(e) => return codes_failed(lang, se, e, count),
     };
     let payload = match verdict {
         Verdict::Gone => {
@@ -813,7 +860,7 @@ pub async fn confirm(
         Ok(w) => w,
         Err(e) => {
             let e = loyalty_core::Error::Corrupt(format!("pending code payload: {e}"));
-            return codes_failed(lang, se, e);
+            return codes_failed(lang, se, e, count);
         }
     };
     count("confirmed");

@@ -29,7 +29,7 @@ use loyalty_core::identity;
 use loyalty_core::metrics::metrics;
 use loyalty_core::model::Franchise;
 use loyalty_core::notify::mask_phone;
-use loyalty_core::pending_codes::{PendingCode, Put, Verdict};
+use loyalty_core::pending_codes::Verdict;
 use loyalty_domain::{FranchiseId, MemberId, Phone, StoreId};
 use prometheus::{IntCounterVec, Opts};
 use serde::{Deserialize, Serialize};
@@ -37,8 +37,8 @@ use tracing::Instrument;
 
 use super::escape;
 use super::join::{
-    address_of, css, lang_of, new_code, phone_bucket, take_counted, too_many, unavailable,
-    SelfEnrolment, CODES_PER_ADDRESS, CODES_PER_PHONE, FORM_MAX_AGE, MAX_ATTEMPTS,
+    address_of, codes_failed, css, hold_and_send, lang_of, phone_bucket, take_counted, too_many,
+    unavailable, CodeForm, SelfEnrolment, CODES_PER_ADDRESS, CODES_PER_PHONE, FORM_MAX_AGE,
     TRIES_PER_ADDRESS, WAIT_CODES, WAIT_TRIES,
 };
 use super::member::{card_link, error_page, failure_page, now_secs, page, Lang, DEFAULT_LINK_DAYS};
@@ -125,12 +125,6 @@ fn stale_form(lang: Lang) -> HttpResponse {
             "This form has expired or did not come from this page. Open the sign-in page again.",
         ),
     )
-}
-
-fn codes_failed(lang: Lang, se: &SelfEnrolment, e: loyalty_core::Error) -> HttpResponse {
-    count("store_unavailable");
-    tracing::warn!(error = %e, adapter = se.codes.name(), "pending one-time codes unavailable");
-    failure_page(lang, &e.into())
 }
 
 fn header_html(b: &mut String, f: &Franchise) {
@@ -397,43 +391,32 @@ async fn request_code_inner(
             .map(|_| candidate),
         Err(e) => return failure_page(lang, &e),
     };
-    let (code, challenge) = new_code();
     let known = member.is_some();
     let payload = match serde_json::to_vec(&Waiting {
         member,
         masked: mask_phone(phone.as_str()),
     }) {
         Ok(p) => p,
-        Err(e) => return codes_failed(lang, se, loyalty_core::Error::Invalid(e.to_string())),
+        Err(e) => {
+            return codes_failed(lang, se, loyalty_core::Error::Invalid(e.to_string()), count)
+        }
     };
-    let pending = PendingCode {
-        scope: scope_of(&f),
-        code_hash: identity::one_time_code_hash(&f.secret, &challenge, &code),
+    // A stranger's code is held, never sent: the page is the same as a member's.
+    let send_to = known.then_some(&phone);
+    let sent = hold_and_send(
+        se,
+        notifier.as_ref(),
+        &f.secret,
+        scope_of(&f),
         payload,
-        ttl: se.code_ttl,
-        max_attempts: MAX_ATTEMPTS,
+        send_to,
+        lang,
+        count,
+    );
+    let challenge = match sent.await {
+        Ok(c) => c,
+        Err(page) => return page,
     };
-    match se.codes.put(&challenge, pending).await {
-        Ok(Put::Stored) => {}
-        Ok(Put::Full) => {
-            count("rate_limited");
-            return too_many(lang, Duration::from_secs(60), WAIT_CODES);
-        }
-        Err(e) => return codes_failed(lang, se, e),
-    }
-    if !known {
-        // Held, never sent: the page is the same as a member's.
-        count("not_member");
-    } else if let Err(e) = notifier.send_code(&phone, &code, lang.code()).await {
-        if let Err(e) = se.codes.remove(&challenge).await {
-            tracing::warn!(error = %e, "an unsent one-time code could not be forgotten");
-        }
-        count("send_failed");
-        tracing::warn!(error = %e, notifier = notifier.name(), "a one-time code could not be sent");
-        return unavailable(lang);
-    } else {
-        count("sent");
-    }
     code_form(
         StatusCode::OK,
         se,
@@ -443,17 +426,6 @@ async fn request_code_inner(
         &mask_phone(phone.as_str()),
         None,
     )
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub struct CodeForm {
-    #[serde(default)]
-    csrf: String,
-    #[serde(default)]
-    challenge: String,
-    #[serde(default)]
-    code: String,
-    lang: Option<String>,
 }
 
 /// `POST /card/{fid}/sign-in/code`: checks the code; on success 303 to a fresh card link.
@@ -494,7 +466,7 @@ async fn confirm_inner(
     let hash = identity::one_time_code_hash(&f.secret, &form.challenge, form.code.trim());
     let verdict = match se.codes.verify(&form.challenge, &scope_of(&f), &hash).await {
         Ok(v) => v,
-        Err(e) => return codes_failed(lang, se, e),
+        Err(e) => return codes_failed(lang, se, e, count),
     };
     let payload = match verdict {
         Verdict::Gone => {
@@ -530,7 +502,7 @@ async fn confirm_inner(
         Ok(w) => w.member,
         Err(e) => {
             let e = loyalty_core::Error::Corrupt(format!("pending code payload: {e}"));
-            return codes_failed(lang, se, e);
+            return codes_failed(lang, se, e, count);
         }
     };
     let Some(member) = member else {
