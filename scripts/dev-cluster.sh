@@ -89,6 +89,7 @@ platform_env() {
     echo "LOYALTY_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/"
     echo "LOYALTY_POSTGRES_URL=$PG_URL"
     echo "LOYALTY_ADMIN_KEY=$(cat "$DATA/admin-key")"
+    echo "LOYALTY_PII_KEYS=$(cat "$DATA/pii-keys")"
     echo "LOYALTY_PARTITIONS=$PARTITIONS"
 }
 
@@ -211,6 +212,8 @@ cmd_start() {
         loyalty=$ROOT/target/release/loyalty
     fi
     [ -f "$DATA/admin-key" ] || { od -An -tx1 -N16 /dev/urandom | tr -d ' \n' | sed 's/^/admin-/' >"$DATA/admin-key"; chmod 600 "$DATA/admin-key"; }
+    # The key ring that seals members' personal data (README "Personal data at rest").
+    [ -f "$DATA/pii-keys" ] || { "$loyalty" privacy new-key cluster >"$DATA/pii-keys"; chmod 600 "$DATA/pii-keys"; }
 
     # If anything below fails, stop what was started.
     STARTING=1

@@ -9,6 +9,7 @@
 
 use loyalty_core::command::CommandEnvelope;
 use loyalty_core::input;
+use loyalty_core::sealing::KeyRing;
 use loyalty_domain::audit::audit_member;
 use loyalty_domain::{
     apply, Cents, EventContext, EventId, FranchiseId, LedgerEntry, MemberCommand, MemberId,
@@ -20,12 +21,15 @@ use loyalty_gateway::ApiError;
 
 /// The command envelope, as an engine reads it from the log (a record anyone with produce
 /// rights on the topic could have written): decoding never panics, and what decodes encodes
-/// back to itself, with the same fingerprint (the idempotency key of the event).
+/// back to itself, with the same fingerprint (the idempotency key of the event), its personal
+/// values sealed and opened by the key ring.
 pub fn command_envelope(data: &[u8]) {
-    let Ok(env) = CommandEnvelope::decode(data) else {
+    let keys = KeyRing::dev();
+    let Ok(env) = CommandEnvelope::decode(data, &keys) else {
         return;
     };
-    let again = CommandEnvelope::decode(&env.encode()).expect("an encoded envelope decodes");
+    let encoded = env.encode(&keys).expect("a decoded envelope encodes");
+    let again = CommandEnvelope::decode(&encoded, &keys).expect("an encoded envelope decodes");
     assert_eq!(again, env, "the envelope changed through encode/decode");
     assert_eq!(again.fingerprint(), env.fingerprint());
     assert!(!env.command.kind().is_empty());

@@ -198,7 +198,11 @@ impl World {
         };
         log.ensure_topic("pos-commands", PARTITIONS).await.unwrap();
         log.ensure_topic("pos-commands-dlq", 1).await.unwrap();
-        let store = EmbeddedStore::open(&dir.path().join("store")).unwrap();
+        let store = EmbeddedStore::open(
+            &dir.path().join("store"),
+            loyalty_core::sealing::KeyRing::dev(),
+        )
+        .unwrap();
         let (franchise, _) = create_franchise(store.as_ref(), "Sharded", program)
             .await
             .unwrap();
@@ -266,7 +270,12 @@ impl World {
 
     pub async fn send(&self, env: CommandEnvelope) {
         self.log
-            .append("pos-commands", &env.key(), env.encode(), Vec::new())
+            .append(
+                "pos-commands",
+                &env.key(),
+                env.encode(&loyalty_core::sealing::KeyRing::dev()).unwrap(),
+                Vec::new(),
+            )
             .await
             .unwrap();
     }

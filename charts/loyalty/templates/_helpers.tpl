@@ -63,14 +63,17 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
-{{/* The chart's own Secret (admin key, store and Redis URLs not taken from existing secrets). */}}
+{{/*
+The chart's own Secret (admin key, PII key ring, store and Redis URLs not taken from existing
+secrets).
+*/}}
 {{- define "loyalty.secretName" -}}
 {{- include "loyalty.fullname" . -}}
 {{- end -}}
 
 {{/* Whether the chart's Secret holds anything. */}}
 {{- define "loyalty.ownSecret" -}}
-{{- if or (not .Values.adminKey.existingSecret) (not .Values.redis.existingSecret) (and (eq .Values.store.type "postgres") (not .Values.store.postgres.existingSecret)) -}}
+{{- if or (not .Values.adminKey.existingSecret) (not .Values.piiKeys.existingSecret) (not .Values.redis.existingSecret) (and (eq .Values.store.type "postgres") (not .Values.store.postgres.existingSecret)) -}}
 true
 {{- end -}}
 {{- end -}}
@@ -93,6 +96,24 @@ Secret (lookup: kept across upgrades), else a new random one.
 {{- end -}}
 
 {{/*
+The PII key ring (LOYALTY_PII_KEYS) the chart's Secret holds: the value given, else the one
+already in the release's Secret (lookup: kept across upgrades, since a new ring could not open
+what the old one sealed), else a new ring of one key, `chart:<32 random bytes in base64>`.
+*/}}
+{{- define "loyalty.piiKeysValue" -}}
+{{- if .Values.piiKeys.value -}}
+{{- .Values.piiKeys.value -}}
+{{- else -}}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "loyalty.secretName" .) -}}
+{{- if and $existing $existing.data (hasKey $existing.data "pii-keys") -}}
+{{- index $existing.data "pii-keys" | b64dec -}}
+{{- else -}}
+{{- printf "chart:%s" (randBytes 32) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
 Checks of what the schema cannot express (relations between values), with a message naming the
 value to change. Included by every template that renders a workload.
 */}}
@@ -109,6 +130,33 @@ value to change. Included by every template that renders a workload.
 {{- end -}}
 {{- if and $v.adminKey.value (lt (len (trim $v.adminKey.value)) 8) -}}
 {{- fail "adminKey.value must be at least 8 characters" -}}
+{{- end -}}
+{{- if and (not $v.piiKeys.existingSecret) (not $v.piiKeys.value) (not $v.piiKeys.generate) -}}
+{{- fail "a key ring for members' personal data is required: `loyalty gateway` and `loyalty engine` refuse to start without LOYALTY_PII_KEYS. Set piiKeys.existingSecret (a Secret of yours, key piiKeys.existingSecretKey), piiKeys.value (`id:base64key,...`; `loyalty privacy new-key ID` prints one), or piiKeys.generate=true" -}}
+{{- end -}}
+{{- if $v.piiKeys.value -}}
+{{- $ids := list -}}
+{{- range (splitList "," $v.piiKeys.value) -}}
+{{- $entry := trim . -}}
+{{- if $entry -}}
+{{- $id := trim (first (splitList ":" $entry)) -}}
+{{- if eq $id "dev" -}}
+{{- fail "piiKeys.value has a key `dev:...`, the dev key ring's id, which every process but `loyalty dev` refuses: make a key of your own with `loyalty privacy new-key ID`" -}}
+{{- else if not (contains ":" $entry) -}}
+{{- fail "piiKeys.value has an entry without `id:`: each key of the ring is `id:base64key`, the entries separated by commas (`loyalty privacy new-key ID` prints one)" -}}
+{{- else if not (regexMatch "^[A-Za-z0-9_-]{1,32}$" $id) -}}
+{{- fail "piiKeys.value has a key id that is not 1 to 32 letters, digits, `-` or `_`" -}}
+{{- else if not (regexMatch "^[^:]*:[ \t]*([A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=?|[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]=?)$" $entry) -}}
+{{- fail (printf "piiKeys.value: the key `%s` is not exactly 32 bytes in base64 (43 characters, then `=` or nothing; `loyalty privacy new-key %s` prints one)" $id $id) -}}
+{{- else if has $id $ids -}}
+{{- fail (printf "piiKeys.value gives the key id `%s` twice: every key of the ring needs its own id" $id) -}}
+{{- end -}}
+{{- $ids = append $ids $id -}}
+{{- end -}}
+{{- end -}}
+{{- if not $ids -}}
+{{- fail "piiKeys.value holds no key: give `id:base64key[,id:base64key...]`, or leave it empty" -}}
+{{- end -}}
 {{- end -}}
 {{- if not (trim $v.kafka.brokers) -}}
 {{- fail "kafka.brokers is required (LOYALTY_KAFKA_BROKERS, host:port,...)" -}}
@@ -135,7 +183,7 @@ value to change. Included by every template that renders a workload.
 {{- if ne (len $names) (len (uniq $names)) -}}
 {{- fail (printf "topics must all differ (commands, deadLetter, pos and its `<pos>-dlq`): %v" $names) -}}
 {{- end -}}
-{{- $managed := list "LOYALTY_LISTEN" "LOYALTY_DATA_DIR" "LOYALTY_PARTITIONS" "LOYALTY_TOPIC" "LOYALTY_DEAD_LETTER_TOPIC" "LOYALTY_POS_TOPIC" "LOYALTY_KAFKA_BROKERS" "LOYALTY_KAFKA_REPLICATION" "LOYALTY_KAFKA_SESSION_TIMEOUT_MS" "LOYALTY_KAFKA_HEARTBEAT_MS" "LOYALTY_KAFKA_INSTANCE_ID" "LOYALTY_PASSIVATE_AFTER_SECS" "LOYALTY_CHECKPOINT_MS" "LOYALTY_MAX_BODY_BYTES" "LOYALTY_LOG_FORMAT" "RUST_LOG" "OTEL_EXPORTER_OTLP_ENDPOINT" "OTEL_TRACES_SAMPLER" "OTEL_TRACES_SAMPLER_ARG" "OTEL_RESOURCE_ATTRIBUTES" "LOYALTY_ADMIN_KEY" "LOYALTY_REDIS_URL" "LOYALTY_POSTGRES_URL" "LOYALTY_POSTGRES_POOL" "LOYALTY_SCYLLA_NODES" "LOYALTY_SCYLLA_KEYSPACE" "LOYALTY_SCYLLA_REPLICATION" "LOYALTY_HTTP_WORKERS" "LOYALTY_ENGINE_WORKERS" "POD_NAME" "POD_NAMESPACE" -}}
+{{- $managed := list "LOYALTY_LISTEN" "LOYALTY_DATA_DIR" "LOYALTY_PARTITIONS" "LOYALTY_TOPIC" "LOYALTY_DEAD_LETTER_TOPIC" "LOYALTY_POS_TOPIC" "LOYALTY_KAFKA_BROKERS" "LOYALTY_KAFKA_REPLICATION" "LOYALTY_KAFKA_SESSION_TIMEOUT_MS" "LOYALTY_KAFKA_HEARTBEAT_MS" "LOYALTY_KAFKA_INSTANCE_ID" "LOYALTY_PASSIVATE_AFTER_SECS" "LOYALTY_CHECKPOINT_MS" "LOYALTY_MAX_BODY_BYTES" "LOYALTY_LOG_FORMAT" "RUST_LOG" "OTEL_EXPORTER_OTLP_ENDPOINT" "OTEL_TRACES_SAMPLER" "OTEL_TRACES_SAMPLER_ARG" "OTEL_RESOURCE_ATTRIBUTES" "LOYALTY_ADMIN_KEY" "LOYALTY_PII_KEYS" "LOYALTY_REDIS_URL" "LOYALTY_POSTGRES_URL" "LOYALTY_POSTGRES_POOL" "LOYALTY_SCYLLA_NODES" "LOYALTY_SCYLLA_KEYSPACE" "LOYALTY_SCYLLA_REPLICATION" "LOYALTY_HTTP_WORKERS" "LOYALTY_ENGINE_WORKERS" "POD_NAME" "POD_NAMESPACE" -}}
 {{- range $k, $_ := $v.config.extraEnv -}}
 {{- if has $k $managed -}}
 {{- fail (printf "config.extraEnv sets %s, which the chart sets from its own values: set that value instead (see values.yaml)" $k) -}}
@@ -161,6 +209,11 @@ value to change. Included by every template that renders a workload.
     secretKeyRef:
       name: {{ default (include "loyalty.secretName" .) .Values.adminKey.existingSecret }}
       key: {{ ternary .Values.adminKey.existingSecretKey "admin-key" (not (empty .Values.adminKey.existingSecret)) }}
+- name: LOYALTY_PII_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ default (include "loyalty.secretName" .) .Values.piiKeys.existingSecret }}
+      key: {{ ternary .Values.piiKeys.existingSecretKey "pii-keys" (not (empty .Values.piiKeys.existingSecret)) }}
 - name: LOYALTY_REDIS_URL
   valueFrom:
     secretKeyRef:
@@ -211,7 +264,7 @@ value to change. Included by every template that renders a workload.
 {{/* Checksums that roll the pods when their configuration changes. */}}
 {{- define "loyalty.checksums" -}}
 checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
-checksum/secret: {{ list .Values.adminKey .Values.redis .Values.store | toJson | sha256sum }}
+checksum/secret: {{ list .Values.adminKey .Values.piiKeys .Values.redis .Values.store | toJson | sha256sum }}
 {{- end -}}
 
 {{/*

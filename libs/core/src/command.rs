@@ -11,7 +11,8 @@ use loyalty_domain::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
+use crate::sealing::KeyRing;
+use crate::Result;
 
 /// A command of a POS, as carried by the log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,13 +191,16 @@ impl CommandEnvelope {
         ])
     }
 
-    pub fn encode(&self) -> Bytes {
-        // Serializing plain data structures to JSON cannot fail.
-        Bytes::from(serde_json::to_vec(self).unwrap_or_default())
+    /// The record's payload, its personal values (an enrolment's profile, an e-mail address)
+    /// sealed by `keys` (README "Personal data at rest").
+    pub fn encode(&self, keys: &KeyRing) -> Result<Bytes> {
+        keys.to_json(self).map(Bytes::from)
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<CommandEnvelope> {
-        serde_json::from_slice(bytes).map_err(|e| Error::Corrupt(format!("command: {e}")))
+    /// The envelope of a payload, sealed values opened by `keys` (a payload of another ring
+    /// or altered is [`Error::Corrupt`], as is one that is not an envelope).
+    pub fn decode(bytes: &[u8], keys: &KeyRing) -> Result<CommandEnvelope> {
+        keys.from_json("command", bytes)
     }
 }
 
@@ -235,14 +239,14 @@ mod tests {
 
     #[test]
     fn an_envelope_logged_before_items_decodes_and_keeps_its_fingerprint() {
-        let env = CommandEnvelope::decode(OLD.as_bytes()).unwrap();
+        let env = CommandEnvelope::decode(OLD.as_bytes(), &KeyRing::dev()).unwrap();
         let PosCommand::Purchase { items, .. } = &env.command else {
             panic!("a purchase")
         };
         assert!(items.is_empty());
         // Encoded again without `items`, and fingerprinted over the same body as before.
         let body = br#"{"type":"purchase","member_id":"m-1","amount_cents":1250,"currency":"EUR"}"#;
-        assert!(!String::from_utf8_lossy(&env.encode()).contains("items"));
+        assert!(!String::from_utf8_lossy(&env.encode(&KeyRing::dev()).unwrap()).contains("items"));
         let before = Fingerprint::of(&[
             b"f_a",
             b"s_a1",
@@ -256,19 +260,22 @@ mod tests {
 
     #[test]
     fn a_consent_change_encodes_what_it_changes_only_and_masks_the_address() {
-        let mut env = CommandEnvelope::decode(OLD.as_bytes()).unwrap();
+        let mut env = CommandEnvelope::decode(OLD.as_bytes(), &KeyRing::dev()).unwrap();
         env.command = PosCommand::SetConsent {
             member_id: MemberId::parse("m-1").unwrap(),
             sms: Some(false),
             email: None,
             email_address: None,
         };
-        let text = String::from_utf8(env.encode().to_vec()).unwrap();
+        let text = String::from_utf8(env.encode(&KeyRing::dev()).unwrap().to_vec()).unwrap();
         assert!(
             text.contains(r#""command":{"type":"set_consent","member_id":"m-1","sms":false}"#),
             "{text}"
         );
-        assert_eq!(CommandEnvelope::decode(text.as_bytes()).unwrap(), env);
+        assert_eq!(
+            CommandEnvelope::decode(text.as_bytes(), &KeyRing::dev()).unwrap(),
+            env
+        );
         let before = env.fingerprint();
         if let PosCommand::SetConsent { email_address, .. } = &mut env.command {
             *email_address = Some(EmailAddress::parse("ana@example.com").unwrap());
@@ -282,7 +289,8 @@ mod tests {
             !format!("{env:?}").contains("ana@"),
             "never in debug output"
         );
-        let again = CommandEnvelope::decode(&env.encode()).unwrap();
+        let again = CommandEnvelope::decode(&env.encode(&KeyRing::dev()).unwrap(), &KeyRing::dev())
+            .unwrap();
         assert_eq!(again, env);
     }
 
@@ -291,24 +299,72 @@ mod tests {
         const LOGGED: &str = r#"{"franchise_id":"f_a","store_id":"s_a1","event_id":"r-1",
             "program_version":3,"occurred_at":null,"received_at":1764064800000,
             "command":{"type":"redemption","member_id":"m-1","reward_id":"free-coffee"}}"#;
-        let env = CommandEnvelope::decode(LOGGED.as_bytes()).unwrap();
+        let env = CommandEnvelope::decode(LOGGED.as_bytes(), &KeyRing::dev()).unwrap();
         let body = br#"{"type":"redemption","member_id":"m-1","reward_id":"free-coffee"}"#;
         // No `occurred_at`: eight zero bytes, as always.
         let before = Fingerprint::of(&[b"f_a", b"s_a1", b"r-1", b"redemption", &[0; 8], body]);
         assert_eq!(env.fingerprint(), before);
-        assert!(!String::from_utf8_lossy(&env.encode()).contains("code"));
+        assert!(!String::from_utf8_lossy(&env.encode(&KeyRing::dev()).unwrap()).contains("code"));
         let mut coded = env.clone();
         if let PosCommand::Redemption { code, .. } = &mut coded.command {
             *code = Some("m-1-abc".into());
         }
         assert_ne!(coded.fingerprint(), before);
-        let again = CommandEnvelope::decode(&coded.encode()).unwrap();
+        let again =
+            CommandEnvelope::decode(&coded.encode(&KeyRing::dev()).unwrap(), &KeyRing::dev())
+                .unwrap();
         assert_eq!(again.fingerprint(), coded.fingerprint());
     }
 
     #[test]
+    fn an_enrolment_and_an_address_are_logged_sealed_and_fingerprinted_as_before() {
+        let keys = KeyRing::parse(&KeyRing::new_key_spec("k1").unwrap()).unwrap();
+        let mut env = CommandEnvelope::decode(OLD.as_bytes(), &keys).unwrap();
+        let member_id = MemberId::parse("m-1").unwrap();
+        env.command = PosCommand::Enrol {
+            member_id: member_id.clone(),
+            profile: Profile {
+                phone: loyalty_domain::Phone::parse("+33612345678").unwrap(),
+                name: Some("Ana".into()),
+                birthday: Some("1990-04-17".into()),
+                consent: loyalty_domain::Consent {
+                    sms: true,
+                    email: true,
+                },
+                email: Some("ana@example.com".into()),
+            },
+        };
+        let fp = env.fingerprint();
+        let logged = env.encode(&keys).unwrap();
+        let text = String::from_utf8(logged.to_vec()).unwrap();
+        for clear in ["+33612345678", "Ana", "1990-04-17", "example.com"] {
+            assert!(!text.contains(clear), "{clear} in {text}");
+        }
+        assert!(text.contains(r#""profile":{"sealed":"v1.k1."#), "{text}");
+        let back = CommandEnvelope::decode(&logged, &keys).unwrap();
+        assert_eq!(back, env);
+        assert_eq!(back.fingerprint(), fp);
+        // Another ring cannot read it: the record is corrupt to it, not silently empty.
+        assert!(matches!(
+            CommandEnvelope::decode(&logged, &KeyRing::dev()),
+            Err(crate::Error::Corrupt(_))
+        ));
+        env.command = PosCommand::SetConsent {
+            member_id,
+            sms: None,
+            email: Some(true),
+            email_address: Some(EmailAddress::parse("ana@example.com").unwrap()),
+        };
+        let fp = env.fingerprint();
+        let logged = env.encode(&keys).unwrap();
+        assert!(!String::from_utf8_lossy(&logged).contains("example"));
+        let back = CommandEnvelope::decode(&logged, &keys).unwrap();
+        assert_eq!((back.fingerprint(), back), (fp, env));
+    }
+
+    #[test]
     fn items_are_part_of_the_fingerprint() {
-        let env = CommandEnvelope::decode(OLD.as_bytes()).unwrap();
+        let env = CommandEnvelope::decode(OLD.as_bytes(), &KeyRing::dev()).unwrap();
         let a = with_items(&env, &[("CROI", 1)]);
         let b = with_items(&env, &[("CROI", 2)]);
         let c = with_items(&env, &[("PAIN", 1)]);
@@ -324,7 +380,8 @@ mod tests {
             }
         }
         // Through the log and back: the same command, the same fingerprint.
-        let again = CommandEnvelope::decode(&a.encode()).unwrap();
+        let again =
+            CommandEnvelope::decode(&a.encode(&KeyRing::dev()).unwrap(), &KeyRing::dev()).unwrap();
         assert_eq!(again, a);
         assert_eq!(again.fingerprint(), a.fingerprint());
     }

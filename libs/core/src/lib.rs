@@ -26,6 +26,7 @@ pub mod provisioning;
 pub mod rate_limit;
 pub mod rebuild;
 pub mod replies;
+pub mod sealing;
 pub mod segments;
 pub mod trace;
 

@@ -59,6 +59,9 @@ pub struct Metrics {
     pub audit_differences: IntCounter,
     /// Members whose personal data was erased (README "Privacy"), counted once the store has it.
     pub member_erasures: IntCounter,
+    /// Personal values sealed and opened (README "Personal data at rest"), by key id.
+    pub pii_sealed: IntCounterVec,
+    pub pii_opened: IntCounterVec,
     /// Pages of segment exports served (README "Segments"), by how phones were shown
     /// (`masked`, `full`).
     pub segment_exports: IntCounterVec,
@@ -371,6 +374,18 @@ impl Metrics {
                 &r,
                 "loyalty_member_erasures_total",
                 "Members whose personal data was erased (README \"Privacy\").",
+            ),
+            pii_sealed: counter_vec(
+                &r,
+                "loyalty_pii_sealed_total",
+                "Personal values sealed for the store or the log (README \"Personal data at rest\"), by key id.",
+                &["key"],
+            ),
+            pii_opened: counter_vec(
+                &r,
+                "loyalty_pii_opened_total",
+                "Sealed personal values opened, by key id and result (ok; failed: a missing key or data that does not authenticate).",
+                &["key", "result"],
             ),
             segment_exports: counter_vec(
                 &r,

@@ -57,6 +57,8 @@ pub struct PosIngestConfig {
     /// First wait after a transient error; doubled on each retry up to `retry_max`.
     pub retry_min: Duration,
     pub retry_max: Duration,
+    /// Seals the personal values of the commands it appends (README "Personal data at rest").
+    pub keys: crate::sealing::KeyRing,
 }
 
 impl Default for PosIngestConfig {
@@ -70,6 +72,7 @@ impl Default for PosIngestConfig {
             max_record_bytes: pos_topic::DEFAULT_MAX_RECORD_BYTES,
             retry_min: Duration::from_millis(20),
             retry_max: Duration::from_secs(5),
+            keys: crate::sealing::KeyRing::dev(),
         }
     }
 }
@@ -351,6 +354,15 @@ impl PosIngest {
         r: &Record,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Option<Rejected>> {
+        let payload = match env.encode(&self.config.keys) {
+            Ok(p) => p,
+            Err(e) => {
+                return Ok(Some(Rejected::new(
+                    Reason::Internal,
+                    format!("the command cannot be encoded: {e}"),
+                )))
+            }
+        };
         let mut delay = self.config.retry_min;
         loop {
             let timer = metrics().log_append_seconds.start_timer();
@@ -359,7 +371,7 @@ impl PosIngest {
                 .append(
                     &self.config.command_topic,
                     &env.key(),
-                    env.encode(),
+                    payload.clone(),
                     Vec::new(),
                 )
                 .await;

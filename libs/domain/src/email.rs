@@ -19,10 +19,46 @@ use crate::DomainError;
 /// The longest address kept (RFC 5321's path limit less its angle brackets).
 pub const MAX_EMAIL: usize = 254;
 
-/// A validated e-mail address, its domain in lowercase. Debug output never shows it.
-#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+/// A validated e-mail address, its domain in lowercase. Debug output never shows it. Serialized
+/// as a string, or sealed (`{"sealed": …}`) inside a codec's scope ([`crate::privacy`]); both
+/// forms are read back, and validated again.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct EmailAddress(String);
+
+impl Serialize for EmailAddress {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        crate::privacy::serialize("email", self.0.as_str(), s)
+    }
+}
+
+/// Reads an address stored clear (a string) or sealed (`{"sealed": …}`).
+struct StoredEmail;
+
+impl<'de> serde::de::Visitor<'de> for StoredEmail {
+    type Value = String;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+        Ok(v.to_owned())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<String, A::Error> {
+        let form: crate::privacy::SealedForm<String> =
+            Deserialize::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+        crate::privacy::open("email", &form.sealed)
+    }
+}
+
+impl<'de> Deserialize<'de> for EmailAddress {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let clear = d.deserialize_any(StoredEmail)?;
+        EmailAddress::parse(&clear).map_err(D::Error::custom)
+    }
+}
 
 fn invalid(reason: &str) -> DomainError {
     DomainError::invalid("email", reason)

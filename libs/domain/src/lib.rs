@@ -17,6 +17,7 @@ pub mod kpi;
 mod ledger;
 mod member;
 pub mod object;
+pub mod privacy;
 mod program;
 pub mod segments;
 mod status;

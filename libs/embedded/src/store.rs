@@ -34,6 +34,7 @@ use loyalty_core::ports::{
     DashboardRows, Due, DueMember, DueWrite, EffectBatch, EventClaim, IndexedMember, OutboxEntry,
     OutboxState, Partition, ReindexMark, StateStore,
 };
+use loyalty_core::sealing::KeyRing;
 use loyalty_core::{Error, Result};
 use loyalty_domain::dashboard::DashboardDelta;
 use loyalty_domain::{
@@ -134,6 +135,8 @@ impl EncodedOutbox {
 /// The embedded [`StateStore`]: one redb file.
 pub struct EmbeddedStore {
     db: Arc<DbSlot>,
+    /// Seals and opens members' personal data (README "Personal data at rest").
+    keys: KeyRing,
     /// The database file, for flushing its dirty pages outside the writer thread.
     file: Arc<std::fs::File>,
     writer: Option<mpsc::Sender<WriteRequest>>,
@@ -169,11 +172,12 @@ fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
 /// format are the JSON alone, and start with `{`.
 const MEMBER_FORMAT: u8 = 1;
 
-fn encode_member(state: &MemberState) -> Result<Vec<u8>> {
+fn encode_member(state: &MemberState, keys: &KeyRing) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(512);
     out.push(MEMBER_FORMAT);
     out.extend_from_slice(&state.version.to_le_bytes());
-    serde_json::to_writer(&mut out, state).map_err(|e| Error::Corrupt(format!("encoding: {e}")))?;
+    keys.scope(|| serde_json::to_writer(&mut out, state))
+        .map_err(|e| Error::Corrupt(format!("encoding: {e}")))?;
     Ok(out)
 }
 
@@ -186,8 +190,14 @@ fn member_json(bytes: &[u8]) -> Result<&[u8]> {
     }
 }
 
-fn decode_member(bytes: &[u8]) -> Result<MemberState> {
-    decode("member", member_json(bytes)?)
+fn decode_member(bytes: &[u8], keys: &KeyRing) -> Result<MemberState> {
+    keys.from_json("member", member_json(bytes)?)
+}
+
+/// The version field of a member's JSON (the rest is not decoded).
+#[derive(serde::Deserialize)]
+struct VersionOnly {
+    version: u64,
 }
 
 /// The version of a stored member, without decoding its state (but for values of the older
@@ -199,7 +209,7 @@ fn member_version(bytes: &[u8]) -> Result<u64> {
             .and_then(|b| <[u8; 8]>::try_from(b).ok())
             .map(u64::from_le_bytes)
             .ok_or_else(|| Error::Corrupt("member: a truncated value".into())),
-        _ => Ok(decode_member(bytes)?.version),
+        _ => Ok(decode::<VersionOnly>("member", bytes)?.version),
     }
 }
 
@@ -228,12 +238,12 @@ struct EncodedProcessed {
 }
 
 impl EncodedBatch {
-    fn encode(batch: EffectBatch) -> Result<EncodedBatch> {
+    fn encode(batch: EffectBatch, keys: &KeyRing) -> Result<EncodedBatch> {
         let members = batch
             .members
             .iter()
             .map(|w| {
-                let value = encode_member(&w.state)?;
+                let value = encode_member(&w.state, keys)?;
                 let due = w.due.map(|d| (d, w.state.franchise_id.clone()));
                 Ok((w.state.member_id.clone(), w.expected_version, value, due))
             })
@@ -272,14 +282,15 @@ impl EncodedBatch {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the store in `dir/state.redb` with a 64 MiB page cache.
-    pub fn open(dir: &Path) -> Result<Arc<EmbeddedStore>> {
-        Self::open_with(dir, DEFAULT_CACHE_BYTES)
+    /// Opens (or creates) the store in `dir/state.redb` with a 64 MiB page cache; members'
+    /// personal data is sealed and opened with `keys`.
+    pub fn open(dir: &Path, keys: KeyRing) -> Result<Arc<EmbeddedStore>> {
+        Self::open_with(dir, DEFAULT_CACHE_BYTES, keys)
     }
 
     /// Opens the store with a page cache of `cache_bytes` (memory stays bounded however many
     /// members there are; the OS page cache serves the rest).
-    pub fn open_with(dir: &Path, cache_bytes: usize) -> Result<Arc<EmbeddedStore>> {
+    pub fn open_with(dir: &Path, cache_bytes: usize, keys: KeyRing) -> Result<Arc<EmbeddedStore>> {
         std::fs::create_dir_all(dir).map_err(unavailable)?;
         let db = DbSlot::open(dir.join("state.redb"), cache_bytes).map_err(unavailable)?;
         // Create every table once so that readers never meet a missing table.
@@ -315,6 +326,7 @@ impl EmbeddedStore {
             .map_err(unavailable)?;
         Ok(Arc::new(EmbeddedStore {
             db,
+            keys,
             file,
             writer: Some(tx),
             writer_thread: Some(writer_thread),
@@ -748,7 +760,7 @@ impl EmbeddedStore {
             };
             let at = v.value();
             out.push(IndexedMember {
-                state: decode_member(state.value())?,
+                state: decode_member(state.value(), &self.keys)?,
                 due: (at != NOTHING_DUE).then_some(Timestamp(at)),
             });
         }
@@ -907,7 +919,7 @@ impl StateStore for EmbeddedStore {
         let tx = self.db.begin_read().map_err(unavailable)?;
         let t = tx.open_table(MEMBERS).map_err(unavailable)?;
         match t.get(id.as_str()).map_err(unavailable)? {
-            Some(v) => Ok(Some(decode_member(v.value())?)),
+            Some(v) => Ok(Some(decode_member(v.value(), &self.keys)?)),
             None => Ok(None),
         }
     }
@@ -931,7 +943,7 @@ impl StateStore for EmbeddedStore {
             .take(limit)
         {
             let (_, v) = row.map_err(unavailable)?;
-            out.push(decode_member(v.value())?);
+            out.push(decode_member(v.value(), &self.keys)?);
         }
         Ok(out)
     }
@@ -1072,7 +1084,7 @@ impl StateStore for EmbeddedStore {
         if batch.is_empty() {
             return Ok(());
         }
-        let batch = EncodedBatch::encode(batch)?;
+        let batch = EncodedBatch::encode(batch, &self.keys)?;
         let (tx, rx) = oneshot::channel();
         self.writer()?
             .send(WriteRequest::Commit(batch, tx))
@@ -1211,7 +1223,7 @@ mod tests {
         let sc = Scenario::new("legacy-keys")?;
         let legacy = serde_json::json!({"role": "store", "franchise_id": sc.franchise, "store_id": sc.store});
         {
-            let store = EmbeddedStore::open(dir.path())?;
+            let store = EmbeddedStore::open(dir.path(), KeyRing::dev())?;
             let tx = store.db.begin_write()?;
             {
                 let mut t = tx.open_table(API_KEYS)?;
@@ -1219,7 +1231,7 @@ mod tests {
             }
             tx.commit()?;
         }
-        let store = EmbeddedStore::open(dir.path())?;
+        let store = EmbeddedStore::open(dir.path(), KeyRing::dev())?;
         let id = loyalty_core::identity::legacy_api_key_id("legacy-hash");
         let p = store
             .api_key("legacy-hash")
@@ -1236,7 +1248,7 @@ mod tests {
         assert_eq!(keys[0].key_hash, "legacy-hash");
         drop(store);
         // Opening again adopts nothing twice.
-        let store = EmbeddedStore::open(dir.path())?;
+        let store = EmbeddedStore::open(dir.path(), KeyRing::dev())?;
         assert_eq!(store.api_keys_of(&sc.franchise).await?, keys);
         let rotated = ApiKey {
             key_hash: "new-hash".into(),
@@ -1253,7 +1265,7 @@ mod tests {
     #[tokio::test]
     async fn members_of_the_older_format_read_and_fence() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let store = EmbeddedStore::open(dir.path())?;
+        let store = EmbeddedStore::open(dir.path(), KeyRing::dev())?;
         let mut sc = Scenario::new("legacy")?;
         let enrol = sc.enrol(&sc.member(1)?)?;
         store.commit(enrol.batch(0)).await?;
@@ -1293,7 +1305,10 @@ mod tests {
     fn a_truncated_member_value_is_corrupt_not_a_panic() {
         for raw in [&[MEMBER_FORMAT][..], &[MEMBER_FORMAT, 1, 2, 3][..]] {
             assert!(matches!(member_version(raw), Err(Error::Corrupt(_))));
-            assert!(matches!(decode_member(raw), Err(Error::Corrupt(_))));
+            assert!(matches!(
+                decode_member(raw, &KeyRing::dev()),
+                Err(Error::Corrupt(_))
+            ));
         }
     }
 }

@@ -52,6 +52,9 @@ pub struct GatewayConfig {
     /// The card's wallet passes (Apple `.pkpass`, Google save link): README "Members without
     /// an app".
     pub wallet: loyalty_wallet::WalletConfig,
+    /// Seals the personal data of the commands it appends and of the one-time codes it holds
+    /// (README "Personal data at rest"): the ring the engines open them with.
+    pub keys: loyalty_core::sealing::KeyRing,
 }
 
 impl Default for GatewayConfig {
@@ -65,6 +68,7 @@ impl Default for GatewayConfig {
             public_url: "http://127.0.0.1:8080".into(),
             principal_ttl: PRINCIPAL_TTL,
             wallet: loyalty_wallet::WalletConfig::default(),
+            keys: loyalty_core::sealing::KeyRing::dev(),
         }
     }
 }

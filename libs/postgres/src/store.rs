@@ -12,6 +12,7 @@ use loyalty_core::ports::{
     DashboardRows, Due, DueMember, DueWrite, EffectBatch, EventClaim, IndexedMember, OutboxEntry,
     OutboxState, Partition, ReindexMark, StateStore,
 };
+use loyalty_core::sealing::KeyRing;
 use loyalty_core::{Error, Result};
 use loyalty_domain::dashboard::{DashboardDelta, DayTotals, PackedRow, Scope, VisitKey, VisitRow};
 use loyalty_domain::{
@@ -277,6 +278,8 @@ fn bytes_of(what: &str, row: &Row) -> Result<Vec<u8>> {
 pub struct PostgresStore {
     pool: Pool,
     url: String,
+    /// Seals and opens members' personal data (README "Personal data at rest").
+    keys: KeyRing,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -295,7 +298,9 @@ impl PostgresStore {
     /// schema is at this build's latest migration; otherwise fails with an error that says
     /// what to do (`run loyalty migrate`). Connections are opened lazily up to
     /// `config.pool_size`.
-    pub async fn connect(config: &PostgresConfig) -> Result<PostgresStore> {
+    ///
+    /// Members' personal data is sealed and opened with `keys`.
+    pub async fn connect(config: &PostgresConfig, keys: KeyRing) -> Result<PostgresStore> {
         let pg_config = config.pg_config()?;
         let manager = Manager::from_config(
             pg_config,
@@ -317,6 +322,7 @@ impl PostgresStore {
         let store = PostgresStore {
             pool,
             url: config.redacted_url(),
+            keys,
         };
         let client = store
             .client(&format!("connecting to {}", store.url))
@@ -364,7 +370,7 @@ impl PostgresStore {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<T>> {
         match self.query(what, sql, params).await?.first() {
-            Some(row) => Ok(Some(decode(what, &bytes_of(what, row)?)?)),
+            Some(row) => Ok(Some(self.decode(what, &bytes_of(what, row)?)?)),
             None => Ok(None),
         }
     }
@@ -378,8 +384,14 @@ impl PostgresStore {
         self.query(what, sql, params)
             .await?
             .iter()
-            .map(|row| decode(what, &bytes_of(what, row)?))
+            .map(|row| self.decode(what, &bytes_of(what, row)?))
             .collect()
+    }
+
+    /// [`decode`] with the key ring in scope (members' profiles open; other values have no
+    /// sealed field).
+    fn decode<T: DeserializeOwned>(&self, what: &str, bytes: &[u8]) -> Result<T> {
+        self.keys.scope(|| decode(what, bytes))
     }
 }
 
@@ -647,7 +659,7 @@ impl CommitParams {
     /// Splits a batch into the statement's arrays, rows in key order (so that concurrent
     /// commits lock rows in one order). A member written twice is refused; of several writes
     /// of one record the last wins, and it must not exist if any of them said so.
-    fn of(batch: &EffectBatch) -> Result<CommitParams> {
+    fn of(batch: &EffectBatch, keys: &KeyRing) -> Result<CommitParams> {
         let mut p = CommitParams::default();
         let mut members: Vec<_> = batch.members.iter().collect();
         members.sort_by(|a, b| a.state.member_id.cmp(&b.state.member_id));
@@ -669,11 +681,11 @@ impl CommitParams {
                 p.new_ids.push(s.member_id.as_str().to_owned());
                 p.new_franchises.push(s.franchise_id.as_str().to_owned());
                 p.new_versions.push(version);
-                p.new_states.push(encode(s)?);
+                p.new_states.push(keys.scope(|| encode(s))?);
             } else {
                 p.upd_ids.push(s.member_id.as_str().to_owned());
                 p.upd_versions.push(version);
-                p.upd_states.push(encode(s)?);
+                p.upd_states.push(keys.scope(|| encode(s))?);
                 p.upd_expected
                     .push(to_i64("expected version", w.expected_version)?);
             }
@@ -1243,7 +1255,7 @@ impl StateStore for PostgresStore {
             dashboard: rows,
             ..EffectBatch::default()
         };
-        let params = CommitParams::of(&batch)?;
+        let params = CommitParams::of(&batch, &self.keys)?;
         let mut client = self.client(what).await?;
         let tx = client.transaction().await.map_err(|e| pg(what, &e))?;
         for sql in DELETE_DASHBOARD {
@@ -1275,7 +1287,7 @@ impl StateStore for PostgresStore {
         }
         let what = "committing a batch";
         let timer = metrics().store_commit_seconds.start_timer();
-        let params = CommitParams::of(&batch)?;
+        let params = CommitParams::of(&batch, &self.keys)?;
         match self.query(what, COMMIT, &params.params()).await {
             Ok(_) => {
                 timer.observe_duration();
@@ -1329,7 +1341,7 @@ impl StateStore for PostgresStore {
             dashboard: dashboard.clone(),
             ..EffectBatch::default()
         };
-        let params = CommitParams::of(&batch)?;
+        let params = CommitParams::of(&batch, &self.keys)?;
         let mut client = self.client(what).await?;
         let tx = client.transaction().await.map_err(|e| pg(what, &e))?;
         let update = tx
@@ -1397,7 +1409,7 @@ impl StateStore for PostgresStore {
             let state: Vec<u8> = row.try_get(0).map_err(|e| pg(what, &e))?;
             let due: Option<i64> = row.try_get(1).map_err(|e| pg(what, &e))?;
             Ok(IndexedMember {
-                state: decode(what, &state)?,
+                state: self.decode(what, &state)?,
                 due: due.map(Timestamp),
             })
         })

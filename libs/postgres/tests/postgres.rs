@@ -27,7 +27,7 @@ async fn connect_before_migrate_fails_naming_the_fix() -> anyhow::Result<()> {
         return Ok(());
     };
     let config = fresh(&server, "unmigrated")?;
-    let err = PostgresStore::connect(&config)
+    let err = PostgresStore::connect(&config, loyalty_core::sealing::KeyRing::dev())
         .await
         .err()
         .context("connect before migrate succeeded")?;
@@ -52,7 +52,7 @@ async fn migrations_are_idempotent_and_recorded() -> anyhow::Result<()> {
         migrate(&config).await?.is_empty(),
         "third migrate applied something"
     );
-    let store = PostgresStore::connect(&config).await?;
+    let store = PostgresStore::connect(&config, loyalty_core::sealing::KeyRing::dev()).await?;
     ensure!(store.franchises().await?.is_empty());
 
     let client = raw(&config).await?;
@@ -97,7 +97,7 @@ async fn concurrent_migrations_apply_each_version_once() -> anyhow::Result<()> {
         applied == versions(),
         "six concurrent migrate calls applied {applied:?} in all"
     );
-    PostgresStore::connect(&config).await?;
+    PostgresStore::connect(&config, loyalty_core::sealing::KeyRing::dev()).await?;
     Ok(())
 }
 
@@ -132,7 +132,7 @@ async fn a_partly_migrated_or_edited_schema_is_refused() -> anyhow::Result<()> {
             last.version
         ))
         .await?;
-    let err = PostgresStore::connect(&config)
+    let err = PostgresStore::connect(&config, loyalty_core::sealing::KeyRing::dev())
         .await
         .err()
         .context("connect to a partly migrated schema succeeded")?
@@ -142,7 +142,7 @@ async fn a_partly_migrated_or_edited_schema_is_refused() -> anyhow::Result<()> {
         "{err}"
     );
     ensure!(migrate(&config).await? == later);
-    let store = PostgresStore::connect(&config).await?;
+    let store = PostgresStore::connect(&config, loyalty_core::sealing::KeyRing::dev()).await?;
     // The older key got its record under the id the other stores derive for it, and works.
     let id = loyalty_core::identity::legacy_api_key_id("legacy-hash");
     let p = store
@@ -177,7 +177,11 @@ async fn a_partly_migrated_or_edited_schema_is_refused() -> anyhow::Result<()> {
         err.to_string().contains("changed after it was applied"),
         "{err}"
     );
-    ensure!(PostgresStore::connect(&config).await.is_err());
+    ensure!(
+        PostgresStore::connect(&config, loyalty_core::sealing::KeyRing::dev())
+            .await
+            .is_err()
+    );
     Ok(())
 }
 
@@ -233,7 +237,7 @@ async fn claims_first_wins_and_survive_kill_9() -> anyhow::Result<()> {
     server.restart()?;
 
     // Every claim is still there: later claims get the first owners, whoever asks.
-    let again = PostgresStore::connect(&config).await?;
+    let again = PostgresStore::connect(&config, loyalty_core::sealing::KeyRing::dev()).await?;
     let owners = again.claim_events(&claims(&f, 1000, "b")?).await?;
     for (i, o) in owners.iter().enumerate() {
         ensure!(
@@ -268,7 +272,7 @@ async fn concurrent_claims_agree_on_one_owner() -> anyhow::Result<()> {
         return Ok(());
     };
     let (config, a) = store(&server, "claim_race").await?;
-    let b = PostgresStore::connect(&config).await?;
+    let b = PostgresStore::connect(&config, loyalty_core::sealing::KeyRing::dev()).await?;
     let f = FranchiseId::parse("pg-race").map_err(|e| anyhow::anyhow!("{e}"))?;
     for round in 0..5 {
         // Same ids, different fingerprints, claimed at once by two stores, in opposite orders.
@@ -306,7 +310,7 @@ async fn two_writers_race_on_each_member_and_exactly_one_wins() -> anyhow::Resul
     // Two processes' worth of stores: separate pools, separate connections.
     let writers = [
         Arc::new(first),
-        Arc::new(PostgresStore::connect(&config).await?),
+        Arc::new(PostgresStore::connect(&config, loyalty_core::sealing::KeyRing::dev()).await?),
     ];
     let mut sim = Sim::new("fence")?;
     const MEMBERS: u32 = 40;
@@ -551,7 +555,7 @@ async fn a_commit_blocked_past_the_statement_timeout_is_unavailable() -> anyhow:
     .await?;
 
     config.statement_timeout = Duration::from_millis(300);
-    let impatient = PostgresStore::connect(&config).await?;
+    let impatient = PostgresStore::connect(&config, loyalty_core::sealing::KeyRing::dev()).await?;
     let buy = sim.purchase(&v1, 1000)?;
     let started = Instant::now();
     let r = impatient.commit(buy.batch(v1.version)).await;

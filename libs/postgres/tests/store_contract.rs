@@ -18,3 +18,32 @@ async fn postgres_store_meets_the_store_contract() -> anyhow::Result<()> {
     let (_, store) = common::store(&server, "contract").await?;
     store_contract::run_all(Arc::new(store) as Arc<dyn StateStore>).await
 }
+
+/// Personal data at rest on PostgreSQL: the `members` rows hold profiles sealed, and a
+/// rotation with `reseal_members` moves them to the new key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_members_personal_data_is_sealed_and_resealed() -> anyhow::Result<()> {
+    let Some(server) = common::server() else {
+        return Ok(());
+    };
+    let (config, _) = common::store(&server, "sealed").await?;
+    let open = |keys| {
+        let config = config.clone();
+        async move {
+            let store = loyalty_postgres::PostgresStore::connect(&config, keys).await?;
+            Ok(Arc::new(store) as Arc<dyn StateStore>)
+        }
+    };
+    let raw = || {
+        let config = config.clone();
+        async move {
+            let client = common::raw(&config).await?;
+            let rows = client.query("SELECT state FROM members", &[]).await?;
+            Ok(rows
+                .iter()
+                .flat_map(|r| r.get::<_, Vec<u8>>(0))
+                .collect::<Vec<u8>>())
+        }
+    };
+    store_contract::personal_data_is_sealed_and_resealed(open, raw).await
+}

@@ -357,7 +357,7 @@ async fn enrol(
 async fn clear_empties_the_cache_and_rebuild_restores_every_status() {
     let Some(server) = server() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let store = EmbeddedStore::open(dir.path(), loyalty_core::sealing::KeyRing::dev()).unwrap();
 
     // Two franchises; the second is on program version 2.
     let mut expected = Vec::new();

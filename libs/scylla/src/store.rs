@@ -112,6 +112,7 @@ use loyalty_core::ports::{
     DashboardRows, DueMember, DueWrite, EffectBatch, EventClaim, IndexedMember, OutboxEntry,
     Partition, ReindexMark, StateStore,
 };
+use loyalty_core::sealing::KeyRing;
 use loyalty_core::{Error, Result};
 use loyalty_domain::dashboard::{DashboardDelta, DayTotals, Scope, VisitKey, VisitRow};
 use loyalty_domain::{
@@ -653,23 +654,35 @@ pub struct ScyllaStore {
     session: Session,
     st: Statements,
     ob: outbox::OutboxStatements,
+    /// Seals and opens members' personal data (README "Personal data at rest").
+    keys: KeyRing,
 }
 
 impl ScyllaStore {
     /// Connects to the cluster and prepares every statement. The schema must have been
     /// migrated ([`crate::migrate`]); an unmigrated keyspace fails here, naming the statement.
-    pub async fn connect(config: &ScyllaConfig) -> Result<ScyllaStore> {
+    /// Members' personal data is sealed and opened with `keys`.
+    pub async fn connect(config: &ScyllaConfig, keys: KeyRing) -> Result<ScyllaStore> {
         let s = session(config).await?;
-        ScyllaStore::from_session(s, config).await
+        ScyllaStore::from_session(s, config, keys).await
     }
 
     /// Builds the store on an existing session (for instance the one [`crate::migrate`] ran
     /// on).
-    pub async fn from_session(session: Session, config: &ScyllaConfig) -> Result<ScyllaStore> {
+    pub async fn from_session(
+        session: Session,
+        config: &ScyllaConfig,
+        keys: KeyRing,
+    ) -> Result<ScyllaStore> {
         config.validate()?;
         let st = Statements::prepare(&session, &config.keyspace).await?;
         let ob = outbox::OutboxStatements::prepare(&session, &config.keyspace).await?;
-        Ok(ScyllaStore { session, st, ob })
+        Ok(ScyllaStore {
+            session,
+            st,
+            ob,
+            keys,
+        })
     }
 
     /// The driver session (for operators' tools and tests).
@@ -704,7 +717,7 @@ impl ScyllaStore {
         values: impl SerializeRow,
     ) -> Result<Option<T>> {
         match self.get_body(what, stmt, values).await? {
-            Some(b) => Ok(Some(decode(what, &b)?)),
+            Some(b) => Ok(Some(self.keys.scope(|| decode(what, &b))?)),
             None => Ok(None),
         }
     }
@@ -1224,7 +1237,7 @@ impl ScyllaStore {
             .map_err(|e| unavailable(what, e))?;
         match row {
             Some((Some(state), Some(p), at)) if p == partition => Ok(Some(IndexedMember {
-                state: decode(what, &state)?,
+                state: self.keys.scope(|| decode(what, &state))?,
                 due: at.map(Timestamp),
             })),
             _ => Ok(None),
@@ -1507,7 +1520,7 @@ impl StateStore for ScyllaStore {
         // and stops when this stream is dropped.
         while out.len() < limit {
             match rows.try_next().await.map_err(|e| unavailable(what, e))? {
-                Some((_, Some(state))) => out.push(decode("member", &state)?),
+                Some((_, Some(state))) => out.push(self.keys.scope(|| decode("member", &state))?),
                 Some((_, None)) => {}
                 None => break,
             }
@@ -1771,7 +1784,7 @@ impl StateStore for ScyllaStore {
             }
             part.member = Some((
                 to_i64("member version", w.state.version)?,
-                encode(&w.state)?,
+                self.keys.scope(|| encode(&w.state))?,
                 w.expected_version,
             ));
             if let Some(due) = w.due {

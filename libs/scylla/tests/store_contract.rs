@@ -40,7 +40,9 @@ async fn scylla_store_meets_the_store_contract() -> anyhow::Result<()> {
     let s = session(&config).await?;
     let applied = migrate(&s, &config).await?;
     assert_eq!(applied.len(), MIGRATIONS.len());
-    let store = Arc::new(ScyllaStore::from_session(s, &config).await?);
+    let store = Arc::new(
+        ScyllaStore::from_session(s, &config, loyalty_core::sealing::KeyRing::dev()).await?,
+    );
     let result = store_contract::run_all(store as Arc<dyn StateStore>).await;
     drop_keyspace(&config).await?;
     result
@@ -52,7 +54,7 @@ async fn migrations_are_idempotent_and_connect_needs_them() -> anyhow::Result<()
         return Ok(());
     };
     // Before migrating, preparing the statements fails with a hint.
-    let early = ScyllaStore::connect(&config).await;
+    let early = ScyllaStore::connect(&config, loyalty_core::sealing::KeyRing::dev()).await;
     assert!(early.is_err(), "connect before migrate succeeded");
 
     let s = session(&config).await?;
@@ -61,7 +63,7 @@ async fn migrations_are_idempotent_and_connect_needs_them() -> anyhow::Result<()
         migrate(&s, &config).await?.is_empty(),
         "a second migrate applied something"
     );
-    let store = ScyllaStore::connect(&config).await?;
+    let store = ScyllaStore::connect(&config, loyalty_core::sealing::KeyRing::dev()).await?;
     assert!(store.franchises().await?.is_empty());
     drop_keyspace(&config).await
 }

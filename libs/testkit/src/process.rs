@@ -571,6 +571,7 @@ pub struct ClusterBuilder {
     engines: usize,
     partitions: u32,
     admin_key: String,
+    pii_keys: String,
     env: Vec<(String, String)>,
     binary: Option<PathBuf>,
 }
@@ -701,6 +702,9 @@ impl Cluster {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_nanos())
             ),
+            // A fresh key per cluster: `loyalty gateway` and `engine` refuse the dev ring.
+            pii_keys: loyalty_core::sealing::KeyRing::new_key_spec("cluster")
+                .unwrap_or_else(|e| panic!("a key spec: {e}")),
             env: Vec::new(),
             binary: None,
         }
@@ -726,6 +730,7 @@ impl Cluster {
                 "LOYALTY_ADMIN_KEY".to_owned(),
                 self.builder.admin_key.clone(),
             ),
+            ("LOYALTY_PII_KEYS".to_owned(), self.builder.pii_keys.clone()),
             (
                 "LOYALTY_PARTITIONS".to_owned(),
                 self.builder.partitions.to_string(),
@@ -740,6 +745,11 @@ impl Cluster {
     /// The shared store's URL (`postgres://…`).
     pub fn postgres_url(&self) -> &str {
         &self.postgres_url
+    }
+
+    /// The key ring every process seals personal data with (`LOYALTY_PII_KEYS`).
+    pub fn pii_keys(&self) -> &str {
+        &self.builder.pii_keys
     }
 
     pub fn admin_key(&self) -> &str {

@@ -2229,3 +2229,109 @@ pub async fn reindex_lists_fences_and_marks(store: &dyn StateStore) -> R {
     ensure!(store.reindex_mark(p).await? == Some(mark), "replaced");
     Ok(())
 }
+
+/// What a member's profile holds in [`personal_data_is_sealed_and_resealed`]: none of these
+/// may appear in the store's bytes.
+pub const SEALED_PROFILE_CLEAR: [&str; 4] = [
+    "+33687650123",
+    "Zephyrine",
+    "1987-03-29",
+    "zephyrine.q@example.org",
+];
+
+/// Personal data at rest (README "Personal data at rest"), on the adapter's own storage:
+/// `open(ring)` opens the same data with a key ring, `raw()` returns every stored byte of its
+/// members (the file, or the table's rows).
+///
+/// A member written holds its profile sealed (no clear field in the stored bytes), reads back
+/// whole under the same ring and under a rotated one (the new key first, the old one kept);
+/// [`loyalty_core::sealing::reseal_members`] writes it again under the new key, after which a
+/// ring without the old key reads it; and a ring without the key that sealed a member refuses
+/// it loudly ([`Error::Corrupt`]), never reading it as a member without a profile.
+pub async fn personal_data_is_sealed_and_resealed<Open, OpenFut, Raw, RawFut>(
+    open: Open,
+    raw: Raw,
+) -> R
+where
+    Open: Fn(loyalty_core::sealing::KeyRing) -> OpenFut,
+    OpenFut: std::future::Future<Output = anyhow::Result<Arc<dyn StateStore>>>,
+    Raw: Fn() -> RawFut,
+    RawFut: std::future::Future<Output = anyhow::Result<Vec<u8>>>,
+{
+    use loyalty_core::sealing::{reseal_members, KeyRing};
+    let spec = |id: &str| KeyRing::new_key_spec(id).map_err(|e| anyhow!("{e}"));
+    let ring = |s: &str| KeyRing::parse(s).map_err(|e| anyhow!("{e}"));
+    let (k1, k2) = (spec("k1")?, spec("k2")?);
+    let clear_in = |bytes: &[u8]| {
+        SEALED_PROFILE_CLEAR
+            .iter()
+            .filter(|c| bytes.windows(c.len()).any(|w| w == c.as_bytes()))
+            .copied()
+            .collect::<Vec<_>>()
+    };
+
+    let store = open(ring(&k1)?).await?;
+    let mut sc = Scenario::new("sealed")?;
+    let m = sc.member(1)?;
+    let mut enrol = sc.enrol(&m)?;
+    let state = enrol.state.as_mut().ok_or_else(|| anyhow!("no state"))?;
+    state.profile = Profile {
+        phone: id(Phone::parse(SEALED_PROFILE_CLEAR[0]))?,
+        name: Some(SEALED_PROFILE_CLEAR[1].into()),
+        birthday: Some(SEALED_PROFILE_CLEAR[2].into()),
+        consent: loyalty_domain::Consent {
+            sms: true,
+            email: true,
+        },
+        email: Some(SEALED_PROFILE_CLEAR[3].into()),
+    };
+    let state = state.clone();
+    store.commit(enrol.batch(0)).await?;
+    store.sync().await?;
+    ensure!(
+        store.member(&m).await?.as_ref() == Some(&state),
+        "read back under its ring"
+    );
+    drop(store);
+    let found = clear_in(&raw().await?);
+    ensure!(
+        found.is_empty(),
+        "personal data in clear in the store: {found:?}"
+    );
+
+    // Rotated: the new key first, the old one kept.
+    let store = open(ring(&format!("{k2},{k1}"))?).await?;
+    ensure!(
+        store.member(&m).await?.as_ref() == Some(&state),
+        "read under the rotated ring"
+    );
+    let report = reseal_members(store.as_ref()).await?;
+    ensure!(
+        report.members == 1 && report.changed_meanwhile == 0,
+        "{report:?}"
+    );
+    ensure!(
+        store.member(&m).await?.as_ref() == Some(&state),
+        "resealing changes nothing"
+    );
+    drop(store);
+    ensure!(
+        clear_in(&raw().await?).is_empty(),
+        "personal data in clear after the reseal"
+    );
+
+    // The old key dropped: the member was resealed under the new one.
+    let store = open(ring(&k2)?).await?;
+    ensure!(
+        store.member(&m).await?.as_ref() == Some(&state),
+        "read without the old key"
+    );
+    drop(store);
+    // A ring without the key: refused, loudly.
+    let store = open(ring(&k1)?).await?;
+    match store.member(&m).await {
+        Err(Error::Corrupt(msg)) => ensure!(msg.contains("k2"), "{msg}"),
+        other => bail!("a member sealed with a key the ring lacks: {other:?}"),
+    }
+    Ok(())
+}

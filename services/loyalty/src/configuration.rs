@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use loyalty_core::sealing::KeyRing;
 use serde::Deserialize;
 
 /// The admin key `loyalty dev` runs with unless told otherwise; refused by every other command.
@@ -111,6 +112,10 @@ pub struct DevConfig {
     /// another gateway is forgotten at once when that gateway's announcement arrives (Redis
     /// pub/sub); this is the bound when it does not.
     pub principal_ttl_ms: u64,
+    /// The key ring that seals members' personal data in the log and the stores
+    /// (`LOYALTY_PII_KEYS`: `id:base64-key` pairs, comma-separated, the first sealing; README
+    /// "Personal data at rest"). Unset: the dev ring, which only `loyalty dev` accepts.
+    pub pii_keys: Option<String>,
     /// An internal listener that alone serves `/metrics` (`LOYALTY_METRICS_LISTEN`); the API
     /// listener then answers 404 for it. Unset: `/metrics` is on the API listener.
     pub metrics_listen: Option<SocketAddr>,
@@ -235,6 +240,7 @@ impl Default for DevConfig {
             max_body_bytes: 16 * 1024,
             body_timeout_ms: 10_000,
             principal_ttl_ms: 1_000,
+            pii_keys: None,
             metrics_listen: None,
             metrics_key: None,
             lookup_limit_per_minute: 300,
@@ -380,6 +386,7 @@ impl std::fmt::Debug for DevConfig {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("body_timeout_ms", &self.body_timeout_ms)
             .field("principal_ttl_ms", &self.principal_ttl_ms)
+            .field("pii_keys", &self.keys().ok().map(|k| k.ids().join(",")))
             .field("metrics_listen", &self.metrics_listen)
             .field("metrics_key", &self.metrics_key.as_ref().map(|_| "(set)"))
             .field("lookup_limit_per_minute", &self.lookup_limit_per_minute)
@@ -506,6 +513,9 @@ impl DevConfig {
         env_parse("LOYALTY_MAX_BODY_BYTES", &mut c.max_body_bytes)?;
         env_parse("LOYALTY_BODY_TIMEOUT_MS", &mut c.body_timeout_ms)?;
         env_parse("LOYALTY_PRINCIPAL_TTL_MS", &mut c.principal_ttl_ms)?;
+        if let Ok(v) = std::env::var("LOYALTY_PII_KEYS") {
+            c.pii_keys = Some(v).filter(|v| !v.trim().is_empty());
+        }
         if let Ok(v) = std::env::var("LOYALTY_METRICS_LISTEN") {
             c.metrics_listen = Some(v.parse().map_err(|e| {
                 anyhow::anyhow!("environment variable LOYALTY_METRICS_LISTEN={v:?} is invalid: {e}")
@@ -701,6 +711,7 @@ impl DevConfig {
         if self.principal_ttl_ms > 300_000 {
             bail!("principal_ttl_ms (LOYALTY_PRINCIPAL_TTL_MS) must be between 0 and 300000");
         }
+        self.keys()?;
         if !(1..=100_000).contains(&self.lookup_burst) {
             bail!("lookup_burst (LOYALTY_LOOKUP_BURST) must be between 1 and 100000");
         }
@@ -882,7 +893,25 @@ impl DevConfig {
                  `loyalty {command}` refuses: set LOYALTY_ADMIN_KEY to a secret of your own"
             );
         }
+        if self.keys()?.is_dev() {
+            bail!(
+                "`loyalty {command}` needs the key ring that seals members' personal data: set \
+                 LOYALTY_PII_KEYS (or pii_keys) to `id:base64-key` (`loyalty privacy new-key \
+                 ID` makes one; README \"Personal data at rest\"). Only `loyalty dev` has a \
+                 default"
+            );
+        }
         Ok(())
+    }
+
+    /// The key ring of `pii_keys`, or the dev ring when it is unset (which production
+    /// commands refuse, [`DevConfig::refuse_dev_defaults`]).
+    pub fn keys(&self) -> anyhow::Result<KeyRing> {
+        match self.pii_keys.as_deref() {
+            None => Ok(KeyRing::dev()),
+            Some(spec) => KeyRing::parse(spec)
+                .map_err(|e| anyhow::anyhow!("pii_keys (LOYALTY_PII_KEYS): {e}")),
+        }
     }
 
     /// The engines' Kafka session timeout (`kafka_session_timeout_ms`).

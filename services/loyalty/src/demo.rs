@@ -20,6 +20,7 @@ use anyhow::Context;
 use loyalty_core::demo_history::{self, HistoryCounts, HistorySpec};
 use loyalty_core::ports::{partition_for, EventLog, StateStore};
 use loyalty_core::provisioning::{create_franchise, create_store, now};
+use loyalty_core::sealing::KeyRing;
 use loyalty_domain::{FranchiseId, Program, StoreId, Timestamp};
 
 pub const KEYS_FILE: &str = "demo-keys.env";
@@ -140,6 +141,7 @@ impl PendingHistory {
 pub async fn append_pending_history(
     log: &Arc<dyn EventLog>,
     store: &dyn StateStore,
+    keys: &KeyRing,
     topic: &str,
     data_dir: &Path,
     enabled: bool,
@@ -161,7 +163,7 @@ pub async fn append_pending_history(
         forget();
         return None;
     }
-    match append_history(log, store, topic, &path).await {
+    match append_history(log, store, keys, topic, &path).await {
         Ok(counts) => {
             forget();
             Some(counts)
@@ -180,6 +182,7 @@ pub async fn append_pending_history(
 async fn append_history(
     log: &Arc<dyn EventLog>,
     store: &dyn StateStore,
+    keys: &KeyRing,
     topic: &str,
     path: &Path,
 ) -> anyhow::Result<HistoryCounts> {
@@ -209,10 +212,10 @@ async fn append_history(
     }
     let mut tasks = tokio::task::JoinSet::new();
     for lane in lanes {
-        let (log, topic) = (Arc::clone(log), topic.to_owned());
+        let (log, topic, keys) = (Arc::clone(log), topic.to_owned(), keys.clone());
         tasks.spawn(async move {
             for env in lane {
-                log.append(&topic, &env.key(), env.encode(), Vec::new())
+                log.append(&topic, &env.key(), env.encode(&keys)?, Vec::new())
                     .await?;
             }
             Ok::<_, loyalty_core::Error>(())

@@ -6,6 +6,7 @@ pub mod client_faults;
 pub mod configuration;
 pub mod dead_letters;
 pub mod demo;
+pub mod privacy;
 pub mod projections;
 pub mod startup;
 pub mod telemetry;

@@ -97,6 +97,25 @@ enum Command {
         #[command(subcommand)]
         command: ProjectionsCommand,
     },
+    /// Personal data at rest: the key ring of LOYALTY_PII_KEYS (README "Personal data at
+    /// rest").
+    Privacy {
+        #[command(subcommand)]
+        command: PrivacyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PrivacyCommand {
+    /// Prints a new key, `ID:base64`, to put first in LOYALTY_PII_KEYS (keep the old keys
+    /// after it).
+    NewKey {
+        /// The key's id: 1 to 32 letters, digits, `-` or `_` (e.g. the month, `2026-12`).
+        id: String,
+    },
+    /// Writes every stored member again under the ring's first key (after a rotation; with
+    /// the embedded store, stop the node first).
+    Reseal(Common),
 }
 
 #[derive(Subcommand)]
@@ -151,6 +170,7 @@ impl Command {
             Command::Projections { .. } => "loyalty-projections",
             Command::Audit { .. } => "loyalty-audit",
             Command::DeadLetters { .. } => "loyalty-dead-letters",
+            Command::Privacy { .. } => "loyalty-privacy",
         }
     }
 }
@@ -204,6 +224,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let options = loyalty_core::dead_letters::ReplayOptions { reason, dry_run };
             return loyalty::dead_letters::replay(&c, topic.as_deref(), &options).await;
         }
+        Command::Privacy {
+            command: PrivacyCommand::NewKey { id },
+        } => {
+            println!("{}", loyalty_core::sealing::KeyRing::new_key_spec(&id)?);
+            return Ok(());
+        }
+        Command::Privacy {
+            command: PrivacyCommand::Reseal(common),
+        } => return loyalty::privacy::reseal(&common.load(Profile::Production)?).await,
         Command::Projections {
             command: ProjectionsCommand::Rebuild { common, franchise },
         } => {
@@ -219,6 +248,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     if no_demo_history {
         c.demo_history = false;
     }
+    let keys = c.keys()?;
     // Only `loyalty dev` gives the demo franchise it creates a history.
     let demo_history = mode.is_none() && c.demo && c.demo_history;
     let (data_dir, topic) = (c.data_dir.clone(), c.topic.clone());
@@ -238,6 +268,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     loyalty::demo::append_pending_history(
         &app.ports.log,
         app.ports.store.as_ref(),
+        &keys,
         &topic,
         &data_dir,
         demo_history,

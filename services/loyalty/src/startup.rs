@@ -33,6 +33,7 @@ use loyalty_core::notify::{Channel, MessageSender, Notifier};
 use loyalty_core::ports::{EventLog, HotCache, StateStore};
 use loyalty_core::programs::ProgramCache;
 use loyalty_core::replies::{ReplySink, ReplyWaiters};
+use loyalty_core::sealing::KeyRing;
 use loyalty_core::trace::ports::{TracedCache, TracedStore};
 use loyalty_embedded::log::EmbeddedLog;
 use loyalty_embedded::{DataDirLock, EmbeddedCache, EmbeddedStore};
@@ -338,8 +339,12 @@ fn open_embedded_store(
     config: &DevConfig,
     _lock: &DataDirLock,
 ) -> anyhow::Result<Arc<EmbeddedStore>> {
-    EmbeddedStore::open_with(&config.data_dir.join("store"), config.store_cache_mib << 20)
-        .with_context(|| format!("opening the store in {}", config.data_dir.display()))
+    EmbeddedStore::open_with(
+        &config.data_dir.join("store"),
+        config.store_cache_mib << 20,
+        config.keys()?,
+    )
+    .with_context(|| format!("opening the store in {}", config.data_dir.display()))
 }
 
 /// An open durable store, and the data directory's lock when it is the embedded one (hold it
@@ -349,12 +354,15 @@ pub struct OpenStore {
     pub lock: Option<DataDirLock>,
 }
 
-/// Connects to a shared store.
-pub async fn open_shared_store(shared: &SharedStore) -> anyhow::Result<Arc<dyn StateStore>> {
+/// Connects to a shared store, members' personal data sealed and opened with `keys`.
+pub async fn open_shared_store(
+    shared: &SharedStore,
+    keys: KeyRing,
+) -> anyhow::Result<Arc<dyn StateStore>> {
     let what = shared.describe();
     Ok(match shared {
         SharedStore::Postgres(pg) => {
-            let store = loyalty_postgres::PostgresStore::connect(pg)
+            let store = loyalty_postgres::PostgresStore::connect(pg, keys)
                 .await
                 .map_err(|e| {
                     anyhow::anyhow!(
@@ -365,7 +373,7 @@ pub async fn open_shared_store(shared: &SharedStore) -> anyhow::Result<Arc<dyn S
             Arc::new(store)
         }
         SharedStore::Scylla(scylla) => {
-            let store = loyalty_scylla::ScyllaStore::connect(scylla)
+            let store = loyalty_scylla::ScyllaStore::connect(scylla, keys)
                 .await
                 .with_context(|| format!("connecting to {what}"))?;
             Arc::new(store)
@@ -378,7 +386,7 @@ pub async fn open_shared_store(shared: &SharedStore) -> anyhow::Result<Arc<dyn S
 pub async fn open_store(config: &DevConfig) -> anyhow::Result<OpenStore> {
     if let Some(shared) = config.shared_store()? {
         return Ok(OpenStore {
-            store: open_shared_store(&shared).await?,
+            store: open_shared_store(&shared, config.keys()?).await?,
             lock: None,
         });
     }
@@ -459,7 +467,7 @@ impl Application {
             );
         }
         let (store, lock) = match &shared {
-            Some(s) => (open_shared_store(s).await?, None),
+            Some(s) => (open_shared_store(s, config.keys()?).await?, None),
             None => {
                 let OpenStore { store, lock } = open_store(&config).await?;
                 (store, lock)
@@ -503,6 +511,7 @@ impl Application {
             topic: config.topic.clone(),
             dead_letter_topic: config.dead_letter_topic.clone(),
             workers: config.engine_workers,
+            keys: config.keys()?,
             ..EngineConfig::default()
         };
         let partitions = log
@@ -608,6 +617,7 @@ impl Application {
                     dead_letter_topic: pos_dlq,
                     command_topic: engine_config.topic.clone(),
                     max_record_bytes: config.max_body_bytes,
+                    keys: engine_config.keys.clone(),
                     ..Default::default()
                 },
             );
@@ -707,6 +717,7 @@ impl Application {
                     public_url: config.public_base_url(listener.local_addr()?),
                     principal_ttl: Duration::from_millis(config.principal_ttl_ms),
                     wallet: config.wallet()?,
+                    keys: engine_config.keys.clone(),
                     ..GatewayConfig::default()
                 },
                 ready,

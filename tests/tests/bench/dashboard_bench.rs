@@ -164,9 +164,14 @@ fn applied_or_rejected() -> f64 {
 async fn append_all(log: &loyalty_embedded::log::EmbeddedLog, envs: &[CommandEnvelope]) {
     stream::iter(envs)
         .map(|e| async move {
-            log.append("pos-commands", &e.key(), e.encode(), Vec::new())
-                .await
-                .expect("appended");
+            log.append(
+                "pos-commands",
+                &e.key(),
+                e.encode(&loyalty_core::sealing::KeyRing::dev()).unwrap(),
+                Vec::new(),
+            )
+            .await
+            .expect("appended");
         })
         .buffer_unordered(512)
         .collect::<Vec<_>>()

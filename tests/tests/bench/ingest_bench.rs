@@ -43,7 +43,8 @@ fn sample(w: &World) -> Bytes {
             items: Vec::new(),
         },
     )
-    .encode()
+    .encode(&loyalty_core::sealing::KeyRing::dev())
+    .unwrap()
 }
 
 /// One engine node (the services' engine settings) applies `n` purchases appended by the

@@ -121,7 +121,12 @@ impl Sender {
         loop {
             match self
                 .log
-                .append(TOPIC, &env.key(), env.encode(), Vec::new())
+                .append(
+                    TOPIC,
+                    &env.key(),
+                    env.encode(&loyalty_core::sealing::KeyRing::dev()).unwrap(),
+                    Vec::new(),
+                )
                 .await
             {
                 Ok(_) => return,
@@ -254,7 +259,8 @@ impl Bench {
     fn sample(&self) -> Bytes {
         self.sender
             .purchase("mb1-99999", &self.members[MEMBERS - 1], 1234)
-            .encode()
+            .encode(&loyalty_core::sealing::KeyRing::dev())
+            .unwrap()
     }
 
     /// Sum of a metric over the live engines.

@@ -70,7 +70,10 @@ async fn a_stopped_nodes_data_audits_clean_and_a_forged_balance_is_found() -> an
     // Forge one member's balance in the store, as a bug or a bad repair would.
     let member = MemberId::parse(&members[2]).map_err(|e| anyhow::anyhow!("{e}"))?;
     {
-        let store = EmbeddedStore::open(&data.path().join("store"))?;
+        let store = EmbeddedStore::open(
+            &data.path().join("store"),
+            loyalty_core::sealing::KeyRing::dev(),
+        )?;
         let mut state = store
             .member(&member)
             .await?
@@ -117,7 +120,8 @@ async fn a_wrong_cached_status_is_found_and_repaired_in_redis() -> anyhow::Resul
     }
     let redis = RedisServer::start()?;
     let dir = tempfile::tempdir()?;
-    let store: Arc<dyn StateStore> = EmbeddedStore::open(dir.path())?;
+    let store: Arc<dyn StateStore> =
+        EmbeddedStore::open(dir.path(), loyalty_core::sealing::KeyRing::dev())?;
     let mut sc = Scenario::new("audit-cache")?;
     store
         .put_franchise(&Franchise {

@@ -331,8 +331,11 @@ async fn killed_mid_stream_then_rebuilt_from_zero_gives_the_same_numbers() {
 
     // From zero: the aggregates wiped, then rebuilt from the store's records.
     {
-        let store =
-            loyalty_embedded::EmbeddedStore::open(&dir.path().join("store")).expect("store opens");
+        let store = loyalty_embedded::EmbeddedStore::open(
+            &dir.path().join("store"),
+            loyalty_core::sealing::KeyRing::dev(),
+        )
+        .expect("store opens");
         let fid = loyalty_domain::FranchiseId::parse(&f.id).expect("id");
         use loyalty_core::ports::StateStore;
         store

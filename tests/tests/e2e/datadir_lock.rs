@@ -182,6 +182,12 @@ const SERVERS: [(&str, &str); 2] = [
     ("LOYALTY_REDIS_URL", "redis://127.0.0.1:9/"),
 ];
 
+/// A key ring of one key (32 bytes 0..31), which production commands accept.
+const PII_KEYS: (&str, &str) = (
+    "LOYALTY_PII_KEYS",
+    "t1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_and_engine_refuse_the_embedded_store() {
     for command in ["gateway", "engine"] {
@@ -190,6 +196,7 @@ async fn gateway_and_engine_refuse_the_embedded_store() {
         let dir = dir.to_str().expect("utf-8 temp dir");
         let mut env = SERVERS.to_vec();
         env.push(("LOYALTY_ADMIN_KEY", "a-real-admin-secret"));
+        env.push(PII_KEYS);
         let out = run_loyalty(
             &[command, "--listen", "127.0.0.1:0", "--data-dir", dir],
             &env,
@@ -244,11 +251,45 @@ async fn production_commands_refuse_the_dev_defaults() {
             );
         }
     }
+    // A real admin key, but no key ring for personal data (the dev ring is refused), or a
+    // malformed one: named, with what to do.
+    for (ring, says) in [
+        (None, "loyalty privacy new-key"),
+        (Some("k1:short"), "32 bytes in base64"),
+        (
+            Some("dev:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="),
+            "dev key ring",
+        ),
+    ] {
+        let mut env = SERVERS.to_vec();
+        env.extend([
+            ("LOYALTY_ADMIN_KEY", "a-real-admin-secret"),
+            (
+                "LOYALTY_POSTGRES_URL",
+                "postgres://loyalty@127.0.0.1:9/loyalty",
+            ),
+        ]);
+        if let Some(r) = ring {
+            env.push(("LOYALTY_PII_KEYS", r));
+        }
+        let out = run_loyalty(
+            &["node", "--listen", "127.0.0.1:0", "--data-dir", dir],
+            &env,
+        )
+        .await;
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "loyalty node with the ring {ring:?}");
+        assert!(
+            stderr.contains("LOYALTY_PII_KEYS") && stderr.contains(says),
+            "loyalty node with the ring {ring:?}: {stderr}"
+        );
+    }
     assert!(!Path::new(dir).exists(), "nothing was created");
 
     // Two shared stores: named, and the password is not shown.
     let mut env = SERVERS.to_vec();
     env.extend([
+        PII_KEYS,
         ("LOYALTY_ADMIN_KEY", "a-real-admin-secret"),
         (
             "LOYALTY_POSTGRES_URL",

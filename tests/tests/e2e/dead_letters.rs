@@ -172,7 +172,12 @@ async fn a_dead_letter_replayed_after_its_cause_is_fixed_is_applied_once() {
         },
     };
     app.log
-        .append("pos-commands", m.as_bytes(), env.encode(), Vec::new())
+        .append(
+            "pos-commands",
+            m.as_bytes(),
+            env.encode(&loyalty_core::sealing::KeyRing::dev()).unwrap(),
+            Vec::new(),
+        )
         .await
         .unwrap();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);

@@ -78,7 +78,11 @@ async fn gateway_and_engine_talk_through_kafka_and_redis_and_survive_a_redis_flu
     config.validate_node().unwrap();
     let ports = Ports {
         log: KafkaLog::new(KafkaConfig::new(broker.brokers())).unwrap(),
-        store: EmbeddedStore::open(&dir.path().join("store")).unwrap(),
+        store: EmbeddedStore::open(
+            &dir.path().join("store"),
+            loyalty_core::sealing::KeyRing::dev(),
+        )
+        .unwrap(),
         cache: Arc::new(
             RedisCache::connect_lazy(&redis.url(), RedisCacheOptions::default()).unwrap(),
         ),

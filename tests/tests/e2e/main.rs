@@ -30,6 +30,7 @@ mod listener_limits;
 mod member_pages;
 mod metrics_scrape;
 mod multiprocess;
+mod pii_at_rest;
 mod pos_topic;
 mod privacy;
 mod program_updates;

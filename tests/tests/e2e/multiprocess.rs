@@ -88,6 +88,7 @@ struct Scenario {
 /// file), so the check reads members straight from PostgreSQL rather than through the API.
 async fn open_shared_store(
     url: &str,
+    pii_keys: &str,
     franchise: &str,
 ) -> anyhow::Result<(Arc<dyn StateStore>, tempfile::TempDir)> {
     let dir = tempfile::tempdir()?;
@@ -95,8 +96,9 @@ async fn open_shared_store(
     std::fs::write(
         &file,
         format!(
-            "postgres_url = {:?}\ndata_dir = {:?}\n",
+            "postgres_url = {:?}\npii_keys = {:?}\ndata_dir = {:?}\n",
             url,
+            pii_keys,
             dir.path().join("unused").display().to_string()
         ),
     )?;
@@ -165,15 +167,20 @@ impl Scenario {
             retry_for: Duration::from_secs(30),
             partitions: PARTITIONS,
         });
-        let (store, store_dir, store_note) =
-            match open_shared_store(cluster.postgres_url(), &franchise.id).await {
-                Ok((s, d)) => (Some(s), Some(d), "read directly from PostgreSQL".to_owned()),
-                Err(e) => (
-                    None,
-                    None,
-                    format!("not opened ({e:#}); checked through the ledger and the model"),
-                ),
-            };
+        let (store, store_dir, store_note) = match open_shared_store(
+            cluster.postgres_url(),
+            cluster.pii_keys(),
+            &franchise.id,
+        )
+        .await
+        {
+            Ok((s, d)) => (Some(s), Some(d), "read directly from PostgreSQL".to_owned()),
+            Err(e) => (
+                None,
+                None,
+                format!("not opened ({e:#}); checked through the ledger and the model"),
+            ),
+        };
         let redis: Arc<dyn HotCache> = Arc::new(
             RedisCache::connect(&cluster.redis.url(), RedisCacheOptions::default()).await?,
         );
@@ -366,6 +373,7 @@ impl Scenario {
         let redis_url = self.cluster.redis.url();
         let env = [
             ("LOYALTY_POSTGRES_URL", self.cluster.postgres_url()),
+            ("LOYALTY_PII_KEYS", self.cluster.pii_keys()),
             ("LOYALTY_REDIS_URL", redis_url.as_str()),
         ];
         match loyalty_tests::run_audit(&[], &env) {

@@ -97,7 +97,11 @@ async fn pos_topic_examples_match_the_schema_and_decode() {
 
     // The examples' franchise and store, with a known secret and the demo program.
     let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(&dir.path().join("store")).unwrap();
+    let store = EmbeddedStore::open(
+        &dir.path().join("store"),
+        loyalty_core::sealing::KeyRing::dev(),
+    )
+    .unwrap();
     let first = examples.values().next().unwrap();
     let fid = FranchiseId::parse(first["franchise_id"].as_str().unwrap()).unwrap();
     let sid = StoreId::parse(first["store_id"].as_str().unwrap()).unwrap();
@@ -947,7 +951,11 @@ async fn pos_records_produced_with_kcat_are_applied_once_and_bad_ones_dead_lette
     );
     let mut kafka = KafkaConfig::new(broker.brokers());
     kafka.session_timeout = Duration::from_secs(6);
-    let store = EmbeddedStore::open(&dir.path().join("store")).unwrap();
+    let store = EmbeddedStore::open(
+        &dir.path().join("store"),
+        loyalty_core::sealing::KeyRing::dev(),
+    )
+    .unwrap();
     let ports = Ports {
         log: KafkaLog::new(kafka).unwrap(),
         store: store.clone(),
@@ -1035,7 +1043,11 @@ async fn pos_ingest_backs_off_commits_only_durable_work_and_is_read_again_after_
 
     let dir = tempfile::tempdir().unwrap();
     let inner = EmbeddedLog::open(dir.path().join("log")).unwrap();
-    let store = EmbeddedStore::open(&dir.path().join("store")).unwrap();
+    let store = EmbeddedStore::open(
+        &dir.path().join("store"),
+        loyalty_core::sealing::KeyRing::dev(),
+    )
+    .unwrap();
     let (f, _) =
         loyalty_core::provisioning::create_franchise(store.as_ref(), "Flaky", &Program::demo())
             .await
@@ -1122,7 +1134,13 @@ async fn pos_ingest_backs_off_commits_only_durable_work_and_is_read_again_after_
     }
     let copies: Vec<_> = commands()
         .iter()
-        .map(|r| loyalty_core::command::CommandEnvelope::decode(&r.payload).unwrap())
+        .map(|r| {
+            loyalty_core::command::CommandEnvelope::decode(
+                &r.payload,
+                &loyalty_core::sealing::KeyRing::dev(),
+            )
+            .unwrap()
+        })
         .collect();
     assert_eq!(copies[0].event_id, copies[1].event_id);
     assert_eq!(copies[0].fingerprint(), copies[1].fingerprint());

@@ -575,7 +575,11 @@ async fn without_a_notifier_the_page_says_codes_cannot_be_sent() {
         ..DevConfig::default()
     };
     let log = EmbeddedLog::open(dir.path().join("log")).unwrap();
-    let store = EmbeddedStore::open(&dir.path().join("store")).unwrap();
+    let store = EmbeddedStore::open(
+        &dir.path().join("store"),
+        loyalty_core::sealing::KeyRing::dev(),
+    )
+    .unwrap();
     let cache = Arc::new(EmbeddedCache::new(1000));
     let ports = Ports {
         log: log.clone(),
@@ -641,7 +645,11 @@ async fn a_code_sent_by_one_gateway_is_confirmed_through_another() {
     };
     let embedded = Embedded {
         log: loyalty_embedded::log::EmbeddedLog::open(dir.path().join("log")).unwrap(),
-        store: loyalty_embedded::EmbeddedStore::open(&dir.path().join("store")).unwrap(),
+        store: loyalty_embedded::EmbeddedStore::open(
+            &dir.path().join("store"),
+            loyalty_core::sealing::KeyRing::dev(),
+        )
+        .unwrap(),
         cache: Arc::new(loyalty_embedded::EmbeddedCache::new(1000)),
     };
     let ports = Ports {

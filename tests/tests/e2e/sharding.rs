@@ -129,15 +129,17 @@ async fn a_zombie_owner_cannot_overwrite_the_new_owners_state() {
     let w = World::new(Backend::Embedded).await.unwrap();
     let store: Arc<dyn StateStore> = w.store.clone();
     let programs = ProgramCache::new(Arc::clone(&store));
+    let keys = loyalty_core::sealing::KeyRing::dev();
     let deps = ShardDeps {
         store: &store,
         programs: &programs,
+        keys: &keys,
     };
     let record = |offset: u64, env: CommandEnvelope| Record {
         partition: 0,
         offset,
         key: Bytes::from(env.key()),
-        payload: env.encode(),
+        payload: env.encode(&loyalty_core::sealing::KeyRing::dev()).unwrap(),
         headers: Vec::new(),
     };
     let m = w.member(0);

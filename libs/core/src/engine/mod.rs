@@ -97,6 +97,9 @@ pub struct EngineConfig {
     /// needs to tell its members from the others' ([`reindex`]); 0: asked of the log when
     /// the engine starts (the topic exists by then).
     pub partitions: u32,
+    /// Opens the personal values of the commands read (README "Personal data at rest"): the
+    /// ring of the gateways that sealed them, or one holding their keys.
+    pub keys: crate::sealing::KeyRing,
 }
 
 impl Default for EngineConfig {
@@ -115,6 +118,7 @@ impl Default for EngineConfig {
             scheduler: scheduler::SchedulerConfig::default(),
             delivery: delivery::DeliveryConfig::default(),
             partitions: 0,
+            keys: crate::sealing::KeyRing::dev(),
         }
     }
 }
@@ -224,6 +228,7 @@ impl Engine {
                     Arc::clone(&self.programs),
                 )),
                 partitions,
+                keys: self.config.keys.clone(),
             },
             positions,
         };

@@ -186,6 +186,8 @@ pub struct Shard {
 pub struct ShardDeps<'a> {
     pub store: &'a Arc<dyn StateStore>,
     pub programs: &'a ProgramCache,
+    /// Opens the personal values of the commands read.
+    pub keys: &'a crate::sealing::KeyRing,
 }
 
 impl Shard {
@@ -335,7 +337,7 @@ impl Shard {
         // Each command's trace parent, in the order of `commands`.
         let mut parents = Vec::with_capacity(records.len());
         for r in records {
-            let env = match CommandEnvelope::decode(&r.payload) {
+            let env = match CommandEnvelope::decode(&r.payload, deps.keys) {
                 Ok(env) => env,
                 Err(e) => {
                     tally.add("unknown", Counted::DeadLettered);

@@ -65,6 +65,19 @@ pub struct WorkerDeps {
     pub delivery: Arc<crate::engine::delivery::Delivery>,
     /// The topic's partition count (for the re-index, [`crate::engine::reindex`]).
     pub partitions: u32,
+    /// Opens the personal values of the commands read (README "Personal data at rest").
+    pub keys: crate::sealing::KeyRing,
+}
+
+impl WorkerDeps {
+    /// What a shard's work borrows.
+    pub fn shard_deps(&self) -> ShardDeps<'_> {
+        ShardDeps {
+            store: &self.store,
+            programs: &self.programs,
+            keys: &self.keys,
+        }
+    }
 }
 
 /// A worker's inputs.
@@ -176,10 +189,7 @@ pub async fn run(partition: Partition, deps: WorkerDeps, mut ch: WorkerChannels)
 async fn schedule_run(shard: &mut Shard, deps: &WorkerDeps) {
     let partition = shard.partition;
     let span = crate::trace::scheduler_span(partition);
-    let shard_deps = ShardDeps {
-        store: &deps.store,
-        programs: &deps.programs,
-    };
+    let shard_deps = deps.shard_deps();
     let run = async {
         let (report, outcomes) = scheduler::run_once(shard, &shard_deps, &deps.scheduler).await?;
         // Durable before visible: the statuses go out only once the store has the effects.
@@ -222,10 +232,7 @@ async fn schedule_run(shard: &mut Shard, deps: &WorkerDeps) {
 /// The re-index's check of its partition's mark and of the current programs (on assignment and
 /// at each scheduler interval). A failure is logged; the next interval checks again.
 async fn reindex_check(reindex: &mut Reindexer, shard: &mut Shard, deps: &WorkerDeps) {
-    let shard_deps = ShardDeps {
-        store: &deps.store,
-        programs: &deps.programs,
-    };
+    let shard_deps = deps.shard_deps();
     if let Err(e) = reindex.check(shard, &shard_deps).await {
         tracing::warn!(partition = shard.partition, error = %e, "re-index check failed; the next interval checks again");
     }
@@ -234,10 +241,7 @@ async fn reindex_check(reindex: &mut Reindexer, shard: &mut Shard, deps: &Worker
 /// One page of the partition's re-index sweep. A failed page is logged and counted; the sweep
 /// waits for the next interval's check and goes on from where it was.
 async fn reindex_page(reindex: &mut Reindexer, shard: &mut Shard, deps: &WorkerDeps) {
-    let shard_deps = ShardDeps {
-        store: &deps.store,
-        programs: &deps.programs,
-    };
+    let shard_deps = deps.shard_deps();
     let limit = deps.scheduler.batch;
     if let Err(e) = reindex.page(shard, &shard_deps, limit).await {
         tracing::warn!(partition = shard.partition, error = %e, "re-index page failed; the sweep goes on at the next interval");
@@ -275,10 +279,7 @@ async fn store_batch(
     records: &[Record],
     stop: &mut watch::Receiver<bool>,
 ) -> Attempt {
-    let shard_deps = ShardDeps {
-        store: &deps.store,
-        programs: &deps.programs,
-    };
+    let shard_deps = deps.shard_deps();
     let partition = shard.partition;
     let mut delay = RETRY_MIN;
     let mut attempts = 0u32;

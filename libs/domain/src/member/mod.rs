@@ -71,8 +71,10 @@ fn signed(points: Points, negative: bool) -> Result<i64, Rejection> {
     Ok(if negative { -v } else { v })
 }
 
-/// Personal data given at enrolment. Kept with the member, never logged.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Personal data given at enrolment. Kept with the member, never logged; sealed wherever it
+/// is stored or logged ([`crate::privacy`]: `{"sealed": …}` inside a codec's scope, the clear
+/// fields below outside it).
+#[derive(Clone, PartialEq, Eq)]
 pub struct Profile {
     pub phone: Phone,
     pub name: Option<String>,
@@ -80,13 +82,85 @@ pub struct Profile {
     pub birthday: Option<String>,
     /// The channels the member agreed to receive offers on (README "Privacy"): nothing is
     /// sent on a channel without it. Absent from profiles stored before it existed (none).
-    #[serde(default, skip_serializing_if = "Consent::is_none")]
     pub consent: Consent,
     /// Where e-mail offers go ([`crate::EmailAddress`]: validated, its domain lowercase).
     /// Absent when none was given, so that profiles without one are stored, logged and
     /// fingerprinted as before it existed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
+}
+
+/// The clear form of a [`Profile`], as every profile was stored before sealing existed.
+#[derive(Serialize)]
+struct ClearProfile<'a> {
+    phone: &'a Phone,
+    name: &'a Option<String>,
+    birthday: &'a Option<String>,
+    #[serde(skip_serializing_if = "no_consent")]
+    consent: &'a Consent,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    email: &'a Option<String>,
+}
+
+fn no_consent(c: &&Consent) -> bool {
+    c.is_none()
+}
+
+/// A stored profile: sealed, or clear (written outside a codec, or before sealing existed).
+#[derive(Deserialize)]
+struct StoredProfile {
+    #[serde(default)]
+    sealed: Option<String>,
+    phone: Option<Phone>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    birthday: Option<String>,
+    #[serde(default)]
+    consent: Consent,
+    #[serde(default)]
+    email: Option<String>,
+}
+
+impl Serialize for Profile {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let clear = ClearProfile {
+            phone: &self.phone,
+            name: &self.name,
+            birthday: &self.birthday,
+            consent: &self.consent,
+            email: &self.email,
+        };
+        crate::privacy::serialize("profile", &clear, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Profile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut stored = StoredProfile::deserialize(d)?;
+        let stored = match (stored.sealed.take(), &stored.phone) {
+            (Some(_), Some(_)) => {
+                return Err(D::Error::custom("a profile both sealed and in clear"));
+            }
+            (Some(sealed), None) => {
+                let opened: StoredProfile = crate::privacy::open("profile", &sealed)?;
+                if opened.sealed.is_some() {
+                    return Err(D::Error::custom("a sealed profile sealed twice"));
+                }
+                opened
+            }
+            (None, _) => stored,
+        };
+        Ok(Profile {
+            phone: stored
+                .phone
+                .ok_or_else(|| D::Error::missing_field("phone"))?,
+            name: stored.name,
+            birthday: stored.birthday,
+            consent: stored.consent,
+            email: stored.email,
+        })
+    }
 }
 
 /// The member's consent to offers, per channel. Not personal data by itself, but kept with the

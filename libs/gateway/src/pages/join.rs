@@ -737,11 +737,10 @@ pub async fn request_code(
     }
     let phone_text = profile.phone.as_str().to_owned();
     let phone_value = profile.phone.clone();
-    let payload = match serde_json::to_vec(&Waiting { profile }) {
+    // Sealed (README "Personal data at rest"): the entry may wait in Redis.
+    let payload = match gw.config.keys.to_json(&Waiting { profile }) {
         Ok(p) => p,
-        Err(e) => {
-            return codes_failed(lang, se, loyalty_core::Error::Invalid(e.to_string()), count)
-        }
+        Err(e) => return codes_failed(lang, se, e, count),
     };
     let scope = scope_of(&f, &store);
     let sent = hold_and_send(
@@ -836,7 +835,10 @@ pub async fn confirm(
         }
         Verdict::Wrong { left, payload } => {
             count("wrong");
-            let phone = serde_json::from_slice::<Waiting>(&payload)
+            let phone = gw
+                .config
+                .keys
+                .from_json::<Waiting>("pending code payload", &payload)
                 .map(|w| w.profile.phone.as_str().to_owned())
                 .unwrap_or_default();
             let message = match lang {
@@ -856,12 +858,13 @@ pub async fn confirm(
         }
         Verdict::Right { payload } => payload,
     };
-    let waiting = match serde_json::from_slice::<Waiting>(&payload) {
+    let waiting = match gw
+        .config
+        .keys
+        .from_json::<Waiting>("pending code payload", &payload)
+    {
         Ok(w) => w,
-        Err(e) => {
-            let e = loyalty_core::Error::Corrupt(format!("pending code payload: {e}"));
-            return codes_failed(lang, se, e, count);
-        }
+        Err(e) => return codes_failed(lang, se, e, count),
     };
     count("confirmed");
     let principal = Principal {

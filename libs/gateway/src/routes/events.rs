@@ -460,11 +460,12 @@ pub async fn submit_command(
         metrics().events_replayed.inc();
         return Ok(Submitted::AlreadyApplied(rec.outcome, rec.member_id));
     }
+    let payload = env.encode(&gw.config.keys)?;
     // Register before appending, or the reply could come first.
     let waiter = deadline.map(|_| gw.replies.register(&env.franchise_id, &env.event_id, fp));
     let timer = metrics().log_append_seconds.start_timer();
     gw.log
-        .append(&gw.config.topic, &env.key(), env.encode(), Vec::new())
+        .append(&gw.config.topic, &env.key(), payload, Vec::new())
         .await?;
     timer.observe_duration();
     let (Some(waiter), Some(deadline)) = (waiter, deadline) else {

@@ -41,7 +41,9 @@ pub async fn store(
 ) -> anyhow::Result<(PostgresConfig, PostgresStore)> {
     let config = fresh(server, name)?;
     migrate(&config).await.context("migrate")?;
-    let store = PostgresStore::connect(&config).await.context("connect")?;
+    let store = PostgresStore::connect(&config, loyalty_core::sealing::KeyRing::dev())
+        .await
+        .context("connect")?;
     Ok((config, store))
 }
 
