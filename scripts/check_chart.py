@@ -13,10 +13,16 @@
 3. Policy checks on what was rendered: non-root, read-only root filesystem, every capability
    dropped, seccomp RuntimeDefault; probes on /healthz and /readyz; the migrate Job as a
    pre-install/pre-upgrade hook; engine replicas at most the partition count; the admin key
-   from a Secret; every metric an alert or the Grafana dashboard uses exists in
-   libs/core/src/metrics.rs; every alert has its section in docs/operations.md.
+   and the PII key ring (LOYALTY_PII_KEYS) from a Secret, each reference naming a key the
+   chart's Secret holds (or the existing Secret given); a ring in the chart's Secret (given or
+   generated) is a valid spec, and a generated one is `chart:` + base64 of 32 random bytes;
+   every metric an alert or the Grafana dashboard uses exists in libs/core/src/metrics.rs;
+   every alert has its section in docs/operations.md.
 4. The values schema (and the templates' `fail` checks, for relations JSON Schema cannot
    express) reject bad values: each bad value set must be refused, with the expected message.
+   Valid PII key rings in every form the binary reads are accepted, and the templates' own
+   checks of piiKeys.value refuse the bad rings also with the schema out of the way (a copy of
+   the chart without values.schema.json, as `--skip-schema-validation` would render it).
 
 Exits non-zero if anything fails, and prints a short report.
 """
@@ -26,11 +32,13 @@ from __future__ import annotations
 import argparse
 import base64
 import copy
+import hashlib
 import json
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import jsonschema
@@ -184,6 +192,53 @@ def balanced(expr: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
+# LOYALTY_PII_KEYS (libs/core/src/sealing.rs, KeyRing::parse): `id:base64key` pairs separated by
+# commas, the first sealing; each id 1 to 32 of [A-Za-z0-9_-], all distinct, never `dev`; each key
+# exactly 32 bytes in base64 (standard or URL-safe, padded or not).
+PII_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+def ring_problems(spec: str) -> list[str]:
+    """What the binary would refuse in a key ring spec (empty: a valid ring)."""
+    problems: list[str] = []
+    ids: list[str] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        if ":" not in part:
+            problems.append("an entry without `id:`")
+            continue
+        kid, key = (x.strip() for x in part.split(":", 1))
+        if not PII_ID.match(kid):
+            problems.append(f"id {kid[:40]!r} is not 1 to 32 of [A-Za-z0-9_-]")
+        elif kid == "dev":
+            problems.append("the dev ring's id `dev`")
+        elif kid in ids:
+            problems.append(f"id {kid!r} twice")
+        ids.append(kid)
+        raw = None
+        for alt in (None, b"-_"):
+            try:
+                raw = base64.b64decode(key + "=" * (-len(key) % 4), altchars=alt, validate=True)
+            except ValueError:
+                continue
+            # Canonical only, as data_encoding decodes: no bits set past the last byte.
+            if base64.b64encode(raw, altchars=alt).decode().rstrip("=") != key.rstrip("="):
+                raw = None
+            break
+        if raw is None or len(raw) != 32:
+            problems.append(f"key {kid[:40]!r} is not 32 bytes in base64"
+                            + ("" if raw is None else f" ({len(raw)} bytes)"))
+    if not ids:
+        problems.append("no key")
+    return problems
+
+
+def pii_key(n: int) -> str:
+    """A fixed, valid 32-byte key in base64 (test values only)."""
+    return base64.b64encode(hashlib.sha256(f"check_chart pii key {n}".encode()).digest()).decode()
+
+
 def load_values(path: Path | None) -> dict | None:
     return yaml.safe_load(path.read_text()) if path else None
 
@@ -286,6 +341,7 @@ def policy(label: str, objs: list[tuple[str, dict]], values: dict) -> None:
     pods = [(o["kind"], o["metadata"]["name"], o["spec"]["template"]["spec"])
             for kind in ("Deployment", "StatefulSet", "Job") for o in by_kind.get(kind, [])]
     problems = []
+    secret_refs: list[tuple[str, str, dict]] = []
     for kind, name, spec in pods:
         psc = spec.get("securityContext", {})
         if psc.get("runAsNonRoot") is not True or psc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
@@ -304,11 +360,14 @@ def policy(label: str, objs: list[tuple[str, dict]], values: dict) -> None:
                 if probes != {"livenessProbe": "/healthz", "readinessProbe": "/readyz", "startupProbe": "/healthz"}:
                     problems.append(f"{kind}/{name}/{c['name']}: probes {probes}")
                 env = {e["name"]: e for e in c.get("env", [])}
-                key = env.get("LOYALTY_ADMIN_KEY", {}).get("valueFrom", {}).get("secretKeyRef")
-                if not key:
-                    problems.append(f"{kind}/{name}/{c['name']}: LOYALTY_ADMIN_KEY not from a Secret")
+                for var in ("LOYALTY_ADMIN_KEY", "LOYALTY_PII_KEYS"):
+                    ref = env.get(var, {}).get("valueFrom", {}).get("secretKeyRef")
+                    if not ref or "value" in env.get(var, {}):
+                        problems.append(f"{kind}/{name}/{c['name']}: {var} not from a Secret")
+                    else:
+                        secret_refs.append((f"{kind}/{name}/{c['name']}", var, ref))
     check(not problems, f"{label}: {len(pods)} workloads non-root, read-only, capabilities dropped, seccomp "
-          f"RuntimeDefault, resources set, probes /healthz + /readyz, admin key from a Secret"
+          f"RuntimeDefault, resources set, probes /healthz + /readyz, admin key and PII key ring from a Secret"
           + ("" if not problems else ":\n        " + "\n        ".join(problems)))
 
     sts = by_kind.get("StatefulSet", [])
@@ -328,9 +387,66 @@ def policy(label: str, objs: list[tuple[str, dict]], values: dict) -> None:
     dev = [s["metadata"]["name"] for s in secrets
            if any(base64.b64decode(v).decode(errors="replace").strip() == "dev-admin-key" for v in s.get("data", {}).values())]
     check(not dev, f"{label}: no Secret holds the dev admin key")
+    pii_secrets(label, secrets, secret_refs, values)
     kinds = sorted(by_kind)
     need = {"Deployment", "StatefulSet", "Service", "PodDisruptionBudget", "ConfigMap", "Job", "ServiceAccount"}
     check(need <= set(kinds), f"{label}: renders {', '.join(kinds)}")
+
+
+def pii_secrets(label: str, secrets: list[dict], refs: list[tuple[str, str, dict]], values: dict) -> None:
+    """The gateways' and engines' secret references resolve (to the chart's Secret, which holds
+    the key they name, or to the existing Secret the values give), and every PII key ring the
+    chart writes is one the binary reads: given as is, generated as `chart:` + 32 random bytes."""
+    own = {s["metadata"]["name"]: s.get("data", {}) for s in secrets if s["metadata"]["name"] == RELEASE}
+    given = {"LOYALTY_ADMIN_KEY": values["adminKey"], "LOYALTY_PII_KEYS": values["piiKeys"]}
+    unresolved = []
+    for where, var, ref in refs:
+        existing = given[var]["existingSecret"]
+        if existing:
+            fine = ref == {"name": existing, "key": given[var]["existingSecretKey"]}
+        else:
+            fine = ref.get("name") in own and ref.get("key") in own[ref["name"]]
+        if not fine:
+            unresolved.append(f"{where}: {var} -> {ref}")
+    check(refs and not unresolved,
+          f"{label}: the {len(refs)} admin key and PII key ring references name the chart's Secret and a key "
+          "it holds, or the existing Secret given" + ("" if not unresolved else ": " + "; ".join(unresolved)))
+    pii = values["piiKeys"]
+    if pii["existingSecret"]:
+        check(not any("pii-keys" in d for d in own.values()),
+              f"{label}: the PII key ring is in the existing Secret {pii['existingSecret']} "
+              f"(key {pii['existingSecretKey']}), not in the chart's")
+        return
+    data = own.get(RELEASE, {})
+    if "pii-keys" not in data:
+        bad(f"{label}: the chart's Secret has no pii-keys")
+        return
+    ring = base64.b64decode(data["pii-keys"]).decode(errors="replace")
+    problems = ring_problems(ring)
+    if pii["value"]:
+        check(not problems and ring == pii["value"],
+              f"{label}: the chart's Secret holds piiKeys.value, a valid ring of "
+              f"{len([p for p in ring.split(',') if p.strip()])} key(s)"
+              + ("" if not problems else f": {'; '.join(problems)}"))
+        return
+    generated = re.fullmatch(r"chart:([A-Za-z0-9+/]{43}=)", ring)
+    check(not problems and generated is not None,
+          f"{label}: the generated ring is `chart:` + base64 of exactly 32 bytes, a spec the binary reads"
+          + ("" if not problems and generated else f" (got {len(ring)} characters: {'; '.join(problems) or 'not chart:<base64>'})"))
+
+
+def generated_rings_differ(chart_dir: Path) -> None:
+    rings = []
+    for _ in range(2):
+        for path, text in render(chart_dir, None).items():
+            if path.endswith("NOTES.txt"):
+                continue
+            for o in yaml.safe_load_all(text):
+                if o and o.get("kind") == "Secret" and o["metadata"]["name"] == RELEASE:
+                    rings.append(o["data"].get("pii-keys"))
+    check(len(rings) == 2 and None not in rings and rings[0] != rings[1],
+          "two installs with piiKeys.generate get two different rings (randBytes; an upgrade keeps the "
+          "release's own through lookup)")
 
 
 def metrics_used(objs: list[tuple[str, dict]], chart_dir: Path, known: set[str]) -> None:
@@ -385,6 +501,20 @@ BAD_VALUES = [
     ("admin key = the dev default", {"adminKey": {"value": "dev-admin-key"}}, "/adminKey/value"),
     ("admin key too short", {"adminKey": {"value": "short"}}, "/adminKey/value"),
     ("no admin key, generation off", {"adminKey": {"generate": False}}, "an admin key is required"),
+    ("no PII key ring, generation off", {"piiKeys": {"generate": False}}, "a key ring for members' personal data is required"),
+    ("no PII key ring (production values without piiKeys)", ("production", {"piiKeys": {"existingSecret": "", "generate": False}}),
+     "Set piiKeys.existingSecret (a Secret of yours, key piiKeys.existingSecretKey), piiKeys.value"),
+    ("PII key ring with the dev id first", {"piiKeys": {"value": f"dev:{pii_key(1)}"}}, "/piiKeys/value"),
+    ("PII key ring with the dev id second", {"piiKeys": {"value": f"k2:{pii_key(2)},dev:{pii_key(1)}"}}, "/piiKeys/value"),
+    ("PII key of 16 bytes", {"piiKeys": {"value": "k1:" + base64.b64encode(bytes(16)).decode()}}, "/piiKeys/value"),
+    ("PII key without an id", {"piiKeys": {"value": pii_key(1)}}, "/piiKeys/value"),
+    ("PII key id of 33 characters", {"piiKeys": {"value": "k" * 33 + ":" + pii_key(1)}}, "/piiKeys/value"),
+    ("PII key ring giving an id twice", {"piiKeys": {"value": f"k1:{pii_key(2)},k1:{pii_key(1)}"}},
+     "piiKeys.value gives the key id `k1` twice"),
+    ("gateway.extraEnv setting LOYALTY_PII_KEYS", {"gateway": {"extraEnv": [{"name": "LOYALTY_PII_KEYS", "value": f"k1:{pii_key(1)}"}]}},
+     "gateway.extraEnv or engine.extraEnv sets LOYALTY_PII_KEYS"),
+    ("config.extraEnv setting LOYALTY_PII_KEYS", {"config": {"extraEnv": {"LOYALTY_PII_KEYS": f"k1:{pii_key(1)}"}}},
+     "config.extraEnv sets LOYALTY_PII_KEYS"),
     ("store.type not postgres|scylla", {"store": {"type": "mysql"}}, "/store/type"),
     ("scylla without nodes", {"store": {"type": "scylla"}}, "store.type=scylla needs store.scylla.nodes"),
     ("postgres without URL or secret", {"store": {"postgres": {"existingSecret": ""}}}, "store.type=postgres needs"),
@@ -401,6 +531,56 @@ BAD_VALUES = [
     ("config.extraEnv setting a variable the chart sets", {"config": {"extraEnv": {"LOYALTY_PARTITIONS": "3"}}}, "config.extraEnv sets LOYALTY_PARTITIONS"),
     ("pull policy not an enum value", {"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
 ]
+
+
+# piiKeys.value the templates themselves must refuse, the schema out of the way (it refuses most
+# of them first): (what, value, text of the template's refusal).
+BAD_RINGS = [
+    ("the dev id first", f"dev:{pii_key(1)}", "piiKeys.value has a key `dev:...`, the dev key ring's id"),
+    ("the dev id second", f"k2:{pii_key(2)}, dev:{pii_key(1)}", "piiKeys.value has a key `dev:...`, the dev key ring's id"),
+    ("a key of 16 bytes", "k1:" + base64.b64encode(bytes(16)).decode(), "the key `k1` is not exactly 32 bytes in base64"),
+    ("a key of 33 bytes", "k1:" + base64.b64encode(bytes(33)).decode(), "the key `k1` is not exactly 32 bytes in base64"),
+    ("a key with bits past its 32 bytes", "k1:" + pii_key(1)[:42] + "B=", "the key `k1` is not exactly 32 bytes in base64"),
+    ("a key without an id", pii_key(1), "piiKeys.value has an entry without `id:`"),
+    ("an id with a space", f"k 1:{pii_key(1)}", "a key id that is not 1 to 32 letters"),
+    ("an id of 33 characters", "k" * 33 + ":" + pii_key(1), "a key id that is not 1 to 32 letters"),
+    ("an id given twice", f"k1:{pii_key(2)},k1:{pii_key(1)}", "piiKeys.value gives the key id `k1` twice"),
+    ("only commas", " , ,", "piiKeys.value holds no key"),
+]
+
+# Rings in every form the binary reads (KeyRing::parse): they must render.
+GOOD_RINGS = [
+    ("one key, padded standard base64", f"k1:{pii_key(1)}"),
+    ("two keys, the new one first (a rotation)", f"k2:{pii_key(2)},k1:{pii_key(1)}"),
+    ("URL-safe base64 without padding, spaces around the entries and the colon",
+     f" k_2 : {pii_key(2).replace('+', '-').replace('/', '_').rstrip('=')} , K-1:{pii_key(1).rstrip('=')} ,"),
+    ("an id of 32 characters", "k" * 32 + ":" + pii_key(1)),
+]
+
+
+def pii_rings(chart_dir: Path) -> None:
+    for what, ring in GOOD_RINGS:
+        assert not ring_problems(ring), (what, ring_problems(ring))
+        try:
+            render(chart_dir, {"piiKeys": {"value": ring}})
+        except helm_errors.HelmError as e:
+            bad(f"valid PII key ring REFUSED: {what}: {' '.join(str(e).split())[:300]}")
+        else:
+            ok(f"valid PII key ring accepted: {what}")
+    with tempfile.TemporaryDirectory(prefix="loyalty-chart-noschema-") as tmp:
+        bare = Path(tmp) / chart_dir.name
+        shutil.copytree(chart_dir, bare)
+        (bare / "values.schema.json").unlink()
+        for what, ring, expect in BAD_RINGS:
+            assert ring_problems(ring), what
+            try:
+                render(bare, {"piiKeys": {"value": ring}})
+            except helm_errors.HelmError as e:
+                flat = " ".join(str(e).split())
+                check(expect in flat, f"refused by the template (schema skipped): PII key ring with {what}: "
+                      + (flat[flat.find(expect):][:100] if expect in flat else f"not for the expected reason ({expect!r}): {flat[:300]}"))
+            else:
+                bad(f"bad PII key ring ACCEPTED by the templates (schema skipped): {what} ({ring!r})")
 
 
 def rejections(chart_dir: Path, production: dict) -> None:
@@ -470,11 +650,13 @@ def main() -> int:
     defaults = helm_chart.Chart.load(chart_dir).values
     for label, values, objs in rendered_sets:
         policy(label, objs, merge(defaults, values or {}))
+    generated_rings_differ(chart_dir)
     prod_objs = next(o for n, _, o in rendered_sets if n == "ci/production-values.yaml")
     metrics_used(prod_objs, chart_dir, metric_names())
 
     print("the values schema and the templates refuse bad values:")
     rejections(chart_dir, production)
+    pii_rings(chart_dir)
 
     return summary("chart checks")
 

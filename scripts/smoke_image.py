@@ -11,7 +11,11 @@
 2. The chart's containers (rendered with helm-python-sdk): every container's args are a command
    the binary accepts (`loyalty <args> --help`), every environment variable the chart sets is
    one the binary reads (named in its sources), and `loyalty gateway` / `loyalty engine` with
-   the chart's environment refuse to start without an admin key and with the dev key.
+   the chart's environment (its PII key ring from the chart's Secret) refuse to start without
+   an admin key and with the dev key; with a real admin key, they refuse to start without
+   LOYALTY_PII_KEYS and with a `dev:` key, and get past the key ring with the ring the chart
+   generated and with the ring of ci/inline-secrets-values.yaml (they stop later, at the
+   servers they cannot reach here).
 
 Exits non-zero if anything fails, and prints a short report.
 """
@@ -19,6 +23,7 @@ Exits non-zero if anything fails, and prints a short report.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import re
@@ -169,9 +174,12 @@ def read_names() -> set[str]:
     return names
 
 
-def containers(chart_dir: Path, values: dict | None) -> tuple[dict[str, str], list[tuple[str, dict]]]:
+def containers(chart_dir: Path, values: dict | None) -> tuple[dict[str, str], list[tuple[str, dict]], dict[str, str]]:
+    """The release's ConfigMap data, the containers of its workloads, and its own Secret's data
+    (decoded)."""
     rendered = helm_chart.Chart.load(chart_dir).render(values, name="loyalty", namespace="loyalty", is_install=True)
     config: dict[str, str] = {}
+    secret: dict[str, str] = {}
     out = []
     for path, text in rendered.items():
         if path.endswith("NOTES.txt"):
@@ -181,10 +189,12 @@ def containers(chart_dir: Path, values: dict | None) -> tuple[dict[str, str], li
                 continue
             if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "loyalty":
                 config = o["data"]
+            if o["kind"] == "Secret" and o["metadata"]["name"] == "loyalty":
+                secret = {k: base64.b64decode(v).decode() for k, v in o.get("data", {}).items()}
             if o["kind"] in ("Deployment", "StatefulSet", "Job"):
                 for c in o["spec"]["template"]["spec"]["containers"]:
                     out.append((f"{o['kind']}/{o['metadata']['name']}", c))
-    return config, out
+    return config, out, secret
 
 
 def plain_env(config: dict[str, str], c: dict, pod: str) -> dict[str, str]:
@@ -204,7 +214,7 @@ def smoke_chart(binary: Path, chart_dir: Path) -> None:
     helpers = {"POD_NAME", "POD_NAMESPACE"}
     for label, values in [("default values", None),
                           ("ci/production-values.yaml", yaml.safe_load((chart_dir / "ci/production-values.yaml").read_text()))]:
-        config, cs = containers(chart_dir, values)
+        config, cs, _ = containers(chart_dir, values)
         for where, c in cs:
             args = c.get("args", [])
             r = subprocess.run([str(binary), *args, "--help"], capture_output=True, text=True, timeout=30)
@@ -214,29 +224,56 @@ def smoke_chart(binary: Path, chart_dir: Path) -> None:
             unknown = sorted(n for n in names if n not in known and n not in helpers)
             check(not unknown, f"{label}: {where}: the {len(names)} variables it gets are all read by the binary"
                   + ("" if not unknown else f": unknown {unknown}"))
-    # The production commands with the chart's environment refuse the dev defaults, before they
-    # connect to anything (the Kafka, Redis and PostgreSQL names of the chart do not resolve here).
-    config, cs = containers(chart_dir, None)
+    # The production commands with the chart's environment refuse the dev defaults and a missing
+    # key ring, before they connect to anything (the Kafka, Redis and PostgreSQL names of the
+    # chart do not resolve here). The chart's environment has LOYALTY_PII_KEYS from its Secret
+    # (generated with the default values), so the admin key cases do not depend on which of the
+    # two checks comes first.
+    config, cs, secret = containers(chart_dir, None)
+    generated = secret.get("pii-keys")
+    inline = containers(chart_dir, yaml.safe_load((chart_dir / "ci/inline-secrets-values.yaml").read_text()))[2].get("pii-keys")
+    if not generated or not inline:
+        bad(f"the chart's Secret has no pii-keys (default values: {bool(generated)}, "
+            f"ci/inline-secrets-values.yaml: {bool(inline)})")
+        return
+    real = "a-real-admin-key-for-smoke"
+    dev_ring = "dev:" + base64.b64encode(bytes(range(32))).decode()
+    # (case, LOYALTY_ADMIN_KEY, LOYALTY_PII_KEYS, refused?, what the refusal names)
+    cases = [
+        ("no admin key", None, generated, True, ["LOYALTY_ADMIN_KEY"]),
+        ("the dev admin key", "dev-admin-key", generated, True, ["LOYALTY_ADMIN_KEY", "dev-admin-key"]),
+        ("a real admin key and no LOYALTY_PII_KEYS", real, None, True, ["LOYALTY_PII_KEYS"]),
+        ("a real admin key and a `dev:` key ring", real, dev_ring, True, ["LOYALTY_PII_KEYS", "`dev`"]),
+        ("a real admin key and the ring the chart generated", real, generated, False, []),
+        ("a real admin key and the 2-key ring of ci/inline-secrets-values.yaml", real, inline, False, []),
+    ]
     for where, c in cs:
         args = c.get("args", [])
         if args[:1] not in (["gateway"], ["engine"]):
             continue
         pod = f"loyalty-{args[0]}-0"
         env = plain_env(config, c, pod)
-        for case, key in [("no admin key", None), ("the dev admin key", "dev-admin-key")]:
+        for case, key, ring, refuse, names in cases:
             e = clean_env({**env, "LOYALTY_LISTEN": f"127.0.0.1:{free_port()}",
                            "LOYALTY_DATA_DIR": tempfile.mkdtemp(prefix="loyalty-smoke-")})
-            e.pop("LOYALTY_ADMIN_KEY", None)
-            if key:
-                e["LOYALTY_ADMIN_KEY"] = key
+            for var, val in (("LOYALTY_ADMIN_KEY", key), ("LOYALTY_PII_KEYS", ring)):
+                e.pop(var, None)
+                if val:
+                    e[var] = val
             try:
                 r = subprocess.run([str(binary), *args], env=e, capture_output=True, text=True, timeout=30)
                 rc, text = r.returncode, " ".join((r.stdout + r.stderr).split())
             except subprocess.TimeoutExpired:
                 rc, text = None, "still running after 30 s"
-            refused = rc not in (0, None) and "LOYALTY_ADMIN_KEY" in text and (not key or key in text)
             msg = text[text.find("Error"):][:130] if "Error" in text else text[-130:]
-            check(refused, f"`loyalty {' '.join(args)}` with the chart's environment and {case}: exit {rc}: {msg}")
+            if refuse:
+                refused = rc not in (0, None) and all(n in text for n in names)
+                check(refused, f"`loyalty {' '.join(args)}` with the chart's environment and {case}: exit {rc}: {msg}")
+            else:
+                # Past the key ring: it stops (or would run) for another reason than LOYALTY_PII_KEYS.
+                past = "LOYALTY_PII_KEYS" not in text and "pii_keys" not in text
+                check(past, f"`loyalty {' '.join(args)}` with the chart's environment and {case}: the ring is "
+                      f"accepted, it stops later: exit {rc}: {msg}")
             subprocess.run(["rm", "-rf", e["LOYALTY_DATA_DIR"]], check=False)
 
 

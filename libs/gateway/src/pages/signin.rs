@@ -380,7 +380,7 @@ async fn request_code_inner(
             return too_many(lang, wait, WAIT_CODES);
         }
     }
-    let bucket = phone_bucket(phone.as_str());
+    let bucket = phone_bucket(&gw.config.keys, phone.as_str());
     if let Err(wait) = take_counted(&req, &bucket, &CODES_PER_PHONE, count).await {
         return too_many(lang, wait, WAIT_CODES);
     }
