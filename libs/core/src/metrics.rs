@@ -379,13 +379,13 @@ impl Metrics {
                 &r,
                 "loyalty_pii_sealed_total",
                 "Personal values sealed for the store or the log (README \"Personal data at rest\"), by key id.",
-                &["key"],
+                &["key_id"],
             ),
             pii_opened: counter_vec(
                 &r,
                 "loyalty_pii_opened_total",
                 "Sealed personal values opened, by key id and result (ok; failed: a missing key or data that does not authenticate).",
-                &["key", "result"],
+                &["key_id", "result"],
             ),
             segment_exports: counter_vec(
                 &r,

@@ -13,7 +13,7 @@
 //! Rotation is therefore: put a new key first and keep the old ones (every process), run
 //! `loyalty privacy reseal` (every stored member is written again under the new key), and drop
 //! an old key only once no log record sealed with it is still retained
-//! (`loyalty_pii_opened_total{key}` shows which keys are still read).
+//! (`loyalty_pii_opened_total{key_id}` shows which keys are still read).
 //!
 //! Lookups never need the clear value: a member is found by its id, a keyed hash of the phone
 //! under the franchise's secret ([`crate::identity::member_id`]).
@@ -41,7 +41,7 @@ pub const MAX_KEY_ID: usize = 32;
 struct Key {
     id: String,
     cipher: XChaCha20Poly1305,
-    /// `loyalty_pii_sealed_total{key}` of this key, resolved once.
+    /// `loyalty_pii_sealed_total{key_id}` of this key, resolved once.
     sealed: prometheus::IntCounter,
 }
 

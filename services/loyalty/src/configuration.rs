@@ -1373,12 +1373,36 @@ mod tests {
         };
         assert!(c.refuse_dev_defaults("engine").is_err());
         // A key of one's own passes (its length is checked by `validate`).
+        // A key of one's own, but the dev key ring: refused, naming the setting.
         let c = DevConfig {
             admin_key: "s3cret-admin-key".into(),
             ..DevConfig::defaults(Profile::Production)
         };
+        let e = c.refuse_dev_defaults("engine").unwrap_err().to_string();
+        assert!(
+            e.contains("LOYALTY_PII_KEYS") && e.contains("new-key"),
+            "{e}"
+        );
+        let c = DevConfig {
+            pii_keys: Some("k1:not-base64".into()),
+            ..c
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("pii_keys (LOYALTY_PII_KEYS)") && e.contains("32 bytes"),
+            "{e}"
+        );
+        let c = DevConfig {
+            pii_keys: Some(KeyRing::new_key_spec("k1").unwrap()),
+            ..c
+        };
         c.refuse_dev_defaults("engine").unwrap();
         c.validate().unwrap();
+        assert_eq!(c.keys().unwrap().current(), "k1");
+        assert!(
+            !format!("{c:?}").contains(c.pii_keys.as_deref().unwrap()),
+            "never shown"
+        );
         // Dev keeps its defaults.
         assert_eq!(DevConfig::defaults(Profile::Dev).admin_key, DEV_ADMIN_KEY);
         assert!(DevConfig::defaults(Profile::Dev).demo);
@@ -1398,7 +1422,12 @@ mod tests {
         assert!(c.demo);
         assert_eq!(c.admin_key, DEV_ADMIN_KEY);
         // Asked for explicitly.
-        std::fs::write(&p, "demo = true\nadmin_key = \"k-0123456789\"\n").unwrap();
+        let ring = KeyRing::new_key_spec("k1").unwrap();
+        std::fs::write(
+            &p,
+            format!("demo = true\nadmin_key = \"k-0123456789\"\npii_keys = \"{ring}\"\n"),
+        )
+        .unwrap();
         let c = DevConfig::load_as(Some(&p), Profile::Production).unwrap();
         assert!(c.demo);
         assert_eq!(c.admin_key, "k-0123456789");
