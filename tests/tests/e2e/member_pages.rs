@@ -633,11 +633,20 @@ async fn the_card_page_and_the_poster_in_a_headless_browser() {
     // The poster, printed from the dashboard (its HQ session): the store's link there.
     b.resize(1000, 1200).await.expect("resized");
     sign_in(&b, &base, &f.hq_key).await;
+    let selector = format!(
+        "#posters li[data-store-id='{}'] a[href$='/poster']",
+        f.store_id
+    );
+    // The sign-in's answer may still be loading when the old page reads `complete`: wait for
+    // the dashboard's link itself.
+    b.wait_for(
+        &format!("return document.querySelector(\"{selector}\") !== null"),
+        WAIT,
+    )
+    .await
+    .expect("the dashboard, signed in");
     let link = b
-        .find(&format!(
-            "#posters li[data-store-id='{}'] a[href$='/poster']",
-            f.store_id
-        ))
+        .find(&selector)
         .await
         .expect("the store's poster on the dashboard");
     b.click(&link).await.expect("followed");
