@@ -41,8 +41,9 @@ pub const MAX_KEY_ID: usize = 32;
 struct Key {
     id: String,
     cipher: XChaCha20Poly1305,
-    /// `loyalty_pii_sealed_total{key_id}` of this key, resolved once.
-    sealed: prometheus::IntCounter,
+    /// `loyalty_pii_sealed_total{key_id}` of this key, resolved at its first seal (a ring
+    /// that never seals, such as the dev ring of a default configuration, adds no series).
+    sealed: std::sync::OnceLock<prometheus::IntCounter>,
 }
 
 struct Ring {
@@ -83,8 +84,13 @@ fn decode_key(text: &str) -> Option<Vec<u8>> {
         .find_map(|e| e.decode(text.as_bytes()).ok())
 }
 
-fn aad(kind: &str) -> Vec<u8> {
-    format!("loyalty-pii:{FORMAT}:{kind}").into_bytes()
+/// The associated data of a `kind` of value (the kinds the domain seals are constants).
+fn aad(kind: &str) -> std::borrow::Cow<'static, [u8]> {
+    match kind {
+        "profile" => std::borrow::Cow::Borrowed(b"loyalty-pii:v1:profile"),
+        "email" => std::borrow::Cow::Borrowed(b"loyalty-pii:v1:email"),
+        other => std::borrow::Cow::Owned(format!("loyalty-pii:{FORMAT}:{other}").into_bytes()),
+    }
 }
 
 impl KeyRing {
@@ -103,8 +109,11 @@ impl KeyRing {
             }
             let cipher = XChaCha20Poly1305::new_from_slice(&bytes)
                 .map_err(|_| invalid(format!("the key `{id}` is not 32 bytes")))?;
-            let sealed = metrics().pii_sealed.with_label_values(&[&id]);
-            ring.push(Key { id, cipher, sealed });
+            ring.push(Key {
+                id,
+                cipher,
+                sealed: std::sync::OnceLock::new(),
+            });
         }
         Ok(KeyRing(Arc::new(Ring {
             keys: ring,
@@ -249,7 +258,9 @@ impl Sealer for Ring {
         let mut bytes = Vec::with_capacity(NONCE_LEN + sealed.len());
         bytes.extend_from_slice(nonce.as_slice());
         bytes.extend_from_slice(&sealed);
-        key.sealed.inc();
+        key.sealed
+            .get_or_init(|| metrics().pii_sealed.with_label_values(&[&key.id]))
+            .inc();
         Ok(format!(
             "{FORMAT}.{}.{}",
             key.id,

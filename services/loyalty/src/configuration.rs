@@ -386,7 +386,16 @@ impl std::fmt::Debug for DevConfig {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("body_timeout_ms", &self.body_timeout_ms)
             .field("principal_ttl_ms", &self.principal_ttl_ms)
-            .field("pii_keys", &self.keys().ok().map(|k| k.ids().join(",")))
+            .field(
+                "pii_keys",
+                // The key ids only, read off the setting (never a key).
+                &self.pii_keys.as_deref().map(|spec| {
+                    spec.split(',')
+                        .filter_map(|p| p.split_once(':').map(|(id, _)| id.trim()))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                }),
+            )
             .field("metrics_listen", &self.metrics_listen)
             .field("metrics_key", &self.metrics_key.as_ref().map(|_| "(set)"))
             .field("lookup_limit_per_minute", &self.lookup_limit_per_minute)
