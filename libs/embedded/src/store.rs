@@ -557,6 +557,7 @@ fn commit_group(db: &DbSlot, requests: GroupRequests<'_>, durable: bool) -> Resu
         let mut members = tx.open_table(MEMBERS).map_err(unavailable)?;
         let mut ledger = tx.open_table(LEDGER).map_err(unavailable)?;
         let mut processed = tx.open_table(PROCESSED).map_err(unavailable)?;
+        let mut due_tables = DueTables::open(&tx)?;
         for batch in group {
             // Conditions first, so that a failing batch writes nothing.
             let mut failed = None;
@@ -591,7 +592,7 @@ fn commit_group(db: &DbSlot, requests: GroupRequests<'_>, durable: bool) -> Resu
                     .insert(member.as_str(), value.as_slice())
                     .map_err(unavailable)?;
                 if let Some((due, franchise)) = due {
-                    index_due(&tx, member, *due, franchise)?;
+                    due_tables.put(member, *due, franchise)?;
                 }
             }
             for (member, seq, value) in &batch.ledger {
@@ -694,38 +695,66 @@ fn parse_id<T>(
     parse(s).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
 }
 
-/// Replaces `member`'s entry in the due index (in the batch's transaction).
-fn index_due(
-    tx: &redb::WriteTransaction,
-    member: &MemberId,
-    due: Due,
-    franchise: &FranchiseId,
-) -> Result<()> {
-    let mut index = tx.open_table(DUE).map_err(unavailable)?;
-    let mut of = tx.open_table(DUE_OF).map_err(unavailable)?;
-    let m = member.as_str();
-    let old = of.remove(m).map_err(unavailable)?.map(|v| v.value());
-    if let Some((p, at)) = old {
-        index.remove((p, at, m)).map_err(unavailable)?;
+/// The four tables of the due index, opened once per transaction.
+struct DueTables<'t> {
+    index: redb::Table<'t, (u32, i64, &'static str), &'static str>,
+    of: redb::Table<'t, &'static str, (u32, i64)>,
+    indexed: redb::Table<'t, (u32, &'static str, &'static str), i64>,
+    indexed_of: redb::Table<'t, &'static str, u32>,
+}
+
+impl<'t> DueTables<'t> {
+    fn open(tx: &'t redb::WriteTransaction) -> Result<DueTables<'t>> {
+        Ok(DueTables {
+            index: tx.open_table(DUE).map_err(unavailable)?,
+            of: tx.open_table(DUE_OF).map_err(unavailable)?,
+            indexed: tx.open_table(INDEXED).map_err(unavailable)?,
+            indexed_of: tx.open_table(INDEXED_OF).map_err(unavailable)?,
+        })
     }
-    if let Some(at) = due.at {
-        index
-            .insert((due.partition, at.0, m), franchise.as_str())
+
+    /// Indexes `member` (of `franchise`) as due at `due`: in the due index of its partition,
+    /// and in the partition's list of indexed members. Nothing is written when both already
+    /// say so (most writes of a member leave its due time as it was: two reads instead of
+    /// six B-tree operations).
+    fn put(&mut self, member: &MemberId, due: Due, franchise: &FranchiseId) -> Result<()> {
+        let m = member.as_str();
+        let wanted = due.at.map(|at| (due.partition, at.0));
+        let current = self.of.get(m).map_err(unavailable)?.map(|v| v.value());
+        let indexed_in = self
+            .indexed_of
+            .get(m)
+            .map_err(unavailable)?
+            .map(|v| v.value());
+        if current == wanted && indexed_in == Some(due.partition) {
+            return Ok(());
+        }
+        let old = self.of.remove(m).map_err(unavailable)?.map(|v| v.value());
+        if let Some((p, at)) = old {
+            self.index.remove((p, at, m)).map_err(unavailable)?;
+        }
+        if let Some(at) = due.at {
+            self.index
+                .insert((due.partition, at.0, m), franchise.as_str())
+                .map_err(unavailable)?;
+            self.of
+                .insert(m, (due.partition, at.0))
+                .map_err(unavailable)?;
+        }
+        let f = franchise.as_str();
+        let old = self
+            .indexed_of
+            .insert(m, due.partition)
             .map_err(unavailable)?;
-        of.insert(m, (due.partition, at.0)).map_err(unavailable)?;
+        if let Some(old) = old.map(|v| v.value()).filter(|p| *p != due.partition) {
+            self.indexed.remove((old, f, m)).map_err(unavailable)?;
+        }
+        let at = due.at.map_or(NOTHING_DUE, |t| t.0);
+        self.indexed
+            .insert((due.partition, f, m), at)
+            .map_err(unavailable)?;
+        Ok(())
     }
-    let mut indexed = tx.open_table(INDEXED).map_err(unavailable)?;
-    let mut indexed_of = tx.open_table(INDEXED_OF).map_err(unavailable)?;
-    let f = franchise.as_str();
-    let old = indexed_of.insert(m, due.partition).map_err(unavailable)?;
-    if let Some(old) = old.map(|v| v.value()).filter(|p| *p != due.partition) {
-        indexed.remove((old, f, m)).map_err(unavailable)?;
-    }
-    let at = due.at.map_or(NOTHING_DUE, |t| t.0);
-    indexed
-        .insert((due.partition, f, m), at)
-        .map_err(unavailable)?;
-    Ok(())
 }
 
 impl EmbeddedStore {
@@ -787,8 +816,11 @@ impl EmbeddedStore {
                 }
             }
         }
-        for w in writes {
-            index_due(&tx, &w.member_id, w.due, &w.franchise_id)?;
+        {
+            let mut due_tables = DueTables::open(&tx)?;
+            for w in writes {
+                due_tables.put(&w.member_id, w.due, &w.franchise_id)?;
+            }
         }
         tx.commit().map_err(unavailable)
     }

@@ -38,11 +38,16 @@ pub struct Apply {
     pub command: MemberCommand,
     /// The parent of the command's `apply` span ([`crate::trace::command_parent`]).
     pub trace: crate::trace::Context,
+    /// Whether the reply carries the member's state: the shard asks for it with the member's
+    /// last command of a batch only, so a batch copies each member's state once, not once per
+    /// command.
+    pub want_state: bool,
 }
 
 pub struct ApplyReply {
     pub result: Result<Applied, Rejection>,
-    /// The member's state after the command (`None`: not enrolled).
+    /// The member's state after the command, when asked for (`None`: not asked for, or not
+    /// enrolled).
     pub state: Option<MemberState>,
 }
 
@@ -118,7 +123,11 @@ impl MemberActor {
         );
         ApplyReply {
             result,
-            state: self.state.clone(),
+            state: if msg.want_state {
+                self.state.clone()
+            } else {
+                None
+            },
         }
     }
 }

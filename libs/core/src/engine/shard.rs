@@ -305,6 +305,19 @@ impl Shard {
         }
     }
 
+    /// The state of `member`'s actor (activated if needed).
+    async fn snapshot(
+        &mut self,
+        deps: &ShardDeps<'_>,
+        member: &MemberId,
+    ) -> Result<Option<MemberState>> {
+        let slot = self.actor(deps, member).await?;
+        slot.addr
+            .send(Snapshot)
+            .await
+            .map_err(|e| Error::Unavailable(format!("member actor: {e}")))
+    }
+
     /// Processes `records` (this partition's, in offset order) until the store has their
     /// effects. On `Err`, the actors it touched are stopped and the caller retries the same
     /// records: nothing of the batch is written, or (with a store that commits member by member)
@@ -492,7 +505,10 @@ impl Shard {
         let mut write_index: HashMap<(FranchiseId, EventId), usize> = HashMap::new();
         let mut ledger = Vec::new();
         // Each changed member with the program (and its version) of its last command.
-        let mut states: HashMap<MemberId, (MemberState, Arc<Program>, u32)> = HashMap::new();
+        let mut states: HashMap<MemberId, Changed> = HashMap::new();
+        // Which command is each member's last of the batch: its reply carries the member's
+        // state, so a batch copies a member's state once, however many commands it has.
+        let last_of_member = last_of_member(&commands);
         let mut pending_replies: Vec<(EventReply, Option<MemberId>)> = Vec::new();
         // Members only replayed in this batch: their durable state, to republish.
         let mut replayed_states: HashMap<MemberId, (MemberState, Arc<Program>, u32)> =
@@ -507,7 +523,7 @@ impl Shard {
         // Refunds held, and purchases that took held refunds, counted once committed.
         let mut held = HeldTally::default();
 
-        for ((env, program, fp), parent) in commands.into_iter().zip(parents) {
+        for (i, ((env, program, fp), parent)) in commands.into_iter().zip(parents).enumerate() {
             let key = (env.franchise_id.clone(), env.event_id.clone());
             let delivery = classify(known.get(&key), fp);
             // New here, but claimed by another command: a conflict, for good.
@@ -519,13 +535,7 @@ impl Shard {
                     // A store that writes a batch member by member (ScyllaDB) may hold this
                     // effect from an attempt whose status never reached the cache: republish.
                     if let Some(m) = rec.member_id.as_ref().filter(|m| !states.contains_key(*m)) {
-                        let slot = self.actor(deps, m).await?;
-                        let state = slot
-                            .addr
-                            .send(Snapshot)
-                            .await
-                            .map_err(|e| Error::Unavailable(format!("member actor: {e}")))?;
-                        if let Some(state) = state {
+                        if let Some(state) = self.snapshot(deps, m).await? {
                             replayed_states.insert(
                                 m.clone(),
                                 (state, Arc::clone(&program), env.program_version),
@@ -679,10 +689,12 @@ impl Shard {
                             program_version: env.program_version,
                             command,
                             trace: parent,
+                            want_state: last_of_member[i],
                         })
                         .await
                         .map_err(|e| Error::Unavailable(format!("member actor: {e}")))?;
-                    match reply.result {
+                    let final_state = reply.state;
+                    let outcome = match reply.result {
                         Ok(applied) => {
                             dashboard.add_event(&EventFacts {
                                 franchise: &env.franchise_id,
@@ -709,18 +721,25 @@ impl Shard {
                                 erased.push(m.clone());
                             }
                             if applied.changed {
-                                if let Some(s) = reply.state {
-                                    states.insert(
-                                        m.clone(),
-                                        (s, Arc::clone(&program), env.program_version),
-                                    );
-                                }
+                                let changed = states.entry(m.clone()).or_insert_with(|| Changed {
+                                    state: None,
+                                    program: Arc::clone(&program),
+                                    version: env.program_version,
+                                });
+                                changed.program = Arc::clone(&program);
+                                changed.version = env.program_version;
                             }
                             ledger.extend(applied.entries.into_iter().map(|e| (m.clone(), e)));
                             applied.outcome
                         }
                         Err(rejection) => Outcome::Rejected(rejection),
+                    };
+                    // The member's last command: its state is the one the batch writes (a
+                    // refusal or a command that changed nothing leaves it as it was).
+                    if let (Some(state), Some(changed)) = (final_state, states.get_mut(m)) {
+                        changed.state = Some(state);
                     }
+                    outcome
                 }
             };
 
@@ -800,18 +819,36 @@ impl Shard {
             ));
         }
 
-        let mut members = Vec::with_capacity(states.len());
-        for (m, (state, program, version)) in &states {
-            let expected_version = self.members.get(m).map_or(0, |s| s.stored_version);
-            let due_program = self.due_program(&state.franchise_id, *version, program);
-            members.push(MemberWrite {
-                state: state.clone(),
-                expected_version,
+        // Each changed member's state (asked of its actor when the member's last command
+        // was not applied here: a replay or a conflict), its status and its write.
+        let changed_members = states.len();
+        let mut members = Vec::with_capacity(changed_members);
+        let mut statuses = Vec::with_capacity(changed_members);
+        let mut versions = Vec::with_capacity(changed_members);
+        for (m, changed) in states {
+            let state = match changed.state {
+                Some(state) => state,
+                None => self.snapshot(deps, &m).await?.ok_or_else(|| {
+                    Error::Invalid(format!("member {m} changed but has no state"))
+                })?,
+            };
+            let expected_version = self.members.get(&m).map_or(0, |s| s.stored_version);
+            let due_program =
+                self.due_program(&state.franchise_id, changed.version, &changed.program);
+            let due = Some(Due {
+                partition: self.partition,
                 // The member's next due time, from the state written with it.
-                due: Some(Due {
-                    partition: self.partition,
-                    at: state.next_due(due_program),
-                }),
+                at: state.next_due(due_program),
+            });
+            statuses.push((
+                m.clone(),
+                render_status(&state, &changed.program, changed.version),
+            ));
+            versions.push((m, state.version));
+            members.push(MemberWrite {
+                state,
+                expected_version,
+                due,
             });
         }
         dashboard.tidy();
@@ -846,18 +883,13 @@ impl Shard {
         }
 
         // Written: the actors' memory and the store agree again.
-        let changed_members = states.len();
-        let mut statuses = Vec::with_capacity(states.len());
-        let mut rendered: HashMap<MemberId, CachedStatus> = HashMap::new();
-        for (m, (state, program, version)) in states {
+        for (m, version) in versions {
             if let Some(slot) = self.members.get_mut(&m) {
-                slot.stored_version = state.version;
+                slot.stored_version = version;
             }
             replayed_states.remove(&m);
-            let status = render_status(&state, &program, version);
-            rendered.insert(m.clone(), status.clone());
-            statuses.push((m, status));
         }
+        let mut rendered: HashMap<MemberId, CachedStatus> = statuses.iter().cloned().collect();
         for (m, (state, program, version)) in replayed_states {
             let status = render_status(&state, &program, version);
             rendered.insert(m.clone(), status.clone());
@@ -877,6 +909,29 @@ impl Shard {
             changed_members,
         })
     }
+}
+
+/// A member a batch changed: the program (and its version) of its last changing command, and
+/// its state once its last command of the batch has been applied.
+struct Changed {
+    state: Option<MemberState>,
+    program: Arc<Program>,
+    version: u32,
+}
+
+/// For each command (in batch order), whether it is its member's last of the batch.
+fn last_of_member(commands: &[(CommandEnvelope, Arc<Program>, Fingerprint)]) -> Vec<bool> {
+    let mut last: HashMap<&MemberId, usize> = HashMap::with_capacity(commands.len());
+    for (i, (env, _, _)) in commands.iter().enumerate() {
+        if let Some(m) = env.command.member_id() {
+            last.insert(m, i);
+        }
+    }
+    let mut is_last = vec![false; commands.len()];
+    for i in last.into_values() {
+        is_last[i] = true;
+    }
+    is_last
 }
 
 /// Marks the redemption recorded under `key` as cancelled by `by`, in the batch's view of the
