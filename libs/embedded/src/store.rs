@@ -23,6 +23,11 @@
 //! and `outbox_due` by (partition, next attempt, id) for the pending ones). Administrative
 //! writes (franchises, programs, stores, keys) are durable on return, and a clean close makes
 //! everything durable.
+//!
+//! Values are encoded on the engine's threads, so the writer only checks conditions and
+//! inserts bytes: a member's value starts with its version (fenced without decoding), an
+//! idempotency record leaves out the ids its key holds (`processed`), and a member's due entry
+//! is left as it is when a write does not move it.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -47,6 +52,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 mod dashboard;
+mod processed;
 mod slot;
 
 use slot::DbSlot;
@@ -257,7 +263,7 @@ impl EncodedBatch {
             .processed
             .into_iter()
             .map(|p| {
-                let value = encode(&p.record)?;
+                let value = processed::encode(&p.record)?;
                 Ok(EncodedProcessed {
                     franchise_id: p.record.franchise_id,
                     event_id: p.record.event_id,
@@ -994,7 +1000,7 @@ impl StateStore for EmbeddedStore {
                     .get((franchise.as_str(), id.as_str()))
                     .map_err(unavailable)?
                 {
-                    Some(v) => Some(decode("processed event", v.value())?),
+                    Some(v) => Some(processed::decode(franchise, id, v.value())?),
                     None => None,
                 },
             );
@@ -1082,7 +1088,8 @@ impl StateStore for EmbeddedStore {
             if after.is_some_and(|a| k.value().1 == a.as_str()) {
                 continue;
             }
-            out.push(decode("processed event", v.value())?);
+            let event = parse_id("processed event", k.value().1, EventId::parse)?;
+            out.push(processed::decode(franchise, &event, v.value())?);
             if out.len() >= limit {
                 break;
             }
