@@ -117,6 +117,23 @@ async fn replayed_log_records_change_nothing() {
     a.stop();
 }
 
+/// A member whose last command of a batch is a replay: the batch takes the member's state from
+/// its actor (no reply of the batch carries it) and still writes what the member's earlier
+/// commands of the batch changed, and its status.
+#[actix_rt::test]
+async fn a_batch_ending_a_member_with_a_replay_writes_what_it_changed() {
+    let w = World::new(Backend::Embedded).await.unwrap();
+    // Appended before any engine runs, so that the partition's first batch holds all three:
+    // the enrolment, a purchase, and the same purchase again (a replay).
+    w.enrol(1).await;
+    let spend = w.purchase(0, 0).await;
+    w.purchase(0, 0).await;
+    let mut a = w.node("a");
+    w.wait_applied(&[1]).await;
+    w.check(&[spend], &[1]).await;
+    a.stop();
+}
+
 /// A node that lost its partition without noticing (a zombie) still holds a member's old state
 /// in memory: its write is refused by the store's version check, nothing of its batch lands,
 /// and a retry rebuilds from the newer owner's state.
