@@ -720,11 +720,11 @@ impl<'t> DueTables<'t> {
     }
 
     /// Indexes `member` (of `franchise`) as due at `due`: in the due index of its partition,
-    /// and in the partition's list of indexed members. Nothing is written when both already
-    /// say so (most writes of a member leave its due time as it was: two reads instead of
-    /// six B-tree operations).
+    /// and in the partition's list of indexed members. Only what differs from the stored
+    /// entries is written: most writes of a member leave its due time as it was, and then
+    /// cost two reads.
     fn put(&mut self, member: &MemberId, due: Due, franchise: &FranchiseId) -> Result<()> {
-        let m = member.as_str();
+        let (m, f) = (member.as_str(), franchise.as_str());
         let wanted = due.at.map(|at| (due.partition, at.0));
         let current = self.of.get(m).map_err(unavailable)?.map(|v| v.value());
         let indexed_in = self
@@ -735,25 +735,29 @@ impl<'t> DueTables<'t> {
         if current == wanted && indexed_in == Some(due.partition) {
             return Ok(());
         }
-        let old = self.of.remove(m).map_err(unavailable)?.map(|v| v.value());
-        if let Some((p, at)) = old {
-            self.index.remove((p, at, m)).map_err(unavailable)?;
+        if current != wanted {
+            if let Some((p, at)) = current {
+                self.index.remove((p, at, m)).map_err(unavailable)?;
+            }
+            match wanted {
+                Some(entry) => {
+                    self.index
+                        .insert((entry.0, entry.1, m), f)
+                        .map_err(unavailable)?;
+                    self.of.insert(m, entry).map_err(unavailable)?;
+                }
+                None => {
+                    self.of.remove(m).map_err(unavailable)?;
+                }
+            }
         }
-        if let Some(at) = due.at {
-            self.index
-                .insert((due.partition, at.0, m), franchise.as_str())
+        if indexed_in != Some(due.partition) {
+            if let Some(old) = indexed_in {
+                self.indexed.remove((old, f, m)).map_err(unavailable)?;
+            }
+            self.indexed_of
+                .insert(m, due.partition)
                 .map_err(unavailable)?;
-            self.of
-                .insert(m, (due.partition, at.0))
-                .map_err(unavailable)?;
-        }
-        let f = franchise.as_str();
-        let old = self
-            .indexed_of
-            .insert(m, due.partition)
-            .map_err(unavailable)?;
-        if let Some(old) = old.map(|v| v.value()).filter(|p| *p != due.partition) {
-            self.indexed.remove((old, f, m)).map_err(unavailable)?;
         }
         let at = due.at.map_or(NOTHING_DUE, |t| t.0);
         self.indexed

@@ -8,7 +8,7 @@
 //! or applied (platform), with the consumer already in its group and reading meanwhile.
 //!
 //! Run them with
-//! `cargo test --release -p loyalty-tests --test ingest_bench -- --ignored --nocapture`
+//! `cargo test --release -p loyalty-tests --test bench ingest_bench:: -- --ignored --nocapture`
 //! (`LOYALTY_BENCH_EVENTS`, default 20 000 on Kafka and 100 000 embedded). They print figures
 //! and assert only correctness. The raw broker measurement is shared with the multi-process
 //! benchmark (`loyalty_tests::bench`).

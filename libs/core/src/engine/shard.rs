@@ -721,13 +721,7 @@ impl Shard {
                                 erased.push(m.clone());
                             }
                             if applied.changed {
-                                let changed = states.entry(m.clone()).or_insert_with(|| Changed {
-                                    state: None,
-                                    program: Arc::clone(&program),
-                                    version: env.program_version,
-                                });
-                                changed.program = Arc::clone(&program);
-                                changed.version = env.program_version;
+                                Changed::note(&mut states, m, &program, env.program_version);
                             }
                             ledger.extend(applied.entries.into_iter().map(|e| (m.clone(), e)));
                             applied.outcome
@@ -917,6 +911,36 @@ struct Changed {
     state: Option<MemberState>,
     program: Arc<Program>,
     version: u32,
+}
+
+impl Changed {
+    /// `member` was changed by a command of version `version` of `program` (its state comes
+    /// with its last command of the batch).
+    fn note(
+        states: &mut HashMap<MemberId, Changed>,
+        member: &MemberId,
+        program: &Arc<Program>,
+        version: u32,
+    ) {
+        let program = Arc::clone(program);
+        match states.get_mut(member) {
+            Some(changed) => {
+                changed.program = program;
+                changed.version = version;
+            }
+            None => {
+                let state = None;
+                states.insert(
+                    member.clone(),
+                    Changed {
+                        state,
+                        program,
+                        version,
+                    },
+                );
+            }
+        }
+    }
 }
 
 /// For each command (in batch order), whether it is its member's last of the batch.

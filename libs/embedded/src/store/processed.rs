@@ -4,7 +4,7 @@
 //!
 //! Every new event writes one such record, so its size is much of what the store writes per
 //! purchase (the page copies of its inserts and the bytes of each commit): this form is a fifth
-//! smaller than the record's JSON (335 bytes against 428 for a purchase). Records written before it are the JSON alone,
+//! smaller than the record's JSON (335 bytes against 428 for the purchase of the tests below). Records written before it are the JSON alone,
 //! which starts with `{`, and read as they are.
 
 use loyalty_core::{Error, Result};
