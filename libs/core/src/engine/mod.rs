@@ -38,6 +38,7 @@ pub mod delivery;
 pub mod health;
 pub mod member;
 mod observe;
+mod records;
 pub mod reindex;
 pub mod scheduler;
 pub mod shard;

@@ -22,10 +22,11 @@ use loyalty_domain::{
 
 use crate::command::{CommandEnvelope, PosCommand};
 use crate::engine::member::{Apply, MemberActor, Passivate, Snapshot};
+use crate::engine::records::BatchRecords;
 use crate::metrics::metrics;
 use crate::ports::{
     CachedStatus, Due, DueWrite, EffectBatch, EventClaim, MemberWrite, OutboxEntry, Partition,
-    ProcessedWrite, Record, StateStore,
+    Record, StateStore,
 };
 use crate::programs::ProgramCache;
 use crate::replies::{EventReply, ReplyResult};
@@ -456,13 +457,12 @@ impl Shard {
                 ids.push(redemption_event_id.clone());
             }
         }
-        let mut known: HashMap<(FranchiseId, EventId), ProcessedEvent> = HashMap::new();
+        // The batch's records: those read here, then the new events' and the updated ones.
+        let mut known = BatchRecords::with_capacity(2 * commands.len());
         for (f, ids) in wanted {
             let found = deps.store.processed(&f, &ids).await?;
-            for (id, rec) in ids.into_iter().zip(found) {
-                if let Some(rec) = rec {
-                    known.insert((f.clone(), id), rec);
-                }
+            for rec in found.into_iter().flatten() {
+                known.read(rec);
             }
         }
 
@@ -470,46 +470,46 @@ impl Shard {
         // told: the claim decides once and for all which command owns an id that a client
         // used twice (for two members, or for a member purchase and an anonymous sale), so a
         // replay in another order after a crash cannot change an outcome already told.
-        let claims: Vec<EventClaim> = commands
+        // Each claim with the position of its command; `owners[i]`: the owner of command i's
+        // event id, if it was claimed here.
+        let (claimed, claims): (Vec<usize>, Vec<EventClaim>) = commands
             .iter()
-            .filter(|(env, _, _)| {
-                !known.contains_key(&(env.franchise_id.clone(), env.event_id.clone()))
+            .enumerate()
+            .filter(|(_, (env, _, _))| !known.contains(&env.franchise_id, &env.event_id))
+            .map(|(i, (env, _, fp))| {
+                let claim = EventClaim {
+                    franchise_id: env.franchise_id.clone(),
+                    event_id: env.event_id.clone(),
+                    fingerprint: *fp,
+                };
+                (i, claim)
             })
-            .map(|(env, _, fp)| EventClaim {
-                franchise_id: env.franchise_id.clone(),
-                event_id: env.event_id.clone(),
-                fingerprint: *fp,
-            })
-            .collect();
-        let owners: HashMap<(FranchiseId, EventId), Fingerprint> = if claims.is_empty() {
-            HashMap::new()
-        } else {
-            let owners = deps.store.claim_events(&claims).await?;
+            .unzip();
+        let mut owners: Vec<Option<Fingerprint>> = vec![None; commands.len()];
+        if !claims.is_empty() {
+            let claimed_owners = deps.store.claim_events(&claims).await?;
             let lost = claims
                 .iter()
-                .zip(&owners)
+                .zip(&claimed_owners)
                 .filter(|(c, owner)| c.fingerprint != **owner)
                 .count();
             let m = &metrics().event_claims;
             m.with_label_values(&["won"])
                 .inc_by((claims.len() - lost) as u64);
             m.with_label_values(&["lost"]).inc_by(lost as u64);
-            claims
-                .into_iter()
-                .zip(owners)
-                .map(|(c, owner)| ((c.franchise_id, c.event_id), owner))
-                .collect()
-        };
+            for (i, owner) in claimed.into_iter().zip(claimed_owners) {
+                owners[i] = Some(owner);
+            }
+        }
 
-        let mut writes: Vec<ProcessedWrite> = Vec::new();
-        let mut write_index: HashMap<(FranchiseId, EventId), usize> = HashMap::new();
-        let mut ledger = Vec::new();
+        let mut ledger = Vec::with_capacity(commands.len());
         // Each changed member with the program (and its version) of its last command.
-        let mut states: HashMap<MemberId, Changed> = HashMap::new();
+        let mut states: HashMap<MemberId, Changed> = HashMap::with_capacity(commands.len());
         // Which command is each member's last of the batch: its reply carries the member's
         // state, so a batch copies a member's state once, however many commands it has.
         let last_of_member = last_of_member(&commands);
-        let mut pending_replies: Vec<(EventReply, Option<MemberId>)> = Vec::new();
+        let mut pending_replies: Vec<(EventReply, Option<MemberId>)> =
+            Vec::with_capacity(commands.len());
         // Members only replayed in this batch: their durable state, to republish.
         let mut replayed_states: HashMap<MemberId, (MemberState, Arc<Program>, u32)> =
             HashMap::new();
@@ -524,11 +524,10 @@ impl Shard {
         let mut held = HeldTally::default();
 
         for (i, ((env, program, fp), parent)) in commands.into_iter().zip(parents).enumerate() {
-            let key = (env.franchise_id.clone(), env.event_id.clone());
-            let delivery = classify(known.get(&key), fp);
+            let delivery = classify(known.get(&env.franchise_id, &env.event_id), fp);
             // New here, but claimed by another command: a conflict, for good.
-            let lost_claim = matches!(delivery, Delivery::New)
-                && owners.get(&key).is_some_and(|owner| *owner != fp);
+            let lost_claim =
+                matches!(delivery, Delivery::New) && owners[i].is_some_and(|owner| owner != fp);
             match delivery {
                 Delivery::Replay(rec) => {
                     tally.add(env.command.kind(), Counted::Replayed);
@@ -544,11 +543,11 @@ impl Shard {
                     }
                     pending_replies.push((
                         EventReply {
-                            franchise_id: env.franchise_id.clone(),
-                            event_id: env.event_id.clone(),
+                            franchise_id: env.franchise_id,
+                            event_id: env.event_id,
                             fingerprint: fp,
-                            request_id: env.request_id.clone(),
-                            reply_to: env.reply_to.clone(),
+                            request_id: env.request_id,
+                            reply_to: env.reply_to,
                             result: ReplyResult::Replayed(rec.outcome.clone()),
                             status: None,
                         },
@@ -561,11 +560,11 @@ impl Shard {
                     tally.add(env.command.kind(), Counted::Conflict);
                     pending_replies.push((
                         EventReply {
-                            franchise_id: env.franchise_id.clone(),
-                            event_id: env.event_id.clone(),
+                            franchise_id: env.franchise_id,
+                            event_id: env.event_id,
                             fingerprint: fp,
-                            request_id: env.request_id.clone(),
-                            reply_to: env.reply_to.clone(),
+                            request_id: env.request_id,
+                            reply_to: env.reply_to,
                             result: ReplyResult::Conflict,
                             status: None,
                         },
@@ -616,8 +615,7 @@ impl Shard {
                             amount_cents,
                             ..
                         } => {
-                            let recorded =
-                                known.get(&(env.franchise_id.clone(), purchase_event_id.clone()));
+                            let recorded = known.get(&env.franchise_id, purchase_event_id);
                             let purchase = recorded
                                 .filter(|r| r.member_id.as_ref() == Some(m))
                                 .and_then(|r| match &r.outcome {
@@ -657,7 +655,7 @@ impl Shard {
                         } => MemberCommand::CancelRedemption {
                             redemption_event_id: redemption_event_id.clone(),
                             redemption: known
-                                .get(&(env.franchise_id.clone(), redemption_event_id.clone()))
+                                .get(&env.franchise_id, redemption_event_id)
                                 .filter(|r| r.member_id.as_ref() == Some(m))
                                 .and_then(RedemptionRecord::of),
                         },
@@ -751,21 +749,9 @@ impl Shard {
                 ..
             } = &outcome
             {
-                let pkey = (env.franchise_id.clone(), purchase_event_id.clone());
-                if let Some(mut rec) = known.get(&pkey).cloned() {
+                known.update(&env.franchise_id, purchase_event_id, |rec| {
                     rec.outcome = Outcome::Purchase(purchase.clone());
-                    known.insert(pkey.clone(), rec.clone());
-                    match write_index.get(&pkey) {
-                        Some(&i) => writes[i].record = rec,
-                        None => {
-                            write_index.insert(pkey, writes.len());
-                            writes.push(ProcessedWrite {
-                                record: rec,
-                                insert: false,
-                            });
-                        }
-                    }
-                }
+                });
             }
 
             // A cancellation marks the redemption it cancels, so a second one is refused.
@@ -774,14 +760,11 @@ impl Shard {
                 ..
             } = &outcome
             {
-                let rkey = (env.franchise_id.clone(), redemption_event_id.clone());
-                mark_cancelled(
-                    &mut known,
-                    &mut writes,
-                    &mut write_index,
-                    rkey,
-                    &env.event_id,
-                );
+                known.update(&env.franchise_id, redemption_event_id, |rec| {
+                    if let Outcome::Redemption { cancelled_by, .. } = &mut rec.outcome {
+                        *cancelled_by = Some(env.event_id.clone());
+                    }
+                });
             }
 
             let record = ProcessedEvent {
@@ -793,19 +776,15 @@ impl Shard {
                 at: env.at(),
                 outcome: outcome.clone(),
             };
-            known.insert(key.clone(), record.clone());
-            write_index.insert(key, writes.len());
-            writes.push(ProcessedWrite {
-                record,
-                insert: true,
-            });
+            known.insert_new(record);
+            // The envelope's last use: the reply takes its ids.
             pending_replies.push((
                 EventReply {
-                    franchise_id: env.franchise_id.clone(),
-                    event_id: env.event_id.clone(),
+                    franchise_id: env.franchise_id,
+                    event_id: env.event_id,
                     fingerprint: fp,
-                    request_id: env.request_id.clone(),
-                    reply_to: env.reply_to.clone(),
+                    request_id: env.request_id,
+                    reply_to: env.reply_to,
                     result: ReplyResult::Applied(outcome),
                     status: None,
                 },
@@ -855,7 +834,7 @@ impl Shard {
         let batch = EffectBatch {
             members,
             ledger,
-            processed: writes,
+            processed: known.into_writes(),
             dashboard,
             outbox,
         };
@@ -956,34 +935,6 @@ fn last_of_member(commands: &[(CommandEnvelope, Arc<Program>, Fingerprint)]) -> 
         is_last[i] = true;
     }
     is_last
-}
-
-/// Marks the redemption recorded under `key` as cancelled by `by`, in the batch's view of the
-/// records and in its writes (an update of the record, or of the batch's insert of it).
-fn mark_cancelled(
-    known: &mut HashMap<(FranchiseId, EventId), ProcessedEvent>,
-    writes: &mut Vec<ProcessedWrite>,
-    write_index: &mut HashMap<(FranchiseId, EventId), usize>,
-    key: (FranchiseId, EventId),
-    by: &EventId,
-) {
-    let Some(rec) = known.get_mut(&key) else {
-        return;
-    };
-    if let Outcome::Redemption { cancelled_by, .. } = &mut rec.outcome {
-        *cancelled_by = Some(by.clone());
-    }
-    let rec = rec.clone();
-    match write_index.get(&key) {
-        Some(&i) => writes[i].record = rec,
-        None => {
-            write_index.insert(key, writes.len());
-            writes.push(ProcessedWrite {
-                record: rec,
-                insert: false,
-            });
-        }
-    }
 }
 
 /// The bytes served at the till for a member, rendered with version `program_version` of its
