@@ -22,13 +22,12 @@ struct Entry {
 }
 
 /// The records of one batch, by (franchise, event id).
-#[derive(Default)]
 pub(crate) struct BatchRecords {
     hasher: DefaultHashBuilder,
     /// Positions in `entries`, hashed by their record's (franchise, event id).
     index: HashTable<usize>,
     entries: Vec<Entry>,
-    /// Positions of the entries to write, in the order of their first write.
+    /// Positions of the entries to write (each once), in the order of their first write.
     writes: Vec<usize>,
 }
 
@@ -43,12 +42,8 @@ impl BatchRecords {
         }
     }
 
-    fn hash(&self, franchise: &str, event: &str) -> u64 {
-        self.hasher.hash_one((franchise, event))
-    }
-
     fn position(&self, franchise: &FranchiseId, event: &EventId) -> Option<usize> {
-        let hash = self.hash(franchise.as_str(), event.as_str());
+        let hash = self.hasher.hash_one((franchise.as_str(), event.as_str()));
         self.index
             .find(hash, |&i| {
                 let r = &self.entries[i].record;
@@ -68,22 +63,28 @@ impl BatchRecords {
         self.position(franchise, event).is_some()
     }
 
-    /// Adds `record` (or replaces the batch's record of its id) and returns its position.
-    fn put(&mut self, record: ProcessedEvent, write: Option<bool>) -> usize {
+    /// Puts `record` in the table (replacing the batch's record of its id, whose write, if
+    /// any, stays where it was) with `write` as its write if it has none yet; returns its
+    /// position and whether it had one.
+    fn put(&mut self, record: ProcessedEvent, write: Option<bool>) -> (usize, bool) {
         if let Some(i) = self.position(&record.franchise_id, &record.event_id) {
-            self.entries[i] = Entry { record, write };
-            return i;
+            let entry = &mut self.entries[i];
+            let had = entry.write.is_some();
+            entry.record = record;
+            entry.write = write.or(entry.write);
+            return (i, had);
         }
         let i = self.entries.len();
-        let hash = self.hash(record.franchise_id.as_str(), record.event_id.as_str());
+        let hash = self
+            .hasher
+            .hash_one((record.franchise_id.as_str(), record.event_id.as_str()));
         self.entries.push(Entry { record, write });
-        let entries = &self.entries;
-        let hasher = &self.hasher;
+        let (entries, hasher) = (&self.entries, &self.hasher);
         self.index.insert_unique(hash, i, |&j| {
             let r = &entries[j].record;
             hasher.hash_one((r.franchise_id.as_str(), r.event_id.as_str()))
         });
-        i
+        (i, false)
     }
 
     /// A record read from the store: known to the batch, written only if updated.
@@ -93,11 +94,8 @@ impl BatchRecords {
 
     /// A new event's record, which the commit inserts (it must not exist in the store).
     pub(crate) fn insert_new(&mut self, record: ProcessedEvent) {
-        let written = self
-            .position(&record.franchise_id, &record.event_id)
-            .is_some_and(|i| self.entries[i].write.is_some());
-        let i = self.put(record, Some(true));
-        if !written {
+        let (i, had_write) = self.put(record, Some(true));
+        if !had_write {
             self.writes.push(i);
         }
     }
@@ -126,14 +124,13 @@ impl BatchRecords {
     /// The records to write, in the order of their first write.
     pub(crate) fn into_writes(self) -> Vec<ProcessedWrite> {
         let mut entries: Vec<Option<Entry>> = self.entries.into_iter().map(Some).collect();
+        // Every position in `writes` is there once and its entry has a write.
         self.writes
             .into_iter()
             .filter_map(|i| entries[i].take())
-            .filter_map(|e| {
-                e.write.map(|insert| ProcessedWrite {
-                    record: e.record,
-                    insert,
-                })
+            .map(|e| ProcessedWrite {
+                insert: e.write == Some(true),
+                record: e.record,
             })
             .collect()
     }
