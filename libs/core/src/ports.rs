@@ -340,6 +340,19 @@ pub trait StateStore: Send + Sync + 'static {
     /// in the same call, the first wins.
     async fn claim_events(&self, claims: &[EventClaim]) -> Result<Vec<Fingerprint>>;
 
+    /// Whether [`StateStore::commit`] is itself the claim of the event ids it records, so that
+    /// the engine claims nothing before applying a batch. A store that says so serializes every
+    /// commit (one writer), makes a commit durable before it returns, and refuses (a
+    /// [`crate::Error::Conflict`]) a batch with a record to insert whose event id is already
+    /// recorded or claimed by another command; its [`StateStore::claim_events`] answers a
+    /// recorded id's owner. The first commit of an id then owns it, durably, before any outcome
+    /// is told, as a claim would, and a batch costs one store round trip and one fsync instead
+    /// of two of each. Stores whose commits may be lost by a crash until a sync, or that
+    /// commit partition by partition (ScyllaDB), keep the default: claims first.
+    fn commit_claims_events(&self) -> bool {
+        false
+    }
+
     /// The dashboards' aggregates of `franchise` for the days `from..=to` (every store and
     /// scope), in no particular order.
     async fn dashboard_rows(
@@ -398,17 +411,18 @@ pub trait StateStore: Send + Sync + 'static {
     /// recorded events as replays, as the engine's shards do.
     ///
     /// On return the effects are visible to every reader; they are durable once a later
-    /// [`StateStore::sync`] has returned (at once, for a store that says so).
+    /// [`StateStore::sync`] has returned (at once, for a store that says so, and for one whose
+    /// commit claims, [`StateStore::commit_claims_events`]).
     async fn commit(&self, batch: EffectBatch) -> Result<()>;
 
     /// Makes every commit that returned before this call durable.
     ///
-    /// A store may make commits visible before they are durable (the embedded store does, so
-    /// that one fsync covers many batches) because every command is already durable in the log
+    /// A store may make commits visible before they are durable (the faulty test store can act
+    /// so; the embedded store did, before its commit became the claim of its event ids) because every command is already durable in the log
     /// and the engine commits a partition's offset only after a `sync` that covers the batches
     /// before it: a crash rolls the store back to its last sync, and the log delivers again
     /// what came after, which the engine applies again, in the same order, to the same effects.
-    /// Stores whose commits are durable on return (ScyllaDB) need not do anything.
+    /// Stores whose commits are durable on return (embedded, ScyllaDB) need not do anything.
     async fn sync(&self) -> Result<()> {
         Ok(())
     }

@@ -5,6 +5,11 @@
 //!
 //! Every switch is an atomic the test flips while the engine runs; the wrapper counts what it
 //! was asked, so a test can assert that the engine did retry, back off, or stop.
+//!
+//! Its commits can be forgotten (`forget_commits`: lost by a crash before a sync), so it never
+//! says that its commit is a claim ([`StateStore::commit_claims_events`]), whatever the store it
+//! wraps: the engine claims event ids first on it, as on any store whose commits a crash can
+//! take back.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

@@ -81,6 +81,9 @@ pub async fn run_all(store: Arc<dyn StateStore>) -> R {
         .await
         .context("sync_keeps_every_commit")?;
     claims_first_wins(s).await.context("claims_first_wins")?;
+    commit_is_the_claim(s)
+        .await
+        .context("commit_is_the_claim")?;
     refused_batches_are_atomic_per_member(s)
         .await
         .context("refused_batches_are_atomic_per_member")?;
@@ -1321,6 +1324,68 @@ pub async fn claims_first_wins(store: &dyn StateStore) -> R {
         .claim_events(&[claim(&sc.franchise, &e1, a), claim(&sc.franchise, &e2, a)])
         .await?;
     ensure!(got == vec![a, b], "claims changed: {got:?}");
+    Ok(())
+}
+
+/// On a store whose commit is the claim of the event ids it records
+/// ([`StateStore::commit_claims_events`]; other stores have nothing to check here): a recorded
+/// id is owned by its record's command for every later claim; a batch recording an id that
+/// another command claimed is refused and writes nothing; one recording an id its own command
+/// claimed is written.
+pub async fn commit_is_the_claim(store: &dyn StateStore) -> R {
+    if !store.commit_claims_events() {
+        return Ok(());
+    }
+    let mut sc = Scenario::new("commit-claims")?;
+    let m = sc.member(1)?;
+    let v1 = sc.enrolled(store, &m).await?;
+    let other = Fingerprint::of(&[b"another command"]);
+    let claim = |r: &ProcessedEvent, fingerprint| EventClaim {
+        franchise_id: r.franchise_id.clone(),
+        event_id: r.event_id.clone(),
+        fingerprint,
+    };
+
+    let first = sc.purchase(&v1, 1000)?;
+    store.commit(first.batch(v1.version)).await?;
+    let got = store.claim_events(&[claim(&first.record, other)]).await?;
+    ensure!(
+        got == vec![first.record.fingerprint],
+        "a recorded id is owned by its record's command: {got:?}"
+    );
+
+    let v2 = first.state.clone().ok_or_else(|| anyhow!("no state"))?;
+    let second = sc.purchase(&v2, 2000)?;
+    store.claim_events(&[claim(&second.record, other)]).await?;
+    let r = store.commit(second.batch(v2.version)).await;
+    ensure!(
+        is_conflict(&r),
+        "recording an id another command claimed: {r:?}"
+    );
+    ensure!(
+        store.member(&m).await?.as_ref() == Some(&v2),
+        "a refused batch wrote its member"
+    );
+    let found = store
+        .processed(&sc.franchise, std::slice::from_ref(&second.record.event_id))
+        .await?;
+    ensure!(
+        found == vec![None],
+        "a refused batch wrote its record: {found:?}"
+    );
+
+    let third = sc.purchase(&v2, 3000)?;
+    store
+        .claim_events(&[claim(&third.record, third.record.fingerprint)])
+        .await?;
+    store.commit(third.batch(v2.version)).await?;
+    let found = store
+        .processed(&sc.franchise, std::slice::from_ref(&third.record.event_id))
+        .await?;
+    ensure!(
+        found == vec![Some(third.record.clone())],
+        "an id claimed by its own command is recorded: {found:?}"
+    );
     Ok(())
 }
 

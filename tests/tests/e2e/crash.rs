@@ -2,10 +2,9 @@
 //! stream purchases; after a restart on the same data, every purchase that got a 2xx is applied
 //! exactly once, and re-sending every purchase (answered or not) changes nothing more.
 //!
-//! Half the clients wait for the effect (`?wait_ms`, 200 with the outcome): the store makes
-//! effects visible before its next sync, so some of these outcomes were told to the client
-//! from effects the kill took back; the log gives them again, and the outcome the platform
-//! keeps must be the one the client was told.
+//! Half the clients wait for the effect (`?wait_ms`, 200 with the outcome): the outcome told
+//! must be the one the platform keeps, whether the kill took the effect back (the log gives it
+//! again) or not (the store's commit was durable before it was told).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -1,7 +1,9 @@
 //! The engine under store faults, on the embedded log with the embedded store behind
 //! [`FaultyStore`]:
 //! - an event id reused for two members keeps the owner it was first told with, whatever
-//!   order the partitions are applied in again after a crash;
+//!   order the partitions are applied in again after a crash (claimed before applying, on a
+//!   store whose commits a crash can take back), and has one owner, the first commit, on the
+//!   embedded store, whose durable commit is the claim;
 //! - a partition whose store writes fail (transiently, or permanently) neither freezes the
 //!   other partitions nor loses anything;
 //! - batches only partly committed (a per-member store losing its connection mid-batch) are
@@ -162,6 +164,106 @@ async fn a_reused_event_id_keeps_the_owner_it_was_told_with() {
     assert_eq!(rec.member_id.as_ref(), Some(&w.member(a)));
     let b_state = w.store.member(&w.member(b)).await.unwrap().unwrap();
     assert_eq!(b_state.visits, 0, "member b was charged for a's event id");
+}
+
+/// Sends every command of `uses` at once and returns, in order, what each was told.
+async fn send_all(
+    w: &World,
+    uses: &[loyalty_core::command::CommandEnvelope],
+    waiters: Arc<ReplyWaiters>,
+) -> Vec<ReplyResult> {
+    let registered: Vec<_> = uses
+        .iter()
+        .map(|u| waiters.register(&u.franchise_id, &u.event_id, u.fingerprint()))
+        .collect();
+    join_all(uses.iter().map(|u| w.send(u.clone()))).await;
+    let mut told = Vec::new();
+    for r in registered {
+        let reply = r.wait(WAIT).await.expect("every use is answered");
+        told.push(reply.result.clone());
+    }
+    told
+}
+
+/// On the embedded store the batch's durable commit is the claim of its event ids
+/// (`StateStore::commit_claims_events`): ids reused for two members on two partitions, sent at
+/// once so that both partitions apply them side by side, get one owner each, the first commit;
+/// the other use is a conflict. After the node is killed and another one started, every use
+/// sent again answers what it was first told, and each member holds only the ids it owns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reused_event_ids_applied_side_by_side_have_one_owner_for_good() {
+    const IDS: usize = 40;
+    let w = World::new(Backend::Embedded).await.expect("embedded world");
+    assert!(
+        w.store.commit_claims_events(),
+        "the embedded store's commit is the claim"
+    );
+    let (a, b) = two_partitions(&w);
+    w.enrol(b + 1).await;
+    let mut n = w.node("enrol");
+    w.wait_enrolled(b + 1).await;
+    n.stop();
+    let start = |name: &str, replies: Arc<ReplyWaiters>| {
+        EngineNode::start_with_replies(
+            name,
+            Arc::clone(&w.log),
+            Arc::clone(&w.store) as Arc<dyn StateStore>,
+            Arc::clone(&w.cache),
+            EngineConfig {
+                max_batch: 8,
+                ..EngineConfig::default()
+            },
+            replies as Arc<dyn ReplySink>,
+        )
+    };
+    let uses: Vec<_> = (0..IDS)
+        .flat_map(|k| {
+            let id = format!("twice-{k}");
+            [
+                purchase(&w, a, &id, 1000 + k as i64),
+                purchase(&w, b, &id, 2000 + k as i64),
+            ]
+        })
+        .collect();
+
+    let waiters = ReplyWaiters::new();
+    let mut first = start("first", Arc::clone(&waiters));
+    let told = send_all(&w, &uses, waiters).await;
+    first.kill();
+    let mut owned = [0u64; 2];
+    for (k, pair) in told.chunks(2).enumerate() {
+        let won: Vec<usize> = (0..2)
+            .filter(|&side| matches!(pair[side], ReplyResult::Applied(_)))
+            .collect();
+        let lost = pair
+            .iter()
+            .filter(|r| matches!(r, ReplyResult::Conflict))
+            .count();
+        assert!(
+            won.len() == 1 && lost == 1,
+            "twice-{k}: one use applied, the other a conflict: {pair:?}"
+        );
+        owned[won[0]] += 1;
+    }
+
+    let waiters = ReplyWaiters::new();
+    let _second = start("second", Arc::clone(&waiters));
+    let again = send_all(&w, &uses, waiters).await;
+    for (k, (before, after)) in told.iter().zip(&again).enumerate() {
+        let same = match (before, after) {
+            (ReplyResult::Applied(o), ReplyResult::Replayed(p)) => o == p,
+            (ReplyResult::Conflict, ReplyResult::Conflict) => true,
+            _ => false,
+        };
+        assert!(same, "use {k} was told {before:?}, then {after:?}");
+    }
+    for (side, member) in [a, b].into_iter().enumerate() {
+        let state = w.store.member(&w.member(member)).await.unwrap().unwrap();
+        assert_eq!(
+            state.visits, owned[side],
+            "member {member} holds exactly the ids it owns"
+        );
+    }
 }
 
 /// Defect: one partition whose store writes fail froze the whole node (one `join_all` over

@@ -469,13 +469,19 @@ impl Shard {
         // Every event id not recorded yet is claimed, durably, before anything is applied or
         // told: the claim decides once and for all which command owns an id that a client
         // used twice (for two members, or for a member purchase and an anonymous sale), so a
-        // replay in another order after a crash cannot change an outcome already told.
+        // replay in another order after a crash cannot change an outcome already told. On a
+        // store whose commit is the claim, nothing is claimed here: the batch's durable commit
+        // decides, and a batch that lost an id to another partition's commit is refused and
+        // processed again, finding the owner's record.
         // Each claim with the position of its command; `owners[i]`: the owner of command i's
         // event id, if it was claimed here.
+        let claim_first = !deps.store.commit_claims_events();
         let (claimed, claims): (Vec<usize>, Vec<EventClaim>) = commands
             .iter()
             .enumerate()
-            .filter(|(_, (env, _, _))| !known.contains(&env.franchise_id, &env.event_id))
+            .filter(|(_, (env, _, _))| {
+                claim_first && !known.contains(&env.franchise_id, &env.event_id)
+            })
             .map(|(i, (env, _, fp))| {
                 let claim = EventClaim {
                     franchise_id: env.franchise_id.clone(),

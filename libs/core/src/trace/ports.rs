@@ -218,6 +218,9 @@ impl StateStore for TracedStore {
     async fn claim_events(&self, claims: &[EventClaim]) -> Result<Vec<Fingerprint>> {
         store(self.system, "claim_events", self.inner.claim_events(claims)).await
     }
+    fn commit_claims_events(&self) -> bool {
+        self.inner.commit_claims_events()
+    }
     async fn dashboard_rows(&self, f: &FranchiseId, from: Day, to: Day) -> Result<DashboardRows> {
         let call = self.inner.dashboard_rows(f, from, to);
         store(self.system, "dashboard_rows", call).await

@@ -77,6 +77,18 @@ pub(super) fn decode(
     }
 }
 
+/// The fingerprint of the command that owns the record stored as `bytes` (either form), read
+/// without decoding the rest in this form.
+pub(super) fn owner(franchise: &FranchiseId, event: &EventId, bytes: &[u8]) -> Result<Fingerprint> {
+    match bytes.split_first() {
+        Some((&FORMAT, rest)) => rest
+            .first_chunk::<16>()
+            .map(|f| Fingerprint(*f))
+            .ok_or_else(|| Error::Corrupt("processed event: a truncated value".into())),
+        _ => Ok(decode(franchise, event, bytes)?.fingerprint),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,17 +3,10 @@
 //! Once a write fails at the file level (a full disk, a file size limit, an EIO), redb refuses
 //! every later transaction with `PreviousIo` until the database is closed and opened again, and
 //! opening it again brings back its last *durable* commit. [`DbSlot`] holds the database so
-//! that the writer thread can close and reopen it:
-//! - when nothing was committed since the last durable sync, the reopened file is exactly what
-//!   the engine believes is stored, and the store goes on by itself once the file can be
-//!   written again (meanwhile every operation fails as unavailable, a transient error: the
-//!   engine backs off and retries, and nothing new is acknowledged);
-//! - when commits not yet durable would be lost by the reopen, the engine's members in memory
-//!   would be ahead of the store: the store stays closed instead ([`DbSlot::close_for_good`]),
-//!   says so at ERROR, and refuses every operation until the process restarts. Nothing
-//!   acknowledged is lost: the log's offsets were not committed past the last durable sync,
-//!   so after the restart the log delivers those commands again and they are applied again,
-//!   with the outcomes already told.
+//! that the writer thread can close and reopen it. Every commit the store answers is durable,
+//! so the reopened file is exactly what the engine believes is stored: the store goes on by
+//! itself once the file can be written again (meanwhile every operation fails as unavailable,
+//! a transient error: the engine backs off and retries, and nothing new is acknowledged).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,8 +24,6 @@ pub(super) struct DbSlot {
     /// `None` while closed: after an I/O error, until a reopen succeeds.
     db: RwLock<Option<Arc<Database>>>,
     last_attempt: Mutex<Option<Instant>>,
-    /// Why the database stays closed until the process restarts, once it must.
-    closed_for_good: Mutex<Option<String>>,
 }
 
 impl DbSlot {
@@ -43,7 +34,6 @@ impl DbSlot {
             cache_bytes,
             db: RwLock::new(Some(Arc::new(db))),
             last_attempt: Mutex::new(None),
-            closed_for_good: Mutex::new(None),
         })
     }
 
@@ -76,35 +66,15 @@ impl DbSlot {
         }
     }
 
-    /// Closed after an I/O error and waiting to be reopened (not closed for good).
+    /// Closed after an I/O error and waiting to be reopened.
     pub(super) fn awaits_reopen(&self) -> bool {
-        self.db.read().is_none() && self.closed_for_good.lock().is_none()
-    }
-
-    /// Closes the database until the process restarts, because reopening it would lose
-    /// commits that are not durable yet (see the module's documentation).
-    pub(super) fn close_for_good(&self, why: &str) {
-        let mut reason = self.closed_for_good.lock();
-        if reason.is_some() {
-            return;
-        }
-        *reason = Some(why.to_owned());
-        self.db.write().take();
-        tracing::error!(
-            error = why,
-            "embedded store: an I/O error lost writes not yet durable; the store refuses every \
-             operation until the process restarts (nothing acknowledged is lost: the log \
-             delivers those commands again after the restart)"
-        );
+        self.db.read().is_none()
     }
 
     /// Closes the database and opens it again, at most once per [`REOPEN_EVERY`]; `true` when
     /// it is open afterwards. A reader in the middle of starting a transaction keeps the old
     /// database alive: the close then waits for the next attempt.
     pub(super) fn reopen(&self) -> bool {
-        if self.closed_for_good.lock().is_some() {
-            return false;
-        }
         {
             let mut last = self.last_attempt.lock();
             if last.is_some_and(|t| t.elapsed() < REOPEN_EVERY) {
