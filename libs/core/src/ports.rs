@@ -418,10 +418,10 @@ pub trait StateStore: Send + Sync + 'static {
     /// Makes every commit that returned before this call durable.
     ///
     /// A store may make commits visible before they are durable (the faulty test store can act
-    /// so; the embedded store did, before its commit became the claim of its event ids) because every command is already durable in the log
-    /// and the engine commits a partition's offset only after a `sync` that covers the batches
-    /// before it: a crash rolls the store back to its last sync, and the log delivers again
-    /// what came after, which the engine applies again, in the same order, to the same effects.
+    /// so) because every command is already durable in the log and the engine commits a
+    /// partition's offset only after a `sync` that covers the batches before it: a crash rolls
+    /// the store back to its last sync, and the log delivers again what came after, which the
+    /// engine applies again, in the same order, to the same effects.
     /// Stores whose commits are durable on return (embedded, ScyllaDB) need not do anything.
     async fn sync(&self) -> Result<()> {
         Ok(())

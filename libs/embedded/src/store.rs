@@ -485,7 +485,7 @@ fn writer_loop(db: &DbSlot, mut rx: mpsc::Receiver<WriteRequest>) {
 }
 
 /// What one group transaction is asked to write.
-#[derive(Default, Clone, Copy)]
+#[derive(Clone, Copy)]
 struct GroupRequests<'a> {
     batches: &'a [EncodedBatch],
     claims: &'a [Vec<EventClaim>],

@@ -1355,6 +1355,7 @@ pub async fn commit_is_the_claim(store: &dyn StateStore) -> R {
     );
 
     let v2 = first.state.clone().ok_or_else(|| anyhow!("no state"))?;
+    let ledger = store.ledger(&m, None, 100).await?;
     let second = sc.purchase(&v2, 2000)?;
     store.claim_events(&[claim(&second.record, other)]).await?;
     let r = store.commit(second.batch(v2.version)).await;
@@ -1362,17 +1363,8 @@ pub async fn commit_is_the_claim(store: &dyn StateStore) -> R {
         is_conflict(&r),
         "recording an id another command claimed: {r:?}"
     );
-    ensure!(
-        store.member(&m).await?.as_ref() == Some(&v2),
-        "a refused batch wrote its member"
-    );
-    let found = store
-        .processed(&sc.franchise, std::slice::from_ref(&second.record.event_id))
-        .await?;
-    ensure!(
-        found == vec![None],
-        "a refused batch wrote its record: {found:?}"
-    );
+    let events = std::slice::from_ref(&second.record.event_id);
+    refusal_wrote_nothing(store, "an id claimed by another", &v2, &ledger, events).await?;
 
     let third = sc.purchase(&v2, 3000)?;
     store
@@ -1413,21 +1405,8 @@ pub async fn refused_batches_are_atomic_per_member(store: &dyn StateStore) -> R 
     let r = store.commit(batch).await;
     ensure!(is_conflict(&r), "a batch with a stale member: {r:?}");
 
-    ensure!(
-        store.member(&b).await?.as_ref() == Some(&b2),
-        "fenced member changed"
-    );
-    ensure!(
-        store.ledger(&b, None, 100).await? == ledger_b,
-        "fenced ledger changed"
-    );
-    let rec = store
-        .processed(&sc.franchise, std::slice::from_ref(&stale.record.event_id))
-        .await?;
-    ensure!(
-        rec == vec![None],
-        "record of a fenced member's event written"
-    );
+    let events = std::slice::from_ref(&stale.record.event_id);
+    refusal_wrote_nothing(store, "the fenced member", &b2, &ledger_b, events).await?;
 
     // `a`'s share: all or nothing.
     let state = store.member(&a).await?;
@@ -1543,6 +1522,32 @@ fn id<T>(r: Result<T, loyalty_domain::DomainError>) -> anyhow::Result<T> {
 
 fn is_conflict(r: &loyalty_core::Result<()>) -> bool {
     matches!(r, Err(Error::Conflict(_)))
+}
+
+/// What a refused batch (`what`) must leave as it was: the member's stored state (`state`),
+/// its ledger (`ledger`, read before the batch) and the absence of a record of each of `events`.
+async fn refusal_wrote_nothing(
+    store: &dyn StateStore,
+    what: &str,
+    state: &MemberState,
+    ledger: &[LedgerEntry],
+    events: &[EventId],
+) -> R {
+    let member = &state.member_id;
+    ensure!(
+        store.member(member).await?.as_ref() == Some(state),
+        "{what}: the member changed"
+    );
+    ensure!(
+        store.ledger(member, None, 100).await? == ledger,
+        "{what}: the ledger changed"
+    );
+    let found = store.processed(&state.franchise_id, events).await?;
+    ensure!(
+        found == vec![None; events.len()],
+        "{what}: records written: {found:?}"
+    );
+    Ok(())
 }
 
 impl Scenario {
@@ -1837,23 +1842,12 @@ pub async fn versions_fence_writes(store: &dyn StateStore) -> R {
         "expected_version ahead of the store: {r:?}"
     );
 
-    ensure!(
-        store.member(&m).await?.as_ref() == Some(&v2),
-        "member changed by a refused batch"
-    );
-    ensure!(
-        store.ledger(&m, None, 100).await? == ledger_before,
-        "ledger changed by a refused batch"
-    );
     let refused = [
         stale.record.event_id.clone(),
         twice.record.event_id.clone(),
         future.record.event_id.clone(),
     ];
-    ensure!(
-        store.processed(&sc.franchise, &refused).await? == vec![None, None, None],
-        "records written by a refused batch"
-    );
+    refusal_wrote_nothing(store, "fenced batches", &v2, &ledger_before, &refused).await?;
 
     // The right version still goes through, and the refused events can then be applied.
     let retry = sc.purchase(&v2, 700)?;
