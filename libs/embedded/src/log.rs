@@ -3,6 +3,7 @@
 //!
 //! # Layout on disk
 //! ```text
+//! <dir>/journal.wal                           the group commits since the last checkpoint
 //! <dir>/<topic>/topic.json                    {"partitions": N}, written atomically
 //! <dir>/<topic>/p00000.log ...                one append-only file per partition
 //! <dir>/<topic>/groups/<group>.offsets.json   committed offsets of a group, written atomically
@@ -15,7 +16,9 @@
 //! # Durability
 //! `append` returns once its record is on disk (`fdatasync`). All appends go through one writer
 //! thread that commits them in groups: everything queued while the previous sync ran is
-//! written with one write per partition and made durable with one sync per touched file, so
+//! written with one write per partition, then recorded in the journal and made durable with
+//! one sync of the journal alone, however many partitions the group touched (module `journal`:
+//! checkpoints sync the partition files and empty it; opening the log replays it first). So
 //! many concurrent appenders share the cost of each sync. A record becomes visible to readers
 //! only once it is durable. Topic metadata and offsets are written to a temporary file, synced,
 //! renamed over the old one, and the directory synced.
@@ -31,6 +34,7 @@
 
 mod frame;
 mod group;
+mod journal;
 mod partition;
 #[cfg(test)]
 mod tests;
@@ -78,6 +82,11 @@ pub struct LogConfig {
     /// The most bytes one group commit takes (it always takes at least one append).
     /// Default 16 MiB.
     pub max_batch_bytes: usize,
+    /// How often the writer syncs the partition files and empties the journal while it
+    /// writes, and after how long idle (module `journal`). Default 1 s.
+    pub checkpoint_every: Duration,
+    /// The journal's size that makes a checkpoint due at once. Default 64 MiB.
+    pub checkpoint_bytes: u64,
 }
 
 impl Default for LogConfig {
@@ -88,6 +97,8 @@ impl Default for LogConfig {
             max_read_bytes: 4 << 20,
             max_batch_records: 8192,
             max_batch_bytes: 16 << 20,
+            checkpoint_every: Duration::from_secs(1),
+            checkpoint_bytes: 64 << 20,
         }
     }
 }
@@ -135,6 +146,9 @@ impl EmbeddedLog {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir)
             .map_err(|e| io_error(&format!("creating {}", dir.display()), e))?;
+        // Before any partition file is scanned: the journal holds what a crash may have taken
+        // from them.
+        journal::replay(&dir)?;
         let mut topics = HashMap::new();
         let entries = std::fs::read_dir(&dir)
             .map_err(|e| io_error(&format!("listing {}", dir.display()), e))?;
@@ -175,9 +189,16 @@ impl EmbeddedLog {
             max_records: config.max_batch_records.max(1),
             max_bytes: config.max_batch_bytes.max(1),
         };
+        let journal = journal::Journal::open(
+            &dir,
+            journal::CheckpointPolicy {
+                every: config.checkpoint_every.max(Duration::from_millis(1)),
+                bytes: config.checkpoint_bytes.max(1),
+            },
+        )?;
         let writer_thread = std::thread::Builder::new()
             .name("embedded-log-writer".into())
-            .spawn(move || partition::run_writer(rx, limits))
+            .spawn(move || partition::run_writer(rx, limits, journal))
             .map_err(|e| Error::Unavailable(format!("cannot start the log writer: {e}")))?;
         tracing::info!(dir = %dir.display(), topics = topics.len(), "embedded log open");
         Ok(Arc::new(EmbeddedLog {

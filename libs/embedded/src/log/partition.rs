@@ -2,8 +2,9 @@
 //!
 //! Each partition is one append-only file. Only the writer thread writes to it; readers use
 //! positional reads of the same file handle. A record becomes visible (its position is published
-//! in the index, `end_offset` counts it, consumers are woken) only after the `fdatasync` that
-//! made it durable: a reader never sees a record a crash could take back.
+//! in the index, `end_offset` counts it, consumers are woken) only after the journal's
+//! `fdatasync` that made it durable (`super::journal`): a reader never sees a record a crash
+//! could take back.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -19,6 +20,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::frame;
 use super::io_error;
+use super::journal::{Entry, Journal};
 
 /// One topic: its partitions and the signal that wakes its consumers.
 pub(crate) struct Topic {
@@ -122,6 +124,16 @@ impl PartitionLog {
         })
     }
 
+    /// The topic the partition belongs to.
+    pub(crate) fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The partition's file.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The offset the next record will get.
     pub fn end_offset(&self) -> Offset {
         self.index.read().positions.len() as Offset
@@ -188,14 +200,30 @@ pub(crate) struct BatchLimits {
 }
 
 /// The writer thread: takes every append waiting in the queue (up to the batch limits), writes
-/// each partition's share with one positional write, makes each touched file durable with one
-/// `fdatasync`, publishes the new records and only then acknowledges every appender. Appends
-/// that arrive while a batch is being synced wait in the queue and form the next batch, so the
-/// cost of a sync is shared by every concurrent appender (group commit).
-pub(crate) fn run_writer(queue: mpsc::Receiver<AppendRequest>, limits: BatchLimits) {
+/// each partition's share with one positional write, makes the whole group durable with one
+/// journal write and one `fdatasync` (see [`super::journal`]), publishes the new records and
+/// only then acknowledges every appender. Appends that arrive while a batch is being synced
+/// wait in the queue and form the next batch, so the cost of a sync is shared by every
+/// concurrent appender (group commit). Checkpoints run between batches, and once more when
+/// the queue closes.
+pub(crate) fn run_writer(
+    queue: mpsc::Receiver<AppendRequest>,
+    limits: BatchLimits,
+    mut journal: Journal,
+) {
     let syncers = Syncers::start(SYNC_THREADS);
     let mut batch: Vec<AppendRequest> = Vec::new();
-    while let Ok(first) = queue.recv() {
+    loop {
+        let first = match queue.recv_timeout(journal.idle_wait()) {
+            Ok(first) => first,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if journal.checkpoint_due(true) {
+                    journal.checkpoint(&syncers);
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         let mut bytes = first.frame.len();
         batch.push(first);
         while batch.len() < limits.max_records && bytes < limits.max_bytes {
@@ -207,8 +235,12 @@ pub(crate) fn run_writer(queue: mpsc::Receiver<AppendRequest>, limits: BatchLimi
                 Err(_) => break,
             }
         }
-        commit_batch(&mut batch, &syncers);
+        commit_batch(&mut batch, &mut journal);
+        if journal.checkpoint_due(false) {
+            journal.checkpoint(&syncers);
+        }
     }
+    journal.checkpoint(&syncers);
     tracing::debug!("embedded log writer stopped");
 }
 
@@ -224,7 +256,7 @@ type SyncJob = (
 /// Threads that `fdatasync` the files of a group commit concurrently, so that a batch that
 /// touched many partitions waits for about the slowest flush rather than for all of them in a
 /// row (the filesystem's journal and the disk merge concurrent flushes).
-struct Syncers {
+pub(crate) struct Syncers {
     jobs: Option<mpsc::Sender<SyncJob>>,
 }
 
@@ -253,7 +285,7 @@ impl Syncers {
     }
 
     /// Syncs every file, concurrently when there are several; results in the same order.
-    fn sync_all<'a>(
+    pub(crate) fn sync_all<'a>(
         &self,
         parts: impl ExactSizeIterator<Item = &'a Arc<PartitionLog>>,
     ) -> Vec<std::io::Result<()>> {
@@ -287,7 +319,7 @@ struct Share {
     requests: Vec<AppendRequest>,
 }
 
-fn commit_batch(batch: &mut Vec<AppendRequest>, syncers: &Syncers) {
+fn commit_batch(batch: &mut Vec<AppendRequest>, journal: &mut Journal) {
     let mut shares: Vec<Share> = Vec::new();
     let mut by_partition: HashMap<*const PartitionLog, usize> = HashMap::new();
     for request in batch.drain(..) {
@@ -302,7 +334,14 @@ fn commit_batch(batch: &mut Vec<AppendRequest>, syncers: &Syncers) {
         shares[slot].requests.push(request);
     }
 
-    // Write every share, then sync every written file, then publish and acknowledge.
+    // Write every share, then make them all durable in the journal, then publish and
+    // acknowledge.
+    if let Some(why) = journal.failed().map(str::to_string) {
+        for share in shares {
+            fail(share.requests, &why);
+        }
+        return;
+    }
     let mut written = Vec::with_capacity(shares.len());
     for share in shares {
         let part = &share.partition;
@@ -322,7 +361,13 @@ fn commit_batch(batch: &mut Vec<AppendRequest>, syncers: &Syncers) {
             buf.extend_from_slice(&request.frame);
         }
         match part.file.write_all_at(&buf, start) {
-            Ok(()) => written.push((share, base, positions, start + buf.len() as u64)),
+            Ok(()) => written.push(Written {
+                share,
+                base,
+                start,
+                positions,
+                buf,
+            }),
             Err(e) => {
                 let why = format!("writing {}: {e}", part.path.display());
                 tracing::error!(topic = part.topic, partition = part.id, "{why}");
@@ -331,33 +376,54 @@ fn commit_batch(batch: &mut Vec<AppendRequest>, syncers: &Syncers) {
             }
         }
     }
-    let synced = syncers.sync_all(written.iter().map(|(share, ..)| &share.partition));
-    for ((share, base, positions, end), synced) in written.into_iter().zip(synced) {
-        let part = &share.partition;
-        if let Err(e) = synced {
-            // After a failed fsync the kernel may have dropped the dirty pages: the file's
-            // content is unknown. Cut what this batch wrote and fence the partition.
-            let why = format!("syncing {}: {e}", part.path.display());
-            tracing::error!(topic = part.topic, partition = part.id, "{why}");
-            roll_back(part, positions.first().copied().unwrap_or(end));
-            *part.failed.lock() = Some(why.clone());
-            fail(share.requests, &why);
+    if written.is_empty() {
+        return;
+    }
+    let entries: Vec<Entry<'_>> = written
+        .iter()
+        .map(|w| Entry {
+            partition: &w.share.partition,
+            position: w.start,
+            bytes: &w.buf,
+        })
+        .collect();
+    let durable = journal.commit(&entries);
+    drop(entries);
+    for w in written {
+        let part = &w.share.partition;
+        if let Err(why) = &durable {
+            // Not acknowledged: cut what this batch wrote (the next batch writes there again).
+            roll_back(part, w.start);
+            fail(w.share.requests, why);
             continue;
         }
         {
             let mut ix = part.index.write();
-            ix.positions.extend_from_slice(&positions);
-            ix.end = end;
+            ix.positions.extend_from_slice(&w.positions);
+            ix.end = w.start + w.buf.len() as u64;
         }
         part.changes.send_modify(|v| *v = v.wrapping_add(1));
-        for (i, request) in share.requests.into_iter().enumerate() {
+        for (i, request) in w.share.requests.into_iter().enumerate() {
             // The appender may have given up waiting; the record is durable all the same.
             let _ = request.ack.send(Ok(Appended {
                 partition: part.id,
-                offset: base + i as Offset,
+                offset: w.base + i as Offset,
             }));
         }
     }
+}
+
+/// A share written to its partition file, waiting for the journal's sync.
+struct Written {
+    share: Share,
+    /// The offset of its first record.
+    base: Offset,
+    /// Where it starts in the file.
+    start: u64,
+    /// The position of each of its records.
+    positions: Vec<u64>,
+    /// What was written.
+    buf: Vec<u8>,
 }
 
 /// Cuts the file back to `len` after a failed write; fences the partition if even that fails.

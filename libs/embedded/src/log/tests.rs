@@ -450,3 +450,148 @@ async fn log_append_throughput() {
         );
     }
 }
+
+/// A log whose writer never checkpoints on its own (only when it closes).
+fn open_without_checkpoints(dir: &std::path::Path) -> Arc<EmbeddedLog> {
+    let config = LogConfig {
+        checkpoint_every: Duration::from_secs(3600),
+        checkpoint_bytes: u64::MAX,
+        ..config()
+    };
+    EmbeddedLog::open_with(dir, config).unwrap()
+}
+
+fn journal_len(dir: &std::path::Path) -> u64 {
+    std::fs::metadata(dir.join(super::journal::JOURNAL_FILE))
+        .unwrap()
+        .len()
+}
+
+/// Appends `n` records with distinct payloads over the topic's partitions (empty so far);
+/// returns each partition's payloads in offset order.
+async fn append_spread(
+    log: &EmbeddedLog,
+    topic: &str,
+    partitions: u32,
+    n: usize,
+) -> Vec<Vec<Bytes>> {
+    let mut expected = vec![Vec::new(); partitions as usize];
+    for i in 0..n {
+        let payload = Bytes::from(format!("record {i}").into_bytes());
+        let at = log
+            .append(topic, format!("k{i}").as_bytes(), payload.clone(), vec![])
+            .await
+            .unwrap();
+        assert_eq!(at.offset as usize, expected[at.partition as usize].len());
+        expected[at.partition as usize].push(payload);
+    }
+    expected
+}
+
+fn payloads(log: &EmbeddedLog, topic: &str, partition: Partition) -> Vec<Bytes> {
+    log.read(topic, partition, 0, 10_000)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.payload)
+        .collect()
+}
+
+#[tokio::test]
+async fn log_journal_restores_what_a_crash_took_from_the_partition_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_without_checkpoints(dir.path());
+    log.ensure_topic("t", 4).await.unwrap();
+    let expected = append_spread(&log, "t", 4, 200).await;
+    assert!(
+        journal_len(dir.path()) > 0,
+        "acknowledged appends are in the journal"
+    );
+    // A crash: no checkpoint (the writer is left running, idle), and the kernel had written
+    // nothing of two partition files and half of a third.
+    std::mem::forget(log);
+    let topic_dir = dir.path().join("t");
+    let cut = |p: Partition, keep: u64| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(partition_file(&topic_dir, p))
+            .unwrap()
+            .set_len(keep)
+            .unwrap();
+    };
+    cut(0, 0);
+    cut(1, 0);
+    let half = std::fs::metadata(partition_file(&topic_dir, 2))
+        .unwrap()
+        .len()
+        / 2;
+    cut(2, half);
+
+    let log = open(dir.path());
+    for p in 0..4 {
+        assert_eq!(
+            payloads(&log, "t", p),
+            expected[p as usize],
+            "partition {p}"
+        );
+    }
+    assert_eq!(journal_len(dir.path()), 0, "replayed, then emptied");
+    // Appends go on after the records restored.
+    let at = log
+        .append("t", b"k0", Bytes::from_static(b"after"), vec![])
+        .await
+        .unwrap();
+    assert_eq!(at.offset as usize, expected[at.partition as usize].len());
+}
+
+#[tokio::test]
+async fn log_journal_torn_tail_is_ignored_and_a_clean_close_empties_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_without_checkpoints(dir.path());
+    log.ensure_topic("t", 2).await.unwrap();
+    let expected = append_spread(&log, "t", 2, 50).await;
+    std::mem::forget(log);
+    // A crash in the middle of writing an entry that was never synced (never acknowledged).
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(super::journal::JOURNAL_FILE))
+            .unwrap();
+        f.write_all(&500u32.to_le_bytes()).unwrap();
+        f.write_all(&[0xde, 0xad, 0xbe, 0xef, 0, 1, 2]).unwrap();
+    }
+    let log = open_without_checkpoints(dir.path());
+    for p in 0..2 {
+        assert_eq!(
+            payloads(&log, "t", p),
+            expected[p as usize],
+            "partition {p}"
+        );
+    }
+    log.append("t", b"k", Bytes::from_static(b"more"), vec![])
+        .await
+        .unwrap();
+    assert!(journal_len(dir.path()) > 0);
+    drop(log);
+    assert_eq!(journal_len(dir.path()), 0, "a clean close checkpoints");
+}
+
+#[tokio::test]
+async fn log_journal_checkpoints_while_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        checkpoint_every: Duration::from_secs(3600),
+        checkpoint_bytes: 4096,
+        ..config()
+    };
+    let log = EmbeddedLog::open_with(dir.path(), config).unwrap();
+    log.ensure_topic("t", 2).await.unwrap();
+    append_spread(&log, "t", 2, 200).await;
+    // Each record's entry is about 60 bytes: without checkpoints the journal would hold
+    // 200 of them.
+    assert!(
+        journal_len(dir.path()) < 4096 + 200,
+        "journal {} bytes",
+        journal_len(dir.path())
+    );
+}
