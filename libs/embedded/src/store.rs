@@ -31,6 +31,7 @@
 //! idempotency record leaves out the ids its key holds (`processed`), and a member's due entry
 //! is left as it is when a write does not move it.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::thread;
@@ -217,12 +218,57 @@ fn member_version(bytes: &[u8]) -> Result<u64> {
     }
 }
 
+/// A batch's ledger entries as rows of the ledger table: one row per member, keyed by
+/// (member, the sequence of its last entry in the batch), holding the member's entries of the
+/// batch in sequence order, as a JSON array (one B-tree insert for all of them; a batch of
+/// the engine often holds several commands of a member), or as the entry's JSON object when
+/// there is one (the only form of rows written before this one, which read the same way).
+/// Rows never overlap: a member's sequences only grow, and a batch is written whole or not at
+/// all.
+fn ledger_rows(entries: Vec<(MemberId, LedgerEntry)>) -> Result<Vec<(MemberId, u64, Vec<u8>)>> {
+    let mut by_member: HashMap<MemberId, Vec<LedgerEntry>> = HashMap::new();
+    let mut order = Vec::new();
+    for (m, e) in entries {
+        match by_member.get_mut(&m) {
+            Some(es) => es.push(e),
+            None => {
+                order.push(m.clone());
+                by_member.insert(m, vec![e]);
+            }
+        }
+    }
+    let mut rows = Vec::with_capacity(order.len());
+    for m in order {
+        let Some(mut es) = by_member.remove(&m) else {
+            continue;
+        };
+        es.sort_by_key(|e| e.seq);
+        let Some(last) = es.last().map(|e| e.seq) else {
+            continue;
+        };
+        let value = match es.as_slice() {
+            [one] => encode(one)?,
+            many => encode(&many)?,
+        };
+        rows.push((m, last, value));
+    }
+    Ok(rows)
+}
+
+/// The entries of one ledger row ([`ledger_rows`]), in sequence order.
+fn ledger_entries(bytes: &[u8]) -> Result<Vec<LedgerEntry>> {
+    match bytes.first() {
+        Some(b'[') => decode("ledger entries", bytes),
+        _ => Ok(vec![decode("ledger entry", bytes)?]),
+    }
+}
+
 /// An [`EffectBatch`] encoded by its caller, on the engine's threads: every batch goes through
 /// the one writer thread, which then only checks conditions and inserts bytes.
 struct EncodedBatch {
     /// (member, expected stored version, new value, due index entry and franchise).
     members: Vec<(MemberId, u64, Vec<u8>, Option<DueEntry>)>,
-    /// (member, sequence, entry).
+    /// (member, sequence of its last entry in the batch, its entries: see [`ledger_row`]).
     ledger: Vec<(MemberId, u64, Vec<u8>)>,
     processed: Vec<EncodedProcessed>,
     dashboard: DashboardDelta,
@@ -254,11 +300,7 @@ impl EncodedBatch {
                 Ok((w.state.member_id.clone(), w.expected_version, value, due))
             })
             .collect::<Result<_>>()?;
-        let ledger = batch
-            .ledger
-            .into_iter()
-            .map(|(m, e)| Ok((m, e.seq, encode(&e)?)))
-            .collect::<Result<_>>()?;
+        let ledger = ledger_rows(batch.ledger)?;
         let processed = batch
             .processed
             .into_iter()
@@ -1030,16 +1072,29 @@ impl StateStore for EmbeddedStore {
     ) -> Result<Vec<LedgerEntry>> {
         let tx = self.db.begin_read().map_err(unavailable)?;
         let t = tx.open_table(LEDGER).map_err(unavailable)?;
+        let m = member.as_str();
         let end = before.unwrap_or(u64::MAX);
         let mut out = Vec::new();
-        for row in t
-            .range((member.as_str(), 0)..(member.as_str(), end))
+        if limit == 0 {
+            return Ok(out);
+        }
+        // The first row at or after `end` may hold entries before it (a row's key is the
+        // sequence of its last entry); every row before `end` holds only entries before it.
+        let first = t
+            .range((m, end)..=(m, u64::MAX))
             .map_err(unavailable)?
-            .rev()
-            .take(limit)
-        {
+            .next();
+        let earlier = t.range((m, 0)..(m, end)).map_err(unavailable)?.rev();
+        for row in first.into_iter().chain(earlier) {
             let (_, v) = row.map_err(unavailable)?;
-            out.push(decode("ledger entry", v.value())?);
+            for e in ledger_entries(v.value())?.into_iter().rev() {
+                if e.seq < end {
+                    out.push(e);
+                    if out.len() == limit {
+                        return Ok(out);
+                    }
+                }
+            }
         }
         Ok(out)
     }

@@ -76,6 +76,9 @@ pub async fn run_all(store: Arc<dyn StateStore>) -> R {
     ledger_pages_newest_first(s)
         .await
         .context("ledger_pages_newest_first")?;
+    ledger_pages_across_batches_of_many_entries(s)
+        .await
+        .context("ledger_pages_across_batches_of_many_entries")?;
     members_scan_once(s).await.context("members_scan_once")?;
     sync_keeps_every_commit(s)
         .await
@@ -2049,6 +2052,61 @@ pub async fn ledger_pages_newest_first(store: &dyn StateStore) -> R {
         "ledger sums to {sum}, balance is {}",
         state.points
     );
+    Ok(())
+}
+
+/// Batches that hold several commands of one member (the engine's usual batch) page like
+/// entries committed one by one: from every `before`, with every page size, whether a page
+/// ends inside one batch's entries or between two batches.
+pub async fn ledger_pages_across_batches_of_many_entries(store: &dyn StateStore) -> R {
+    let mut sc = Scenario::new("ledger-batches")?;
+    let m = sc.member(1)?;
+    let mut state = sc.enrolled(store, &m).await?;
+    for purchases in [5, 1, 9, 3] {
+        let expected_version = state.version;
+        let mut batch = EffectBatch::default();
+        for i in 0..purchases {
+            let e = sc.purchase(&state, 150 + 10 * i)?;
+            let b = e.batch(expected_version);
+            batch.ledger.extend(b.ledger);
+            batch.processed.extend(b.processed);
+            state = e
+                .state
+                .ok_or_else(|| anyhow!("a purchase changed no state"))?;
+        }
+        batch.members.push(MemberWrite {
+            state: state.clone(),
+            expected_version,
+            due: None,
+        });
+        store.commit(batch).await?;
+    }
+    let last = state.last_seq;
+    ensure!(last >= 19, "expected at least 19 entries, got {last}");
+    let all = store.ledger(&m, None, 1000).await?;
+    let seqs: Vec<u64> = all.iter().map(|e| e.seq).collect();
+    ensure!(
+        seqs == (1..=last).rev().collect::<Vec<_>>(),
+        "whole ledger: {seqs:?}"
+    );
+    let sum: i64 = all.iter().map(|e| e.points).sum();
+    ensure!(
+        u64::try_from(sum).ok() == Some(state.points),
+        "ledger sums to {sum}, balance is {}",
+        state.points
+    );
+    for before in 1..=last + 1 {
+        for limit in 1..=4 {
+            let page = store.ledger(&m, Some(before), limit).await?;
+            let want: Vec<&LedgerEntry> =
+                all.iter().filter(|e| e.seq < before).take(limit).collect();
+            ensure!(
+                page.iter().collect::<Vec<_>>() == want,
+                "before {before}, limit {limit}: {:?}",
+                page.iter().map(|e| e.seq).collect::<Vec<_>>()
+            );
+        }
+    }
     Ok(())
 }
 
