@@ -31,6 +31,8 @@ pub struct Metrics {
     pub actors_activated: IntCounter,
     pub actors_passivated: IntCounter,
     pub log_append_seconds: Histogram,
+    /// The embedded log's checkpoints: partition files synced, journal emptied.
+    pub log_checkpoint_seconds: Histogram,
     pub http_requests: IntCounterVec,
     pub http_request_seconds: HistogramVec,
     pub http_body_timeouts: IntCounter,
@@ -442,7 +444,7 @@ impl Metrics {
             store_commit_seconds: histogram(
                 &r,
                 "loyalty_store_commit_seconds",
-                "Write of a group of effect batches (the embedded store's includes an fsync only for a checkpoint).",
+                "Write of a group of effect batches (on the embedded store one durable commit, one fsync).",
                 lat.clone(),
             ),
             checkpoint_seconds: histogram(
@@ -494,6 +496,12 @@ impl Metrics {
                 &r,
                 "loyalty_log_append_seconds",
                 "Durable append of a command to the event log.",
+                lat.clone(),
+            ),
+            log_checkpoint_seconds: histogram(
+                &r,
+                "loyalty_log_checkpoint_seconds",
+                "Checkpoint of the embedded log: partition files synced, journal emptied.",
                 lat.clone(),
             ),
             http_requests: counter_vec(

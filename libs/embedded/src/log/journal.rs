@@ -166,6 +166,9 @@ impl Journal {
         if self.failed.is_some() {
             return;
         }
+        let _timer = loyalty_core::metrics::metrics()
+            .log_checkpoint_seconds
+            .start_timer();
         let synced = syncers.sync_all(self.dirty.iter());
         if let Some((part, Err(e))) = self.dirty.iter().zip(synced).find(|(_, r)| r.is_err()) {
             let why = format!("syncing {} at a checkpoint: {e}", part.path().display());
