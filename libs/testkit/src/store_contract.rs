@@ -2041,12 +2041,18 @@ pub async fn ledger_pages_newest_first(store: &dyn StateStore) -> R {
         before = Some(oldest.seq);
         seen.extend(page);
     }
-    let seqs: Vec<u64> = seen.iter().map(|e| e.seq).collect();
+    whole_ledger(&seen, &state).context("full walk")
+}
+
+/// `entries` are all of `state`'s member's ledger, newest first (`state.last_seq` down to 1),
+/// summing to its balance.
+fn whole_ledger(entries: &[LedgerEntry], state: &MemberState) -> R {
+    let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
     ensure!(
-        seqs == (1..=last).rev().collect::<Vec<_>>(),
-        "full walk: {seqs:?}"
+        seqs == (1..=state.last_seq).rev().collect::<Vec<_>>(),
+        "sequences {seqs:?}"
     );
-    let sum: i64 = seen.iter().map(|e| e.points).sum();
+    let sum: i64 = entries.iter().map(|e| e.points).sum();
     ensure!(
         u64::try_from(sum).ok() == Some(state.points),
         "ledger sums to {sum}, balance is {}",
@@ -2084,17 +2090,7 @@ pub async fn ledger_pages_across_batches_of_many_entries(store: &dyn StateStore)
     let last = state.last_seq;
     ensure!(last >= 19, "expected at least 19 entries, got {last}");
     let all = store.ledger(&m, None, 1000).await?;
-    let seqs: Vec<u64> = all.iter().map(|e| e.seq).collect();
-    ensure!(
-        seqs == (1..=last).rev().collect::<Vec<_>>(),
-        "whole ledger: {seqs:?}"
-    );
-    let sum: i64 = all.iter().map(|e| e.points).sum();
-    ensure!(
-        u64::try_from(sum).ok() == Some(state.points),
-        "ledger sums to {sum}, balance is {}",
-        state.points
-    );
+    whole_ledger(&all, &state).context("whole ledger")?;
     for before in 1..=last + 1 {
         for limit in 1..=4 {
             let page = store.ledger(&m, Some(before), limit).await?;

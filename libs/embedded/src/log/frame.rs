@@ -37,8 +37,7 @@ pub(crate) fn encode(
         )));
     }
     let mut buf = Vec::with_capacity(HEADER_LEN + body_len);
-    buf.extend_from_slice(&(body_len as u32).to_le_bytes());
-    buf.extend_from_slice(&[0; 4]);
+    let start = begin(&mut buf);
     put_bytes(&mut buf, key);
     put_bytes(&mut buf, payload);
     buf.extend_from_slice(&(headers.len() as u32).to_le_bytes());
@@ -46,9 +45,25 @@ pub(crate) fn encode(
         put_bytes(&mut buf, name.as_bytes());
         put_bytes(&mut buf, value);
     }
-    let crc = crc32fast::hash(&buf[HEADER_LEN..]);
-    buf[4..8].copy_from_slice(&crc.to_le_bytes());
+    seal(&mut buf, start);
     Ok(buf)
+}
+
+/// Starts a frame at the end of `buf` (its header left blank for [`seal`]); returns where.
+pub(crate) fn begin(buf: &mut Vec<u8>) -> usize {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; HEADER_LEN]);
+    start
+}
+
+/// Fills in the header of the frame started at `start`, whose body is the rest of `buf` (a
+/// body the caller bounded to `u32`).
+pub(crate) fn seal(buf: &mut [u8], start: usize) {
+    let body = start + HEADER_LEN;
+    let len = (buf.len() - body) as u32;
+    let crc = crc32fast::hash(&buf[body..]);
+    buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    buf[start + 4..body].copy_from_slice(&crc.to_le_bytes());
 }
 
 fn put_bytes(buf: &mut Vec<u8>, bytes: &[u8]) {
@@ -187,8 +202,33 @@ pub(crate) struct Scan {
 /// plausible length, a complete body, a matching checksum and a decodable body. The first frame
 /// that fails stops the scan (it and everything after it are a tail torn by a crash).
 pub(crate) fn scan(file: &File, file_len: u64, max_body: usize) -> std::io::Result<Scan> {
-    let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut positions = Vec::new();
+    let (valid_len, cut) = walk(file, file_len, max_body, |pos, body| {
+        // A frame whose checksum matches but which does not decode was never written by this
+        // code; it is cut like a torn one rather than served.
+        decode_body(Bytes::copy_from_slice(body), 0, 0)
+            .map_err(|e| format!("undecodable frame at position {pos}: {e}"))?;
+        positions.push(pos);
+        Ok(())
+    })?;
+    Ok(Scan {
+        positions,
+        valid_len,
+        cut,
+    })
+}
+
+/// Reads a file of frames from the start, handing each checksummed body (with its position) to
+/// `accept`, and stops at the first frame that is torn, corrupt, or that `accept` refuses
+/// (with its reason). Returns the end of the valid prefix and why it stopped before the end of
+/// the file, if it did. Partition files and the journal share this framing.
+pub(crate) fn walk(
+    file: &File,
+    file_len: u64,
+    max_body: usize,
+    mut accept: impl FnMut(u64, &[u8]) -> std::result::Result<(), String>,
+) -> std::io::Result<(u64, Option<String>)> {
+    let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut pos: u64 = 0;
     let mut header = [0u8; HEADER_LEN];
     let mut body = Vec::new();
@@ -217,19 +257,12 @@ pub(crate) fn scan(file: &File, file_len: u64, max_body: usize) -> std::io::Resu
         if crc32fast::hash(&body) != crc {
             break Some(format!("checksum mismatch in the frame at position {pos}"));
         }
-        // A frame whose checksum matches but which does not decode was never written by this
-        // code; it is cut like a torn one rather than served.
-        if let Err(e) = decode_body(Bytes::copy_from_slice(&body), 0, 0) {
-            break Some(format!("undecodable frame at position {pos}: {e}"));
+        if let Err(why) = accept(pos, &body) {
+            break Some(why);
         }
-        positions.push(pos);
         pos += (HEADER_LEN + len) as u64;
     };
-    Ok(Scan {
-        positions,
-        valid_len: pos,
-        cut,
-    })
+    Ok((pos, cut))
 }
 
 #[cfg(test)]

@@ -26,9 +26,9 @@
 //! still be found in its partition after a restart (as with Kafka, a producer that saw an error
 //! does not know); one that succeeded is never lost.
 
+use std::collections::hash_map::Entry as Slot;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use loyalty_core::{Error, Result};
 
-use super::frame::{parse_header, HEADER_LEN};
+use super::frame;
 use super::io_error;
 use super::partition::{partition_file, PartitionLog, Syncers};
 
@@ -56,8 +56,9 @@ pub(crate) struct Journal {
     file: File,
     /// Where the next entry goes.
     len: u64,
-    /// Partitions written since the last checkpoint: their files are not synced yet.
-    dirty: Vec<Arc<PartitionLog>>,
+    /// Partitions written since the last checkpoint (by address): their files are not synced
+    /// yet.
+    dirty: HashMap<usize, Arc<PartitionLog>>,
     last_checkpoint: Instant,
     policy: CheckpointPolicy,
     /// Set when a sync of the journal (or a checkpoint) failed: what is on disk is then
@@ -93,7 +94,7 @@ impl Journal {
             path,
             file,
             len,
-            dirty: Vec::new(),
+            dirty: HashMap::new(),
             last_checkpoint: Instant::now(),
             policy,
             failed: None,
@@ -134,9 +135,9 @@ impl Journal {
         }
         self.len += buf.len() as u64;
         for e in entries {
-            if !self.dirty.iter().any(|d| Arc::ptr_eq(d, e.partition)) {
-                self.dirty.push(Arc::clone(e.partition));
-            }
+            self.dirty
+                .entry(Arc::as_ptr(e.partition) as usize)
+                .or_insert_with(|| Arc::clone(e.partition));
         }
         Ok(())
     }
@@ -169,8 +170,8 @@ impl Journal {
         let _timer = loyalty_core::metrics::metrics()
             .log_checkpoint_seconds
             .start_timer();
-        let synced = syncers.sync_all(self.dirty.iter());
-        if let Some((part, Err(e))) = self.dirty.iter().zip(synced).find(|(_, r)| r.is_err()) {
+        let synced = syncers.sync_all(self.dirty.values());
+        if let Some((part, Err(e))) = self.dirty.values().zip(synced).find(|(_, r)| r.is_err()) {
             let why = format!("syncing {} at a checkpoint: {e}", part.path().display());
             self.fence(why);
             return;
@@ -191,19 +192,17 @@ impl Journal {
     }
 }
 
+/// Appends `e` to `buf` as one frame (a share is at most a group commit's bytes, 16 MiB by
+/// default, so its body fits in `u32`).
 fn encode_entry(buf: &mut Vec<u8>, e: &Entry<'_>) {
     let topic = e.partition.topic().as_bytes();
-    let body_len = 2 + topic.len() + 4 + 8 + e.bytes.len();
-    let start = buf.len();
-    buf.extend_from_slice(&(body_len as u32).to_le_bytes());
-    buf.extend_from_slice(&[0; 4]);
+    let start = frame::begin(buf);
     buf.extend_from_slice(&(topic.len() as u16).to_le_bytes());
     buf.extend_from_slice(topic);
     buf.extend_from_slice(&e.partition.id.to_le_bytes());
     buf.extend_from_slice(&e.position.to_le_bytes());
     buf.extend_from_slice(e.bytes);
-    let crc = crc32fast::hash(&buf[start + HEADER_LEN..]);
-    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    frame::seal(buf, start);
 }
 
 /// One decoded journal entry.
@@ -230,12 +229,11 @@ fn decode_entry(body: &[u8]) -> Option<Replayed> {
 
 /// Writes every entry of the journal of the log in `dir` back into its partition file, syncs
 /// those files, then empties the journal (blocking; before any partition file is scanned).
-/// Returns how many entries it replayed.
-pub(crate) fn replay(dir: &Path) -> Result<usize> {
+pub(crate) fn replay(dir: &Path) -> Result<()> {
     let path = dir.join(JOURNAL_FILE);
     let journal = match OpenOptions::new().read(true).write(true).open(&path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io_error(&format!("opening {}", path.display()), e)),
     };
     let len = journal
@@ -243,55 +241,33 @@ pub(crate) fn replay(dir: &Path) -> Result<usize> {
         .map_err(|e| io_error(&format!("stat {}", path.display()), e))?
         .len();
     if len == 0 {
-        return Ok(0);
+        return Ok(());
     }
+    // A torn or corrupt entry ends the entries: it was never synced, so never acknowledged.
+    let mut entries = Vec::new();
+    frame::walk(&journal, len, u32::MAX as usize, |pos, body| {
+        entries.push(decode_entry(body).ok_or(format!("undecodable entry at {pos}"))?);
+        Ok(())
+    })
+    .map_err(|e| io_error(&format!("reading {}", path.display()), e))?;
     let mut files: HashMap<PathBuf, File> = HashMap::new();
-    let mut replayed = 0;
-    let mut reader = BufReader::with_capacity(1 << 20, &journal);
-    let mut pos = 0u64;
-    let mut header = [0u8; HEADER_LEN];
-    let mut body = Vec::new();
-    while len - pos >= HEADER_LEN as u64 {
-        reader
-            .read_exact(&mut header)
-            .map_err(|e| io_error(&format!("reading {}", path.display()), e))?;
-        let Some((body_len, crc)) = parse_header(&header) else {
-            break;
-        };
-        if len - pos - (HEADER_LEN as u64) < body_len as u64 {
-            break;
-        }
-        body.resize(body_len, 0);
-        reader
-            .read_exact(&mut body)
-            .map_err(|e| io_error(&format!("reading {}", path.display()), e))?;
-        if crc32fast::hash(&body) != crc {
-            break;
-        }
-        let Some(entry) = decode_entry(&body) else {
-            break;
-        };
-        pos += (HEADER_LEN + body_len) as u64;
+    for entry in &entries {
         let target = partition_file(&dir.join(&entry.topic), entry.partition);
-        if !files.contains_key(&target) {
-            match OpenOptions::new().write(true).open(&target) {
-                Ok(f) => {
-                    files.insert(target.clone(), f);
-                }
-                Err(e) => {
-                    return Err(Error::Corrupt(format!(
+        let file = match files.entry(target.clone()) {
+            Slot::Occupied(o) => o.into_mut(),
+            Slot::Vacant(v) => {
+                let f = OpenOptions::new().write(true).open(&target).map_err(|e| {
+                    Error::Corrupt(format!(
                         "the journal {} names {}, which cannot be opened: {e}",
                         path.display(),
                         target.display()
-                    )))
-                }
+                    ))
+                })?;
+                v.insert(f)
             }
-        }
-        if let Some(f) = files.get(&target) {
-            f.write_all_at(&entry.bytes, entry.position)
-                .map_err(|e| io_error(&format!("replaying into {}", target.display()), e))?;
-        }
-        replayed += 1;
+        };
+        file.write_all_at(&entry.bytes, entry.position)
+            .map_err(|e| io_error(&format!("replaying into {}", target.display()), e))?;
     }
     for (target, f) in &files {
         f.sync_data()
@@ -302,9 +278,9 @@ pub(crate) fn replay(dir: &Path) -> Result<usize> {
         .and_then(|()| journal.sync_data())
         .map_err(|e| io_error(&format!("emptying {}", path.display()), e))?;
     tracing::info!(
-        entries = replayed,
+        entries = entries.len(),
         files = files.len(),
         "embedded log: journal replayed into the partition files"
     );
-    Ok(replayed)
+    Ok(())
 }

@@ -488,27 +488,38 @@ async fn append_spread(
     expected
 }
 
-fn payloads(log: &EmbeddedLog, topic: &str, partition: Partition) -> Vec<Bytes> {
-    log.read(topic, partition, 0, 10_000)
-        .unwrap()
-        .into_iter()
-        .map(|r| r.payload)
-        .collect()
+/// Appends `n` records over topic `t`'s `partitions` in a log that never checkpoints, then
+/// "crashes": no checkpoint, the writer left running, idle. Returns each partition's payloads.
+async fn crash_after_appends(dir: &std::path::Path, partitions: u32, n: usize) -> Vec<Vec<Bytes>> {
+    let log = open_without_checkpoints(dir);
+    log.ensure_topic("t", partitions).await.unwrap();
+    let expected = append_spread(&log, "t", partitions, n).await;
+    assert!(
+        journal_len(dir) > 0,
+        "acknowledged appends are in the journal"
+    );
+    std::mem::forget(log);
+    expected
+}
+
+/// Every partition of topic `t` holds exactly `expected` (its payloads in offset order).
+fn assert_partitions(log: &EmbeddedLog, expected: &[Vec<Bytes>]) {
+    for (p, want) in expected.iter().enumerate() {
+        let got: Vec<Bytes> = log
+            .read("t", p as Partition, 0, 10_000)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.payload)
+            .collect();
+        assert_eq!(&got, want, "partition {p}");
+    }
 }
 
 #[tokio::test]
 async fn log_journal_restores_what_a_crash_took_from_the_partition_files() {
     let dir = tempfile::tempdir().unwrap();
-    let log = open_without_checkpoints(dir.path());
-    log.ensure_topic("t", 4).await.unwrap();
-    let expected = append_spread(&log, "t", 4, 200).await;
-    assert!(
-        journal_len(dir.path()) > 0,
-        "acknowledged appends are in the journal"
-    );
-    // A crash: no checkpoint (the writer is left running, idle), and the kernel had written
-    // nothing of two partition files and half of a third.
-    std::mem::forget(log);
+    let expected = crash_after_appends(dir.path(), 4, 200).await;
+    // The kernel had written nothing of two partition files and half of a third.
     let topic_dir = dir.path().join("t");
     let cut = |p: Partition, keep: u64| {
         std::fs::OpenOptions::new()
@@ -527,13 +538,7 @@ async fn log_journal_restores_what_a_crash_took_from_the_partition_files() {
     cut(2, half);
 
     let log = open(dir.path());
-    for p in 0..4 {
-        assert_eq!(
-            payloads(&log, "t", p),
-            expected[p as usize],
-            "partition {p}"
-        );
-    }
+    assert_partitions(&log, &expected);
     assert_eq!(journal_len(dir.path()), 0, "replayed, then emptied");
     // Appends go on after the records restored.
     let at = log
@@ -546,11 +551,16 @@ async fn log_journal_restores_what_a_crash_took_from_the_partition_files() {
 #[tokio::test]
 async fn log_journal_torn_tail_is_ignored_and_a_clean_close_empties_it() {
     let dir = tempfile::tempdir().unwrap();
-    let log = open_without_checkpoints(dir.path());
-    log.ensure_topic("t", 2).await.unwrap();
-    let expected = append_spread(&log, "t", 2, 50).await;
-    std::mem::forget(log);
-    // A crash in the middle of writing an entry that was never synced (never acknowledged).
+    let expected = crash_after_appends(dir.path(), 2, 50).await;
+    // The kernel had written nothing of partition 0: its records are in the entries before
+    // the torn one.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(partition_file(&dir.path().join("t"), 0))
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    // The crash came in the middle of writing an entry that was never synced (never acknowledged).
     {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new()
@@ -561,13 +571,7 @@ async fn log_journal_torn_tail_is_ignored_and_a_clean_close_empties_it() {
         f.write_all(&[0xde, 0xad, 0xbe, 0xef, 0, 1, 2]).unwrap();
     }
     let log = open_without_checkpoints(dir.path());
-    for p in 0..2 {
-        assert_eq!(
-            payloads(&log, "t", p),
-            expected[p as usize],
-            "partition {p}"
-        );
-    }
+    assert_partitions(&log, &expected);
     log.append("t", b"k", Bytes::from_static(b"more"), vec![])
         .await
         .unwrap();
