@@ -226,31 +226,33 @@ fn member_version(bytes: &[u8]) -> Result<u64> {
 /// Rows never overlap: a member's sequences only grow, and a batch is written whole or not at
 /// all.
 fn ledger_rows(entries: Vec<(MemberId, LedgerEntry)>) -> Result<Vec<(MemberId, u64, Vec<u8>)>> {
-    // Each member's entries, members in the order of their first entry.
-    let mut slot_of: HashMap<MemberId, usize> = HashMap::new();
-    let mut members: Vec<(MemberId, Vec<LedgerEntry>)> = Vec::new();
+    let mut by_member: HashMap<MemberId, Vec<LedgerEntry>> = HashMap::new();
+    let mut order = Vec::new();
     for (m, e) in entries {
-        match slot_of.get(&m) {
-            Some(&i) => members[i].1.push(e),
+        match by_member.get_mut(&m) {
+            Some(es) => es.push(e),
             None => {
-                slot_of.insert(m.clone(), members.len());
-                members.push((m, vec![e]));
+                order.push(m.clone());
+                by_member.insert(m, vec![e]);
             }
         }
     }
-    members
-        .into_iter()
-        .filter_map(|(m, mut es)| {
-            // Already in sequence order from the engine (a sort of sorted input is one pass).
-            es.sort_by_key(|e| e.seq);
-            let last = es.last()?.seq;
-            let value = match es.as_slice() {
-                [one] => encode(one),
-                many => encode(&many),
-            };
-            Some(value.map(|v| (m, last, v)))
-        })
-        .collect()
+    let mut rows = Vec::with_capacity(order.len());
+    for m in order {
+        let Some(mut es) = by_member.remove(&m) else {
+            continue;
+        };
+        es.sort_by_key(|e| e.seq);
+        let Some(last) = es.last().map(|e| e.seq) else {
+            continue;
+        };
+        let value = match es.as_slice() {
+            [one] => encode(one)?,
+            many => encode(&many)?,
+        };
+        rows.push((m, last, value));
+    }
+    Ok(rows)
 }
 
 /// The entries of one ledger row ([`ledger_rows`]), in sequence order.

@@ -37,7 +37,8 @@ pub(crate) fn encode(
         )));
     }
     let mut buf = Vec::with_capacity(HEADER_LEN + body_len);
-    let start = begin(&mut buf);
+    buf.extend_from_slice(&(body_len as u32).to_le_bytes());
+    buf.extend_from_slice(&[0; 4]);
     put_bytes(&mut buf, key);
     put_bytes(&mut buf, payload);
     buf.extend_from_slice(&(headers.len() as u32).to_le_bytes());
@@ -45,7 +46,8 @@ pub(crate) fn encode(
         put_bytes(&mut buf, name.as_bytes());
         put_bytes(&mut buf, value);
     }
-    seal(&mut buf, start);
+    let crc = crc32fast::hash(&buf[HEADER_LEN..]);
+    buf[4..8].copy_from_slice(&crc.to_le_bytes());
     Ok(buf)
 }
 
